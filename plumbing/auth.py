@@ -1,0 +1,91 @@
+"""Internal authentication: a shared service credential as a bearer token.
+
+OperatorService and EngineService accept calls only with it; the provider and
+the operator-service present it. The embedded default keeps one random token
+in the data directory, so `c2d up` needs no configuration; a deployment sets
+C2D_SERVICE_TOKEN (e.g. from a Kubernetes secret).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from pathlib import Path
+from typing import Iterable
+
+import grpc
+
+from plumbing import settings
+
+AUTHORIZATION = "authorization"
+
+
+def service_token() -> str:
+    token = os.environ.get("C2D_SERVICE_TOKEN", "")
+    if token:
+        return token
+    path = settings.data_dir() / "service-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        candidate = secrets.token_urlsafe(32)
+        # O_EXCL: when several services start at once, one token wins.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(candidate)
+        except FileExistsError:
+            pass
+    return Path(path).read_text().strip()
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return ((AUTHORIZATION, f"Bearer {token}"),)
+
+
+def presented_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    for key, value in metadata or ():
+        if key == AUTHORIZATION and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer ") :]
+    return ""
+
+
+def tokens_match(presented: str, expected: str) -> bool:
+    return bool(presented) and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls to the protected services that lack the service token."""
+
+    def __init__(self, token: str, protected_services: Iterable[str]) -> None:
+        self._token = token
+        self._prefixes = tuple(f"/{name}/" for name in protected_services)
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
+        method = handler_call_details.method
+        if method.startswith(self._prefixes):
+            presented = presented_token(handler_call_details.invocation_metadata)
+            if not tokens_match(presented, self._token):
+                return _refusal(handler_call_details, await continuation(handler_call_details))
+        return await continuation(handler_call_details)
+
+
+def _refusal(_details, handler):  # type: ignore[no-untyped-def]
+    message = "missing or wrong service credential (authorization: Bearer <C2D_SERVICE_TOKEN>)"
+
+    async def unary(request, context):  # type: ignore[no-untyped-def]
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def stream(request, context):  # type: ignore[no-untyped-def]
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    if handler is not None and handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            stream, handler.request_deserializer, handler.response_serializer
+        )
+    return grpc.unary_unary_rpc_method_handler(
+        unary,
+        handler.request_deserializer if handler else None,
+        handler.response_serializer if handler else None,
+    )

@@ -1,0 +1,127 @@
+"""Results storage in a local directory (the embedded default)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from plumbing.storage.base import ChunkStream, ObjectNotFound, StorageError, StoredObject, check_key, check_prefix
+
+PREFIX = "local:"
+_COPY_BLOCK = 1 << 20
+
+
+class LocalStore:
+    kind = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = self.root / check_key(key)
+        # defence in depth: a symlink planted under root must not lead outside it
+        resolved = path.resolve()
+        if resolved != self.root and self.root not in resolved.parents:
+            raise StorageError(f"invalid object key {key!r}: resolves outside the storage root")
+        return path
+
+    def _key_of(self, location: str) -> str:
+        if not location.startswith(PREFIX):
+            raise StorageError(f"location {location!r} is not a local: location")
+        return location[len(PREFIX):]
+
+    def put_file(self, key: str, path: Path, content_type: str | None = None) -> StoredObject:
+        dest = self._path(key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create the directory for key {key!r}: {e.strerror}") from e
+        digest = hashlib.sha256()
+        size = 0
+        # temp file in the destination directory, so the rename is atomic
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        try:
+            with open(path, "rb") as src, os.fdopen(fd, "wb") as out:
+                while block := src.read(_COPY_BLOCK):
+                    digest.update(block)
+                    size += len(block)
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; results are read by other services
+            os.replace(tmp_name, dest)
+        except FileNotFoundError as e:
+            os.unlink(tmp_name)
+            raise StorageError(f"cannot upload {path}: file not found") from e
+        except OSError as e:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise StorageError(f"cannot store {path} as key {key!r}: {e.strerror or e}") from e
+        return StoredObject(location=PREFIX + key, size=size, sha256=digest.hexdigest())
+
+    def read(self, location: str, offset: int = 0, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        key = self._key_of(location)
+        path = self._path(key)
+        if offset < 0:
+            raise StorageError(f"negative offset {offset} for {location}")
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError as e:
+            raise ObjectNotFound(f"no object at {location}") from e
+        except OSError as e:
+            raise StorageError(f"cannot read {location}: {e.strerror}") from e
+        size = os.fstat(f.fileno()).st_size
+        if offset > size:
+            f.close()
+            raise StorageError(f"offset {offset} is past the end of {location} ({size} bytes)")
+        f.seek(offset)
+        return ChunkStream(iter(lambda: f.read(chunk_size), b""), f.close)
+
+    def size(self, location: str) -> int:
+        path = self._path(self._key_of(location))
+        try:
+            return path.stat().st_size
+        except FileNotFoundError as e:
+            raise ObjectNotFound(f"no object at {location}") from e
+
+    def delete(self, location: str) -> None:
+        path = self._path(self._key_of(location))
+        path.unlink(missing_ok=True)
+        self._prune_empty_dirs(path.parent)
+
+    def delete_prefix(self, key_prefix: str) -> int:
+        """Deletes every key starting with key_prefix (string prefix, as on S3)."""
+        check_prefix(key_prefix)
+        head, _, tail = key_prefix.rpartition("/")
+        base = self._path(head) if head else self.root
+        if not base.is_dir():
+            return 0
+        count = 0
+        for entry in list(base.iterdir()):
+            if not entry.name.startswith(tail):
+                continue
+            if entry.is_symlink() or not entry.is_dir():
+                entry.unlink()
+                count += 1
+                continue
+            # bottom-up; symlinked dirs are unlinked, never followed
+            for dirpath, dirs, files in os.walk(entry, topdown=False):
+                links = [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]
+                for name in files + links:
+                    os.unlink(os.path.join(dirpath, name))
+                    count += 1
+                os.rmdir(dirpath)
+        self._prune_empty_dirs(base)
+        return count
+
+    def _prune_empty_dirs(self, directory: Path) -> None:
+        # keep the tree tidy after deletes; stops at the root or a non-empty dir
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent

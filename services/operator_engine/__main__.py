@@ -1,0 +1,3 @@
+from services.operator_engine.server import main
+
+main()

@@ -1,0 +1,161 @@
+"""EngineService and JobAgentService."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import AsyncIterator
+
+import grpc
+
+from c2d.common.v1 import common_pb2
+from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_pb2_grpc
+from plumbing import auth, errors
+from plumbing.statuses import Status
+from services.operator_engine.api import convert
+from services.operator_engine.domain.event_log import EventLog
+from services.operator_engine.domain.orchestrator import Orchestrator
+
+# Job ids become directory names: only these characters, never "..".
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+LOG_CHUNK = 64 * 1024
+
+
+def check_job_id(job_id: str) -> str:
+    if not JOB_ID.match(job_id):
+        raise errors.InvalidArgument(
+            f"job_id {job_id!r} is not valid: use 1-64 letters, digits, '-' or '_'", "job_id_invalid"
+        )
+    return job_id
+
+
+class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
+    def __init__(self, orchestrator: Orchestrator, events: EventLog, engine_id: str, heartbeat_s: float) -> None:
+        self._orchestrator = orchestrator
+        self._events = events
+        self._engine_id = engine_id
+        self._heartbeat_s = heartbeat_s
+
+    def environments(self) -> list[common_pb2.Environment]:
+        o = self._orchestrator
+        return [
+            convert.environment(o.environment, self._engine_id, o.running_jobs, o.queued_jobs, o.backend.sandboxed)
+        ]
+
+    async def ListEnvironments(self, request, context):  # type: ignore[override]
+        return engine_pb2.ListEnvironmentsResponse(engine_id=self._engine_id, environments=self.environments())
+
+    async def SubmitJob(self, request, context):  # type: ignore[override]
+        check_job_id(request.job_id)
+        if not request.environment_id:
+            raise errors.InvalidArgument("environment_id is required", "environment_missing")
+        workflow = request.workflow
+        if not workflow.datasets:
+            raise errors.InvalidArgument("the workflow names no dataset", "workflow_invalid")
+        if not workflow.HasField("algorithm") and not workflow.raw_algorithm:
+            raise errors.InvalidArgument("the workflow has no algorithm", "workflow_invalid")
+        fields = {
+            "job_id": request.job_id,
+            "environment_id": request.environment_id,
+            "entrypoint": workflow.container.entrypoint,
+            "image": workflow.container.image,
+            "allow_network": workflow.allow_network,
+            "algorithm_timeout_s": float(workflow.max_duration_seconds),
+            "dataset_dids": [d.did for d in workflow.datasets],
+            "algorithm_did": workflow.algorithm.did if workflow.HasField("algorithm") else "",
+        }
+        created = await self._orchestrator.submit(fields, workflow.SerializeToString(deterministic=True))
+        return engine_pb2.SubmitJobResponse(created=created)
+
+    async def StopJob(self, request, context):  # type: ignore[override]
+        status = await self._orchestrator.stop(check_job_id(request.job_id))
+        return engine_pb2.StopJobResponse(status=int(status))  # type: ignore[arg-type]
+
+    async def DeleteJob(self, request, context):  # type: ignore[override]
+        await self._orchestrator.delete(check_job_id(request.job_id))
+        return engine_pb2.DeleteJobResponse()
+
+    async def StreamStateChanges(self, request, context) -> AsyncIterator[engine_pb2.StreamStateChangesResponse]:  # type: ignore[override]
+        after = request.after_sequence
+        if after > self._events.latest:
+            raise errors.FailedPrecondition(
+                f"after_sequence {after} is beyond this engine's latest sequence {self._events.latest}",
+                "sequence_ahead",
+            )
+        heartbeat_s = request.heartbeat_seconds or self._heartbeat_s
+        yield self._heartbeat()
+        while True:
+            changes = await self._events.read_after(after)
+            for change in changes:
+                yield engine_pb2.StreamStateChangesResponse(change=convert.state_change(change))
+                after = change.sequence
+            if not changes and not await self._events.wait_beyond(after, heartbeat_s):
+                yield self._heartbeat()
+
+    def _heartbeat(self) -> engine_pb2.StreamStateChangesResponse:
+        return engine_pb2.StreamStateChangesResponse(
+            heartbeat=engine_pb2.Heartbeat(
+                engine_id=self._engine_id, latest_sequence=self._events.latest, environments=self.environments()
+            )
+        )
+
+    async def StreamJobLogs(self, request, context):  # type: ignore[override]
+        job_id = check_job_id(request.job_id)
+        if not self._orchestrator.is_active(job_id):
+            await self._orchestrator.status_of(job_id)  # raises NOT_FOUND for unknown jobs
+        path = self._orchestrator.workspace_of(job_id) / "data" / "logs" / "algorithm.log"
+        offset = request.offset
+        while True:
+            data = await asyncio.to_thread(_read_from, path, offset)
+            if data:
+                yield engine_pb2.StreamJobLogsResponse(data=data, offset=offset)
+                offset += len(data)
+                continue
+            if not request.follow or not self._orchestrator.is_active(job_id):
+                return
+            await asyncio.sleep(0.2)
+
+
+def _read_from(path, offset: int) -> bytes:  # type: ignore[no-untyped-def]
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(LOG_CHUNK)
+    except FileNotFoundError:
+        return b""
+
+
+class JobAgentServicer(job_agent_pb2_grpc.JobAgentServiceServicer):
+    """Pods authenticate with their own job's token, nothing else."""
+
+    def __init__(self, orchestrator: Orchestrator, environments) -> None:  # type: ignore[no-untyped-def]
+        self._orchestrator = orchestrator
+        self._environments = environments
+
+    def _run(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        job_id = check_job_id(request.job_id)
+        token = auth.presented_token(context.invocation_metadata())
+        if not token:
+            raise errors.Unauthenticated("missing job token (authorization: Bearer <C2D_JOB_TOKEN>)")
+        return self._orchestrator.authorize_pod(job_id, token)
+
+    async def GetWorkflow(self, request, context):  # type: ignore[override]
+        run = self._run(request, context)
+        workflow = common_pb2.Workflow.FromString(self._orchestrator.workflow_of(run))
+        return job_agent_pb2.GetWorkflowResponse(
+            job_id=request.job_id, workflow=workflow, environment=self._environments()[0]
+        )
+
+    async def ReportProgress(self, request, context):  # type: ignore[override]
+        run = self._run(request, context)
+        try:
+            status = Status(request.status)
+        except ValueError:
+            raise errors.InvalidArgument(f"status {request.status} is not a job status", "status_invalid") from None
+        await self._orchestrator.report_progress(run, status, request.error_code, request.message)
+        return job_agent_pb2.ReportProgressResponse()
+
+    async def ReportResults(self, request, context):  # type: ignore[override]
+        run = self._run(request, context)
+        self._orchestrator.record_results(run, convert.manifest_to_json(request.results), request.results_did)
+        return job_agent_pb2.ReportResultsResponse()

@@ -1,0 +1,1 @@
+"""Where a job's stages run. Each backend implements `base.Backend`."""

@@ -1,0 +1,130 @@
+"""The local backend: each stage a process on this machine.
+
+pod_config and pod_publish run as ordinary child processes (they are our own
+code) with the job's workspace; the algorithm (a stranger's code) runs in the
+bubblewrap sandbox of `sandbox.py` with the environment's limits. Each
+process gets its own session so a stop or timeout kills its whole tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Mapping
+
+from services.operator_engine import runtimes, sandbox
+from services.operator_engine.backends.base import AlgorithmResult, Capacity, JobSpec, StageExit
+
+# The algorithm's view of its workspace (DESIGN.md: inside a job).
+ALGORITHM_DATA = "/data"
+MAX_PROCESSES = 256
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, agent_address: str, pod_environment: Mapping[str, str], use_sandbox: bool) -> None:
+        self.agent_address = agent_address
+        self._pod_environment = dict(pod_environment)
+        self.sandboxed = use_sandbox
+        self._capabilities = sandbox.detect_capabilities()
+
+    def describe(self) -> str:
+        if not self.sandboxed:
+            return "local processes WITHOUT a sandbox (explicitly configured; never for untrusted code)"
+        return "local bubblewrap sandbox; " + self._capabilities.describe()
+
+    async def configure(self, job: JobSpec, timeout_s: float) -> StageExit:
+        return await self._pod("services.pod_config", job, timeout_s, job.admin_dir / "configure.log")
+
+    async def publish(self, job: JobSpec, timeout_s: float) -> StageExit:
+        return await self._pod("services.pod_publish", job, timeout_s, job.admin_dir / "publish.log")
+
+    async def _pod(self, module: str, job: JobSpec, timeout_s: float, log_path: Path) -> StageExit:
+        env = {
+            **self._pod_environment,
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "C2D_JOB_ID": job.job_id,
+            "C2D_JOB_TOKEN": job.token,
+            "C2D_AGENT_ADDRESS": self.agent_address,
+            "C2D_DATA_ROOT": str(job.data_root),
+            "C2D_ADMIN_DIR": str(job.admin_dir),
+        }
+        with open(log_path, "ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", module,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                env=env, start_new_session=True,
+            )
+        try:
+            code = await asyncio.wait_for(process.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            await _kill_group(process)
+            return StageExit(None, timed_out=True)
+        except asyncio.CancelledError:
+            await _kill_group(process)
+            raise
+        return StageExit(code)
+
+    async def algorithm(self, job: JobSpec, capacity: Capacity) -> AlgorithmResult:
+        argv = runtimes.resolve_command({"entrypoint": job.entrypoint, "image": job.image})
+        root = ALGORITHM_DATA if self.sandboxed else str(job.data_root)
+        env = {
+            "DIDS": json.dumps([did.removeprefix("did:op:") for did in job.dataset_dids]),
+            "TRANSFORMATION_DID": job.algorithm_did.removeprefix("did:op:"),
+            "VOLUME": root,
+            "INPUTS": f"{root}/inputs",
+            "OUTPUTS": f"{root}/outputs",
+            "LOGS": f"{root}/logs",
+        }
+        if not self.sandboxed:
+            argv = tuple(a.replace(ALGORITHM_DATA, root, 1) if a.startswith(ALGORITHM_DATA) else a for a in argv)
+        spec = sandbox.SandboxSpec(
+            job_id=job.job_id,
+            workspace=job.data_root,
+            argv=argv,
+            env=env,
+            allow_network=job.allow_network,
+            limits=sandbox.SandboxLimits(
+                wall_timeout_s=job.algorithm_timeout_s,
+                memory_bytes=capacity.memory_bytes,
+                cpu_cores=capacity.cpu_cores,
+                max_processes=MAX_PROCESSES,
+                max_file_bytes=capacity.disk_bytes,
+                disk_quota_bytes=capacity.disk_bytes,
+                log_max_bytes=capacity.log_max_bytes,
+            ),
+            use_sandbox=self.sandboxed,
+        )
+        run = await sandbox.SandboxRun.start(spec)
+        try:
+            outcome = await run.wait()
+        except asyncio.CancelledError:
+            await run.stop()
+            raise
+        return AlgorithmResult(
+            exit_code=outcome.exit_code,
+            signal=outcome.signal,
+            oom_killed=outcome.oom_killed,
+            timed_out=outcome.timed_out,
+            stopped=outcome.stopped,
+            disk_quota_exceeded=outcome.disk_quota_exceeded,
+            duration_s=outcome.duration_s,
+            description=outcome.describe(),
+        )
+
+    async def remove(self, job: JobSpec) -> None:
+        shutil.rmtree(job.workspace, ignore_errors=True)
+
+
+async def _kill_group(process: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    await process.wait()

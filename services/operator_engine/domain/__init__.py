@@ -1,0 +1,1 @@
+"""The engine's domain: stage orchestration and the event log. No grpc here."""

@@ -1,0 +1,38 @@
+"""A job's state change as the engine records and streams it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class StateChange:
+    job_id: str
+    status: int
+    end_reason: int = 0
+    error_code: str = ""
+    error_message: str = ""
+    time: datetime = field(default_factory=now)
+    results: dict[str, Any] | None = None
+    outcome: dict[str, Any] | None = None
+    results_did: str = ""
+    sequence: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["time"] = self.time.isoformat()
+        del data["sequence"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], sequence: int) -> "StateChange":
+        values = dict(data)
+        values["time"] = datetime.fromisoformat(values["time"])
+        return cls(**values, sequence=sequence)

@@ -1,0 +1,120 @@
+"""The engine's durable, numbered event log.
+
+Every state change is written to the store (with the job's new status, in
+one transaction) before anyone can stream it. Sequences are assigned here, by
+one writer, so they have no gaps and commit in order: a reader that saw N has
+seen everything before N. Appends that arrive together are committed as one
+transaction (group commit), which is what keeps a busy engine fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from plumbing.database import Database
+from plumbing.statuses import TERMINAL
+from services.operator_engine.domain.changes import StateChange, now
+from services.operator_engine.persistence.models import EngineEvent, EngineJob
+
+
+class EventLog:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._latest = 0
+        self._pending: list[tuple[StateChange, asyncio.Future[int]]] = []
+        self._wake = asyncio.Event()
+        self._appended = asyncio.Condition()
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def latest(self) -> int:
+        return self._latest
+
+    async def start(self) -> None:
+        self._latest = await self._db.run(
+            lambda s: s.scalar(select(func.coalesce(func.max(EngineEvent.sequence), 0))) or 0
+        )
+        self._flusher = asyncio.create_task(self._flush_forever(), name="event-log-flusher")
+
+    async def close(self) -> None:
+        if self._flusher:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+    async def append(self, change: StateChange) -> int:
+        """Records the change durably and returns its sequence."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((change, future))
+        self._wake.set()
+        return await future
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            first = self._latest + 1
+            try:
+                await self._db.run(_writer(batch, first))
+            except Exception as exc:  # noqa: BLE001 - each appender gets the failure
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self._latest = first + len(batch) - 1
+            for offset, (_, future) in enumerate(batch):
+                if not future.done():
+                    future.set_result(first + offset)
+            async with self._appended:
+                self._appended.notify_all()
+
+    async def read_after(self, sequence: int, limit: int = 500) -> list[StateChange]:
+        def read(session: Session) -> list[StateChange]:
+            rows = session.scalars(
+                select(EngineEvent)
+                .where(EngineEvent.sequence > sequence)
+                .order_by(EngineEvent.sequence)
+                .limit(limit)
+            )
+            return [StateChange.from_json(row.change, row.sequence) for row in rows]
+
+        return await self._db.run(read)
+
+    async def wait_beyond(self, sequence: int, timeout: float) -> bool:
+        """Waits until an event after `sequence` exists, or the timeout."""
+        async with self._appended:
+            try:
+                await asyncio.wait_for(
+                    self._appended.wait_for(lambda: self._latest > sequence), timeout
+                )
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+
+def _writer(batch: list[tuple[StateChange, asyncio.Future[int]]], first: int) -> Callable[[Session], None]:
+    def write(session: Session) -> None:
+        recorded = now()
+        for offset, (change, _) in enumerate(batch):
+            session.add(
+                EngineEvent(
+                    sequence=first + offset,
+                    job_id=change.job_id,
+                    change=change.to_json(),
+                    recorded_at=recorded,
+                )
+            )
+            values: dict[str, object] = {"status": change.status}
+            if change.status in TERMINAL:
+                values["stage"] = "done"
+            if change.results is not None:
+                values["results"] = change.results
+            session.execute(update(EngineJob).where(EngineJob.job_id == change.job_id).values(**values))
+
+    return write

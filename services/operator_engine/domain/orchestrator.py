@@ -1,0 +1,491 @@
+"""The stage orchestrator: configure -> algorithm -> publish, for any backend.
+
+One asyncio task per running job walks the stages. Each stage has its own
+timeout, a stop cancels the task in whatever stage it is (the backend kills
+what it started), and every state change goes through `_emit`, which checks
+the state machine and appends to the durable event log before anything else
+can see it. Jobs beyond the environment's max_jobs wait in a FIFO queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hmac
+import logging
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from plumbing import errors
+from plumbing.database import Database
+from plumbing.statuses import FAILURES, EndReason, Status, check_transition, is_terminal
+from services.operator_engine.backends.base import Backend, Capacity, JobSpec
+from services.operator_engine.domain.changes import StateChange, now
+from services.operator_engine.domain.event_log import EventLog
+from services.operator_engine.persistence.models import EngineJob
+
+log = logging.getLogger("c2d.engine")
+
+# What a pod may report in each stage; anything else is refused.
+POD_REPORTS = {
+    "configure": {
+        Status.PROVISIONING_SUCCESS,
+        Status.DATA_PROVISIONING_FAILED,
+        Status.ALGORITHM_PROVISIONING_FAILED,
+        Status.DISK_QUOTA_EXCEEDED,
+    },
+    "publish": {Status.RESULTS_FETCH_FAILED, Status.RESULTS_UPLOAD_FAILED},
+}
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    id: str
+    description: str
+    cpu_cores: float
+    memory_bytes: int
+    disk_bytes: int
+    max_jobs: int
+    max_job_duration_s: int
+    storage_expiry_s: int
+    price_per_minute: str
+    log_max_bytes: int
+    gpus: int = 0
+    gpu_type: str = ""
+
+
+@dataclass
+class Run:
+    spec: JobSpec
+    workflow: bytes
+    status: Status = Status.WARMING_UP
+    stage: str = "queued"
+    queued_at: float = field(default_factory=time.monotonic)
+    stop_requested: bool = False
+    task: asyncio.Task[None] | None = None
+    results: dict[str, Any] | None = None
+    results_did: str = ""
+    outcome: dict[str, Any] | None = None  # how the algorithm ended, once it has
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        db: Database,
+        events: EventLog,
+        backend: Backend,
+        environment: EnvironmentSpec,
+        workspaces: Path,
+        configure_timeout_s: float,
+        publish_timeout_s: float,
+        queue_timeout_s: float,
+    ) -> None:
+        self.db = db
+        self.events = events
+        self.backend = backend
+        self.environment = environment
+        self.workspaces = workspaces
+        self.configure_timeout_s = configure_timeout_s
+        self.publish_timeout_s = publish_timeout_s
+        self.queue_timeout_s = queue_timeout_s
+        self._runs: dict[str, Run] = {}
+        self._queue: collections.deque[str] = collections.deque()
+        self._running: set[str] = set()
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._recover()
+        self._housekeeping = asyncio.create_task(self._expire_queued_forever())
+
+    async def close(self) -> None:
+        if self._housekeeping:
+            self._housekeeping.cancel()
+        tasks = [run.task for run in self._runs.values() if run.task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _recover(self) -> None:
+        """Reconciles jobs a previous engine process left unfinished.
+
+        Configure and publish are idempotent and run again; an algorithm whose
+        process died with the engine cannot be resumed, so that job fails.
+        """
+        rows = await self.db.run(
+            lambda s: [
+                (r.job_id, r.environment_id, r.workflow, r.spec, r.status, r.stage, r.stop_requested)
+                for r in s.scalars(
+                    select(EngineJob)
+                    .where(EngineJob.stage != "done", EngineJob.deleted.is_(False))
+                    .order_by(EngineJob.created_at)
+                )
+            ]
+        )
+        for job_id, env_id, workflow, spec_json, status, stage, stop_requested in rows:
+            # Pods of the previous process are gone; re-run stages get a new token.
+            spec = _spec_from_json(spec_json, secrets.token_urlsafe(24), self.workspaces / job_id)
+            run = Run(spec=spec, workflow=workflow, status=Status(status), stage=stage)
+            self._runs[job_id] = run
+            if stop_requested:
+                await self._end(run, Status.FINISHED, EndReason.STOPPED)
+            elif stage == "algorithm":
+                await self._end(
+                    run,
+                    Status.ALGORITHM_FAILED,
+                    EndReason.FAILED,
+                    "engine_restarted",
+                    "engine restarted during algorithm",
+                )
+            elif stage == "queued":
+                self._queue.append(job_id)
+            else:
+                log.info("job %s: resuming %s stage after an engine restart", job_id, stage)
+                self._launch(run)
+        self._fill()
+
+    # -- commands ------------------------------------------------------------
+
+    async def submit(self, spec_fields: dict[str, Any], workflow: bytes) -> bool:
+        """Accepts a job; the same job id with the same workflow is a no-op."""
+        job_id = spec_fields["job_id"]
+        if spec_fields["environment_id"] != self.environment.id:
+            raise errors.FailedPrecondition(
+                f"environment {spec_fields['environment_id']!r} is not offered by this engine "
+                f"(it offers {self.environment.id!r})",
+                "environment_unknown",
+            )
+        if "$ALGO" not in spec_fields["entrypoint"]:
+            raise errors.InvalidArgument(
+                "the algorithm's entrypoint must contain $ALGO, which is replaced by the "
+                "algorithm's path", "entrypoint_invalid"
+            )
+        requested = spec_fields["algorithm_timeout_s"]
+        if requested > self.environment.max_job_duration_s:
+            raise errors.FailedPrecondition(
+                f"requested duration {requested:g} s exceeds the environment's maximum of "
+                f"{self.environment.max_job_duration_s} s",
+                "duration_too_long",
+            )
+        if requested <= 0:
+            spec_fields = {**spec_fields, "algorithm_timeout_s": float(self.environment.max_job_duration_s)}
+        token = secrets.token_urlsafe(24)
+
+        def insert(session: Session) -> bool:
+            existing = session.get(EngineJob, job_id)
+            if existing is not None:
+                if existing.workflow != workflow or existing.environment_id != spec_fields["environment_id"]:
+                    raise errors.AlreadyExists(
+                        f"job {job_id} already exists here with a different workflow", "job_exists"
+                    )
+                return False
+            session.add(
+                EngineJob(
+                    job_id=job_id,
+                    environment_id=spec_fields["environment_id"],
+                    workflow=workflow,
+                    spec=_spec_to_json(spec_fields),
+                    created_at=now(),
+                )
+            )
+            return True
+
+        created = await self.db.run(insert)
+        if created:
+            spec = _spec_from_json(_spec_to_json(spec_fields), token, self.workspaces / job_id)
+            self._runs[job_id] = Run(spec=spec, workflow=workflow)
+            self._queue.append(job_id)
+            self._fill()
+        return created
+
+    async def stop(self, job_id: str) -> Status:
+        run = self._runs.get(job_id)
+        if run is None:
+            status = await self.status_of(job_id)
+            raise errors.FailedPrecondition(
+                f"job {job_id} already ended with status {int(status)}", "job_ended"
+            )
+        run.stop_requested = True
+        await self.db.run(_mark_stop(job_id))
+        status = run.status
+        if run.task is not None:
+            run.task.cancel()
+            await asyncio.gather(run.task, return_exceptions=True)
+        else:
+            self._queue.remove(job_id)
+            await self._end(run, Status.FINISHED, EndReason.STOPPED)
+        return status
+
+    async def delete(self, job_id: str) -> None:
+        if job_id in self._runs:
+            await self.stop(job_id)
+        else:
+            await self.status_of(job_id)
+        shutil.rmtree(self.workspaces / job_id, ignore_errors=True)
+        await self.db.run(
+            lambda s: s.execute(update(EngineJob).where(EngineJob.job_id == job_id).values(deleted=True))
+        )
+
+    async def status_of(self, job_id: str) -> Status:
+        status = await self.db.run(lambda s: s.scalar(select(EngineJob.status).where(EngineJob.job_id == job_id)))
+        if status is None:
+            raise errors.NotFound(f"job {job_id} is not known to this engine", "job_not_found")
+        return Status(status)
+
+    # -- pods ------------------------------------------------------------------
+
+    def authorize_pod(self, job_id: str, token: str) -> Run:
+        run = self._runs.get(job_id)
+        if run is None or not hmac.compare_digest(run.spec.token.encode(), token.encode()):
+            raise errors.PermissionDenied(
+                f"this token does not belong to an active job {job_id}", "job_token_invalid"
+            )
+        return run
+
+    async def report_progress(self, run: Run, status: Status, code: str, message: str) -> None:
+        if status == run.status or status in (Status.CONFIGURING_VOLUMES, Status.PUBLISHING_RESULTS):
+            return  # the engine announced these itself; a pod repeating them is harmless
+        if status not in POD_REPORTS.get(run.stage, ()):
+            raise errors.FailedPrecondition(
+                f"a pod cannot report status {int(status)} during the {run.stage} stage",
+                "report_out_of_stage",
+            )
+        if status in FAILURES:
+            await self._end(run, status, EndReason.FAILED, code or "stage_failed", message)
+        else:
+            await self._emit(run, status)
+
+    def record_results(self, run: Run, results: dict[str, Any], results_did: str) -> None:
+        if run.stage != "publish":
+            raise errors.FailedPrecondition(
+                f"results can only be reported during the publish stage, not {run.stage}",
+                "report_out_of_stage",
+            )
+        run.results, run.results_did = results, results_did
+
+    def workflow_of(self, run: Run) -> bytes:
+        return run.workflow
+
+    # -- load -------------------------------------------------------------------
+
+    @property
+    def running_jobs(self) -> int:
+        return len(self._running)
+
+    @property
+    def queued_jobs(self) -> int:
+        return len(self._queue)
+
+    def is_active(self, job_id: str) -> bool:
+        return job_id in self._runs
+
+    def workspace_of(self, job_id: str) -> Path:
+        return self.workspaces / job_id
+
+    # -- the stages -------------------------------------------------------------
+
+    def _fill(self) -> None:
+        while self._queue and len(self._running) < self.environment.max_jobs:
+            self._launch(self._runs[self._queue.popleft()])
+
+    def _launch(self, run: Run) -> None:
+        self._running.add(run.spec.job_id)
+        run.task = asyncio.create_task(self._execute(run), name=f"job-{run.spec.job_id}")
+
+    async def _execute(self, run: Run) -> None:
+        job = run.spec
+        try:
+            if run.stage in ("queued", "configure"):
+                if run.status == Status.WARMING_UP:
+                    await self._emit(run, Status.STARTED)
+                if run.status == Status.STARTED:
+                    await self._emit(run, Status.CONFIGURING_VOLUMES, stage="configure")
+                if not await self._configure(run):
+                    return
+            if run.stage in ("configure", "algorithm"):
+                await self._emit(run, Status.RUNNING_ALGORITHM, stage="algorithm")
+                if not await self._algorithm(run):
+                    return
+            await self._emit(run, Status.PUBLISHING_RESULTS, stage="publish", outcome=run.outcome)
+            await self._publish(run)
+        except asyncio.CancelledError:
+            if run.stop_requested and not is_terminal(run.status):
+                await self._end(run, Status.FINISHED, EndReason.STOPPED, "stopped", "stopped by its owner")
+            if not run.stop_requested:
+                raise
+        except Exception:  # noqa: BLE001 - a bug must still end the job
+            log.exception("job %s: engine error", job.job_id)
+            if not is_terminal(run.status):
+                await self._end(run, Status.FINISHED, EndReason.FAILED, "engine_error", "the engine failed; see its log")
+        finally:
+            self._running.discard(job.job_id)
+            if is_terminal(run.status):
+                self._runs.pop(job.job_id, None)
+            self._fill()
+
+    async def _configure(self, run: Run) -> bool:
+        job = run.spec
+        if job.workspace.exists():
+            shutil.rmtree(job.workspace)  # a retried configure starts clean
+        job.admin_dir.mkdir(parents=True)
+        job.data_root.mkdir()
+        exit_ = await self.backend.configure(job, self.configure_timeout_s)
+        if is_terminal(run.status):
+            return False
+        if exit_.timed_out:
+            await self._end(
+                run, Status.DATA_PROVISIONING_FAILED, EndReason.TIMED_OUT, "configure_timed_out",
+                f"configuring the job took longer than {self.configure_timeout_s:g} s",
+            )
+            return False
+        if run.status != Status.PROVISIONING_SUCCESS:
+            await self._end(
+                run, Status.DATA_PROVISIONING_FAILED, EndReason.FAILED, "configure_crashed",
+                f"pod_config ended without reporting success (exit code {exit_.exit_code}) {exit_.detail}".strip(),
+            )
+            return False
+        return True
+
+    async def _algorithm(self, run: Run) -> bool:
+        env = self.environment
+        capacity = Capacity(env.cpu_cores, env.memory_bytes, env.disk_bytes, env.log_max_bytes)
+        result = await self.backend.algorithm(run.spec, capacity)
+        outcome = result.to_json()
+        if result.succeeded:
+            run.outcome = outcome
+            return True
+        if result.disk_quota_exceeded:
+            await self._end(
+                run, Status.DISK_QUOTA_EXCEEDED, EndReason.FAILED, "disk_quota_exceeded",
+                f"the job wrote more than its {env.disk_bytes} byte disk quota", outcome=outcome,
+            )
+        elif result.timed_out:
+            await self._end(
+                run, Status.ALGORITHM_FAILED, EndReason.TIMED_OUT, "algorithm_timed_out",
+                f"algorithm timed out after {run.spec.algorithm_timeout_s:g} s", outcome=outcome,
+            )
+        else:
+            await self._end(
+                run, Status.ALGORITHM_FAILED, EndReason.FAILED, "algorithm_failed",
+                f"algorithm failed: {result.description}", outcome=outcome,
+            )
+        return False
+
+    async def _publish(self, run: Run) -> None:
+        exit_ = await self.backend.publish(run.spec, self.publish_timeout_s)
+        if is_terminal(run.status):
+            return
+        if exit_.timed_out:
+            await self._end(
+                run, Status.RESULTS_UPLOAD_FAILED, EndReason.TIMED_OUT, "publish_timed_out",
+                f"publishing took longer than {self.publish_timeout_s:g} s",
+            )
+        elif exit_.exit_code != 0 or run.results is None:
+            await self._end(
+                run, Status.RESULTS_UPLOAD_FAILED, EndReason.FAILED, "publish_crashed",
+                f"pod_publish ended without reporting results (exit code {exit_.exit_code}) {exit_.detail}".strip(),
+            )
+        else:
+            await self._end(run, Status.FINISHED, EndReason.COMPLETED, results=run.results, results_did=run.results_did)
+
+    # -- state changes -------------------------------------------------------------
+
+    async def _emit(
+        self,
+        run: Run,
+        status: Status,
+        *,
+        stage: str | None = None,
+        end_reason: EndReason = EndReason.NONE,
+        code: str = "",
+        message: str = "",
+        outcome: dict[str, Any] | None = None,
+        results: dict[str, Any] | None = None,
+        results_did: str = "",
+    ) -> None:
+        check_transition(run.status, status)
+        change = StateChange(
+            job_id=run.spec.job_id,
+            status=int(status),
+            end_reason=int(end_reason),
+            error_code=code,
+            error_message=message,
+            results=results,
+            outcome=outcome,
+            results_did=results_did,
+        )
+        run.status = status
+        if stage is not None:
+            run.stage = stage
+            await self.db.run(_set_stage(run.spec.job_id, stage))
+        # Shielded: a stop arriving mid-append must not leave the log and the
+        # job's in-memory status disagreeing.
+        await asyncio.shield(self.events.append(change))
+
+    async def _end(
+        self,
+        run: Run,
+        status: Status,
+        end_reason: EndReason,
+        code: str = "",
+        message: str = "",
+        **extra: Any,
+    ) -> None:
+        await self._emit(run, status, end_reason=end_reason, code=code, message=message, **extra)
+        if run.task is None or run.task is not asyncio.current_task():
+            self._runs.pop(run.spec.job_id, None)
+
+    async def _expire_queued_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            limit = time.monotonic() - self.queue_timeout_s
+            for job_id in [j for j in self._queue if self._runs[j].queued_at < limit]:
+                self._queue.remove(job_id)
+                await self._end(
+                    self._runs[job_id], Status.FINISHED, EndReason.EXPIRED_IN_QUEUE, "expired_in_queue",
+                    f"the job waited more than {self.queue_timeout_s:g} s for room in its environment",
+                )
+
+
+_SPEC_FIELDS = (
+    "job_id", "environment_id", "entrypoint", "image", "allow_network",
+    "algorithm_timeout_s", "dataset_dids", "algorithm_did",
+)
+
+
+def _spec_to_json(fields: dict[str, Any]) -> dict[str, Any]:
+    data = {name: fields[name] for name in _SPEC_FIELDS}
+    data["dataset_dids"] = list(data["dataset_dids"])
+    return data
+
+
+def _spec_from_json(data: dict[str, Any], token: str, workspace: Path) -> JobSpec:
+    return JobSpec(
+        job_id=data["job_id"],
+        environment_id=data["environment_id"],
+        token=token,
+        workspace=workspace,
+        entrypoint=data["entrypoint"],
+        image=data["image"],
+        allow_network=data["allow_network"],
+        algorithm_timeout_s=float(data["algorithm_timeout_s"]),
+        dataset_dids=tuple(data["dataset_dids"]),
+        algorithm_did=data["algorithm_did"],
+    )
+
+
+def _set_stage(job_id: str, stage: str):  # type: ignore[no-untyped-def]
+    return lambda s: s.execute(update(EngineJob).where(EngineJob.job_id == job_id).values(stage=stage))
+
+
+def _mark_stop(job_id: str):  # type: ignore[no-untyped-def]
+    return lambda s: s.execute(update(EngineJob).where(EngineJob.job_id == job_id).values(stop_requested=True))
+

@@ -1,0 +1,1 @@
+"""The engine's own store: every job it holds, and its numbered event log."""

@@ -1,0 +1,619 @@
+"""Run one stranger's algorithm in a bubblewrap sandbox, with limits, and report how it ended.
+
+What the algorithm sees (``use_sandbox=True``)
+    New user, pid, net, ipc, uts and cgroup namespaces, no capabilities, its
+    own session. A read-only root holding only /usr (and the /bin, /lib…
+    links to it), a few harmless /etc files (ld.so cache, alternatives,
+    localtime; with network also resolv.conf, hosts, nsswitch.conf, ssl certs),
+    a fresh /proc and /dev, a private /tmp (tmpfs, capped at ``memory_bytes``
+    when that is set, and charged to the memory cgroup), and /data:
+    inputs/, transformations/, ddos/ read-only, outputs/ and logs/ writable.
+    No network at all (not even the host's 127.0.0.1) unless
+    ``allow_network``. The environment is exactly ``spec.env`` plus PATH and
+    HOME=/tmp (spec.env wins if it sets them).
+
+How it is started (race-free limits)
+    The engine spawns ``setpriv --pdeathsig KILL`` (so the run dies if the
+    engine does) running ``/bin/sh`` as a gate that blocks reading one line
+    on its stdin. While it waits the engine sets its rlimits with prlimit(2)
+    and writes its pid into the job's cgroups; then it releases the gate,
+    which checks its parent is still the engine and execs bwrap
+    (``--die-with-parent``, so the pid namespace dies with bwrap). Nothing
+    of the algorithm runs before its limits are in place.
+
+Limits
+    * ``memory_bytes``: cgroup memory limit (memsw/swap too); an OOM kill is
+      read from the cgroup and reported. It is *not* used for RLIMIT_AS when
+      the cgroup works, because address space is not memory: node and
+      threaded Python reserve gigabytes they never touch. When no memory
+      cgroup is usable and ``address_space_bytes`` is None it falls back to
+      RLIMIT_AS, as a strict limit beats none.
+    * ``cpu_seconds``: RLIMIT_CPU per process (soft: SIGXCPU; hard one second
+      later: SIGKILL). ``cpu_cores``: cgroup CFS quota for the whole run.
+    * ``max_processes``: cgroup pids.max, counting threads too, plus the two
+      sandbox helpers (outer bwrap and the namespace's init). Without a pids
+      cgroup it falls back to RLIMIT_NPROC, which counts every process of the
+      host uid, and which the kernel does not enforce at all for root (kuid 0;
+      the user namespace does not change that). The engine runs as root here,
+      so without the pids cgroup there is no process limit, and it is not
+      listed in force.
+    * ``max_file_bytes``: RLIMIT_FSIZE. Core dumps are always off (RLIMIT_CORE 0)
+      so no image of the algorithm's memory reaches a host core handler.
+    * ``disk_quota_bytes``: outputs/ + logs/ are walked every 100 ms (sizes or
+      allocated blocks, whichever is larger, symlinks not followed); over the
+      quota the run is killed (``disk_quota_exceeded``). A fast writer can
+      overshoot by what it writes in one poll interval; set ``max_file_bytes``
+      to bound single files tighter. Exceeding it and exiting between two
+      polls is caught by a final check.
+    * ``log_max_bytes``: stdout and stderr share one pipe that the engine
+      copies to logs/algorithm.log (so it can be followed while it grows);
+      past the cap the rest is drained and dropped, after one marker line.
+    * ``wall_timeout_s``: the whole tree is killed; ``timed_out``.
+
+Exit status: bwrap reports an algorithm killed by signal N as exit code
+128+N, and that is read back as signal N (the shell and Kubernetes
+convention; an algorithm that itself exits 137 reads as SIGKILL too).
+
+``use_sandbox=False`` (only for environments configured so) runs the same
+command directly with the same rlimits, cgroups, timeout, quota and log
+capture, but without namespaces: ``/data`` in argv and env values is
+rewritten to the workspace, the cwd is the workspace, HOME a private
+temporary directory. Processes that leave the session survive a stop only
+if no cgroup is usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import cgroups
+from .cgroups import CgroupError, JobCgroup
+
+__all__ = [
+    "CgroupError",
+    "SandboxCapabilities",
+    "SandboxLimits",
+    "SandboxOutcome",
+    "SandboxRun",
+    "SandboxSpec",
+    "SandboxUnavailable",
+    "detect_capabilities",
+    "disk_usage",
+]
+
+DATA = "/data"
+RO_DIRS = ("inputs", "transformations", "ddos")
+RW_DIRS = ("outputs", "logs")
+LOG_NAME = "algorithm.log"
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+DISK_POLL_S = 0.1
+KILL_DEADLINE_S = 1.0
+# outer bwrap + the pid namespace's init are in the job's pids cgroup too
+SANDBOX_HELPER_PROCESSES = 2
+_ETC_ALWAYS = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime")
+_ETC_NETWORK = (
+    "/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/nsswitch.conf", "/etc/gai.conf",
+    "/etc/ssl", "/etc/ca-certificates",
+)
+_ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# Blocks until the engine writes a line (limits and cgroups in place), then becomes the
+# command. $1 is the engine's pid: setpriv armed the parent-death signal before this shell
+# started, so if the parent is still the engine now, the engine's death will kill the run;
+# if the engine died before that, we were reparented and must not run.
+_GATE = ('read -r _ || exit 125; read -r _ _ _ ppid _ </proc/$$/stat; '
+         '[ "$1" = - ] || [ "$ppid" = "$1" ] || exit 125; shift; exec "$@" </dev/null')
+_GATE_FAILED = 125
+_LAUNCH_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+_SIGNAL_NOTES = {
+    signal.SIGXCPU: "CPU time limit exceeded",
+    signal.SIGXFSZ: "file size limit exceeded",
+}
+
+
+class SandboxUnavailable(Exception):
+    """The sandbox was asked for but cannot run here (no bwrap, or user namespaces fail)."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    wall_timeout_s: float
+    cpu_seconds: int | None = None        # RLIMIT_CPU, per process
+    memory_bytes: int | None = None       # cgroup memory; RLIMIT_AS only as a fallback (module doc)
+    address_space_bytes: int | None = None  # RLIMIT_AS
+    max_processes: int | None = None      # cgroup pids.max (+2 helpers); RLIMIT_NPROC fallback
+    max_file_bytes: int | None = None     # RLIMIT_FSIZE
+    cpu_cores: float | None = None        # cgroup CFS quota
+    disk_quota_bytes: int | None = None   # outputs/ + logs/, polled
+    log_max_bytes: int = 10 << 20         # algorithm.log cap
+
+    def __post_init__(self) -> None:
+        if not self.wall_timeout_s > 0:
+            raise ValueError("wall_timeout_s must be positive")
+        for name in ("cpu_seconds", "memory_bytes", "address_space_bytes", "max_processes",
+                     "max_file_bytes", "disk_quota_bytes"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.cpu_cores is not None and self.cpu_cores <= 0:
+            raise ValueError("cpu_cores must be positive")
+        if self.log_max_bytes < 0:
+            raise ValueError("log_max_bytes must not be negative")
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    job_id: str
+    workspace: Path          # inputs/, transformations/, ddos/, outputs/, logs/ (the job's /data)
+    argv: tuple[str, ...]    # as seen inside the sandbox
+    env: Mapping[str, str]   # the algorithm's whole environment, besides PATH and HOME
+    allow_network: bool = False
+    limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(wall_timeout_s=3600.0))
+    use_sandbox: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.argv:
+            raise ValueError("argv must not be empty")
+        for key, value in self.env.items():
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise ValueError(f"invalid environment variable {key!r}")
+
+
+@dataclass(frozen=True)
+class SandboxOutcome:
+    exit_code: int | None
+    signal: int | None
+    oom_killed: bool
+    timed_out: bool
+    stopped: bool
+    disk_quota_exceeded: bool
+    duration_s: float
+    # extras for describe() and the job record
+    wall_timeout_s: float | None = None
+    disk_quota_bytes: int | None = None
+    log_truncated: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return (self.exit_code == 0 and not (self.oom_killed or self.timed_out or self.stopped
+                                             or self.disk_quota_exceeded))
+
+    def describe(self) -> str:
+        if self.stopped:
+            return "stopped"
+        if self.timed_out:
+            return f"timed out after {_seconds(self.wall_timeout_s or self.duration_s)} s"
+        if self.disk_quota_exceeded:
+            quota = f" of {self.disk_quota_bytes} bytes" if self.disk_quota_bytes else ""
+            return f"killed: disk quota{quota} exceeded"
+        if self.signal is not None:
+            if self.oom_killed:
+                note = "out of memory"
+            else:
+                note = _SIGNAL_NOTES.get(self.signal) or _signal_name(self.signal)
+            return f"killed by signal {self.signal} ({note})"
+        text = f"exit code {self.exit_code}"
+        return text + " (a process ran out of memory)" if self.oom_killed else text
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}" if value == int(value) or value < 10 else f"{value:.0f}"
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return "unknown signal"
+
+
+@dataclass(frozen=True)
+class SandboxCapabilities:
+    bwrap: str | None          # usable bwrap, None when missing or user namespaces fail
+    cgroup_version: int | None  # 1, 2 or None
+    limits_in_force: tuple[str, ...]
+    problem: str | None = None  # why bwrap is not usable
+
+    def describe(self) -> str:
+        if self.bwrap:
+            box = f"bubblewrap {self.bwrap} (no network unless allowed)"
+        else:
+            box = f"no sandbox ({self.problem or 'bubblewrap unavailable'})"
+        groups = f"cgroup v{self.cgroup_version}" if self.cgroup_version else "no cgroups"
+        return f"{box}; {groups}; limits: {', '.join(self.limits_in_force) or 'none'}"
+
+
+def _resolve_bwrap(bwrap: str | None) -> str | None:
+    if bwrap is None:
+        return shutil.which("bwrap")
+    return bwrap if os.path.isfile(bwrap) and os.access(bwrap, os.X_OK) else None
+
+
+def _system_binds() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in _ROOT_LINKS:
+        path = Path("/", name)
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    for etc in _ETC_ALWAYS:
+        args += ["--ro-bind-try", etc, etc]
+    return args
+
+
+@functools.lru_cache(maxsize=8)
+def _probe_bwrap(path: str) -> str | None:
+    """None when bwrap can build a sandbox here, else why not (cached: ~30 ms)."""
+    argv = [path, "--unshare-all", "--unshare-user", "--die-with-parent", "--cap-drop", "ALL",
+            *_system_binds(), "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"]
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+                              env={"PATH": _LAUNCH_PATH})
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{path}: {e}"
+    if done.returncode != 0:
+        return f"{path} failed: {done.stderr.decode(errors='replace').strip() or done.returncode}"
+    return None
+
+
+def _rlimit_names(euid: int) -> list[str]:
+    names = ["rlimit:cpu", "rlimit:as", "rlimit:fsize"]
+    if euid != 0:  # root is exempt from RLIMIT_NPROC
+        names.append("rlimit:nproc")
+    return names
+
+
+def detect_capabilities(*, bwrap: str | None = None) -> SandboxCapabilities:
+    """What this host can enforce. ``bwrap`` overrides the PATH lookup."""
+    path = _resolve_bwrap(bwrap)
+    problem = "bwrap not found" if path is None else _probe_bwrap(path)
+    usable = path if problem is None else None
+    host = cgroups.detect()
+    limits = _rlimit_names(os.geteuid())
+    limits += [f"cgroup:{c}" for c in cgroups.CONTROLLERS if c in host.controllers]
+    limits.append("disk:watch")
+    if usable:
+        limits.append("net:none")
+    return SandboxCapabilities(usable, host.version, tuple(limits), problem)
+
+
+def disk_usage(*roots: Path) -> int:
+    """Bytes under the roots: per entry the larger of size and allocated blocks; links not followed."""
+    total = 0
+    stack = [str(r) for r in roots]
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # deleted while walking
+                    total += max(st.st_size, st.st_blocks * 512)
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return total
+
+
+def _to_host(value: str, workspace: Path) -> str:
+    if value == DATA or value.startswith(DATA + "/"):
+        return str(workspace) + value[len(DATA):]
+    return value
+
+
+class SandboxRun:
+    """One running algorithm. Create with :meth:`start`."""
+
+    pid: int
+    limits_in_force: tuple[str, ...]   # what this run is actually held to
+    log_path: Path
+
+    def __init__(self) -> None:
+        raise TypeError("use await SandboxRun.start(spec)")
+
+    @classmethod
+    async def start(cls, spec: SandboxSpec, *, bwrap: str | None = None) -> "SandboxRun":
+        """Start the algorithm; returns once it runs under its limits.
+
+        Raises SandboxUnavailable when the sandbox (or prlimit support) is
+        missing, CgroupError when the job's cgroup is still occupied.
+        """
+        self = object.__new__(cls)
+        self._spec = spec
+        self._limits = spec.limits
+        workspace = spec.workspace.resolve()
+        self._workspace = workspace
+        bwrap_path = None
+        if spec.use_sandbox:
+            bwrap_path = _resolve_bwrap(bwrap)
+            if bwrap_path is None:
+                raise SandboxUnavailable(f"bubblewrap not found ({bwrap or 'bwrap on PATH'})")
+            problem = _probe_bwrap(bwrap_path)
+            if problem is not None:
+                raise SandboxUnavailable(f"bubblewrap cannot create a sandbox: {problem}")
+        for d in RO_DIRS + RW_DIRS:
+            (workspace / d).mkdir(parents=True, exist_ok=True)
+
+        rlimits, in_force, cg = self._plan_limits()
+        self._cgroup = cg
+        self._home: str | None = None
+        self._log_fd = -1
+        try:
+            env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", **spec.env}
+            # bwrap --chdir and the gate shell both export PWD; the algorithm gets exactly env
+            unset_pwd = [] if "PWD" in env else ["/usr/bin/env", "-u", "PWD", "--"]
+            if spec.use_sandbox:
+                assert bwrap_path is not None
+                command = [bwrap_path, *self._bwrap_args(env), "--", *unset_pwd, *spec.argv]
+                launch_env = {"PATH": _LAUNCH_PATH}  # nothing of the engine's environment
+                cwd = "/"
+                in_force.append("net:shared" if spec.allow_network else "net:none")
+            else:
+                self._home = tempfile.mkdtemp(prefix=f"c2d-home-{cgroups.cgroup_name(spec.job_id)}-")
+                env = {k: _to_host(v, workspace) for k, v in env.items()}
+                if "HOME" not in spec.env:
+                    env["HOME"] = self._home
+                command = [*unset_pwd, *(_to_host(a, workspace) for a in spec.argv)]
+                launch_env, cwd = env, str(workspace)
+            setpriv = shutil.which("setpriv", path=_LAUNCH_PATH)
+            launcher = ["/bin/sh", "-c", _GATE, "c2d-gate", str(os.getpid()) if setpriv else "-"]
+            if setpriv:  # armed before the gate, so no window where the engine's death is missed
+                launcher = [setpriv, "--pdeathsig", "KILL", "--", *launcher]
+            if self._limits.disk_quota_bytes is not None:
+                in_force.append("disk:watch")
+            self.limits_in_force = tuple(in_force)
+
+            self.log_path = workspace / "logs" / LOG_NAME
+            self._log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                   | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            proc = await asyncio.create_subprocess_exec(
+                *launcher, *command,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                env=launch_env, cwd=cwd,
+            )
+        except BaseException:
+            self._release_resources()
+            raise
+        self._proc = proc
+        self.pid = proc.pid
+        try:
+            for res, soft, hard in rlimits:
+                resource.prlimit(proc.pid, res, (soft, hard))
+            if cg is not None:
+                cg.add_pid(proc.pid)
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            await proc.stdin.drain()
+            proc.stdin.close()
+        except BaseException:
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
+            await proc.wait()
+            self._release_resources()
+            raise
+        self._started = time.monotonic()
+        self._reason: str | None = None       # "timeout" | "stopped" | "disk": the first one wins
+        self._kill_requested = asyncio.Event()
+        self._log_truncated = False
+        self._task = asyncio.create_task(self._supervise(), name=f"sandbox-{spec.job_id}")
+        return self
+
+    def _plan_limits(self) -> tuple[list[tuple[int, int, int]], list[str], JobCgroup | None]:
+        lim = self._limits
+        host = cgroups.detect()
+        sandboxed = self._spec.use_sandbox
+        max_pids = None
+        if lim.max_processes is not None:
+            max_pids = lim.max_processes + (SANDBOX_HELPER_PROCESSES if sandboxed else 0)
+        cg = None
+        if host.controllers:
+            cg = JobCgroup.create(host, self._spec.job_id, memory_bytes=lim.memory_bytes,
+                                  cpu_cores=lim.cpu_cores, max_pids=max_pids)
+        applied = set(cg.applied) if cg else set()
+        rl: list[tuple[int, int, int]] = [(resource.RLIMIT_CORE, 0, 0)]
+        in_force = list(cg.applied) if cg else []
+        if lim.cpu_seconds is not None:
+            rl.append((resource.RLIMIT_CPU, lim.cpu_seconds, lim.cpu_seconds + 1))
+            in_force.append("rlimit:cpu")
+        address_space = lim.address_space_bytes
+        if address_space is None and lim.memory_bytes is not None and "cgroup:memory" not in applied:
+            address_space = lim.memory_bytes
+        if address_space is not None:
+            rl.append((resource.RLIMIT_AS, address_space, address_space))
+            in_force.append("rlimit:as")
+        if lim.max_file_bytes is not None:
+            rl.append((resource.RLIMIT_FSIZE, lim.max_file_bytes, lim.max_file_bytes))
+            in_force.append("rlimit:fsize")
+        if max_pids is not None and "cgroup:pids" not in applied:
+            rl.append((resource.RLIMIT_NPROC, max_pids, max_pids))
+            if os.geteuid() != 0:
+                in_force.append("rlimit:nproc")
+        return rl, in_force, cg
+
+    def _bwrap_args(self, env: Mapping[str, str]) -> list[str]:
+        spec, ws = self._spec, self._workspace
+        args = ["--unshare-all", "--unshare-user"]
+        if spec.allow_network:
+            args.append("--share-net")
+        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "c2d",
+                 "--clearenv"]
+        for key, value in env.items():
+            args += ["--setenv", key, value]
+        args += _system_binds()
+        if spec.allow_network:
+            for etc in _ETC_NETWORK:
+                args += ["--ro-bind-try", etc, etc]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        if self._limits.memory_bytes is not None:  # /tmp is memory: never bigger than the limit
+            args += ["--size", str(self._limits.memory_bytes)]
+        args += ["--tmpfs", "/tmp", "--dir", DATA]
+        for d in RO_DIRS:
+            args += ["--ro-bind", str(ws / d), f"{DATA}/{d}"]
+        for d in RW_DIRS:
+            args += ["--bind", str(ws / d), f"{DATA}/{d}"]
+        args += ["--remount-ro", "/", "--chdir", DATA]
+        return args
+
+    # --- running -------------------------------------------------------
+
+    async def wait(self) -> SandboxOutcome:
+        """The outcome, once the run and its cleanup are over (safe to call many times)."""
+        return await asyncio.shield(self._task)
+
+    async def stop(self) -> None:
+        """Kill the whole process tree (within a second); the outcome says stopped."""
+        self._request_kill("stopped")
+        await self.wait()
+
+    def _request_kill(self, reason: str) -> None:
+        if self._reason is None and not self._task.done():
+            self._reason = reason
+        self._kill_requested.set()
+
+    async def _supervise(self) -> SandboxOutcome:
+        proc, lim = self._proc, self._limits
+        pump = asyncio.create_task(self._pump_log())
+        watch = asyncio.create_task(self._watch_disk()) if lim.disk_quota_bytes else None
+        exited = asyncio.create_task(proc.wait())
+        killer = asyncio.create_task(self._kill_requested.wait())
+        try:
+            done, _ = await asyncio.wait({exited, killer}, timeout=lim.wall_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if exited not in done:
+                if self._reason is None:
+                    self._reason = "timeout"
+                await self._kill_tree(exited)
+            ended = time.monotonic()
+            await self._kill_leftovers()
+            try:  # EOF comes once every writer is gone; do not hang on one we could not kill
+                await asyncio.wait_for(asyncio.shield(pump), KILL_DEADLINE_S)
+            except TimeoutError:
+                pump.cancel()
+            quota_hit = self._reason == "disk"
+            if not quota_hit and self._reason is None and lim.disk_quota_bytes is not None:
+                used = await asyncio.to_thread(disk_usage, *self._rw_dirs())
+                quota_hit = used > lim.disk_quota_bytes
+            oom = self._cgroup.oom_killed() if self._cgroup else False
+            return self._outcome(proc.returncode, oom, quota_hit, ended - self._started)
+        finally:
+            for task in (killer, watch, pump):
+                if task is not None and not task.done():
+                    task.cancel()
+            if not exited.done():  # cancelled from outside: never leave the tree running
+                await self._kill_tree(exited)
+            await asyncio.to_thread(self._release_resources)
+
+    def _outcome(self, rc: int | None, oom: bool, quota_hit: bool, duration: float) -> SandboxOutcome:
+        exit_code, sig = rc, None
+        if rc is not None and rc < 0:
+            exit_code, sig = None, -rc
+        elif rc is not None and self._spec.use_sandbox and 128 < rc <= 128 + 64:
+            exit_code, sig = None, rc - 128  # bwrap's report of a signalled algorithm
+        return SandboxOutcome(
+            exit_code=exit_code, signal=sig, oom_killed=oom,
+            timed_out=self._reason == "timeout", stopped=self._reason == "stopped",
+            disk_quota_exceeded=quota_hit, duration_s=duration,
+            wall_timeout_s=self._limits.wall_timeout_s,
+            disk_quota_bytes=self._limits.disk_quota_bytes,
+            log_truncated=self._log_truncated,
+        )
+
+    async def _kill_tree(self, exited: asyncio.Task) -> None:
+        deadline = time.monotonic() + KILL_DEADLINE_S
+        while True:
+            if self._proc.returncode is None:
+                # only while unreaped: the pid (and so the group id) cannot be reused yet
+                try:
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            left = self._cgroup.kill_all() if self._cgroup else 0
+            if (exited.done() and not left) or time.monotonic() >= deadline:
+                break
+            await asyncio.wait({exited}, timeout=0.01)
+        if not exited.done():
+            await exited
+
+    async def _kill_leftovers(self) -> None:
+        # sandboxed: the pid namespace is gone with its init; this catches
+        # unsandboxed background children (the run is over, they go too)
+        if self._cgroup is None:
+            if not self._spec.use_sandbox:
+                try:
+                    os.killpg(self._proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            return
+        deadline = time.monotonic() + KILL_DEADLINE_S
+        while self._cgroup.kill_all() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def _pump_log(self) -> None:
+        stream = self._proc.stdout
+        assert stream is not None
+        cap, written = self._limits.log_max_bytes, 0
+        while True:
+            chunk = await stream.read(1 << 16)
+            if not chunk:
+                return
+            if written < cap:
+                part = chunk[: cap - written]
+                self._write_log(part)
+                written += len(part)
+                if len(part) == len(chunk):
+                    continue
+            if not self._log_truncated:
+                self._log_truncated = True
+                self._write_log(f"\n[c2d] algorithm.log truncated at {cap} bytes; "
+                                "further output dropped\n".encode())
+
+    def _write_log(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._log_fd, view):]
+        except OSError:
+            pass  # a full disk must not stop the drain, or the algorithm blocks
+
+    def _rw_dirs(self) -> list[Path]:
+        return [self._workspace / d for d in RW_DIRS]
+
+    async def _watch_disk(self) -> None:
+        quota = self._limits.disk_quota_bytes
+        assert quota is not None
+        while True:
+            await asyncio.sleep(DISK_POLL_S)
+            if await asyncio.to_thread(disk_usage, *self._rw_dirs()) > quota:
+                self._request_kill("disk")
+                return
+
+    def _release_resources(self) -> None:
+        if self._cgroup is not None:
+            try:
+                self._cgroup.remove()
+            except CgroupError:
+                pass  # left for the next run of this job to reclaim
+            self._cgroup = None
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+            self._log_fd = -1
+        if self._home:
+            shutil.rmtree(self._home, ignore_errors=True)
+            self._home = None

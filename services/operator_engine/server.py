@@ -1,0 +1,119 @@
+"""Wires the Operator-Engine: store, event log, backend, orchestrator, gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_pb2_grpc
+from plumbing import auth, settings
+from plumbing.database import Database, sqlite_url
+from plumbing.server import Registration, RunningServer, configure_logging, serve_until_signalled, start_server
+from plumbing.statuses import Status
+from services.operator_engine.api.servicers import EngineServicer, JobAgentServicer
+from services.operator_engine.backends.local import LocalBackend
+from services.operator_engine.backends.noop import NoopBackend
+from services.operator_engine.domain.event_log import EventLog
+from services.operator_engine.domain.orchestrator import EnvironmentSpec, Orchestrator
+from services.operator_engine.persistence.models import Base
+from services.operator_engine.settings import EngineSettings
+
+log = logging.getLogger("c2d.engine")
+ENGINE_SERVICE = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
+JOB_AGENT_SERVICE = job_agent_pb2.DESCRIPTOR.services_by_name["JobAgentService"].full_name
+# Settings a pod inherits from the engine (storage, staging limits, log level).
+POD_ENV_PREFIXES = ("C2D_STORAGE_", "C2D_STAGING_", "C2D_PROVIDER_ADDRESS", "C2D_LOG_LEVEL", "C2D_DATA_DIR")
+
+
+async def start(config: EngineSettings) -> RunningServer:
+    data = settings.data_dir()
+    db = Database(config.database_url or sqlite_url(data / "engine.db"), Base.metadata)
+    db.create_schema()
+    events = EventLog(db)
+    await events.start()
+    workspaces = os.path.abspath(config.workspaces_dir or str(data / "workspaces"))
+    os.makedirs(workspaces, exist_ok=True)
+
+    orchestrator: Orchestrator
+    if config.backend == "noop":
+        async def configured(job_id: str) -> None:
+            await orchestrator.report_progress(orchestrator._runs[job_id], Status.PROVISIONING_SUCCESS, "", "")
+
+        async def published(job_id: str) -> None:
+            orchestrator.record_results(orchestrator._runs[job_id], {"storage": "none"}, "")
+
+        backend = NoopBackend(configured, published)
+    elif config.backend == "local":
+        pod_env = {k: v for k, v in os.environ.items() if k.startswith(POD_ENV_PREFIXES)}
+        pod_env.setdefault("C2D_DATA_DIR", str(data))
+        backend = LocalBackend(config.agent_address, pod_env, use_sandbox=config.sandbox)
+    else:
+        raise ValueError(f"C2D_ENGINE_BACKEND={config.backend!r}: expected local or noop")
+
+    environment = EnvironmentSpec(
+        id=config.environment_id,
+        description="",
+        cpu_cores=config.cpu_cores,
+        memory_bytes=config.memory_bytes,
+        disk_bytes=config.disk_bytes,
+        max_jobs=config.max_jobs,
+        max_job_duration_s=config.max_job_duration_s,
+        storage_expiry_s=config.storage_expiry_s,
+        price_per_minute=config.price_per_minute,
+        log_max_bytes=config.log_max_bytes,
+    )
+    orchestrator = Orchestrator(
+        db, events, backend, environment, workspaces=Path(workspaces),
+        configure_timeout_s=config.configure_timeout_s,
+        publish_timeout_s=config.publish_timeout_s,
+        queue_timeout_s=config.queue_timeout_s,
+    )
+    engine = EngineServicer(orchestrator, events, config.engine_id, config.heartbeat_s)
+    agent = JobAgentServicer(orchestrator, engine.environments)
+    running = await start_server(
+        config.address,
+        [
+            Registration(ENGINE_SERVICE, engine_pb2_grpc.add_EngineServiceServicer_to_server, engine),
+            Registration(JOB_AGENT_SERVICE, job_agent_pb2_grpc.add_JobAgentServiceServicer_to_server, agent),
+        ],
+        interceptors=[auth.ServiceTokenInterceptor(auth.service_token(), [ENGINE_SERVICE])],
+    )
+    if isinstance(backend, LocalBackend) and not config.agent_address:
+        # Port 0 (tests) is only known now; pods reach the engine on the same host.
+        backend.agent_address = f"{config.address.rsplit(':', 1)[0]}:{running.port}"
+    orchestrator.environment = _described(environment, orchestrator.backend.describe())
+    await orchestrator.start()
+
+    async def shutdown() -> None:
+        await orchestrator.close()
+        await events.close()
+        db.close()
+
+    running.on_stop.append(shutdown)
+    return running
+
+
+def _described(env: EnvironmentSpec, backend_description: str) -> EnvironmentSpec:
+    text = (
+        f"{env.cpu_cores:g} CPU, {env.memory_bytes >> 20} MiB RAM, {env.disk_bytes >> 20} MiB disk, "
+        f"{env.max_jobs} jobs at once; {backend_description}"
+    )
+    return dataclasses.replace(env, description=text)
+
+
+def main() -> None:
+    config = settings.load(EngineSettings, "C2D_ENGINE")
+    configure_logging(os.environ.get("C2D_LOG_LEVEL", "INFO"))
+
+    async def run() -> None:
+        running = await start(config)
+        await serve_until_signalled(running, "operator-engine")
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

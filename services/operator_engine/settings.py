@@ -1,0 +1,31 @@
+"""Operator-Engine settings, from C2D_ENGINE_* environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from plumbing.settings import setting
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    address: str = setting("127.0.0.1:50053", "host:port the engine listens on")
+    engine_id: str = setting("local", "this engine's id, unique among the service's engines")
+    database_url: str = setting("", "SQLAlchemy URL of the engine's store (default: SQLite in the data dir)")
+    backend: str = setting("local", "where stages run: local or noop")
+    agent_address: str = setting("", "address pods use to reach JobAgentService (default: the engine's address)")
+    workspaces_dir: str = setting("", "where job workspaces live (default: <data dir>/workspaces)")
+    configure_timeout_s: float = setting(600.0, "timeout of the configure stage (pod_config)")
+    publish_timeout_s: float = setting(600.0, "timeout of the publish stage (pod_publish)")
+    queue_timeout_s: float = setting(3600.0, "a job waiting longer than this for room ends 'expired in queue'")
+    heartbeat_s: float = setting(2.0, "seconds between heartbeats on the state stream")
+    environment_id: str = setting("local-cpu", "id of the engine's compute environment")
+    cpu_cores: float = setting(1.0, "CPU cores per job")
+    memory_bytes: int = setting(1 << 30, "memory per job in bytes")
+    disk_bytes: int = setting(1 << 30, "disk per job (workspace quota) in bytes")
+    max_jobs: int = setting(2, "jobs that run at once; more wait in a FIFO queue")
+    max_job_duration_s: int = setting(3600, "the longest an algorithm may run, in seconds")
+    storage_expiry_s: int = setting(7 * 24 * 3600, "how long results are kept, in seconds (0 = forever)")
+    price_per_minute: str = setting("0", "price per minute in datatokens")
+    sandbox: bool = setting(True, "run algorithms in bubblewrap; false only for hosts without it, never in production")
+    log_max_bytes: int = setting(10 << 20, "cap of the algorithm's log")

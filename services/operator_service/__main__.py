@@ -1,0 +1,3 @@
+from services.operator_service.server import main
+
+main()

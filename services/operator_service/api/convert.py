@@ -1,0 +1,37 @@
+"""Job rows -> c2d.common.v1.Job."""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+
+from c2d.common.v1 import common_pb2
+from plumbing.statuses import TEXT, Status
+from services.operator_service.persistence.models import Job
+
+
+def job(row: Job) -> common_pb2.Job:
+    message = common_pb2.Job(
+        job_id=row.job_id,
+        owner=row.owner,
+        dataset_dids=row.dataset_dids,
+        algorithm_did=row.algorithm_did,
+        environment_id=row.environment_id,
+        status=row.status,  # type: ignore[arg-type]
+        status_text=TEXT[Status(row.status)],
+        end_reason=row.end_reason,  # type: ignore[arg-type]
+        error_code=row.error_code,
+        error_message=row.error_message,
+        results_did=row.results_did,
+        viewers=row.viewers or [],
+        sequence=row.sequence,
+    )
+    message.created_at.FromDatetime(row.created_at)
+    if row.started_at:
+        message.started_at.FromDatetime(row.started_at)
+    if row.finished_at:
+        message.finished_at.FromDatetime(row.finished_at)
+    if row.results:
+        json_format.ParseDict(row.results, message.results)
+    if row.outcome:
+        json_format.ParseDict(row.outcome, message.algorithm_outcome)
+    return message

@@ -1,0 +1,230 @@
+"""OperatorService: validates requests, calls the store and the engine links."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from datetime import timezone
+from typing import AsyncIterator, Awaitable, Callable
+
+from google.protobuf import json_format
+
+from c2d.common.v1 import common_pb2
+from c2d.operator.v1 import operator_pb2, operator_pb2_grpc
+from plumbing import errors
+from plumbing.database import Database
+from plumbing.statuses import TEXT, EndReason, Status, is_terminal
+from services.operator_service.api import convert
+from services.operator_service.domain.engine_links import EngineLink
+from services.operator_service.domain.watching import Broker
+from services.operator_service.persistence import jobs as store
+from services.operator_service.persistence.models import Job
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+STOP_SETTLE_S = 2.0
+
+
+def _job_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise errors.InvalidArgument(f"job_id {value!r} is not a job id (a UUID)", "job_id_invalid") from None
+
+
+class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
+    def __init__(self, db: Database, links: dict[str, EngineLink], broker: Broker,
+                 remove_results: Callable[[Job], Awaitable[None]] | None = None) -> None:
+        self._db = db
+        self._links = links
+        self._broker = broker
+        self._remove_results = remove_results
+
+    async def _environments(self) -> list[common_pb2.Environment]:
+        engines = await self._db.run(store.read_engines)
+        result = []
+        for engine in engines:
+            link = self._links.get(engine.engine_id)
+            for data in engine.environments or []:
+                env = json_format.ParseDict(data, common_pb2.Environment(), ignore_unknown_fields=True)
+                env.available = bool(link and link.live)
+                result.append(env)
+        return result
+
+    async def ListEnvironments(self, request, context):  # type: ignore[override]
+        return operator_pb2.ListEnvironmentsResponse(environments=await self._environments())
+
+    async def CreateJob(self, request, context):  # type: ignore[override]
+        if not request.request_id:
+            raise errors.InvalidArgument("request_id is required (the idempotency key)", "request_id_missing")
+        if not request.owner:
+            raise errors.InvalidArgument("owner is required", "owner_missing")
+        workflow = request.workflow
+        if not workflow.datasets:
+            raise errors.InvalidArgument("the workflow names no dataset", "workflow_invalid")
+        if not workflow.HasField("algorithm") and not workflow.raw_algorithm:
+            raise errors.InvalidArgument("the workflow has no algorithm", "workflow_invalid")
+        environments = {env.id: env for env in await self._environments()}
+        env = environments.get(request.environment_id)
+        if env is None:
+            known = ", ".join(sorted(environments)) or "none yet"
+            raise errors.NotFound(
+                f"environment {request.environment_id!r} does not exist (known: {known})", "environment_unknown"
+            )
+        if not env.available:
+            raise errors.FailedPrecondition(
+                f"environment {env.id} is unavailable: its engine {env.engine_id} has not been seen recently",
+                "environment_unavailable",
+            )
+        row = Job(
+            job_id=str(uuid.uuid4()),
+            request_id=request.request_id,
+            owner=request.owner,
+            environment_id=env.id,
+            engine_id=env.engine_id,
+            status=int(Status.WARMING_UP),
+            created_at=store.utcnow(),
+            workflow=workflow.SerializeToString(deterministic=True),
+            dataset_dids=[d.did for d in workflow.datasets],
+            algorithm_did=workflow.algorithm.did if workflow.HasField("algorithm") else "",
+            viewers=list(request.viewers),
+            dispatched=False,
+        )
+        job, created = await self._db.run(lambda s: store.create_job(s, row))
+        if created:
+            self._links[env.engine_id].wake_dispatcher()
+        return operator_pb2.CreateJobResponse(job=convert.job(job), created=created)
+
+    async def _read(self, job_id: str) -> Job:
+        job = await self._db.run(lambda s: store.read_job(s, job_id))
+        if job is None:
+            raise errors.NotFound(f"job {job_id} does not exist", "job_not_found")
+        return job
+
+    async def GetJob(self, request, context):  # type: ignore[override]
+        return operator_pb2.GetJobResponse(job=convert.job(await self._read(_job_id(request.job_id))))
+
+    async def ListJobs(self, request, context):  # type: ignore[override]
+        page_size = request.page_size or DEFAULT_PAGE
+        if page_size > MAX_PAGE:
+            raise errors.InvalidArgument(f"page_size must be at most {MAX_PAGE}", "page_size_invalid")
+        statuses = []
+        for status in request.statuses:
+            if status not in TEXT:
+                raise errors.InvalidArgument(f"status {status} is not a job status", "status_invalid")
+            statuses.append(int(status))
+        filters = store.JobFilter(
+            owner=request.owner,
+            statuses=tuple(statuses),
+            environment_id=request.environment_id,
+            created_after=request.created_after.ToDatetime(tzinfo=timezone.utc) if request.HasField("created_after") else None,
+            created_before=request.created_before.ToDatetime(tzinfo=timezone.utc) if request.HasField("created_before") else None,
+        )
+        if filters.created_after and filters.created_before and filters.created_after >= filters.created_before:
+            raise errors.InvalidArgument("created_after must be before created_before", "time_range_invalid")
+        rows, token = await self._db.run(lambda s: store.list_jobs(s, filters, page_size, request.page_token))
+        return operator_pb2.ListJobsResponse(jobs=[convert.job(r) for r in rows], next_page_token=token)
+
+    async def WatchJobs(self, request, context) -> AsyncIterator[operator_pb2.WatchJobsResponse]:  # type: ignore[override]
+        if not request.job_ids:
+            raise errors.InvalidArgument("name at least one job to watch", "job_ids_missing")
+        job_ids = sorted({_job_id(j) for j in request.job_ids})
+        queue = self._broker.subscribe(job_ids)  # before reading: no change slips between
+        try:
+            current = {}
+            for job_id in job_ids:
+                current[job_id] = await self._read(job_id)
+            sent = request.after_sequence
+            if sent:
+                # Resume: replay the history after the client's sequence.
+                events = await self._db.run(lambda s: store.read_events(s, job_ids, sent))
+                for event in events:
+                    snapshot = convert.job(current[event.job_id])
+                    snapshot.status, snapshot.sequence = event.status, event.sequence  # type: ignore[assignment]
+                    snapshot.status_text = TEXT[Status(event.status)]
+                    yield operator_pb2.WatchJobsResponse(job=snapshot)
+                    sent = event.sequence
+            else:
+                for job in sorted(current.values(), key=lambda j: j.sequence):
+                    yield operator_pb2.WatchJobsResponse(job=convert.job(job))
+                    sent = max(sent, job.sequence)
+            open_jobs = {j for j, job in current.items() if not is_terminal(job.status)}
+            while open_jobs:
+                try:
+                    job = await asyncio.wait_for(queue.get(), timeout=5.0)
+                except asyncio.TimeoutError:
+                    # Another replica may have applied the change: look again.
+                    for job_id in list(open_jobs):
+                        fresh = await self._read(job_id)
+                        if fresh.sequence > sent:
+                            queue.put_nowait(fresh)
+                    continue
+                if job.sequence <= sent:
+                    continue
+                sent = job.sequence
+                yield operator_pb2.WatchJobsResponse(job=convert.job(job))
+                if is_terminal(job.status):
+                    open_jobs.discard(job.job_id)
+        finally:
+            self._broker.unsubscribe(job_ids, queue)
+
+    async def StopJob(self, request, context):  # type: ignore[override]
+        job = await self._read(_job_id(request.job_id))
+        if is_terminal(job.status):
+            raise errors.FailedPrecondition(
+                f"job {job.job_id} already ended with status {job.status} ({TEXT[Status(job.status)]})",
+                "job_ended",
+            )
+        if not job.dispatched:
+            def end(session) -> Job | None:  # type: ignore[no-untyped-def]
+                locked = store.read_job(session, job.job_id, lock=True)
+                if locked is not None and not locked.dispatched and not is_terminal(locked.status):
+                    store.end_job(session, locked, EndReason.STOPPED, "stopped", "stopped by its owner")
+                    return locked
+                return None
+
+            ended = await self._db.run(end)
+            if ended is not None:
+                self._broker.publish([ended])
+                return operator_pb2.StopJobResponse(job=convert.job(ended))
+        queue = self._broker.subscribe([job.job_id])
+        try:
+            await self._links[job.engine_id].stop(job.job_id)
+            deadline = asyncio.get_running_loop().time() + STOP_SETTLE_S
+            while not is_terminal(job.status):
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+        finally:
+            self._broker.unsubscribe([job.job_id], queue)
+        return operator_pb2.StopJobResponse(job=convert.job(await self._read(job.job_id)))
+
+    async def DeleteJob(self, request, context):  # type: ignore[override]
+        job = await self._read(_job_id(request.job_id))
+        link = self._links.get(job.engine_id)
+        if job.dispatched and link is not None:
+            await link.delete(job.job_id)
+        elif not is_terminal(job.status):
+            await self.StopJob(operator_pb2.StopJobRequest(job_id=job.job_id), context)
+        if self._remove_results is not None and job.results:
+            await self._remove_results(job)
+
+        def mark(session) -> None:  # type: ignore[no-untyped-def]
+            row = store.read_job(session, job.job_id, lock=True)
+            if row is not None:
+                row.deleted_at = store.utcnow()  # the row stays as the audit record
+
+        await self._db.run(mark)
+        return operator_pb2.DeleteJobResponse()
+
+    async def StreamJobLogs(self, request, context):  # type: ignore[override]
+        job = await self._read(_job_id(request.job_id))
+        if not job.dispatched:
+            return
+        async for chunk in self._links[job.engine_id].stream_logs(job.job_id, request.follow, request.offset):
+            yield operator_pb2.StreamJobLogsResponse(data=chunk.data, offset=chunk.offset)

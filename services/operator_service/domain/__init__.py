@@ -1,0 +1,1 @@
+"""What the operator-service does: follow engines, dispatch, watch. No grpc servicers here."""

@@ -1,0 +1,223 @@
+"""The operator-service's link to each engine.
+
+`follow()` consumes the engine's StreamStateChanges from the last applied
+sequence, forever: changes are applied in batches, each batch and the new
+last-applied sequence in one transaction; heartbeats record liveness and the
+environments. On any disconnect it reconnects with exponential back-off and
+resumes from the stored sequence, so nothing is lost or applied twice.
+`dispatch()` hands waiting jobs to the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+import grpc
+from google.protobuf import json_format
+
+from c2d.common.v1 import common_pb2
+from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
+from plumbing import auth, errors
+from plumbing.database import Database
+from services.operator_service.domain.watching import Broker
+from services.operator_service.persistence import jobs as store
+
+log = logging.getLogger("c2d.operator")
+BATCH = 500
+
+
+class EngineLink:
+    def __init__(self, engine_id: str, address: str, db: Database, broker: Broker, token: str,
+                 liveness_s: float, reconnect_max_s: float) -> None:
+        self.engine_id = engine_id
+        self.address = address
+        self._db = db
+        self._broker = broker
+        self._metadata = auth.bearer(token)
+        self._liveness_s = liveness_s
+        self._reconnect_max_s = reconnect_max_s
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = engine_pb2_grpc.EngineServiceStub(self._channel)
+        # The dispatcher calls SubmitJob while holding the job rows' locks, in
+        # a database thread, so it uses a blocking channel.
+        self._sync_channel = grpc.insecure_channel(address)
+        self._sync_stub = engine_pb2_grpc.EngineServiceStub(self._sync_channel)
+        self.last_heartbeat = 0.0
+        self._dispatch_wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def live(self) -> bool:
+        return time.monotonic() - self.last_heartbeat < self._liveness_s
+
+    async def start(self) -> None:
+        await self._db.run(lambda s: store.ensure_engine(s, self.engine_id, self.address))
+        self._tasks = [
+            asyncio.create_task(self._follow_forever(), name=f"follow-{self.engine_id}"),
+            asyncio.create_task(self._dispatch_forever(), name=f"dispatch-{self.engine_id}"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._channel.close()
+        self._sync_channel.close()
+
+    def wake_dispatcher(self) -> None:
+        self._dispatch_wanted.set()
+
+    # -- the state stream ------------------------------------------------------
+
+    async def _follow_forever(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._follow_once()
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.info("engine %s: stream ended (%s); reconnecting in %.1f s", self.engine_id, exc.code().name, delay)
+            except store.SequenceGap as exc:
+                log.warning("%s; reconnecting", exc)
+            except Exception:  # noqa: BLE001 - keep following whatever happens
+                log.exception("engine %s: error while following; reconnecting in %.1f s", self.engine_id, delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self._reconnect_max_s)
+
+    async def _follow_once(self) -> None:
+        after = await self._db.run(lambda s: store.ensure_engine(s, self.engine_id, self.address))
+        call = self._stub.StreamStateChanges(
+            engine_pb2.StreamStateChangesRequest(after_sequence=after), metadata=self._metadata
+        )
+        pending: asyncio.Queue[engine_pb2.StateChange | None] = asyncio.Queue()
+        applier = asyncio.create_task(self._apply_from(pending))
+        try:
+            async for response in call:
+                if applier.done():
+                    applier.result()  # raises the applier's failure
+                if response.HasField("heartbeat"):
+                    await self._heartbeat(response.heartbeat)
+                else:
+                    pending.put_nowait(response.change)
+        finally:
+            call.cancel()
+            pending.put_nowait(None)
+            await asyncio.gather(applier, return_exceptions=True)
+
+    async def _apply_from(self, pending: asyncio.Queue[engine_pb2.StateChange | None]) -> None:
+        while True:
+            first = await pending.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < BATCH and not pending.empty():
+                item = pending.get_nowait()
+                if item is None:
+                    pending.put_nowait(None)
+                    break
+                batch.append(item)
+            changes = [_incoming(change) for change in batch]
+            applied = await self._db.run(lambda s: store.apply_changes(s, self.engine_id, changes))
+            self.last_heartbeat = time.monotonic()
+            self._broker.publish(applied)
+
+    async def _heartbeat(self, heartbeat: engine_pb2.Heartbeat) -> None:
+        was_live = self.live
+        self.last_heartbeat = time.monotonic()
+        environments = [
+            json_format.MessageToDict(env, preserving_proto_field_name=True) for env in heartbeat.environments
+        ]
+        await self._db.run(lambda s: store.record_heartbeat(s, self.engine_id, environments))
+        if not was_live:
+            log.info("engine %s is live", self.engine_id)
+            self.wake_dispatcher()
+
+    # -- dispatch ----------------------------------------------------------------
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._dispatch_wanted.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+            self._dispatch_wanted.clear()
+            if not self.live:
+                continue
+            try:
+                while await self._db.run(self._dispatch_batch) == BATCH:
+                    pass
+            except grpc.RpcError as exc:
+                log.info("engine %s: dispatch failed (%s); jobs wait", self.engine_id, exc.code().name)  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001
+                log.exception("engine %s: dispatch error", self.engine_id)
+
+    def _dispatch_batch(self, session) -> int:  # type: ignore[no-untyped-def]
+        jobs = store.claim_undispatched(session, self.engine_id, BATCH)
+        for job in jobs:
+            self._sync_stub.SubmitJob(
+                engine_pb2.SubmitJobRequest(
+                    job_id=job.job_id,
+                    environment_id=job.environment_id,
+                    workflow=common_pb2.Workflow.FromString(job.workflow),
+                ),
+                metadata=self._metadata,
+                timeout=10,
+            )
+            job.dispatched = True
+        return len(jobs)
+
+    # -- commands --------------------------------------------------------------------
+
+    async def stop(self, job_id: str) -> None:
+        await self._call(self._stub.StopJob(engine_pb2.StopJobRequest(job_id=job_id), metadata=self._metadata, timeout=10))
+
+    async def delete(self, job_id: str) -> None:
+        await self._call(self._stub.DeleteJob(engine_pb2.DeleteJobRequest(job_id=job_id), metadata=self._metadata, timeout=30))
+
+    async def stream_logs(self, job_id: str, follow: bool, offset: int) -> AsyncIterator[engine_pb2.StreamJobLogsResponse]:
+        call = self._stub.StreamJobLogs(
+            engine_pb2.StreamJobLogsRequest(job_id=job_id, follow=follow, offset=offset), metadata=self._metadata
+        )
+        try:
+            async for chunk in call:
+                yield chunk
+        except grpc.aio.AioRpcError as exc:
+            raise _translated(exc, self.engine_id) from None
+
+    async def _call(self, call: Any) -> Any:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            raise _translated(exc, self.engine_id) from None
+
+
+def _translated(exc: grpc.aio.AioRpcError, engine_id: str) -> errors.ServiceError:
+    if exc.code() == grpc.StatusCode.NOT_FOUND:
+        return errors.NotFound(exc.details() or "not found")
+    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        return errors.FailedPrecondition(exc.details() or "failed precondition")
+    return errors.Unavailable(f"engine {engine_id} is unavailable ({exc.code().name}); try again")
+
+
+def _incoming(change: engine_pb2.StateChange) -> store.IncomingChange:
+    return store.IncomingChange(
+        sequence=change.sequence,
+        job_id=change.job_id,
+        status=change.status,
+        end_reason=change.end_reason,
+        error_code=change.error_code,
+        error_message=change.error_message,
+        time=change.time.ToDatetime(tzinfo=timezone.utc) if change.HasField("time") else datetime.now(timezone.utc),
+        results=json_format.MessageToDict(change.results, preserving_proto_field_name=True)
+        if change.HasField("results") else None,
+        outcome=json_format.MessageToDict(change.algorithm_outcome, preserving_proto_field_name=True)
+        if change.HasField("algorithm_outcome") else None,
+        results_did=change.results_did,
+    )

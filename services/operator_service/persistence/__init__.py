@@ -1,0 +1,1 @@
+"""The operator-service's tables and queries."""

@@ -1,0 +1,76 @@
+"""Tables of the operator-service."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData()
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_owner_created", "owner", "created_at"),
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_environment_created", "environment_id", "created_at"),
+        Index("ix_jobs_undispatched", "dispatched", "created_at"),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128), unique=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    environment_id: Mapped[str] = mapped_column(String(128))
+    engine_id: Mapped[str] = mapped_column(String(128))
+    status: Mapped[int] = mapped_column(Integer)
+    end_reason: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str] = mapped_column(String(64), default="")
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The serialized c2d.common.v1.Workflow (decrypted file locations: publisher-side only).
+    workflow: Mapped[bytes] = mapped_column(LargeBinary)
+    dataset_dids: Mapped[list[str]] = mapped_column(JSON)
+    algorithm_did: Mapped[str] = mapped_column(String(128))
+    viewers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    results: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    outcome: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    results_did: Mapped[str] = mapped_column(String(128), default="")
+    dispatched: Mapped[bool] = mapped_column(Boolean, default=False)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The service sequence of the job's latest applied change.
+    sequence: Mapped[int] = mapped_column(BigId, default=0)
+
+
+class JobEvent(Base):
+    """The status history: one row per applied transition."""
+
+    __tablename__ = "job_events"
+
+    sequence: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[int] = mapped_column(Integer)
+    end_reason: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str] = mapped_column(String(64), default="")
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    engine_id: Mapped[str] = mapped_column(String(128), default="")
+    engine_sequence: Mapped[int] = mapped_column(BigId, default=0)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Engine(Base):
+    __tablename__ = "engines"
+
+    engine_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    address: Mapped[str] = mapped_column(String(256))
+    last_applied_sequence: Mapped[int] = mapped_column(BigId, default=0)
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The environments of the latest heartbeat, as proto JSON.
+    environments: Mapped[list] = mapped_column(JSON, default=list)

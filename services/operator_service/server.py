@@ -1,0 +1,69 @@
+"""Wires the Operator-Service: database, engine links, gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from c2d.operator.v1 import operator_pb2, operator_pb2_grpc
+from plumbing import auth, settings
+from plumbing.database import Database, sqlite_url
+from plumbing.server import Registration, RunningServer, configure_logging, serve_until_signalled, start_server
+from services.operator_service.api.servicer import OperatorServicer
+from services.operator_service.domain.engine_links import EngineLink
+from services.operator_service.domain.watching import Broker
+from services.operator_service.persistence.models import Base
+from services.operator_service.settings import OperatorSettings
+
+OPERATOR_SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
+
+
+def parse_engines(entries: tuple[str, ...]) -> dict[str, str]:
+    engines = {}
+    for entry in entries:
+        engine_id, sep, address = entry.partition("=")
+        if not sep or not engine_id or not address:
+            raise ValueError(f"C2D_OPERATOR_ENGINES entry {entry!r}: expected id=host:port")
+        engines[engine_id] = address
+    return engines
+
+
+async def start(config: OperatorSettings) -> RunningServer:
+    db = Database(config.database_url or sqlite_url(settings.data_dir() / "operator.db"), Base.metadata)
+    db.create_schema()
+    broker = Broker()
+    token = auth.service_token()
+    links = {
+        engine_id: EngineLink(engine_id, address, db, broker, token, config.engine_liveness_s, config.reconnect_max_s)
+        for engine_id, address in parse_engines(config.engines).items()
+    }
+    servicer = OperatorServicer(db, links, broker)
+    running = await start_server(
+        config.address,
+        [Registration(OPERATOR_SERVICE, operator_pb2_grpc.add_OperatorServiceServicer_to_server, servicer)],
+        interceptors=[auth.ServiceTokenInterceptor(token, [OPERATOR_SERVICE])],
+    )
+    for link in links.values():
+        await link.start()
+
+    async def shutdown() -> None:
+        for link in links.values():
+            await link.close()
+        db.close()
+
+    running.on_stop.append(shutdown)
+    return running
+
+
+def main() -> None:
+    config = settings.load(OperatorSettings, "C2D_OPERATOR")
+    configure_logging(os.environ.get("C2D_LOG_LEVEL", "INFO"))
+
+    async def run() -> None:
+        await serve_until_signalled(await start(config), "operator-service")
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

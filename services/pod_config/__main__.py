@@ -1,0 +1,3 @@
+from services.pod_config.program import main
+
+main()

@@ -1,0 +1,3 @@
+from services.pod_publish.program import main
+
+main()

@@ -1,0 +1,3 @@
+from services.provider.server import main
+
+main()

@@ -1,0 +1,157 @@
+"""Who is asking: Ethereum addresses and EIP-191 signed requests.
+
+A consumer is an Ethereum address. Each request carries a nonce and an
+EIP-191 ``personal_sign`` signature over a canonical message built from the
+RPC method, the nonce and the request's fields:
+
+    c2d:v1:<method>:<nonce>:<canonical JSON of fields>
+
+- ``<method>`` is the RPC method name (e.g. ``StartCompute``); it is limited
+  to ``[A-Za-z0-9_./-]`` so it cannot contain the ``:`` delimiter.
+- ``<nonce>`` is the decimal nonce, no sign, no leading zeros.
+- the fields are JSON with keys sorted, compact separators, non-ASCII as
+  UTF-8, lists in their given order (see ``canonical``). The signature and
+  the nonce themselves are not among the fields.
+
+Binding the method stops a signature for one RPC being replayed against
+another; the nonce, which must strictly increase per address, stops a
+request being replayed at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from eth_keys.exceptions import BadSignature
+from eth_utils.address import to_checksum_address
+
+from .canonical import canonical_json
+from .errors import (
+    ADDRESS_INVALID,
+    NONCE_INVALID,
+    SIGNATURE_INVALID,
+    Refusal,
+)
+
+MESSAGE_PREFIX = "c2d:v1"
+
+_METHOD = re.compile(r"[A-Za-z0-9_./-]+")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_SIGNATURE = re.compile(r"(0x)?[0-9a-fA-F]{130}")
+
+
+def is_address(s: object) -> bool:
+    """True if ``s`` is a ``0x`` + 40 hex address whose case is valid.
+
+    All-lower and all-upper hex are accepted as they are; mixed case must be
+    the EIP-55 checksum, so a mistyped checksummed address is caught.
+    """
+    if not isinstance(s, str) or not _ADDRESS.fullmatch(s):
+        return False
+    body = s[2:]
+    if body == body.lower() or body == body.upper():
+        return True
+    return to_checksum_address(s) == s
+
+
+def normalize_address(s: object) -> str:
+    """Return ``s`` as an EIP-55 checksummed address, or refuse it (address_invalid)."""
+    if not is_address(s):
+        raise Refusal(
+            ADDRESS_INVALID,
+            f"{s!r} is not an Ethereum address: expected 0x followed by 40 hex digits"
+            " (mixed case must be a valid EIP-55 checksum)",
+        )
+    assert isinstance(s, str)
+    return to_checksum_address(s)
+
+
+def _check_nonce(nonce: object) -> int:
+    # bool is an int subclass; True is not a nonce.
+    if isinstance(nonce, bool) or not isinstance(nonce, int) or nonce < 0:
+        raise Refusal(NONCE_INVALID, f"nonce must be a non-negative integer, got {nonce!r}")
+    return nonce
+
+
+def canonical_message(method: str, fields: Mapping[str, Any], nonce: int) -> str:
+    """Return the text that is signed for a request (format in the module docstring).
+
+    Raises ValueError/TypeError for a malformed method or fields without a
+    JSON form (both are programming errors in the caller), and
+    Refusal(nonce_invalid) for a negative or non-integer nonce.
+    """
+    if not isinstance(method, str) or not _METHOD.fullmatch(method):
+        raise ValueError(f"method must match {_METHOD.pattern}, got {method!r}")
+    if not isinstance(fields, Mapping):
+        raise TypeError(f"fields must be a mapping, got {type(fields).__name__}")
+    checked = _check_nonce(nonce)
+    return f"{MESSAGE_PREFIX}:{method}:{checked}:{canonical_json(fields)}"
+
+
+def sign_request(private_key_hex: str, method: str, fields: Mapping[str, Any], nonce: int) -> str:
+    """Sign a request as a consumer would; return the 65-byte signature as 0x-hex."""
+    message = encode_defunct(text=canonical_message(method, fields, nonce))
+    signed = Account.sign_message(message, private_key_hex)
+    return "0x" + bytes(signed.signature).hex()
+
+
+def recover_signer(method: str, fields: Mapping[str, Any], nonce: int, signature: str) -> str:
+    """Return the checksummed address that signed this request.
+
+    Refuses (signature_invalid) a signature that is not 65 bytes of hex or
+    from which no key can be recovered. A well-formed signature over other
+    content recovers *some* address: comparing it is ``verify_request``'s job.
+    """
+    if not isinstance(signature, str) or not _SIGNATURE.fullmatch(signature):
+        raise Refusal(
+            SIGNATURE_INVALID,
+            "signature must be 65 bytes as hex (0x followed by 130 hex digits)",
+        )
+    raw = bytes.fromhex(signature[2:] if signature.startswith("0x") else signature)
+    message = encode_defunct(text=canonical_message(method, fields, nonce))
+    try:
+        return to_checksum_address(Account.recover_message(message, signature=raw))
+    except (BadSignature, ValueError) as exc:
+        # Bad v, r or s values: the bytes are not a signature at all.
+        raise Refusal(SIGNATURE_INVALID, f"signature cannot be verified: {exc}") from exc
+
+
+def verify_request(
+    address: str,
+    method: str,
+    fields: Mapping[str, Any],
+    nonce: int,
+    signature: str,
+    last_nonce: int | None,
+) -> None:
+    """Check that ``address`` signed this request and that its nonce is fresh.
+
+    Rules, in order:
+    - ``address`` must be an address (address_invalid);
+    - the signature must recover to ``address``, compared case-insensitively
+      (signature_invalid);
+    - ``nonce`` must be greater than ``last_nonce``, the highest nonce already
+      accepted from this address, or ``None`` if there is none (nonce_invalid).
+
+    The signature is checked first so an unauthenticated caller learns
+    nothing about another address's nonces. Recording ``nonce`` as the new
+    last nonce is the caller's job, after this returns.
+    """
+    expected = normalize_address(address)
+    _check_nonce(nonce)
+    signer = recover_signer(method, fields, nonce, signature)
+    if signer.lower() != expected.lower():
+        raise Refusal(
+            SIGNATURE_INVALID,
+            f"the request is not signed by {expected}: sign the canonical message"
+            f" for {method} with that address's key",
+        )
+    if last_nonce is not None and nonce <= last_nonce:
+        raise Refusal(
+            NONCE_INVALID,
+            f"nonce {nonce} was already used or is too old: use a nonce greater than {last_nonce}",
+        )

@@ -1,0 +1,1 @@
+"""The provider's tables: assets, nonces, and the embedded datatoken ledger."""

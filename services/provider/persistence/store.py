@@ -1,0 +1,221 @@
+"""Assets, nonces and the embedded datatoken ledger.
+
+The ledger functions are the embedded implementation of the datatoken
+ledger; an EVM chain could implement the same calls (create, mint, balance,
+order, claim) behind the provider's servicers. Balances move with guarded
+UPDATEs (`amount >= n`), so concurrent orders can never overdraw.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta, timezone
+from typing import Sequence
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.provider.domain import ddos
+from services.provider.domain import errors as codes
+from services.provider.domain.errors import Refusal
+from services.provider.persistence.models import Asset, Balance, Datatoken, Nonce, Order
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+# -- nonces -------------------------------------------------------------------
+
+
+def read_nonce(session: Session, address: str) -> int:
+    return session.scalar(select(Nonce.nonce).where(Nonce.address == address)) or 0
+
+
+def advance_nonce(session: Session, address: str, nonce: int) -> None:
+    """Records `nonce` as used; refuses it unless it is above the last one.
+
+    The guarded UPDATE makes two requests with the same nonce race safely:
+    only one of them advances it."""
+    result = session.execute(
+        update(Nonce).where(Nonce.address == address, Nonce.nonce < nonce).values(nonce=nonce)
+    )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        return
+    if session.get(Nonce, address) is None:
+        try:
+            with session.begin_nested():
+                session.add(Nonce(address=address, nonce=nonce))
+            return
+        except IntegrityError:
+            pass
+    raise Refusal(
+        codes.NONCE_INVALID,
+        f"nonce {nonce} was already used or is stale; use a nonce above {read_nonce(session, address)} (GetNonce)",
+    )
+
+
+# -- assets -------------------------------------------------------------------
+
+
+def create_asset(session: Session, asset: Asset) -> None:
+    if session.get(Asset, asset.did) is not None:
+        raise Refusal(codes.DDO_INVALID, f"asset {asset.did} already exists; use another salt or UpdateAsset")
+    session.add(asset)
+
+
+def read_asset(session: Session, did: str) -> Asset | None:
+    return session.get(Asset, did)
+
+
+def list_assets(session: Session, asset_type: str, owner: str, page_size: int, after_did: str) -> list[Asset]:
+    query = select(Asset)
+    if asset_type:
+        query = query.where(Asset.asset_type == asset_type)
+    if owner:
+        query = query.where(Asset.owner == owner)
+    if after_did:
+        query = query.where(Asset.did > after_did)
+    return list(session.scalars(query.order_by(Asset.did).limit(page_size + 1)))
+
+
+# -- ledger ---------------------------------------------------------------------
+
+
+def create_datatoken(session: Session, did: str, service_id: str, owner: str, symbol: str) -> str:
+    existing = session.scalar(select(Datatoken).where(Datatoken.did == did, Datatoken.service_id == service_id))
+    if existing is not None:
+        return existing.address
+    address = ddos.datatoken_address(did, service_id)
+    session.add(Datatoken(address=address, did=did, service_id=service_id, owner=owner, symbol=symbol))
+    return address
+
+
+def read_datatoken(session: Session, address: str) -> Datatoken | None:
+    return session.get(Datatoken, address)
+
+
+def datatoken_for(session: Session, did: str, service_id: str) -> Datatoken | None:
+    return session.scalar(select(Datatoken).where(Datatoken.did == did, Datatoken.service_id == service_id))
+
+
+def balance(session: Session, datatoken: str, holder: str) -> int:
+    return session.scalar(
+        select(Balance.amount).where(Balance.datatoken == datatoken, Balance.holder == holder)
+    ) or 0
+
+
+def credit(session: Session, datatoken: str, holder: str, amount: int) -> int:
+    updated = session.execute(
+        update(Balance)
+        .where(Balance.datatoken == datatoken, Balance.holder == holder)
+        .values(amount=Balance.amount + amount)
+    )
+    if updated.rowcount == 0:  # type: ignore[attr-defined]
+        try:
+            with session.begin_nested():
+                session.execute(insert(Balance).values(datatoken=datatoken, holder=holder, amount=amount))
+        except IntegrityError:
+            return credit(session, datatoken, holder, amount)
+    return balance(session, datatoken, holder)
+
+
+def debit(session: Session, datatoken: str, holder: str, amount: int) -> None:
+    """Takes `amount` from the holder or refuses; never goes below zero."""
+    updated = session.execute(
+        update(Balance)
+        .where(Balance.datatoken == datatoken, Balance.holder == holder, Balance.amount >= amount)
+        .values(amount=Balance.amount - amount)
+    )
+    if updated.rowcount != 1:  # type: ignore[attr-defined]
+        raise Refusal(
+            codes.INSUFFICIENT_BALANCE,
+            f"{holder} holds {balance(session, datatoken, holder)} of datatoken {datatoken}, needs {amount}",
+        )
+
+
+def create_order(
+    session: Session, datatoken: Datatoken, consumer: str, fee_address: str, amount: int, valid_s: int
+) -> Order:
+    debit(session, datatoken.address, consumer, amount)
+    credit(session, datatoken.address, fee_address, amount)
+    now = utcnow()
+    order = Order(
+        order_id="0x" + secrets.token_hex(32),
+        did=datatoken.did,
+        service_id=datatoken.service_id,
+        consumer=consumer,
+        datatoken=datatoken.address,
+        amount=amount,
+        created_at=now,
+        # A service timeout of 0 means the order never expires (Ocean's rule).
+        expires_at=now + timedelta(seconds=valid_s) if valid_s > 0 else now + timedelta(days=365 * 100),
+    )
+    session.add(order)
+    return order
+
+
+def read_order(session: Session, order_id: str) -> Order | None:
+    return session.get(Order, order_id)
+
+
+def check_order(order: Order | None, order_id: str, consumer: str, did: str, service_id: str, request_key: str) -> Order:
+    if order is None:
+        raise Refusal(codes.ORDER_INVALID, f"order {order_id or '(none)'} does not exist; order {did} first (StartOrder)")
+    if order.consumer != consumer or order.did != did or order.service_id != service_id:
+        raise Refusal(
+            codes.ORDER_INVALID,
+            f"order {order_id} is not this consumer's order for {did} service {service_id}",
+        )
+    if _aware(order.expires_at) <= utcnow():
+        raise Refusal(codes.ORDER_EXPIRED, f"order {order_id} expired at {order.expires_at.isoformat()}; order again")
+    if order.claimed_by_request not in (None, request_key):
+        raise Refusal(codes.ORDER_USED, f"order {order_id} was already used by another job; order again")
+    return order
+
+
+def claim_orders(session: Session, order_ids: Sequence[str], request_key: str) -> None:
+    """Marks the orders as used by this request, all or none.
+
+    The guarded UPDATE is what makes 50 racing requests on one order start one
+    job: only one request's claim can succeed."""
+    for order_id in order_ids:
+        result = session.execute(
+            update(Order)
+            .where(Order.order_id == order_id)
+            .where((Order.claimed_by_request.is_(None)) | (Order.claimed_by_request == request_key))
+            .values(claimed_by_request=request_key)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise Refusal(codes.ORDER_USED, f"order {order_id} was already used by another job; order again")
+
+
+def release_orders(session: Session, order_ids: Sequence[str], request_key: str) -> None:
+    session.execute(
+        update(Order)
+        .where(Order.order_id.in_(order_ids), Order.claimed_by_request == request_key, Order.used_by_job_id.is_(None))
+        .values(claimed_by_request=None)
+    )
+
+
+def record_job(session: Session, order_ids: Sequence[str], job_id: str) -> None:
+    session.execute(update(Order).where(Order.order_id.in_(order_ids)).values(used_by_job_id=job_id))
+
+
+def valid_order_for(session: Session, consumer: str, did: str, service_id: str) -> Order | None:
+    return session.scalar(
+        select(Order)
+        .where(
+            Order.consumer == consumer, Order.did == did, Order.service_id == service_id,
+            Order.claimed_by_request.is_(None), Order.expires_at > utcnow(),
+        )
+        .order_by(Order.created_at)
+        .limit(1)
+    )
+
+

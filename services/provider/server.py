@@ -1,0 +1,84 @@
+"""Wires the Provider: database, keys, operator client, gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from eth_account import Account
+
+from c2d.provider.v1 import asset_pb2, asset_pb2_grpc, ledger_pb2, ledger_pb2_grpc, provider_pb2, provider_pb2_grpc
+from plumbing import auth, settings
+from plumbing.database import Database, sqlite_url
+from plumbing.server import Registration, RunningServer, configure_logging, serve_until_signalled, start_server
+from services.provider.api.assets import AssetServicer
+from services.provider.api.compute import ComputeServicer
+from services.provider.api.ledger import LedgerServicer
+from services.provider.domain.sealing import ProviderKeys
+from services.provider.persistence.models import Base
+from services.provider.settings import ProviderSettings
+
+
+def _name(module, service: str) -> str:  # type: ignore[no-untyped-def]
+    return module.DESCRIPTOR.services_by_name[service].full_name
+
+
+def load_keys(path: Path) -> tuple[ProviderKeys, str]:
+    """The provider's keys and fee address, created on first start (mode 0600)."""
+    fee_path = path.with_name(path.stem + "-fee.key")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_secret(path, ProviderKeys.generate().to_json())
+    if not fee_path.exists():
+        _write_secret(fee_path, Account.create().key.hex())
+    return ProviderKeys.from_json(path.read_text()), Account.from_key(fee_path.read_text().strip()).address
+
+
+def _write_secret(path: Path, text: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # another process created it first
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+async def start(config: ProviderSettings) -> RunningServer:
+    data = settings.data_dir()
+    db = Database(config.database_url or sqlite_url(data / "provider.db"), Base.metadata)
+    db.create_schema()
+    keys, fee_address = load_keys(Path(config.keys_file) if config.keys_file else data / "provider-keys.json")
+    compute = ComputeServicer(db, keys, fee_address, config.operator_address, auth.service_token())
+    running = await start_server(
+        config.address,
+        [
+            Registration(_name(provider_pb2, "ProviderService"), provider_pb2_grpc.add_ProviderServiceServicer_to_server, compute),
+            Registration(_name(asset_pb2, "AssetService"), asset_pb2_grpc.add_AssetServiceServicer_to_server, AssetServicer(db, keys)),
+            Registration(
+                _name(ledger_pb2, "LedgerService"), ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
+                LedgerServicer(db, fee_address, config.order_timeout_s),
+            ),
+        ],
+    )
+
+    async def shutdown() -> None:
+        await compute.close()
+        db.close()
+
+    running.on_stop.append(shutdown)
+    return running
+
+
+def main() -> None:
+    config = settings.load(ProviderSettings, "C2D_PROVIDER")
+    configure_logging(os.environ.get("C2D_LOG_LEVEL", "INFO"))
+
+    async def run() -> None:
+        await serve_until_signalled(await start(config), "provider")
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Provider settings, from C2D_PROVIDER_* environment variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from plumbing.settings import setting
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    address: str = setting("127.0.0.1:50051", "host:port the provider listens on")
+    database_url: str = setting("", "SQLAlchemy URL (default: SQLite in the data dir)")
+    operator_address: str = setting("127.0.0.1:50052", "the operator-service")
+    keys_file: str = setting("", "the provider's key file (default: <data dir>/provider-keys.json, created if missing)")
+    order_timeout_s: int = setting(0, "overrides every service's order validity in seconds (0 = the DDO's timeout)")

@@ -1,0 +1,115 @@
+"""Workspaces, adversarial algorithms and process-table checks for the sandbox tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.operator_engine.sandbox import SandboxLimits, SandboxSpec
+
+PYTHON = "/usr/bin/python3"
+ALGO = "/data/transformations/algorithm"
+DATASET_DID = "0123abcd"
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    workspace: Path
+    marker: str   # unique env value: finds the job's processes in the process table
+
+    @property
+    def outputs(self) -> Path:
+        return self.workspace / "outputs"
+
+    @property
+    def log(self) -> Path:
+        return self.workspace / "logs" / "algorithm.log"
+
+    def report(self) -> dict:
+        return json.loads((self.outputs / "report.json").read_text())
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "DIDS": json.dumps([DATASET_DID]),
+            "TRANSFORMATION_DID": "algo0001",
+            "VOLUME": "/data",
+            "INPUTS": "/data/inputs",
+            "OUTPUTS": "/data/outputs",
+            "LOGS": "/data/logs",
+            "C2D_TEST_MARKER": self.marker,
+            **extra,
+        }
+
+    def spec(self, argv: tuple[str, ...] = (PYTHON, ALGO), *, limits: SandboxLimits | None = None,
+             **kwargs) -> SandboxSpec:
+        return SandboxSpec(
+            job_id=self.job_id,
+            workspace=self.workspace,
+            argv=argv,
+            env=kwargs.pop("env", None) or self.env(),
+            limits=limits or SandboxLimits(wall_timeout_s=20),
+            **kwargs,
+        )
+
+
+def make_job(root: Path, algorithm: str) -> Job:
+    """A /data layout as pod_config leaves it, with `algorithm` as transformations/algorithm."""
+    job_id = f"test-{uuid.uuid4().hex[:12]}"
+    ws = root / job_id
+    for d in ("inputs", "transformations", "ddos", "outputs", "logs"):
+        (ws / d).mkdir(parents=True)
+    (ws / "inputs" / DATASET_DID).mkdir()
+    (ws / "inputs" / DATASET_DID / "0").write_text("the dataset\n")
+    (ws / "ddos" / DATASET_DID).write_text("{}")
+    (ws / "transformations" / "algorithm").write_text(algorithm)
+    return Job(job_id, ws, uuid.uuid4().hex)
+
+
+def processes_of(job: Job) -> list[int]:
+    """Live processes of the job: the marker in their environment (the algorithm and its
+    children) or the workspace in their command line (the sandbox's own bwrap processes).
+    Zombies have neither."""
+    marker, workspace = job.marker.encode(), str(job.workspace).encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = f.read()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if marker in environ or workspace in cmdline:
+            found.append(int(name))
+    return found
+
+
+# Every Python algorithm below starts with this: report(**kw) merges into outputs/report.json.
+REPORT = """
+import json, os
+def report(**kw):
+    path = "/data/outputs/report.json" if os.path.isdir("/data/outputs") else os.environ["OUTPUTS"] + "/report.json"
+    try:
+        data = json.load(open(path))
+    except FileNotFoundError:
+        data = {}
+    data.update(kw)
+    with open(path, "w") as f:
+        json.dump(data, f)
+"""
+
+
+def py(body: str) -> str:
+    """A Python algorithm: the report() helper, then the body."""
+    return REPORT + textwrap.dedent(body)
+
+
+def sh(body: str) -> str:
+    return textwrap.dedent(body).lstrip()

@@ -1,0 +1,485 @@
+"""The local sandbox against adversarial algorithms: real bubblewrap, real cgroups, real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.operator_engine import cgroups
+from services.operator_engine.sandbox import (
+    SandboxLimits,
+    SandboxRun,
+    SandboxUnavailable,
+    detect_capabilities,
+)
+from tests.operator_engine.helpers import ALGO, DATASET_DID, PYTHON, Job, make_job, processes_of, py, sh
+
+REPO = Path(__file__).resolve().parents[2]
+TRUNCATION_MARKER = b"[c2d] algorithm.log truncated"
+
+
+async def run_to_end(job: Job, **kwargs):
+    run = await SandboxRun.start(job.spec(**kwargs))
+    return run, await run.wait()
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def job_cgroup_dirs(job: Job) -> list[Path]:
+    name = cgroups.cgroup_name(job.job_id)
+    return [place.parent / name for place in cgroups.detect().controllers.values()]
+
+
+# --- network -----------------------------------------------------------------
+
+CONNECT_AND_RESOLVE = """
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", {port}), timeout=3).close()
+        report(connect="connected")
+    except OSError as e:
+        report(connect=type(e).__name__)
+    for host in ("example.com", "localhost"):
+        try:
+            socket.getaddrinfo(host, 443)
+            report(**{{"dns_" + host: "resolved"}})
+        except OSError as e:
+            report(**{{"dns_" + host: type(e).__name__}})
+    report(interfaces=sorted(name for _, name in socket.if_nameindex()))
+"""
+
+
+def listening_socket() -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    return listener
+
+
+async def test_without_network_host_loopback_and_dns_are_unreachable(tmp_path):
+    with listening_socket() as listener:
+        job = make_job(tmp_path, py(CONNECT_AND_RESOLVE.format(port=listener.getsockname()[1])))
+        _, outcome = await run_to_end(job)
+        assert outcome.exit_code == 0, job.log.read_text()
+        r = job.report()
+        assert r["connect"] == "ConnectionRefusedError"
+        assert r["dns_example.com"] == "gaierror"
+        assert r["interfaces"] == ["lo"]  # its own empty network namespace
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nothing ever reached the host's listener
+            listener.accept()
+
+
+async def test_with_allow_network_the_same_connection_reaches_the_host(tmp_path):
+    with listening_socket() as listener:
+        job = make_job(tmp_path, py(CONNECT_AND_RESOLVE.format(port=listener.getsockname()[1])))
+        run, outcome = await run_to_end(job, allow_network=True)
+        assert outcome.exit_code == 0, job.log.read_text()
+        assert "net:shared" in run.limits_in_force
+        assert job.report()["connect"] == "connected"
+        assert job.report()["dns_localhost"] == "resolved"  # /etc/hosts is provided with network
+        listener.settimeout(5)
+        conn, _ = listener.accept()
+        conn.close()
+
+
+# --- filesystem ----------------------------------------------------------------
+
+async def test_cannot_see_other_jobs_host_secrets_or_host_dirs(tmp_path):
+    other = make_job(tmp_path, "")
+    secret = other.workspace / "inputs" / "secret.csv"
+    secret.write_text("another consumer's data")
+    job = make_job(tmp_path, py(f"""
+        import os
+        paths = [{str(secret)!r}, {str(other.workspace)!r}, "/etc/shadow", "/etc/passwd",
+                 "/root", "/home", "/work", {str(REPO)!r}, "/sys", "/run"]
+        report(visible=[p for p in paths if os.path.exists(p)],
+               root=sorted(os.listdir("/")), etc=sorted(os.listdir("/etc")),
+               own_input=open("/data/inputs/{DATASET_DID}/0").read(),
+               data=sorted(os.listdir("/data")))
+        try:
+            open({str(secret)!r}).read()
+            report(read_secret=True)
+        except OSError as e:
+            report(read_secret=type(e).__name__)
+    """))
+    _, outcome = await run_to_end(job)
+    assert outcome.exit_code == 0, job.log.read_text()
+    r = job.report()
+    assert r["visible"] == []
+    assert r["read_secret"] == "FileNotFoundError"
+    assert set(r["root"]) <= {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc",
+                              "proc", "dev", "tmp", "data"}
+    assert set(r["etc"]) <= {"alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime"}
+    assert r["data"] == ["ddos", "inputs", "logs", "outputs", "transformations"]
+    assert r["own_input"] == "the dataset\n"
+
+
+async def test_writes_outside_outputs_fail_and_never_reach_the_host(tmp_path):
+    job = make_job(tmp_path, "")
+    host_tmp_file = Path("/tmp") / f"c2d-escape-{job.marker}"
+    job = make_job(tmp_path, py(f"""
+        import errno
+        results = {{}}
+        for path in ["/data/inputs/new", "/data/inputs/{DATASET_DID}/0", "/data/transformations/algorithm",
+                     "/data/ddos/new", "/data/new", "/new", "/usr/new", "/etc/new", {str(host_tmp_file)!r}]:
+            try:
+                with open(path, "a") as f:
+                    f.write("pwned")
+                results[path] = "written"
+            except OSError as e:
+                results[path] = errno.errorcode[e.errno]
+        with open("/data/outputs/result.txt", "w") as f:
+            f.write("a result")
+        report(results=results)
+    """))
+    _, outcome = await run_to_end(job)
+    assert outcome.exit_code == 0, job.log.read_text()
+    results = job.report()["results"]
+    assert results.pop(str(host_tmp_file)) == "written"  # the sandbox's own private /tmp...
+    assert not host_tmp_file.exists()                   # ...which is not the host's
+    assert all(err in ("EROFS", "EACCES", "EPERM", "ENOENT") for err in results.values()), results
+    assert (job.workspace / "inputs" / DATASET_DID / "0").read_text() == "the dataset\n"
+    assert not (job.workspace / "inputs" / "new").exists()
+    assert (job.outputs / "result.txt").read_text() == "a result"
+
+
+# --- resource limits -------------------------------------------------------------
+
+FORK_BOMB = """
+    import errno, os, time
+    report(started=True)
+    while True:
+        try:
+            os.fork()
+        except OSError as e:
+            try:
+                fd = os.open("/data/outputs/refused", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, errno.errorcode[e.errno].encode())
+                os.close(fd)
+            except FileExistsError:
+                pass
+            time.sleep(0.01)
+"""
+
+
+async def test_fork_bomb_is_contained_and_the_host_is_fine(tmp_path):
+    job = make_job(tmp_path, py(FORK_BOMB))
+    limits = SandboxLimits(wall_timeout_s=2, max_processes=20, cpu_cores=0.5)
+    run, outcome = await run_to_end(job, limits=limits)
+    assert "cgroup:pids" in run.limits_in_force
+    assert (job.outputs / "refused").read_text() == "EAGAIN"  # the pids limit refused forks
+    assert outcome.timed_out and outcome.describe() == "timed out after 2 s"
+    assert outcome.duration_s < 3.5
+    assert processes_of(job) == []
+    assert subprocess.run(["/bin/true"]).returncode == 0  # the host can still fork
+
+
+async def test_allocating_4_gib_under_a_memory_limit_is_oom_killed(tmp_path):
+    job = make_job(tmp_path, py("""
+        report(started=True)
+        block = bytearray(4 << 30)  # zero-filled: every page is touched
+        report(allocated=True)
+    """))
+    run, outcome = await run_to_end(job, limits=SandboxLimits(wall_timeout_s=20, memory_bytes=128 << 20))
+    assert "cgroup:memory" in run.limits_in_force
+    assert outcome.oom_killed and outcome.signal == 9 and outcome.exit_code is None
+    assert outcome.describe() == "killed by signal 9 (out of memory)"
+    assert job.report() == {"started": True}
+
+
+async def test_address_space_limit_makes_the_allocation_fail(tmp_path):
+    job = make_job(tmp_path, "block = bytearray(4 << 30)\n")
+    run, outcome = await run_to_end(job, limits=SandboxLimits(wall_timeout_s=20, address_space_bytes=512 << 20))
+    assert "rlimit:as" in run.limits_in_force
+    assert outcome.exit_code == 1 and not outcome.oom_killed
+    assert outcome.describe() == "exit code 1"
+    assert "MemoryError" in job.log.read_text()
+
+
+async def test_infinite_loop_times_out(tmp_path):
+    job = make_job(tmp_path, "while True:\n    pass\n")
+    _, outcome = await run_to_end(job, limits=SandboxLimits(wall_timeout_s=1))
+    assert outcome.timed_out and not outcome.stopped
+    assert outcome.describe() == "timed out after 1 s"
+    assert 1.0 <= outcome.duration_s < 2.0
+    assert processes_of(job) == []
+
+
+async def test_cpu_seconds_limit_kills_with_sigxcpu(tmp_path):
+    job = make_job(tmp_path, "while True:\n    pass\n")
+    run, outcome = await run_to_end(job, limits=SandboxLimits(wall_timeout_s=10, cpu_seconds=1))
+    assert "rlimit:cpu" in run.limits_in_force
+    assert outcome.signal == 24 and not outcome.timed_out
+    assert outcome.describe() == "killed by signal 24 (CPU time limit exceeded)"
+
+
+async def test_cpu_cores_quota_throttles_a_busy_loop(tmp_path):
+    job = make_job(tmp_path, py("""
+        import time
+        start = time.monotonic()
+        while time.monotonic() - start < 1.0:
+            pass
+        report(cpu=time.process_time())
+    """))
+    run, outcome = await run_to_end(job, limits=SandboxLimits(wall_timeout_s=10, cpu_cores=0.2))
+    assert "cgroup:cpu" in run.limits_in_force
+    assert outcome.exit_code == 0, job.log.read_text()
+    assert 0.05 < job.report()["cpu"] < 0.45  # about 0.2 s of CPU in 1 s of wall time
+
+
+async def test_max_file_bytes_kills_a_writer_with_sigxfsz(tmp_path):
+    job = make_job(tmp_path, sh("exec head -c 2097152 /dev/zero > /data/outputs/big"))
+    run, outcome = await run_to_end(job, argv=("/bin/sh", ALGO),
+                                    limits=SandboxLimits(wall_timeout_s=10, max_file_bytes=1 << 20))
+    assert "rlimit:fsize" in run.limits_in_force
+    assert outcome.signal == 25
+    assert outcome.describe() == "killed by signal 25 (file size limit exceeded)"
+    assert (job.outputs / "big").stat().st_size == 1 << 20
+
+
+async def test_max_file_bytes_fails_a_python_write_with_efbig(tmp_path):
+    # CPython ignores SIGXFSZ, so the write raises instead
+    job = make_job(tmp_path, 'open("/data/outputs/big", "wb").write(b"x" * (2 << 20))\n')
+    _, outcome = await run_to_end(job, limits=SandboxLimits(wall_timeout_s=10, max_file_bytes=1 << 20))
+    assert outcome.describe() == "exit code 1"
+    assert "File too large" in job.log.read_text()
+    assert (job.outputs / "big").stat().st_size == 1 << 20
+
+
+async def test_writing_past_the_disk_quota_is_killed(tmp_path):
+    job = make_job(tmp_path, py("""
+        import time
+        chunk = b"x" * (256 << 10)
+        with open("/data/outputs/big", "wb") as f:
+            for _ in range(400):  # 100 MiB, unless stopped
+                f.write(chunk)
+                f.flush()
+                time.sleep(0.005)
+        report(finished=True)
+    """))
+    run, outcome = await run_to_end(job, limits=SandboxLimits(wall_timeout_s=20, disk_quota_bytes=2 << 20))
+    assert "disk:watch" in run.limits_in_force
+    assert outcome.disk_quota_exceeded and not outcome.timed_out
+    assert outcome.signal == 9
+    assert outcome.describe() == f"killed: disk quota of {2 << 20} bytes exceeded"
+    assert outcome.duration_s < 1.5
+    assert not (job.outputs / "report.json").exists()
+
+
+async def test_exceeding_the_quota_and_exiting_at_once_is_still_reported(tmp_path):
+    job = make_job(tmp_path, 'open("/data/outputs/big", "wb").write(b"x" * (3 << 20))\n')
+    _, outcome = await run_to_end(job, limits=SandboxLimits(wall_timeout_s=20, disk_quota_bytes=2 << 20))
+    assert outcome.disk_quota_exceeded and not outcome.succeeded
+
+
+# --- exit status, logs, environment -------------------------------------------------
+
+async def test_exit_code_3_is_reported(tmp_path):
+    job = make_job(tmp_path, sh("echo failing; exit 3"))
+    _, outcome = await run_to_end(job, argv=("/bin/sh", ALGO))
+    assert (outcome.exit_code, outcome.signal) == (3, None)
+    assert not (outcome.oom_killed or outcome.timed_out or outcome.stopped or outcome.disk_quota_exceeded)
+    assert outcome.describe() == "exit code 3"
+    assert not outcome.succeeded
+
+
+async def test_job_cgroups_exist_during_the_run_and_are_removed_after(tmp_path):
+    job = make_job(tmp_path, "import time; time.sleep(0.5)\n")
+    run = await SandboxRun.start(job.spec(limits=SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20,
+                                                               max_processes=10, cpu_cores=1)))
+    dirs = job_cgroup_dirs(job)
+    assert dirs and all(str(run.pid) in (d / "cgroup.procs").read_text().split() for d in dirs)
+    outcome = await run.wait()
+    assert outcome.exit_code == 0
+    assert not any(d.exists() for d in dirs)
+
+
+async def test_stdout_and_stderr_land_in_the_log_and_can_be_followed_live(tmp_path):
+    job = make_job(tmp_path, py("""
+        import os, sys, time
+        print("to stdout", flush=True)
+        print("to stderr", file=sys.stderr, flush=True)
+        while not os.path.exists("/data/outputs/go"):
+            time.sleep(0.02)
+        print("done")
+    """))
+    run = await SandboxRun.start(job.spec())
+    assert run.log_path == job.log
+    await wait_for(lambda: b"to stderr" in job.log.read_bytes() and b"to stdout" in job.log.read_bytes())
+    assert not run._task.done()  # read while the algorithm still runs
+    (job.outputs / "go").touch()
+    outcome = await run.wait()
+    assert outcome.exit_code == 0
+    assert job.log.read_text().splitlines()[-1] == "done"
+
+
+async def test_log_cap_truncates_with_one_marker_and_the_algorithm_is_not_blocked(tmp_path):
+    job = make_job(tmp_path, py("""
+        import sys
+        for _ in range(16):
+            sys.stdout.write("o" * 65536)
+            sys.stderr.write("e" * 65536)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        report(done=True)
+    """))
+    _, outcome = await run_to_end(job, limits=SandboxLimits(wall_timeout_s=20, log_max_bytes=100_000))
+    assert outcome.exit_code == 0 and outcome.log_truncated
+    assert job.report() == {"done": True}
+    data = job.log.read_bytes()
+    assert data.count(TRUNCATION_MARKER) == 1
+    assert data.index(TRUNCATION_MARKER) == 100_001  # after the cap and a newline
+    assert len(data) < 100_000 + 200
+    assert data.endswith(b"\n")
+
+
+async def test_environment_is_exactly_the_given_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("C2D_ENGINE_SECRET", "must not leak")
+    job = make_job(tmp_path, py("""
+        raw = open("/proc/self/environ").read()
+        env = dict(kv.split("=", 1) for kv in raw.split("\\0") if kv)
+        cap_eff = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
+        report(env=env, cap_eff=cap_eff)
+    """))
+    _, outcome = await run_to_end(job)
+    assert outcome.exit_code == 0, job.log.read_text()
+    r = job.report()
+    assert r["env"] == {**job.env(), "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"}
+    assert r["cap_eff"] == "0" * 16  # no capabilities, not even inside its user namespace
+
+
+# --- stopping ------------------------------------------------------------------
+
+SPAWNS_A_TREE = """
+    import os, subprocess, time
+    subprocess.Popen(["/bin/sleep", "60"])
+    if os.fork() == 0:  # a daemon: own session, its parent gone
+        os.setsid()
+        if os.fork() == 0:
+            time.sleep(60)
+        os._exit(0)
+    report(ready=True)
+    while True:
+        time.sleep(0.1)
+"""
+
+
+@pytest.mark.parametrize("use_sandbox", [True, False], ids=["sandboxed", "unsandboxed"])
+async def test_stop_kills_the_whole_tree_within_a_second(tmp_path, use_sandbox):
+    job = make_job(tmp_path, py(SPAWNS_A_TREE))
+    run = await SandboxRun.start(job.spec(use_sandbox=use_sandbox))
+    await wait_for(lambda: (job.outputs / "report.json").exists())
+    await wait_for(lambda: len(processes_of(job)) >= 3)
+    t0 = time.monotonic()
+    await run.stop()
+    assert time.monotonic() - t0 < 1.0
+    outcome = await run.wait()
+    assert outcome.stopped and not outcome.timed_out
+    assert outcome.describe() == "stopped"
+    assert processes_of(job) == []
+
+
+async def test_engine_death_takes_the_sandbox_down_and_its_cgroup_is_reclaimed(tmp_path):
+    job = make_job(tmp_path, "import time; time.sleep(60)\n")
+    engine = f"""
+import asyncio, os, sys
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from services.operator_engine.sandbox import SandboxRun, SandboxSpec
+env = {json.dumps(job.env())}
+async def main():
+    run = await SandboxRun.start(SandboxSpec({job.job_id!r}, Path({str(job.workspace)!r}),
+                                             ({PYTHON!r}, {ALGO!r}), env))
+    print(run.pid, flush=True)
+    while not os.path.exists({str(job.log)!r}):
+        await asyncio.sleep(0.01)
+    os._exit(0)  # the engine dies without cleaning up
+asyncio.run(main())
+"""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", engine, stdout=subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and out.strip().isdigit()
+    await wait_for(lambda: processes_of(job) == [], timeout=2.0)
+    dirs = job_cgroup_dirs(job)
+    assert dirs and all(d.exists() for d in dirs)  # left behind by the dead engine
+    # the same job runs again: the stale, now empty cgroup is reused
+    (job.workspace / "transformations" / "algorithm").write_text("print('again')\n")
+    _, outcome = await run_to_end(job)
+    assert outcome.exit_code == 0 and job.log.read_text() == "again\n"
+    assert not any(d.exists() for d in dirs)
+
+
+# --- capabilities and modes -----------------------------------------------------------
+
+def _v1_controllers() -> set[str]:
+    found = set()
+    for line in open("/proc/self/mountinfo"):
+        left, _, right = line.partition(" - ")
+        fields = right.split()
+        if fields and fields[0] == "cgroup":
+            found.update(set(fields[2].split(",")) & {"memory", "cpu", "pids"})
+    return found
+
+
+def test_detect_capabilities_reports_what_is_in_force():
+    caps = detect_capabilities()
+    assert caps.bwrap == shutil.which("bwrap")
+    assert {"rlimit:cpu", "rlimit:as", "rlimit:fsize", "disk:watch", "net:none"} <= set(caps.limits_in_force)
+    # root is exempt from RLIMIT_NPROC, so it is only claimed for other users
+    assert ("rlimit:nproc" in caps.limits_in_force) == (os.geteuid() != 0)
+    v1 = _v1_controllers()
+    if os.geteuid() == 0 and v1:
+        assert caps.cgroup_version == 1
+        assert {f"cgroup:{c}" for c in v1} <= set(caps.limits_in_force)
+    text = caps.describe()
+    assert f"bubblewrap {caps.bwrap}" in text and "net:none" in text
+    assert (f"cgroup v{caps.cgroup_version}" in text) == (caps.cgroup_version is not None)
+
+
+def test_detect_capabilities_without_bwrap_claims_no_sandbox(tmp_path):
+    caps = detect_capabilities(bwrap=str(tmp_path / "no-bwrap"))
+    assert caps.bwrap is None and "net:none" not in caps.limits_in_force
+    assert caps.describe().startswith("no sandbox (bwrap not found)")
+
+
+async def test_start_raises_sandbox_unavailable_when_bwrap_is_missing(tmp_path):
+    job = make_job(tmp_path, "print('never')\n")
+    with pytest.raises(SandboxUnavailable):
+        await SandboxRun.start(job.spec(), bwrap=str(tmp_path / "no-bwrap"))
+    assert not job.log.exists()
+    assert not any(d.exists() for d in job_cgroup_dirs(job))
+    assert processes_of(job) == []
+
+
+async def test_use_sandbox_false_runs_directly_on_the_host(tmp_path):
+    job = make_job(tmp_path, py(f"""
+        import os, sys
+        report(cwd=os.getcwd(), outputs=os.environ["OUTPUTS"], home=os.environ["HOME"],
+               argv=sys.argv, sees_host=os.path.exists({str(REPO)!r}))
+    """))
+    run, outcome = await run_to_end(job, use_sandbox=False, limits=SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20))
+    assert outcome.exit_code == 0, job.log.read_text()
+    ws = job.workspace.resolve()
+    r = job.report()
+    assert r["cwd"] == str(ws)
+    assert r["outputs"] == str(ws / "outputs")           # /data rewritten to the workspace
+    assert r["argv"] == [str(ws / "transformations" / "algorithm")]
+    assert r["sees_host"] is True                         # no namespaces...
+    assert not Path(r["home"]).exists()                   # ...a private HOME, removed afterwards
+    assert "net:none" not in run.limits_in_force and "cgroup:memory" in run.limits_in_force

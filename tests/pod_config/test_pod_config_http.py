@@ -1,0 +1,557 @@
+"""HttpFetcher through stage(): redirects, timeouts, retries, resume, headers,
+the SSRF guard and log redaction, all against real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from services.pod_config.fetching import _PinnedResolver, address_refusal, default_fetchers, vet_host
+from services.pod_config.staging import FetchError, FileSource, StagingRequest
+from tests.pod_config.helpers import (
+    ALGO_DID,
+    DATASET_DID,
+    asset,
+    did_dir,
+    limits,
+    part_files,
+    run,
+    url,
+)
+from tests.pod_config.httpserver import FileServer
+
+
+@pytest.fixture
+async def server():
+    srv = await FileServer().start()
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture
+async def other_server():
+    srv = await FileServer().start()
+    yield srv
+    await srv.stop()
+
+
+def one(src: FileSource) -> StagingRequest:
+    return StagingRequest(datasets=(asset(DATASET_DID, src),), algorithm=None, raw_algorithm="print('hi')")
+
+
+def staged(root: Path) -> bytes:
+    return (root / "inputs" / did_dir(DATASET_DID) / "0").read_bytes()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+PREFIX = f"data provisioning failed: dataset {DATASET_DID} file 0: "
+
+
+# --------------------------------------------------------------------------- redirects
+
+
+async def test_redirect_chain_is_followed(server: FileServer, tmp_path: Path) -> None:
+    server.add("f", b"at the end of the chain")
+
+    outcome, _ = await run(one(url(server.url("/redirect/3/f"))), tmp_path, limits(max_redirects=5))
+
+    assert (outcome.status, outcome.error_code, outcome.reason) == (30, "", "")
+    assert staged(tmp_path) == b"at the end of the chain"
+    assert [s.path for s in server.seen] == ["/redirect/3/f", "/redirect/2/f", "/redirect/1/f", "/file/f"]
+
+
+async def test_too_many_redirects_fail(server: FileServer, tmp_path: Path) -> None:
+    server.add("f", b"never reached")
+
+    outcome, _ = await run(one(url(server.url("/redirect/10/f"))), tmp_path, limits(max_redirects=5))
+
+    assert (outcome.status, outcome.error_code) == (31, "too_many_redirects")
+    assert outcome.reason == PREFIX + "more than 5 HTTP redirects"
+    assert len(server.seen) == 6  # the first request and five redirects followed, then it stops
+    assert server.counts["/file/f"] == 0
+
+
+async def test_redirect_to_a_non_http_scheme_is_refused(server: FileServer, tmp_path: Path) -> None:
+    outcome, _ = await run(one(url(server.url("/redirect-to?location=" + quote("file:///etc/passwd")))), tmp_path)
+
+    assert (outcome.status, outcome.error_code) == (31, "invalid_source")
+    assert outcome.reason == PREFIX + "HTTP 302 to a location that is not http(s)"
+
+
+async def test_non_http_url_is_invalid(tmp_path: Path) -> None:
+    outcome, _ = await run(one(url("file:///etc/passwd")), tmp_path)
+
+    assert (outcome.status, outcome.error_code) == (31, "invalid_source")
+    assert outcome.reason == PREFIX + "the file location is not a valid http(s) URL"
+
+
+# --------------------------------------------------------------------------- timeouts and retries
+
+
+async def test_stalled_download_hits_the_idle_timeout(server: FileServer, tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    outcome, _ = await run(one(url(server.url("/slow"))), tmp_path, limits(idle_timeout_s=0.3, max_retries=1))
+
+    assert loop.time() - started < 5
+    assert (outcome.status, outcome.error_code) == (31, "dataset_fetch_failed")
+    assert outcome.reason == PREFIX + "no data received for 0.3 s (after 2 attempts)"
+    assert server.counts["/slow"] == 2  # a timeout is transient: retried once
+    assert part_files(tmp_path) == []
+    assert list((tmp_path / "inputs" / did_dir(DATASET_DID)).iterdir()) == []
+
+
+async def test_server_error_then_success_is_retried(server: FileServer, tmp_path: Path) -> None:
+    server.add("f", b"third time lucky")
+
+    outcome, cap = await run(one(url(server.url("/fail-then-ok/2/f"))), tmp_path, limits(max_retries=3))
+
+    assert (outcome.status, outcome.error_code, outcome.reason) == (30, "", "")
+    assert staged(tmp_path) == b"third time lucky"
+    assert server.counts["/fail-then-ok/2/f"] == 3
+    assert sum("HTTP 500; retry" in line for line in cap.lines) == 2
+
+
+async def test_server_errors_exhaust_the_retries(server: FileServer, tmp_path: Path) -> None:
+    server.add("f", b"never")
+
+    outcome, _ = await run(one(url(server.url("/fail-then-ok/99/f"))), tmp_path, limits(max_retries=2))
+
+    assert (outcome.status, outcome.error_code) == (31, "dataset_fetch_failed")
+    assert outcome.reason == PREFIX + "HTTP 500 (after 3 attempts)"
+    assert server.counts["/fail-then-ok/99/f"] == 3
+
+
+async def test_client_errors_are_not_retried(server: FileServer, tmp_path: Path) -> None:
+    outcome, _ = await run(one(url(server.url("/status/410"))), tmp_path, limits(max_retries=3))
+
+    assert (outcome.status, outcome.error_code) == (31, "dataset_fetch_failed")
+    assert outcome.reason == PREFIX + "HTTP 410"
+    assert server.counts["/status/410"] == 1
+
+
+async def test_429_waits_for_retry_after(server: FileServer, tmp_path: Path) -> None:
+    server.add("f", b"patience")
+
+    outcome, _ = await run(one(url(server.url("/throttled/1/f"))), tmp_path, limits(backoff_base_s=0.01))
+
+    assert (outcome.status, outcome.reason) == (30, "")
+    assert staged(tmp_path) == b"patience"
+    first, second = server.requests_to("/throttled/1/f")
+    assert second.at - first.at >= 0.9  # Retry-After: 1, not the 10 ms backoff
+
+
+async def test_retry_after_is_capped(server: FileServer, tmp_path: Path) -> None:
+    server.add("f", b"no hour-long naps")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    outcome, _ = await run(one(url(server.url("/throttled/3600/f"))), tmp_path, limits(retry_after_cap_s=0.2))
+
+    assert (outcome.status, outcome.reason) == (30, "")
+    assert loop.time() - started < 3
+    first, second = server.requests_to("/throttled/3600/f")
+    assert second.at - first.at >= 0.19
+
+
+async def test_connection_refused_is_retried_then_fails(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+
+    outcome, cap = await run(one(url(f"http://127.0.0.1:{port}/f")), tmp_path, limits(max_retries=2))
+
+    assert (outcome.status, outcome.error_code) == (31, "dataset_fetch_failed")
+    assert outcome.reason == PREFIX + "could not connect (ECONNREFUSED) (after 3 attempts)"
+    assert sum("could not connect (ECONNREFUSED); retry" in line for line in cap.lines) == 2
+
+
+async def test_unanswered_connect_hits_the_connect_timeout(tmp_path: Path) -> None:
+    # A listener whose backlog is full: further SYNs go unanswered, as with a dead host.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        for _ in range(4):
+            c = socket.socket()
+            c.setblocking(False)
+            try:
+                c.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(c)
+        await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        outcome, _ = await run(
+            one(url(f"http://127.0.0.1:{port}/f")),
+            tmp_path,
+            limits(connect_timeout_s=0.3, idle_timeout_s=30, max_retries=0),
+        )
+
+        elapsed = loop.time() - started
+        for c in fillers:
+            c.close()
+    assert 0.25 < elapsed < 5  # the connect timeout, not the 30 s idle timeout
+    assert (outcome.status, outcome.error_code) == (31, "dataset_fetch_failed")
+    assert outcome.reason == PREFIX + "could not connect within 0.3 s"
+
+
+# --------------------------------------------------------------------------- resume
+
+
+async def test_broken_download_resumes_with_range(server: FileServer, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4000  # 1 024 000 bytes
+    server.add("r", data)
+
+    outcome, _ = await run(one(url(server.url("/flaky/r"), checksum=sha(data))), tmp_path)
+
+    assert (outcome.status, outcome.reason) == (30, "")
+    assert staged(tmp_path) == data
+    first, second = server.requests_to("/flaky/r")
+    assert "Range" not in first.headers
+    assert second.headers["Range"] == f"bytes={len(data) // 2}-"
+    assert second.headers["If-Range"] == FileServer._etag(data)
+    assert server.body_bytes_sent["/flaky/r"] == len(data)  # nothing downloaded twice
+
+
+async def test_broken_download_restarts_when_range_is_ignored(server: FileServer, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4000
+    server.add("r", data)
+
+    outcome, _ = await run(one(url(server.url("/flaky-norange/r"), checksum=sha(data))), tmp_path)
+
+    assert (outcome.status, outcome.reason) == (30, "")
+    assert staged(tmp_path) == data  # the first half was dropped, not duplicated
+    assert outcome.files[0].size == len(data)
+
+
+async def test_parallel_files_with_retries_and_redirects_all_land(server: FileServer, tmp_path: Path) -> None:
+    payloads = {f"m{i}": bytes([i]) * (50_000 + i) for i in range(5)}
+    for name, data in payloads.items():
+        server.add(name, data)
+    srcs = [
+        url(server.url("/file/m0?delay=0.2"), checksum=sha(payloads["m0"])),
+        url(server.url("/redirect/2/m1"), checksum=sha(payloads["m1"])),
+        url(server.url("/fail-then-ok/1/m2"), checksum=sha(payloads["m2"])),
+        url(server.url("/flaky/m3"), checksum=sha(payloads["m3"])),
+        url(server.url("/chunked/m4"), checksum=sha(payloads["m4"])),
+    ]
+    request = StagingRequest(datasets=(asset(DATASET_DID, *srcs),), algorithm=None, raw_algorithm="x")
+
+    outcome, _ = await run(request, tmp_path, limits(parallelism=5))
+
+    assert (outcome.status, outcome.reason) == (30, "")
+    for i in range(5):
+        assert (tmp_path / "inputs" / did_dir(DATASET_DID) / str(i)).read_bytes() == payloads[f"m{i}"]
+    assert server.max_in_flight >= 2
+
+
+# --------------------------------------------------------------------------- headers
+
+
+async def test_ddo_headers_are_sent(server: FileServer, tmp_path: Path) -> None:
+    server.add("f", b"authorised")
+
+    outcome, _ = await run(one(url(server.url("/auth/f"), headers={"X-Api-Key": "s3cr3t-header-value"})), tmp_path)
+    refused, _ = await run(one(url(server.url("/auth/f"))), tmp_path / "without")
+
+    assert (outcome.status, outcome.reason) == (30, "")
+    assert staged(tmp_path) == b"authorised"
+    assert (refused.status, refused.reason) == (31, PREFIX + "HTTP 401")
+
+
+async def test_headers_follow_same_origin_redirects_only(
+    server: FileServer, other_server: FileServer, tmp_path: Path
+) -> None:
+    server.add("f", b"same origin")
+    other_server.add("f", b"other origin")
+    headers = {"X-Api-Key": "s3cr3t-header-value"}
+
+    same, _ = await run(one(url(server.url("/redirect-to?location=/auth/f"), headers=headers)), tmp_path / "same")
+    cross, _ = await run(
+        one(url(server.url("/redirect-to?location=" + quote(other_server.url("/auth/f"))), headers=headers)),
+        tmp_path / "cross",
+    )
+
+    assert (same.status, same.reason) == (30, "")
+    assert (cross.status, cross.error_code, cross.reason) == (31, "dataset_fetch_failed", PREFIX + "HTTP 401")
+    (seen,) = other_server.requests_to("/auth/f")
+    assert "X-Api-Key" not in seen.headers  # the publisher's credential did not leave its origin
+
+
+async def test_header_injection_is_refused(server: FileServer, tmp_path: Path) -> None:
+    server.add("f", b"x")
+
+    outcome, _ = await run(one(url(server.url("/file/f"), headers={"X-A": "v\r\nX-Injected: 1"})), tmp_path)
+
+    assert (outcome.status, outcome.error_code) == (31, "invalid_source")
+    assert outcome.reason == PREFIX + "the file's HTTP headers are not valid"
+    assert server.counts["/file/f"] == 0
+
+
+# --------------------------------------------------------------------------- SSRF guard
+
+
+async def test_loopback_is_refused_unless_allowlisted(server: FileServer, tmp_path: Path) -> None:
+    server.add("f", b"internal")
+
+    outcome, _ = await run(one(url(server.url("/file/f"))), tmp_path, limits(allow_hosts=()))
+
+    assert (outcome.status, outcome.error_code) == (31, "ssrf_refused")
+    assert outcome.reason == PREFIX + "the file's address is on a refused network (loopback)"
+    assert server.seen == []
+
+
+async def test_localhost_is_refused(server: FileServer, tmp_path: Path) -> None:
+    server.add("f", b"internal")
+
+    outcome, _ = await run(one(url(f"http://localhost:{server.port}/file/f")), tmp_path, limits(allow_hosts=()))
+
+    assert (outcome.status, outcome.error_code) == (31, "ssrf_refused")
+    assert outcome.reason == PREFIX + "the file's address is on a refused network (loopback)"
+    assert server.seen == []
+
+
+async def test_cloud_metadata_address_is_refused_without_connecting(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    outcome, _ = await run(
+        one(url("http://169.254.169.254/latest/meta-data/iam/security-credentials/")),
+        tmp_path,
+        limits(connect_timeout_s=30, max_retries=3, backoff_base_s=5),
+    )
+
+    # Connecting (or retrying) would take seconds; a refusal before any socket is instant.
+    assert loop.time() - started < 1
+    assert (outcome.status, outcome.error_code) == (31, "ssrf_refused")
+    assert outcome.reason == PREFIX + "the file's address is on a refused network (link-local)"
+
+
+async def test_redirect_from_allowlisted_host_to_other_address_is_refused(server: FileServer, tmp_path: Path) -> None:
+    server.add("f", b"internal")
+    # "localhost" is allowlisted by name; the redirect names 127.0.0.1, which is not.
+    start = f"http://localhost:{server.port}/redirect-to?location=" + quote(server.url("/file/f"))
+
+    outcome, _ = await run(one(url(start)), tmp_path, limits(allow_hosts=("localhost",)))
+
+    assert (outcome.status, outcome.error_code) == (31, "ssrf_refused")
+    assert outcome.reason == PREFIX + "the file's address is on a refused network (loopback)"
+    assert server.counts["/redirect-to"] == 1
+    assert server.counts["/file/f"] == 0
+
+
+async def test_redirect_to_metadata_address_is_refused(server: FileServer, tmp_path: Path) -> None:
+    location = quote("http://169.254.169.254/latest/meta-data/")
+
+    outcome, _ = await run(one(url(server.url(f"/redirect-to?location={location}"))), tmp_path)
+
+    assert (outcome.status, outcome.error_code) == (31, "ssrf_refused")
+    assert outcome.reason == PREFIX + "the file's address is on a refused network (link-local)"
+
+
+async def test_allowlisted_hostname_and_cidr_connect_through_the_pinned_resolver(
+    server: FileServer, tmp_path: Path
+) -> None:
+    server.add("f", b"allowed")
+
+    by_name, _ = await run(
+        one(url(f"http://localhost:{server.port}/file/f")), tmp_path / "name", limits(allow_hosts=("LOCALHOST",))
+    )
+    by_cidr, _ = await run(one(url(server.url("/file/f"))), tmp_path / "cidr", limits(allow_hosts=("127.0.0.0/8",)))
+
+    assert (by_name.status, by_name.reason) == (30, "")
+    assert (by_cidr.status, by_cidr.reason) == (30, "")
+    assert server.counts["/file/f"] == 2
+
+
+async def test_pinned_resolver_only_answers_vetted_hosts() -> None:
+    resolver = _PinnedResolver()
+    with pytest.raises(OSError):
+        await resolver.resolve("rebound.example", 80)
+    resolver.pin("Vetted.Example.", 80, await vet_host("127.0.0.1", 80, limits()))
+    (answer,) = await resolver.resolve("vetted.example", 80)
+    assert (answer["host"], answer["port"], answer["hostname"]) == ("127.0.0.1", 80, "vetted.example")
+    with pytest.raises(OSError):
+        await resolver.resolve("vetted.example", 443)  # pinned per port too
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("fc00::1", "private"),
+        ("169.254.169.254", "link-local"),
+        ("fe80::1", "link-local"),
+        ("::ffff:169.254.169.254", "link-local"),
+        ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of 169.254.169.254
+        ("2002:a9fe:a9fe::1", "link-local"),  # 6to4 of 169.254.169.254
+        ("0.0.0.0", "unspecified"),
+        ("::", "unspecified"),
+        ("224.0.0.1", "multicast"),
+        ("ff02::1", "multicast"),
+        ("100.100.100.200", "non-public"),  # shared address space (a cloud metadata service lives there)
+        ("8.8.8.8", None),
+        ("2001:4860:4860::8888", None),
+    ],
+)
+def test_address_classification(address: str, why: str | None) -> None:
+    assert address_refusal(address, limits(allow_hosts=())) == why
+
+
+def test_blocked_cidrs_and_allowlist_precedence() -> None:
+    blocked = limits(allow_hosts=(), blocked_cidrs=("8.8.8.0/24", "2001:db8:1::/48"))
+    assert address_refusal("8.8.8.8", blocked) == "blocked"
+    assert address_refusal("8.8.4.4", blocked) is None
+    assert address_refusal(ipaddress.ip_address("::ffff:8.8.8.8"), blocked) == "blocked"
+    allowed = limits(allow_hosts=("10.0.0.0/8", "files.internal"))
+    assert address_refusal("10.9.9.9", allowed) is None
+    assert address_refusal("192.168.0.1", allowed) == "private"
+    assert address_refusal("192.168.0.1", allowed, host="FILES.internal.") is None
+
+
+async def test_vet_host_refuses_blocked_literal_without_traffic() -> None:
+    # An IP literal is vetted without DNS and nothing is connected here.
+    with pytest.raises(FetchError) as err:
+        await vet_host("8.8.8.8", 80, limits(allow_hosts=(), blocked_cidrs=("8.8.8.0/24",)))
+    assert (err.value.code, err.value.message) == (
+        "ssrf_refused",
+        "the file's address is on a refused network (blocked)",
+    )
+
+
+# --------------------------------------------------------------------------- log redaction
+
+
+async def test_logs_and_reasons_never_reveal_locations_or_headers(server: FileServer, tmp_path: Path) -> None:
+    secret_value = "s3cr3t-header-value"
+    server.add("f", b"top secret rows")
+    server.add("secret-path-name", b"more rows")
+    server.add("a", b"#!/bin/sh\n")
+    good = StagingRequest(
+        datasets=(
+            asset(
+                DATASET_DID,
+                url(server.url("/auth/f?token=query-secret"), headers={"X-Api-Key": secret_value}),
+                url(server.url("/redirect/2/secret-path-name")),
+                url(server.url("/fail-then-ok/1/secret-path-name")),
+            ),
+        ),
+        algorithm=asset(ALGO_DID, url(server.url("/file/a")), kind="algorithm"),
+    )
+    scenarios = [
+        (good, limits()),
+        (one(url(server.url("/status/404?token=query-secret"), headers={"X-Api-Key": secret_value})), limits()),
+        (one(url(server.url("/slow"))), limits(idle_timeout_s=0.2, max_retries=1)),
+        (one(url(server.url("/file/f"))), limits(allow_hosts=())),
+        (one(url(server.url("/redirect/9/secret-path-name"))), limits(max_redirects=1)),
+        (one(url(server.url("/huge"))), limits(max_file_bytes=100_000)),
+    ]
+    texts: list[str] = []
+    outcomes = []
+    for i, (request, lim) in enumerate(scenarios):
+        outcome, cap = await run(request, tmp_path / str(i), lim)
+        outcomes.append(outcome)
+        texts += [cap.text, outcome.reason]
+
+    assert [o.status for o in outcomes] == [30, 31, 31, 31, 31, 31]
+    everything = "\n".join(texts)
+    for secret in ("127.0.0.1", f":{server.port}", str(server.port), "localhost", "http", "secret-path",
+                   "query-secret", secret_value, "/auth", "/file", "/redirect", "/slow", "/huge"):  # fmt: skip
+        assert secret not in everything, secret
+    # ...while still saying what happened, step by step.
+    good_log = texts[0]
+    assert "staging started: 1 dataset(s) with 3 file(s), a registered algorithm with 1 file(s)" in good_log
+    for index, size in [(0, 15), (1, 9), (2, 9)]:
+        assert f"dataset {DATASET_DID} file {index} staged: {size} bytes in " in good_log
+    assert f"algorithm {ALGO_DID} file 0 staged: 10 bytes in " in good_log
+    assert "HTTP 500; retry 1 of 2" in good_log
+    assert "staging succeeded: 4 file(s), 43 bytes" in good_log
+    assert f"ERROR staging failed (dataset_fetch_failed, status 31): {PREFIX}HTTP 404" in texts[2]
+
+
+# --------------------------------------------------------------------------- https
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for localhost, made by the openssl CLI."""
+    d = tmp_path_factory.mktemp("tls")
+    ext = d / "san.ext"
+    ext.write_text("subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "1", "-subj", "/CN=c2d test CA")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=localhost")
+    openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "srv.pem", "-days", "1", "-extfile", "san.ext")  # fmt: skip
+    return {"ca": d / "ca.pem", "cert": d / "srv.pem", "key": d / "srv.key"}
+
+
+@pytest.fixture
+async def tls_server(tls_files: dict[str, Path]):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls_files["cert"], tls_files["key"])
+    srv = await FileServer().start(ssl_context=ctx)
+    yield srv
+    await srv.stop()
+
+
+async def test_https_verifies_the_name_while_connecting_to_the_pinned_address(
+    tls_server: FileServer, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    tls_server.add("f", b"over tls")
+    trust = ssl.create_default_context(cafile=str(tls_files["ca"]))
+    src = url(f"https://localhost:{tls_server.port}/file/f", checksum=sha(b"over tls"))
+
+    outcome, _ = await run(
+        one(src), tmp_path, limits(allow_hosts=("localhost",)), fetchers=default_fetchers(ssl_context=trust)
+    )
+
+    assert (outcome.status, outcome.reason) == (30, "")
+    assert staged(tmp_path) == b"over tls"
+    assert tls_server.counts["/file/f"] == 1
+
+
+async def test_https_with_an_untrusted_certificate_fails_without_retry(
+    tls_server: FileServer, tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    tls_server.add("f", b"over tls")
+    trust = ssl.create_default_context(cafile=str(tls_files["ca"]))
+
+    untrusted, cap = await run(
+        one(url(f"https://localhost:{tls_server.port}/file/f")), tmp_path / "a", limits(allow_hosts=("localhost",))
+    )
+    # The certificate is for "localhost": reaching the same address as 127.0.0.1 must fail the name check.
+    wrong_name, _ = await run(
+        one(url(tls_server.url("/file/f"))), tmp_path / "b", fetchers=default_fetchers(ssl_context=trust)
+    )
+
+    for outcome in (untrusted, wrong_name):
+        assert (outcome.status, outcome.error_code) == (31, "dataset_fetch_failed")
+        assert outcome.reason == PREFIX + "the TLS connection to the file's server failed verification"
+    assert "retry" not in cap.text
+    assert tls_server.counts["/file/f"] == 0

