@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import json
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,13 @@ from plumbing.storage.base import (
     StoredObject,
     check_key,
 )
-from plumbing.storage.unixfs import CIDV1_RAW_LEAVES, UnixFSHasher, UnixFSParams, cid_of_file, params_for
+from plumbing.storage.unixfs import (
+    CIDV1_RAW_LEAVES,
+    UnixFSHasher,
+    UnixFSParams,
+    cid_of_file,
+    params_for,
+)
 
 PREFIX = "ipfs://"
 _BLOCK = 1 << 20
@@ -139,8 +144,7 @@ def parse_cid(value: str) -> CID:
     """Accepts a bare CID (v0 or v1), ipfs://CID or /ipfs/CID."""
     text = value.strip()
     for prefix in (PREFIX, "/ipfs/"):
-        if text.startswith(prefix):
-            text = text[len(prefix):]
+        text = text.removeprefix(prefix)
     text = text.rstrip("/")
     try:
         return CID.decode(text)
@@ -294,7 +298,7 @@ def _cat_chunks(response: http.client.HTTPResponse, chunk_size: int, expected: i
         while block := response.read(chunk_size):
             got += len(block)
             yield block
-    except (OSError, http.client.HTTPException, socket.timeout) as e:
+    except (TimeoutError, OSError, http.client.HTTPException) as e:
         raise StorageError(f"reading {what} from IPFS broke after {got} bytes", transient=True) from e
     if got != expected:
         raise StorageError(f"IPFS returned {got} bytes for {what}, expected {expected}", transient=True)

@@ -8,7 +8,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from plumbing.storage.base import ChunkStream, ObjectNotFound, StorageError, StoredObject, check_key, check_prefix
+from plumbing.storage.base import (
+    ChunkStream,
+    ObjectNotFound,
+    StorageError,
+    StoredObject,
+    check_key,
+    check_prefix,
+)
 
 PREFIX = "local:"
 _COPY_BLOCK = 1 << 20

@@ -1,8 +1,8 @@
 """Run one stranger's algorithm in a bubblewrap sandbox, with limits, and report how it ended.
 
 What the algorithm sees (``use_sandbox=True``)
-    New user, pid, net, ipc, uts and cgroup namespaces, no capabilities, its
-    own session. A read-only root holding only /usr (and the /bin, /lib…
+    New user, pid, net, ipc, uts and cgroup namespaces (and no way to make
+    more user namespaces), no capabilities, its own session. A read-only root holding only /usr (and the /bin, /lib…
     links to it), a few harmless /etc files (ld.so cache, alternatives,
     localtime; with network also resolv.conf, hosts, nsswitch.conf, ssl certs),
     a fresh /proc and /dev, a private /tmp (tmpfs, capped at ``memory_bytes``
@@ -329,8 +329,9 @@ class SandboxRun:
     async def start(cls, spec: SandboxSpec, *, bwrap: str | None = None) -> "SandboxRun":
         """Start the algorithm; returns once it runs under its limits.
 
-        Raises SandboxUnavailable when the sandbox (or prlimit support) is
-        missing, CgroupError when the job's cgroup is still occupied.
+        Raises SandboxUnavailable when use_sandbox is set and bwrap is missing
+        or cannot create namespaces, CgroupError when the job's cgroup is still
+        occupied by a live run.
         """
         self = object.__new__(cls)
         self._spec = spec
@@ -342,7 +343,7 @@ class SandboxRun:
             bwrap_path = _resolve_bwrap(bwrap)
             if bwrap_path is None:
                 raise SandboxUnavailable(f"bubblewrap not found ({bwrap or 'bwrap on PATH'})")
-            problem = _probe_bwrap(bwrap_path)
+            problem = await asyncio.to_thread(_probe_bwrap, bwrap_path)
             if problem is not None:
                 raise SandboxUnavailable(f"bubblewrap cannot create a sandbox: {problem}")
         for d in RO_DIRS + RW_DIRS:
@@ -452,8 +453,9 @@ class SandboxRun:
         args = ["--unshare-all", "--unshare-user"]
         if spec.allow_network:
             args.append("--share-net")
-        args += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "c2d",
-                 "--clearenv"]
+        # no nested user namespaces: they are the usual door to kernel privilege bugs
+        args += ["--disable-userns", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+                 "--hostname", "c2d", "--clearenv"]
         for key, value in env.items():
             args += ["--setenv", key, value]
         args += _system_binds()

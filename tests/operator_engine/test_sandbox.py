@@ -364,6 +364,17 @@ async def test_environment_is_exactly_the_given_variables(tmp_path, monkeypatch)
     assert r["cap_eff"] == "0" * 16  # no capabilities, not even inside its user namespace
 
 
+async def test_no_privileges_and_no_nested_user_namespaces(tmp_path):
+    job = make_job(tmp_path, sh("""
+        unshare --user true 2>/dev/null && echo "userns: created" || echo "userns: refused"
+        echo "caps: $(grep CapBnd /proc/self/status | cut -f2)"
+        echo "uid: $(id -u)"
+    """))
+    _, outcome = await run_to_end(job, argv=("/bin/sh", ALGO))
+    assert outcome.exit_code == 0, job.log.read_text()
+    assert job.log.read_text().splitlines() == ["userns: refused", "caps: " + "0" * 16, "uid: 0"]
+
+
 # --- stopping ------------------------------------------------------------------
 
 SPAWNS_A_TREE = """
@@ -412,17 +423,22 @@ async def main():
     os._exit(0)  # the engine dies without cleaning up
 asyncio.run(main())
 """
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", engine, stdout=subprocess.PIPE)
-    out, _ = await proc.communicate()
-    assert proc.returncode == 0 and out.strip().isdigit()
-    await wait_for(lambda: processes_of(job) == [], timeout=2.0)
     dirs = job_cgroup_dirs(job)
-    assert dirs and all(d.exists() for d in dirs)  # left behind by the dead engine
-    # the same job runs again: the stale, now empty cgroup is reused
-    (job.workspace / "transformations" / "algorithm").write_text("print('again')\n")
-    _, outcome = await run_to_end(job)
-    assert outcome.exit_code == 0 and job.log.read_text() == "again\n"
-    assert not any(d.exists() for d in dirs)
+    try:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", engine, stdout=subprocess.PIPE)
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0 and out.strip().isdigit()
+        await wait_for(lambda: processes_of(job) == [], timeout=2.0)
+        assert dirs and all(d.exists() for d in dirs)  # left behind by the dead engine
+        # the same job runs again: the stale, now empty cgroup is reused
+        (job.workspace / "transformations" / "algorithm").write_text("print('again')\n")
+        _, outcome = await run_to_end(job)
+        assert outcome.exit_code == 0 and job.log.read_text() == "again\n"
+        assert not any(d.exists() for d in dirs)
+    finally:
+        for d in dirs:  # never leave a test's cgroup on the host, even when failing
+            if d.exists() and not (d / "cgroup.procs").read_text().strip():
+                d.rmdir()
 
 
 # --- capabilities and modes -----------------------------------------------------------

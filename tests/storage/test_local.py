@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from plumbing.storage import LocalStore, ObjectNotFound, StorageConfig, StorageError, open_store
+from plumbing.storage import (
+    LocalStore,
+    ObjectNotFound,
+    StorageConfig,
+    StorageError,
+    open_store,
+)
 
 
 def put(store: LocalStore, tmp_path: Path, key: str, data: bytes = b"data") -> str:

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from plumbing.storage import ObjectNotFound, S3Store, StorageConfig, StorageError, download_s3, open_store
+from plumbing.storage import (
+    ObjectNotFound,
+    S3Store,
+    StorageConfig,
+    StorageError,
+    download_s3,
+    open_store,
+)
 from tests.storage.conftest import s3_config, write_random
 from tests.support.servers import SeaweedFS, free_ports
 
@@ -52,28 +59,32 @@ def test_content_types(seaweedfs: SeaweedFS, s3_bucket: str, s3_store: S3Store, 
 def test_large_sparse_file_multipart(seaweedfs: SeaweedFS, s3_bucket: str, s3_store: S3Store, tmp_path: Path) -> None:
     size = 200 << 20
     big = tmp_path / "big.bin"
+    dest = tmp_path / "dl" / "big.bin"
     markers = {0: b"start", PART - 1: b"|edge|", 17 * PART + 3: b"middle", size - 4: b"end!"}
     make_sparse(big, size, markers)
-    obj = s3_store.put_file("jobs/big/outputs/big.bin", big)
-    assert obj.size == size
-    assert obj.sha256 == sha256_file(big)
-    stat = seaweedfs.client().stat_object(s3_bucket, "jobs/big/outputs/big.bin")
-    assert stat.size == size
-    # a multipart ETag is "<md5 of part md5s>-<part count>"
-    assert stat.etag.endswith(f"-{size // PART}"), stat.etag
-    # ranged reads land on the right bytes across part boundaries
-    tail = b"".join(s3_store.read(obj.location, offset=size - 10))
-    assert tail == b"\0" * 6 + b"end!"
-    edge = next(iter(s3_store.read(obj.location, offset=PART - 1, chunk_size=6)))
-    assert edge == b"|edge|"
-    mid = b"".join(s3_store.read(obj.location, offset=17 * PART))
-    assert mid[:9] == b"\0\0\0middle" and len(mid) == size - 17 * PART
-    # and the whole object downloads to the same hash, in bounded memory
-    dest = tmp_path / "dl" / "big.bin"
-    assert download_s3(s3_config(seaweedfs, s3_bucket), s3_bucket, "jobs/big/outputs/big.bin", dest, None) == (
-        size,
-        obj.sha256,
-    )
+    try:
+        obj = s3_store.put_file("jobs/big/outputs/big.bin", big)
+        assert obj.size == size
+        assert obj.sha256 == sha256_file(big)
+        stat = seaweedfs.client().stat_object(s3_bucket, "jobs/big/outputs/big.bin")
+        assert stat.size == size
+        # a multipart ETag is "<md5 of part md5s>-<part count>"
+        assert stat.etag.endswith(f"-{size // PART}"), stat.etag
+        # ranged reads land on the right bytes across part boundaries
+        tail = b"".join(s3_store.read(obj.location, offset=size - 10))
+        assert tail == b"\0" * 6 + b"end!"
+        edge = next(iter(s3_store.read(obj.location, offset=PART - 1, chunk_size=6)))
+        assert edge == b"|edge|"
+        mid = b"".join(s3_store.read(obj.location, offset=17 * PART))
+        assert mid[:9] == b"\0\0\0middle" and len(mid) == size - 17 * PART
+        # and the whole object downloads to the same hash, in bounded memory
+        config = s3_config(seaweedfs, s3_bucket)
+        assert download_s3(config, s3_bucket, "jobs/big/outputs/big.bin", dest, None) == (size, obj.sha256)
+        assert s3_store.delete_prefix("jobs/big/") == 1
+    finally:
+        # pytest keeps recent tmp dirs: do not leave 200 MiB of real zeros behind
+        big.unlink(missing_ok=True)
+        dest.unlink(missing_ok=True)
 
 
 def test_failed_multipart_upload_is_aborted(seaweedfs: SeaweedFS, s3_bucket: str, s3_store: S3Store, tmp_path: Path) -> None:
@@ -97,7 +108,7 @@ def test_failed_multipart_upload_is_aborted(seaweedfs: SeaweedFS, s3_bucket: str
                 return
             time.sleep(0.005)
 
-    watcher = threading.Thread(target=shrink_once_multipart_started)
+    watcher = threading.Thread(target=shrink_once_multipart_started, daemon=True)
     watcher.start()
     try:
         with pytest.raises(StorageError, match="changed size while being uploaded") as exc:

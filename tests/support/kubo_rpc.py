@@ -124,8 +124,7 @@ class KuboNode:
 
 
 def _parse_cid_arg(arg: str) -> CID:
-    if arg.startswith("/ipfs/"):
-        arg = arg[len("/ipfs/"):]
+    arg = arg.removeprefix("/ipfs/")
     return CID.decode(arg.split("/", 1)[0])
 
 
@@ -133,7 +132,7 @@ class Handler(BaseHTTPRequestHandler):
     node: KuboNode
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - keep pytest output quiet
+    def log_message(self, format: str, *args) -> None:
         pass
 
     def _send(self, status: int, body: bytes, content_type: str = "application/json", headers=None) -> None:

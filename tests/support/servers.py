@@ -201,6 +201,7 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         yield server
     finally:
         _stop(proc)
+        shutil.rmtree(base, ignore_errors=True)  # volumes hold every byte the tests uploaded
 
 
 @dataclass(frozen=True)
@@ -243,7 +244,8 @@ def _start_kubo_rpc(base: Path) -> tuple[subprocess.Popen, KuboRPC]:
 @pytest.fixture(scope="session")
 def ipfs_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboRPC]:
     """The IPFS RPC front with its details (pid, repo, startup time)."""
-    proc, node = _start_kubo_rpc(tmp_path_factory.mktemp("ipfs"))
+    base = tmp_path_factory.mktemp("ipfs")
+    proc, node = _start_kubo_rpc(base)
     try:
         yield node
     finally:
@@ -253,6 +255,7 @@ def ipfs_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboRPC]:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             _stop(proc)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

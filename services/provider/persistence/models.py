@@ -56,7 +56,7 @@ class Balance(Base):
 class Order(Base):
     __tablename__ = "orders"
 
-    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(80), primary_key=True)
     did: Mapped[str] = mapped_column(String(80))
     service_id: Mapped[str] = mapped_column(String(128))
     consumer: Mapped[str] = mapped_column(String(42), index=True)
@@ -65,5 +65,5 @@ class Order(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Set atomically when a StartCompute claims the order: one job per order.
-    claimed_by_request: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    claimed_by_request: Mapped[str | None] = mapped_column(String(80), nullable=True)
     used_by_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -1,0 +1,65 @@
+"""Sandbox start overhead: `.venv/bin/python -m tests.operator_engine.bench_sandbox_overhead`.
+
+For /bin/true, the time from the call that starts it to its exit (true runs
+for well under a millisecond, so this is start-to-first-instruction plus
+exec and exit), as a bare asyncio subprocess and through SandboxRun with and
+without bubblewrap and cgroup limits. Medians over N runs. Not a test: a
+figure to report, not to assert on a shared machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from services.operator_engine.sandbox import SandboxLimits, SandboxRun, SandboxSpec, detect_capabilities
+
+N = 30
+
+
+async def bare() -> float:
+    t0 = time.monotonic()
+    proc = await asyncio.create_subprocess_exec("/bin/true")
+    await proc.wait()
+    return time.monotonic() - t0
+
+
+async def through_sandbox(ws: Path, use_sandbox: bool, limits: SandboxLimits) -> tuple[float, float]:
+    t0 = time.monotonic()
+    run = await SandboxRun.start(SandboxSpec("bench", ws, ("/bin/true",), {}, limits=limits,
+                                             use_sandbox=use_sandbox))
+    outcome = await run.wait()
+    done = time.monotonic()
+    assert outcome.exit_code == 0, outcome
+    # the supervisor's clock: release of the gate + run time = the moment the exit was seen
+    return run._started + outcome.duration_s - t0, done - t0
+
+
+async def main() -> None:
+    detect_capabilities()  # probe bwrap and cgroups once, as an engine does at startup
+    plain = SandboxLimits(wall_timeout_s=10)
+    limited = SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20, cpu_cores=1, max_processes=32,
+                            cpu_seconds=10, disk_quota_bytes=1 << 30)
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Path(tmp)
+        rows = {"bare asyncio subprocess": [await bare() for _ in range(N)]}
+        for label, sandboxed, limits in [
+            ("SandboxRun, no sandbox, no limits", False, plain),
+            ("SandboxRun, bwrap, no limits", True, plain),
+            ("SandboxRun, bwrap, rlimits + cgroups + disk watch", True, limited),
+        ]:
+            pairs = [await through_sandbox(ws, sandboxed, limits) for _ in range(N)]
+            rows[label] = [p[0] for p in pairs]
+            rows[label + " (incl. cleanup)"] = [p[1] for p in pairs]
+    base = statistics.median(rows["bare asyncio subprocess"])
+    for label, values in rows.items():
+        med = statistics.median(values)
+        print(f"{label:58s} median {med * 1000:6.1f} ms  (+{(med - base) * 1000:5.1f} ms)", file=sys.stdout)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
