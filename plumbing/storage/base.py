@@ -147,7 +147,7 @@ class SizedDownload:
         self.count = 0
         dest.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}-{id(self):x}")
-        self._f: BinaryIO = open(self._tmp, "wb")
+        self._f: BinaryIO = open(self._tmp, "wb")  # noqa: SIM115 - closed by commit() or discard()
 
     def check_declared_size(self, size: int) -> None:
         if self.max_bytes is not None and size > self.max_bytes:

@@ -75,7 +75,7 @@ class LocalStore:
         if offset < 0:
             raise StorageError(f"negative offset {offset} for {location}")
         try:
-            f = open(path, "rb")
+            f = open(path, "rb")  # noqa: SIM115 - closed by the returned ChunkStream
         except FileNotFoundError as e:
             raise ObjectNotFound(f"no object at {location}") from e
         except OSError as e:

@@ -138,7 +138,7 @@ class S3Store:
         check_key(key)
         content_type = content_type or mimetypes.guess_type(key)[0] or "application/octet-stream"
         try:
-            f = open(path, "rb")
+            f = open(path, "rb")  # noqa: SIM115 - closed by the with-block below
         except FileNotFoundError as e:
             raise StorageError(f"cannot upload {path}: file not found") from e
         with f:

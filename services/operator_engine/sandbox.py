@@ -2,8 +2,10 @@
 
 What the algorithm sees (``use_sandbox=True``)
     New user, pid, net, ipc, uts and cgroup namespaces (and no way to make
-    more user namespaces), no capabilities, its own session. A read-only root holding only /usr (and the /bin, /lib…
-    links to it), a few harmless /etc files (ld.so cache, alternatives,
+    more user namespaces), no capabilities, its own session. It is uid 0
+    inside, mapped to the engine's uid outside (root here). A read-only root
+    holding only /usr (and the /bin, /lib… links to it), a few harmless /etc
+    files (ld.so cache, alternatives,
     localtime; with network also resolv.conf, hosts, nsswitch.conf, ssl certs),
     a fresh /proc and /dev, a private /tmp (tmpfs, capped at ``memory_bytes``
     when that is set, and charged to the memory cgroup), and /data:
@@ -19,7 +21,9 @@ How it is started (race-free limits)
     and writes its pid into the job's cgroups; then it releases the gate,
     which checks its parent is still the engine and execs bwrap
     (``--die-with-parent``, so the pid namespace dies with bwrap). Nothing
-    of the algorithm runs before its limits are in place.
+    of the algorithm runs before its limits are in place. The parent-death
+    signal follows the thread that spawned the run: run the event loop in a
+    thread that lives as long as the engine (the main thread).
 
 Limits
     * ``memory_bytes``: cgroup memory limit (memsw/swap too); an OOM kill is
@@ -57,8 +61,9 @@ convention; an algorithm that itself exits 137 reads as SIGKILL too).
 ``use_sandbox=False`` (only for environments configured so) runs the same
 command directly with the same rlimits, cgroups, timeout, quota and log
 capture, but without namespaces: ``/data`` in argv and env values is
-rewritten to the workspace, the cwd is the workspace, HOME a private
-temporary directory. Processes that leave the session survive a stop only
+rewritten to the workspace (values already under the workspace are left
+alone, so callers may pass host paths), the cwd is the workspace, HOME a
+private temporary directory. Processes that leave the session survive a stop only
 if no cgroup is usable.
 """
 
@@ -310,6 +315,9 @@ def disk_usage(*roots: Path) -> int:
 
 
 def _to_host(value: str, workspace: Path) -> str:
+    ws = str(workspace)
+    if value == ws or value.startswith(ws + "/"):
+        return value  # already a host path (a workspace that itself lives under /data)
     if value == DATA or value.startswith(DATA + "/"):
         return str(workspace) + value[len(DATA):]
     return value

@@ -483,6 +483,35 @@ async def test_start_raises_sandbox_unavailable_when_bwrap_is_missing(tmp_path):
     assert processes_of(job) == []
 
 
+async def test_start_raises_sandbox_unavailable_when_user_namespaces_do_not_work(tmp_path):
+    # a real host without user namespaces: the engine itself runs in a bwrap that forbids them
+    engine = f"""
+import asyncio, sys
+sys.path.insert(0, {str(REPO)!r})
+from pathlib import Path
+from services.operator_engine.sandbox import SandboxRun, SandboxSpec, SandboxUnavailable, detect_capabilities
+caps = detect_capabilities()
+print("bwrap:", caps.bwrap, "net:none" in caps.limits_in_force)
+try:
+    asyncio.run(SandboxRun.start(SandboxSpec("j", Path("/tmp/ws"), ("/bin/true",), {{}})))
+    print("started")
+except SandboxUnavailable as e:
+    print("unavailable:", e)
+"""
+    prefixes = sorted({sys.prefix, sys.base_prefix, str(REPO)})
+    binds = [arg for p in prefixes for arg in ("--ro-bind", p, p)]
+    proc = await asyncio.create_subprocess_exec(
+        shutil.which("bwrap"), "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+        "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+        "--symlink", "usr/bin", "/bin", *binds, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+        sys.executable, "-c", engine, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    lines = out.decode().splitlines()
+    assert lines[0] == "bwrap: None False", out
+    assert lines[1].startswith("unavailable: bubblewrap cannot create a sandbox"), out
+    assert "namespace" in lines[1]  # the reason is bwrap's own: no user namespace
+
+
 async def test_use_sandbox_false_runs_directly_on_the_host(tmp_path):
     job = make_job(tmp_path, py(f"""
         import os, sys

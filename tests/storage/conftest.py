@@ -13,15 +13,15 @@ from tests.support.servers import SeaweedFS
 
 
 def s3_config(server: SeaweedFS, bucket: str, **overrides) -> StorageConfig:
-    values = dict(
-        kind="s3",
-        s3_endpoint=server.endpoint,
-        s3_access_key=server.access_key,
-        s3_secret_key=server.secret_key,
-        s3_bucket=bucket,
-        s3_region="us-east-1",
-        part_size=5 << 20,
-    )
+    values = {
+        "kind": "s3",
+        "s3_endpoint": server.endpoint,
+        "s3_access_key": server.access_key,
+        "s3_secret_key": server.secret_key,
+        "s3_bucket": bucket,
+        "s3_region": "us-east-1",
+        "part_size": 5 << 20,
+    }
     values.update(overrides)
     return StorageConfig(**values)
 

