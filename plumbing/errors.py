@@ -51,3 +51,7 @@ class Unavailable(ServiceError):
 
 class Aborted(ServiceError):
     kind = "aborted"
+
+
+class Unimplemented(ServiceError):
+    kind = "unimplemented"

@@ -28,6 +28,7 @@ STATUS_BY_KIND = {
     "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "aborted": grpc.StatusCode.ABORTED,
+    "unimplemented": grpc.StatusCode.UNIMPLEMENTED,
 }
 ERROR_DOMAIN = "c2d"
 

@@ -52,7 +52,7 @@ class StorageFetcher:
             if source.type == "s3":
                 bucket, _, key = source.url.removeprefix("s3://").partition("/")
                 if not bucket or not key:
-                    raise staging.FetchError("source_invalid", "the S3 location is not s3://bucket/key")
+                    raise staging.FetchError("invalid_source", "the S3 location is not s3://bucket/key")
                 size, digest = await asyncio.to_thread(storage.download_s3, self._config, bucket, key, dest, cap)
             else:
                 size, digest = await asyncio.to_thread(storage.download_ipfs, self._config, source.cid, dest, cap)

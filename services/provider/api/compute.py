@@ -103,6 +103,11 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             raise errors.InvalidArgument("spec needs an algorithm: algorithm_asset or raw_algorithm", "algorithm_missing")
         if not spec.environment_id:
             raise errors.InvalidArgument("spec.environment_id is required (ListComputeEnvironments)", "environment_missing")
+        if spec.publish_results_as_asset:
+            raise errors.Unimplemented(
+                "publish_results_as_asset is not available yet (pod_publish: results as a new asset)",
+                "not_implemented",
+            )
         plan = Plan(consumer=consumer)
         services = []
         for order in [spec.dataset, *spec.additional_datasets]:
