@@ -503,7 +503,8 @@ except SandboxUnavailable as e:
     proc = await asyncio.create_subprocess_exec(
         shutil.which("bwrap"), "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
         "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-        "--symlink", "usr/bin", "/bin", *binds, "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+        # /tmp first: the checkout itself may live under /tmp (CI clones anywhere).
+        "--symlink", "usr/bin", "/bin", "--tmpfs", "/tmp", *binds, "--proc", "/proc", "--dev", "/dev",
         sys.executable, "-c", engine, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out, _ = await proc.communicate()
     lines = out.decode().splitlines()
