@@ -220,7 +220,7 @@ class JobCgroup:
         memory_bytes: int | None = None,
         cpu_cores: float | None = None,
         max_pids: int | None = None,
-    ) -> "JobCgroup":
+    ) -> JobCgroup:
         """Make the job's cgroups and set the limits; nothing runs in them yet.
 
         Every usable controller gets a directory even without a limit, so the
@@ -235,6 +235,7 @@ class JobCgroup:
                 if d in made:  # v2: one directory serves every controller
                     dirs[c] = (place.version, d)
                     continue
+                place.parent.mkdir(exist_ok=True)  # in case someone removed it since detect()
                 if d.exists():
                     _reclaim_stale(d)
                 d.mkdir()

@@ -334,7 +334,7 @@ class SandboxRun:
         raise TypeError("use await SandboxRun.start(spec)")
 
     @classmethod
-    async def start(cls, spec: SandboxSpec, *, bwrap: str | None = None) -> "SandboxRun":
+    async def start(cls, spec: SandboxSpec, *, bwrap: str | None = None) -> SandboxRun:
         """Start the algorithm; returns once it runs under its limits.
 
         Raises SandboxUnavailable when use_sandbox is set and bwrap is missing
@@ -419,6 +419,7 @@ class SandboxRun:
             raise
         self._started = time.monotonic()
         self._reason: str | None = None       # "timeout" | "stopped" | "disk": the first one wins
+        self._settled = False                 # the reason can no longer change
         self._kill_requested = asyncio.Event()
         self._log_truncated = False
         self._task = asyncio.create_task(self._supervise(), name=f"sandbox-{spec.job_id}")
@@ -493,7 +494,7 @@ class SandboxRun:
         await self.wait()
 
     def _request_kill(self, reason: str) -> None:
-        if self._reason is None and not self._task.done():
+        if self._reason is None and not self._settled:  # a run that already ended is not "stopped"
             self._reason = reason
         self._kill_requested.set()
 
@@ -506,9 +507,10 @@ class SandboxRun:
         try:
             done, _ = await asyncio.wait({exited, killer}, timeout=lim.wall_timeout_s,
                                          return_when=asyncio.FIRST_COMPLETED)
+            if exited not in done and self._reason is None:
+                self._reason = "timeout"
+            self._settled = True
             if exited not in done:
-                if self._reason is None:
-                    self._reason = "timeout"
                 await self._kill_tree(exited)
             ended = time.monotonic()
             await self._kill_leftovers()

@@ -406,6 +406,14 @@ async def test_stop_kills_the_whole_tree_within_a_second(tmp_path, use_sandbox):
     assert processes_of(job) == []
 
 
+async def test_stopping_a_run_that_already_ended_does_not_rewrite_its_outcome(tmp_path):
+    job = make_job(tmp_path, "")
+    run, outcome = await run_to_end(job, argv=("/bin/true",))
+    await run.stop()
+    assert await run.wait() == outcome
+    assert outcome.exit_code == 0 and not outcome.stopped and outcome.succeeded
+
+
 async def test_engine_death_takes_the_sandbox_down_and_its_cgroup_is_reclaimed(tmp_path):
     job = make_job(tmp_path, "import time; time.sleep(60)\n")
     engine = f"""
@@ -428,7 +436,7 @@ asyncio.run(main())
         proc = await asyncio.create_subprocess_exec(sys.executable, "-c", engine, stdout=subprocess.PIPE)
         out, _ = await proc.communicate()
         assert proc.returncode == 0 and out.strip().isdigit()
-        await wait_for(lambda: processes_of(job) == [], timeout=2.0)
+        await wait_for(lambda: processes_of(job) == [], timeout=10.0)
         assert dirs and all(d.exists() for d in dirs)  # left behind by the dead engine
         # the same job runs again: the stale, now empty cgroup is reused
         (job.workspace / "transformations" / "algorithm").write_text("print('again')\n")
@@ -519,7 +527,8 @@ async def test_use_sandbox_false_runs_directly_on_the_host(tmp_path):
         report(cwd=os.getcwd(), outputs=os.environ["OUTPUTS"], home=os.environ["HOME"],
                argv=sys.argv, sees_host=os.path.exists({str(REPO)!r}))
     """))
-    run, outcome = await run_to_end(job, use_sandbox=False, limits=SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20))
+    limits = SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20)
+    run, outcome = await run_to_end(job, use_sandbox=False, limits=limits)
     assert outcome.exit_code == 0, job.log.read_text()
     ws = job.workspace.resolve()
     r = job.report()
