@@ -358,6 +358,29 @@ class JobCgroup:
             _rmdir_retry(d, max(0.1, deadline - time.monotonic()))
 
 
+def sweep_empty(host: CgroupHost, prefix: str = "") -> int:
+    """Remove empty job cgroups (named with ``prefix``) that runs of a crashed engine left.
+
+    Meant for engine start-up. A cgroup with processes is never touched (the
+    kernel refuses). With several engines on one host, one engine's sweep can
+    race another's start between mkdir and moving its process in; that start
+    then fails cleanly. Returns how many directories were removed.
+    """
+    removed = 0
+    for parent in {place.parent for place in host.controllers.values()}:
+        try:
+            children = [c for c in parent.iterdir() if c.is_dir() and c.name.startswith(prefix)]
+        except OSError:
+            continue
+        for child in children:
+            try:
+                child.rmdir()
+                removed += 1
+            except OSError:
+                pass  # busy: a live run
+    return removed
+
+
 def _is_zombie(pid: str) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -25,6 +25,17 @@ How it is started (race-free limits)
     signal follows the thread that spawned the run: run the event loop in a
     thread that lives as long as the engine (the main thread).
 
+If the engine dies
+    Parent-death signals alone do not do (bwrap's --die-with-parent is racy,
+    bubblewrap#633: a bwrap killed in its first milliseconds leaves its child
+    stuck or running). So the gate's stdin stays open as a lifeline that the
+    engine never writes to again: on EOF a host-side watcher forked by the
+    gate (outside the sandbox: the algorithm can neither see nor kill it)
+    kills everything in the run's cgroups and the run's process group, and a
+    watcher inside the sandbox kills everything in the pid namespace (which
+    is what remains on hosts without cgroups). Empty cgroups of such runs are
+    reclaimed when the same job starts again.
+
 Limits
     * ``memory_bytes``: cgroup memory limit (memsw/swap too); an OOM kill is
       read from the cgroup and reported. It is *not* used for RLIMIT_AS when
@@ -34,8 +45,8 @@ Limits
       RLIMIT_AS, as a strict limit beats none.
     * ``cpu_seconds``: RLIMIT_CPU per process (soft: SIGXCPU; hard one second
       later: SIGKILL). ``cpu_cores``: cgroup CFS quota for the whole run.
-    * ``max_processes``: cgroup pids.max, counting threads too, plus the two
-      sandbox helpers (outer bwrap and the namespace's init). Without a pids
+    * ``max_processes``: cgroup pids.max, counting threads too, plus the
+      helpers (outer bwrap, the namespace's init, the lifeline watcher). Without a pids
       cgroup it falls back to RLIMIT_NPROC, which counts every process of the
       host uid, and which the kernel does not enforce at all for root (kuid 0;
       the user namespace does not change that). The engine runs as root here,
@@ -104,21 +115,57 @@ LOG_NAME = "algorithm.log"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 DISK_POLL_S = 0.1
 KILL_DEADLINE_S = 1.0
-# outer bwrap + the pid namespace's init are in the job's pids cgroup too
-SANDBOX_HELPER_PROCESSES = 2
+# counted in pids.max besides the algorithm: the host-side watcher, and when sandboxed
+# the outer bwrap, the pid namespace's init and the in-sandbox watcher
+SANDBOX_HELPER_PROCESSES = 4
+DIRECT_HELPER_PROCESSES = 1
 _ETC_ALWAYS = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime")
 _ETC_NETWORK = (
     "/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/nsswitch.conf", "/etc/gai.conf",
     "/etc/ssl", "/etc/ca-certificates",
 )
 _ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-# Blocks until the engine writes a line (limits and cgroups in place), then becomes the
-# command. $1 is the engine's pid: setpriv armed the parent-death signal before this shell
-# started, so if the parent is still the engine now, the engine's death will kill the run;
-# if the engine died before that, we were reparented and must not run.
-_GATE = ('read -r _ || exit 125; read -r _ _ _ ppid _ </proc/$$/stat; '
-         '[ "$1" = - ] || [ "$ppid" = "$1" ] || exit 125; shift; exec "$@" </dev/null')
-_GATE_FAILED = 125
+# The gate. Arguments: the engine's pid (or -), N, N cgroup.procs files, the command.
+# 1. Block until the engine writes a line (rlimits and cgroups are in place by then).
+# 2. setpriv armed the parent-death signal before this shell started: if our parent is
+#    still the engine, its death will kill us; if not, it died already and we must not run.
+# 3. Stdin stays open as fd 3, the lifeline: the engine holds its write end for the whole
+#    run and never writes again, so EOF means the engine is gone (or done with the run).
+#    A host-side watcher (outside the sandbox, so the algorithm can neither see nor kill
+#    it) then kills every process of the run's cgroups, then the run's process group
+#    (itself included: while it lives, that group id cannot be reused by anyone else).
+#    This covers what parent-death signals cannot: bwrap's --die-with-parent is racy
+#    (bubblewrap#633: a bwrap killed while its child still sets up leaves the child stuck
+#    or running).
+# 4. exec the command: bwrap, or the algorithm itself when unsandboxed.
+_GATE = r"""
+read -r _ || exit 125
+read -r _ _ _ ppid _ </proc/$$/stat
+[ "$1" = - ] || [ "$ppid" = "$1" ] || exit 125
+n=$2; shift 2; files=
+while [ "$n" -gt 0 ]; do files="$files $1"; shift; n=$((n - 1)); done
+exec 3<&0 </dev/null
+(
+  read -r _ <&3
+  read -r me _ </proc/self/stat
+  for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    left=
+    for f in $files; do
+      while read -r p; do
+        [ "$p" = "$me" ] || { kill -KILL "$p"; left=1; }
+      done <"$f"
+    done
+    [ -z "$left" ] && break
+  done
+  kill -KILL -$$
+) >/dev/null 2>&1 &
+exec "$@"
+"""
+# Inside the sandbox, beside the algorithm: on EOF of the lifeline, kill every process of
+# the pid namespace (only if pid 1 is bwrap's init, i.e. we really are in one). It matters
+# on hosts without cgroups, where the host-side watcher only reaches the process group.
+_LIFELINE_SANDBOX = ('(read -r _ <&3; read -r init </proc/1/comm; [ "$init" = bwrap ] && kill -KILL -1) '
+                     '>/dev/null 2>&1 & exec "$@" 3<&-')
 _LAUNCH_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _SIGNAL_NOTES = {
     signal.SIGXCPU: "CPU time limit exceeded",
@@ -363,11 +410,12 @@ class SandboxRun:
         self._log_fd = -1
         try:
             env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", **spec.env}
-            # bwrap --chdir and the gate shell both export PWD; the algorithm gets exactly env
+            # bwrap --chdir and the shells export PWD; the algorithm gets exactly env
             unset_pwd = [] if "PWD" in env else ["/usr/bin/env", "-u", "PWD", "--"]
             if spec.use_sandbox:
                 assert bwrap_path is not None
-                command = [bwrap_path, *self._bwrap_args(env), "--", *unset_pwd, *spec.argv]
+                command = [bwrap_path, *self._bwrap_args(env), "--",
+                           "/bin/sh", "-c", _LIFELINE_SANDBOX, "c2d-lifeline", *unset_pwd, *spec.argv]
                 launch_env = {"PATH": _LAUNCH_PATH}  # nothing of the engine's environment
                 cwd = "/"
                 in_force.append("net:shared" if spec.allow_network else "net:none")
@@ -376,10 +424,14 @@ class SandboxRun:
                 env = {k: _to_host(v, workspace) for k, v in env.items()}
                 if "HOME" not in spec.env:
                     env["HOME"] = self._home
+                # fd 3 (the lifeline) stays open in the algorithm: without namespaces there
+                # is no watcher beside it, and an inherited read end is harmless
                 command = [*unset_pwd, *(_to_host(a, workspace) for a in spec.argv)]
                 launch_env, cwd = env, str(workspace)
             setpriv = shutil.which("setpriv", path=_LAUNCH_PATH)
-            launcher = ["/bin/sh", "-c", _GATE, "c2d-gate", str(os.getpid()) if setpriv else "-"]
+            procs_files = [str(f) for f in cg.procs_files()] if cg else []
+            launcher = ["/bin/sh", "-c", _GATE, "c2d-gate", str(os.getpid()) if setpriv else "-",
+                        str(len(procs_files)), *procs_files]
             if setpriv:  # armed before the gate, so no window where the engine's death is missed
                 launcher = [setpriv, "--pdeathsig", "KILL", "--", *launcher]
             if self._limits.disk_quota_bytes is not None:
@@ -406,9 +458,8 @@ class SandboxRun:
             if cg is not None:
                 cg.add_pid(proc.pid)
             assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
+            proc.stdin.write(b"go\n")  # and keep it open: it is the lifeline
             await proc.stdin.drain()
-            proc.stdin.close()
         except BaseException:
             try:
                 proc.kill()
@@ -431,7 +482,7 @@ class SandboxRun:
         sandboxed = self._spec.use_sandbox
         max_pids = None
         if lim.max_processes is not None:
-            max_pids = lim.max_processes + (SANDBOX_HELPER_PROCESSES if sandboxed else 0)
+            max_pids = lim.max_processes + (SANDBOX_HELPER_PROCESSES if sandboxed else DIRECT_HELPER_PROCESSES)
         cg = None
         if host.controllers:
             cg = JobCgroup.create(host, self._spec.job_id, memory_bytes=lim.memory_bytes,
@@ -513,6 +564,7 @@ class SandboxRun:
             if exited not in done:
                 await self._kill_tree(exited)
             ended = time.monotonic()
+            self._cut_lifeline()  # the host-side watcher now sweeps too
             await self._kill_leftovers()
             try:  # EOF comes once every writer is gone; do not hang on one we could not kill
                 await asyncio.wait_for(asyncio.shield(pump), KILL_DEADLINE_S)
@@ -530,7 +582,12 @@ class SandboxRun:
                     task.cancel()
             if not exited.done():  # cancelled from outside: never leave the tree running
                 await self._kill_tree(exited)
+            self._cut_lifeline()
             await asyncio.to_thread(self._release_resources)
+
+    def _cut_lifeline(self) -> None:
+        if self._proc.stdin is not None and not self._proc.stdin.is_closing():
+            self._proc.stdin.close()
 
     def _outcome(self, rc: int | None, oom: bool, quota_hit: bool, duration: float) -> SandboxOutcome:
         exit_code, sig = rc, None
@@ -564,18 +621,15 @@ class SandboxRun:
             await exited
 
     async def _kill_leftovers(self) -> None:
-        # sandboxed: the pid namespace is gone with its init; this catches
-        # unsandboxed background children (the run is over, they go too)
+        # sandboxed, the pid namespace died with its init; this catches unsandboxed
+        # background children (the run is over, they go too). Without cgroups the
+        # host-side watcher sweeps the process group once the lifeline is cut: it,
+        # unlike us after the reaping, keeps that group id from being reused.
         if self._cgroup is None:
-            if not self._spec.use_sandbox:
-                try:
-                    os.killpg(self._proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
             return
         deadline = time.monotonic() + KILL_DEADLINE_S
         while self._cgroup.kill_all() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.002)  # usually one pass: the watcher, then nothing
 
     async def _pump_log(self) -> None:
         stream = self._proc.stdout

@@ -414,39 +414,66 @@ async def test_stopping_a_run_that_already_ended_does_not_rewrite_its_outcome(tm
     assert outcome.exit_code == 0 and not outcome.stopped and outcome.succeeded
 
 
-async def test_engine_death_takes_the_sandbox_down_and_its_cgroup_is_reclaimed(tmp_path):
-    job = make_job(tmp_path, "import time; time.sleep(60)\n")
-    engine = f"""
-import asyncio, os, sys
-sys.path.insert(0, {str(REPO)!r})
+DYING_ENGINE = """
+import asyncio, json, os, sys, time
+sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from services.operator_engine.sandbox import SandboxRun, SandboxSpec
-env = {json.dumps(job.env())}
+job_id, workspace, env, delay = sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), float(sys.argv[5])
 async def main():
-    run = await SandboxRun.start(SandboxSpec({job.job_id!r}, Path({str(job.workspace)!r}),
-                                             ({PYTHON!r}, {ALGO!r}), env))
-    print(run.pid, flush=True)
-    while not os.path.exists({str(job.log)!r}):
-        await asyncio.sleep(0.01)
-    os._exit(0)  # the engine dies without cleaning up
+    run = await SandboxRun.start(SandboxSpec(job_id, Path(workspace), (sys.argv[6], sys.argv[7]), env))
+    time.sleep(delay)  # blocking on purpose: the engine dies at a chosen point of the start-up
+    os._exit(0)        # without cleaning anything up
 asyncio.run(main())
 """
-    dirs = job_cgroup_dirs(job)
+
+
+async def test_engine_death_takes_the_sandbox_down_and_its_cgroup_is_reclaimed(tmp_path):
+    # bwrap's own --die-with-parent misses a parent killed in bwrap's first milliseconds
+    # (bubblewrap#633); dying at several points of the start-up covers those windows
+    delays = [0, 0, 0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.2]
+    jobs = [make_job(tmp_path, "import time; time.sleep(60)\n") for _ in delays]
+    dirs = [d for job in jobs for d in job_cgroup_dirs(job)]
     try:
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", engine, stdout=subprocess.PIPE)
-        out, _ = await proc.communicate()
-        assert proc.returncode == 0 and out.strip().isdigit()
-        await wait_for(lambda: processes_of(job) == [], timeout=10.0)
-        assert dirs and all(d.exists() for d in dirs)  # left behind by the dead engine
+        engines = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", DYING_ENGINE, str(REPO), job.job_id, str(job.workspace),
+                json.dumps(job.env()), str(delay), PYTHON, ALGO)
+            for job, delay in zip(jobs, delays, strict=True)
+        ]
+        assert [await e.wait() for e in engines] == [0] * len(delays)
+        await wait_for(lambda: all(processes_of(job) == [] for job in jobs), timeout=5.0)
+        job = jobs[-1]
+        stale = job_cgroup_dirs(job)
+        assert stale and all(d.exists() for d in stale)  # left behind by the dead engine
         # the same job runs again: the stale, now empty cgroup is reused
         (job.workspace / "transformations" / "algorithm").write_text("print('again')\n")
         _, outcome = await run_to_end(job)
         assert outcome.exit_code == 0 and job.log.read_text() == "again\n"
-        assert not any(d.exists() for d in dirs)
+        assert not any(d.exists() for d in stale)
     finally:
         for d in dirs:  # never leave a test's cgroup on the host, even when failing
             if d.exists() and not (d / "cgroup.procs").read_text().strip():
                 d.rmdir()
+
+
+def test_sweep_removes_empty_job_cgroups_and_spares_live_ones():
+    host = cgroups.detect()
+    prefix = f"sweep-{os.getpid()}-{time.monotonic_ns()}"
+    empty = cgroups.JobCgroup.create(host, f"{prefix}-empty")
+    live = cgroups.JobCgroup.create(host, f"{prefix}-live")
+    sleeper = subprocess.Popen(["/bin/sleep", "30"])
+    try:
+        live.add_pid(sleeper.pid)
+        removed = cgroups.sweep_empty(host, prefix)
+        assert removed == len({d for _, d in empty.dirs.values()})
+        assert not any(d.exists() for _, d in empty.dirs.values())
+        assert all(d.exists() for _, d in live.dirs.values())
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        live.remove()
+    assert not any(d.exists() for _, d in live.dirs.values())
 
 
 # --- capabilities and modes -----------------------------------------------------------
