@@ -160,9 +160,11 @@ class SizedDownload:
         self.sha256.update(data)
         self._f.write(data)
 
-    def commit(self) -> tuple[int, str]:
+    def commit(self, durable: bool = True) -> tuple[int, str]:
+        # durable=False skips the fsync, for scratch files a crash would refetch anyway
         self._f.flush()
-        os.fsync(self._f.fileno())
+        if durable:
+            os.fsync(self._f.fileno())
         self._f.close()
         os.replace(self._tmp, self.dest)
         return self.count, self.sha256.hexdigest()

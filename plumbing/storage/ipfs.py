@@ -15,7 +15,7 @@ import http.client
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -304,24 +304,48 @@ def _cat_chunks(response: http.client.HTTPResponse, chunk_size: int, expected: i
         raise StorageError(f"IPFS returned {got} bytes for {what}, expected {expected}", transient=True)
 
 
-def download_ipfs(config: StorageConfig, cid: str, dest: Path, max_bytes: int | None) -> tuple[int, str]:
-    """Streams the file a CID names into dest (atomic rename); returns (size, sha256 hex)."""
+def download_ipfs(
+    config: StorageConfig,
+    cid: str,
+    dest: Path,
+    max_bytes: int | None,
+    *,
+    on_size: Callable[[int], None] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+    chunk_bytes: int = _BLOCK,
+    durable: bool = True,
+    timeouts: tuple[float, float] | None = None,
+) -> tuple[int, str]:
+    """Streams the file a CID names into dest (atomic rename); returns (size, sha256 hex).
+
+    `on_size`, `on_chunk`, `chunk_bytes`, `durable` and `timeouts` as for
+    download_s3: the hooks are called with the file's size before the download
+    and with each block's length before it is written, and either may raise to
+    stop (the partial file is removed). http.client has one socket timeout, so
+    the larger of the two applies to connecting and to each read.
+    """
     if not config.ipfs_api:
         raise StorageError("IPFS download needs ipfs_api (the Kubo RPC URL)")
     parsed = parse_cid(cid)
     store = IpfsStore(config)
+    if timeouts is not None:
+        store.client.timeout = max(timeouts)
     what = f"ipfs://{parsed}"
     size = store._size(parsed, what)
     sink = SizedDownload(dest, max_bytes, what)
     try:
         sink.check_declared_size(size)
+        if on_size is not None:
+            on_size(size)
         response = store.client.request("cat", {"arg": str(parsed)})
         try:
-            for block in _cat_chunks(response, _BLOCK, size, what):
+            for block in _cat_chunks(response, chunk_bytes, size, what):
+                if on_chunk is not None:
+                    on_chunk(len(block))
                 sink.write(block)
         finally:
             response.close()
-        return sink.commit()
+        return sink.commit(durable)
     except BaseException:
         sink.discard()
         raise

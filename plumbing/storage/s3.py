@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import urllib3
@@ -46,7 +46,7 @@ def parse_s3_location(location: str) -> tuple[str, str]:
     return bucket, key
 
 
-def make_client(config: StorageConfig) -> Minio:
+def make_client(config: StorageConfig, connect_timeout: float = 5.0, read_timeout: float = 120.0) -> Minio:
     if not config.s3_endpoint:
         raise StorageError("S3 storage needs an endpoint (host:port)")
     if "://" in config.s3_endpoint:
@@ -54,7 +54,7 @@ def make_client(config: StorageConfig) -> Minio:
     # fewer retries than minio's default (5) so an unreachable server fails in
     # about a second, and explicit timeouts so a dead server cannot hang a job
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=5.0, read=120.0),
+        timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
         maxsize=8,
         retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
     )
@@ -250,13 +250,31 @@ class S3Store:
         return len(batch)
 
 
-def download_s3(config: StorageConfig, bucket: str, key: str, dest: Path, max_bytes: int | None) -> tuple[int, str]:
+def download_s3(
+    config: StorageConfig,
+    bucket: str,
+    key: str,
+    dest: Path,
+    max_bytes: int | None,
+    *,
+    on_size: Callable[[int], None] | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+    chunk_bytes: int = 1 << 20,
+    durable: bool = True,
+    timeouts: tuple[float, float] = (5.0, 120.0),
+) -> tuple[int, str]:
     """Streams s3://bucket/key into dest (atomic rename); returns (size, sha256 hex).
 
     Refuses objects over max_bytes, by their declared size before downloading
     and again while streaming, so a lying server cannot fill the disk.
+    `on_size(declared)` is called once before the download and `on_chunk(n)`
+    before each block is written (e.g. to charge a byte budget shared by
+    concurrent downloads); either may raise to stop: the partial file is
+    removed and their exception propagates unchanged. `chunk_bytes` bounds the
+    memory one download holds; `durable=False` skips the fsync before the rename;
+    `timeouts` are the (connect, idle read) timeouts in seconds.
     """
-    client = make_client(config)
+    client = make_client(config, *timeouts)
     what = f"s3://{bucket}/{key}"
     sink = SizedDownload(dest, max_bytes, what)
     response = None
@@ -264,15 +282,19 @@ def download_s3(config: StorageConfig, bucket: str, key: str, dest: Path, max_by
         try:
             stat = client.stat_object(bucket, key)
             sink.check_declared_size(int(stat.size or 0))
+            if on_size is not None:
+                on_size(int(stat.size or 0))
             response = client.get_object(bucket, key)
-            for block in response.stream(1 << 20):
+            for block in response.stream(chunk_bytes):
+                if on_chunk is not None:
+                    on_chunk(len(block))
                 sink.write(block)
         except StorageError:
             raise
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as e:
             error = translate(e, config.s3_endpoint, bucket, key, "downloading")
             raise _refine_not_found(client, config.s3_endpoint, error, bucket, "downloading") from e
-        return sink.commit()
+        return sink.commit(durable)
     except BaseException:
         sink.discard()
         raise

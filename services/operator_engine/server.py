@@ -16,6 +16,7 @@ from plumbing.statuses import Status
 from services.operator_engine.api.servicers import EngineServicer, JobAgentServicer
 from services.operator_engine.backends.local import LocalBackend
 from services.operator_engine.backends.noop import NoopBackend
+from services.operator_engine.backends.pod_launcher import make_launcher
 from services.operator_engine.domain.event_log import EventLog
 from services.operator_engine.domain.orchestrator import EnvironmentSpec, Orchestrator
 from services.operator_engine.persistence.models import Base
@@ -49,7 +50,9 @@ async def start(config: EngineSettings) -> RunningServer:
     elif config.backend == "local":
         pod_env = {k: v for k, v in os.environ.items() if k.startswith(POD_ENV_PREFIXES)}
         pod_env.setdefault("C2D_DATA_DIR", str(data))
-        backend = LocalBackend(config.agent_address, pod_env, use_sandbox=config.sandbox)
+        backend = LocalBackend(
+            config.agent_address, pod_env, use_sandbox=config.sandbox, launcher=make_launcher(config.pod_launcher)
+        )
     else:
         raise ValueError(f"C2D_ENGINE_BACKEND={config.backend!r}: expected local or noop")
 
@@ -89,6 +92,7 @@ async def start(config: EngineSettings) -> RunningServer:
 
     async def shutdown() -> None:
         await orchestrator.close()
+        await backend.close()
         await events.close()
         db.close()
 

@@ -29,3 +29,8 @@ class EngineSettings:
     price_per_minute: str = setting("0", "price per minute in datatokens")
     sandbox: bool = setting(True, "run algorithms in bubblewrap; false only for hosts without it, never in production")
     log_max_bytes: int = setting(10 << 20, "cap of the algorithm's log")
+    pod_launcher: str = setting(
+        "forkserver",
+        "how the local backend starts pod_config/pod_publish: forkserver (forked from one pre-imported "
+        "helper, fast) or subprocess (a fresh interpreter per stage)",
+    )

@@ -1,4 +1,5 @@
-"""Wires the Operator-Service: database, engine links, gRPC."""
+"""Wires the Operator-Service: database (migrated at start-up), engine links,
+the storage-expiry sweeper, gRPC."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import asyncio
 import os
 
 from c2d.operator.v1 import operator_pb2, operator_pb2_grpc
-from plumbing import auth, settings
+from plumbing import auth, settings, storage
 from plumbing.database import Database, sqlite_url
 from plumbing.server import Registration, RunningServer, configure_logging, serve_until_signalled, start_server
 from services.operator_service.api.servicer import OperatorServicer
 from services.operator_service.domain.engine_links import EngineLink
+from services.operator_service.domain.expiry import ExpirySweeper, ResultsRemover
 from services.operator_service.domain.watching import Broker
+from services.operator_service.persistence import migrations
 from services.operator_service.persistence.models import Base
 from services.operator_service.settings import OperatorSettings
 
@@ -30,14 +33,16 @@ def parse_engines(entries: tuple[str, ...]) -> dict[str, str]:
 
 async def start(config: OperatorSettings) -> RunningServer:
     db = Database(config.database_url or sqlite_url(settings.data_dir() / "operator.db"), Base.metadata)
-    db.create_schema()
+    await asyncio.to_thread(migrations.upgrade, db.engine)
     broker = Broker()
     token = auth.service_token()
     links = {
         engine_id: EngineLink(engine_id, address, db, broker, token, config.engine_liveness_s, config.reconnect_max_s)
         for engine_id, address in parse_engines(config.engines).items()
     }
-    servicer = OperatorServicer(db, links, broker)
+    remover = ResultsRemover(storage.configured())
+    sweeper = ExpirySweeper(db, remover, config.sweep_interval_s)
+    servicer = OperatorServicer(db, links, broker, remove_results=remover.remove)
     running = await start_server(
         config.address,
         [Registration(OPERATOR_SERVICE, operator_pb2_grpc.add_OperatorServiceServicer_to_server, servicer)],
@@ -45,8 +50,10 @@ async def start(config: OperatorSettings) -> RunningServer:
     )
     for link in links.values():
         await link.start()
+    await sweeper.start()
 
     async def shutdown() -> None:
+        await sweeper.close()
         for link in links.values():
             await link.close()
         db.close()

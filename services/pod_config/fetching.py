@@ -1,11 +1,16 @@
-"""Fetchers for pod_config: HTTP(S) URLs and the consumer's inline (raw) code.
+"""Fetchers for pod_config: HTTP(S) URLs, S3 objects, IPFS CIDs and the
+consumer's inline (raw) code.
 
 HttpFetcher streams a file to disk in bounded chunks, hashing as it goes, with
 separate connect and idle timeouts, retries with exponential backoff (and
 resume through Range requests when the server allows it), manually followed
 redirects, and an SSRF guard: every hop's host is resolved and vetted before
 connecting, and the connection is pinned to the vetted addresses so a second
-DNS answer (rebinding) cannot send it elsewhere.
+DNS answer (rebinding) cannot send it elsewhere. Hashing and writing run in
+worker threads, one chunk behind the network, so receiving overlaps them.
+
+StorageFetcher downloads s3:// objects and IPFS CIDs through plumbing.storage
+in worker threads, charging the shared disk budget chunk by chunk.
 
 Nothing here puts a URL, host, path or header value in an error message or a
 log line: those are the publisher's secrets.
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import errno
+import functools
 import hashlib
 import ipaddress
 import os
@@ -23,20 +29,26 @@ import random
 import re
 import socket
 import ssl
+import threading
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterable
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDict
 from yarl import URL
 
+from plumbing import storage
+from plumbing.storage import ObjectNotFound, StorageConfig, StorageError
+
 from .staging import (
     ByteBudget,
-    FetchError,
     Fetcher,
+    FetchError,
+    FileMeter,
     FileSource,
     StagingLimits,
     current_file_context,
@@ -47,12 +59,16 @@ __all__ = [
     "FetchError",
     "HttpFetcher",
     "RawFetcher",
+    "StorageFetcher",
     "address_refusal",
     "default_fetchers",
     "vet_host",
 ]
 
-CHUNK_BYTES = 1 << 20  # read and write 1 MiB at a time: memory stays bounded per download
+# Read, hash and write 256 KiB at a time: asyncio receives at most that much per
+# call, so a chunk is one received buffer (no joining copy), and memory stays
+# at a few chunks per download.
+CHUNK_BYTES = 256 << 10
 USER_AGENT = "c2d-pod-config/1"
 
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -245,74 +261,96 @@ class _PinnedResolver(AbstractResolver):
 # --------------------------------------------------------------------------- writing
 
 
+# Hashing and writing run here, off the event loop (both release the GIL), so
+# one download's chunk is hashed and written while the loop receives the next.
+# Its own pool: S3 and IPFS downloads hold the default executor's threads.
+_WRITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="c2d-pod-config-write")
+
+
 class _Sink:
     """The temporary file a download streams into, with its hash and charges."""
 
     def __init__(self, dest: Path, limits: StagingLimits, budget: ByteBudget) -> None:
         # O_NOFOLLOW: a planted symlink at the temporary name must not redirect the write.
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        self._file = os.fdopen(fd, "wb", buffering=CHUNK_BYTES)
-        self._limits = limits
-        self._budget = budget
+        # Unbuffered: chunks are large, a buffer would only add a copy and memory.
+        self._fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        self._meter = FileMeter(limits, budget)
         self._hasher = hashlib.sha256()
-        self.size = 0
-        self._charged = 0
+        self._pending: asyncio.Future[None] | None = None
         self.validator = ""  # strong ETag or Last-Modified of the entity being downloaded
+
+    @property
+    def size(self) -> int:
+        return self._meter.size
 
     def check_declared(self, remaining: int) -> None:
         """Refuse early on a declared length (Content-Length); streaming still counts."""
-        total = self.size + remaining
-        if total > self._limits.max_file_bytes:
-            raise FetchError(
-                "file_too_large",
-                f"the file is {total} bytes, over the limit of {self._limits.max_file_bytes} bytes",
-            )
-        if remaining > self._budget.remaining:
-            raise FetchError(
-                "disk_quota_exceeded",
-                f"the file's {total} bytes would exceed the environment's disk of {self._budget.limit} bytes",
-            )
+        self._meter.check_declared(remaining)
 
-    def write(self, chunk: bytes | memoryview) -> None:
-        n = len(chunk)
-        if self.size + n > self._limits.max_file_bytes:
-            raise FetchError("file_too_large", f"the file is over the limit of {self._limits.max_file_bytes} bytes")
-        self._budget.charge(n)  # before writing: concurrent downloads cannot overshoot
-        self._charged += n
+    def _put(self, chunk: bytes | memoryview) -> None:
+        view = memoryview(chunk)
         try:
-            self._file.write(chunk)
+            while view:
+                view = view[os.write(self._fd, view) :]
         except OSError as exc:
             raise _disk_error(exc) from None
         self._hasher.update(chunk)
-        self.size += n
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        self._meter.add(len(chunk))  # before writing: concurrent downloads cannot overshoot
+        self._put(chunk)
+
+    async def write_behind(self, chunk: bytes) -> None:
+        """Charge `chunk` now and write it in a worker thread, after the previous
+        one; returns once the previous chunk is on disk (at most one in flight)."""
+        await self.settle()
+        self._meter.add(len(chunk))
+        self._pending = asyncio.get_running_loop().run_in_executor(_WRITERS, self._put, chunk)
+
+    async def settle(self) -> None:
+        """Wait for the chunk in flight; raise its error, if any.
+
+        It is waited for even when the caller is cancelled, because the file must
+        not be truncated, closed or removed under a thread still writing it."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        cancelled = False
+        while not pending.done():
+            try:
+                await asyncio.wait([pending])
+            except asyncio.CancelledError:
+                cancelled = True
+        error = pending.exception()
+        if error is not None:
+            raise error
+        if cancelled:
+            raise asyncio.CancelledError()
 
     def restart(self) -> None:
         """Start over from byte 0 (the server could not resume)."""
         try:
-            self._file.seek(0)
-            self._file.truncate()
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
         except OSError as exc:
             raise _disk_error(exc) from None
-        self._budget.refund(self._charged)
-        self._charged = 0
+        self._meter.reset()
         self._hasher = hashlib.sha256()
-        self.size = 0
         self.validator = ""
 
     def finish(self) -> tuple[int, str]:
         try:
-            self._file.close()
+            os.close(self._fd)
         except OSError as exc:
             raise _disk_error(exc) from None
         return self.size, self._hasher.hexdigest()
 
     def abandon(self) -> None:
         try:
-            self._file.close()
+            os.close(self._fd)
         except OSError:
             pass
-        self._budget.refund(self._charged)
-        self._charged = 0
+        self._meter.reset()
 
 
 def _disk_error(exc: OSError) -> FetchError:
@@ -529,11 +567,11 @@ class HttpFetcher:
                         )
                     if resp.content_length is not None:
                         sink.check_declared(resp.content_length)
-                    while True:
-                        chunk = await resp.content.read(CHUNK_BYTES)
-                        if not chunk:
-                            break
-                        sink.write(chunk)
+                    try:
+                        while chunk := await resp.content.read(CHUNK_BYTES):
+                            await sink.write_behind(chunk)
+                    finally:
+                        await sink.settle()  # a write error wins over a broken connection
                     return
             except (FetchError, _Transient):
                 raise
@@ -559,6 +597,138 @@ class HttpFetcher:
                 raise FetchError("http_error", f"the download failed ({type(exc).__name__})") from None
 
 
-def default_fetchers(user_agent: str = USER_AGENT, ssl_context: ssl.SSLContext | None = None) -> dict[str, Fetcher]:
-    """The fetchers pod_config always has; the lead adds "s3" and "ipfs"."""
-    return {"url": HttpFetcher(user_agent, ssl_context), "raw": RawFetcher()}
+# --------------------------------------------------------------------------- s3 and ipfs
+
+
+class _Stopped(Exception):
+    """Raised inside a download thread whose staging was cancelled."""
+
+
+class StorageFetcher:
+    """Source types "s3" (s3://bucket/key) and "ipfs" (a CID), through plumbing.storage.
+
+    The engine's storage configuration names the S3 endpoint and credentials
+    and the Kubo RPC API. The synchronous download runs in a worker thread;
+    every chunk is charged to the shared budget before it is written, so
+    concurrent downloads cannot overshoot the disk. Transient failures are
+    retried from byte 0 with backoff. Reasons never name the bucket, key or CID.
+    """
+
+    def __init__(self, config: StorageConfig) -> None:
+        self._config = config
+
+    def supports(self) -> tuple[str, ...]:
+        """The source types this configuration can serve."""
+        return (("s3",) if self._config.s3_endpoint else ()) + (("ipfs",) if self._config.ipfs_api else ())
+
+    async def fetch(self, source: FileSource, dest: Path, limits: StagingLimits, budget: ByteBudget) -> tuple[int, str]:
+        ctx = current_file_context()
+        download = self._download_for(source)
+        attempt = 0
+        while True:
+            try:
+                timeouts = (limits.connect_timeout_s, limits.idle_timeout_s)
+                return await self._in_thread(functools.partial(download, timeouts=timeouts), dest, FileMeter(limits, budget))
+            except StorageError as exc:
+                if not exc.transient or attempt >= limits.max_retries:
+                    tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                    raise _storage_failure(exc, source.type, tries) from None
+                attempt += 1
+                delay = HttpFetcher._delay(attempt, None, limits)
+                ctx.log.warning(
+                    "%s: %s; retry %d of %d in %.2f s",
+                    ctx.label,
+                    _storage_failure(exc, source.type, "").message,
+                    attempt,
+                    limits.max_retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    def _download_for(self, source: FileSource) -> Callable[..., tuple[int, str]]:
+        if source.type == "s3":
+            bucket, sep, key = source.url.removeprefix("s3://").partition("/")
+            if not source.url.startswith("s3://") or not bucket or not sep or not key:
+                raise FetchError("invalid_source", "the S3 location is not s3://bucket/key")
+            return functools.partial(storage.download_s3, self._config, bucket, key)
+        try:
+            cid = str(storage.parse_cid(source.cid))
+        except StorageError:
+            raise FetchError("invalid_source", "the IPFS CID is not valid") from None
+        return functools.partial(storage.download_ipfs, self._config, cid)
+
+    @staticmethod
+    async def _in_thread(download: Callable[..., tuple[int, str]], dest: Path, meter: FileMeter) -> tuple[int, str]:
+        stopped = threading.Event()
+
+        def on_chunk(n: int) -> None:
+            if stopped.is_set():
+                raise _Stopped()
+            meter.add(n)
+
+        def on_size(size: int) -> None:
+            meter.check_declared(size)
+
+        # max_bytes=None: the meter enforces the per-file limit, with our error codes.
+        # durable=False: a half-staged workspace is never reused (the engine starts over).
+        work = asyncio.ensure_future(
+            asyncio.to_thread(
+                download, dest, None, on_size=on_size, on_chunk=on_chunk, chunk_bytes=CHUNK_BYTES, durable=False
+            )
+        )
+        done = False
+        try:
+            result = await asyncio.shield(work)
+            done = True
+            return result
+        except asyncio.CancelledError:
+            # A thread cannot be cancelled: tell it to stop at its next chunk and
+            # wait, so no file appears under `dest` after staging gave up on it.
+            stopped.set()
+            await asyncio.wait([work])
+            dest.unlink(missing_ok=True)
+            raise
+        finally:
+            if not done:
+                meter.reset()
+                if work.done() and not work.cancelled():
+                    work.exception()  # retrieved: asyncio would otherwise log it as lost
+
+
+def _storage_failure(exc: StorageError, kind: str, tries: str) -> FetchError:
+    """A FetchError for a storage failure, naming the cause but not the bucket, key or CID."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return _disk_error(cause)
+    if kind == "s3":
+        code = getattr(cause, "code", "") or ""
+        if isinstance(exc, ObjectNotFound):
+            return FetchError("fetch_failed", "the S3 object does not exist")
+        if code in ("NoSuchBucket", "NoSuchKey", "NoSuchObject"):
+            return FetchError("fetch_failed", "the S3 bucket does not exist")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken"):
+            return FetchError("fetch_failed", f"the S3 server refused access ({code})")
+        if exc.transient:
+            return FetchError("fetch_failed", f"the S3 server could not be reached or failed{tries}")
+        return FetchError("fetch_failed", f"the S3 download failed ({code or type(cause).__name__})")
+    if isinstance(exc, ObjectNotFound):
+        return FetchError("fetch_failed", "the IPFS node does not have the CID")
+    if "not a file" in exc.message:
+        return FetchError("invalid_source", "the IPFS CID names a directory, not a file")
+    if exc.transient:
+        return FetchError("fetch_failed", f"the IPFS node could not be reached or failed{tries}")
+    return FetchError("fetch_failed", "the IPFS node refused the download")
+
+
+def default_fetchers(
+    user_agent: str = USER_AGENT,
+    ssl_context: ssl.SSLContext | None = None,
+    storage_config: StorageConfig | None = None,
+) -> dict[str, Fetcher]:
+    """The fetchers pod_config has: "url" and "raw" always; "s3" and "ipfs"
+    when `storage_config` names an S3 endpoint or an IPFS API."""
+    fetchers: dict[str, Fetcher] = {"url": HttpFetcher(user_agent, ssl_context), "raw": RawFetcher()}
+    if storage_config is not None:
+        store = StorageFetcher(storage_config)
+        fetchers.update(dict.fromkeys(store.supports(), store))
+    return fetchers

@@ -21,7 +21,6 @@ from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
 from plumbing import auth, settings, storage
 from plumbing.settings import setting
-from plumbing.storage.base import StorageError
 from services.pod_config import fetching, staging
 
 log = logging.getLogger("c2d.pod_config")
@@ -37,37 +36,6 @@ class StagingSettings:
     parallelism: int = setting(4, "files downloaded at once")
     allow_hosts: tuple[str, ...] = setting((), "hosts or CIDRs exempt from the private-address guard")
     blocked_cidrs: tuple[str, ...] = setting((), "extra ranges to refuse, e.g. the cluster's service range")
-
-
-class StorageFetcher:
-    """Fetches s3:// objects and IPFS CIDs through the shared storage clients."""
-
-    def __init__(self, config: storage.StorageConfig) -> None:
-        self._config = config
-
-    async def fetch(self, source: staging.FileSource, dest: Path, limits: staging.StagingLimits,
-                    budget: staging.ByteBudget) -> tuple[int, str]:
-        cap = min(limits.max_file_bytes, budget.remaining)
-        try:
-            if source.type == "s3":
-                bucket, _, key = source.url.removeprefix("s3://").partition("/")
-                if not bucket or not key:
-                    raise staging.FetchError("invalid_source", "the S3 location is not s3://bucket/key")
-                size, digest = await asyncio.to_thread(storage.download_s3, self._config, bucket, key, dest, cap)
-            else:
-                size, digest = await asyncio.to_thread(storage.download_ipfs, self._config, source.cid, dest, cap)
-        except StorageError as exc:
-            too_big = "exceed" in str(exc) or "larger" in str(exc)
-            if too_big and cap == budget.remaining and cap < limits.max_file_bytes:
-                raise staging.FetchError("disk_quota_exceeded", "the job's files would exceed the environment's disk") from None
-            raise staging.FetchError("file_too_large" if too_big else "fetch_failed", _redacted(exc)) from None
-        budget.charge(size)
-        return size, digest
-
-
-def _redacted(exc: StorageError) -> str:
-    # Storage errors name buckets and keys; those are the publisher's secrets too.
-    return "storage error" + (" (transient)" if exc.transient else "")
 
 
 def staging_request(workflow: common_pb2.Workflow) -> staging.StagingRequest:
@@ -110,9 +78,7 @@ async def run(job_id: str, token: str, agent_address: str, data_root: Path) -> i
             allow_hosts=config.allow_hosts,
             blocked_cidrs=config.blocked_cidrs,
         )
-        fetchers = dict(fetching.default_fetchers())
-        store_fetcher = StorageFetcher(storage.configured())
-        fetchers["s3"] = fetchers["ipfs"] = store_fetcher
+        fetchers = fetching.default_fetchers(storage_config=storage.configured())
         outcome = await staging.stage(staging_request(response.workflow), data_root, limits, fetchers, log)
         log.info("staging ended with status %d %s", outcome.status, outcome.reason)
         await agent.ReportProgress(

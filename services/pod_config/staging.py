@@ -36,28 +36,30 @@ import json
 import logging
 import os
 import re
+import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from collections.abc import Mapping, Sequence
 
 __all__ = [
-    "STATUS_SUCCESS",
-    "STATUS_DATA_FAILED",
-    "STATUS_ALGORITHM_FAILED",
-    "STATUS_DISK_QUOTA",
     "KNOWN_SOURCE_TYPES",
-    "FileSource",
+    "STATUS_ALGORITHM_FAILED",
+    "STATUS_DATA_FAILED",
+    "STATUS_DISK_QUOTA",
+    "STATUS_SUCCESS",
     "AssetToStage",
-    "StagingRequest",
-    "StagingLimits",
-    "StagedFile",
-    "StagingOutcome",
-    "FetchError",
     "ByteBudget",
+    "FetchError",
     "Fetcher",
     "FileContext",
+    "FileMeter",
+    "FileSource",
+    "StagedFile",
+    "StagingLimits",
+    "StagingOutcome",
+    "StagingRequest",
     "current_file_context",
     "files_checksum",
     "stage",
@@ -177,29 +179,71 @@ class ByteBudget:
     """Bytes left on the job's disk, shared by every concurrent download.
 
     Fetchers charge each chunk *before* writing it, so concurrent downloads can
-    never overshoot the total together. All callers run on one event loop, so
-    the check-and-add below is atomic (no await in between).
+    never overshoot the total together. Downloads that run in worker threads
+    (S3, IPFS) charge from those threads, hence the lock.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self._lock = threading.Lock()
 
     @property
     def remaining(self) -> int:
         return self.limit - self.used
 
     def charge(self, n: int) -> None:
-        if self.used + n > self.limit:
-            raise FetchError(
-                "disk_quota_exceeded",
-                f"the job's files would exceed the environment's disk of {self.limit} bytes",
-            )
-        self.used += n
+        with self._lock:
+            if self.used + n > self.limit:
+                raise FetchError(
+                    "disk_quota_exceeded",
+                    f"the job's files would exceed the environment's disk of {self.limit} bytes",
+                )
+            self.used += n
 
     def refund(self, n: int) -> None:
         # A download restarted from byte 0 gives back what it had charged.
-        self.used = max(0, self.used - n)
+        with self._lock:
+            self.used = max(0, self.used - n)
+
+
+class FileMeter:
+    """One download's bytes, held against the per-file limit and the shared budget.
+
+    `add(n)` is called before a chunk is written; it raises FetchError
+    ("file_too_large" or "disk_quota_exceeded") instead of letting the chunk
+    through. `reset()` gives every charged byte back (a restart from byte 0,
+    or an abandoned download).
+    """
+
+    def __init__(self, limits: StagingLimits, budget: ByteBudget) -> None:
+        self._limits = limits
+        self._budget = budget
+        self.size = 0  # bytes accepted (and charged) so far
+
+    def check_declared(self, remaining: int) -> None:
+        """Refuse early on a declared length (Content-Length, object size); `add` still counts."""
+        total = self.size + remaining
+        if total > self._limits.max_file_bytes:
+            raise FetchError(
+                "file_too_large",
+                f"the file is {total} bytes, over the limit of {self._limits.max_file_bytes} bytes",
+            )
+        if remaining > self._budget.remaining:
+            raise FetchError(
+                "disk_quota_exceeded",
+                f"the file's {total} bytes would exceed the environment's disk of {self._budget.limit} bytes",
+            )
+
+    def add(self, n: int) -> None:
+        if self.size + n > self._limits.max_file_bytes:
+            raise FetchError("file_too_large", f"the file is over the limit of {self._limits.max_file_bytes} bytes")
+        self._budget.charge(n)
+        self.size += n
+
+    def reset(self) -> None:
+        self._budget.refund(self.size)
+        self.size = 0
 
 
 class Fetcher(Protocol):
@@ -247,8 +291,7 @@ def files_checksum(sha256_hexes: Sequence[str]) -> str:
 
 def _normalize_sha256(value: str) -> str:
     v = value.strip().lower()
-    if v.startswith("sha256:"):
-        v = v[len("sha256:") :]
+    v = v.removeprefix("sha256:")
     return v
 
 

@@ -2,9 +2,12 @@
 
 Everything under outputs/ (recursively, relative paths kept) and
 logs/algorithm.log are the consumer's results; the operator's admin logs live
-elsewhere and are never among them. A file that cannot be uploaded after
-retries fails the whole publication, and what was already uploaded is
-removed: nothing is silently dropped, nothing half-published remains.
+elsewhere and are never among them. Only regular files are published: a
+symlink is never followed (it could point at the publisher's files outside
+the job) and a FIFO or device never read; each one is logged and listed in
+the manifest's skipped_paths. A file that cannot be uploaded after retries
+fails the whole publication, and what was already uploaded is removed:
+nothing is silently dropped, nothing half-published remains.
 """
 
 from __future__ import annotations
@@ -12,17 +15,29 @@ from __future__ import annotations
 import logging
 import mimetypes
 import os
+import stat
 import tarfile
+import threading
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from plumbing.storage import ObjectStore, StorageError
+from plumbing.storage import ObjectStore, StorageError, StoredObject
+from plumbing.storage.s3 import MIN_PART_SIZE
 
 log = logging.getLogger("c2d.pod_publish")
 OUTPUT, ALGORITHM_LOG = "RESULT_KIND_OUTPUT", "RESULT_KIND_ALGORITHM_LOG"
+# Files uploaded at once: overlaps hashing, reading and the network; each
+# upload holds about one S3 part in memory (twice, briefly, while signing).
+UPLOAD_WORKERS = 2
+# S3 part size pod_publish uses (unless a file needs bigger parts): keeps the
+# process well under 128 MiB with UPLOAD_WORKERS uploads, and SeaweedFS takes
+# 8 MiB parts faster than 64 MiB ones.
+PUBLISH_PART_SIZE = 8 << 20
+MAX_PARTS = 10_000  # S3's limit per multipart upload
 
 
 @dataclass(frozen=True)
@@ -32,71 +47,154 @@ class ResultSource:
     kind: str
 
 
+@dataclass(frozen=True)
+class Collected:
+    sources: list[ResultSource]
+    skipped: list[str] = field(default_factory=list)  # relative to outputs/, not published
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.file.stat().st_size for s in self.sources)
+
+    @property
+    def largest_file(self) -> int:
+        return max((s.file.stat().st_size for s in self.sources), default=0)
+
+
 class PublishFailed(Exception):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"results upload failed: {path}: {reason}")
         self.path = path
 
 
-def collect(data_root: Path, pack: bool, scratch: Path) -> list[ResultSource]:
+def _walk_outputs(outputs: Path) -> tuple[list[Path], list[str]]:
+    """Regular files under outputs/ (sorted) and what was skipped, never following links."""
+    found: list[Path] = []
+    skipped: list[str] = []
+    if not outputs.is_dir() or outputs.is_symlink():
+        return found, skipped
+    for directory, dirs, files in os.walk(outputs, followlinks=False):
+        base = Path(directory)
+        for name in sorted(dirs):
+            if (base / name).is_symlink():  # os.walk lists it but does not descend
+                skipped.append((base / name).relative_to(outputs).as_posix())
+        for name in files:
+            path = base / name
+            mode = path.lstat().st_mode
+            if stat.S_ISREG(mode):
+                found.append(path)
+            else:
+                skipped.append(path.relative_to(outputs).as_posix())
+    for rel in sorted(skipped):
+        target = outputs / rel
+        what = f"symlink to {os.readlink(target)!r}" if target.is_symlink() else "not a regular file"
+        log.warning("skipped outputs/%s: %s; not followed, not published", rel, what)
+    return sorted(found, key=lambda p: p.as_posix()), sorted(skipped)
+
+
+def collect(data_root: Path, pack: bool, scratch: Path) -> Collected:
     outputs = data_root / "outputs"
-    found = sorted(
-        (p for p in outputs.rglob("*") if p.is_file() and not p.is_symlink()), key=lambda p: p.as_posix()
-    ) if outputs.is_dir() else []
+    found, skipped = _walk_outputs(outputs)
     sources: list[ResultSource]
     if pack:
+        started = time.monotonic()
         archive = scratch / "outputs.tar"
         with tarfile.open(archive, "w") as tar:
             for path in found:
-                tar.add(path, arcname=path.relative_to(outputs).as_posix())
+                tar.add(path, arcname=path.relative_to(outputs).as_posix(), recursive=False)
+        log.info(
+            "packed %d files into outputs.tar (%d bytes) in %.3f s",
+            len(found), archive.stat().st_size, time.monotonic() - started,
+        )
         sources = [ResultSource("outputs.tar", archive, OUTPUT)]
     else:
         sources = [ResultSource(p.relative_to(outputs).as_posix(), p, OUTPUT) for p in found]
     algorithm_log = data_root / "logs" / "algorithm.log"
-    if algorithm_log.is_file():
+    if algorithm_log.is_file() and not algorithm_log.is_symlink():
         sources.append(ResultSource("algorithm.log", algorithm_log, ALGORITHM_LOG))
-    return sources
+    return Collected(sources, skipped)
 
 
-def publish(store: ObjectStore, job_id: str, sources: list[ResultSource], retries: int = 3) -> dict[str, Any]:
+def part_size_for(configured: int, largest_file: int) -> int:
+    """The S3 part size for a publication whose largest file has this size."""
+    needed = -(-largest_file // MAX_PARTS)
+    needed = -(-needed // (1 << 20)) << 20  # whole MiB
+    return max(min(configured, PUBLISH_PART_SIZE), needed, MIN_PART_SIZE)
+
+
+def publish(
+    store: ObjectStore, job_id: str, collected: Collected, retries: int = 3, workers: int = UPLOAD_WORKERS
+) -> dict[str, Any]:
     """Uploads every source and returns the results manifest (proto JSON)."""
-    files: list[dict[str, Any]] = []
-    try:
-        for index, source in enumerate(sources):
-            prefix = "logs" if source.kind == ALGORITHM_LOG else "outputs"
-            key = f"{job_id}/{prefix}/{source.path}"
-            content_type = mimetypes.guess_type(source.path)[0] or "application/octet-stream"
-            started = time.monotonic()
-            stored = _upload(store, key, source, content_type, retries)
-            log.info(
-                "uploaded result %d (%s, %d bytes) in %.3f s", index, source.path, stored.size, time.monotonic() - started
-            )
-            files.append(
-                {
-                    "index": index,
-                    "path": source.path,
-                    "size": str(stored.size),
-                    "sha256": stored.sha256,
-                    "kind": source.kind,
-                    "location": stored.location,
-                    "content_type": content_type,
-                }
-            )
-    except PublishFailed:
-        for entry in files:
-            try:
-                store.delete(entry["location"])
-            except StorageError:
-                log.warning("could not remove partial result %s", entry["path"])
-        raise
-    return {
+    sources = collected.sources
+    stored: dict[int, StoredObject] = {}
+    failed = threading.Event()  # stops queued uploads once one failed
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="upload") as pool:
+        futures: list[Future[None]] = [
+            pool.submit(_upload_one, store, job_id, index, source, retries, stored, failed)
+            for index, source in enumerate(sources)
+        ]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        failure = next((f.exception() for f in futures if f.done() and f.exception()), None)
+        if failure is not None:
+            failed.set()
+            wait(futures)  # let in-flight uploads end before cleaning up after them
+            remove(store, [s.location for s in stored.values()])
+            raise failure
+    files = [
+        {
+            "index": index,
+            "path": source.path,
+            "size": str(stored[index].size),
+            "sha256": stored[index].sha256,
+            "kind": source.kind,
+            "location": stored[index].location,
+            "content_type": _content_type(source.path),
+        }
+        for index, source in enumerate(sources)
+    ]
+    manifest: dict[str, Any] = {
         "files": files,
         "storage": store.kind,
-        "published_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "published_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
+    if collected.skipped:
+        manifest["skipped_paths"] = collected.skipped
+    return manifest
 
 
-def _upload(store: ObjectStore, key: str, source: ResultSource, content_type: str, retries: int):  # type: ignore[no-untyped-def]
+def remove(store: ObjectStore, locations: list[str]) -> None:
+    """Deletes what a failed publication had uploaded (best effort, logged)."""
+    for location in locations:
+        try:
+            store.delete(location)
+            log.info("removed partial result %s", location)
+        except StorageError as exc:
+            log.warning("could not remove partial result %s: %s", location, exc)
+
+
+def _content_type(path: str) -> str:
+    return mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+def _upload_one(
+    store: ObjectStore, job_id: str, index: int, source: ResultSource, retries: int,
+    stored: dict[int, StoredObject], failed: threading.Event,
+) -> None:
+    if failed.is_set():
+        return
+    prefix = "logs" if source.kind == ALGORITHM_LOG else "outputs"
+    started = time.monotonic()
+    result = _upload(store, f"{job_id}/{prefix}/{source.path}", source, _content_type(source.path), retries)
+    stored[index] = result
+    elapsed = time.monotonic() - started
+    log.info(
+        "uploaded result %d (%s, %d bytes) in %.3f s (%.1f MiB/s)",
+        index, source.path, result.size, elapsed, result.size / (1 << 20) / max(elapsed, 1e-6),
+    )
+
+
+def _upload(store: ObjectStore, key: str, source: ResultSource, content_type: str, retries: int) -> StoredObject:
     for attempt in range(retries + 1):
         try:
             return store.put_file(key, source.file, content_type)

@@ -12,9 +12,9 @@ from c2d.provider.v1 import asset_pb2, asset_pb2_grpc, ledger_pb2, ledger_pb2_gr
 from plumbing import auth, settings
 from plumbing.database import Database, sqlite_url
 from plumbing.server import Registration, RunningServer, configure_logging, serve_until_signalled, start_server
-from services.provider.api.assets import AssetServicer
 from services.provider.api.compute import ComputeServicer
 from services.provider.api.ledger import LedgerServicer
+from services.provider.api.results_assets import ResultsAssetServicer
 from services.provider.domain.sealing import ProviderKeys
 from services.provider.persistence.models import Base
 from services.provider.settings import ProviderSettings
@@ -50,17 +50,24 @@ async def start(config: ProviderSettings) -> RunningServer:
     db.create_schema()
     keys, fee_address = load_keys(Path(config.keys_file) if config.keys_file else data / "provider-keys.json")
     compute = ComputeServicer(db, keys, fee_address, config.operator_address, auth.service_token())
+    # AssetService plus the results-as-asset RPCs (api/results_assets.py)
+    assets = ResultsAssetServicer(db, keys, compute)
     running = await start_server(
         config.address,
         [
             Registration(_name(provider_pb2, "ProviderService"), provider_pb2_grpc.add_ProviderServiceServicer_to_server, compute),
-            Registration(_name(asset_pb2, "AssetService"), asset_pb2_grpc.add_AssetServiceServicer_to_server, AssetServicer(db, keys)),
+            Registration(_name(asset_pb2, "AssetService"), asset_pb2_grpc.add_AssetServiceServicer_to_server, assets),
             Registration(
                 _name(ledger_pb2, "LedgerService"), ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
                 LedgerServicer(db, fee_address, config.order_timeout_s),
             ),
         ],
     )
+
+    # Results as an asset: where pods on this host reach us (port 0 is known only now)
+    host = config.address.rsplit(":", 1)[0]
+    compute.reachable_address = f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{running.port}"
+    assets.service_endpoint = f"grpc://{compute.reachable_address}"
 
     async def shutdown() -> None:
         await compute.close()

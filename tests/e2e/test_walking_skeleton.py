@@ -134,15 +134,6 @@ async def test_bad_input_gets_a_precise_status(data_dir):
             assert empty_algorithm.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "algorithm" in empty_algorithm.value.details()
 
-            with pytest.raises(grpc.aio.AioRpcError) as not_yet:
-                await consumer.start(provider_pb2.ComputeSpec(
-                    dataset=provider_pb2.AssetOrder(did="did:op:" + "0" * 64, service_id="compute", order_id="o"),
-                    raw_algorithm=provider_pb2.RawAlgorithm(code="print(1)", container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python")),
-                    environment_id=envs[0].id, publish_results_as_asset=True,
-                ))
-            assert not_yet.value.code() == grpc.StatusCode.UNIMPLEMENTED
-            assert "results as a new asset" in not_yet.value.details()
-
             with pytest.raises(grpc.aio.AioRpcError) as unknown_job:
                 await consumer.details("2b7e1516-28ae-4d2a-a6d2-1fdd2f2a8f3c")
             assert unknown_job.value.code() == grpc.StatusCode.NOT_FOUND

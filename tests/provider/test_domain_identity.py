@@ -174,3 +174,11 @@ def test_normalize_address_refuses_non_addresses(value: Any) -> None:
         normalize_address(value)
     assert info.value.kind == "invalid_argument"
     assert "40 hex digits" in info.value.message
+
+
+def test_signatures_are_recovered_with_libsecp256k1() -> None:
+    # The pure-Python fallback of eth-keys takes ~35 ms per recovery: every
+    # signed request would wait that long. coincurve is a declared dependency.
+    from eth_keys.backends import CoinCurveECCBackend, get_backend
+
+    assert isinstance(get_backend(), CoinCurveECCBackend)

@@ -19,6 +19,7 @@ from services.operator_engine.domain.orchestrator import Orchestrator
 # Job ids become directory names: only these characters, never "..".
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LOG_CHUNK = 64 * 1024
+LOG_POLL_S = 0.1
 
 
 def check_job_id(job_id: str) -> str:
@@ -106,14 +107,16 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         path = self._orchestrator.workspace_of(job_id) / "data" / "logs" / "algorithm.log"
         offset = request.offset
         while True:
+            # Sampled before the read: once the job has ended, that read gets the log's last bytes.
+            following = request.follow and self._orchestrator.is_active(job_id)
             data = await asyncio.to_thread(_read_from, path, offset)
             if data:
                 yield engine_pb2.StreamJobLogsResponse(data=data, offset=offset)
                 offset += len(data)
                 continue
-            if not request.follow or not self._orchestrator.is_active(job_id):
+            if not following:
                 return
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(LOG_POLL_S)
 
 
 def _read_from(path, offset: int) -> bytes:  # type: ignore[no-untyped-def]

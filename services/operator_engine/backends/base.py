@@ -84,6 +84,12 @@ class Backend(Protocol):
     def describe(self) -> str:
         """Which limits are in force, for the environment's description."""
 
+    def validate(self, entrypoint: str, image: str) -> None:
+        """Refuses (plumbing.errors) an algorithm container this backend cannot run."""
+
+    def reclaim(self, job: JobSpec) -> None:
+        """At start-up: frees what a run of the job left when the previous engine died."""
+
     async def configure(self, job: JobSpec, timeout_s: float) -> StageExit:
         """Runs pod_config; it reports its status through JobAgentService."""
 
@@ -95,3 +101,6 @@ class Backend(Protocol):
 
     async def remove(self, job: JobSpec) -> None:
         """Deletes the job's workspace."""
+
+    async def close(self) -> None:
+        """Releases what the backend keeps between jobs (helper processes)."""

@@ -1,9 +1,13 @@
 """The local backend: each stage a process on this machine.
 
-pod_config and pod_publish run as ordinary child processes (they are our own
-code) with the job's workspace; the algorithm (a stranger's code) runs in the
-bubblewrap sandbox of `sandbox.py` with the environment's limits. Each
-process gets its own session so a stop or timeout kills its whole tree.
+pod_config and pod_publish run as ordinary processes (they are our own code)
+with the job's workspace, forked from a pre-imported helper by default
+(`pod_launcher.py`); the algorithm (a stranger's code) runs in the bubblewrap
+sandbox of `sandbox.py` with the environment's limits. Each process gets its
+own session so a stop or timeout kills its whole tree. The algorithm DDO's
+container image maps to an interpreter of this host, seen read-only inside
+the sandbox (the table is in `runtimes.py`); a container this host cannot run,
+or a missing bubblewrap, is refused at submit time.
 """
 
 from __future__ import annotations
@@ -12,13 +16,13 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import sys
 from pathlib import Path
 from typing import Mapping
 
-from services.operator_engine import runtimes, sandbox
+from plumbing import errors
+from services.operator_engine import cgroups, runtimes, sandbox
 from services.operator_engine.backends.base import AlgorithmResult, Capacity, JobSpec, StageExit
+from services.operator_engine.backends.pod_launcher import Launcher, SubprocessLauncher
 
 # The algorithm's view of its workspace (DESIGN.md: inside a job).
 ALGORITHM_DATA = "/data"
@@ -28,24 +32,53 @@ MAX_PROCESSES = 256
 class LocalBackend:
     name = "local"
 
-    def __init__(self, agent_address: str, pod_environment: Mapping[str, str], use_sandbox: bool) -> None:
+    def __init__(
+        self,
+        agent_address: str,
+        pod_environment: Mapping[str, str],
+        use_sandbox: bool,
+        launcher: Launcher | None = None,
+    ) -> None:
         self.agent_address = agent_address
         self._pod_environment = dict(pod_environment)
         self.sandboxed = use_sandbox
         self._capabilities = sandbox.detect_capabilities()
+        self._launcher = launcher or SubprocessLauncher()
+
+    async def close(self) -> None:
+        await self._launcher.close()
 
     def describe(self) -> str:
         if not self.sandboxed:
             return "local processes WITHOUT a sandbox (explicitly configured; never for untrusted code)"
         return "local bubblewrap sandbox; " + self._capabilities.describe()
 
+    def validate(self, entrypoint: str, image: str) -> None:
+        if self.sandboxed and not self._capabilities.bwrap:
+            raise errors.FailedPrecondition(
+                f"this engine cannot sandbox algorithms ({self._capabilities.problem or 'bubblewrap unavailable'}), "
+                "so it refuses to run them: install bubblewrap, or run only trusted code in an environment "
+                "configured without a sandbox (C2D_ENGINE_SANDBOX=false)",
+                "sandbox_unavailable",
+            )
+        try:
+            runtimes.resolve({"entrypoint": entrypoint, "image": image})
+        except ValueError as exc:
+            if "not installed" in str(exc):
+                raise errors.FailedPrecondition(str(exc), "runtime_missing") from None
+            raise errors.InvalidArgument(f"the algorithm's container cannot run here: {exc}", "container_invalid") from None
+
+    def reclaim(self, job: JobSpec) -> None:
+        # Only this job's cgroups: other engines on the host may be creating theirs.
+        cgroups.sweep_empty(cgroups.detect(), prefix=cgroups.cgroup_name(job.job_id))
+
     async def configure(self, job: JobSpec, timeout_s: float) -> StageExit:
-        return await self._pod("services.pod_config", job, timeout_s, job.admin_dir / "configure.log")
+        return await self._pod("pod_config", job, timeout_s, job.admin_dir / "configure.log")
 
     async def publish(self, job: JobSpec, timeout_s: float) -> StageExit:
-        return await self._pod("services.pod_publish", job, timeout_s, job.admin_dir / "publish.log")
+        return await self._pod("pod_publish", job, timeout_s, job.admin_dir / "publish.log")
 
-    async def _pod(self, module: str, job: JobSpec, timeout_s: float, log_path: Path) -> StageExit:
+    async def _pod(self, program: str, job: JobSpec, timeout_s: float, log_path: Path) -> StageExit:
         env = {
             **self._pod_environment,
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -55,21 +88,16 @@ class LocalBackend:
             "C2D_DATA_ROOT": str(job.data_root),
             "C2D_ADMIN_DIR": str(job.admin_dir),
         }
-        with open(log_path, "ab") as log:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", module,
-                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
-                env=env, start_new_session=True,
-            )
+        process = await self._launcher.start(program, env, log_path)
         try:
-            code = await asyncio.wait_for(process.wait(), timeout_s)
+            ended = await asyncio.wait_for(process.wait(), timeout_s)
         except asyncio.TimeoutError:
-            await _kill_group(process)
+            await process.kill()
             return StageExit(None, timed_out=True)
         except asyncio.CancelledError:
-            await _kill_group(process)
+            await process.kill()
             raise
-        return StageExit(code)
+        return StageExit(ended.returncode, detail=ended.detail)
 
     async def algorithm(self, job: JobSpec, capacity: Capacity) -> AlgorithmResult:
         argv = runtimes.resolve_command({"entrypoint": job.entrypoint, "image": job.image})
@@ -95,7 +123,9 @@ class LocalBackend:
                 memory_bytes=capacity.memory_bytes,
                 cpu_cores=capacity.cpu_cores,
                 max_processes=MAX_PROCESSES,
-                max_file_bytes=capacity.disk_bytes,
+                # One byte over the quota: a single file that reaches this limit is
+                # over quota too, so it ends as 42 (quota), not as a write error.
+                max_file_bytes=capacity.disk_bytes + 1,
                 disk_quota_bytes=capacity.disk_bytes,
                 log_max_bytes=capacity.log_max_bytes,
             ),
@@ -120,11 +150,3 @@ class LocalBackend:
 
     async def remove(self, job: JobSpec) -> None:
         shutil.rmtree(job.workspace, ignore_errors=True)
-
-
-async def _kill_group(process: asyncio.subprocess.Process) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    await process.wait()

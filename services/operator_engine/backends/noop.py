@@ -23,6 +23,12 @@ class NoopBackend:
     def describe(self) -> str:
         return "no-op backend: every stage succeeds at once (benchmarks and tests only)"
 
+    def validate(self, entrypoint: str, image: str) -> None:
+        return None
+
+    def reclaim(self, job: JobSpec) -> None:
+        return None
+
     async def configure(self, job: JobSpec, timeout_s: float) -> StageExit:
         await self._on_configured(job.job_id)  # type: ignore[misc]
         return StageExit(0)
@@ -35,4 +41,7 @@ class NoopBackend:
         return StageExit(0)
 
     async def remove(self, job: JobSpec) -> None:
+        return None
+
+    async def close(self) -> None:
         return None

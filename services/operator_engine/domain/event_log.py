@@ -25,7 +25,7 @@ class EventLog:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._latest = 0
-        self._pending: list[tuple[StateChange, asyncio.Future[int]]] = []
+        self._pending: list[tuple[StateChange, str | None, asyncio.Future[int]]] = []
         self._wake = asyncio.Event()
         self._appended = asyncio.Condition()
         self._flusher: asyncio.Task[None] | None = None
@@ -45,10 +45,14 @@ class EventLog:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
 
-    async def append(self, change: StateChange) -> int:
-        """Records the change durably and returns its sequence."""
+    async def append(self, change: StateChange, stage: str | None = None) -> int:
+        """Records the change durably and returns its sequence.
+
+        `stage` (the job's new stage, if it changes) is stored in the same
+        transaction, so recovery never sees a status and a stage that disagree.
+        """
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((change, future))
+        self._pending.append((change, stage, future))
         self._wake.set()
         return await future
 
@@ -63,12 +67,12 @@ class EventLog:
             try:
                 await self._db.run(_writer(batch, first))
             except Exception as exc:  # noqa: BLE001 - each appender gets the failure
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
             self._latest = first + len(batch) - 1
-            for offset, (_, future) in enumerate(batch):
+            for offset, (_, _, future) in enumerate(batch):
                 if not future.done():
                     future.set_result(first + offset)
             async with self._appended:
@@ -98,10 +102,10 @@ class EventLog:
         return True
 
 
-def _writer(batch: list[tuple[StateChange, asyncio.Future[int]]], first: int) -> Callable[[Session], None]:
+def _writer(batch: list[tuple[StateChange, str | None, asyncio.Future[int]]], first: int) -> Callable[[Session], None]:
     def write(session: Session) -> None:
         recorded = now()
-        for offset, (change, _) in enumerate(batch):
+        for offset, (change, stage, _) in enumerate(batch):
             session.add(
                 EngineEvent(
                     sequence=first + offset,
@@ -111,10 +115,14 @@ def _writer(batch: list[tuple[StateChange, asyncio.Future[int]]], first: int) ->
                 )
             )
             values: dict[str, object] = {"status": change.status}
+            if stage is not None:
+                values["stage"] = stage
             if change.status in TERMINAL:
                 values["stage"] = "done"
             if change.results is not None:
                 values["results"] = change.results
+            if change.results_did:
+                values["results_did"] = change.results_did
             session.execute(update(EngineJob).where(EngineJob.job_id == change.job_id).values(**values))
 
     return write

@@ -117,12 +117,14 @@ class Orchestrator:
     async def _recover(self) -> None:
         """Reconciles jobs a previous engine process left unfinished.
 
-        Configure and publish are idempotent and run again; an algorithm whose
-        process died with the engine cannot be resumed, so that job fails.
+        Decided by the last status the log recorded (the stage is stored with
+        it, in the same transaction): configure and publish are idempotent and
+        run again; an algorithm whose process died with the engine cannot be
+        resumed, so that job fails; queued jobs keep their place.
         """
         rows = await self.db.run(
             lambda s: [
-                (r.job_id, r.environment_id, r.workflow, r.spec, r.status, r.stage, r.stop_requested)
+                (r.job_id, r.workflow, r.spec, r.status, r.stage, r.stop_requested)
                 for r in s.scalars(
                     select(EngineJob)
                     .where(EngineJob.stage != "done", EngineJob.deleted.is_(False))
@@ -130,14 +132,15 @@ class Orchestrator:
                 )
             ]
         )
-        for job_id, env_id, workflow, spec_json, status, stage, stop_requested in rows:
+        for job_id, workflow, spec_json, status, stage, stop_requested in rows:
             # Pods of the previous process are gone; re-run stages get a new token.
             spec = _spec_from_json(spec_json, secrets.token_urlsafe(24), self.workspaces / job_id)
             run = Run(spec=spec, workflow=workflow, status=Status(status), stage=stage)
             self._runs[job_id] = run
+            self.backend.reclaim(spec)
             if stop_requested:
-                await self._end(run, Status.FINISHED, EndReason.STOPPED)
-            elif stage == "algorithm":
+                await self._end(run, Status.FINISHED, EndReason.STOPPED, "stopped", "stopped by its owner")
+            elif run.status == Status.RUNNING_ALGORITHM:
                 await self._end(
                     run,
                     Status.ALGORITHM_FAILED,
@@ -145,10 +148,10 @@ class Orchestrator:
                     "engine_restarted",
                     "engine restarted during algorithm",
                 )
-            elif stage == "queued":
+            elif run.status == Status.WARMING_UP:
                 self._queue.append(job_id)
             else:
-                log.info("job %s: resuming %s stage after an engine restart", job_id, stage)
+                log.info("job %s: resuming after an engine restart (status %d, %s stage)", job_id, status, stage)
                 self._launch(run)
         self._fill()
 
@@ -168,6 +171,7 @@ class Orchestrator:
                 "the algorithm's entrypoint must contain $ALGO, which is replaced by the "
                 "algorithm's path", "entrypoint_invalid"
             )
+        self.backend.validate(spec_fields["entrypoint"], spec_fields["image"])
         requested = spec_fields["algorithm_timeout_s"]
         if requested > self.environment.max_job_duration_s:
             raise errors.FailedPrecondition(
@@ -301,24 +305,27 @@ class Orchestrator:
         run.task = asyncio.create_task(self._execute(run), name=f"job-{run.spec.job_id}")
 
     async def _execute(self, run: Run) -> None:
+        # Driven by the status, so a job resumed after a restart picks up where it was.
         job = run.spec
         try:
-            if run.stage in ("queued", "configure"):
-                if run.status == Status.WARMING_UP:
-                    await self._emit(run, Status.STARTED)
-                if run.status == Status.STARTED:
-                    await self._emit(run, Status.CONFIGURING_VOLUMES, stage="configure")
-                if not await self._configure(run):
-                    return
-            if run.stage in ("configure", "algorithm"):
+            if run.status == Status.WARMING_UP:
+                await self._emit(run, Status.STARTED)
+            if run.status == Status.STARTED:
+                await self._emit(run, Status.CONFIGURING_VOLUMES, stage="configure")
+            if run.status == Status.CONFIGURING_VOLUMES and not await self._configure(run):
+                return
+            if run.status == Status.PROVISIONING_SUCCESS:
                 await self._emit(run, Status.RUNNING_ALGORITHM, stage="algorithm")
                 if not await self._algorithm(run):
                     return
-            await self._emit(run, Status.PUBLISHING_RESULTS, stage="publish", outcome=run.outcome)
+            if run.status == Status.RUNNING_ALGORITHM:
+                await self._emit(run, Status.PUBLISHING_RESULTS, stage="publish", outcome=run.outcome)
             await self._publish(run)
         except asyncio.CancelledError:
             if run.stop_requested and not is_terminal(run.status):
-                await self._end(run, Status.FINISHED, EndReason.STOPPED, "stopped", "stopped by its owner")
+                await self._end(
+                    run, Status.FINISHED, EndReason.STOPPED, "stopped", "stopped by its owner", outcome=run.outcome
+                )
             if not run.stop_requested:
                 raise
         except Exception:  # noqa: BLE001 - a bug must still end the job
@@ -357,7 +364,13 @@ class Orchestrator:
     async def _algorithm(self, run: Run) -> bool:
         env = self.environment
         capacity = Capacity(env.cpu_cores, env.memory_bytes, env.disk_bytes, env.log_max_bytes)
-        result = await self.backend.algorithm(run.spec, capacity)
+        started = time.monotonic()
+        try:
+            result = await self.backend.algorithm(run.spec, capacity)
+        except asyncio.CancelledError:
+            # The backend killed it; the stop is part of how the algorithm ended.
+            run.outcome = {"stopped": True, "duration_seconds": time.monotonic() - started}
+            raise
         outcome = result.to_json()
         if result.succeeded:
             run.outcome = outcome
@@ -425,10 +438,9 @@ class Orchestrator:
         run.status = status
         if stage is not None:
             run.stage = stage
-            await self.db.run(_set_stage(run.spec.job_id, stage))
         # Shielded: a stop arriving mid-append must not leave the log and the
         # job's in-memory status disagreeing.
-        await asyncio.shield(self.events.append(change))
+        await asyncio.shield(self.events.append(change, stage))
 
     async def _end(
         self,
@@ -480,10 +492,6 @@ def _spec_from_json(data: dict[str, Any], token: str, workspace: Path) -> JobSpe
         dataset_dids=tuple(data["dataset_dids"]),
         algorithm_did=data["algorithm_did"],
     )
-
-
-def _set_stage(job_id: str, stage: str):  # type: ignore[no-untyped-def]
-    return lambda s: s.execute(update(EngineJob).where(EngineJob.job_id == job_id).values(stage=stage))
 
 
 def _mark_stop(job_id: str):  # type: ignore[no-untyped-def]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
-from datetime import timezone
+from datetime import datetime, timezone
 from typing import AsyncIterator, Awaitable, Callable
 
 from google.protobuf import json_format
@@ -33,6 +32,15 @@ def _job_id(value: str) -> str:
         raise errors.InvalidArgument(f"job_id {value!r} is not a job id (a UUID)", "job_id_invalid") from None
 
 
+def _time(request, name: str) -> datetime | None:  # type: ignore[no-untyped-def]
+    if not request.HasField(name):
+        return None
+    try:
+        return getattr(request, name).ToDatetime(tzinfo=timezone.utc)
+    except ValueError:
+        raise errors.InvalidArgument(f"{name} is not a valid timestamp", "time_range_invalid") from None
+
+
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     def __init__(self, db: Database, links: dict[str, EngineLink], broker: Broker,
                  remove_results: Callable[[Job], Awaitable[None]] | None = None) -> None:
@@ -52,6 +60,13 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 result.append(env)
         return result
 
+    def _live_environment(self, environment_id: str) -> common_pb2.Environment | None:
+        for link in self._links.values():
+            env = link.live_environment(environment_id)
+            if env is not None:
+                return env
+        return None
+
     async def ListEnvironments(self, request, context):  # type: ignore[override]
         return operator_pb2.ListEnvironmentsResponse(environments=await self._environments())
 
@@ -65,8 +80,11 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             raise errors.InvalidArgument("the workflow names no dataset", "workflow_invalid")
         if not workflow.HasField("algorithm") and not workflow.raw_algorithm:
             raise errors.InvalidArgument("the workflow has no algorithm", "workflow_invalid")
-        environments = {env.id: env for env in await self._environments()}
-        env = environments.get(request.environment_id)
+        env = self._live_environment(request.environment_id)
+        if env is None:
+            # Unknown, or its engine is not live: the stored view says which.
+            environments = {env.id: env for env in await self._environments()}
+            env = environments.get(request.environment_id)
         if env is None:
             known = ", ".join(sorted(environments)) or "none yet"
             raise errors.NotFound(
@@ -118,8 +136,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             owner=request.owner,
             statuses=tuple(statuses),
             environment_id=request.environment_id,
-            created_after=request.created_after.ToDatetime(tzinfo=timezone.utc) if request.HasField("created_after") else None,
-            created_before=request.created_before.ToDatetime(tzinfo=timezone.utc) if request.HasField("created_before") else None,
+            created_after=_time(request, "created_after"),
+            created_before=_time(request, "created_before"),
         )
         if filters.created_after and filters.created_before and filters.created_after >= filters.created_before:
             raise errors.InvalidArgument("created_after must be before created_before", "time_range_invalid")
@@ -135,21 +153,28 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             current = {}
             for job_id in job_ids:
                 current[job_id] = await self._read(job_id)
-            sent = request.after_sequence
-            if sent:
+            # Per job: a job's changes commit in sequence order (its row lock),
+            # but two jobs' changes may commit out of order.
+            sent = dict.fromkeys(job_ids, request.after_sequence)
+            ended = {j for j, job in current.items() if is_terminal(job.status)}
+            if request.after_sequence:
                 # Resume: replay the history after the client's sequence.
-                events = await self._db.run(lambda s: store.read_events(s, job_ids, sent))
+                events = await self._db.run(lambda s: store.read_events(s, job_ids, request.after_sequence))
                 for event in events:
                     snapshot = convert.job(current[event.job_id])
                     snapshot.status, snapshot.sequence = event.status, event.sequence  # type: ignore[assignment]
                     snapshot.status_text = TEXT[Status(event.status)]
+                    snapshot.end_reason = event.end_reason  # type: ignore[assignment]
+                    snapshot.error_code, snapshot.error_message = event.error_code, event.error_message
                     yield operator_pb2.WatchJobsResponse(job=snapshot)
-                    sent = event.sequence
+                    sent[event.job_id] = event.sequence
+                    if is_terminal(event.status):
+                        ended.add(event.job_id)  # it ended after the first read
             else:
                 for job in sorted(current.values(), key=lambda j: j.sequence):
                     yield operator_pb2.WatchJobsResponse(job=convert.job(job))
-                    sent = max(sent, job.sequence)
-            open_jobs = {j for j, job in current.items() if not is_terminal(job.status)}
+                    sent[job.job_id] = job.sequence
+            open_jobs = set(job_ids) - ended
             while open_jobs:
                 try:
                     job = await asyncio.wait_for(queue.get(), timeout=5.0)
@@ -157,12 +182,12 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                     # Another replica may have applied the change: look again.
                     for job_id in list(open_jobs):
                         fresh = await self._read(job_id)
-                        if fresh.sequence > sent:
+                        if fresh.sequence > sent[job_id]:
                             queue.put_nowait(fresh)
                     continue
-                if job.sequence <= sent:
+                if job.sequence <= sent[job.job_id]:
                     continue
-                sent = job.sequence
+                sent[job.job_id] = job.sequence
                 yield operator_pb2.WatchJobsResponse(job=convert.job(job))
                 if is_terminal(job.status):
                     open_jobs.discard(job.job_id)
@@ -217,6 +242,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         def mark(session) -> None:  # type: ignore[no-untyped-def]
             row = store.read_job(session, job.job_id, lock=True)
             if row is not None:
+                if self._remove_results is not None:
+                    store.mark_results_expired(session, row.job_id, store.utcnow())
                 row.deleted_at = store.utcnow()  # the row stays as the audit record
 
         await self._db.run(mark)

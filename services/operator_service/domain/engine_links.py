@@ -48,6 +48,8 @@ class EngineLink:
         self._sync_channel = grpc.insecure_channel(address)
         self._sync_stub = engine_pb2_grpc.EngineServiceStub(self._sync_channel)
         self.last_heartbeat = 0.0
+        # The environments of the latest heartbeat: CreateJob checks them without a query.
+        self.environments: list[common_pb2.Environment] = []
         self._dispatch_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -68,6 +70,11 @@ class EngineLink:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._channel.close()
         self._sync_channel.close()
+
+    def live_environment(self, environment_id: str) -> common_pb2.Environment | None:
+        if not self.live:
+            return None
+        return next((env for env in self.environments if env.id == environment_id), None)
 
     def wake_dispatcher(self) -> None:
         self._dispatch_wanted.set()
@@ -131,6 +138,7 @@ class EngineLink:
     async def _heartbeat(self, heartbeat: engine_pb2.Heartbeat) -> None:
         was_live = self.live
         self.last_heartbeat = time.monotonic()
+        self.environments = list(heartbeat.environments)
         environments = [
             json_format.MessageToDict(env, preserving_proto_field_name=True) for env in heartbeat.environments
         ]
@@ -160,8 +168,11 @@ class EngineLink:
 
     def _dispatch_batch(self, session) -> int:  # type: ignore[no-untyped-def]
         jobs = store.claim_undispatched(session, self.engine_id, BATCH)
-        for job in jobs:
-            self._sync_stub.SubmitJob(
+        # The whole batch at once, the engine takes them concurrently. Any
+        # failure rolls the batch back; the engine ignores a job it already
+        # holds, so the retry resubmits the others harmlessly.
+        calls = [
+            self._sync_stub.SubmitJob.future(
                 engine_pb2.SubmitJobRequest(
                     job_id=job.job_id,
                     environment_id=job.environment_id,
@@ -170,7 +181,11 @@ class EngineLink:
                 metadata=self._metadata,
                 timeout=10,
             )
-            job.dispatched = True
+            for job in jobs
+        ]
+        for call in calls:
+            call.result()
+        store.mark_dispatched(session, [job.job_id for job in jobs])
         return len(jobs)
 
     # -- commands --------------------------------------------------------------------

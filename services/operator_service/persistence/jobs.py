@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, insert, inspect, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from plumbing import errors
@@ -57,14 +59,40 @@ class JobFilter:
 
 
 def create_job(session: Session, job: Job) -> tuple[Job, bool]:
-    """Inserts the job, or returns the one created earlier with its request id."""
-    existing = session.scalar(select(Job).where(Job.request_id == job.request_id))
-    if existing is not None:
-        return existing, False
-    session.add(job)
-    session.flush()
-    _record_event(session, job, Status.WARMING_UP, EndReason.NONE, "", "", "", 0, job.created_at)
-    return job, True
+    """Inserts the job with its first history row, or returns the job created
+    earlier with its request id.
+
+    The hot path is two statements: the history row (its sequence becomes the
+    job's), then INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING the
+    job. A retry gets nothing back (a concurrent one first waits on the
+    unique index for the winner's transaction), without aborting its
+    transaction; it drops its history row and returns the winner's job."""
+    [sequence] = _insert_events(session, [
+        _event_row(job.job_id, Status.WARMING_UP, EndReason.NONE, "", "", "", 0, job.created_at)
+    ])
+    job.sequence = sequence
+    values = {key: value for key, value in inspect(job).dict.items() if key in Job.__table__.columns}
+    statement = (
+        _dialect_insert(session)(Job).values(values)
+        .on_conflict_do_nothing(index_elements=[Job.request_id])
+        .returning(Job)
+    )
+    created = session.scalars(statement).first()
+    if created is not None:
+        return created, True
+    session.execute(delete(JobEvent).where(JobEvent.sequence == sequence))
+    winner = session.scalar(select(Job).where(Job.request_id == job.request_id))
+    if winner is None:
+        raise errors.Aborted("a concurrent request with this request_id failed; retry", "request_conflict")
+    return winner, False
+
+
+def _dialect_insert(session: Session):  # type: ignore[no-untyped-def]
+    return postgresql_insert if _is_postgresql(session) else sqlite_insert
+
+
+def _is_postgresql(session: Session) -> bool:
+    return session.bind is not None and session.bind.dialect.name == "postgresql"
 
 
 def read_job(session: Session, job_id: str, lock: bool = False) -> Job | None:
@@ -126,7 +154,43 @@ def read_events(session: Session, job_ids: Sequence[str], after_sequence: int) -
 
 def end_job(session: Session, job: Job, end_reason: EndReason, code: str, message: str) -> None:
     """Ends a job the engine never held (not dispatched yet)."""
-    _transition(session, job, Status.FINISHED, end_reason, code, message, "", 0, utcnow())
+    with session.no_autoflush:
+        row = _transition(job, Status.FINISHED, end_reason, code, message, "", 0, utcnow())
+        [job.sequence] = _insert_events(session, [row])
+
+
+# -- storage expiry -------------------------------------------------------------
+
+
+def results_to_expire(session: Session, engine_id: str, environment_id: str, finished_before: datetime,
+                      limit: int) -> list[Job]:
+    """Finished jobs of one environment whose results the sweeper has not removed yet."""
+    return list(
+        session.scalars(
+            select(Job)
+            .where(
+                Job.environment_id == environment_id,
+                Job.engine_id == engine_id,
+                Job.results_expired_at.is_(None),
+                Job.finished_at.is_not(None),
+                Job.finished_at < finished_before,
+                Job.deleted_at.is_(None),
+            )
+            .order_by(Job.finished_at)
+            .limit(limit)
+        )
+    )
+
+
+def mark_results_expired(session: Session, job_id: str, at: datetime) -> bool:
+    """Records that the job's results are gone; False if another replica did first."""
+    job = session.scalar(select(Job).where(Job.job_id == job_id).with_for_update())
+    if job is None or job.results_expired_at is not None:
+        return False
+    job.results_expired_at = at
+    if job.results:
+        job.results = {**job.results, "expired": True}  # a new dict: JSON columns track assignment
+    return True
 
 
 # -- dispatch -------------------------------------------------------------------
@@ -140,21 +204,33 @@ def claim_undispatched(session: Session, engine_id: str, limit: int) -> list[Job
         .order_by(Job.created_at)
         .limit(limit)
     )
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
+    if _is_postgresql(session):
         query = query.with_for_update(skip_locked=True)
     return list(session.scalars(query))
+
+
+def mark_dispatched(session: Session, job_ids: list[str]) -> None:
+    if job_ids:
+        session.execute(
+            update(Job).where(Job.job_id.in_(job_ids)).values(dispatched=True)
+            .execution_options(synchronize_session=False)
+        )
 
 
 # -- engines ------------------------------------------------------------------------
 
 
 def ensure_engine(session: Session, engine_id: str, address: str) -> int:
+    """Registers the engine (replicas starting together: the first insert
+    wins, the others do nothing) and returns its last applied sequence."""
+    session.execute(
+        _dialect_insert(session)(Engine)
+        .values(engine_id=engine_id, address=address, last_applied_sequence=0, environments=[])
+        .on_conflict_do_nothing(index_elements=[Engine.engine_id])
+    )
     engine = session.get(Engine, engine_id)
-    if engine is None:
-        engine = Engine(engine_id=engine_id, address=address, last_applied_sequence=0, environments=[])
-        session.add(engine)
-        session.flush()
-    elif engine.address != address:
+    assert engine is not None
+    if engine.address != address:
         engine.address = address
     return engine.last_applied_sequence
 
@@ -177,48 +253,67 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
     """Applies an engine's changes and advances its last applied sequence, in
     the caller's transaction. Changes at or below the last applied sequence
     are duplicates and skipped; the engine row lock makes this exactly-once
-    even with several service replicas following one engine."""
+    even with several service replicas following one engine.
+
+    A batch costs a few statements whatever its size: one lock of its jobs,
+    one multi-row insert of their history, one update per job."""
     engine = session.scalar(select(Engine).where(Engine.engine_id == engine_id).with_for_update())
     if engine is None:
         raise errors.NotFound(f"engine {engine_id} is not registered")
     last = engine.last_applied_sequence
-    touched: dict[str, Job] = {}
-    for change in changes:
-        if change.sequence <= last:
-            continue
-        if change.sequence != last + 1:
-            raise SequenceGap(f"engine {engine_id}: expected sequence {last + 1}, got {change.sequence}")
-        last = change.sequence
-        job = touched.get(change.job_id) or read_job(session, change.job_id, lock=True)
-        if job is None:
-            log.warning("engine %s: change %d for unknown job %s ignored", engine_id, change.sequence, change.job_id)
-            continue
-        if not can_transition(job.status, change.status):
-            log.warning(
-                "engine %s: change %d refused: job %s cannot move from %d to %d",
-                engine_id, change.sequence, job.job_id, job.status, change.status,
-            )
-            continue
-        if change.results is not None:
-            job.results = change.results
-        if change.outcome is not None:
-            job.outcome = change.outcome
-        if change.results_did:
-            job.results_did = change.results_did
-        _transition(
-            session, job, Status(change.status), EndReason(change.end_reason), change.error_code,
-            change.error_message, engine_id, change.sequence, change.time,
+    fresh = [change for change in changes if change.sequence > last]
+    for expected, change in enumerate(fresh, start=last + 1):
+        if change.sequence != expected:
+            raise SequenceGap(f"engine {engine_id}: expected sequence {expected}, got {change.sequence}")
+    if not fresh:
+        return []
+    jobs = {
+        job.job_id: job
+        for job in session.scalars(
+            select(Job)
+            .where(Job.job_id.in_({change.job_id for change in fresh}), Job.deleted_at.is_(None))
+            .order_by(Job.job_id)  # one lock order for every locker: no deadlock
+            .with_for_update()
         )
-        touched[job.job_id] = job
-    engine.last_applied_sequence = last
+    }
+    touched: dict[str, Job] = {}
+    applied: list[tuple[Job, dict[str, Any]]] = []
+    with session.no_autoflush:
+        for change in fresh:
+            job = jobs.get(change.job_id)
+            if job is None:
+                log.warning("engine %s: change %d for unknown job %s ignored", engine_id, change.sequence, change.job_id)
+                continue
+            if not can_transition(job.status, change.status):
+                log.warning(
+                    "engine %s: change %d refused: job %s cannot move from %d to %d",
+                    engine_id, change.sequence, job.job_id, job.status, change.status,
+                )
+                continue
+            if change.results is not None:
+                job.results = change.results
+            if change.outcome is not None:
+                job.outcome = change.outcome
+            if change.results_did:
+                job.results_did = change.results_did
+            applied.append((job, _transition(
+                job, Status(change.status), EndReason(change.end_reason), change.error_code,
+                change.error_message, engine_id, change.sequence, change.time,
+            )))
+            touched[job.job_id] = job
+        sequences = _insert_events(session, [event for _, event in applied])
+        for (job, _), sequence in zip(applied, sequences):
+            job.sequence = sequence  # in order: a job's latest change wins
+    engine.last_applied_sequence = fresh[-1].sequence
     engine.last_seen = utcnow()
     return list(touched.values())
 
 
 def _transition(
-    session: Session, job: Job, status: Status, end_reason: EndReason, code: str, message: str,
+    job: Job, status: Status, end_reason: EndReason, code: str, message: str,
     engine_id: str, engine_sequence: int, at: datetime,
-) -> None:
+) -> dict[str, Any]:
+    """Moves the job; returns its history row, for the caller to insert."""
     job.status = int(status)
     if status == Status.STARTED:
         job.started_at = at
@@ -226,17 +321,22 @@ def _transition(
         job.finished_at = at
         job.end_reason = int(end_reason_for(status, end_reason))
         job.error_code, job.error_message = code, message
-    _record_event(session, job, status, EndReason(job.end_reason), code, message, engine_id, engine_sequence, at)
+    return _event_row(job.job_id, status, EndReason(job.end_reason or 0), code, message, engine_id, engine_sequence, at)
 
 
-def _record_event(
-    session: Session, job: Job, status: Status, end_reason: EndReason, code: str, message: str,
+def _event_row(
+    job_id: str, status: Status, end_reason: EndReason, code: str, message: str,
     engine_id: str, engine_sequence: int, at: datetime,
-) -> None:
-    event = JobEvent(
-        job_id=job.job_id, status=int(status), end_reason=int(end_reason), error_code=code,
-        error_message=message, engine_id=engine_id, engine_sequence=engine_sequence, time=at,
-    )
-    session.add(event)
-    session.flush()
-    job.sequence = event.sequence
+) -> dict[str, Any]:
+    return {
+        "job_id": job_id, "status": int(status), "end_reason": int(end_reason), "error_code": code,
+        "error_message": message, "engine_id": engine_id, "engine_sequence": engine_sequence, "time": at,
+    }
+
+
+def _insert_events(session: Session, rows: list[dict[str, Any]]) -> list[int]:
+    """Inserts history rows in one statement; returns their sequences, in order."""
+    if not rows:
+        return []
+    statement = insert(JobEvent).returning(JobEvent.sequence, sort_by_parameter_order=True)
+    return list(session.scalars(statement, rows))

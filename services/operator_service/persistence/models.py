@@ -1,10 +1,14 @@
-"""Tables of the operator-service."""
+"""Tables of the operator-service.
+
+The schema is created and upgraded by the Alembic revisions in `migrations/`;
+these models must match the head revision (a test compares them).
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, LargeBinary, MetaData, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, LargeBinary, MetaData, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -21,6 +25,14 @@ class Job(Base):
         Index("ix_jobs_status_created", "status", "created_at"),
         Index("ix_jobs_environment_created", "environment_id", "created_at"),
         Index("ix_jobs_undispatched", "dispatched", "created_at"),
+        # Keyset paging of ListJobs orders by (created_at, job_id).
+        Index("ix_jobs_created_job", "created_at", "job_id"),
+        # The storage-expiry sweeper only ever looks at finished jobs it has not swept.
+        Index(
+            "ix_jobs_results_unexpired", "environment_id", "finished_at",
+            postgresql_where=text("results_expired_at IS NULL AND finished_at IS NOT NULL"),
+            sqlite_where=text("results_expired_at IS NULL AND finished_at IS NOT NULL"),
+        ),
     )
 
     job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -32,7 +44,7 @@ class Job(Base):
     end_reason: Mapped[int] = mapped_column(Integer, default=0)
     error_code: Mapped[str] = mapped_column(String(64), default="")
     error_message: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # The serialized c2d.common.v1.Workflow (decrypted file locations: publisher-side only).
@@ -45,6 +57,8 @@ class Job(Base):
     results_did: Mapped[str] = mapped_column(String(128), default="")
     dispatched: Mapped[bool] = mapped_column(Boolean, default=False)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # When the storage-expiry sweeper removed the job's results (or found none to remove).
+    results_expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # The service sequence of the job's latest applied change.
     sequence: Mapped[int] = mapped_column(BigId, default=0)
 

@@ -10,8 +10,12 @@ can never share an order.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import functools
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -24,6 +28,7 @@ from c2d.provider.v1 import provider_pb2, provider_pb2_grpc
 from plumbing import auth, errors, storage
 from plumbing.database import Database
 from plumbing.statuses import is_terminal
+from services.provider.api import results_assets
 from services.provider.api.assets import resolve
 from services.provider.api.signatures import authenticate
 from services.provider.domain import ddos, identity, policy, sealing
@@ -32,6 +37,31 @@ from services.provider.domain.errors import Refusal
 from services.provider.persistence import store
 
 RESULT_CHUNK = 1 << 20
+FINISHED_JOB_TTL_S = 2.0
+FINISHED_JOBS_CACHED = 4096
+
+
+async def stream_chunks(store: storage.ObjectStore, location: str, offset: int) -> AsyncIterator[tuple[bytes, int]]:
+    """Yields (data, offset) chunks of a stored file from `offset`.
+
+    The next chunk is read in a thread while the current one is sent, so
+    storage reads and gRPC writes overlap (GetComputeResult, DownloadAssetFile).
+    """
+    chunks = store.read(location, offset, RESULT_CHUNK)
+    pending = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+    try:
+        while (data := await pending) is not None:
+            pending = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+            yield data, offset
+            offset += len(data)
+    finally:
+        if not pending.done():  # never close the reader under a thread still reading it
+            await asyncio.wait([pending])
+        if pending.done() and not pending.cancelled():
+            pending.exception()  # retrieved: a read error after the consumer left is not news
+        close = getattr(chunks, "close", None)
+        if close:
+            close()
 
 
 @dataclass
@@ -66,9 +96,18 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         self._operator = operator_pb2_grpc.OperatorServiceStub(self._channel)
         self._metadata = auth.bearer(token)
         self._store = storage.open_store(storage.configured())
+        self._verify_key_hex = keys.verify_key_hex
+        self._finished_jobs: collections.OrderedDict[str, tuple[float, common_pb2.Job]] = collections.OrderedDict()
+        # Where pods on this host reach the provider (results as an asset);
+        # set by server.py once the port is bound.
+        self.reachable_address = ""
 
     async def close(self) -> None:
         await self._channel.close()
+
+    async def job(self, job_id: str) -> common_pb2.Job:
+        """The operator-service's record of a job (no ownership check)."""
+        return (await self._call(self._operator.GetJob, operator_pb2.GetJobRequest(job_id=job_id))).job
 
     async def _call(self, method: Any, request: Any) -> Any:
         try:
@@ -103,11 +142,6 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             raise errors.InvalidArgument("spec needs an algorithm: algorithm_asset or raw_algorithm", "algorithm_missing")
         if not spec.environment_id:
             raise errors.InvalidArgument("spec.environment_id is required (ListComputeEnvironments)", "environment_missing")
-        if spec.publish_results_as_asset:
-            raise errors.Unimplemented(
-                "publish_results_as_asset is not available yet (pod_publish: results as a new asset)",
-                "not_implemented",
-            )
         plan = Plan(consumer=consumer)
         services = []
         for order in [spec.dataset, *spec.additional_datasets]:
@@ -164,6 +198,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         await self._check_environment(spec)
         workflow.max_duration_seconds = spec.max_duration_seconds
         workflow.publish_results_as_asset = spec.publish_results_as_asset
+        workflow.pack_outputs = spec.pack_outputs
         workflow.owner = consumer
         return plan
 
@@ -224,6 +259,10 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         if len(set(order_ids)) != len(order_ids):
             raise Refusal(codes.ORDER_INVALID, "each asset needs its own order")
         request_key = hashlib.sha256(":".join(sorted(order_ids)).encode()).hexdigest()
+        if plan.workflow.publish_results_as_asset:
+            # pod_publish registers the results asset with this single-job grant
+            plan.workflow.results_asset_grant = results_assets.mint_grant(self._keys, consumer, request_key)
+            plan.workflow.provider_address = self.reachable_address
 
         def claim(session) -> None:  # type: ignore[no-untyped-def]
             for order, ddo, _ in plan.assets:
@@ -250,13 +289,33 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
 
     # -- the job's owner only -------------------------------------------------------
 
-    async def _owned_job(self, method: str, request: Any, owner_only: bool = False) -> common_pb2.Job:
+    async def _finished_or_current(self, job_id: str) -> common_pb2.Job:
+        """The job, from a short-lived cache once it finished (GetJobDetails only).
+
+        A finished job changes only when it is deleted (through us: evicted)
+        or its results expire (seen within FINISHED_JOB_TTL_S); clients poll
+        finished jobs a lot, and each read is otherwise a call to the operator."""
+        cached = self._finished_jobs.get(job_id)
+        if cached is not None and time.monotonic() - cached[0] < FINISHED_JOB_TTL_S:
+            return cached[1]
+        job = await self.job(job_id)
+        if is_terminal(job.status):
+            self._finished_jobs[job_id] = (time.monotonic(), job)
+            self._finished_jobs.move_to_end(job_id)
+            if len(self._finished_jobs) > FINISHED_JOBS_CACHED:
+                self._finished_jobs.popitem(last=False)
+        return job
+
+    async def _owned_job(self, method: str, request: Any, owner_only: bool = False, cached: bool = False) -> common_pb2.Job:
         caller = await authenticate(self._db, method, request)
-        response = await self._call(self._operator.GetJob, operator_pb2.GetJobRequest(job_id=request.job_id))
-        job = response.job
+        # Someone else's job gets the same answer as a job that does not exist: no probing.
+        not_found = errors.NotFound(f"job {request.job_id} does not exist or is not yours", "job_not_found")
+        try:
+            job = await (self._finished_or_current(request.job_id) if cached else self.job(request.job_id))
+        except errors.NotFound:
+            raise not_found from None
         if caller != job.owner and caller not in job.viewers:
-            # The same answer as for a job that does not exist: no probing.
-            raise errors.NotFound(f"job {request.job_id} does not exist or is not yours", "job_not_found")
+            raise not_found
         if owner_only and caller != job.owner:
             raise Refusal(codes.NOT_OWNER, f"only the job's owner may {method} it; viewers may only read")
         return job
@@ -271,14 +330,14 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             "results": json_format.MessageToDict(job.results, preserving_proto_field_name=True),
         }
         text = json.dumps(statement, sort_keys=True, separators=(",", ":"))
-        return provider_pb2.SignedResults(
-            statement_json=text,
-            signature=sealing.sign_bytes(self._keys, text.encode()),
-            public_key=self._keys.verify_key_hex,
-        )
+        return provider_pb2.SignedResults(statement_json=text, signature=self._sign(text), public_key=self._verify_key_hex)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one servicer per server; a finished job's statement is re-read often
+    def _sign(self, statement_json: str) -> str:
+        return sealing.sign_bytes(self._keys, statement_json.encode())
 
     async def GetJobDetails(self, request, context):  # type: ignore[override]
-        job = await self._owned_job("GetJobDetails", request)
+        job = await self._owned_job("GetJobDetails", request, cached=True)
         return provider_pb2.GetJobDetailsResponse(job=job, signed_results=self._signed_results(job))
 
     async def WatchJob(self, request, context) -> AsyncIterator[provider_pb2.WatchJobResponse]:  # type: ignore[override]
@@ -311,6 +370,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
     async def DeleteCompute(self, request, context):  # type: ignore[override]
         job = await self._owned_job("DeleteCompute", request, owner_only=True)
         await self._call(self._operator.DeleteJob, operator_pb2.DeleteJobRequest(job_id=job.job_id))
+        self._finished_jobs.pop(job.job_id, None)  # after the delete: a read in between may have cached it
         return provider_pb2.DeleteComputeResponse()
 
     async def GetComputeResult(self, request, context):  # type: ignore[override]
@@ -327,23 +387,13 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             )
         if request.offset > entry.size:
             raise errors.InvalidArgument(f"offset {request.offset} is beyond the file's {entry.size} bytes", "offset_invalid")
-        chunks = self._store.read(entry.location, request.offset, RESULT_CHUNK)
-        offset = request.offset
         first = True
-        try:
-            while True:
-                data = await asyncio.to_thread(next, chunks, None)
-                if data is None:
-                    break
+        async with contextlib.aclosing(stream_chunks(self._store, entry.location, request.offset)) as chunks:
+            async for data, offset in chunks:  # closed at once if the consumer goes away
                 yield provider_pb2.GetComputeResultResponse(file=entry if first else None, data=data, offset=offset)
                 first = False
-                offset += len(data)
-            if first:  # an empty file (or offset at its end) still answers with its entry
-                yield provider_pb2.GetComputeResultResponse(file=entry, offset=offset)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close:
-                close()
+        if first:  # an empty file (or offset at its end) still answers with its entry
+            yield provider_pb2.GetComputeResultResponse(file=entry, offset=request.offset)
 
     async def StreamJobLogs(self, request, context):  # type: ignore[override]
         job = await self._owned_job("StreamJobLogs", request)

@@ -14,19 +14,22 @@ RPC method, the nonce and the request's fields:
   the nonce themselves are not among the fields.
 
 Binding the method stops a signature for one RPC being replayed against
-another; the nonce, which must strictly increase per address, stops a
-request being replayed at all.
+another; the nonce, used once per address, stops a request being replayed
+at all (persistence/store.py keeps a window of recent nonces above a floor,
+so a client's concurrent requests may arrive out of order).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from coincurve import PublicKey as _Secp256k1PublicKey
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from eth_keys.exceptions import BadSignature
+from eth_hash.auto import keccak
 from eth_utils.address import to_checksum_address
 
 from .canonical import canonical_json
@@ -42,6 +45,12 @@ MESSAGE_PREFIX = "c2d:v1"
 _METHOD = re.compile(r"[A-Za-z0-9_./-]+")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _SIGNATURE = re.compile(r"(0x)?[0-9a-fA-F]{130}")
+_EIP191_PREFIX = b"\x19Ethereum Signed Message:\n"
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+# EIP-55 costs a keccak per call and every signed request needs it twice;
+# the same few addresses come back again and again.
+_checksummed = functools.lru_cache(maxsize=1 << 16)(to_checksum_address)
 
 
 def is_address(s: object) -> bool:
@@ -55,7 +64,7 @@ def is_address(s: object) -> bool:
     body = s[2:]
     if body == body.lower() or body == body.upper():
         return True
-    return to_checksum_address(s) == s
+    return _checksummed(s) == s
 
 
 def normalize_address(s: object) -> str:
@@ -67,7 +76,7 @@ def normalize_address(s: object) -> str:
             " (mixed case must be a valid EIP-55 checksum)",
         )
     assert isinstance(s, str)
-    return to_checksum_address(s)
+    return _checksummed(s)
 
 
 def _check_nonce(nonce: object) -> int:
@@ -112,12 +121,29 @@ def recover_signer(method: str, fields: Mapping[str, Any], nonce: int, signature
             "signature must be 65 bytes as hex (0x followed by 130 hex digits)",
         )
     raw = bytes.fromhex(signature[2:] if signature.startswith("0x") else signature)
-    message = encode_defunct(text=canonical_message(method, fields, nonce))
     try:
-        return to_checksum_address(Account.recover_message(message, signature=raw))
-    except (BadSignature, ValueError) as exc:
+        return _checksummed(_recover_personal_sign(canonical_message(method, fields, nonce), raw))
+    except ValueError as exc:
         # Bad v, r or s values: the bytes are not a signature at all.
         raise Refusal(SIGNATURE_INVALID, f"signature cannot be verified: {exc}") from exc
+
+
+def _recover_personal_sign(text: str, raw: bytes) -> str:
+    """The lowercase address whose key made this EIP-191 personal_sign signature.
+
+    What ``Account.recover_message`` computes, straight on libsecp256k1: its
+    layers (checksummed addresses, signature objects) cost twice the curve
+    operation itself, on every signed request."""
+    body = text.encode()
+    digest = keccak(_EIP191_PREFIX + str(len(body)).encode() + body)
+    v = raw[64] - 27 if raw[64] >= 27 else raw[64]
+    r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big")
+    if v not in (0, 1):
+        raise ValueError(f"v must be 27 or 28 (or 0 or 1), got {raw[64]}")
+    if not (0 < r < _SECP256K1_N and 0 < s < _SECP256K1_N):
+        raise ValueError("r and s must be in 1 .. the curve order - 1")
+    public = _Secp256k1PublicKey.from_signature_and_message(raw[:64] + bytes([v]), digest, hasher=None)
+    return "0x" + keccak(public.format(compressed=False)[1:])[-20:].hex()
 
 
 def verify_request(
@@ -153,5 +179,6 @@ def verify_request(
     if last_nonce is not None and nonce <= last_nonce:
         raise Refusal(
             NONCE_INVALID,
-            f"nonce {nonce} was already used or is too old: use a nonce greater than {last_nonce}",
+            f"nonce {nonce} was already used or is too old: use a nonce greater than {last_nonce}"
+            " (GetNonce returns the last one used)",
         )

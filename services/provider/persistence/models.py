@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 BigId = BigInteger().with_variant(Integer, "sqlite")
@@ -27,10 +36,22 @@ class Asset(Base):
 
 
 class Nonce(Base):
+    """Per address, the floor: every nonce at or below it is refused."""
+
     __tablename__ = "nonces"
 
     address: Mapped[str] = mapped_column(String(42), primary_key=True)
     nonce: Mapped[int] = mapped_column(BigId)
+
+
+class UsedNonce(Base):
+    """The recent nonces above the floor, so concurrent requests of one
+    address may arrive out of order and a replay still fails."""
+
+    __tablename__ = "used_nonces"
+
+    address: Mapped[str] = mapped_column(String(42), primary_key=True)
+    nonce: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
 
 
 class Datatoken(Base):

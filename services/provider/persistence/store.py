@@ -12,14 +12,21 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.provider.domain import ddos
 from services.provider.domain import errors as codes
 from services.provider.domain.errors import Refusal
-from services.provider.persistence.models import Asset, Balance, Datatoken, Nonce, Order
+from services.provider.persistence.models import (
+    Asset,
+    Balance,
+    Datatoken,
+    Nonce,
+    Order,
+    UsedNonce,
+)
 
 
 def utcnow() -> datetime:
@@ -33,31 +40,93 @@ def _aware(moment: datetime) -> datetime:
 # -- nonces -------------------------------------------------------------------
 
 
+NONCE_WINDOW = 256  # nonces remembered above the floor, per address
+
+
 def read_nonce(session: Session, address: str) -> int:
+    """The highest nonce the address used (0 if none)."""
+    used = session.scalar(select(func.max(UsedNonce.nonce)).where(UsedNonce.address == address))
+    return max(used or 0, nonce_floor(session, address))
+
+
+def nonce_floor(session: Session, address: str) -> int:
     return session.scalar(select(Nonce.nonce).where(Nonce.address == address)) or 0
 
 
-def advance_nonce(session: Session, address: str, nonce: int) -> None:
-    """Records `nonce` as used; refuses it unless it is above the last one.
+def spend_nonce(session: Session, address: str, nonce: int) -> None:
+    """Records `nonce` as used, or raises the Refusal that `spend_nonces` gives."""
+    refusal = spend_nonces(session, [(address, nonce)])[0]
+    if refusal is not None:
+        raise refusal
 
-    The guarded UPDATE makes two requests with the same nonce race safely:
-    only one of them advances it."""
-    result = session.execute(
-        update(Nonce).where(Nonce.address == address, Nonce.nonce < nonce).values(nonce=nonce)
-    )
-    if result.rowcount == 1:  # type: ignore[attr-defined]
-        return
-    if session.get(Nonce, address) is None:
+
+def spend_nonces(session: Session, spends: Sequence[tuple[str, int]]) -> list[Refusal | None]:
+    """Records each (address, nonce) as used; per spend, None or why it is refused.
+
+    Strictly increasing nonces would refuse a client's concurrent requests
+    that reach the database out of order; a window of recent nonces keeps
+    those while a replay still finds its nonce used (or, once it left the
+    window, at or below the floor). A batch costs four statements whatever
+    its size; an address holding more than twice NONCE_WINDOW nonces is cut
+    back to NONCE_WINDOW and its floor raised."""
+    addresses = {address for address, _ in spends}
+    floors = {address: nonce for address, nonce in session.execute(select(Nonce.address, Nonce.nonce).where(Nonce.address.in_(addresses)))}
+    used = {(address, nonce) for address, nonce in session.execute(
+        select(UsedNonce.address, UsedNonce.nonce)
+        .where(UsedNonce.address.in_(addresses), UsedNonce.nonce.in_({nonce for _, nonce in spends}))
+    )}
+    outcomes: list[Refusal | None] = []
+    fresh = []
+    for address, nonce in spends:
+        floor = floors.get(address, 0)
+        if nonce <= floor:
+            outcomes.append(Refusal(codes.NONCE_INVALID, f"nonce {nonce} is too old: use a nonce greater than {floor} (GetNonce)"))
+        elif (address, nonce) in used:
+            outcomes.append(Refusal(codes.NONCE_INVALID, f"nonce {nonce} was already used; sign the request again with a new nonce"))
+        else:
+            used.add((address, nonce))
+            fresh.append({"address": address, "nonce": nonce})
+            outcomes.append(None)
+    if fresh:
         try:
             with session.begin_nested():
-                session.add(Nonce(address=address, nonce=nonce))
-            return
+                session.execute(insert(UsedNonce), fresh)
+        except IntegrityError:  # another provider process spent one meanwhile: one at a time
+            return [_spend_alone(session, address, nonce) for address, nonce in spends]
+    crowded = session.scalars(
+        select(UsedNonce.address).where(UsedNonce.address.in_(addresses))
+        .group_by(UsedNonce.address).having(func.count() > 2 * NONCE_WINDOW)
+    ).all()
+    for address in crowded:
+        oldest_kept = session.scalar(
+            select(UsedNonce.nonce).where(UsedNonce.address == address)
+            .order_by(UsedNonce.nonce.desc()).offset(NONCE_WINDOW).limit(1)
+        )
+        session.execute(delete(UsedNonce).where(UsedNonce.address == address, UsedNonce.nonce <= oldest_kept))
+        _raise_floor(session, address, oldest_kept)
+    return outcomes
+
+
+def _spend_alone(session: Session, address: str, nonce: int) -> Refusal | None:
+    floor = nonce_floor(session, address)
+    if nonce <= floor:
+        return Refusal(codes.NONCE_INVALID, f"nonce {nonce} is too old: use a nonce greater than {floor} (GetNonce)")
+    try:
+        with session.begin_nested():
+            session.execute(insert(UsedNonce).values(address=address, nonce=nonce))
+    except IntegrityError:
+        return Refusal(codes.NONCE_INVALID, f"nonce {nonce} was already used; sign the request again with a new nonce")
+    return None
+
+
+def _raise_floor(session: Session, address: str, floor: int) -> None:
+    result = session.execute(update(Nonce).where(Nonce.address == address, Nonce.nonce < floor).values(nonce=floor))
+    if result.rowcount == 0 and session.get(Nonce, address) is None:  # type: ignore[attr-defined]
+        try:
+            with session.begin_nested():
+                session.add(Nonce(address=address, nonce=floor))
         except IntegrityError:
-            pass
-    raise Refusal(
-        codes.NONCE_INVALID,
-        f"nonce {nonce} was already used or is stale; use a nonce above {read_nonce(session, address)} (GetNonce)",
-    )
+            _raise_floor(session, address, floor)
 
 
 # -- assets -------------------------------------------------------------------

@@ -86,16 +86,18 @@ class ResultFile(_message.Message):
     def __init__(self, index: _Optional[int] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., kind: _Optional[_Union[ResultKind, str]] = ..., location: _Optional[str] = ..., content_type: _Optional[str] = ...) -> None: ...
 
 class ResultsManifest(_message.Message):
-    __slots__ = ("files", "storage", "published_at", "expired")
+    __slots__ = ("files", "storage", "published_at", "expired", "skipped_paths")
     FILES_FIELD_NUMBER: _ClassVar[int]
     STORAGE_FIELD_NUMBER: _ClassVar[int]
     PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_PATHS_FIELD_NUMBER: _ClassVar[int]
     files: _containers.RepeatedCompositeFieldContainer[ResultFile]
     storage: str
     published_at: _timestamp_pb2.Timestamp
     expired: bool
-    def __init__(self, files: _Optional[_Iterable[_Union[ResultFile, _Mapping]]] = ..., storage: _Optional[str] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expired: _Optional[bool] = ...) -> None: ...
+    skipped_paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, files: _Optional[_Iterable[_Union[ResultFile, _Mapping]]] = ..., storage: _Optional[str] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expired: _Optional[bool] = ..., skipped_paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AlgorithmOutcome(_message.Message):
     __slots__ = ("exit_code", "signal", "oom_killed", "timed_out", "stopped", "duration_seconds")
@@ -237,7 +239,7 @@ class AlgorithmContainer(_message.Message):
     def __init__(self, entrypoint: _Optional[str] = ..., image: _Optional[str] = ..., tag: _Optional[str] = ..., checksum: _Optional[str] = ...) -> None: ...
 
 class Workflow(_message.Message):
-    __slots__ = ("datasets", "algorithm", "raw_algorithm", "container", "algorithm_files_checksum", "algo_custom_data_json", "allow_network", "max_duration_seconds", "pack_outputs", "publish_results_as_asset", "owner")
+    __slots__ = ("datasets", "algorithm", "raw_algorithm", "container", "algorithm_files_checksum", "algo_custom_data_json", "allow_network", "max_duration_seconds", "pack_outputs", "publish_results_as_asset", "owner", "results_asset_grant", "provider_address")
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     RAW_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +251,8 @@ class Workflow(_message.Message):
     PACK_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_RESULTS_AS_ASSET_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_ASSET_GRANT_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     datasets: _containers.RepeatedCompositeFieldContainer[WorkflowAsset]
     algorithm: WorkflowAsset
     raw_algorithm: str
@@ -260,4 +264,6 @@ class Workflow(_message.Message):
     pack_outputs: bool
     publish_results_as_asset: bool
     owner: str
-    def __init__(self, datasets: _Optional[_Iterable[_Union[WorkflowAsset, _Mapping]]] = ..., algorithm: _Optional[_Union[WorkflowAsset, _Mapping]] = ..., raw_algorithm: _Optional[str] = ..., container: _Optional[_Union[AlgorithmContainer, _Mapping]] = ..., algorithm_files_checksum: _Optional[str] = ..., algo_custom_data_json: _Optional[str] = ..., allow_network: _Optional[bool] = ..., max_duration_seconds: _Optional[int] = ..., pack_outputs: _Optional[bool] = ..., publish_results_as_asset: _Optional[bool] = ..., owner: _Optional[str] = ...) -> None: ...
+    results_asset_grant: str
+    provider_address: str
+    def __init__(self, datasets: _Optional[_Iterable[_Union[WorkflowAsset, _Mapping]]] = ..., algorithm: _Optional[_Union[WorkflowAsset, _Mapping]] = ..., raw_algorithm: _Optional[str] = ..., container: _Optional[_Union[AlgorithmContainer, _Mapping]] = ..., algorithm_files_checksum: _Optional[str] = ..., algo_custom_data_json: _Optional[str] = ..., allow_network: _Optional[bool] = ..., max_duration_seconds: _Optional[int] = ..., pack_outputs: _Optional[bool] = ..., publish_results_as_asset: _Optional[bool] = ..., owner: _Optional[str] = ..., results_asset_grant: _Optional[str] = ..., provider_address: _Optional[str] = ...) -> None: ...

@@ -95,3 +95,43 @@ class UpdateAssetRequest(_message.Message):
 class UpdateAssetResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RegisterResultsAssetRequest(_message.Message):
+    __slots__ = ("job_id", "grant", "results")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    grant: str
+    results: _common_pb2.ResultsManifest
+    def __init__(self, job_id: _Optional[str] = ..., grant: _Optional[str] = ..., results: _Optional[_Union[_common_pb2.ResultsManifest, _Mapping]] = ...) -> None: ...
+
+class RegisterResultsAssetResponse(_message.Message):
+    __slots__ = ("did",)
+    DID_FIELD_NUMBER: _ClassVar[int]
+    did: str
+    def __init__(self, did: _Optional[str] = ...) -> None: ...
+
+class DownloadAssetFileRequest(_message.Message):
+    __slots__ = ("did", "service_id", "index", "offset", "signature")
+    DID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    did: str
+    service_id: str
+    index: int
+    offset: int
+    signature: _auth_pb2.ConsumerSignature
+    def __init__(self, did: _Optional[str] = ..., service_id: _Optional[str] = ..., index: _Optional[int] = ..., offset: _Optional[int] = ..., signature: _Optional[_Union[_auth_pb2.ConsumerSignature, _Mapping]] = ...) -> None: ...
+
+class DownloadAssetFileResponse(_message.Message):
+    __slots__ = ("file", "data", "offset")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    file: _common_pb2.ResultFile
+    data: bytes
+    offset: int
+    def __init__(self, file: _Optional[_Union[_common_pb2.ResultFile, _Mapping]] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...

@@ -60,6 +60,16 @@ class AssetServiceStub:
                 request_serializer=c2d_dot_provider_dot_v1_dot_asset__pb2.UpdateAssetRequest.SerializeToString,
                 response_deserializer=c2d_dot_provider_dot_v1_dot_asset__pb2.UpdateAssetResponse.FromString,
                 _registered_method=True)
+        self.RegisterResultsAsset = channel.unary_unary(
+                '/c2d.provider.v1.AssetService/RegisterResultsAsset',
+                request_serializer=c2d_dot_provider_dot_v1_dot_asset__pb2.RegisterResultsAssetRequest.SerializeToString,
+                response_deserializer=c2d_dot_provider_dot_v1_dot_asset__pb2.RegisterResultsAssetResponse.FromString,
+                _registered_method=True)
+        self.DownloadAssetFile = channel.unary_stream(
+                '/c2d.provider.v1.AssetService/DownloadAssetFile',
+                request_serializer=c2d_dot_provider_dot_v1_dot_asset__pb2.DownloadAssetFileRequest.SerializeToString,
+                response_deserializer=c2d_dot_provider_dot_v1_dot_asset__pb2.DownloadAssetFileResponse.FromString,
+                _registered_method=True)
 
 
 class AssetServiceServicer:
@@ -101,6 +111,23 @@ class AssetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterResultsAsset(self, request, context):
+        """RegisterResultsAsset registers a job's results as a new dataset owned by
+        the job's consumer. Called by pod_publish with the job's results-asset
+        grant (Workflow.results_asset_grant), not by consumers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadAssetFile(self, request, context):
+        """DownloadAssetFile streams one file of a results asset to its owner, in
+        chunks, from an offset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AssetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +155,16 @@ def add_AssetServiceServicer_to_server(servicer, server):
                     servicer.UpdateAsset,
                     request_deserializer=c2d_dot_provider_dot_v1_dot_asset__pb2.UpdateAssetRequest.FromString,
                     response_serializer=c2d_dot_provider_dot_v1_dot_asset__pb2.UpdateAssetResponse.SerializeToString,
+            ),
+            'RegisterResultsAsset': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterResultsAsset,
+                    request_deserializer=c2d_dot_provider_dot_v1_dot_asset__pb2.RegisterResultsAssetRequest.FromString,
+                    response_serializer=c2d_dot_provider_dot_v1_dot_asset__pb2.RegisterResultsAssetResponse.SerializeToString,
+            ),
+            'DownloadAssetFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadAssetFile,
+                    request_deserializer=c2d_dot_provider_dot_v1_dot_asset__pb2.DownloadAssetFileRequest.FromString,
+                    response_serializer=c2d_dot_provider_dot_v1_dot_asset__pb2.DownloadAssetFileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +303,60 @@ class AssetService:
             '/c2d.provider.v1.AssetService/UpdateAsset',
             c2d_dot_provider_dot_v1_dot_asset__pb2.UpdateAssetRequest.SerializeToString,
             c2d_dot_provider_dot_v1_dot_asset__pb2.UpdateAssetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterResultsAsset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/c2d.provider.v1.AssetService/RegisterResultsAsset',
+            c2d_dot_provider_dot_v1_dot_asset__pb2.RegisterResultsAssetRequest.SerializeToString,
+            c2d_dot_provider_dot_v1_dot_asset__pb2.RegisterResultsAssetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadAssetFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/c2d.provider.v1.AssetService/DownloadAssetFile',
+            c2d_dot_provider_dot_v1_dot_asset__pb2.DownloadAssetFileRequest.SerializeToString,
+            c2d_dot_provider_dot_v1_dot_asset__pb2.DownloadAssetFileResponse.FromString,
             options,
             channel_credentials,
             insecure,

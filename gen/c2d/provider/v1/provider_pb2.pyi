@@ -63,7 +63,7 @@ class RawAlgorithm(_message.Message):
     def __init__(self, code: _Optional[str] = ..., container: _Optional[_Union[_common_pb2.AlgorithmContainer, _Mapping]] = ...) -> None: ...
 
 class ComputeSpec(_message.Message):
-    __slots__ = ("dataset", "additional_datasets", "algorithm_asset", "raw_algorithm", "environment_id", "algorithm_parameters_json", "allow_network", "max_duration_seconds", "publish_results_as_asset", "viewers")
+    __slots__ = ("dataset", "additional_datasets", "algorithm_asset", "raw_algorithm", "environment_id", "algorithm_parameters_json", "allow_network", "max_duration_seconds", "publish_results_as_asset", "viewers", "pack_outputs")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     ADDITIONAL_DATASETS_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_ASSET_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class ComputeSpec(_message.Message):
     MAX_DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_RESULTS_AS_ASSET_FIELD_NUMBER: _ClassVar[int]
     VIEWERS_FIELD_NUMBER: _ClassVar[int]
+    PACK_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     dataset: AssetOrder
     additional_datasets: _containers.RepeatedCompositeFieldContainer[AssetOrder]
     algorithm_asset: AssetOrder
@@ -84,7 +85,8 @@ class ComputeSpec(_message.Message):
     max_duration_seconds: int
     publish_results_as_asset: bool
     viewers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, dataset: _Optional[_Union[AssetOrder, _Mapping]] = ..., additional_datasets: _Optional[_Iterable[_Union[AssetOrder, _Mapping]]] = ..., algorithm_asset: _Optional[_Union[AssetOrder, _Mapping]] = ..., raw_algorithm: _Optional[_Union[RawAlgorithm, _Mapping]] = ..., environment_id: _Optional[str] = ..., algorithm_parameters_json: _Optional[str] = ..., allow_network: _Optional[bool] = ..., max_duration_seconds: _Optional[int] = ..., publish_results_as_asset: _Optional[bool] = ..., viewers: _Optional[_Iterable[str]] = ...) -> None: ...
+    pack_outputs: bool
+    def __init__(self, dataset: _Optional[_Union[AssetOrder, _Mapping]] = ..., additional_datasets: _Optional[_Iterable[_Union[AssetOrder, _Mapping]]] = ..., algorithm_asset: _Optional[_Union[AssetOrder, _Mapping]] = ..., raw_algorithm: _Optional[_Union[RawAlgorithm, _Mapping]] = ..., environment_id: _Optional[str] = ..., algorithm_parameters_json: _Optional[str] = ..., allow_network: _Optional[bool] = ..., max_duration_seconds: _Optional[int] = ..., publish_results_as_asset: _Optional[bool] = ..., viewers: _Optional[_Iterable[str]] = ..., pack_outputs: _Optional[bool] = ...) -> None: ...
 
 class InitializeComputeRequest(_message.Message):
     __slots__ = ("spec", "signature")

@@ -1,0 +1,310 @@
+"""Control-plane benchmark: `.venv/bin/python bench/control_plane.py [--quick]`.
+
+On the embedded stack with the engine's no-op backend and a fresh PostgreSQL
+database (the tests' server, 127.0.0.1:5432), in one run:
+
+1. throughput: jobs/s from the first CreateJob to the last job at status 70,
+   for 2000 jobs, next to the engine alone (SubmitJob straight to it, same
+   jobs) as the baseline: the ceiling the operator-service can reach;
+2. propagation: engine emit (the change's time, stamped by the engine) to
+   applied (the service's commit, when the change is published to watchers),
+   p50/p99, with jobs created at a steady 1000 changes/s;
+3. GetJob / ListJobs latency over gRPC with 1,000,000 jobs in the table,
+   bulk-inserted with INSERT ... SELECT generate_series.
+
+Prints a table and, as its last line, one JSON object. Not a test: figures
+to report (targets: >= 500 jobs/s, propagation p99 <= 20 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import collections
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Awaitable, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+import psycopg2  # noqa: E402
+
+from c2d.engine.v1 import engine_pb2, engine_pb2_grpc  # noqa: E402
+from c2d.operator.v1 import operator_pb2  # noqa: E402
+from plumbing import auth  # noqa: E402
+from services.operator_engine import server as engine_server  # noqa: E402
+from services.operator_service.domain import watching  # noqa: E402
+from tests.operator_service.helpers import (  # noqa: E402
+    ENVIRONMENT, control_plane, engine_settings, query, workflow,
+)
+from tests.support.stacks import PG_ADMIN  # noqa: E402
+
+CHANGES_PER_JOB = 6  # the no-op backend's 10, 20, 30, 40, 60, 70
+LOW_RATE = 60.0  # changes/s: ten jobs a second
+
+
+@contextlib.contextmanager
+def fresh_database():
+    name = f"c2d_bench_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://", 1)
+        yield f"{base}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+async def bounded(calls: list[Callable[[], Awaitable[object]]], concurrency: int) -> None:
+    queue = collections.deque(calls)
+
+    async def worker() -> None:
+        while queue:
+            await queue.popleft()()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def wait_count(database_url: str, sql: str, target: int, timeout: float = 600) -> None:
+    """Polls on one connection (a new one per poll would load the server it measures)."""
+    connection = psycopg2.connect(database_url.replace("postgresql+psycopg2://", "postgresql://"))
+    connection.autocommit = True
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with connection.cursor() as cur:
+                cur.execute(sql)
+                if cur.fetchone()[0] >= target:
+                    return
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"{sql} did not reach {target}")
+    finally:
+        connection.close()
+
+
+# -- 1. throughput ------------------------------------------------------------------
+
+
+async def engine_alone(jobs: int, concurrency: int) -> float:
+    """The baseline: the same jobs submitted straight to the engine."""
+    with fresh_database() as url:
+        engine = await engine_server.start(engine_settings(url))
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{engine.port}")
+        stub = engine_pb2_grpc.EngineServiceStub(channel)
+        metadata = auth.bearer(auth.service_token())
+        flow = workflow()
+        try:
+            started = time.perf_counter()
+            await bounded([
+                (lambda: stub.SubmitJob(engine_pb2.SubmitJobRequest(
+                    job_id=str(uuid.uuid4()), environment_id=ENVIRONMENT, workflow=flow), metadata=metadata))
+                for _ in range(jobs)
+            ], concurrency)
+            await wait_count(url, "SELECT count(*) FROM engine_jobs WHERE status = 70", jobs)
+            return jobs / (time.perf_counter() - started)
+        finally:
+            await channel.close()
+            await engine.stop(1)
+
+
+async def through_the_service(jobs: int, concurrency: int) -> float:
+    with fresh_database() as url:
+        async with control_plane(url) as plane:
+            started = time.perf_counter()
+            await bounded([lambda: plane.operator.create() for _ in range(jobs)], concurrency)
+            await wait_count(url, "SELECT count(*) FROM jobs WHERE status = 70", jobs)
+            return jobs / (time.perf_counter() - started)
+
+
+# -- 2. propagation ------------------------------------------------------------------------
+
+
+class AppliedClock:
+    """Instrumentation: when each applied change was published (right after its commit)."""
+
+    def __init__(self) -> None:
+        self.published: dict[str, list[tuple[int, float]]] = collections.defaultdict(list)
+        self._original = watching.Broker.publish
+
+    def __enter__(self) -> "AppliedClock":
+        original, published = self._original, self.published
+
+        def publish(broker, jobs):  # type: ignore[no-untyped-def]
+            now = time.time()
+            jobs = list(jobs)
+            for job in jobs:
+                published[job.job_id].append((job.sequence, now))
+            original(broker, jobs)
+
+        watching.Broker.publish = publish  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        watching.Broker.publish = self._original  # type: ignore[method-assign]
+
+    def applied_at(self, job_id: str, sequence: int) -> float:
+        # A batch publishes each job once, with its latest sequence: earlier
+        # changes of the job in that batch were committed at the same moment.
+        marks = self.published[job_id]
+        index = bisect.bisect_left(marks, (sequence, 0.0))
+        return marks[index][1]
+
+
+async def propagation(seconds: float, changes_per_s: float) -> tuple[list[float], float]:
+    jobs = int(seconds * changes_per_s / CHANGES_PER_JOB)
+    interval = CHANGES_PER_JOB / changes_per_s
+    with fresh_database() as url, AppliedClock() as clock:
+        async with control_plane(url) as plane:
+            started = time.perf_counter()
+            pending = []
+            for i in range(jobs):
+                # A steady rate: each CreateJob at its slot, not after the previous answer.
+                delay = started + i * interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                pending.append(asyncio.create_task(plane.operator.create()))
+            await asyncio.gather(*pending)
+            await wait_count(url, "SELECT count(*) FROM jobs WHERE status = 70", jobs)
+            rate = jobs * CHANGES_PER_JOB / (time.perf_counter() - started)
+        events = await asyncio.to_thread(
+            query, url,
+            "SELECT job_id, sequence, extract(epoch from time) FROM job_events WHERE engine_id = 'local'",
+        )
+    latencies = [(clock.applied_at(job_id, sequence) - float(emitted)) * 1000 for job_id, sequence, emitted in events]
+    return latencies, rate
+
+
+# -- 3. reads with a million jobs -------------------------------------------------------------
+
+BULK_INSERT = """
+INSERT INTO jobs (job_id, request_id, owner, environment_id, engine_id, status, end_reason, error_code,
+                  error_message, created_at, started_at, finished_at, workflow, dataset_dids, algorithm_did,
+                  viewers, results, results_did, dispatched, sequence)
+SELECT md5(i::text)::uuid::text, 'bulk-' || i, '0xowner' || (i %% 1000), 'local-cpu', 'local',
+       CASE WHEN i %% 10 = 0 THEN 41 ELSE 70 END, CASE WHEN i %% 10 = 0 THEN 4 ELSE 1 END, '', '',
+       now() - (i || ' seconds')::interval, now() - (i || ' seconds')::interval,
+       now() - (i || ' seconds')::interval + interval '5 seconds', '\\x0a00'::bytea, '["did:op:bulk"]'::json,
+       'did:op:algo', '[]'::json, '{"files": [], "storage": "local"}'::json, '', true, i
+FROM generate_series(1, %(rows)s) AS i
+"""
+
+
+async def reads(rows: int, samples: int) -> dict[str, float]:
+    with fresh_database() as url:
+        async with control_plane(url) as plane:
+            started = time.perf_counter()
+            admin = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"))
+            admin.autocommit = True
+            with admin.cursor() as cur:
+                await asyncio.to_thread(cur.execute, BULK_INSERT, {"rows": rows})
+                await asyncio.to_thread(cur.execute, "ANALYZE jobs")
+            admin.close()
+            print(f"  bulk-inserted {rows:,} jobs in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+            ids = [job_id for (job_id,) in query(url, f"SELECT job_id FROM jobs TABLESAMPLE SYSTEM (1) LIMIT {samples}")]
+            if len(ids) < samples:
+                ids = [job_id for (job_id,) in query(url, f"SELECT job_id FROM jobs ORDER BY random() LIMIT {samples}")]
+            stub, metadata = plane.operator.stub, plane.operator.metadata
+
+            async def timed(call: Callable[[], Awaitable[object]]) -> float:
+                t0 = time.perf_counter()
+                await call()
+                return (time.perf_counter() - t0) * 1000
+
+            getjob = [await timed(lambda j=j: stub.GetJob(operator_pb2.GetJobRequest(job_id=j), metadata=metadata)) for j in ids]
+            first = await stub.ListJobs(operator_pb2.ListJobsRequest(page_size=100), metadata=metadata)
+            deep_token = first.next_page_token
+            for _ in range(20):  # twenty pages in
+                deep_token = (await stub.ListJobs(operator_pb2.ListJobsRequest(page_size=100, page_token=deep_token), metadata=metadata)).next_page_token
+            shapes = {
+                "list_newest_ms": operator_pb2.ListJobsRequest(page_size=100),
+                "list_owner_ms": operator_pb2.ListJobsRequest(owner="0xowner7", page_size=100),
+                "list_status_ms": operator_pb2.ListJobsRequest(statuses=[41], page_size=100),
+                "list_deep_page_ms": operator_pb2.ListJobsRequest(page_size=100, page_token=deep_token),
+            }
+            figures = {"getjob_ms_at_1m_jobs": statistics.median(getjob), "getjob_p99_ms_at_1m_jobs": percentile(getjob, 99)}
+            for name, request in shapes.items():
+                times = [await timed(lambda r=request: stub.ListJobs(r, metadata=metadata)) for _ in range(max(10, samples // 10))]
+                figures[name] = statistics.median(times)
+            return figures
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    args = parser.parse_args()
+    jobs, seconds, rows, samples = (200, 2.0, 20_000, 50) if args.quick else (2000, 5.0, 1_000_000, 500)
+    concurrency = 64
+
+    with tempfile.TemporaryDirectory() as data:
+        os.environ["C2D_DATA_DIR"] = data
+        os.environ.pop("C2D_SERVICE_TOKEN", None)
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        print(f"control plane, no-op engine, PostgreSQL; {os.cpu_count()} cores (shared machine)", file=sys.stderr)
+        baseline = await engine_alone(jobs, concurrency)
+        print(f"  engine alone: {baseline:.0f} jobs/s", file=sys.stderr)
+        throughput = await through_the_service(jobs, concurrency)
+        print(f"  through the service: {throughput:.0f} jobs/s", file=sys.stderr)
+        latencies, rate = await propagation(seconds, 1000.0)
+        print(f"  propagation: {len(latencies)} changes at {rate:.0f}/s", file=sys.stderr)
+        # The same at a rate the engine sustains: the pipeline's own latency, with no queue.
+        calm, calm_rate = await propagation(seconds, LOW_RATE)
+        print(f"  propagation: {len(calm)} changes at {calm_rate:.0f}/s", file=sys.stderr)
+        read_figures = await reads(rows, samples)
+
+    figures = {
+        "jobs": jobs,
+        "jobs_per_s": round(throughput, 1),
+        "engine_alone_jobs_per_s": round(baseline, 1),
+        "propagation_changes": len(latencies),
+        "propagation_rate_per_s": round(rate, 1),
+        "propagation_p50_ms": round(percentile(latencies, 50), 2),
+        "propagation_p99_ms": round(percentile(latencies, 99), 2),
+        "propagation_low_rate_per_s": round(calm_rate, 1),
+        "propagation_low_rate_p50_ms": round(percentile(calm, 50), 2),
+        "propagation_low_rate_p99_ms": round(percentile(calm, 99), 2),
+        "jobs_in_table": rows,
+        **{k: round(v, 2) for k, v in read_figures.items()},
+    }
+    label = f"{rows:,} jobs"
+    lines = [
+        ("CreateJob -> 70 throughput", f"{figures['jobs_per_s']:.0f} jobs/s", ">= 500 jobs/s", f"engine alone {figures['engine_alone_jobs_per_s']:.0f} jobs/s"),
+        ("propagation p50", f"{figures['propagation_p50_ms']:.1f} ms", "", f"{figures['propagation_changes']} changes at {figures['propagation_rate_per_s']:.0f}/s"),
+        ("propagation p99", f"{figures['propagation_p99_ms']:.1f} ms", "<= 20 ms", "offered 1000 changes/s"),
+        ("propagation p50 / p99, low rate", f"{figures['propagation_low_rate_p50_ms']:.1f} / {figures['propagation_low_rate_p99_ms']:.1f} ms", "",
+         f"{figures['propagation_low_rate_per_s']:.0f} changes/s"),
+        (f"GetJob p50 / p99, {label}", f"{figures['getjob_ms_at_1m_jobs']:.2f} / {figures['getjob_p99_ms_at_1m_jobs']:.2f} ms", "", ""),
+        (f"ListJobs newest page, {label}", f"{figures['list_newest_ms']:.2f} ms", "", "100 jobs"),
+        (f"ListJobs by owner, {label}", f"{figures['list_owner_ms']:.2f} ms", "", ""),
+        (f"ListJobs by status, {label}", f"{figures['list_status_ms']:.2f} ms", "", ""),
+        (f"ListJobs page 21, {label}", f"{figures['list_deep_page_ms']:.2f} ms", "", "keyset token"),
+    ]
+    print(f"{'measure':<36} {'value':>18}  {'target':<14} note")
+    for name, value, target, note in lines:
+        print(f"{name:<36} {value:>18}  {target:<14} {note}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,198 @@
+"""Local-backend job latency and throughput: `.venv/bin/python bench/local_jobs.py [--quick]`.
+
+On the embedded engine (in this process, SQLite store, local backend: real
+pod_config and pod_publish, the algorithm in bubblewrap with cgroup limits):
+
+1. a trivial job (copies its input to its output), SubmitJob -> status 70 as
+   seen on the state stream, p50 over N jobs run one after the other, against
+   the bare run of the same algorithm (`python3 algo.py` with the same files);
+2. M trivial jobs submitted at once: sustained jobs/s (max_jobs raised);
+3. the sandbox's start overhead alone (/bin/true through SandboxRun vs a bare
+   subprocess).
+
+(1) and (2) run with both pod launchers, `forkserver` (the default: pods forked
+from a pre-imported helper) and `subprocess` (a fresh interpreter per stage, as
+before), so the table shows before and after. The last line is one JSON object.
+A shared machine makes every figure noisy: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from c2d.common.v1 import common_pb2  # noqa: E402
+from c2d.engine.v1 import engine_pb2, engine_pb2_grpc  # noqa: E402
+from plumbing import auth  # noqa: E402
+from services.operator_engine import server  # noqa: E402
+from services.operator_engine.sandbox import SandboxLimits, detect_capabilities  # noqa: E402
+from services.operator_engine.settings import EngineSettings  # noqa: E402
+
+ALGORITHM = """\
+import json, os, shutil
+did = json.loads(os.environ["DIDS"])[0]
+shutil.copy(os.path.join(os.environ["INPUTS"], did, "0"), os.path.join(os.environ["OUTPUTS"], "copy"))
+"""
+DATASET_DID = "did:op:" + "cd" * 32
+DATASET = "city,temperature\nOslo,4.5\nLisbon,18.25\n"
+LAUNCHERS = ("forkserver", "subprocess")
+
+
+def trivial_workflow() -> common_pb2.Workflow:
+    return common_pb2.Workflow(
+        datasets=[common_pb2.WorkflowAsset(
+            did=DATASET_DID, files=[common_pb2.FileLocation(type="raw", content=DATASET)], ddo_json="{}")],
+        raw_algorithm=ALGORITHM,
+        container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python"),
+    )
+
+
+def bare_runs(n: int, root: Path) -> list[float]:
+    """`python3 algo.py` with the same files and variables, no engine."""
+    did = DATASET_DID.removeprefix("did:op:")
+    (root / "inputs" / did).mkdir(parents=True)
+    (root / "inputs" / did / "0").write_text(DATASET)
+    (root / "outputs").mkdir()
+    (root / "algo.py").write_text(ALGORITHM)
+    env = {"PATH": "/usr/bin:/bin", "DIDS": json.dumps([did]), "INPUTS": str(root / "inputs"),
+           "OUTPUTS": str(root / "outputs")}
+    times = []
+    for _ in range(n):
+        started = time.monotonic()
+        subprocess.run(["python3", str(root / "algo.py")], env=env, check=True)
+        times.append(time.monotonic() - started)
+    return times
+
+
+class Engine:
+    """The engine in this process and one state-stream subscriber resolving per-job futures."""
+
+    def __init__(self, root: Path, launcher: str, max_jobs: int) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = EngineSettings(
+            address="127.0.0.1:0", database_url=f"sqlite:///{root}/engine-{launcher}.db",
+            workspaces_dir=str(root / f"workspaces-{launcher}"), max_jobs=max_jobs, pod_launcher=launcher,
+        )
+        self.finished: dict[str, asyncio.Future[engine_pb2.StateChange]] = {}
+
+    async def __aenter__(self) -> "Engine":
+        import grpc
+
+        self.running = await server.start(self.config)
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.running.port}")
+        self.stub = engine_pb2_grpc.EngineServiceStub(self.channel)
+        self.metadata = auth.bearer(auth.service_token())
+        self.follower = asyncio.create_task(self._follow())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.follower.cancel()
+        await self.channel.close()
+        await self.running.stop(1)
+
+    async def _follow(self) -> None:
+        async for event in self.stub.StreamStateChanges(engine_pb2.StreamStateChangesRequest(), metadata=self.metadata):
+            if event.HasField("change") and event.change.status in (41, 42, 31, 32, 61, 62, 70):
+                future = self.finished.get(event.change.job_id)
+                if future is not None and not future.done():
+                    future.set_result(event.change)
+
+    async def run_job(self) -> float:
+        job_id = str(uuid.uuid4())
+        self.finished[job_id] = asyncio.get_running_loop().create_future()
+        started = time.monotonic()
+        await self.stub.SubmitJob(engine_pb2.SubmitJobRequest(
+            job_id=job_id, environment_id=self.config.environment_id, workflow=trivial_workflow()),
+            metadata=self.metadata)
+        end = await asyncio.wait_for(self.finished[job_id], 600)
+        if end.status != 70:
+            admin = Path(self.config.workspaces_dir) / job_id / "admin"
+            logs = "".join(f"\n--- {p.name}\n" + p.read_text()[-2000:] for p in sorted(admin.glob("*.log")))
+            raise RuntimeError(f"job {job_id} ended with {end.status}: {end.error_message}{logs}")
+        return time.monotonic() - started
+
+
+async def latency(root: Path, launcher: str, n: int) -> list[float]:
+    async with Engine(root, launcher, max_jobs=2) as engine:
+        await engine.run_job()  # warm-up: the fork server starts on first use
+        return [await engine.run_job() for _ in range(n)]
+
+
+async def throughput(root: Path, launcher: str, n: int, max_jobs: int) -> float:
+    async with Engine(root, launcher, max_jobs=max_jobs) as engine:
+        await engine.run_job()
+        started = time.monotonic()
+        await asyncio.gather(*(engine.run_job() for _ in range(n)))
+        return n / (time.monotonic() - started)
+
+
+async def sandbox_overhead(n: int) -> tuple[float, float]:
+    from tests.operator_engine.bench_sandbox_overhead import bare, through_sandbox
+
+    detect_capabilities()
+    limits = SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20, cpu_cores=1, max_processes=32,
+                           disk_quota_bytes=1 << 30)
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = statistics.median([await bare() for _ in range(n)])
+        boxed = statistics.median([(await through_sandbox(Path(tmp), True, limits))[0] for _ in range(n)])
+    return plain, boxed
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--max-jobs", type=int, default=16, help="max_jobs for the throughput run")
+    args = parser.parse_args()
+    latency_n, before_n, burst, before_burst, sandbox_n = (5, 3, 20, 6, 5) if args.quick else (50, 20, 500, 40, 30)
+
+    with tempfile.TemporaryDirectory(prefix="c2d-bench-") as tmp:
+        root = Path(tmp)
+        os.environ["C2D_DATA_DIR"] = str(root / "data")
+        os.environ.setdefault("C2D_LOG_LEVEL", "WARNING")
+        bare = statistics.median(bare_runs(latency_n, root / "bare"))
+        e2e = {launcher: statistics.median(await latency(root / f"lat-{launcher}", launcher, n))
+               for launcher, n in zip(LAUNCHERS, (latency_n, before_n))}
+        rate = {launcher: await throughput(root / f"burst-{launcher}", launcher, n, args.max_jobs)
+                for launcher, n in zip(LAUNCHERS, (burst, before_burst))}
+        plain_start, sandbox_start = await sandbox_overhead(sandbox_n)
+
+    print(f"trivial job (copy input to output), {os.cpu_count()} cores, SQLite store, local backend + bubblewrap")
+    print(f"{'':44s} {'forkserver':>12s} {'subprocess':>12s}")
+    print(f"{'bare python3 algo.py, p50 ms':44s} {ms(bare):12.1f} {ms(bare):12.1f}")
+    print(f"{'submit -> 70, p50 ms':44s} {ms(e2e['forkserver']):12.1f} {ms(e2e['subprocess']):12.1f}")
+    print(f"{'  x bare':44s} {e2e['forkserver'] / bare:12.1f} {e2e['subprocess'] / bare:12.1f}")
+    print(f"{'jobs/s, jobs submitted at once':44s} {rate['forkserver']:12.1f} {rate['subprocess']:12.1f}")
+    print(f"{'  (jobs in the burst; max_jobs)':44s} {burst:>8d}; {args.max_jobs:<2d} {before_burst:>8d}; {args.max_jobs:<2d}")
+    print(f"/bin/true: bare {ms(plain_start)} ms, through the sandbox {ms(sandbox_start)} ms "
+          f"(start overhead {ms(sandbox_start - plain_start)} ms)")
+    print(json.dumps({
+        "e2e_p50_ms": ms(e2e["forkserver"]),
+        "bare_p50_ms": ms(bare),
+        "e2e_over_bare": round(e2e["forkserver"] / bare, 2),
+        "jobs_per_s": round(rate["forkserver"], 1),
+        "sandbox_start_ms": ms(sandbox_start - plain_start),
+        "e2e_p50_ms_subprocess_pods": ms(e2e["subprocess"]),
+        "jobs_per_s_subprocess_pods": round(rate["subprocess"], 1),
+        "jobs_in_burst": burst,
+        "max_jobs": args.max_jobs,
+        "quick": args.quick,
+    }))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,394 @@
+"""pod_publish throughput and memory, and GetComputeResult, against the obvious baselines.
+
+    .venv/bin/python bench/publishing.py [--quick] [--repeat N] [--sparse-gib G]
+
+1. Publishing 4 files (1 GiB in all; 32 MiB with --quick) to a real SeaweedFS
+   started here, as pod_publish does (collect, S3 multipart with sha256 while
+   streaming, its part size, two uploads at once), against the minio SDK's
+   `fput_object` of the same files one after the other (its defaults: 3 parts
+   in parallel). Each runs in a child process that imports the pod_publish
+   program, so its peak RSS (VmHWM) is the whole program's.
+2. A job on the whole embedded stack (provider, operator-service, engine,
+   sandbox) writes a 1 GiB result (32 MiB with --quick) to that SeaweedFS;
+   a consumer process downloads it with GetComputeResult, against a process
+   reading the same object straight from S3 with the minio SDK (1 MiB
+   chunks). Both count the bytes and keep none.
+3. With --sparse-gib G (6 in the full run, 0 with --quick): one sparse file of
+   G GiB through pod_publish's S3 multipart, in a child process: time, RSS,
+   part count.
+
+Each figure is the best of --repeat runs (the machine may be shared). Files
+live in a temporary directory, deleted at the end. The last line printed is
+one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+MiB = 1 << 20
+FILES = 4
+
+
+def _peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --------------------------------------------------------------------------- the child processes
+
+
+def child_publish(root: str, job_id: str) -> None:
+    """pod_publish's upload of root/outputs, configured from C2D_STORAGE_* like the pod."""
+    import dataclasses
+
+    import services.pod_publish.program  # noqa: F401 - the whole program's imports count in its RSS
+    from plumbing import storage
+    from services.pod_publish import publishing
+
+    with tempfile.TemporaryDirectory() as scratch:
+        collected = publishing.collect(Path(root), pack=False, scratch=Path(scratch))
+        config = storage.StorageConfig.from_env()
+        config = dataclasses.replace(config, part_size=publishing.part_size_for(config.part_size, collected.largest_file))
+        store = storage.open_store(config)
+        started = time.monotonic()
+        manifest = publishing.publish(store, job_id, collected)
+        seconds = time.monotonic() - started
+    size = sum(int(f["size"]) for f in manifest["files"])
+    print(json.dumps({"seconds": seconds, "bytes": size, "rss_mib": _peak_rss_mib(), "part_size": config.part_size}))
+
+
+def child_fput(root: str, job_id: str) -> None:
+    """The baseline: minio's fput_object of the same files, with the SDK's defaults."""
+    import urllib3  # noqa: F401
+    from minio import Minio
+
+    import services.pod_publish.program  # noqa: F401 - same imports as the publishing child
+
+    env = os.environ
+    client = Minio(
+        env["C2D_STORAGE_S3_ENDPOINT"], access_key=env["C2D_STORAGE_S3_ACCESS_KEY"],
+        secret_key=env["C2D_STORAGE_S3_SECRET_KEY"], secure=False, region="us-east-1",
+    )
+    files = sorted((Path(root) / "outputs").iterdir())
+    started = time.monotonic()
+    for path in files:
+        client.fput_object(env["C2D_STORAGE_S3_BUCKET"], f"{job_id}/fput/{path.name}", str(path))
+    seconds = time.monotonic() - started
+    size = sum(p.stat().st_size for p in files)
+    print(json.dumps({"seconds": seconds, "bytes": size, "rss_mib": _peak_rss_mib()}))
+
+
+def run_child(kind: str, root: Path, env: dict[str, str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(root), f"bench-{uuid.uuid4().hex[:8]}"],
+        env={**os.environ, **env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} child failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- 1. publishing
+
+
+def write_files(root: Path, total: int) -> None:
+    outputs = root / "outputs"
+    outputs.mkdir(parents=True)
+    block = os.urandom(MiB)
+    for i in range(FILES):
+        with open(outputs / f"part-{i}.bin", "wb") as f:
+            f.writelines(block[n % 7:] + block[: n % 7] for n in range(total // FILES // MiB))  # not all the same bytes
+
+
+def bench_publishing(root: Path, env: dict[str, str], total: int, repeat: int) -> dict:
+    write_files(root, total)
+    ours, theirs = [], []
+    for _ in range(repeat):  # interleaved, so a busy moment hits both
+        ours.append(run_child("publish", root, env))
+        theirs.append(run_child("fput", root, env))
+    best_ours = min(ours, key=lambda r: r["seconds"])
+    best_theirs = min(theirs, key=lambda r: r["seconds"])
+    shutil.rmtree(root / "outputs")
+    return {
+        "ours": best_ours, "minio": best_theirs,
+        "peak_rss_mib": max(r["rss_mib"] for r in ours),
+        "minio_rss_mib": max(r["rss_mib"] for r in theirs),
+    }
+
+
+# --------------------------------------------------------------------------- 2. GetComputeResult
+
+
+BIG_RESULT = """
+import os
+block = os.urandom(1 << 20)
+with open(os.environ["OUTPUTS"] + "/big.bin", "wb") as f:
+    for n in range({mib}):
+        f.write(block[n % 5:] + block[:n % 5])
+"""
+
+
+def child_download(how: str, target: str, what: str) -> None:
+    """A consumer in its own process, as consumers are: streams one file, keeps no bytes.
+
+    how = "provider": target is the provider's address, what "<job id>/<index>";
+    how = "direct": target is unused, what "<bucket>/<key>" read with the minio SDK.
+    """
+    env = os.environ
+    if how == "direct":
+        from minio import Minio
+
+        client = Minio(
+            env["C2D_STORAGE_S3_ENDPOINT"], access_key=env["C2D_STORAGE_S3_ACCESS_KEY"],
+            secret_key=env["C2D_STORAGE_S3_SECRET_KEY"], secure=False, region="us-east-1",
+        )
+        bucket, key = what.split("/", 1)
+        started, got = time.monotonic(), 0
+        response = client.get_object(bucket, key)
+        for block in response.stream(MiB):
+            got += len(block)
+        response.close()
+        response.release_conn()
+    else:
+        import grpc
+        from c2d.provider.v1 import provider_pb2
+
+        from cli.client import Client
+        from tests.pod_publish.jobs import CONSUMER_KEY
+
+        job_id, index = what.rsplit("/", 1)
+
+        async def download() -> int:
+            async with grpc.aio.insecure_channel(target) as channel:
+                consumer = Client(channel, CONSUMER_KEY)
+                request = consumer.signed(
+                    "GetComputeResult", provider_pb2.GetComputeResultRequest(job_id=job_id, index=int(index))
+                )
+                count = 0
+                async for chunk in consumer.compute.GetComputeResult(request):
+                    count += len(chunk.data)
+                return count
+
+        started = time.monotonic()
+        got = asyncio.run(download())
+    print(json.dumps({"seconds": time.monotonic() - started, "bytes": got}))
+
+
+async def bench_download(env: dict[str, str], total: int, repeat: int) -> dict:
+    from plumbing.statuses import Status
+    from tests.pod_publish.jobs import job_bench
+
+    async with job_bench(disk_bytes=total + (256 * MiB)) as bench:
+        job = await bench.run(BIG_RESULT.format(mib=total // MiB))
+        if job.status != Status.FINISHED:
+            raise RuntimeError(f"the job failed: {job.error_message}")
+        entry = next(f for f in job.results.files if f.path == "big.bin")
+
+        async def child(how: str, target: str, what: str) -> float:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--child", f"download-{how}", target, what,
+                env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"download child failed:\n{err.decode()[-3000:]}")
+            result = json.loads(out.decode().strip().splitlines()[-1])
+            assert result["bytes"] == entry.size, (result, entry.size)
+            return result["seconds"]
+
+        provider_s, direct_s = [], []
+        for _ in range(repeat):
+            provider_s.append(await child("provider", bench.stack.provider_address, f"{job.job_id}/{entry.index}"))
+            direct_s.append(await child("direct", "-", entry.location.removeprefix("s3://")))
+    return {"bytes": entry.size, "provider_s": min(provider_s), "direct_s": min(direct_s)}
+
+
+def _from_memory(total: int):  # type: ignore[no-untyped-def]
+    from c2d.provider.v1 import provider_pb2_grpc
+
+    class FromMemory(_FromMemory, provider_pb2_grpc.ProviderServiceServicer):
+        pass
+
+    return FromMemory(total)
+
+
+class _FromMemory:
+    """A bare gRPC server streaming bytes from memory in GetComputeResult's
+    chunks: the ceiling of any Python gRPC download on this machine."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    async def GetComputeResult(self, request, context):  # type: ignore[no-untyped-def]
+        from c2d.provider.v1 import provider_pb2
+
+        from services.provider.api.compute import RESULT_CHUNK
+
+        data, sent = os.urandom(RESULT_CHUNK), 0
+        while sent < self.total:
+            yield provider_pb2.GetComputeResultResponse(data=data, offset=sent)
+            sent += len(data)
+
+
+def child_ceiling(address: str) -> None:
+    import grpc
+    from c2d.provider.v1 import provider_pb2, provider_pb2_grpc
+
+    async def download() -> int:
+        async with grpc.aio.insecure_channel(address) as channel:
+            count = 0
+            async for chunk in provider_pb2_grpc.ProviderServiceStub(channel).GetComputeResult(
+                provider_pb2.GetComputeResultRequest()
+            ):
+                count += len(chunk.data)
+            return count
+
+    started = time.monotonic()
+    got = asyncio.run(download())
+    print(json.dumps({"seconds": time.monotonic() - started, "bytes": got}))
+
+
+async def bench_grpc_ceiling(total: int, repeat: int) -> float:
+    import grpc
+    from c2d.provider.v1 import provider_pb2_grpc
+
+    server = grpc.aio.server()
+    provider_pb2_grpc.add_ProviderServiceServicer_to_server(_from_memory(total), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        best = float("inf")
+        for _ in range(repeat):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--child", "ceiling", f"127.0.0.1:{port}", "-",
+                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await proc.communicate()
+            best = min(best, json.loads(out.decode().strip().splitlines()[-1])["seconds"])
+        return total / MiB / best
+    finally:
+        await server.stop(0)
+
+
+# --------------------------------------------------------------------------- 3. a sparse file
+
+
+def bench_sparse(root: Path, env: dict[str, str], gib: int) -> dict:
+    outputs = root / "outputs"
+    outputs.mkdir(parents=True)
+    with open(outputs / "sparse.bin", "wb") as f:
+        f.truncate(gib << 30)
+    result = run_child("publish", root, env)
+    shutil.rmtree(outputs)
+    return result
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per figure (best is kept)")
+    parser.add_argument("--sparse-gib", type=int, default=None, help="size of the sparse multipart run (0: skip)")
+    parser.add_argument("--child", nargs=3, metavar=("KIND", "ROOT", "JOB"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, root, job_id = args.child
+        if kind == "ceiling":
+            child_ceiling(root)
+        elif kind.startswith("download-"):
+            child_download(kind.removeprefix("download-"), root, job_id)
+        else:
+            {"publish": child_publish, "fput": child_fput}[kind](root, job_id)
+        return
+
+    total = 32 * MiB if args.quick else 1 << 30
+    repeat = args.repeat or (1 if args.quick else 2)
+    sparse_gib = args.sparse_gib if args.sparse_gib is not None else (0 if args.quick else 6)
+
+    from tests.support.servers import _start_seaweedfs, _stop
+
+    base = Path(tempfile.mkdtemp(prefix="c2d-bench-publishing-"))
+    os.environ["C2D_DATA_DIR"] = str(base / "c2d")
+    os.environ["C2D_STAGING_ALLOW_HOSTS"] = "127.0.0.1"
+    os.environ.pop("C2D_SERVICE_TOKEN", None)
+    proc, server = _start_seaweedfs(base / "weed", "bench-access", f"secret-{uuid.uuid4().hex}")
+    try:
+        bucket = server.make_bucket("bench")
+        env = {
+            "C2D_STORAGE_KIND": "s3", "C2D_STORAGE_S3_ENDPOINT": server.endpoint,
+            "C2D_STORAGE_S3_ACCESS_KEY": server.access_key, "C2D_STORAGE_S3_SECRET_KEY": server.secret_key,
+            "C2D_STORAGE_S3_BUCKET": bucket, "C2D_STORAGE_S3_REGION": "us-east-1",
+        }
+        os.environ.update(env)  # the stack of part 2 (provider and pods) uses the same bucket
+        publishing = bench_publishing(base / "files", env, total, repeat)
+        download = asyncio.run(bench_download(env, total, repeat))
+        ceiling_mib_s = asyncio.run(bench_grpc_ceiling(total, repeat))
+        sparse = bench_sparse(base / "sparse", env, sparse_gib) if sparse_gib else None
+    finally:
+        _stop(proc)
+        shutil.rmtree(base, ignore_errors=True)
+
+    ours, minio = publishing["ours"], publishing["minio"]
+    mib_s = lambda size, s: size / MiB / s
+    s3_over_minio = minio["seconds"] / ours["seconds"]
+    over_direct = download["direct_s"] / download["provider_s"]
+    print(f"\npublishing {FILES} files, {ours['bytes'] / MiB:.0f} MiB, to SeaweedFS S3 (best of {repeat})")
+    print(f"  {'':34} {'seconds':>8} {'MiB/s':>8} {'peak RSS MiB':>13}")
+    print(f"  {'pod_publish (part ' + str(ours['part_size'] // MiB) + ' MiB, 2 at once)':34} "
+          f"{ours['seconds']:8.2f} {mib_s(ours['bytes'], ours['seconds']):8.1f} {publishing['peak_rss_mib']:13.1f}")
+    print(f"  {'minio fput_object (defaults)':34} {minio['seconds']:8.2f} "
+          f"{mib_s(minio['bytes'], minio['seconds']):8.1f} {publishing['minio_rss_mib']:13.1f}")
+    print(f"  pod_publish / fput_object throughput: {s3_over_minio:.2f}x (target >= 0.9x, RSS <= 128 MiB)")
+    print(f"\nGetComputeResult of a {download['bytes'] / MiB:.0f} MiB result (best of {repeat})")
+    print(f"  {'through the provider (gRPC stream)':34} {download['provider_s']:8.2f} "
+          f"{mib_s(download['bytes'], download['provider_s']):8.1f}")
+    print(f"  {'straight from S3 (minio get_object)':34} {download['direct_s']:8.2f} "
+          f"{mib_s(download['bytes'], download['direct_s']):8.1f}")
+    print(f"  {'bare gRPC stream from memory':34} {'':8} {ceiling_mib_s:8.1f}   (Python gRPC's ceiling here)")
+    print(f"  provider / direct throughput: {over_direct:.2f}x (target >= 0.8x)")
+    figures = {
+        "s3_over_minio": round(s3_over_minio, 3),
+        "peak_rss_mib": round(publishing["peak_rss_mib"], 1),
+        "result_download_over_direct": round(over_direct, 3),
+        "publish_mib_s": round(mib_s(ours["bytes"], ours["seconds"]), 1),
+        "fput_mib_s": round(mib_s(minio["bytes"], minio["seconds"]), 1),
+        "minio_rss_mib": round(publishing["minio_rss_mib"], 1),
+        "download_mib_s": round(mib_s(download["bytes"], download["provider_s"]), 1),
+        "direct_mib_s": round(mib_s(download["bytes"], download["direct_s"]), 1),
+        "grpc_ceiling_mib_s": round(ceiling_mib_s, 1),
+        "total_mib": total // MiB,
+    }
+    if sparse is not None:
+        parts = -(-sparse["bytes"] // sparse["part_size"])
+        print(f"\na {sparse_gib} GiB sparse file through pod_publish's S3 multipart ({parts} parts of "
+              f"{sparse['part_size'] // MiB} MiB): {sparse['seconds']:.1f} s, "
+              f"{mib_s(sparse['bytes'], sparse['seconds']):.1f} MiB/s, peak RSS {sparse['rss_mib']:.1f} MiB")
+        figures.update({
+            "sparse_gib": sparse_gib, "sparse_seconds": round(sparse["seconds"], 1),
+            "sparse_parts": parts, "sparse_rss_mib": round(sparse["rss_mib"], 1),
+        })
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+"""How the local backend starts pod_config and pod_publish.
+
+A fresh interpreter per stage spends ~0.6 s importing grpc, aiohttp and the
+pod programs before doing anything, which dominates a small job. The fork
+server is a long-lived helper process (`python -m
+services.operator_engine.backends.pod_launcher`) that imports the programs
+once and forks one child per stage. Each child gets its own session (so a
+stop or timeout kills its whole process group), its own environment and its
+log file as stdout/stderr, exactly as a fresh process would. The helper never
+creates a gRPC channel or an event loop itself, so each child starts clean.
+
+The engine talks to the helper over its stdin/stdout, one JSON object a line:
+
+    engine -> helper  {"op": "run", "id": N, "program": "pod_config", "env": {...}, "log": PATH}
+                      {"op": "kill", "id": N}
+    helper -> engine  {"id": N, "pid": PID}        the child runs
+                      {"id": N, "exit": RC}        it ended (RC < 0: killed by signal -RC)
+
+Kills go through the helper because only the helper can reap the child: it
+signals the group only while the child is unreaped, so the group id cannot
+have been reused. When the engine dies (the helper's stdin reaches EOF) the
+helper kills every child's group and exits; it also has a parent-death
+signal, and each child one on the helper.
+
+`SubprocessLauncher` is the plain alternative: `python -m <program>` per
+stage (C2D_ENGINE_POD_LAUNCHER=subprocess).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import select
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Protocol
+
+log = logging.getLogger("c2d.engine")
+
+PROGRAMS = {"pod_config": "services.pod_config", "pod_publish": "services.pod_publish"}
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class PodExit:
+    returncode: int | None  # None: the launcher itself failed (detail says why)
+    detail: str = ""
+
+
+class PodProcess(Protocol):
+    async def wait(self) -> PodExit: ...
+
+    async def kill(self) -> None:
+        """Kills the pod's whole process group and waits for it to be reaped."""
+
+
+class Launcher(Protocol):
+    async def start(self, program: str, env: Mapping[str, str], log_path: Path) -> PodProcess: ...
+
+    async def close(self) -> None: ...
+
+
+# -- a fresh interpreter per stage ---------------------------------------------
+
+
+class _Subprocess:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+
+    async def wait(self) -> PodExit:
+        return PodExit(await self._process.wait())
+
+    async def kill(self) -> None:
+        if self._process.returncode is None:  # unreaped: its group id is still ours
+            try:
+                os.killpg(self._process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        await self._process.wait()
+
+
+class SubprocessLauncher:
+    async def start(self, program: str, env: Mapping[str, str], log_path: Path) -> PodProcess:
+        with open(log_path, "ab") as out:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", PROGRAMS[program],
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                env=dict(env), start_new_session=True,
+            )
+        return _Subprocess(process)
+
+    async def close(self) -> None:
+        return None
+
+
+# -- the fork server, engine side ---------------------------------------------------
+
+
+class _Forked:
+    def __init__(self, launcher: ForkServerLauncher, run_id: int, pid: int, ended: asyncio.Future[PodExit]) -> None:
+        self._launcher, self._id, self.pid, self._ended = launcher, run_id, pid, ended
+
+    async def wait(self) -> PodExit:
+        return await asyncio.shield(self._ended)
+
+    async def kill(self) -> None:
+        if not self._ended.done():
+            self._launcher._send({"op": "kill", "id": self._id})
+        await self.wait()
+
+
+class ForkServerLauncher:
+    """Starts pods through one pre-imported helper process (started on first use)."""
+
+    def __init__(self) -> None:
+        self._helper: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._starting: dict[int, asyncio.Future[int]] = {}
+        self._ended: dict[int, asyncio.Future[PodExit]] = {}
+        self._helper_of: dict[int, asyncio.subprocess.Process] = {}  # run id -> the helper that runs it
+        self._next_id = 0
+        self._lock = asyncio.Lock()
+
+    async def start(self, program: str, env: Mapping[str, str], log_path: Path) -> PodProcess:
+        if program not in PROGRAMS:
+            raise ValueError(f"unknown pod program {program!r}")
+        await self._ensure_helper()
+        self._next_id += 1
+        run_id = self._next_id
+        loop = asyncio.get_running_loop()
+        started, ended = loop.create_future(), loop.create_future()
+        self._starting[run_id], self._ended[run_id] = started, ended
+        assert self._helper is not None
+        self._helper_of[run_id] = self._helper
+        self._send({"op": "run", "id": run_id, "program": program, "env": dict(env), "log": str(log_path)})
+        try:
+            pid = await asyncio.shield(started)
+        except asyncio.CancelledError:
+            # The child may be forked already: it must not outlive the stage.
+            self._send({"op": "kill", "id": run_id})
+            raise
+        return _Forked(self, run_id, pid, ended)
+
+    async def close(self) -> None:
+        helper = self._helper
+        if helper is None:
+            return
+        self._helper = None
+        if helper.stdin is not None:
+            helper.stdin.close()  # EOF: the helper kills what runs and exits
+        try:
+            await asyncio.wait_for(helper.wait(), 5.0)
+        except asyncio.TimeoutError:
+            helper.kill()
+            await helper.wait()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def _ensure_helper(self) -> None:
+        async with self._lock:
+            if self._helper is not None and self._helper.returncode is None:
+                return
+            self._helper = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", __name__,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
+                start_new_session=True,
+            )
+            self._reader = asyncio.create_task(self._read_forever(self._helper), name="pod-launcher-reader")
+
+    def _send(self, message: dict) -> None:
+        helper = self._helper
+        if helper is None or helper.stdin is None or helper.stdin.is_closing():
+            return  # gone: _read_forever fails whatever was pending
+        helper.stdin.write(json.dumps(message).encode() + b"\n")
+
+    async def _read_forever(self, helper: asyncio.subprocess.Process) -> None:
+        assert helper.stdout is not None
+        try:
+            while line := await helper.stdout.readline():
+                message = json.loads(line)
+                run_id = message["id"]
+                if "pid" in message:
+                    future = self._starting.pop(run_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(message["pid"])
+                elif "exit" in message:
+                    self._helper_of.pop(run_id, None)
+                    ended = self._ended.pop(run_id, None)
+                    if ended is not None and not ended.done():
+                        ended.set_result(PodExit(message["exit"]))
+                elif "error" in message:
+                    failure = RuntimeError(f"pod launcher: {message['error']}")
+                    future = self._starting.pop(run_id, None)
+                    self._ended.pop(run_id, None)
+                    self._helper_of.pop(run_id, None)
+                    if future is not None and not future.done():
+                        future.set_exception(failure)
+        finally:
+            # The helper is gone (and took its children with it): nobody waits forever on
+            # what it ran. Runs of a newer helper are not its business.
+            if helper is self._helper:
+                self._helper = None
+            gone = [run_id for run_id, owner in self._helper_of.items() if owner is helper]
+            for run_id in gone:
+                del self._helper_of[run_id]
+                future = self._starting.pop(run_id, None)
+                if future is not None and not future.done():
+                    future.set_exception(RuntimeError("the pod launcher process exited"))
+                ended = self._ended.pop(run_id, None)
+                if ended is not None and not ended.done():
+                    ended.set_result(PodExit(None, "the pod launcher process exited"))
+
+
+def make_launcher(kind: str) -> Launcher:
+    if kind == "forkserver":
+        return ForkServerLauncher()
+    if kind == "subprocess":
+        return SubprocessLauncher()
+    raise ValueError(f"C2D_ENGINE_POD_LAUNCHER={kind!r}: expected forkserver or subprocess")
+
+
+# -- the fork server, helper side -------------------------------------------------------
+
+
+def _die_with(parent_pid: int) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # it died before the signal was armed
+        os._exit(1)
+
+
+def _child(program: str, env: Mapping[str, str], log_path: str, helper_pid: int, main) -> None:  # type: ignore[no-untyped-def]
+    """In the forked child: become the pod, never return."""
+    code = 1
+    try:
+        os.setsid()
+        _die_with(helper_pid)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.closerange(3, 1 << 16)  # nothing of the helper's (the protocol pipes) leaks
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = [PROGRAMS[program]]  # as `python -m <program>` would see it
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except BaseException:  # noqa: BLE001 - the child must end here whatever happens
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(code)
+
+
+def serve() -> None:
+    """The helper's loop: fork pods on request, report their pids and exits."""
+    _die_with(os.getppid())
+    helper_pid = os.getpid()
+    # Imported once here, so each child starts with them loaded.
+    from services.pod_config import program as pod_config
+    from services.pod_publish import program as pod_publish
+
+    mains = {"pod_config": pod_config.main, "pod_publish": pod_publish.main}
+    protocol_out = os.dup(1)
+    os.dup2(2, 1)  # a stray print must not corrupt the protocol
+    sys.stdout = sys.stderr
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    children: dict[int, int] = {}  # pid -> run id, until reaped
+    by_id: dict[int, int] = {}
+    pending = b""
+
+    def reply(message: dict) -> None:
+        os.write(protocol_out, json.dumps(message).encode() + b"\n")
+
+    def reap() -> None:
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            run_id = children.pop(pid, None)
+            if run_id is not None:
+                by_id.pop(run_id, None)
+                reply({"id": run_id, "exit": os.waitstatus_to_exitcode(status)})
+
+    def kill_group(run_id: int) -> None:
+        pid = by_id.get(run_id)
+        if pid is None:
+            return
+        # Still unreaped, so the pid and group id are still this child's. The pid too:
+        # a child that has not reached setsid() yet has no group of its own.
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    while True:
+        try:
+            readable, _, _ = select.select([0, wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in readable:
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+        reap()
+        if 0 not in readable:
+            continue
+        data = os.read(0, 1 << 16)
+        if not data:  # the engine is gone or closed us: nothing may outlive it
+            for run_id in list(by_id):
+                kill_group(run_id)
+            while children:
+                pid, status = os.wait()
+                children.pop(pid, None)
+            return
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            request = json.loads(line)
+            run_id = request["id"]
+            if request["op"] == "kill":
+                kill_group(run_id)
+                continue
+            program = request["program"]
+            if program not in mains:
+                reply({"id": run_id, "error": f"unknown program {program!r}"})
+                continue
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                _child(program, request["env"], request["log"], helper_pid, mains[program])
+            children[pid] = run_id
+            by_id[run_id] = pid
+            reply({"id": run_id, "pid": pid})
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,135 @@
+"""Removal of a job's stored results: on DeleteJob, and by the storage-expiry
+sweeper once a finished job is older than its environment's storage expiry.
+
+Both delete every location of the job's results manifest from the configured
+storage and mark the manifest expired. The sweeper runs in every replica;
+deletes are idempotent and the mark is taken under the job's row lock, so
+two replicas sweeping the same job do no harm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from plumbing import errors, storage
+from plumbing.database import Database
+from services.operator_service.persistence import jobs as store
+from services.operator_service.persistence.models import Job
+
+log = logging.getLogger("c2d.operator")
+SWEEP_BATCH = 200
+
+
+class ResultsRemover:
+    """Deletes the files of results manifests from one storage configuration."""
+
+    def __init__(self, config: storage.StorageConfig) -> None:
+        self._config = config
+        self._store: storage.ObjectStore | None = None
+
+    def _opened(self) -> storage.ObjectStore:
+        if self._store is None:
+            self._store = storage.open_store(self._config)
+        return self._store
+
+    def remove_files(self, results: dict[str, Any]) -> int:
+        """Blocking: deletes each file of the manifest (missing ones count as deleted)."""
+        locations = [f["location"] for f in results.get("files", []) if f.get("location")]
+        if not locations:
+            return 0
+        target = self._opened()
+        for location in locations:
+            kind = storage.kind_of(location)
+            if kind != target.kind:
+                raise storage.StorageError(
+                    f"{location} is in {kind} storage but this service is configured for {target.kind} "
+                    "(C2D_STORAGE_KIND); it cannot remove it"
+                )
+            target.delete(location)
+        return len(locations)
+
+    async def remove(self, job: Job) -> None:
+        """DeleteJob's removal: storage failures become UNAVAILABLE (the delete may be retried)."""
+        if not job.results or job.results.get("expired"):
+            return
+        try:
+            await asyncio.to_thread(self.remove_files, job.results)
+        except storage.StorageError as exc:
+            raise errors.Unavailable(
+                f"the results of job {job.job_id} could not be removed from storage ({exc.message}); "
+                "the job was not deleted, try again", "results_removal_failed",
+            ) from None
+
+
+def expiry_seconds(environment: dict[str, Any]) -> int:
+    # Proto JSON writes uint64 as a string and leaves out zero (= keep forever).
+    return int(environment.get("storage_expiry_seconds") or 0)
+
+
+class ExpirySweeper:
+    def __init__(self, db: Database, remover: ResultsRemover, interval_s: float) -> None:
+        self._db = db
+        self._remover = remover
+        self._interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._sweep_forever(), name="results-expiry")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                expired = await self.sweep_once()
+                if expired:
+                    log.info("storage expiry: removed the results of %d job(s)", expired)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the next sweep tries again
+                log.exception("storage expiry sweep failed")
+            await asyncio.sleep(self._interval_s)
+
+    async def sweep_once(self, now: datetime | None = None) -> int:
+        """Expires the results of every finished job past its environment's
+        storage expiry; returns how many jobs it expired."""
+        now = now or store.utcnow()
+        engines = await self._db.run(store.read_engines)
+        expired = 0
+        for engine in engines:
+            for environment in engine.environments or []:
+                seconds = expiry_seconds(environment)
+                if seconds <= 0:
+                    continue
+                expired += await self._sweep_environment(
+                    engine.engine_id, environment["id"], now - timedelta(seconds=seconds), now
+                )
+        return expired
+
+    async def _sweep_environment(self, engine_id: str, environment_id: str, finished_before: datetime,
+                                 now: datetime) -> int:
+        expired = 0
+        while True:
+            due = await self._db.run(
+                lambda s: store.results_to_expire(s, engine_id, environment_id, finished_before, SWEEP_BATCH)
+            )
+            failed = 0
+            for job in due:
+                try:
+                    if job.results and not job.results.get("expired"):
+                        await asyncio.to_thread(self._remover.remove_files, job.results)
+                except storage.StorageError as exc:
+                    failed += 1
+                    log.warning("storage expiry: results of job %s not removed (%s); next sweep retries",
+                                job.job_id, exc.message)
+                    continue
+                if await self._db.run(lambda s, job_id=job.job_id: store.mark_results_expired(s, job_id, now)):
+                    expired += 1
+            if len(due) < SWEEP_BATCH or failed:
+                return expired

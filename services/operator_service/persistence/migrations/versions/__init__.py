@@ -1,0 +1,1 @@
+"""The revisions (a package only so a wheel ships them; Alembic skips this file)."""

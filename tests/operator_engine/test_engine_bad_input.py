@@ -1,0 +1,107 @@
+"""SubmitJob refuses bad input with the right status and an actionable message,
+before anything runs: no event in the stream, no workspace on disk."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
+from plumbing.grpc_errors import error_code
+from tests.operator_engine.engine_harness import engine_running, workflow
+
+
+async def refused(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def test_bad_submissions_are_refused_before_anything_runs(data_dir, postgres_url, tmp_path):
+    workspaces = tmp_path / "ws"
+    async with engine_running(postgres_url, workspaces, max_job_duration_s=60) as engine:
+        no_algo = await refused(engine.submit(workflow("print(1)", entrypoint="python3 main.py"), "no-algo"))
+        assert no_algo.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "$ALGO" in no_algo.details()
+        assert error_code(no_algo) == "entrypoint_invalid"
+
+        unknown_env = await refused(engine.submit(workflow("print(1)"), "unknown-env", environment_id="gpu-a100"))
+        assert unknown_env.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "'gpu-a100' is not offered" in unknown_env.details() and "'local-cpu'" in unknown_env.details()
+        assert error_code(unknown_env) == "environment_unknown"
+
+        too_long = await refused(engine.submit(workflow("print(1)", max_duration_s=61), "too-long"))
+        assert too_long.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "requested duration 61 s exceeds the environment's maximum of 60 s" in too_long.details()
+        assert error_code(too_long) == "duration_too_long"
+
+        bad_image = await refused(engine.submit(workflow("print(1)", image="mcr.microsoft.com/dotnet/runtime"), "bad-image"))
+        assert bad_image.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unsupported image" in bad_image.details() and "supported images are" in bad_image.details()
+
+        bad_command = await refused(engine.submit(workflow("print(1)", entrypoint="ruby $ALGO"), "bad-command"))
+        assert bad_command.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'ruby' is not available for image 'python'" in bad_command.details()
+
+        bad_id = await refused(engine.submit(workflow("print(1)"), "../../etc"))
+        assert bad_id.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "letters, digits" in bad_id.details()
+
+        no_dataset = workflow("print(1)")
+        del no_dataset.datasets[:]
+        empty = await refused(engine.submit(no_dataset, "no-dataset"))
+        assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "names no dataset" in empty.details()
+
+        # Nothing of the refused jobs exists anywhere.
+        assert not workspaces.exists() or not any(workspaces.iterdir())
+        call = engine.changes()
+        first = await call.read()
+        call.cancel()
+        assert first.HasField("heartbeat") and first.heartbeat.latest_sequence == 0
+        for job_id in ("no-algo", "unknown-env", "too-long", "bad-image", "bad-command", "no-dataset"):
+            unknown = await refused(engine.stop(job_id))
+            assert unknown.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_the_same_job_id_twice(data_dir, postgres_url, tmp_path):
+    async with engine_running(postgres_url, tmp_path / "ws") as engine:
+        job_id = await engine.submit(workflow("print(1)"))
+        again = await engine.stub.SubmitJob(
+            engine_pb2.SubmitJobRequest(job_id=job_id, environment_id="local-cpu", workflow=workflow("print(1)")),
+            metadata=engine.metadata,
+        )
+        assert again.created is False  # a retried submit is a no-op
+
+        different = await refused(engine.submit(workflow("print(2)"), job_id))
+        assert different.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert f"job {job_id} already exists here with a different workflow" in different.details()
+        end = await engine.ended(job_id)
+        assert end.status == 70
+        history = await engine.history(job_id)
+        assert len([c for c in history if c.status == 10]) == 1  # it ran once
+
+
+async def test_calls_without_the_service_token_are_refused(data_dir, postgres_url, tmp_path):
+    async with engine_running(postgres_url, tmp_path / "ws") as engine:
+        stub = engine_pb2_grpc.EngineServiceStub(engine.channel)
+        anonymous = await refused(stub.SubmitJob(engine_pb2.SubmitJobRequest(job_id="x", environment_id="local-cpu")))
+        assert anonymous.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_without_bubblewrap_algorithms_are_refused_unless_configured_unsandboxed(
+        data_dir, postgres_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bwrap-here"))  # the engine looks bwrap up on PATH
+    async with engine_running(postgres_url, tmp_path / "ws") as engine:
+        assert "no sandbox (bwrap not found)" in (await engine.environment()).description
+        no_sandbox = await refused(engine.submit(workflow("print(1)")))
+        assert no_sandbox.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "cannot sandbox algorithms" in no_sandbox.details() and "C2D_ENGINE_SANDBOX=false" in no_sandbox.details()
+        assert error_code(no_sandbox) == "sandbox_unavailable"
+    async with engine_running(postgres_url, tmp_path / "ws2", sandbox=False) as engine:
+        environment = await engine.environment()
+        assert not environment.sandboxed and "WITHOUT a sandbox" in environment.description
+        # Unsandboxed there is no /data: the variables point into the workspace.
+        job_id = await engine.submit(workflow("import os\nopen(os.environ['OUTPUTS'] + '/ran', 'w').write('yes')\n"))
+        assert (await engine.ended(job_id)).status == 70
+        assert (engine.data(job_id) / "outputs" / "ran").read_text() == "yes"

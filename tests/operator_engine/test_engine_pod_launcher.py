@@ -1,0 +1,56 @@
+"""The pod fork server: forked pods get their own environment, log and exit code,
+a kill takes their process group, and a dead helper fails what it ran and is
+replaced on the next start."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from services.operator_engine.backends.pod_launcher import ForkServerLauncher, SubprocessLauncher
+from tests.operator_engine.engine_harness import WAIT_S, StallingServer, wait_until
+
+
+def pod_env(agent: str, tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {"C2D_JOB_ID": "job-1", "C2D_JOB_TOKEN": "t", "C2D_AGENT_ADDRESS": agent,
+            "C2D_DATA_ROOT": str(tmp_path / "data"), "C2D_LOG_LEVEL": "INFO"}
+
+
+async def test_a_forked_pod_has_its_own_environment_log_and_exit_code(tmp_path):
+    for launcher in (ForkServerLauncher(), SubprocessLauncher()):
+        log = tmp_path / f"{type(launcher).__name__}.log"
+        try:
+            pod = await launcher.start("pod_config", {"PATH": "/usr/bin"}, log)  # no C2D_JOB_ID
+            ended = await asyncio.wait_for(pod.wait(), WAIT_S)
+        finally:
+            await launcher.close()
+        assert ended.returncode == 2
+        assert "environment variable 'C2D_JOB_ID' is required" in log.read_text()
+
+
+async def test_kill_and_helper_death(tmp_path):
+    launcher = ForkServerLauncher()
+    async with StallingServer() as agent:
+        try:
+            stalled = await launcher.start("pod_publish", pod_env(f"127.0.0.1:{agent.port}", tmp_path), tmp_path / "a.log")
+            await wait_until(lambda: agent.open_connections >= 1, what="the pod reached its agent")
+            await asyncio.wait_for(stalled.kill(), WAIT_S)
+            assert (await stalled.wait()).returncode == -signal.SIGKILL
+            await wait_until(lambda: agent.open_connections == 0, what="the killed pod's connection closed")
+
+            orphaned = await launcher.start("pod_publish", pod_env(f"127.0.0.1:{agent.port}", tmp_path), tmp_path / "b.log")
+            await wait_until(lambda: agent.open_connections >= 1, what="the second pod reached its agent")
+            helper = launcher._helper
+            assert helper is not None
+            os.kill(helper.pid, signal.SIGKILL)
+            ended = await asyncio.wait_for(orphaned.wait(), WAIT_S)
+            assert ended.returncode is None and "pod launcher process exited" in ended.detail
+            # Its pods have a parent-death signal: they do not outlive the helper.
+            await wait_until(lambda: agent.open_connections == 0, what="the orphaned pod died with its helper")
+
+            again = await launcher.start("pod_config", {"PATH": "/usr/bin"}, tmp_path / "c.log")
+            assert (await asyncio.wait_for(again.wait(), WAIT_S)).returncode == 2
+            assert launcher._helper is not None and launcher._helper.pid != helper.pid
+        finally:
+            await launcher.close()

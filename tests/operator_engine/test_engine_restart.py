@@ -1,0 +1,173 @@
+"""kill -9 the engine (a real `python -m services.operator_engine` process) in
+each stage and start it again: every job ends or resumes, none stays in a
+running state, the stage's processes died with the engine, and the state
+stream resumes after the last sequence a client saw, with no gap."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import sqlalchemy
+
+from plumbing.statuses import EndReason, Status, can_transition, is_terminal
+from tests.operator_engine.engine_harness import (
+    WAIT_S,
+    EngineClient,
+    EngineProcess,
+    StallingServer,
+    gate,
+    wait_for_file_text,
+    wait_until,
+    workflow,
+)
+from tests.operator_engine.test_engine_adversarial import no_cgroup_left
+from tests.operator_engine.test_engine_stop import stalled_dataset
+from tests.support.servers import free_ports
+
+
+COPY_INPUT = """\
+import json, os, shutil
+did = json.loads(os.environ["DIDS"])[0]
+shutil.copy(f"{os.environ['INPUTS']}/{did}/0", f"{os.environ['OUTPUTS']}/copy")
+"""
+
+
+async def changes_after(engine: EngineClient, sequence: int, until_ended: set[str]) -> list:  # type: ignore[type-arg]
+    """The stream from `sequence` on, until every job of `until_ended` has ended."""
+    changes, waiting = [], set(until_ended)
+
+    async def follow() -> None:
+        call = engine.changes(after=sequence)
+        try:
+            async for event in call:
+                if event.HasField("change"):
+                    changes.append(event.change)
+                    if is_terminal(event.change.status):
+                        waiting.discard(event.change.job_id)
+                    if not waiting:
+                        return
+        finally:
+            call.cancel()
+
+    await asyncio.wait_for(follow(), WAIT_S)
+    return changes
+
+
+def assert_no_gap_and_legal(before: list, after: list) -> None:  # type: ignore[type-arg]
+    everything = before + after
+    assert [c.sequence for c in everything] == list(range(1, len(everything) + 1))
+    status: dict[str, int] = {}
+    for change in everything:
+        current = status.get(change.job_id, Status.WARMING_UP)
+        assert can_transition(current, change.status), (change.job_id, current, change.status)
+        status[change.job_id] = change.status
+
+
+def nothing_running(database_url: str) -> list:  # type: ignore[type-arg]
+    engine = sqlalchemy.create_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.text("SELECT job_id, status, stage FROM engine_jobs WHERE stage <> 'done'"))
+        left = list(rows)
+    engine.dispose()
+    return left
+
+
+def processes_mentioning(path) -> list[int]:  # type: ignore[no-untyped-def]
+    needle, found = str(path).encode(), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if needle in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+async def test_kill_during_configure_reruns_configure(data_dir, postgres_url, tmp_path):
+    log = tmp_path / "engine.log"
+    async with StallingServer() as stall:
+        proc = EngineProcess(free_ports(1)[0], postgres_url, tmp_path / "ws")
+        try:
+            engine = await proc.start(log)
+            job_id = await engine.submit(workflow(COPY_INPUT, dataset=stalled_dataset(stall)))
+            await wait_until(lambda: stall.open_connections >= 1, what="pod_config connected")
+            before = await engine.logged_so_far()
+            assert before[-1].status == Status.CONFIGURING_VOLUMES
+            proc.kill9()
+            await engine.close()
+            await wait_until(lambda: stall.open_connections == 0, what="pod_config died with the engine")
+
+            stall.stalling = False
+            engine = await proc.start(log)
+            after = await changes_after(engine, before[-1].sequence, {job_id})
+            assert_no_gap_and_legal(before, after)
+            assert [c.status for c in after] == [30, 40, 60, 70]
+            assert after[-1].end_reason == EndReason.COMPLETED
+            assert stall.connections >= 2  # configure ran again
+            assert (engine.data(job_id) / "outputs" / "copy").read_text() == "the dataset\n"
+            assert nothing_running(postgres_url) == []
+            await engine.close()
+        finally:
+            proc.terminate()
+
+
+async def test_kill_during_algorithm_fails_that_job_and_resumes_the_queue(data_dir, postgres_url, tmp_path):
+    log = tmp_path / "engine.log"
+    proc = EngineProcess(free_ports(1)[0], postgres_url, tmp_path / "ws", C2D_ENGINE_MAX_JOBS="1")
+    try:
+        engine = await proc.start(log)
+        running = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
+        queued = await engine.submit(workflow("print('queued job ran')\n"))
+        await wait_for_file_text(engine.data(running) / "logs" / "algorithm.log", "started")
+        before = await engine.logged_so_far()
+        proc.kill9()
+        await engine.close()
+        # The sandbox dies with the engine (its lifeline): nothing of the job keeps running.
+        await wait_until(lambda: not processes_mentioning(engine.data(running)), what="the sandbox died")
+
+        engine = await proc.start(log)
+        after = await changes_after(engine, before[-1].sequence, {running, queued})
+        assert_no_gap_and_legal(before, after)
+        end = next(c for c in after if c.job_id == running)
+        assert (end.status, end.end_reason, end.error_code, end.error_message) == (
+            Status.ALGORITHM_FAILED, EndReason.FAILED, "engine_restarted", "engine restarted during algorithm")
+        assert [c.status for c in after if c.job_id == queued] == [10, 20, 30, 40, 60, 70]
+        assert no_cgroup_left(running)  # reclaimed at start-up
+        assert nothing_running(postgres_url) == []
+        await engine.close()
+    finally:
+        proc.terminate()
+
+
+async def test_kill_during_publish_reruns_publish(data_dir, postgres_url, tmp_path):
+    log = tmp_path / "engine.log"
+    async with StallingServer() as stall:
+        proc = EngineProcess(free_ports(1)[0], postgres_url, tmp_path / "ws")
+        try:
+            engine = await proc.start(log, C2D_STORAGE_KIND="ipfs", C2D_STORAGE_IPFS_API=stall.url)
+            job_id = await engine.submit(workflow("open('/data/outputs/result.txt', 'w').write('42')\n"))
+            await wait_until(lambda: stall.open_connections >= 1, what="pod_publish connected")
+            before = await engine.logged_so_far()
+            assert before[-1].status == Status.PUBLISHING_RESULTS
+            proc.kill9()
+            await engine.close()
+            await wait_until(lambda: stall.open_connections == 0, what="pod_publish died with the engine")
+
+            engine = await proc.start(log, C2D_STORAGE_KIND="local")  # storage is back
+            after = await changes_after(engine, before[-1].sequence, {job_id})
+            assert_no_gap_and_legal(before, after)
+            assert [c.status for c in after] == [70]
+            assert after[-1].end_reason == EndReason.COMPLETED
+            assert "result.txt" in {f.path for f in after[-1].results.files}
+            assert nothing_running(postgres_url) == []
+
+            # A client that saw everything resumes at the end: nothing is replayed.
+            call = engine.changes(after=after[-1].sequence)
+            first = await call.read()
+            call.cancel()
+            assert first.HasField("heartbeat") and first.heartbeat.latest_sequence == after[-1].sequence
+            await engine.close()
+        finally:
+            proc.terminate()

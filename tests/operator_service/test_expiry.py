@@ -1,0 +1,197 @@
+"""Removal of stored results: the storage-expiry sweeper (local storage and a
+real SeaweedFS S3) and DeleteJob, which share one remover."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from c2d.operator.v1 import operator_pb2
+from cli.stack import start_stack
+from plumbing import errors, storage
+from plumbing.database import Database
+from plumbing.storage import LocalStore, ObjectNotFound, open_store
+from services.operator_service.domain.expiry import ExpirySweeper, ResultsRemover
+from services.operator_service.persistence import jobs as store
+from services.operator_service.persistence import migrations
+from services.operator_service.persistence.models import Base, Engine, Job
+from tests.operator_service.helpers import Operator, control_plane, eventually, query, wait_finished
+from tests.storage.conftest import s3_config
+from tests.support.stacks import settings_for
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+HOUR = 3600
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'operator.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    database = Database(url, Base.metadata)
+    migrations.upgrade(database.engine)
+    database.transaction(lambda s: s.add(Engine(
+        engine_id="local", address="127.0.0.1:1", last_applied_sequence=0,
+        environments=[
+            {"id": "cpu", "storage_expiry_seconds": str(HOUR)},
+            {"id": "forever"},  # proto JSON leaves out 0: keep results forever
+        ],
+    )))
+    yield database
+    database.close()
+
+
+def _publish(target: storage.ObjectStore, tmp_path: Path, job_id: str, names: tuple[str, ...] = ("out.txt", "algorithm.log")) -> dict:
+    files = []
+    for index, name in enumerate(names):
+        source = tmp_path / f"{job_id}-{index}"
+        source.write_text(f"{job_id} {name}")
+        stored = target.put_file(f"{job_id}/{name}", source)
+        files.append({"index": index, "path": name, "location": stored.location, "size": str(stored.size)})
+    return {"files": files, "storage": target.kind}
+
+
+def _finished_job(db: Database, environment_id: str, finished_at: datetime, results: dict | None) -> str:
+    job_id = str(uuid.uuid4())
+    row = Job(
+        job_id=job_id, request_id=job_id, owner="0xowner", environment_id=environment_id, engine_id="local",
+        status=1, created_at=finished_at - timedelta(minutes=5), workflow=b"", dataset_dids=["did:op:1"],
+        algorithm_did="", viewers=[], dispatched=True,
+    )
+
+    def finish(session) -> None:  # type: ignore[no-untyped-def]
+        job, _ = store.create_job(session, row)
+        job.results = results
+        store.end_job(session, job, store.EndReason.COMPLETED, "", "")
+        job.finished_at = finished_at
+
+    db.transaction(finish)
+    return job_id
+
+
+def _job(db: Database, job_id: str) -> Job:
+    job = db.transaction(lambda s: s.get(Job, job_id))
+    assert job is not None
+    return job
+
+
+def _exists(target: storage.ObjectStore, location: str) -> bool:
+    try:
+        target.size(location)
+        return True
+    except ObjectNotFound:
+        return False
+
+
+async def test_the_sweeper_removes_only_results_past_their_environments_expiry(db, tmp_path):
+    local = LocalStore(tmp_path / "results")
+    sweeper = ExpirySweeper(db, ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60)
+    due = _finished_job(db, "cpu", NOW - timedelta(seconds=HOUR + 1), None)
+    db.transaction(lambda s: setattr(s.get(Job, due), "results", _publish(local, tmp_path, due)))
+    recent = _finished_job(db, "cpu", NOW - timedelta(seconds=HOUR - 60), _publish(local, tmp_path, "recent"))
+    kept = _finished_job(db, "forever", NOW - timedelta(days=365), _publish(local, tmp_path, "kept"))
+    failed = _finished_job(db, "cpu", NOW - timedelta(days=2), None)  # a failed job: nothing stored
+
+    assert await sweeper.sweep_once(NOW) == 2
+
+    expired = _job(db, due)
+    assert expired.results["expired"] is True and expired.results_expired_at is not None
+    assert not any(_exists(local, f["location"]) for f in expired.results["files"])
+    assert not (tmp_path / "results" / due).exists()
+    for job_id in (recent, kept):
+        job = _job(db, job_id)
+        assert "expired" not in job.results and job.results_expired_at is None
+        assert all(_exists(local, f["location"]) for f in job.results["files"])
+    assert _job(db, failed).results is None and _job(db, failed).results_expired_at is not None
+    # Swept jobs are not looked at again; the next one comes due in its time.
+    assert await sweeper.sweep_once(NOW) == 0
+    assert await sweeper.sweep_once(NOW + timedelta(minutes=2)) == 1
+    assert _job(db, recent).results["expired"] is True
+
+
+async def test_the_sweeper_removes_results_from_real_s3(postgres_url, seaweedfs, tmp_path):
+    db = Database(postgres_url, Base.metadata)
+    migrations.upgrade(db.engine)
+    db.transaction(lambda s: s.add(Engine(engine_id="local", address="a:1", last_applied_sequence=0,
+                                          environments=[{"id": "cpu", "storage_expiry_seconds": "60"}])))
+    config = s3_config(seaweedfs, seaweedfs.make_bucket("expiry"))
+    bucket = open_store(config)
+    try:
+        job_id = _finished_job(db, "cpu", NOW - timedelta(minutes=2), None)
+        results = _publish(bucket, tmp_path, job_id, ("a.csv", "nested/b.bin", "algorithm.log"))
+        db.transaction(lambda s: setattr(s.get(Job, job_id), "results", results))
+        assert all(_exists(bucket, f["location"]) for f in results["files"])
+
+        assert await ExpirySweeper(db, ResultsRemover(config), 60).sweep_once(NOW) == 1
+
+        assert not any(_exists(bucket, f["location"]) for f in results["files"])
+        assert _job(db, job_id).results["expired"] is True
+    finally:
+        db.close()
+
+
+async def test_results_the_service_cannot_reach_stay_and_are_retried(db, tmp_path):
+    local = LocalStore(tmp_path / "results")
+    elsewhere = _finished_job(db, "cpu", NOW - timedelta(days=1), {"files": [{"location": "s3://bucket/x/out.txt"}]})
+    here = _finished_job(db, "cpu", NOW - timedelta(days=1), _publish(local, tmp_path, "here"))
+    sweeper = ExpirySweeper(db, ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60)
+
+    assert await sweeper.sweep_once(NOW) == 1
+
+    assert _job(db, here).results["expired"] is True
+    assert _job(db, elsewhere).results_expired_at is None and "expired" not in _job(db, elsewhere).results
+    with pytest.raises(errors.Unavailable, match="configured for local"):
+        await ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")).remove(_job(db, elsewhere))
+
+
+async def test_delete_job_removes_its_stored_results(data_dir, postgres_url, tmp_path):
+    async with control_plane(postgres_url) as plane:
+        job = await plane.operator.create()
+        await wait_finished(plane.operator, [job.job_id])
+        # The no-op backend stores nothing: give the job real files in the configured (local) storage.
+        local = LocalStore(storage.configured().local_root)  # type: ignore[arg-type]
+        results = _publish(local, tmp_path, job.job_id)
+        db = Database(postgres_url, Base.metadata)
+        try:
+            db.transaction(lambda s: setattr(s.get(Job, job.job_id), "results", results))
+        finally:
+            db.close()
+
+        await plane.operator.stub.DeleteJob(operator_pb2.DeleteJobRequest(job_id=job.job_id), metadata=plane.operator.metadata)
+
+        assert not any(_exists(local, f["location"]) for f in results["files"])
+        [(expired,)] = query(postgres_url, "SELECT results_expired_at FROM jobs WHERE job_id = :j", j=job.job_id)
+        assert expired is not None
+
+
+async def test_a_real_jobs_results_expire_end_to_end(data_dir, tmp_path):
+    from cli import demo
+
+    provider, operator, engine = settings_for("")
+    stack = await start_stack(
+        provider, dataclasses.replace(operator, sweep_interval_s=0.5), dataclasses.replace(engine, storage_expiry_s=8)
+    )
+    client = Operator(stack.operator.port)
+    try:
+        await eventually(lambda: _available(client), "the environment", timeout=60)
+        outcome = await demo.run_demo(stack.provider_address, tmp_path / "out", say=lambda *_: None)
+        assert outcome["ok"] and outcome["result"] == demo.EXPECTED, outcome
+        job = await client.get(outcome["job_id"])
+        locations = [f.location for f in job.results.files]
+        local = LocalStore(Path(data_dir) / "results")
+        assert locations and all(_exists(local, location) for location in locations)
+
+        async def expired() -> bool:
+            return (await client.get(job.job_id)).results.expired
+
+        await eventually(expired, "the results to expire", timeout=90, every=0.2)
+        assert not any(_exists(local, location) for location in locations)
+    finally:
+        await client.close()
+        await stack.stop()
+
+
+async def _available(client: Operator) -> bool:
+    return any(env.available for env in await client.environments())

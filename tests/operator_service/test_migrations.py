@@ -1,0 +1,124 @@
+"""Alembic migrations of the operator-service, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+import sqlalchemy
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.orm import Session
+
+from services.operator_service.persistence import jobs as store
+from services.operator_service.persistence import migrations
+from services.operator_service.persistence.models import Base
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'operator.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    engine = sqlalchemy.create_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def _tables(engine) -> set[str]:
+    return set(sqlalchemy.inspect(engine).get_table_names())
+
+
+def _indexes(engine) -> set[str]:
+    return {index["name"] for index in sqlalchemy.inspect(engine).get_indexes("jobs")}
+
+
+def _differences(engine) -> list:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": migrations.VERSION_TABLE})
+        return compare_metadata(context, Base.metadata)
+
+
+def test_an_empty_database_upgrades_to_head_matching_the_models(database):
+    migrations.upgrade(database)
+
+    assert migrations.current_revision(database) == migrations.HEAD
+    assert {"jobs", "job_events", "engines", migrations.VERSION_TABLE} <= _tables(database)
+    assert {"ix_jobs_results_unexpired", "ix_jobs_created_job"} <= _indexes(database)
+    assert _differences(database) == []
+
+
+def test_upgrading_twice_changes_nothing(database):
+    migrations.upgrade(database)
+    migrations.upgrade(database)
+
+    assert migrations.current_revision(database) == migrations.HEAD
+    assert _differences(database) == []
+
+
+JOB = {
+    "job_id": "11111111-2222-3333-4444-555555555555", "request_id": "req-1", "owner": "0xowner",
+    "environment_id": "local-cpu", "engine_id": "local", "status": 70, "end_reason": 1, "error_code": "",
+    "error_message": "", "created_at": datetime(2026, 1, 1, tzinfo=timezone.utc),
+    "finished_at": datetime(2026, 1, 1, 0, 5, tzinfo=timezone.utc), "workflow": b"\x0a\x00",
+    "dataset_dids": '["did:op:1"]', "algorithm_did": "", "viewers": "[]",
+    "results": '{"files": [{"location": "local:j/out.txt"}], "storage": "local"}', "results_did": "",
+    "dispatched": True, "sequence": 2,
+}
+
+
+def test_a_database_at_the_previous_revision_upgrades_with_its_data(database):
+    migrations.upgrade(database, migrations.INITIAL)
+    assert "ix_jobs_results_unexpired" not in _indexes(database)
+    columns = ", ".join(JOB)
+    values = ", ".join(f":{name}" for name in JOB)
+    with database.begin() as connection:
+        connection.execute(sqlalchemy.text(f"INSERT INTO jobs ({columns}) VALUES ({values})"), JOB)
+        connection.execute(sqlalchemy.text(
+            "INSERT INTO job_events (job_id, status, end_reason, error_code, error_message, engine_id, engine_sequence, time) "
+            "VALUES (:j, 70, 1, '', '', 'local', 6, :t)"), {"j": JOB["job_id"], "t": JOB["finished_at"]})
+        connection.execute(sqlalchemy.text(
+            "INSERT INTO engines (engine_id, address, last_applied_sequence, environments) "
+            "VALUES ('local', '127.0.0.1:1', 6, '[]')"))
+
+    migrations.upgrade(database)
+
+    assert migrations.current_revision(database) == migrations.HEAD
+    assert _differences(database) == []
+    with Session(database) as session:
+        job = store.read_job(session, JOB["job_id"])
+        assert job is not None
+        assert (job.status, job.request_id, job.results["files"][0]["location"]) == (70, "req-1", "local:j/out.txt")
+        assert job.results_expired_at is None
+        assert [e.status for e in store.read_events(session, [job.job_id], 0)] == [70]
+        assert session.get(store.Engine, "local").last_applied_sequence == 6
+        # The sweeper's query runs on the upgraded table and finds the old job.
+        due = store.results_to_expire(session, "local", "local-cpu", datetime(2027, 1, 1, tzinfo=timezone.utc), 10)
+        assert [j.job_id for j in due] == [JOB["job_id"]]
+
+
+def test_a_skeleton_database_without_version_table_is_adopted(database):
+    # The walking skeleton created its tables with create_all (the initial revision's schema).
+    migrations.upgrade(database, migrations.INITIAL)
+    with database.begin() as connection:
+        connection.execute(sqlalchemy.text(f"DROP TABLE {migrations.VERSION_TABLE}"))
+    assert migrations.current_revision(database) is None
+
+    migrations.upgrade(database)
+
+    assert migrations.current_revision(database) == migrations.HEAD
+    assert _differences(database) == []
+
+
+def test_replicas_migrating_at_once_both_succeed(postgres_url):
+    import concurrent.futures
+
+    engines = [sqlalchemy.create_engine(postgres_url) for _ in range(3)]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            list(pool.map(migrations.upgrade, engines))
+        assert migrations.current_revision(engines[0]) == migrations.HEAD
+    finally:
+        for engine in engines:
+            engine.dispose()

@@ -1,0 +1,143 @@
+"""The job store on the real databases: the request-id race, exactly-once
+application of an engine's changes, gaps, illegal transitions."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from plumbing.database import Database
+from plumbing.statuses import EndReason, Status
+from services.operator_service.persistence import jobs as store
+from services.operator_service.persistence import migrations
+from services.operator_service.persistence.models import Base, Job, JobEvent
+
+T0 = datetime(2026, 6, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path):
+    url = f"sqlite:///{tmp_path / 'operator.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    database = Database(url, Base.metadata)
+    migrations.upgrade(database.engine)
+    database.transaction(lambda s: store.ensure_engine(s, "local", "127.0.0.1:1"))
+    yield database
+    database.close()
+
+
+def _job(request_id: str = "") -> Job:
+    job_id = str(uuid.uuid4())
+    return Job(
+        job_id=job_id, request_id=request_id or job_id, owner="0xowner", environment_id="cpu", engine_id="local",
+        status=int(Status.WARMING_UP), created_at=T0, workflow=b"", dataset_dids=["did:op:1"], algorithm_did="",
+        viewers=[], dispatched=True,
+    )
+
+
+def _change(sequence: int, job_id: str, status: int, **extra) -> store.IncomingChange:
+    values = dict(end_reason=0, error_code="", error_message="", time=T0, results=None, outcome=None, results_did="")
+    values.update(extra)
+    return store.IncomingChange(sequence=sequence, job_id=job_id, status=status, **values)  # type: ignore[arg-type]
+
+
+def _history(db: Database, job_id: str) -> list[tuple[int, int]]:
+    return db.transaction(lambda s: [
+        (e.status, e.engine_sequence) for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.sequence))
+    ])
+
+
+def test_a_retry_racing_the_first_insert_returns_the_winners_job(postgres_url):
+    db = Database(postgres_url, Base.metadata)
+    migrations.upgrade(db.engine)
+    try:
+        first, retry = _job("same-request"), _job("same-request")
+        inserted, may_commit = threading.Event(), threading.Event()
+        results: dict[str, tuple[Job, bool]] = {}
+
+        def winner() -> None:
+            with Session(db.engine, expire_on_commit=False) as session, session.begin():
+                results["first"] = store.create_job(session, first)
+                inserted.set()
+                may_commit.wait(30)
+
+        thread = threading.Thread(target=winner)
+        thread.start()
+        assert inserted.wait(30)
+        # The retry passes the existence check (nothing committed yet), then waits on the unique index.
+        racing = threading.Thread(target=lambda: results.update(retry=db.transaction(lambda s: store.create_job(s, retry))))
+        racing.start()
+        _wait_for_a_lock_wait(db)
+        may_commit.set()
+        thread.join(30)
+        racing.join(30)
+
+        assert results["first"][1] is True
+        job, created = results["retry"]
+        assert (job.job_id, created) == (first.job_id, False)
+        assert db.transaction(lambda s: s.scalar(select(func.count()).select_from(Job))) == 1
+        assert db.transaction(lambda s: s.scalar(select(func.count()).select_from(JobEvent))) == 1
+    finally:
+        db.close()
+
+
+def _wait_for_a_lock_wait(db: Database, timeout: float = 60.0) -> None:
+    """Until a backend of this database waits on a lock: the retry is blocked on the unique index."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        waiting = db.transaction(lambda s: s.scalar(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )))
+        if waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the retry never waited on the first insert")
+
+
+def test_changes_apply_once_in_order_and_duplicates_are_skipped(db):
+    job, _ = db.transaction(lambda s: store.create_job(s, _job()))
+    changes = [_change(1, job.job_id, 10), _change(2, job.job_id, 20), _change(3, job.job_id, 30)]
+
+    applied = db.transaction(lambda s: store.apply_changes(s, "local", changes))
+    again = db.transaction(lambda s: store.apply_changes(s, "local", changes[1:] + [_change(4, job.job_id, 40)]))
+
+    assert [j.status for j in applied] == [30] and [j.status for j in again] == [40]
+    assert _history(db, job.job_id) == [(1, 0), (10, 1), (20, 2), (30, 3), (40, 4)]
+    stored = db.transaction(lambda s: store.read_job(s, job.job_id))
+    events = db.transaction(lambda s: store.read_events(s, [job.job_id], 0))
+    assert stored.status == 40 and stored.sequence == events[-1].sequence
+    assert [e.sequence for e in events] == sorted(e.sequence for e in events)
+    assert db.transaction(lambda s: s.get(store.Engine, "local").last_applied_sequence) == 4
+
+
+def test_a_gap_applies_nothing_of_the_batch(db):
+    job, _ = db.transaction(lambda s: store.create_job(s, _job()))
+
+    with pytest.raises(store.SequenceGap, match="expected sequence 2, got 3"):
+        db.transaction(lambda s: store.apply_changes(s, "local", [_change(1, job.job_id, 10), _change(3, job.job_id, 20)]))
+
+    assert _history(db, job.job_id) == [(1, 0)]
+    assert db.transaction(lambda s: s.get(store.Engine, "local").last_applied_sequence) == 0
+
+
+def test_illegal_and_unknown_changes_are_refused_but_consumed(db):
+    job, _ = db.transaction(lambda s: store.create_job(s, _job()))
+    changes = [
+        _change(1, job.job_id, 10),
+        _change(2, job.job_id, 60),  # 10 -> 60 skips the stages: refused
+        _change(3, str(uuid.uuid4()), 10),  # a job this service does not know
+        _change(4, job.job_id, 70, end_reason=int(EndReason.STOPPED), error_code="stopped"),
+        _change(5, job.job_id, 20),  # after the end: terminal states are immutable
+    ]
+
+    db.transaction(lambda s: store.apply_changes(s, "local", changes))
+
+    assert _history(db, job.job_id) == [(1, 0), (10, 1), (70, 4)]
+    stored = db.transaction(lambda s: store.read_job(s, job.job_id))
+    assert (stored.status, stored.end_reason, stored.error_code) == (70, int(EndReason.STOPPED), "stopped")
+    assert db.transaction(lambda s: s.get(store.Engine, "local").last_applied_sequence) == 5

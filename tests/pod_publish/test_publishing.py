@@ -1,0 +1,83 @@
+"""The publishing domain on its own: what is collected, the part size, and
+the all-or-nothing upload on a real local store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from plumbing.storage import StorageConfig, open_store
+from services.pod_publish import publishing
+
+
+def _tree(root: Path) -> Path:
+    out = root / "outputs"
+    (out / "a" / "b").mkdir(parents=True)
+    (out / "a" / "b" / "deep.txt").write_text("deep")
+    (out / "top.txt").write_text("top")
+    (root / "logs").mkdir()
+    (root / "logs" / "algorithm.log").write_text("log")
+    (root / "secret.txt").write_text("outside outputs")
+    os.symlink(root / "secret.txt", out / "file-link")
+    os.symlink(root, out / "a" / "dir-link")
+    os.mkfifo(out / "pipe")
+    return out
+
+
+def test_collect_publishes_regular_files_only_and_never_follows_links(tmp_path):
+    _tree(tmp_path)
+    collected = publishing.collect(tmp_path, pack=False, scratch=tmp_path)
+    assert [(s.path, s.kind) for s in collected.sources] == [
+        ("a/b/deep.txt", publishing.OUTPUT), ("top.txt", publishing.OUTPUT),
+        ("algorithm.log", publishing.ALGORITHM_LOG),
+    ]
+    assert collected.skipped == ["a/dir-link", "file-link", "pipe"]
+
+
+def test_outputs_that_are_themselves_a_link_publish_nothing_but_the_log(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.txt").write_text("x")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "outputs")
+    collected = publishing.collect(tmp_path, pack=False, scratch=tmp_path)
+    assert collected.sources == []
+
+
+@pytest.mark.parametrize(
+    ("configured", "largest", "expected"),
+    [
+        (64 << 20, 1 << 30, 8 << 20),  # capped: bounded memory
+        (5 << 20, 1 << 30, 5 << 20),  # a smaller setting is kept
+        (64 << 20, 200 << 30, 21 << 20),  # 200 GiB needs parts over 20 MiB (10,000 parts at most)
+    ],
+)
+def test_part_size_is_bounded_unless_a_file_needs_bigger_parts(configured, largest, expected):
+    assert publishing.part_size_for(configured, largest) == expected
+    assert largest / publishing.part_size_for(configured, largest) <= publishing.MAX_PARTS
+
+
+def test_a_failed_file_fails_the_publication_and_removes_what_was_uploaded(tmp_path):
+    out = tmp_path / "data" / "outputs"
+    out.mkdir(parents=True)
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (out / name).write_bytes(os.urandom(1 << 16))
+    (out / "d\\bad.txt").write_text("x")  # no storage key may carry a backslash
+    store = open_store(StorageConfig(kind="local", local_root=tmp_path / "results"))
+    collected = publishing.collect(tmp_path / "data", pack=False, scratch=tmp_path)
+    with pytest.raises(publishing.PublishFailed, match=r"results upload failed: d\\bad.txt: invalid object key"):
+        publishing.publish(store, "job-1", collected)
+    assert [p for p in (tmp_path / "results").rglob("*") if p.is_file()] == []
+
+
+def test_publish_returns_the_manifest_in_source_order(tmp_path):
+    _tree(tmp_path)
+    store = open_store(StorageConfig(kind="local", local_root=tmp_path / "results"))
+    manifest = publishing.publish(store, "job-2", publishing.collect(tmp_path, pack=False, scratch=tmp_path))
+    assert [(f["index"], f["path"], f["location"]) for f in manifest["files"]] == [
+        (0, "a/b/deep.txt", "local:job-2/outputs/a/b/deep.txt"),
+        (1, "top.txt", "local:job-2/outputs/top.txt"),
+        (2, "algorithm.log", "local:job-2/logs/algorithm.log"),
+    ]
+    assert manifest["skipped_paths"] == ["a/dir-link", "file-link", "pipe"]
+    assert (tmp_path / "results" / "job-2" / "outputs" / "top.txt").read_text() == "top"
