@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import bisect
 import collections
-import contextlib
 import json
 import os
 import statistics
@@ -47,27 +46,14 @@ from services.operator_service.domain import watching  # noqa: E402
 from tests.operator_service.helpers import (  # noqa: E402
     ENVIRONMENT, control_plane, engine_settings, query, workflow,
 )
-from tests.support.stacks import PG_ADMIN  # noqa: E402
+from tests.support.stacks import fresh_postgres_database  # noqa: E402
 
 CHANGES_PER_JOB = 6  # the no-op backend's 10, 20, 30, 40, 60, 70
 LOW_RATE = 60.0  # changes/s: ten jobs a second
 
 
-@contextlib.contextmanager
 def fresh_database():
-    name = f"c2d_bench_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(PG_ADMIN)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://", 1)
-        yield f"{base}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+    return fresh_postgres_database("c2d_bench")
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -26,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import grpc
-import psycopg2
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2
 
@@ -43,7 +41,7 @@ from cli import demo
 from cli.client import Client
 from cli.stack import start_stack
 from tests.provider.market import wait_for_environment
-from tests.support.stacks import PG_ADMIN, settings_for
+from tests.support.stacks import fresh_postgres_database, settings_for
 
 CLIENTS = 64
 ECHO = "/bench.Echo/Echo"
@@ -52,21 +50,8 @@ RAW = provider_pb2.RawAlgorithm(
 )
 
 
-@contextlib.contextmanager
 def fresh_database():
-    name = f"c2d_bench_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(PG_ADMIN)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://", 1)
-        yield f"{base}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+    return fresh_postgres_database("c2d_bench")
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -3,6 +3,7 @@ or on a fresh database of the real PostgreSQL server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from typing import AsyncIterator, Iterator
@@ -28,10 +29,10 @@ def data_dir(tmp_path, monkeypatch) -> Iterator[str]:
     yield str(path)
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test, dropped afterwards."""
-    name = f"c2d_test_{uuid.uuid4().hex[:12]}"
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str = "c2d_test") -> Iterator[str]:
+    """A new, empty PostgreSQL database, dropped afterwards (tests and benchmarks)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = psycopg2.connect(PG_ADMIN)
     admin.autocommit = True
     with admin.cursor() as cur:
@@ -47,6 +48,12 @@ def postgres_url() -> Iterator[str]:
             )
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.close()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with fresh_postgres_database() as url:
+        yield url
 
 
 def settings_for(database_url: str = "", backend: str = "local", **engine: object) -> tuple[ProviderSettings, OperatorSettings, EngineSettings]:
