@@ -5,7 +5,10 @@ database (the tests' server, 127.0.0.1:5432), in one run:
 
 1. throughput: jobs/s from the first CreateJob to the last job at status 70,
    for 2000 jobs, next to the engine alone (SubmitJob straight to it, same
-   jobs) as the baseline: the ceiling the operator-service can reach;
+   jobs) as the baseline: the ceiling the operator-service can reach. The
+   engine and the operator-service run as their own processes, as deployed
+   (`python -m services...`); the same with everything in this one process
+   (one event loop, one GIL) is reported beside it;
 2. propagation: engine emit (the change's time, stamped by the engine) to
    applied (the service's commit, when the change is published to watchers),
    p50/p99, with jobs created at a steady 1000 changes/s;
@@ -22,15 +25,18 @@ import argparse
 import asyncio
 import bisect
 import collections
+import contextlib
 import json
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,10 +47,9 @@ import psycopg2  # noqa: E402
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc  # noqa: E402
 from c2d.operator.v1 import operator_pb2  # noqa: E402
 from plumbing import auth  # noqa: E402
-from services.operator_engine import server as engine_server  # noqa: E402
 from services.operator_service.domain import watching  # noqa: E402
 from tests.operator_service.helpers import (  # noqa: E402
-    ENVIRONMENT, control_plane, engine_settings, query, workflow,
+    ENVIRONMENT, Operator, OperatorProcess, control_plane, query, wait_available, workflow,
 )
 from tests.support.stacks import fresh_postgres_database  # noqa: E402
 
@@ -91,35 +96,92 @@ async def wait_count(database_url: str, sql: str, target: int, timeout: float = 
 # -- 1. throughput ------------------------------------------------------------------
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def engine_process(database_url: str, log_path: Path) -> AsyncIterator[int]:
+    """The engine (no-op backend) as its own process; yields its port."""
+    port = free_port()
+    env = {
+        **os.environ, "C2D_ENGINE_ADDRESS": f"127.0.0.1:{port}", "C2D_ENGINE_DATABASE_URL": database_url,
+        "C2D_ENGINE_BACKEND": "noop", "C2D_ENGINE_MAX_JOBS": "1000", "C2D_ENGINE_HEARTBEAT_S": "0.2",
+        "C2D_SERVICE_TOKEN": auth.service_token(),
+    }
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "services.operator_engine"], cwd=ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    try:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        stub = engine_pb2_grpc.EngineServiceStub(channel)
+        for _ in range(600):
+            try:
+                await stub.ListEnvironments(engine_pb2.ListEnvironmentsRequest(), metadata=auth.bearer(auth.service_token()))
+                break
+            except grpc.aio.AioRpcError:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the engine exited: see {log_path}") from None
+                await asyncio.sleep(0.1)
+        await channel.close()
+        yield port
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@contextlib.asynccontextmanager
+async def processes(database_url: str) -> AsyncIterator[Operator]:
+    """Engine and operator-service as their own processes; yields an operator client."""
+    logs = Path(os.environ["C2D_DATA_DIR"])
+    async with engine_process(database_url, logs / "engine.log") as engine_port:
+        service = OperatorProcess(database_url, engine_port, logs / "operator.log")
+        await service.start()
+        operator = Operator(service.port)
+        try:
+            await wait_available(operator)
+            yield operator
+        finally:
+            await operator.close()
+            service.stop()
+
+
 async def engine_alone(jobs: int, concurrency: int) -> float:
     """The baseline: the same jobs submitted straight to the engine."""
     with fresh_database() as url:
-        engine = await engine_server.start(engine_settings(url))
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{engine.port}")
-        stub = engine_pb2_grpc.EngineServiceStub(channel)
-        metadata = auth.bearer(auth.service_token())
-        flow = workflow()
-        try:
-            started = time.perf_counter()
-            await bounded([
-                (lambda: stub.SubmitJob(engine_pb2.SubmitJobRequest(
-                    job_id=str(uuid.uuid4()), environment_id=ENVIRONMENT, workflow=flow), metadata=metadata))
-                for _ in range(jobs)
-            ], concurrency)
-            await wait_count(url, "SELECT count(*) FROM engine_jobs WHERE status = 70", jobs)
-            return jobs / (time.perf_counter() - started)
-        finally:
-            await channel.close()
-            await engine.stop(1)
+        async with engine_process(url, Path(os.environ["C2D_DATA_DIR"]) / "engine-alone.log") as port:
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            stub = engine_pb2_grpc.EngineServiceStub(channel)
+            metadata = auth.bearer(auth.service_token())
+            flow = workflow()
+            try:
+                started = time.perf_counter()
+                await bounded([
+                    (lambda: stub.SubmitJob(engine_pb2.SubmitJobRequest(
+                        job_id=str(uuid.uuid4()), environment_id=ENVIRONMENT, workflow=flow), metadata=metadata))
+                    for _ in range(jobs)
+                ], concurrency)
+                await wait_count(url, "SELECT count(*) FROM engine_jobs WHERE status = 70", jobs)
+                return jobs / (time.perf_counter() - started)
+            finally:
+                await channel.close()
 
 
-async def through_the_service(jobs: int, concurrency: int) -> float:
+async def through_the_service(jobs: int, concurrency: int, one_process: bool) -> float:
     with fresh_database() as url:
-        async with control_plane(url) as plane:
+        async with (in_process(url) if one_process else processes(url)) as operator:
             started = time.perf_counter()
-            await bounded([lambda: plane.operator.create() for _ in range(jobs)], concurrency)
+            await bounded([lambda: operator.create() for _ in range(jobs)], concurrency)
             await wait_count(url, "SELECT count(*) FROM jobs WHERE status = 70", jobs)
             return jobs / (time.perf_counter() - started)
+
+
+@contextlib.asynccontextmanager
+async def in_process(database_url: str) -> AsyncIterator[Operator]:
+    async with control_plane(database_url) as plane:
+        yield plane.operator
 
 
 # -- 2. propagation ------------------------------------------------------------------------
@@ -250,8 +312,10 @@ async def main() -> None:
         print(f"control plane, no-op engine, PostgreSQL; {os.cpu_count()} cores (shared machine)", file=sys.stderr)
         baseline = await engine_alone(jobs, concurrency)
         print(f"  engine alone: {baseline:.0f} jobs/s", file=sys.stderr)
-        throughput = await through_the_service(jobs, concurrency)
+        throughput = await through_the_service(jobs, concurrency, one_process=False)
         print(f"  through the service: {throughput:.0f} jobs/s", file=sys.stderr)
+        one_process = await through_the_service(jobs, concurrency, one_process=True)
+        print(f"  through the service, all in one process: {one_process:.0f} jobs/s", file=sys.stderr)
         latencies, rate = await propagation(seconds, 1000.0)
         print(f"  propagation: {len(latencies)} changes at {rate:.0f}/s", file=sys.stderr)
         # The same at a rate the engine sustains: the pipeline's own latency, with no queue.
@@ -263,6 +327,7 @@ async def main() -> None:
         "jobs": jobs,
         "jobs_per_s": round(throughput, 1),
         "engine_alone_jobs_per_s": round(baseline, 1),
+        "jobs_per_s_one_process": round(one_process, 1),
         "propagation_changes": len(latencies),
         "propagation_rate_per_s": round(rate, 1),
         "propagation_p50_ms": round(percentile(latencies, 50), 2),
@@ -276,6 +341,7 @@ async def main() -> None:
     label = f"{rows:,} jobs"
     lines = [
         ("CreateJob -> 70 throughput", f"{figures['jobs_per_s']:.0f} jobs/s", ">= 500 jobs/s", f"engine alone {figures['engine_alone_jobs_per_s']:.0f} jobs/s"),
+        ("  the same, all in one process", f"{figures['jobs_per_s_one_process']:.0f} jobs/s", "", "one event loop, one GIL"),
         ("propagation p50", f"{figures['propagation_p50_ms']:.1f} ms", "", f"{figures['propagation_changes']} changes at {figures['propagation_rate_per_s']:.0f}/s"),
         ("propagation p99", f"{figures['propagation_p99_ms']:.1f} ms", "<= 20 ms", "offered 1000 changes/s"),
         ("propagation p50 / p99, low rate", f"{figures['propagation_low_rate_p50_ms']:.1f} / {figures['propagation_low_rate_p99_ms']:.1f} ms", "",

@@ -103,10 +103,11 @@ class Engine:
 
     async def _follow(self) -> None:
         async for event in self.stub.StreamStateChanges(engine_pb2.StreamStateChangesRequest(), metadata=self.metadata):
-            if event.HasField("change") and event.change.status in (41, 42, 31, 32, 61, 62, 70):
-                future = self.finished.get(event.change.job_id)
-                if future is not None and not future.done():
-                    future.set_result(event.change)
+            for change in event.changes.changes:
+                if change.status in (41, 42, 31, 32, 61, 62, 70):
+                    future = self.finished.get(change.job_id)
+                    if future is not None and not future.done():
+                        future.set_result(change)
 
     async def run_job(self) -> float:
         job_id = str(uuid.uuid4())

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Generic, Sequence, TypeVar
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 T = TypeVar("T")
+Item = TypeVar("Item")
 
 
 def sqlite_url(path: Path) -> str:
@@ -64,3 +65,79 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+class GroupCommit(Generic[Item, T]):
+    """Writes that arrive together share one transaction.
+
+    `await batcher.submit(item)` queues the item; one flusher task runs
+    `write(session, items)` for everything queued since its last round and
+    hands each caller its own result (write returns one per item, in order).
+    A commit costs the same for one row or a hundred, so under load this is
+    what keeps a service fast; alone, a write waits for nothing. If a batch
+    fails, each of its items is retried in a transaction of its own, so one
+    bad item fails only its caller. `committed(results)`, if given, runs
+    after each successful commit and before any caller resumes.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        write: Callable[[Session, Sequence[Item]], Sequence[T]],
+        committed: Callable[[Sequence[T]], None] | None = None,
+        max_batch: int = 500,
+    ) -> None:
+        self._db = db
+        self._write = write
+        self._committed = committed
+        self._max_batch = max_batch
+        self._pending: list[tuple[Item, asyncio.Future[T]]] = []
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Item) -> T:
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_forever(), name="group-commit")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._wake.set()
+        return await future
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[Item, asyncio.Future[T]]]) -> None:
+        items = [item for item, _ in batch]
+        try:
+            results = await self._db.run(lambda s: self._write(s, items))
+        except Exception as exc:  # noqa: BLE001 - sorted out item by item below
+            if len(batch) == 1:
+                _settle(batch[0][1], exception=exc)
+                return
+            for one in batch:
+                await self._commit([one])
+            return
+        if self._committed is not None:
+            self._committed(results)
+        for (_, future), result in zip(batch, results):
+            _settle(future, result=result)
+
+
+def _settle(future: asyncio.Future[T], result: object = None, exception: BaseException | None = None) -> None:
+    if future.done():  # its caller was cancelled; the write stands
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]

@@ -54,6 +54,7 @@ async def start(config: OperatorSettings) -> RunningServer:
 
     async def shutdown() -> None:
         await sweeper.close()
+        await servicer.close()
         for link in links.values():
             await link.close()
         db.close()

@@ -105,10 +105,11 @@ class EngineClient:
             call = self.changes()
             try:
                 async for event in call:
-                    if event.HasField("change") and event.change.job_id == job_id:
-                        seen.append(event.change)
-                        if until(event.change):
-                            return
+                    for change in event.changes.changes:
+                        if change.job_id == job_id:
+                            seen.append(change)
+                            if until(change):
+                                return
             finally:
                 call.cancel()
 
@@ -127,8 +128,7 @@ class EngineClient:
             latest = first.heartbeat.latest_sequence
             while latest and (not changes or changes[-1].sequence < latest):
                 event = await call.read()
-                if event.HasField("change"):
-                    changes.append(event.change)
+                changes.extend(event.changes.changes)
         finally:
             call.cancel()
         return changes

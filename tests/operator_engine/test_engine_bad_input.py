@@ -105,3 +105,32 @@ async def test_without_bubblewrap_algorithms_are_refused_unless_configured_unsan
         job_id = await engine.submit(workflow("import os\nopen(os.environ['OUTPUTS'] + '/ran', 'w').write('yes')\n"))
         assert (await engine.ended(job_id)).status == 70
         assert (engine.data(job_id) / "outputs" / "ran").read_text() == "yes"
+
+
+async def test_submit_jobs_answers_each_job_on_its_own(data_dir, postgres_url, tmp_path):
+    async with engine_running(postgres_url, tmp_path / "ws") as engine:
+        def job(job_id: str, wf, environment_id: str = "local-cpu") -> engine_pb2.SubmitJobRequest:  # type: ignore[no-untyped-def]
+            return engine_pb2.SubmitJobRequest(job_id=job_id, environment_id=environment_id, workflow=wf)
+
+        response = await engine.stub.SubmitJobs(
+            engine_pb2.SubmitJobsRequest(jobs=[
+                job("good", workflow("print(1)")),
+                job("no-algo", workflow("print(1)", entrypoint="python3 main.py")),
+                job("../x", workflow("print(1)")),
+                job("gpu", workflow("print(1)"), environment_id="gpu-a100"),
+                job("good", workflow("print(1)")),  # the same job twice in one call
+            ]),
+            metadata=engine.metadata,
+        )
+        answers = [(r.job_id, r.created, r.error_code) for r in response.results]
+        assert answers == [
+            ("good", True, ""),
+            ("no-algo", False, "entrypoint_invalid"),
+            ("../x", False, "job_id_invalid"),
+            ("gpu", False, "environment_unknown"),
+            ("good", False, ""),
+        ]
+        assert "$ALGO" in response.results[1].error_message
+        assert (await engine.ended("good")).status == 70
+        history = await engine.history("good")
+        assert len([c for c in history if c.status == 10]) == 1  # it ran once

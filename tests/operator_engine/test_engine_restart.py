@@ -41,12 +41,12 @@ async def changes_after(engine: EngineClient, sequence: int, until_ended: set[st
         call = engine.changes(after=sequence)
         try:
             async for event in call:
-                if event.HasField("change"):
-                    changes.append(event.change)
-                    if is_terminal(event.change.status):
-                        waiting.discard(event.change.job_id)
-                    if not waiting:
-                        return
+                for change in event.changes.changes:
+                    changes.append(change)
+                    if is_terminal(change.status):
+                        waiting.discard(change.job_id)
+                if not waiting:
+                    return
         finally:
             call.cancel()
 

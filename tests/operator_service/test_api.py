@@ -64,6 +64,19 @@ async def test_concurrent_retries_with_one_request_id_create_one_job(data_dir, d
         assert query(_engine_db(database_url, data_dir), "SELECT count(*) FROM engine_jobs") == [(1,)]
 
 
+async def test_a_job_the_engine_refuses_ends_with_its_reason_and_the_rest_run(data_dir, database_url):
+    async with control_plane(database_url) as plane:
+        refused = create_request()
+        refused.workflow.container.entrypoint = "python3 main.py"  # the engine needs $ALGO
+        jobs = await asyncio.gather(plane.operator.create(refused), *(plane.operator.create() for _ in range(5)))
+
+        await wait_finished(plane.operator, [job.job_id for job in jobs[1:]])
+        ended = (await plane.operator.watch([jobs[0].job_id]))[-1]
+        assert ended.status == 70 and ended.end_reason == 4  # FAILED, not left waiting for a dispatch
+        assert ended.error_code == "entrypoint_invalid"
+        assert ended.error_message.startswith("the engine refused the job:") and "$ALGO" in ended.error_message
+
+
 async def test_watch_resumes_after_a_sequence_with_exactly_the_later_changes(data_dir, postgres_url):
     async with control_plane(postgres_url) as plane:
         first, second = await plane.operator.create(), await plane.operator.create()

@@ -77,12 +77,16 @@ async def test_a_service_killed_mid_stream_resumes_with_no_gap_and_no_duplicate(
 
 
 class CountingProxy:
-    """A real gRPC hop in front of the engine that counts SubmitJob calls per job."""
+    """A real gRPC hop in front of the engine that counts submissions per job."""
 
     STREAMS = ("StreamStateChanges", "StreamJobLogs")
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, stall_first_stream: bool = False) -> None:
         self.submits: collections.Counter[str] = collections.Counter()
+        self.streams = 0
+        # The first state stream forwards its first message, then goes silent
+        # for good with the connection open: a hung peer, not a closed one.
+        self.stall_first_stream = stall_first_stream
         self._channel = grpc.aio.insecure_channel(target)
         self._server = grpc.aio.server()
         self._server.add_generic_rpc_handlers([self._Handler(self)])
@@ -105,6 +109,8 @@ class CountingProxy:
         async def forward(request: bytes, context):  # type: ignore[no-untyped-def]
             if method.endswith("/SubmitJob"):
                 self.submits[engine_pb2.SubmitJobRequest.FromString(request).job_id] += 1
+            if method.endswith("/SubmitJobs"):
+                self.submits.update(job.job_id for job in engine_pb2.SubmitJobsRequest.FromString(request).jobs)
             try:
                 return await self._channel.unary_unary(method)(request, metadata=self._forwarded(context), timeout=30)
             except grpc.aio.AioRpcError as exc:
@@ -115,9 +121,13 @@ class CountingProxy:
     def _stream(self, method: str):  # type: ignore[no-untyped-def]
         async def forward(request: bytes, context):  # type: ignore[no-untyped-def]
             call = self._channel.unary_stream(method)(request, metadata=self._forwarded(context))
+            stall = method.endswith("/StreamStateChanges") and self.stall_first_stream and self.streams == 0
+            self.streams += method.endswith("/StreamStateChanges")
             try:
                 async for response in call:
                     yield response
+                    if stall:
+                        await asyncio.Event().wait()
             except grpc.aio.AioRpcError as exc:
                 await context.abort(exc.code(), exc.details())
             finally:
@@ -221,3 +231,22 @@ async def test_replicas_starting_together_on_an_empty_database_both_serve(data_d
             await replica.stop(1)
         await engine.stop(1)
     assert query(postgres_url, "SELECT engine_id, last_applied_sequence FROM engines") == [("local", 3 * CHANGES_PER_JOB)]
+
+
+async def test_a_state_stream_that_goes_silent_is_abandoned_and_resumed(data_dir, postgres_url):
+    engine = await engine_server.start(engine_settings(postgres_url))
+    proxy = CountingProxy(f"127.0.0.1:{engine.port}", stall_first_stream=True)
+    await proxy.start()
+    service = await operator_server.start(operator_settings(postgres_url, proxy.port, engine_liveness_s=2.0))
+    operator = Operator(service.port)
+    try:
+        await wait_available(operator)  # the first stream's first message is a heartbeat
+        job = await operator.create()
+        await wait_finished(operator, [job.job_id], timeout=60)
+    finally:
+        await operator.close()
+        await service.stop(1)
+        await proxy.stop()
+        await engine.stop(1)
+    assert proxy.streams >= 2
+    assert _histories(postgres_url)[job.job_id] == NOOP_PATH

@@ -44,11 +44,11 @@ async def _run_jobs(workflows: dict[str, common_pb2.Workflow]) -> dict[str, engi
 
             async def follow() -> None:
                 async for message in stub.StreamStateChanges(engine_pb2.StreamStateChangesRequest(), metadata=token):
-                    change = message.change
-                    if message.HasField("change") and change.job_id in workflows and change.status in TERMINAL:
-                        ended[change.job_id] = change
-                        if len(ended) == len(workflows):
-                            return
+                    for change in message.changes.changes:
+                        if change.job_id in workflows and change.status in TERMINAL:
+                            ended[change.job_id] = change
+                    if len(ended) == len(workflows):
+                        return
 
             await asyncio.wait_for(follow(), DEADLINE_S)
             return ended

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import grpc
 
@@ -30,6 +30,29 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
+def _job_of(request: engine_pb2.SubmitJobRequest) -> tuple[dict[str, Any], bytes]:
+    """A submitted job's spec fields and serialized workflow, once validated."""
+    check_job_id(request.job_id)
+    if not request.environment_id:
+        raise errors.InvalidArgument("environment_id is required", "environment_missing")
+    workflow = request.workflow
+    if not workflow.datasets:
+        raise errors.InvalidArgument("the workflow names no dataset", "workflow_invalid")
+    if not workflow.HasField("algorithm") and not workflow.raw_algorithm:
+        raise errors.InvalidArgument("the workflow has no algorithm", "workflow_invalid")
+    fields = {
+        "job_id": request.job_id,
+        "environment_id": request.environment_id,
+        "entrypoint": workflow.container.entrypoint,
+        "image": workflow.container.image,
+        "allow_network": workflow.allow_network,
+        "algorithm_timeout_s": float(workflow.max_duration_seconds),
+        "dataset_dids": [d.did for d in workflow.datasets],
+        "algorithm_did": workflow.algorithm.did if workflow.HasField("algorithm") else "",
+    }
+    return fields, workflow.SerializeToString(deterministic=True)
+
+
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     def __init__(self, orchestrator: Orchestrator, events: EventLog, engine_id: str, heartbeat_s: float) -> None:
         self._orchestrator = orchestrator
@@ -47,26 +70,20 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         return engine_pb2.ListEnvironmentsResponse(engine_id=self._engine_id, environments=self.environments())
 
     async def SubmitJob(self, request, context):  # type: ignore[override]
-        check_job_id(request.job_id)
-        if not request.environment_id:
-            raise errors.InvalidArgument("environment_id is required", "environment_missing")
-        workflow = request.workflow
-        if not workflow.datasets:
-            raise errors.InvalidArgument("the workflow names no dataset", "workflow_invalid")
-        if not workflow.HasField("algorithm") and not workflow.raw_algorithm:
-            raise errors.InvalidArgument("the workflow has no algorithm", "workflow_invalid")
-        fields = {
-            "job_id": request.job_id,
-            "environment_id": request.environment_id,
-            "entrypoint": workflow.container.entrypoint,
-            "image": workflow.container.image,
-            "allow_network": workflow.allow_network,
-            "algorithm_timeout_s": float(workflow.max_duration_seconds),
-            "dataset_dids": [d.did for d in workflow.datasets],
-            "algorithm_did": workflow.algorithm.did if workflow.HasField("algorithm") else "",
-        }
-        created = await self._orchestrator.submit(fields, workflow.SerializeToString(deterministic=True))
+        created = await self._orchestrator.submit(*_job_of(request))
         return engine_pb2.SubmitJobResponse(created=created)
+
+    async def SubmitJobs(self, request, context):  # type: ignore[override]
+        async def one(job: engine_pb2.SubmitJobRequest) -> engine_pb2.SubmitJobResult:
+            try:
+                created = await self._orchestrator.submit(*_job_of(job))
+            except errors.ServiceError as exc:
+                return engine_pb2.SubmitJobResult(job_id=job.job_id, error_code=exc.code or exc.kind, error_message=exc.message)
+            return engine_pb2.SubmitJobResult(job_id=job.job_id, created=created)
+
+        # Concurrently, so the orchestrator stores them in one transaction.
+        results = await asyncio.gather(*(one(job) for job in request.jobs))
+        return engine_pb2.SubmitJobsResponse(results=results)
 
     async def StopJob(self, request, context):  # type: ignore[override]
         status = await self._orchestrator.stop(check_job_id(request.job_id))
@@ -87,9 +104,10 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         yield self._heartbeat()
         while True:
             changes = await self._events.read_after(after)
-            for change in changes:
-                yield engine_pb2.StreamStateChangesResponse(change=convert.state_change(change))
-                after = change.sequence
+            if changes:
+                batch = engine_pb2.StateChanges(changes=[convert.state_change(change) for change in changes])
+                yield engine_pb2.StreamStateChangesResponse(changes=batch)
+                after = changes[-1].sequence
             if not changes and not await self._events.wait_beyond(after, heartbeat_s):
                 yield self._heartbeat()
 

@@ -10,25 +10,33 @@ transaction (group commit), which is what keeps a busy engine fast.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+import collections
+import dataclasses
+import itertools
+from typing import Sequence
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from plumbing.database import Database
+from plumbing.database import Database, GroupCommit
 from plumbing.statuses import TERMINAL
 from services.operator_engine.domain.changes import StateChange, now
 from services.operator_engine.persistence.models import EngineEvent, EngineJob
+
+
+# Recent changes kept in memory: a follower that keeps up never reads the store.
+TAIL = 20_000
 
 
 class EventLog:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._latest = 0
-        self._pending: list[tuple[StateChange, str | None, asyncio.Future[int]]] = []
-        self._wake = asyncio.Event()
+        self._tail: collections.deque[StateChange] = collections.deque(maxlen=TAIL)
+        self._appends: GroupCommit[tuple[StateChange, str | None], StateChange] = GroupCommit(
+            db, self._write, committed=self._committed
+        )
         self._appended = asyncio.Condition()
-        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def latest(self) -> int:
@@ -38,12 +46,9 @@ class EventLog:
         self._latest = await self._db.run(
             lambda s: s.scalar(select(func.coalesce(func.max(EngineEvent.sequence), 0))) or 0
         )
-        self._flusher = asyncio.create_task(self._flush_forever(), name="event-log-flusher")
 
     async def close(self) -> None:
-        if self._flusher:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._appends.close()
 
     async def append(self, change: StateChange, stage: str | None = None) -> int:
         """Records the change durably and returns its sequence.
@@ -51,34 +56,30 @@ class EventLog:
         `stage` (the job's new stage, if it changes) is stored in the same
         transaction, so recovery never sees a status and a stage that disagree.
         """
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.append((change, stage, future))
-        self._wake.set()
-        return await future
+        return (await self._appends.submit((change, stage))).sequence
 
-    async def _flush_forever(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            batch, self._pending = self._pending, []
-            if not batch:
-                continue
-            first = self._latest + 1
-            try:
-                await self._db.run(_writer(batch, first))
-            except Exception as exc:  # noqa: BLE001 - each appender gets the failure
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            self._latest = first + len(batch) - 1
-            for offset, (_, _, future) in enumerate(batch):
-                if not future.done():
-                    future.set_result(first + offset)
-            async with self._appended:
-                self._appended.notify_all()
+    def _write(self, session: Session, batch: Sequence[tuple[StateChange, str | None]]) -> list[StateChange]:
+        # Runs in the database thread, one batch at a time: _latest cannot move meanwhile.
+        first = self._latest + 1
+        sequenced = [(dataclasses.replace(change, sequence=first + i), stage) for i, (change, stage) in enumerate(batch)]
+        _write_batch(session, sequenced)
+        return [change for change, _ in sequenced]
+
+    def _committed(self, changes: Sequence[StateChange]) -> None:
+        self._tail.extend(changes)
+        self._latest = changes[-1].sequence
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._appended:
+            self._appended.notify_all()
 
     async def read_after(self, sequence: int, limit: int = 500) -> list[StateChange]:
+        tail = self._tail
+        if tail and tail[0].sequence <= sequence + 1:
+            start = sequence + 1 - tail[0].sequence
+            return list(itertools.islice(tail, start, start + limit))
+
         def read(session: Session) -> list[StateChange]:
             rows = session.scalars(
                 select(EngineEvent)
@@ -102,40 +103,36 @@ class EventLog:
         return True
 
 
-def _writer(batch: list[tuple[StateChange, str | None, asyncio.Future[int]]], first: int) -> Callable[[Session], None]:
+def _write_batch(session: Session, batch: list[tuple[StateChange, str | None]]) -> None:
     """One multi-row INSERT for the events and one UPDATE per job touched:
     the ORM's unit of work per row was most of the engine's time."""
-
-    def write(session: Session) -> None:
-        recorded = now()
-        events = []
-        jobs: dict[str, dict[str, object]] = {}
-        for offset, (change, stage, _) in enumerate(batch):
-            events.append(
-                {"sequence": first + offset, "job_id": change.job_id, "change": change.to_json(), "recorded_at": recorded}
-            )
-            values = jobs.setdefault(change.job_id, {})  # later changes of a job override earlier ones
-            values["status"] = change.status
-            if stage is not None:
-                values["stage"] = stage
-            if change.status in TERMINAL:
-                values["stage"] = "done"
-            if change.results is not None:
-                values["results"] = change.results
-            if change.results_did:
-                values["results_did"] = change.results_did
-        session.execute(insert(EngineEvent), events)
-        # Jobs whose updates set the same columns share one executemany.
-        table = EngineJob.__table__
-        shapes: dict[tuple[str, ...], list[dict[str, object]]] = {}
-        for job_id, values in jobs.items():
-            shapes.setdefault(tuple(sorted(values)), []).append({"target_job_id": job_id, **values})
-        for columns, rows in shapes.items():
-            statement = (
-                update(table)
-                .where(table.c.job_id == bindparam("target_job_id"))
-                .values({column: bindparam(column) for column in columns})
-            )
-            session.connection().execute(statement, rows)
-
-    return write
+    recorded = now()
+    events = []
+    jobs: dict[str, dict[str, object]] = {}
+    for change, stage in batch:
+        events.append(
+            {"sequence": change.sequence, "job_id": change.job_id, "change": change.to_json(), "recorded_at": recorded}
+        )
+        values = jobs.setdefault(change.job_id, {})  # later changes of a job override earlier ones
+        values["status"] = change.status
+        if stage is not None:
+            values["stage"] = stage
+        if change.status in TERMINAL:
+            values["stage"] = "done"
+        if change.results is not None:
+            values["results"] = change.results
+        if change.results_did:
+            values["results_did"] = change.results_did
+    session.execute(insert(EngineEvent), events)
+    # Jobs whose updates set the same columns share one executemany.
+    table = EngineJob.__table__
+    shapes: dict[tuple[str, ...], list[dict[str, object]]] = {}
+    for job_id, values in jobs.items():
+        shapes.setdefault(tuple(sorted(values)), []).append({"target_job_id": job_id, **values})
+    for columns, rows in shapes.items():
+        statement = (
+            update(table)
+            .where(table.c.job_id == bindparam("target_job_id"))
+            .values({column: bindparam(column) for column in columns})
+        )
+        session.connection().execute(statement, rows)

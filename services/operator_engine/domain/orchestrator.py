@@ -18,13 +18,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from plumbing import errors
-from plumbing.database import Database
+from plumbing.database import Database, GroupCommit
 from plumbing.statuses import FAILURES, EndReason, Status, check_transition, is_terminal
 from services.operator_engine.backends.base import Backend, Capacity, JobSpec
 from services.operator_engine.domain.changes import StateChange, now
@@ -99,6 +99,7 @@ class Orchestrator:
         self._queue: collections.deque[str] = collections.deque()
         self._running: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
+        self._inserts: GroupCommit[tuple[dict[str, Any], bytes], bool] = GroupCommit(db, _insert_jobs)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -109,6 +110,7 @@ class Orchestrator:
     async def close(self) -> None:
         if self._housekeeping:
             self._housekeeping.cancel()
+        await self._inserts.close()
         tasks = [run.task for run in self._runs.values() if run.task]
         for task in tasks:
             task.cancel()
@@ -181,31 +183,15 @@ class Orchestrator:
             )
         if requested <= 0:
             spec_fields = {**spec_fields, "algorithm_timeout_s": float(self.environment.max_job_duration_s)}
-        token = secrets.token_urlsafe(24)
+        # Shielded: once stored, the job must be queued even if the caller gives up.
+        return await asyncio.shield(self._accept(_spec_to_json(spec_fields), workflow))
 
-        def insert(session: Session) -> bool:
-            existing = session.get(EngineJob, job_id)
-            if existing is not None:
-                if existing.workflow != workflow or existing.environment_id != spec_fields["environment_id"]:
-                    raise errors.AlreadyExists(
-                        f"job {job_id} already exists here with a different workflow", "job_exists"
-                    )
-                return False
-            session.add(
-                EngineJob(
-                    job_id=job_id,
-                    environment_id=spec_fields["environment_id"],
-                    workflow=workflow,
-                    spec=_spec_to_json(spec_fields),
-                    created_at=now(),
-                )
-            )
-            return True
-
-        created = await self.db.run(insert)
+    async def _accept(self, spec: dict[str, Any], workflow: bytes) -> bool:
+        created = await self._inserts.submit((spec, workflow))
         if created:
-            spec = _spec_from_json(_spec_to_json(spec_fields), token, self.workspaces / job_id)
-            self._runs[job_id] = Run(spec=spec, workflow=workflow)
+            job_id = spec["job_id"]
+            run_spec = _spec_from_json(spec, secrets.token_urlsafe(24), self.workspaces / job_id)
+            self._runs[job_id] = Run(spec=run_spec, workflow=workflow)
             self._queue.append(job_id)
             self._fill()
         return created
@@ -465,6 +451,34 @@ class Orchestrator:
                     self._runs[job_id], Status.FINISHED, EndReason.EXPIRED_IN_QUEUE, "expired_in_queue",
                     f"the job waited more than {self.queue_timeout_s:g} s for room in its environment",
                 )
+
+
+def _insert_jobs(session: Session, jobs: Sequence[tuple[dict[str, Any], bytes]]) -> list[bool]:
+    """Stores new jobs in one statement; says per job whether it was new.
+    A job id already stored (or earlier in the batch) with the same workflow
+    is a harmless resubmission; with another workflow it is refused."""
+    known = {
+        row.job_id: (row.workflow, row.environment_id)
+        for row in session.execute(
+            select(EngineJob.job_id, EngineJob.workflow, EngineJob.environment_id)
+            .where(EngineJob.job_id.in_([spec["job_id"] for spec, _ in jobs]))
+        )
+    }
+    created, rows = [], []
+    for spec, workflow in jobs:
+        job_id = spec["job_id"]
+        if job_id in known:
+            if known[job_id] != (workflow, spec["environment_id"]):
+                raise errors.AlreadyExists(f"job {job_id} already exists here with a different workflow", "job_exists")
+            created.append(False)
+            continue
+        known[job_id] = (workflow, spec["environment_id"])
+        rows.append({"job_id": job_id, "environment_id": spec["environment_id"], "workflow": workflow,
+                     "spec": spec, "created_at": now()})
+        created.append(True)
+    if rows:
+        session.execute(insert(EngineJob), rows)
+    return created
 
 
 _SPEC_FIELDS = (

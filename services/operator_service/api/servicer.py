@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from c2d.common.v1 import common_pb2
 from c2d.operator.v1 import operator_pb2, operator_pb2_grpc
 from plumbing import errors
-from plumbing.database import Database
+from plumbing.database import Database, GroupCommit
 from plumbing.statuses import TEXT, EndReason, Status, is_terminal
 from services.operator_service.api import convert
 from services.operator_service.domain.engine_links import EngineLink
@@ -48,6 +48,10 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         self._links = links
         self._broker = broker
         self._remove_results = remove_results
+        self._creates: GroupCommit[Job, tuple[Job, bool]] = GroupCommit(db, store.create_jobs)
+
+    async def close(self) -> None:
+        await self._creates.close()
 
     async def _environments(self) -> list[common_pb2.Environment]:
         engines = await self._db.run(store.read_engines)
@@ -109,7 +113,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             viewers=list(request.viewers),
             dispatched=False,
         )
-        job, created = await self._db.run(lambda s: store.create_job(s, row))
+        job, created = await self._creates.submit(row)
         if created:
             self._links[env.engine_id].wake_dispatcher()
         return operator_pb2.CreateJobResponse(job=convert.job(job), created=created)

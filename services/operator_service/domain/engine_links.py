@@ -24,11 +24,17 @@ from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
 from plumbing import auth, errors
 from plumbing.database import Database
+from plumbing.statuses import EndReason
 from services.operator_service.domain.watching import Broker
 from services.operator_service.persistence import jobs as store
+from services.operator_service.persistence.models import Job
 
 log = logging.getLogger("c2d.operator")
 BATCH = 500
+
+
+class StreamStalled(Exception):
+    """The state stream carried nothing, not even a heartbeat, for too long."""
 
 
 class EngineLink:
@@ -91,7 +97,7 @@ class EngineLink:
                 raise
             except grpc.aio.AioRpcError as exc:
                 log.info("engine %s: stream ended (%s); reconnecting in %.1f s", self.engine_id, exc.code().name, delay)
-            except store.SequenceGap as exc:
+            except (store.SequenceGap, StreamStalled) as exc:
                 log.warning("%s; reconnecting", exc)
             except Exception:  # noqa: BLE001 - keep following whatever happens
                 log.exception("engine %s: error while following; reconnecting in %.1f s", self.engine_id, delay)
@@ -103,33 +109,41 @@ class EngineLink:
         call = self._stub.StreamStateChanges(
             engine_pb2.StreamStateChangesRequest(after_sequence=after), metadata=self._metadata
         )
-        pending: asyncio.Queue[engine_pb2.StateChange | None] = asyncio.Queue()
+        pending: asyncio.Queue[list[engine_pb2.StateChange] | None] = asyncio.Queue()
         applier = asyncio.create_task(self._apply_from(pending))
         try:
-            async for response in call:
+            while True:
+                # A stream silent for longer than the liveness window is dead
+                # even if the connection looks open: reconnect.
+                try:
+                    response = await asyncio.wait_for(call.read(), self._liveness_s)
+                except asyncio.TimeoutError:
+                    raise StreamStalled(f"engine {self.engine_id}: nothing for {self._liveness_s:g} s") from None
+                if response is grpc.aio.EOF:
+                    return
                 if applier.done():
                     applier.result()  # raises the applier's failure
                 if response.HasField("heartbeat"):
                     await self._heartbeat(response.heartbeat)
                 else:
-                    pending.put_nowait(response.change)
+                    pending.put_nowait(list(response.changes.changes))
         finally:
             call.cancel()
             pending.put_nowait(None)
             await asyncio.gather(applier, return_exceptions=True)
 
-    async def _apply_from(self, pending: asyncio.Queue[engine_pb2.StateChange | None]) -> None:
+    async def _apply_from(self, pending: asyncio.Queue[list[engine_pb2.StateChange] | None]) -> None:
+        """Applies what arrived while the previous batch was being committed, all at once."""
         while True:
-            first = await pending.get()
-            if first is None:
+            batch = await pending.get()
+            if batch is None:
                 return
-            batch = [first]
             while len(batch) < BATCH and not pending.empty():
-                item = pending.get_nowait()
-                if item is None:
+                more = pending.get_nowait()
+                if more is None:
                     pending.put_nowait(None)
                     break
-                batch.append(item)
+                batch.extend(more)
             changes = [_incoming(change) for change in batch]
             applied = await self._db.run(lambda s: store.apply_changes(s, self.engine_id, changes))
             self.last_heartbeat = time.monotonic()
@@ -159,34 +173,42 @@ class EngineLink:
             if not self.live:
                 continue
             try:
-                while await self._db.run(self._dispatch_batch) == BATCH:
-                    pass
+                while True:
+                    claimed, refused = await self._db.run(self._dispatch_batch)
+                    self._broker.publish(refused)
+                    if claimed < BATCH:
+                        break
             except grpc.RpcError as exc:
                 log.info("engine %s: dispatch failed (%s); jobs wait", self.engine_id, exc.code().name)  # type: ignore[attr-defined]
             except Exception:  # noqa: BLE001
                 log.exception("engine %s: dispatch error", self.engine_id)
 
-    def _dispatch_batch(self, session) -> int:  # type: ignore[no-untyped-def]
+    def _dispatch_batch(self, session) -> tuple[int, list[Job]]:  # type: ignore[no-untyped-def]
+        """Hands waiting jobs to the engine; returns how many, and those it refused."""
         jobs = store.claim_undispatched(session, self.engine_id, BATCH)
-        # The whole batch at once, the engine takes them concurrently. Any
-        # failure rolls the batch back; the engine ignores a job it already
-        # holds, so the retry resubmits the others harmlessly.
-        calls = [
-            self._sync_stub.SubmitJob.future(
-                engine_pb2.SubmitJobRequest(
-                    job_id=job.job_id,
-                    environment_id=job.environment_id,
-                    workflow=common_pb2.Workflow.FromString(job.workflow),
-                ),
-                metadata=self._metadata,
-                timeout=10,
+        if not jobs:
+            return 0, []
+        # One call for the batch. If it fails the transaction rolls back and
+        # the jobs wait; the engine ignores a job it already holds, so the
+        # retry resubmits harmlessly. A job the engine refuses ends here,
+        # with the engine's reason: retrying it could never succeed.
+        request = engine_pb2.SubmitJobsRequest(jobs=[
+            engine_pb2.SubmitJobRequest(
+                job_id=job.job_id, environment_id=job.environment_id, workflow=common_pb2.Workflow.FromString(job.workflow)
             )
             for job in jobs
-        ]
-        for call in calls:
-            call.result()
-        store.mark_dispatched(session, [job.job_id for job in jobs])
-        return len(jobs)
+        ])
+        response = self._sync_stub.SubmitJobs(request, metadata=self._metadata, timeout=30)
+        by_id = {job.job_id: job for job in jobs}
+        refused = []
+        for result in response.results:
+            if result.error_code:
+                log.warning("engine %s refused job %s: %s", self.engine_id, result.job_id, result.error_message)
+                refused.append(by_id[result.job_id])
+                store.end_job(session, refused[-1], EndReason.FAILED, result.error_code,
+                              f"the engine refused the job: {result.error_message}")
+        store.mark_dispatched(session, list(by_id))
+        return len(jobs), refused
 
     # -- commands --------------------------------------------------------------------
 

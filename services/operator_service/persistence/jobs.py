@@ -59,32 +59,50 @@ class JobFilter:
 
 
 def create_job(session: Session, job: Job) -> tuple[Job, bool]:
-    """Inserts the job with its first history row, or returns the job created
-    earlier with its request id.
+    """Inserts the job, or returns the job created earlier with its request id."""
+    return create_jobs(session, [job])[0]
 
-    The hot path is two statements: the history row (its sequence becomes the
-    job's), then INSERT ... ON CONFLICT (request_id) DO NOTHING RETURNING the
-    job. A retry gets nothing back (a concurrent one first waits on the
-    unique index for the winner's transaction), without aborting its
-    transaction; it drops its history row and returns the winner's job."""
-    [sequence] = _insert_events(session, [
-        _event_row(job.job_id, Status.WARMING_UP, EndReason.NONE, "", "", "", 0, job.created_at)
+
+def create_jobs(session: Session, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
+    """Inserts jobs with their first history rows; for each, the stored job
+    and whether it is new (a request id seen before returns the earlier job).
+
+    Whatever the number of jobs, the hot path is two statements: the history
+    rows (their sequences become the jobs'), then INSERT ... ON CONFLICT
+    (request_id) DO NOTHING RETURNING the jobs. A retry gets nothing back (a
+    concurrent one first waits on the unique index for the winner's
+    transaction) without aborting the transaction; it drops its history row
+    and returns the winner's job."""
+    sequences = _insert_events(session, [
+        _event_row(job.job_id, Status.WARMING_UP, EndReason.NONE, "", "", "", 0, job.created_at) for job in jobs
     ])
-    job.sequence = sequence
-    values = {key: value for key, value in inspect(job).dict.items() if key in Job.__table__.columns}
+    rows = []
+    for job, sequence in zip(jobs, sequences):
+        job.sequence = sequence
+        rows.append({key: value for key, value in inspect(job).dict.items() if key in Job.__table__.columns})
     statement = (
-        _dialect_insert(session)(Job).values(values)
+        _dialect_insert(session)(Job).values(rows)
         .on_conflict_do_nothing(index_elements=[Job.request_id])
         .returning(Job)
     )
-    created = session.scalars(statement).first()
-    if created is not None:
-        return created, True
-    session.execute(delete(JobEvent).where(JobEvent.sequence == sequence))
-    winner = session.scalar(select(Job).where(Job.request_id == job.request_id))
-    if winner is None:
-        raise errors.Aborted("a concurrent request with this request_id failed; retry", "request_conflict")
-    return winner, False
+    created = {job.job_id: job for job in session.scalars(statement)}
+    lost = [(job, sequence) for job, sequence in zip(jobs, sequences) if job.job_id not in created]
+    winners: dict[str, Job] = {}
+    if lost:
+        session.execute(delete(JobEvent).where(JobEvent.sequence.in_([sequence for _, sequence in lost])))
+        winners = {
+            job.request_id: job
+            for job in session.scalars(select(Job).where(Job.request_id.in_({job.request_id for job, _ in lost})))
+        }
+    results = []
+    for job in jobs:
+        if job.job_id in created:
+            results.append((created[job.job_id], True))
+        elif job.request_id in winners:
+            results.append((winners[job.request_id], False))
+        else:
+            raise errors.Aborted("a concurrent request with this request_id failed; retry", "request_conflict")
+    return results
 
 
 def _dialect_insert(session: Session):  # type: ignore[no-untyped-def]
@@ -290,6 +308,7 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
                     engine_id, change.sequence, job.job_id, job.status, change.status,
                 )
                 continue
+            job.dispatched = True  # the engine holds it, whatever became of the dispatch
             if change.results is not None:
                 job.results = change.results
             if change.outcome is not None:

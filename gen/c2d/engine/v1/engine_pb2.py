@@ -26,7 +26,7 @@ from c2d.common.v1 import common_pb2 as c2d_dot_common_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x32\x64/engine/v1/engine.proto\x12\rc2d.engine.v1\x1a\x1a\x63\x32\x64/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n\x17ListEnvironmentsRequest\"w\n\x18ListEnvironmentsResponse\x12\x1b\n\tengine_id\x18\x01 \x01(\tR\x08\x65ngineId\x12>\n\x0c\x65nvironments\x18\x02 \x03(\x0b\x32\x1a.c2d.common.v1.EnvironmentR\x0c\x65nvironments\"\x85\x01\n\x10SubmitJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12%\n\x0e\x65nvironment_id\x18\x02 \x01(\tR\renvironmentId\x12\x33\n\x08workflow\x18\x03 \x01(\x0b\x32\x17.c2d.common.v1.WorkflowR\x08workflow\"-\n\x11SubmitJobResponse\x12\x18\n\x07\x63reated\x18\x01 \x01(\x08R\x07\x63reated\"\'\n\x0eStopJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"C\n\x0fStopJobResponse\x12\x30\n\x06status\x18\x01 \x01(\x0e\x32\x18.c2d.common.v1.JobStatusR\x06status\")\n\x10\x44\x65leteJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"\x13\n\x11\x44\x65leteJobResponse\"o\n\x19StreamStateChangesRequest\x12%\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04R\rafterSequence\x12+\n\x11heartbeat_seconds\x18\x02 \x01(\rR\x10heartbeatSeconds\"\xc8\x03\n\x0bStateChange\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence\x12\x15\n\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32\x18.c2d.common.v1.JobStatusR\x06status\x12\x37\n\nend_reason\x18\x04 \x01(\x0e\x32\x18.c2d.common.v1.EndReasonR\tendReason\x12\x1d\n\nerror_code\x18\x05 \x01(\tR\terrorCode\x12#\n\rerror_message\x18\x06 \x01(\tR\x0c\x65rrorMessage\x12.\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x38\n\x07results\x18\x08 \x01(\x0b\x32\x1e.c2d.common.v1.ResultsManifestR\x07results\x12L\n\x11\x61lgorithm_outcome\x18\t \x01(\x0b\x32\x1f.c2d.common.v1.AlgorithmOutcomeR\x10\x61lgorithmOutcome\x12\x1f\n\x0bresults_did\x18\n \x01(\tR\nresultsDid\"\x91\x01\n\tHeartbeat\x12\x1b\n\tengine_id\x18\x01 \x01(\tR\x08\x65ngineId\x12\'\n\x0flatest_sequence\x18\x02 \x01(\x04R\x0elatestSequence\x12>\n\x0c\x65nvironments\x18\x03 \x03(\x0b\x32\x1a.c2d.common.v1.EnvironmentR\x0c\x65nvironments\"\x95\x01\n\x1aStreamStateChangesResponse\x12\x34\n\x06\x63hange\x18\x01 \x01(\x0b\x32\x1a.c2d.engine.v1.StateChangeH\x00R\x06\x63hange\x12\x38\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.c2d.engine.v1.HeartbeatH\x00R\theartbeatB\x07\n\x05\x65vent\"]\n\x14StreamJobLogsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n\x06\x66ollow\x18\x02 \x01(\x08R\x06\x66ollow\x12\x16\n\x06offset\x18\x03 \x01(\x04R\x06offset\"C\n\x15StreamJobLogsResponse\x12\x12\n\x04\x64\x61ta\x18\x01 \x01(\x0cR\x04\x64\x61ta\x12\x16\n\x06offset\x18\x02 \x01(\x04R\x06offset2\xa9\x04\n\rEngineService\x12\x63\n\x10ListEnvironments\x12&.c2d.engine.v1.ListEnvironmentsRequest\x1a\'.c2d.engine.v1.ListEnvironmentsResponse\x12N\n\tSubmitJob\x12\x1f.c2d.engine.v1.SubmitJobRequest\x1a .c2d.engine.v1.SubmitJobResponse\x12H\n\x07StopJob\x12\x1d.c2d.engine.v1.StopJobRequest\x1a\x1e.c2d.engine.v1.StopJobResponse\x12N\n\tDeleteJob\x12\x1f.c2d.engine.v1.DeleteJobRequest\x1a .c2d.engine.v1.DeleteJobResponse\x12k\n\x12StreamStateChanges\x12(.c2d.engine.v1.StreamStateChangesRequest\x1a).c2d.engine.v1.StreamStateChangesResponse0\x01\x12\\\n\rStreamJobLogs\x12#.c2d.engine.v1.StreamJobLogsRequest\x1a$.c2d.engine.v1.StreamJobLogsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63\x32\x64/engine/v1/engine.proto\x12\rc2d.engine.v1\x1a\x1a\x63\x32\x64/common/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n\x17ListEnvironmentsRequest\"w\n\x18ListEnvironmentsResponse\x12\x1b\n\tengine_id\x18\x01 \x01(\tR\x08\x65ngineId\x12>\n\x0c\x65nvironments\x18\x02 \x03(\x0b\x32\x1a.c2d.common.v1.EnvironmentR\x0c\x65nvironments\"\x85\x01\n\x10SubmitJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12%\n\x0e\x65nvironment_id\x18\x02 \x01(\tR\renvironmentId\x12\x33\n\x08workflow\x18\x03 \x01(\x0b\x32\x17.c2d.common.v1.WorkflowR\x08workflow\"-\n\x11SubmitJobResponse\x12\x18\n\x07\x63reated\x18\x01 \x01(\x08R\x07\x63reated\"H\n\x11SubmitJobsRequest\x12\x33\n\x04jobs\x18\x01 \x03(\x0b\x32\x1f.c2d.engine.v1.SubmitJobRequestR\x04jobs\"N\n\x12SubmitJobsResponse\x12\x38\n\x07results\x18\x01 \x03(\x0b\x32\x1e.c2d.engine.v1.SubmitJobResultR\x07results\"\x86\x01\n\x0fSubmitJobResult\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n\x07\x63reated\x18\x02 \x01(\x08R\x07\x63reated\x12\x1d\n\nerror_code\x18\x03 \x01(\tR\terrorCode\x12#\n\rerror_message\x18\x04 \x01(\tR\x0c\x65rrorMessage\"\'\n\x0eStopJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"C\n\x0fStopJobResponse\x12\x30\n\x06status\x18\x01 \x01(\x0e\x32\x18.c2d.common.v1.JobStatusR\x06status\")\n\x10\x44\x65leteJobRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"\x13\n\x11\x44\x65leteJobResponse\"o\n\x19StreamStateChangesRequest\x12%\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04R\rafterSequence\x12+\n\x11heartbeat_seconds\x18\x02 \x01(\rR\x10heartbeatSeconds\"\xc8\x03\n\x0bStateChange\x12\x1a\n\x08sequence\x18\x01 \x01(\x04R\x08sequence\x12\x15\n\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32\x18.c2d.common.v1.JobStatusR\x06status\x12\x37\n\nend_reason\x18\x04 \x01(\x0e\x32\x18.c2d.common.v1.EndReasonR\tendReason\x12\x1d\n\nerror_code\x18\x05 \x01(\tR\terrorCode\x12#\n\rerror_message\x18\x06 \x01(\tR\x0c\x65rrorMessage\x12.\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x04time\x12\x38\n\x07results\x18\x08 \x01(\x0b\x32\x1e.c2d.common.v1.ResultsManifestR\x07results\x12L\n\x11\x61lgorithm_outcome\x18\t \x01(\x0b\x32\x1f.c2d.common.v1.AlgorithmOutcomeR\x10\x61lgorithmOutcome\x12\x1f\n\x0bresults_did\x18\n \x01(\tR\nresultsDid\"\x91\x01\n\tHeartbeat\x12\x1b\n\tengine_id\x18\x01 \x01(\tR\x08\x65ngineId\x12\'\n\x0flatest_sequence\x18\x02 \x01(\x04R\x0elatestSequence\x12>\n\x0c\x65nvironments\x18\x03 \x03(\x0b\x32\x1a.c2d.common.v1.EnvironmentR\x0c\x65nvironments\"\xa6\x01\n\x1aStreamStateChangesResponse\x12\x37\n\x07\x63hanges\x18\x03 \x01(\x0b\x32\x1b.c2d.engine.v1.StateChangesH\x00R\x07\x63hanges\x12\x38\n\theartbeat\x18\x02 \x01(\x0b\x32\x18.c2d.engine.v1.HeartbeatH\x00R\theartbeatB\x07\n\x05\x65ventJ\x04\x08\x01\x10\x02R\x06\x63hange\"D\n\x0cStateChanges\x12\x34\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1a.c2d.engine.v1.StateChangeR\x07\x63hanges\"]\n\x14StreamJobLogsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n\x06\x66ollow\x18\x02 \x01(\x08R\x06\x66ollow\x12\x16\n\x06offset\x18\x03 \x01(\x04R\x06offset\"C\n\x15StreamJobLogsResponse\x12\x12\n\x04\x64\x61ta\x18\x01 \x01(\x0cR\x04\x64\x61ta\x12\x16\n\x06offset\x18\x02 \x01(\x04R\x06offset2\xfc\x04\n\rEngineService\x12\x63\n\x10ListEnvironments\x12&.c2d.engine.v1.ListEnvironmentsRequest\x1a\'.c2d.engine.v1.ListEnvironmentsResponse\x12N\n\tSubmitJob\x12\x1f.c2d.engine.v1.SubmitJobRequest\x1a .c2d.engine.v1.SubmitJobResponse\x12Q\n\nSubmitJobs\x12 .c2d.engine.v1.SubmitJobsRequest\x1a!.c2d.engine.v1.SubmitJobsResponse\x12H\n\x07StopJob\x12\x1d.c2d.engine.v1.StopJobRequest\x1a\x1e.c2d.engine.v1.StopJobResponse\x12N\n\tDeleteJob\x12\x1f.c2d.engine.v1.DeleteJobRequest\x1a .c2d.engine.v1.DeleteJobResponse\x12k\n\x12StreamStateChanges\x12(.c2d.engine.v1.StreamStateChangesRequest\x1a).c2d.engine.v1.StreamStateChangesResponse0\x01\x12\\\n\rStreamJobLogs\x12#.c2d.engine.v1.StreamJobLogsRequest\x1a$.c2d.engine.v1.StreamJobLogsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,26 +41,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITJOBREQUEST']._serialized_end=388
   _globals['_SUBMITJOBRESPONSE']._serialized_start=390
   _globals['_SUBMITJOBRESPONSE']._serialized_end=435
-  _globals['_STOPJOBREQUEST']._serialized_start=437
-  _globals['_STOPJOBREQUEST']._serialized_end=476
-  _globals['_STOPJOBRESPONSE']._serialized_start=478
-  _globals['_STOPJOBRESPONSE']._serialized_end=545
-  _globals['_DELETEJOBREQUEST']._serialized_start=547
-  _globals['_DELETEJOBREQUEST']._serialized_end=588
-  _globals['_DELETEJOBRESPONSE']._serialized_start=590
-  _globals['_DELETEJOBRESPONSE']._serialized_end=609
-  _globals['_STREAMSTATECHANGESREQUEST']._serialized_start=611
-  _globals['_STREAMSTATECHANGESREQUEST']._serialized_end=722
-  _globals['_STATECHANGE']._serialized_start=725
-  _globals['_STATECHANGE']._serialized_end=1181
-  _globals['_HEARTBEAT']._serialized_start=1184
-  _globals['_HEARTBEAT']._serialized_end=1329
-  _globals['_STREAMSTATECHANGESRESPONSE']._serialized_start=1332
-  _globals['_STREAMSTATECHANGESRESPONSE']._serialized_end=1481
-  _globals['_STREAMJOBLOGSREQUEST']._serialized_start=1483
-  _globals['_STREAMJOBLOGSREQUEST']._serialized_end=1576
-  _globals['_STREAMJOBLOGSRESPONSE']._serialized_start=1578
-  _globals['_STREAMJOBLOGSRESPONSE']._serialized_end=1645
-  _globals['_ENGINESERVICE']._serialized_start=1648
-  _globals['_ENGINESERVICE']._serialized_end=2201
+  _globals['_SUBMITJOBSREQUEST']._serialized_start=437
+  _globals['_SUBMITJOBSREQUEST']._serialized_end=509
+  _globals['_SUBMITJOBSRESPONSE']._serialized_start=511
+  _globals['_SUBMITJOBSRESPONSE']._serialized_end=589
+  _globals['_SUBMITJOBRESULT']._serialized_start=592
+  _globals['_SUBMITJOBRESULT']._serialized_end=726
+  _globals['_STOPJOBREQUEST']._serialized_start=728
+  _globals['_STOPJOBREQUEST']._serialized_end=767
+  _globals['_STOPJOBRESPONSE']._serialized_start=769
+  _globals['_STOPJOBRESPONSE']._serialized_end=836
+  _globals['_DELETEJOBREQUEST']._serialized_start=838
+  _globals['_DELETEJOBREQUEST']._serialized_end=879
+  _globals['_DELETEJOBRESPONSE']._serialized_start=881
+  _globals['_DELETEJOBRESPONSE']._serialized_end=900
+  _globals['_STREAMSTATECHANGESREQUEST']._serialized_start=902
+  _globals['_STREAMSTATECHANGESREQUEST']._serialized_end=1013
+  _globals['_STATECHANGE']._serialized_start=1016
+  _globals['_STATECHANGE']._serialized_end=1472
+  _globals['_HEARTBEAT']._serialized_start=1475
+  _globals['_HEARTBEAT']._serialized_end=1620
+  _globals['_STREAMSTATECHANGESRESPONSE']._serialized_start=1623
+  _globals['_STREAMSTATECHANGESRESPONSE']._serialized_end=1789
+  _globals['_STATECHANGES']._serialized_start=1791
+  _globals['_STATECHANGES']._serialized_end=1859
+  _globals['_STREAMJOBLOGSREQUEST']._serialized_start=1861
+  _globals['_STREAMJOBLOGSREQUEST']._serialized_end=1954
+  _globals['_STREAMJOBLOGSRESPONSE']._serialized_start=1956
+  _globals['_STREAMJOBLOGSRESPONSE']._serialized_end=2023
+  _globals['_ENGINESERVICE']._serialized_start=2026
+  _globals['_ENGINESERVICE']._serialized_end=2662
 # @@protoc_insertion_point(module_scope)

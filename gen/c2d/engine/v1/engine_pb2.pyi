@@ -38,6 +38,30 @@ class SubmitJobResponse(_message.Message):
     created: bool
     def __init__(self, created: _Optional[bool] = ...) -> None: ...
 
+class SubmitJobsRequest(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[SubmitJobRequest]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[SubmitJobRequest, _Mapping]]] = ...) -> None: ...
+
+class SubmitJobsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SubmitJobResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SubmitJobResult, _Mapping]]] = ...) -> None: ...
+
+class SubmitJobResult(_message.Message):
+    __slots__ = ("job_id", "created", "error_code", "error_message")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    created: bool
+    error_code: str
+    error_message: str
+    def __init__(self, job_id: _Optional[str] = ..., created: _Optional[bool] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+
 class StopJobRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -103,12 +127,18 @@ class Heartbeat(_message.Message):
     def __init__(self, engine_id: _Optional[str] = ..., latest_sequence: _Optional[int] = ..., environments: _Optional[_Iterable[_Union[_common_pb2.Environment, _Mapping]]] = ...) -> None: ...
 
 class StreamStateChangesResponse(_message.Message):
-    __slots__ = ("change", "heartbeat")
-    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("changes", "heartbeat")
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
-    change: StateChange
+    changes: StateChanges
     heartbeat: Heartbeat
-    def __init__(self, change: _Optional[_Union[StateChange, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    def __init__(self, changes: _Optional[_Union[StateChanges, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class StateChanges(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[StateChange]
+    def __init__(self, changes: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ...) -> None: ...
 
 class StreamJobLogsRequest(_message.Message):
     __slots__ = ("job_id", "follow", "offset")

@@ -46,6 +46,11 @@ class EngineServiceStub:
                 request_serializer=c2d_dot_engine_dot_v1_dot_engine__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=c2d_dot_engine_dot_v1_dot_engine__pb2.SubmitJobResponse.FromString,
                 _registered_method=True)
+        self.SubmitJobs = channel.unary_unary(
+                '/c2d.engine.v1.EngineService/SubmitJobs',
+                request_serializer=c2d_dot_engine_dot_v1_dot_engine__pb2.SubmitJobsRequest.SerializeToString,
+                response_deserializer=c2d_dot_engine_dot_v1_dot_engine__pb2.SubmitJobsResponse.FromString,
+                _registered_method=True)
         self.StopJob = channel.unary_unary(
                 '/c2d.engine.v1.EngineService/StopJob',
                 request_serializer=c2d_dot_engine_dot_v1_dot_engine__pb2.StopJobRequest.SerializeToString,
@@ -82,6 +87,14 @@ class EngineServiceServicer:
 
     def SubmitJob(self, request, context):
         """SubmitJob accepts a job; submitting the same job id again is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitJobs(self, request, context):
+        """SubmitJobs accepts many jobs in one call (the operator-service's
+        dispatcher uses it); each job is accepted or refused on its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +141,11 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.SubmitJob,
                     request_deserializer=c2d_dot_engine_dot_v1_dot_engine__pb2.SubmitJobRequest.FromString,
                     response_serializer=c2d_dot_engine_dot_v1_dot_engine__pb2.SubmitJobResponse.SerializeToString,
+            ),
+            'SubmitJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitJobs,
+                    request_deserializer=c2d_dot_engine_dot_v1_dot_engine__pb2.SubmitJobsRequest.FromString,
+                    response_serializer=c2d_dot_engine_dot_v1_dot_engine__pb2.SubmitJobsResponse.SerializeToString,
             ),
             'StopJob': grpc.unary_unary_rpc_method_handler(
                     servicer.StopJob,
@@ -206,6 +224,33 @@ class EngineService:
             '/c2d.engine.v1.EngineService/SubmitJob',
             c2d_dot_engine_dot_v1_dot_engine__pb2.SubmitJobRequest.SerializeToString,
             c2d_dot_engine_dot_v1_dot_engine__pb2.SubmitJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/c2d.engine.v1.EngineService/SubmitJobs',
+            c2d_dot_engine_dot_v1_dot_engine__pb2.SubmitJobsRequest.SerializeToString,
+            c2d_dot_engine_dot_v1_dot_engine__pb2.SubmitJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,
