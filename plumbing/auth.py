@@ -1,9 +1,16 @@
-"""Internal authentication: a shared service credential as a bearer token.
+"""Internal authentication: a shared service credential as a bearer token,
+or mutual TLS when certificates are configured.
 
 OperatorService and EngineService accept calls only with it; the provider and
 the operator-service present it. The embedded default keeps one random token
 in the data directory, so `c2d up` needs no configuration; a deployment sets
 C2D_SERVICE_TOKEN (e.g. from a Kubernetes secret).
+
+With C2D_TLS_CERT, C2D_TLS_KEY and C2D_TLS_CA (PEM files) set, the internal
+ports (operator-service, engine) serve TLS and require a client certificate
+signed by that CA; the handshake is then the credential, and every internal
+client (provider, operator-service, pods) presents its certificate.
+The provider's consumer-facing port is not affected.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -52,6 +60,66 @@ def presented_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
 
 def tokens_match(presented: str, expected: str) -> bool:
     return bool(presented) and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+TLS_VARIABLES = ("C2D_TLS_CERT", "C2D_TLS_KEY", "C2D_TLS_CA")
+
+
+@dataclass(frozen=True)
+class MutualTls:
+    cert: bytes
+    key: bytes
+    ca: bytes
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert)
+
+
+def mutual_tls() -> MutualTls | None:
+    """The configured certificates, or None when none is configured."""
+    paths = {name: os.environ.get(name, "") for name in TLS_VARIABLES}
+    if not any(paths.values()):
+        return None
+    missing = [name for name, path in paths.items() if not path]
+    if missing:
+        raise ValueError(f"mutual TLS needs {', '.join(TLS_VARIABLES)}; {', '.join(missing)} not set")
+    contents = {}
+    for name, path in paths.items():
+        try:
+            contents[name] = Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"{name}={path}: cannot read it ({exc.strerror})") from None
+    return MutualTls(contents["C2D_TLS_CERT"], contents["C2D_TLS_KEY"], contents["C2D_TLS_CA"])
+
+
+def internal_channel(address: str) -> grpc.aio.Channel:
+    """A channel to an internal service: mutual TLS when configured, else plaintext."""
+    tls = mutual_tls()
+    if tls is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, tls.channel_credentials())
+
+
+def internal_blocking_channel(address: str) -> grpc.Channel:
+    tls = mutual_tls()
+    if tls is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, tls.channel_credentials())
+
+
+def internal_port(
+    token: str, protected_services: Iterable[str]
+) -> tuple[list[grpc.aio.ServerInterceptor], grpc.ServerCredentials | None]:
+    """How an internal port is guarded: under mutual TLS, its credentials
+    and nothing more (the handshake refuses callers without a certificate
+    of our CA); otherwise plaintext and the service-token interceptor."""
+    tls = mutual_tls()
+    if tls is not None:
+        return [], tls.server_credentials()
+    return [ServiceTokenInterceptor(token, protected_services)], None
 
 
 class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):

@@ -49,6 +49,7 @@ async def start_server(
     address: str,
     registrations: Sequence[Registration],
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
     server = grpc.aio.server(
         interceptors=[*interceptors, ErrorMappingInterceptor()],
@@ -63,7 +64,7 @@ async def start_server(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
     )
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()

@@ -26,7 +26,7 @@ log = logging.getLogger("c2d.engine")
 ENGINE_SERVICE = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
 JOB_AGENT_SERVICE = job_agent_pb2.DESCRIPTOR.services_by_name["JobAgentService"].full_name
 # Settings a pod inherits from the engine (storage, staging limits, log level).
-POD_ENV_PREFIXES = ("C2D_STORAGE_", "C2D_STAGING_", "C2D_PROVIDER_ADDRESS", "C2D_LOG_LEVEL", "C2D_DATA_DIR")
+POD_ENV_PREFIXES = ("C2D_STORAGE_", "C2D_STAGING_", "C2D_PROVIDER_ADDRESS", "C2D_LOG_LEVEL", "C2D_DATA_DIR", "C2D_TLS_")
 
 
 async def start(config: EngineSettings) -> RunningServer:
@@ -76,13 +76,17 @@ async def start(config: EngineSettings) -> RunningServer:
     )
     engine = EngineServicer(orchestrator, events, config.engine_id, config.heartbeat_s)
     agent = JobAgentServicer(orchestrator, engine.environments)
+    # Pods call JobAgentService on this port too: under mutual TLS they
+    # present the engine's certificate (they inherit C2D_TLS_*).
+    interceptors, credentials = auth.internal_port(auth.service_token(), [ENGINE_SERVICE])
     running = await start_server(
         config.address,
         [
             Registration(ENGINE_SERVICE, engine_pb2_grpc.add_EngineServiceServicer_to_server, engine),
             Registration(JOB_AGENT_SERVICE, job_agent_pb2_grpc.add_JobAgentServiceServicer_to_server, agent),
         ],
-        interceptors=[auth.ServiceTokenInterceptor(auth.service_token(), [ENGINE_SERVICE])],
+        interceptors=interceptors,
+        credentials=credentials,
     )
     if isinstance(backend, LocalBackend) and not config.agent_address:
         # Port 0 (tests) is only known now; pods reach the engine on the same host.

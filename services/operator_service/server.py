@@ -43,10 +43,12 @@ async def start(config: OperatorSettings) -> RunningServer:
     remover = ResultsRemover(storage.configured())
     sweeper = ExpirySweeper(db, remover, config.sweep_interval_s)
     servicer = OperatorServicer(db, links, broker, remove_results=remover.remove)
+    interceptors, credentials = auth.internal_port(token, [OPERATOR_SERVICE])
     running = await start_server(
         config.address,
         [Registration(OPERATOR_SERVICE, operator_pb2_grpc.add_OperatorServiceServicer_to_server, servicer)],
-        interceptors=[auth.ServiceTokenInterceptor(token, [OPERATOR_SERVICE])],
+        interceptors=interceptors,
+        credentials=credentials,
     )
     for link in links.values():
         await link.start()

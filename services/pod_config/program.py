@@ -15,8 +15,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
 from plumbing import auth, settings, storage
@@ -63,7 +61,7 @@ def staging_request(workflow: common_pb2.Workflow) -> staging.StagingRequest:
 async def run(job_id: str, token: str, agent_address: str, data_root: Path) -> int:
     config = settings.load(StagingSettings, "C2D_STAGING")
     metadata = auth.bearer(token)
-    async with grpc.aio.insecure_channel(agent_address) as channel:
+    async with auth.internal_channel(agent_address) as channel:
         agent = job_agent_pb2_grpc.JobAgentServiceStub(channel)
         response = await agent.GetWorkflow(job_agent_pb2.GetWorkflowRequest(job_id=job_id), metadata=metadata)
         disk = response.environment.disk_bytes or (1 << 40)

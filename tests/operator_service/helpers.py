@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
-import grpc
 import sqlalchemy
 
 from c2d.common.v1 import common_pb2
@@ -67,7 +66,7 @@ class Operator:
 
     def __init__(self, port: int, token: str | None = None) -> None:
         self.port = port
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.channel = auth.internal_channel(f"127.0.0.1:{port}")
         self.stub = operator_pb2_grpc.OperatorServiceStub(self.channel)
         self.metadata = auth.bearer(token if token is not None else auth.service_token())
 

@@ -161,7 +161,6 @@ class Orchestrator:
 
     async def submit(self, spec_fields: dict[str, Any], workflow: bytes) -> bool:
         """Accepts a job; the same job id with the same workflow is a no-op."""
-        job_id = spec_fields["job_id"]
         if spec_fields["environment_id"] != self.environment.id:
             raise errors.FailedPrecondition(
                 f"environment {spec_fields['environment_id']!r} is not offered by this engine "

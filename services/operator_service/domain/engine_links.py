@@ -47,11 +47,11 @@ class EngineLink:
         self._metadata = auth.bearer(token)
         self._liveness_s = liveness_s
         self._reconnect_max_s = reconnect_max_s
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = auth.internal_channel(address)
         self._stub = engine_pb2_grpc.EngineServiceStub(self._channel)
         # The dispatcher calls SubmitJob while holding the job rows' locks, in
         # a database thread, so it uses a blocking channel.
-        self._sync_channel = grpc.insecure_channel(address)
+        self._sync_channel = auth.internal_blocking_channel(address)
         self._sync_stub = engine_pb2_grpc.EngineServiceStub(self._sync_channel)
         self.last_heartbeat = 0.0
         # The environments of the latest heartbeat: CreateJob checks them without a query.
