@@ -15,3 +15,6 @@ class OperatorSettings:
     engine_liveness_s: float = setting(10.0, "an engine not heard from for this long makes its environments unavailable")
     reconnect_max_s: float = setting(5.0, "longest back-off between reconnects to an engine")
     sweep_interval_s: float = setting(60.0, "how often expired results are removed")
+    queue_timeout_s: float = setting(
+        3600.0, "a job waiting longer than this for its engine to come back ends 'expired in queue'"
+    )

@@ -250,3 +250,23 @@ async def test_a_state_stream_that_goes_silent_is_abandoned_and_resumed(data_dir
         await engine.stop(1)
     assert proxy.streams >= 2
     assert _histories(postgres_url)[job.job_id] == NOOP_PATH
+
+
+async def test_jobs_waiting_too_long_for_a_dead_engine_expire_in_queue(data_dir, postgres_url):
+    engine = await engine_server.start(engine_settings(postgres_url))
+    service = await operator_server.start(
+        operator_settings(postgres_url, engine.port, engine_liveness_s=1.0, queue_timeout_s=2.0)
+    )
+    operator = Operator(service.port)
+    try:
+        await wait_available(operator)
+        await engine.stop(0)
+        waiting = await operator.create()  # the engine still counts as live for a moment
+        ended = (await operator.watch([waiting.job_id]))[-1]
+    finally:
+        await operator.close()
+        await service.stop(1)
+    assert ended.status == 70 and ended.end_reason == 5  # EXPIRED_IN_QUEUE
+    assert ended.error_code == "expired_in_queue"
+    assert "waited more than 2 s for its engine local to come back" in ended.error_message
+    assert _histories(postgres_url)[waiting.job_id] == [1, 70]

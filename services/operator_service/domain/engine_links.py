@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator
 
 import grpc
@@ -39,7 +39,7 @@ class StreamStalled(Exception):
 
 class EngineLink:
     def __init__(self, engine_id: str, address: str, db: Database, broker: Broker, token: str,
-                 liveness_s: float, reconnect_max_s: float) -> None:
+                 liveness_s: float, reconnect_max_s: float, queue_timeout_s: float = 3600.0) -> None:
         self.engine_id = engine_id
         self.address = address
         self._db = db
@@ -47,6 +47,7 @@ class EngineLink:
         self._metadata = auth.bearer(token)
         self._liveness_s = liveness_s
         self._reconnect_max_s = reconnect_max_s
+        self._queue_timeout_s = queue_timeout_s
         self._channel = auth.internal_channel(address)
         self._stub = engine_pb2_grpc.EngineServiceStub(self._channel)
         # The dispatcher calls SubmitJob while holding the job rows' locks, in
@@ -171,6 +172,7 @@ class EngineLink:
                 pass
             self._dispatch_wanted.clear()
             if not self.live:
+                await self._expire_waiting()
                 continue
             try:
                 while True:
@@ -209,6 +211,21 @@ class EngineLink:
                               f"the engine refused the job: {result.error_message}")
         store.mark_dispatched(session, list(by_id))
         return len(jobs), refused
+
+    async def _expire_waiting(self) -> None:
+        """Jobs that waited longer than the queue timeout for a dead engine end."""
+        cutoff = store.utcnow() - timedelta(seconds=self._queue_timeout_s)
+        try:
+            expired = await self._db.run(lambda s: store.expire_undispatched(
+                s, self.engine_id, cutoff,
+                f"the job waited more than {self._queue_timeout_s:g} s for its engine {self.engine_id} to come back",
+            ))
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.exception("engine %s: queue expiry failed", self.engine_id)
+            return
+        if expired:
+            log.warning("engine %s: %d job(s) expired in queue", self.engine_id, len(expired))
+            self._broker.publish(expired)
 
     # -- commands --------------------------------------------------------------------
 

@@ -216,15 +216,29 @@ def mark_results_expired(session: Session, job_id: str, at: datetime) -> bool:
 
 def claim_undispatched(session: Session, engine_id: str, limit: int) -> list[Job]:
     """Locks jobs waiting for their engine; replicas skip each other's rows."""
+    return _waiting(session, engine_id, limit)
+
+
+def _waiting(session: Session, engine_id: str, limit: int, *conditions: Any) -> list[Job]:
     query = (
         select(Job)
-        .where(Job.dispatched.is_(False), Job.engine_id == engine_id, Job.status == int(Status.WARMING_UP))
+        .where(Job.dispatched.is_(False), Job.engine_id == engine_id, Job.status == int(Status.WARMING_UP), *conditions)
         .order_by(Job.created_at)
         .limit(limit)
     )
     if _is_postgresql(session):
         query = query.with_for_update(skip_locked=True)
     return list(session.scalars(query))
+
+
+def expire_undispatched(session: Session, engine_id: str, created_before: datetime, message: str,
+                        limit: int = 500) -> list[Job]:
+    """Ends jobs still waiting for their engine since before `created_before`
+    (skipping rows a dispatcher holds); returns them."""
+    jobs = _waiting(session, engine_id, limit, Job.created_at < created_before)
+    for job in jobs:
+        end_job(session, job, EndReason.EXPIRED_IN_QUEUE, "expired_in_queue", message)
+    return jobs
 
 
 def mark_dispatched(session: Session, job_ids: list[str]) -> None:
