@@ -11,7 +11,8 @@ database (the tests' server, 127.0.0.1:5432), in one run:
    (one event loop, one GIL) is reported beside it;
 2. propagation: engine emit (the change's time, stamped by the engine) to
    applied (the service's commit, when the change is published to watchers),
-   p50/p99, with jobs created at a steady 1000 changes/s;
+   p50/p99, with jobs created at a steady 1000 changes/s; the engine in its
+   own process, the operator-service in this one (where its commits are seen);
 3. GetJob / ListJobs latency over gRPC with 1,000,000 jobs in the table,
    bulk-inserted with INSERT ... SELECT generate_series.
 
@@ -47,9 +48,10 @@ import psycopg2  # noqa: E402
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc  # noqa: E402
 from c2d.operator.v1 import operator_pb2  # noqa: E402
 from plumbing import auth  # noqa: E402
+from services.operator_service import server as operator_server  # noqa: E402
 from services.operator_service.domain import watching  # noqa: E402
 from tests.operator_service.helpers import (  # noqa: E402
-    ENVIRONMENT, Operator, OperatorProcess, control_plane, query, wait_available, workflow,
+    ENVIRONMENT, Operator, OperatorProcess, control_plane, operator_settings, query, wait_available, workflow,
 )
 from tests.support.stacks import fresh_postgres_database  # noqa: E402
 
@@ -179,6 +181,18 @@ async def through_the_service(jobs: int, concurrency: int, one_process: bool) ->
 
 
 @contextlib.asynccontextmanager
+async def operator_in_process(database_url: str, engine_port: int) -> AsyncIterator[Operator]:
+    running = await operator_server.start(operator_settings(database_url, engine_port))
+    operator = Operator(running.port)
+    try:
+        await wait_available(operator)
+        yield operator
+    finally:
+        await operator.close()
+        await running.stop(1)
+
+
+@contextlib.asynccontextmanager
 async def in_process(database_url: str) -> AsyncIterator[Operator]:
     async with control_plane(database_url) as plane:
         yield plane.operator
@@ -221,8 +235,11 @@ class AppliedClock:
 async def propagation(seconds: float, changes_per_s: float) -> tuple[list[float], float]:
     jobs = int(seconds * changes_per_s / CHANGES_PER_JOB)
     interval = CHANGES_PER_JOB / changes_per_s
+    # The engine runs in its own process; the operator-service here, where
+    # AppliedClock can see its commits.
     with fresh_database() as url, AppliedClock() as clock:
-        async with control_plane(url) as plane:
+        async with engine_process(url, Path(os.environ["C2D_DATA_DIR"]) / "engine-propagation.log") as engine_port, \
+                operator_in_process(url, engine_port) as operator:
             started = time.perf_counter()
             pending = []
             for i in range(jobs):
@@ -230,7 +247,7 @@ async def propagation(seconds: float, changes_per_s: float) -> tuple[list[float]
                 delay = started + i * interval - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                pending.append(asyncio.create_task(plane.operator.create()))
+                pending.append(asyncio.create_task(operator.create()))
             await asyncio.gather(*pending)
             await wait_count(url, "SELECT count(*) FROM jobs WHERE status = 70", jobs)
             rate = jobs * CHANGES_PER_JOB / (time.perf_counter() - started)
