@@ -12,6 +12,7 @@ from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_pb2_grpc
 from plumbing import auth, errors
 from plumbing.statuses import Status
+from plumbing.workflows import check_workflow
 from services.operator_engine.api import convert
 from services.operator_engine.domain.event_log import EventLog
 from services.operator_engine.domain.orchestrator import Orchestrator
@@ -35,11 +36,7 @@ def _job_of(request: engine_pb2.SubmitJobRequest) -> tuple[dict[str, Any], bytes
     check_job_id(request.job_id)
     if not request.environment_id:
         raise errors.InvalidArgument("environment_id is required", "environment_missing")
-    workflow = request.workflow
-    if not workflow.datasets:
-        raise errors.InvalidArgument("the workflow names no dataset", "workflow_invalid")
-    if not workflow.HasField("algorithm") and not workflow.raw_algorithm:
-        raise errors.InvalidArgument("the workflow has no algorithm", "workflow_invalid")
+    workflow = check_workflow(request.workflow)
     fields = {
         "job_id": request.job_id,
         "environment_id": request.environment_id,

@@ -14,6 +14,7 @@ from c2d.operator.v1 import operator_pb2, operator_pb2_grpc
 from plumbing import errors
 from plumbing.database import Database, GroupCommit
 from plumbing.statuses import TEXT, EndReason, Status, is_terminal
+from plumbing.workflows import check_workflow
 from services.operator_service.api import convert
 from services.operator_service.domain.engine_links import EngineLink
 from services.operator_service.domain.watching import Broker
@@ -79,11 +80,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             raise errors.InvalidArgument("request_id is required (the idempotency key)", "request_id_missing")
         if not request.owner:
             raise errors.InvalidArgument("owner is required", "owner_missing")
-        workflow = request.workflow
-        if not workflow.datasets:
-            raise errors.InvalidArgument("the workflow names no dataset", "workflow_invalid")
-        if not workflow.HasField("algorithm") and not workflow.raw_algorithm:
-            raise errors.InvalidArgument("the workflow has no algorithm", "workflow_invalid")
+        workflow = check_workflow(request.workflow)
         env = self._live_environment(request.environment_id)
         if env is None:
             # Unknown, or its engine is not live: the stored view says which.
