@@ -14,8 +14,10 @@ verified, disk budget charged per chunk) and compares with:
 Each staging runs in a child process that imports the pod_config program,
 so its peak RSS (VmHWM) is the whole program's. Throughputs are the best of
 --repeat runs; ratios the median over back-to-back pairs (the machine may be
-shared). Files live in a temporary directory, deleted at the end. The last
-line printed is one JSON object.
+shared). CPU seconds (user + system, the client side only: not the servers)
+are the median per side; they move less than times on a shared machine.
+Files live in a temporary directory, deleted at the end. The last line
+printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -80,10 +83,11 @@ def child(spec_path: str) -> None:
     )
     storage = StorageConfig(**spec["storage"]) if spec.get("storage") else None
     fetchers = fetching.default_fetchers(storage_config=storage)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     outcome = asyncio.run(staging.stage(request, Path(spec["root"]), limits, fetchers, logging.getLogger("bench")))
-    elapsed = time.perf_counter() - started
-    print(json.dumps({"seconds": elapsed, "status": outcome.status, "reason": outcome.reason, "peak_rss_kib": peak_rss_kib()}))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu, "status": outcome.status, "reason": outcome.reason,
+                      "peak_rss_kib": peak_rss_kib()}))
 
 
 def peak_rss_kib() -> int:
@@ -95,8 +99,9 @@ def peak_rss_kib() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def run_child(spec: dict, work: Path) -> tuple[float, float]:
-    """(seconds, peak RSS in MiB) of one staging in a child process."""
+def run_child(spec: dict, work: Path) -> tuple[float, float, float]:
+    """(seconds, CPU seconds, peak RSS in MiB) of one staging in a child process;
+    seconds and CPU seconds leave out the interpreter's start and imports."""
     spec_path = work / f"spec-{uuid.uuid4().hex[:8]}.json"
     spec_path.write_text(json.dumps(spec))
     done = subprocess.run([sys.executable, __file__, "--child", str(spec_path)], stdout=subprocess.PIPE, cwd=REPO, check=False)
@@ -106,7 +111,7 @@ def run_child(spec: dict, work: Path) -> tuple[float, float]:
     result = json.loads(done.stdout.decode().strip().splitlines()[-1])
     if result["status"] != 30:
         raise RuntimeError(f"staging failed: {result}")
-    return result["seconds"], result["peak_rss_kib"] / 1024
+    return result["seconds"], result["cpu_seconds"], result["peak_rss_kib"] / 1024
 
 
 # --------------------------------------------------------------------------- helpers
@@ -133,13 +138,29 @@ def drop(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def summary(baseline: list[tuple[float, float]], ours: list[tuple[float, float]]) -> tuple[float, float, float, float]:
-    """(best baseline s, best staging s, median of the paired ratios, peak RSS MiB).
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
-    Each repeat runs the baseline and then the staging back to back; the
-    ratio of a pair is less at the mercy of other load than two best-ofs."""
-    ratios = sorted(b[0] / o[0] for b, o in zip(baseline, ours, strict=True))
-    return min(b[0] for b in baseline), min(o[0] for o in ours), ratios[len(ratios) // 2], max(o[1] for o in ours)
+
+def summary(baseline: list[tuple[float, float, float]], ours: list[tuple[float, float, float]]) -> dict[str, float]:
+    """Best times, median of the paired ratios, median CPU seconds, peak RSS MiB.
+
+    Runs are (seconds, CPU seconds, peak RSS MiB). Each repeat runs the
+    baseline and then the staging back to back; the ratio of a pair is less at
+    the mercy of other load than two best-ofs."""
+    return {
+        "base_s": min(b[0] for b in baseline),
+        "ours_s": min(o[0] for o in ours),
+        "ratio": median([b[0] / o[0] for b, o in zip(baseline, ours, strict=True)]),
+        "base_cpu_s": median([b[1] for b in baseline]),
+        "ours_cpu_s": median([o[1] for o in ours]),
+        "rss_mib": max(o[2] for o in ours),
+    }
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def mib_s(total: int, seconds: float) -> float:
@@ -164,9 +185,9 @@ def bench_http(work: Path, files: dict[str, str], total: int, repeat: int) -> di
             args = ["curl", "-sS", "--no-progress-meter", "--fail", "-Z", "--parallel-max", str(FILES)]
             for name, url in urls.items():
                 args += ["-o", str(out / name), url]
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), children_cpu_s()
             subprocess.run(args, check=True)
-            curl_runs.append((time.perf_counter() - started, 0.0))
+            curl_runs.append((time.perf_counter() - started, children_cpu_s() - cpu_started, 0.0))
             drop(out)
 
             root = work / "stage"
@@ -176,8 +197,7 @@ def bench_http(work: Path, files: dict[str, str], total: int, repeat: int) -> di
     finally:
         server.terminate()
         server.wait(10)
-    curl_s, stage_s, ratio, rss = summary(curl_runs, stage_runs)
-    return {"curl_s": curl_s, "http_s": stage_s, "ratio": ratio, "http_rss_mib": rss}
+    return summary(curl_runs, stage_runs)
 
 
 # --------------------------------------------------------------------------- S3
@@ -202,10 +222,10 @@ def bench_s3(work: Path, files: dict[str, str], total: int, repeat: int) -> dict
         out = work / "minio"
         for _ in range(repeat):
             out.mkdir()
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             with ThreadPoolExecutor(FILES) as pool:
                 list(pool.map(lambda n: client.fget_object(bucket, n, str(out / n)), files))
-            minio_runs.append((time.perf_counter() - started, 0.0))
+            minio_runs.append((time.perf_counter() - started, time.process_time() - cpu_started, 0.0))
             drop(out)
 
             root = work / "stage"
@@ -215,8 +235,7 @@ def bench_s3(work: Path, files: dict[str, str], total: int, repeat: int) -> dict
             drop(root)
     finally:
         _stop(proc)
-    minio_s, stage_s, ratio, rss = summary(minio_runs, stage_runs)
-    return {"minio_s": minio_s, "s3_s": stage_s, "ratio": ratio, "s3_rss_mib": rss}
+    return summary(minio_runs, stage_runs)
 
 
 # --------------------------------------------------------------------------- main
@@ -243,28 +262,30 @@ def main() -> None:
     finally:
         drop(work)
 
-    rows = [
-        ("HTTP", "curl -Z (4 parallel)", http["curl_s"], "pod_config staging", http["http_s"], http["ratio"],
-         http["http_rss_mib"]),
-        ("S3", "minio fget_object x4 threads", s3["minio_s"], "pod_config staging", s3["s3_s"], s3["ratio"],
-         s3["s3_rss_mib"]),
-    ]
+    rows = [("HTTP", "curl -Z (4 parallel)", http), ("S3", "minio fget_object x4 threads", s3)]
     print(f"\nstaging {total // MiB} MiB ({FILES} files), best of {repeat}; this machine: {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.2f}")
-    print(f"{'source':<6} {'baseline':<30} {'MiB/s':>8}   {'c2d':<20} {'MiB/s':>8} {'ratio':>6} {'peak RSS':>9}")
-    for source, base_name, base_s, ours_name, ours_s, ratio, rss in rows:
-        print(f"{source:<6} {base_name:<30} {mib_s(total, base_s):8.0f}   {ours_name:<20} {mib_s(total, ours_s):8.0f} "
-              f"{ratio:6.2f} {rss:7.1f} MiB")
-    print("MiB/s: best run; ratio: baseline time / staging time, median over back-to-back pairs")
+    print(f"{'source':<6} {'baseline':<30} {'MiB/s':>8} {'CPU s':>6}   {'c2d':<20} {'MiB/s':>8} {'CPU s':>6} "
+          f"{'ratio':>6} {'peak RSS':>9}")
+    for source, base_name, r in rows:
+        print(f"{source:<6} {base_name:<30} {mib_s(total, r['base_s']):8.0f} {r['base_cpu_s']:6.2f}   "
+              f"{'pod_config staging':<20} {mib_s(total, r['ours_s']):8.0f} {r['ours_cpu_s']:6.2f} "
+              f"{r['ratio']:6.2f} {r['rss_mib']:7.1f} MiB")
+    print("MiB/s: best run; ratio: baseline time / staging time, median over back-to-back pairs; "
+          "CPU s: median, client side only")
     figures = {
         "bytes": total,
         "http_over_curl": round(http["ratio"], 3),
         "s3_over_minio": round(s3["ratio"], 3),
-        "peak_rss_mib": round(max(http["http_rss_mib"], s3["s3_rss_mib"]), 1),
-        "http_mib_s": round(mib_s(total, http["http_s"]), 1),
-        "curl_mib_s": round(mib_s(total, http["curl_s"]), 1),
-        "s3_mib_s": round(mib_s(total, s3["s3_s"]), 1),
-        "minio_mib_s": round(mib_s(total, s3["minio_s"]), 1),
+        "peak_rss_mib": round(max(http["rss_mib"], s3["rss_mib"]), 1),
+        "http_mib_s": round(mib_s(total, http["ours_s"]), 1),
+        "curl_mib_s": round(mib_s(total, http["base_s"]), 1),
+        "s3_mib_s": round(mib_s(total, s3["ours_s"]), 1),
+        "minio_mib_s": round(mib_s(total, s3["base_s"]), 1),
+        "http_cpu_s": round(http["ours_cpu_s"], 2),
+        "curl_cpu_s": round(http["base_cpu_s"], 2),
+        "s3_cpu_s": round(s3["ours_cpu_s"], 2),
+        "minio_cpu_s": round(s3["base_cpu_s"], 2),
     }
     print(json.dumps(figures))
 

@@ -285,7 +285,9 @@ def download_s3(
             if on_size is not None:
                 on_size(int(stat.size or 0))
             response = client.get_object(bucket, key)
-            for block in response.stream(chunk_bytes):
+            # decode_content=False: the object's bytes as stored, each block straight
+            # from the socket (decoding would pass every block through another buffer).
+            for block in response.stream(chunk_bytes, decode_content=False):
                 if on_chunk is not None:
                     on_chunk(len(block))
                 sink.write(block)

@@ -6,8 +6,9 @@ separate connect and idle timeouts, retries with exponential backoff (and
 resume through Range requests when the server allows it), manually followed
 redirects, and an SSRF guard: every hop's host is resolved and vetted before
 connecting, and the connection is pinned to the vetted addresses so a second
-DNS answer (rebinding) cannot send it elsewhere. Hashing and writing run in
-worker threads, one chunk behind the network, so receiving overlaps them.
+DNS answer (rebinding) cannot send it elsewhere. Each request runs in a
+download thread that receives, hashes and writes large chunks: all three
+release the GIL, so parallel downloads use every core.
 
 StorageFetcher downloads s3:// objects and IPFS CIDs through plumbing.storage
 in worker threads, charging the shared disk budget chunk by chunk.
@@ -23,6 +24,7 @@ import email.utils
 import errno
 import functools
 import hashlib
+import http.client
 import ipaddress
 import os
 import random
@@ -35,9 +37,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -65,9 +66,11 @@ __all__ = [
     "vet_host",
 ]
 
-# Read, hash and write 256 KiB at a time: asyncio receives at most that much per
-# call, so a chunk is one received buffer (no joining copy), and memory stays
-# at a few chunks per download.
+T = TypeVar("T")
+
+# Receive, hash and write up to 256 KiB at a time: large enough that the
+# per-chunk Python work is small, small enough to stay in the CPU's cache
+# between the three steps, and memory stays at one chunk per download.
 CHUNK_BYTES = 256 << 10
 USER_AGENT = "c2d-pod-config/1"
 
@@ -195,7 +198,11 @@ def address_refusal(address: str | IPAddress, limits: StagingLimits, host: str =
     return None
 
 
-async def vet_host(host: str, port: int, limits: StagingLimits) -> list[ResolveResult]:
+# A vetted address: (address family, IP address as text).
+Pin = tuple[socket.AddressFamily, str]
+
+
+async def vet_host(host: str, port: int, limits: StagingLimits) -> list[Pin]:
     """Resolve `host` and refuse (FetchError "ssrf_refused") if ANY address is refused.
 
     Returns the vetted addresses, which the caller must connect to (and only to).
@@ -223,52 +230,17 @@ async def vet_host(host: str, port: int, limits: StagingLimits) -> list[ResolveR
         why = address_refusal(ip, limits, host)
         if why:
             raise FetchError("ssrf_refused", f"the file's address is on a refused network ({why})")
-    seen: set[str] = set()
-    results: list[ResolveResult] = []
-    for family, ip in infos:
-        if ip in seen:
-            continue
-        seen.add(ip)
-        results.append(
-            {"hostname": host, "host": ip, "port": port, "family": family, "proto": 0, "flags": socket.AI_NUMERICHOST}
-        )
-    return results
-
-
-class _PinnedResolver(AbstractResolver):
-    """Answers the connector only with addresses `vet_host` approved for this fetch."""
-
-    def __init__(self) -> None:
-        self._pins: dict[tuple[str, int], list[ResolveResult]] = {}
-
-    def pin(self, host: str, port: int, results: list[ResolveResult]) -> None:
-        self._pins[(_norm_host(host), port)] = results
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = self._pins.get((_norm_host(host), port))
-        if not results:
-            raise OSError("refusing to connect to an address that was not vetted")
-        if family not in (0, socket.AF_UNSPEC):
-            results = [r for r in results if r["family"] == family]
-        return [dict(r, hostname=host) for r in results]  # type: ignore[misc]
-
-    async def close(self) -> None:
-        return None
+    return list(dict.fromkeys(infos))  # without duplicates, in the resolver's order
 
 
 # --------------------------------------------------------------------------- writing
 
 
-# Hashing and writing run here, off the event loop (both release the GIL), so
-# one download's chunk is hashed and written while the loop receives the next.
-# Its own pool: S3 and IPFS downloads hold the default executor's threads.
-_WRITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="c2d-pod-config-write")
-
-
 class _Sink:
-    """The temporary file a download streams into, with its hash and charges."""
+    """The temporary file a download streams into, with its hash and charges.
+
+    Written from one worker thread at a time: os.write and sha256 release the
+    GIL on large buffers, so parallel downloads use every core."""
 
     def __init__(self, dest: Path, limits: StagingLimits, budget: ByteBudget) -> None:
         # O_NOFOLLOW: a planted symlink at the temporary name must not redirect the write.
@@ -276,7 +248,6 @@ class _Sink:
         self._fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         self._meter = FileMeter(limits, budget)
         self._hasher = hashlib.sha256()
-        self._pending: asyncio.Future[None] | None = None
         self.validator = ""  # strong ETag or Last-Modified of the entity being downloaded
 
     @property
@@ -287,7 +258,8 @@ class _Sink:
         """Refuse early on a declared length (Content-Length); streaming still counts."""
         self._meter.check_declared(remaining)
 
-    def _put(self, chunk: bytes | memoryview) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
+        self._meter.add(len(chunk))  # before writing: concurrent downloads cannot overshoot
         view = memoryview(chunk)
         try:
             while view:
@@ -295,37 +267,6 @@ class _Sink:
         except OSError as exc:
             raise _disk_error(exc) from None
         self._hasher.update(chunk)
-
-    def write(self, chunk: bytes | memoryview) -> None:
-        self._meter.add(len(chunk))  # before writing: concurrent downloads cannot overshoot
-        self._put(chunk)
-
-    async def write_behind(self, chunk: bytes) -> None:
-        """Charge `chunk` now and write it in a worker thread, after the previous
-        one; returns once the previous chunk is on disk (at most one in flight)."""
-        await self.settle()
-        self._meter.add(len(chunk))
-        self._pending = asyncio.get_running_loop().run_in_executor(_WRITERS, self._put, chunk)
-
-    async def settle(self) -> None:
-        """Wait for the chunk in flight; raise its error, if any.
-
-        It is waited for even when the caller is cancelled, because the file must
-        not be truncated, closed or removed under a thread still writing it."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        cancelled = False
-        while not pending.done():
-            try:
-                await asyncio.wait([pending])
-            except asyncio.CancelledError:
-                cancelled = True
-        error = pending.exception()
-        if error is not None:
-            raise error
-        if cancelled:
-            raise asyncio.CancelledError()
 
     def restart(self) -> None:
         """Start over from byte 0 (the server could not resume)."""
@@ -357,6 +298,38 @@ def _disk_error(exc: OSError) -> FetchError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return FetchError("disk_quota_exceeded", "the environment's disk is full")
     return FetchError("write_failed", f"could not write the file ({errno.errorcode.get(exc.errno or 0, 'I/O error')})")
+
+
+# --------------------------------------------------------------------------- download threads
+
+# Every download runs in one of these threads, from its first byte to its last.
+# Its own pool: a download must not wait behind other work in the default executor.
+_DOWNLOAD_THREADS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="c2d-pod-config-download")
+
+
+class _Stopped(Exception):
+    """Raised inside a download thread whose staging was cancelled."""
+
+
+async def _in_thread(work: Callable[[], T], stop: Callable[[], None]) -> T:
+    """Run `work` in a download thread and return its result.
+
+    A thread cannot be cancelled: if the caller is, `stop()` asks the thread
+    to end, and the caller waits until it has (even when cancelled again), so
+    nothing writes a file after its download was given up."""
+    future = asyncio.get_running_loop().run_in_executor(_DOWNLOAD_THREADS, work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        stop()
+        while not future.done():
+            try:
+                await asyncio.wait([future])
+            except asyncio.CancelledError:
+                pass
+        if not future.cancelled():
+            future.exception()  # retrieved: asyncio would otherwise log it as lost
+        raise
 
 
 # --------------------------------------------------------------------------- raw
@@ -436,56 +409,49 @@ def _parse_url(text: str) -> URL:
 
 
 class HttpFetcher:
-    """Source type "url": http(s) with timeouts, retries, redirects and the SSRF guard."""
+    """Source type "url": http(s) with timeouts, retries, redirects and the SSRF guard.
+
+    Deciding (vetting, redirects, retries, backoff) happens on the event loop;
+    each request, from connect to the body's last byte, runs in a download
+    thread (`_Exchange`)."""
 
     def __init__(self, user_agent: str = USER_AGENT, ssl_context: ssl.SSLContext | None = None) -> None:
         self._user_agent = user_agent
-        # None: the system's CAs with full verification; an operator may pass a
-        # context that also trusts a private CA. Verification is never turned off.
-        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._given_ssl = ssl_context
+
+    @functools.cached_property
+    def _ssl(self) -> ssl.SSLContext:
+        # The system's CAs with full verification, made on first use (loading
+        # them costs time and memory); an operator may pass a context that also
+        # trusts a private CA. Verification is never turned off.
+        return self._given_ssl or ssl.create_default_context()
 
     async def fetch(self, source: FileSource, dest: Path, limits: StagingLimits, budget: ByteBudget) -> tuple[int, str]:
         ctx = current_file_context()
         url = _parse_url(source.url)
         extra = _source_headers(source.headers)
         sink = _Sink(dest, limits, budget)
-        resolver = _PinnedResolver()
-        connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False, force_close=True)
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=limits.connect_timeout_s,
-            sock_connect=limits.connect_timeout_s,
-            sock_read=limits.idle_timeout_s,  # the idle timeout: no byte for this long
-        )
         try:
-            async with aiohttp.ClientSession(
-                connector=connector,
-                timeout=timeout,
-                auto_decompress=False,  # store and hash exactly the bytes served
-                trust_env=False,  # no proxy from the environment: it would bypass the guard
-                cookie_jar=aiohttp.DummyCookieJar(),
-                headers={"User-Agent": self._user_agent},
-            ) as session:
-                attempt = 0
-                while True:
-                    try:
-                        await self._attempt(session, resolver, url, extra, sink, limits)
-                        return sink.finish()
-                    except _Transient as t:
-                        if attempt >= limits.max_retries:
-                            tries = f" (after {attempt + 1} attempts)" if attempt else ""
-                            raise FetchError(t.kind, f"{t.message}{tries}") from None
-                        attempt += 1
-                        delay = self._delay(attempt, t.retry_after, limits)
-                        ctx.log.warning(
-                            "%s: %s; retry %d of %d in %.2f s",
-                            ctx.label,
-                            t.message,
-                            attempt,
-                            limits.max_retries,
-                            delay,
-                        )
-                        await asyncio.sleep(delay)
+            attempt = 0
+            while True:
+                try:
+                    await self._attempt(url, extra, sink, limits)
+                    return sink.finish()
+                except _Transient as t:
+                    if attempt >= limits.max_retries:
+                        tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                        raise FetchError(t.kind, f"{t.message}{tries}") from None
+                    attempt += 1
+                    delay = self._delay(attempt, t.retry_after, limits)
+                    ctx.log.warning(
+                        "%s: %s; retry %d of %d in %.2f s",
+                        ctx.label,
+                        t.message,
+                        attempt,
+                        limits.max_retries,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
         except BaseException:
             sink.abandon()
             dest.unlink(missing_ok=True)
@@ -499,109 +465,194 @@ class HttpFetcher:
         step = limits.backoff_base_s * (2 ** (attempt - 1))
         return step / 2 + random.uniform(0, step / 2)
 
-    async def _attempt(
-        self,
-        session: aiohttp.ClientSession,
-        resolver: _PinnedResolver,
-        origin_url: URL,
-        extra: CIMultiDict[str],
-        sink: _Sink,
-        limits: StagingLimits,
-    ) -> None:
+    async def _attempt(self, origin_url: URL, extra: CIMultiDict[str], sink: _Sink, limits: StagingLimits) -> None:
         current = origin_url
         redirects = 0
         while True:
             host, port = current.raw_host or "", current.port or (443 if current.scheme == "https" else 80)
-            # Vet on every hop, and pin the connection to what was vetted.
-            resolver.pin(host, port, await vet_host(host, port, limits))
+            # Vet on every hop; the exchange connects to what was vetted, never resolving again.
+            pins = await vet_host(host, port, limits)
 
             headers: CIMultiDict[str] = CIMultiDict()
             if current.origin() == origin_url.origin():
                 # The DDO's headers (often credentials) go only to the origin they were written for.
                 headers.update(extra)
-            headers["Accept-Encoding"] = "identity"
+            headers["User-Agent"] = self._user_agent
+            headers["Accept-Encoding"] = "identity"  # store and hash exactly the bytes served
+            headers["Connection"] = "close"
             if sink.size and sink.validator:
                 headers["Range"] = f"bytes={sink.size}-"
                 headers["If-Range"] = sink.validator
             elif sink.size:
                 sink.restart()  # nothing to tell the server which version we have: start over
 
+            tls = self._ssl if current.scheme == "https" else None
+            exchange = _Exchange(current, pins, headers, sink, limits, tls)
+            redirect = await _in_thread(exchange.run, exchange.stop)
+            if redirect is None:
+                return
+            status, location = redirect
+            redirects += 1
+            if redirects > limits.max_redirects:
+                raise FetchError("too_many_redirects", f"more than {limits.max_redirects} HTTP redirects")
             try:
-                async with session.get(current, headers=headers, allow_redirects=False, ssl=self._ssl) as resp:
-                    status = resp.status
-                    if status in _REDIRECT_STATUSES:
-                        location = resp.headers.get("Location")
-                        if not location:
-                            raise FetchError("http_error", f"HTTP {status} without a Location")
-                        redirects += 1
-                        if redirects > limits.max_redirects:
-                            raise FetchError("too_many_redirects", f"more than {limits.max_redirects} HTTP redirects")
-                        try:
-                            current = current.join(URL(location)).with_fragment(None)
-                        except (ValueError, TypeError):
-                            raise FetchError("http_error", f"HTTP {status} with an invalid Location") from None
-                        if current.scheme not in ("http", "https") or not current.raw_host:
-                            raise FetchError("invalid_source", f"HTTP {status} to a location that is not http(s)")
-                        continue
-                    if status == 429 or status >= 500:
-                        raise _Transient("http_error", f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
-                    if status == 416 and sink.size:
-                        sink.restart()
-                        raise _Transient("http_error", "HTTP 416 on resume")
-                    if not 200 <= status < 300:
-                        raise FetchError("http_error", f"HTTP {status}")
+                current = current.join(URL(location)).with_fragment(None)
+            except (ValueError, TypeError):
+                raise FetchError("http_error", f"HTTP {status} with an invalid Location") from None
+            if current.scheme not in ("http", "https") or not current.raw_host:
+                raise FetchError("invalid_source", f"HTTP {status} to a location that is not http(s)")
 
-                    if status == 206:
-                        start = _content_range_start(resp.headers.get("Content-Range"))
-                        if start != sink.size:
-                            sink.restart()
-                            if start != 0:  # not where we are, nor the beginning: try again from 0
-                                raise _Transient("http_error", "the server sent an unexpected part of the file")
-                    elif sink.size:
-                        sink.restart()  # the server sent the whole file again (or a newer one)
 
-                    if not sink.size:
-                        etag = resp.headers.get("ETag", "")
-                        sink.validator = (
-                            etag if etag and not etag.startswith("W/") else resp.headers.get("Last-Modified", "")
-                        )
-                    if resp.content_length is not None:
-                        sink.check_declared(resp.content_length)
-                    try:
-                        while chunk := await resp.content.read(CHUNK_BYTES):
-                            await sink.write_behind(chunk)
-                    finally:
-                        await sink.settle()  # a write error wins over a broken connection
-                    return
-            except (FetchError, _Transient):
-                raise
-            except aiohttp.ClientSSLError:
-                raise FetchError("tls_failed", "the TLS connection to the file's server failed verification") from None
-            except aiohttp.ConnectionTimeoutError:
-                raise _Transient("timeout", f"could not connect within {limits.connect_timeout_s:g} s") from None
-            except (TimeoutError, aiohttp.SocketTimeoutError):
-                raise _Transient("timeout", f"no data received for {limits.idle_timeout_s:g} s") from None
-            except aiohttp.ClientConnectorError as exc:
-                code = errno.errorcode.get(exc.os_error.errno or 0, "network error")
-                raise _Transient("connect", f"could not connect ({code})") from None
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError) as exc:
+class _Exchange:
+    """One GET, run in a download thread from connect to the body's last byte.
+
+    It connects only to the vetted addresses (`pins`), with TLS verifying the
+    URL's host name. `run()` returns a redirect's (status, Location), streams
+    a 2xx body into the sink, and raises FetchError or _Transient otherwise.
+    No proxy from the environment (it would bypass the guard), no cookies, no
+    decompression (the bytes served are the bytes stored and hashed).
+    Receiving, hashing and writing each release the GIL, so parallel downloads
+    use every core.
+    """
+
+    def __init__(
+        self,
+        url: URL,
+        pins: list[Pin],
+        headers: CIMultiDict[str],
+        sink: _Sink,
+        limits: StagingLimits,
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        self._url = url
+        self._host = url.raw_host or ""
+        self._port = url.port or (443 if tls else 80)
+        self._pins = pins
+        self._headers = headers
+        self._sink = sink
+        self._limits = limits
+        self._tls = tls
+        self._lock = threading.Lock()  # guards _sock and _stopped between the thread and stop()
+        self._sock: socket.socket | None = None
+        self._stopped = False
+
+    def stop(self) -> None:
+        """From the event loop: make the thread end now, even in the middle of a read."""
+        with self._lock:
+            self._stopped = True
+            if self._sock is not None:
+                try:
+                    # The plain socket's shutdown, also under TLS: it wakes a blocked
+                    # read without touching the TLS state the thread is using.
+                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def run(self) -> tuple[int, str] | None:
+        conn = http.client.HTTPConnection(self._host, self._port)
+        conn.default_port = 443 if self._tls else 80  # the Host header names the port only when not the default
+        resp: http.client.HTTPResponse | None = None
+        try:
+            conn.sock = self._connect()
+            try:
+                conn.request("GET", self._url.raw_path_qs, headers=self._headers)
+                resp = conn.getresponse()
+                return self._receive(resp)
+            except TimeoutError:
+                raise _Transient("timeout", f"no data received for {self._limits.idle_timeout_s:g} s") from None
+            except (http.client.IncompleteRead, OSError) as exc:  # resets, TLS errors mid-stream
                 raise _Transient(
-                    "connection", f"the connection broke off after {sink.size} bytes ({type(exc).__name__})"
+                    "connection", f"the connection broke off after {self._sink.size} bytes ({type(exc).__name__})"
                 ) from None
-            except aiohttp.InvalidURL:
+            except http.client.InvalidURL:
                 raise FetchError("invalid_source", "the file location is not a valid http(s) URL") from None
-            except aiohttp.ClientResponseError as exc:
-                raise FetchError("http_error", f"the server sent an invalid HTTP response ({exc.status})") from None
-            except aiohttp.ClientError as exc:
-                # Only the type: aiohttp's messages name the host.
-                raise FetchError("http_error", f"the download failed ({type(exc).__name__})") from None
+            except http.client.HTTPException as exc:
+                # Only the type: http.client's messages may quote what the server sent.
+                raise FetchError("http_error", f"the server sent an invalid HTTP response ({type(exc).__name__})") from None
+        finally:
+            self._hold(None)  # first: once stop() cannot reach the socket, its descriptor may be reused
+            # The response holds the socket open on its own (Connection: close hands it over).
+            if resp is not None:
+                resp.close()
+            conn.close()
+
+    def _hold(self, sock: socket.socket | None) -> socket.socket | None:
+        """Make `sock` the one stop() shuts down (None: close the one held)."""
+        with self._lock:
+            held, self._sock = self._sock, sock
+            stopped = self._stopped
+        if held is not None and held is not sock:
+            held.close()
+        if stopped and sock is not None:
+            raise _Stopped()
+        return sock
+
+    def _connect(self) -> socket.socket:
+        limits = self._limits
+        deadline = time.monotonic() + limits.connect_timeout_s
+        error: OSError = TimeoutError()
+        for family, ip in self._pins:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock = self._hold(socket.socket(family, socket.SOCK_STREAM))
+            try:
+                sock.settimeout(remaining)  # the connect timeout covers the TLS handshake too
+                sock.connect((ip, self._port))
+                if self._tls is not None:
+                    sock = self._hold(self._tls.wrap_socket(sock, server_hostname=self._host))
+                sock.settimeout(limits.idle_timeout_s)  # from now on: the idle timeout, per read
+                return sock
+            except ssl.SSLError:
+                raise FetchError("tls_failed", "the TLS connection to the file's server failed verification") from None
+            except OSError as exc:
+                error = exc
+                self._hold(None)
+        if isinstance(error, TimeoutError):
+            raise _Transient("timeout", f"could not connect within {limits.connect_timeout_s:g} s")
+        raise _Transient("connect", f"could not connect ({errno.errorcode.get(error.errno or 0, 'network error')})")
+
+    def _receive(self, resp: http.client.HTTPResponse) -> tuple[int, str] | None:
+        sink = self._sink
+        status = resp.status
+        if status in _REDIRECT_STATUSES:
+            location = resp.getheader("Location")
+            if not location:
+                raise FetchError("http_error", f"HTTP {status} without a Location")
+            return status, location
+        if status == 429 or status >= 500:
+            raise _Transient("http_error", f"HTTP {status}", _retry_after(resp.getheader("Retry-After")))
+        if status == 416 and sink.size:
+            sink.restart()
+            raise _Transient("http_error", "HTTP 416 on resume")
+        if not 200 <= status < 300:
+            raise FetchError("http_error", f"HTTP {status}")
+
+        if status == 206:
+            start = _content_range_start(resp.getheader("Content-Range"))
+            if start != sink.size:
+                sink.restart()
+                if start != 0:  # not where we are, nor the beginning: try again from 0
+                    raise _Transient("http_error", "the server sent an unexpected part of the file")
+        elif sink.size:
+            sink.restart()  # the server sent the whole file again (or a newer one)
+
+        if not sink.size:
+            etag = resp.getheader("ETag", "")
+            sink.validator = etag if etag and not etag.startswith("W/") else resp.getheader("Last-Modified", "")
+        if resp.length is not None:
+            sink.check_declared(resp.length)
+        # read1: what one receive brings (up to a chunk), so bytes are charged as they arrive.
+        while chunk := resp.read1(CHUNK_BYTES):
+            if self._stopped:
+                raise _Stopped()
+            sink.write(chunk)
+        if resp.length:  # http.client ends quietly when the body stops short of Content-Length
+            raise http.client.IncompleteRead(b"", resp.length)
+        return None
 
 
 # --------------------------------------------------------------------------- s3 and ipfs
-
-
-class _Stopped(Exception):
-    """Raised inside a download thread whose staging was cancelled."""
 
 
 class StorageFetcher:
@@ -628,7 +679,7 @@ class StorageFetcher:
         while True:
             try:
                 timeouts = (limits.connect_timeout_s, limits.idle_timeout_s)
-                return await self._in_thread(functools.partial(download, timeouts=timeouts), dest, FileMeter(limits, budget))
+                return await self._download(functools.partial(download, timeouts=timeouts), dest, FileMeter(limits, budget))
             except StorageError as exc:
                 if not exc.transient or attempt >= limits.max_retries:
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
@@ -658,7 +709,7 @@ class StorageFetcher:
         return functools.partial(storage.download_ipfs, self._config, cid)
 
     @staticmethod
-    async def _in_thread(download: Callable[..., tuple[int, str]], dest: Path, meter: FileMeter) -> tuple[int, str]:
+    async def _download(download: Callable[..., tuple[int, str]], dest: Path, meter: FileMeter) -> tuple[int, str]:
         stopped = threading.Event()
 
         def on_chunk(n: int) -> None:
@@ -671,28 +722,18 @@ class StorageFetcher:
 
         # max_bytes=None: the meter enforces the per-file limit, with our error codes.
         # durable=False: a half-staged workspace is never reused (the engine starts over).
-        work = asyncio.ensure_future(
-            asyncio.to_thread(
-                download, dest, None, on_size=on_size, on_chunk=on_chunk, chunk_bytes=CHUNK_BYTES, durable=False
-            )
+        work = functools.partial(
+            download, dest, None, on_size=on_size, on_chunk=on_chunk, chunk_bytes=CHUNK_BYTES, durable=False
         )
-        done = False
         try:
-            result = await asyncio.shield(work)
-            done = True
-            return result
+            return await _in_thread(work, stopped.set)
         except asyncio.CancelledError:
-            # A thread cannot be cancelled: tell it to stop at its next chunk and
-            # wait, so no file appears under `dest` after staging gave up on it.
-            stopped.set()
-            await asyncio.wait([work])
-            dest.unlink(missing_ok=True)
+            meter.reset()
+            dest.unlink(missing_ok=True)  # the thread may have finished just before it was told to stop
             raise
-        finally:
-            if not done:
-                meter.reset()
-                if work.done() and not work.cancelled():
-                    work.exception()  # retrieved: asyncio would otherwise log it as lost
+        except BaseException:
+            meter.reset()
+            raise
 
 
 def _storage_failure(exc: StorageError, kind: str, tries: str) -> FetchError:

@@ -14,14 +14,16 @@ from urllib.parse import quote
 
 import pytest
 
-from services.pod_config.fetching import _PinnedResolver, address_refusal, default_fetchers, vet_host
-from services.pod_config.staging import FetchError, FileSource, StagingRequest
+from services.pod_config import fetching
+from services.pod_config.fetching import address_refusal, default_fetchers, vet_host
+from services.pod_config.staging import FetchError, FileSource, StagingRequest, stage
 from tests.pod_config.helpers import (
     ALGO_DID,
     DATASET_DID,
     asset,
     did_dir,
     limits,
+    new_log,
     part_files,
     run,
     url,
@@ -111,6 +113,40 @@ async def test_stalled_download_hits_the_idle_timeout(server: FileServer, tmp_pa
     assert server.counts["/slow"] == 2  # a timeout is transient: retried once
     assert part_files(tmp_path) == []
     assert list((tmp_path / "inputs" / did_dir(DATASET_DID)).iterdir()) == []
+
+
+async def test_a_failed_download_hangs_up(server: FileServer, tmp_path: Path) -> None:
+    outcome, _ = await run(one(url(server.url("/slow"))), tmp_path, limits(idle_timeout_s=0.2, max_retries=0))
+
+    assert outcome.reason == PREFIX + "no data received for 0.2 s"
+    # The server notices the closed connection (and ends its handler) instead of
+    # holding a dead connection open.
+    for _ in range(100):
+        if server.in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert server.in_flight == 0
+
+
+async def test_cancelling_wakes_a_download_blocked_on_a_silent_server(server: FileServer, tmp_path: Path) -> None:
+    request = one(url(server.url("/slow")))
+    log, _ = new_log()
+    task = asyncio.create_task(stage(request, tmp_path, limits(idle_timeout_s=30), default_fetchers(), log))
+    directory = tmp_path / "inputs" / did_dir(DATASET_DID)
+    for _ in range(250):  # until the one byte /slow sends is on disk: the read now blocks for 30 s
+        await asyncio.sleep(0.02)
+        if part_files(tmp_path) and part_files(tmp_path)[0].stat().st_size == 1:
+            break
+    assert [p.name for p in directory.iterdir()] == [".0.part"]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert loop.time() - started < 2  # not the idle timeout: the blocked read was woken
+    assert list(directory.iterdir()) == []
 
 
 async def test_server_error_then_success_is_retried(server: FileServer, tmp_path: Path) -> None:
@@ -380,15 +416,32 @@ async def test_allowlisted_hostname_and_cidr_connect_through_the_pinned_resolver
     assert server.counts["/file/f"] == 2
 
 
-async def test_pinned_resolver_only_answers_vetted_hosts() -> None:
-    resolver = _PinnedResolver()
-    with pytest.raises(OSError):
-        await resolver.resolve("rebound.example", 80)
-    resolver.pin("Vetted.Example.", 80, await vet_host("127.0.0.1", 80, limits()))
-    (answer,) = await resolver.resolve("vetted.example", 80)
-    assert (answer["host"], answer["port"], answer["hostname"]) == ("127.0.0.1", 80, "vetted.example")
-    with pytest.raises(OSError):
-        await resolver.resolve("vetted.example", 443)  # pinned per port too
+async def test_the_connection_goes_to_the_vetted_address_without_resolving_again(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The vetting resolves "rebound.invalid" to the server; the system resolver
+    # never could (.invalid never resolves), so resolving again would fail.
+    server.add("f", b"pinned")
+    vetted: list[str] = []
+
+    async def vet_to_the_server(host: str, port: int, lim: object) -> list[tuple[socket.AddressFamily, str]]:
+        vetted.append(host)
+        return [(socket.AF_INET, "127.0.0.1")]
+
+    monkeypatch.setattr(fetching, "vet_host", vet_to_the_server)
+
+    outcome, _ = await run(one(url(f"http://rebound.invalid:{server.port}/file/f")), tmp_path)
+
+    assert (outcome.status, outcome.reason) == (30, "")
+    assert staged(tmp_path) == b"pinned"
+    assert vetted == ["rebound.invalid"]
+    assert server.seen[0].headers["Host"] == f"rebound.invalid:{server.port}"
+
+
+async def test_vet_host_answers_the_resolved_addresses_once_each() -> None:
+    pins = await vet_host("localhost", 80, limits(allow_hosts=("localhost",)))
+    assert pins and set(pins) <= {(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")}
+    assert len(pins) == len(set(pins))
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import io
 import os
@@ -113,6 +114,27 @@ async def test_s3_dataset_and_algorithm_are_staged_and_verified(
     assert os.access(root / "transformations" / "algorithm", os.X_OK)
     assert {f.sha256 for f in outcome.files} == {sha(d0), sha(d1), sha(algo)}
     assert leftovers(inputs) == []
+
+
+async def test_s3_object_is_staged_as_stored_even_with_a_content_encoding(
+    seaweedfs: SeaweedFS, bucket: str, s3_conf: StorageConfig, tmp_path: Path
+) -> None:
+    # A publisher uploaded a gzip file with Content-Encoding: gzip; its checksum is of those bytes.
+    stored = gzip.compress(b"city,temp\nOslo,4\n" * 1000)
+    seaweedfs.client().put_object(
+        bucket, "data.csv.gz", io.BytesIO(stored), len(stored), metadata={"Content-Encoding": "gzip"}
+    )
+    assert seaweedfs.client().stat_object(bucket, "data.csv.gz").metadata["Content-Encoding"] == "gzip"
+    root = tmp_path / "data"
+
+    outcome, _ = await run(
+        raw_algorithm_request(s3(bucket, "data.csv.gz", checksum=sha(stored))),
+        root,
+        fetchers=default_fetchers(storage_config=s3_conf),
+    )
+
+    assert (outcome.status, outcome.reason) == (30, "")
+    assert (root / "inputs" / did_dir(DATASET_DID) / "0").read_bytes() == stored
 
 
 async def test_missing_s3_object_is_31_naming_did_and_index_not_the_key(
