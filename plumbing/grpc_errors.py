@@ -1,4 +1,4 @@
-"""One server interceptor that turns domain errors into gRPC statuses.
+"""Domain errors become gRPC statuses, for every RPC of every servicer.
 
 Client mistakes become INVALID_ARGUMENT, NOT_FOUND, ... with the domain's
 message and its machine-readable code in a google.rpc.ErrorInfo detail.
@@ -9,10 +9,11 @@ no internals in the message.
 from __future__ import annotations
 
 import logging
+import types
 from typing import Any, Awaitable, Callable
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, descriptor_pool
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -94,22 +95,15 @@ def _wrap_stream(behaviour: Callable[..., Any]) -> Callable[..., Any]:
     return handler
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+def error_mapped(servicer: Any, service_name: str) -> Any:
+    """The servicer with every RPC of the service wrapped in the error mapping.
 
+    Wrapped once at registration rather than by a server interceptor: an
+    interceptor costs every call a coroutine and a new handler (10-15% of a
+    small RPC), and a port with no interceptor skips that machinery entirely."""
+    service = descriptor_pool.Default().FindServiceByName(service_name)
+    mapped = types.SimpleNamespace()
+    for method in service.methods:
+        wrap = _wrap_stream if method.server_streaming else _wrap_unary
+        setattr(mapped, method.name, wrap(getattr(servicer, method.name)))
+    return mapped

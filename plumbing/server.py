@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from plumbing.grpc_errors import ErrorMappingInterceptor
+from plumbing.grpc_errors import error_mapped
 
 log = logging.getLogger("c2d.server")
 
@@ -52,11 +52,11 @@ async def start_server(
     credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
     server = grpc.aio.server(
-        interceptors=[*interceptors, ErrorMappingInterceptor()],
+        interceptors=list(interceptors),
         options=[("grpc.so_reuseport", 0)],
     )
     for reg in registrations:
-        reg.add(reg.servicer, server)
+        reg.add(error_mapped(reg.servicer, reg.name), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [reg.name for reg in registrations]
