@@ -290,6 +290,12 @@ class JobCgroup:
     def procs_files(self) -> list[Path]:
         return [d / "cgroup.procs" for _, d in self._unique_dirs()]
 
+    def join_files(self) -> list[Path]:
+        """Where a single-threaded process moves itself by writing "0": v1 ``tasks`` (the
+        writing thread only, which the kernel moves without the global lock, and so without
+        the RCU grace period, that moving a whole process takes), v2 ``cgroup.procs``."""
+        return [d / ("tasks" if v == 1 else "cgroup.procs") for v, d in self._unique_dirs()]
+
     def add_pid(self, pid: int) -> None:
         """Move a (not yet exec'd) process into every hierarchy; its children follow."""
         for f in self.procs_files():

@@ -17,11 +17,15 @@ What the algorithm sees (``use_sandbox=True``)
 How it is started (race-free limits)
     The engine spawns ``setpriv --pdeathsig KILL`` (so the run dies if the
     engine does) running ``/bin/sh`` as a gate that blocks reading one line
-    on its stdin. While it waits the engine sets its rlimits with prlimit(2)
-    and writes its pid into the job's cgroups; then it releases the gate,
-    which checks its parent is still the engine and execs bwrap
+    on its stdin. While it waits the engine sets its rlimits with prlimit(2);
+    then it releases the gate, which checks its parent is still the engine,
+    moves itself into the job's cgroups and execs bwrap
     (``--die-with-parent``, so the pid namespace dies with bwrap). Nothing
-    of the algorithm runs before its limits are in place. The parent-death
+    of the algorithm runs before its limits are in place. The gate moves
+    itself because that is cheap: on cgroup v1 it writes 0 to ``tasks``
+    (its only thread), which the kernel does without the global lock that
+    moving another process takes (an RCU grace period: 10-30 ms on a busy
+    host, all of it on the job's clock). The parent-death
     signal follows the thread that spawned the run: run the event loop in a
     thread that lives as long as the engine (the main thread).
 
@@ -81,7 +85,6 @@ if no cgroup is usable.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import resource
 import shutil
@@ -125,11 +128,13 @@ _ETC_NETWORK = (
     "/etc/ssl", "/etc/ca-certificates",
 )
 _ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-# The gate. Arguments: the engine's pid (or -), N, N cgroup.procs files, the command.
-# 1. Block until the engine writes a line (rlimits and cgroups are in place by then).
+# The gate. Arguments: the engine's pid (or -), N, N cgroup.procs files, N files to join
+# the cgroups through (JobCgroup.join_files), the command.
+# 1. Block until the engine writes a line (the rlimits are in place by then).
 # 2. setpriv armed the parent-death signal before this shell started: if our parent is
 #    still the engine, its death will kill us; if not, it died already and we must not run.
-# 3. Stdin stays open as fd 3, the lifeline: the engine holds its write end for the whole
+# 3. Move into the job's cgroups; children forked from now on (the watcher too) start there.
+# 4. Stdin stays open as fd 3, the lifeline: the engine holds its write end for the whole
 #    run and never writes again, so EOF means the engine is gone (or done with the run).
 #    A host-side watcher (outside the sandbox, so the algorithm can neither see nor kill
 #    it) then kills every process of the run's cgroups, then the run's process group
@@ -137,13 +142,17 @@ _ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 #    This covers what parent-death signals cannot: bwrap's --die-with-parent is racy
 #    (bubblewrap#633: a bwrap killed while its child still sets up leaves the child stuck
 #    or running).
-# 4. exec the command: bwrap, or the algorithm itself when unsandboxed.
+# 5. exec the command: bwrap, or the algorithm itself when unsandboxed.
 _GATE = r"""
 read -r _ || exit 125
 read -r _ _ _ ppid _ </proc/$$/stat
 [ "$1" = - ] || [ "$ppid" = "$1" ] || exit 125
 n=$2; shift 2; files=
 while [ "$n" -gt 0 ]; do files="$files $1"; shift; n=$((n - 1)); done
+for f in $files; do
+  echo 0 >"$1" || { echo "c2d: the sandbox could not join its cgroup" >&2; exit 125; }
+  shift
+done
 exec 3<&0 </dev/null
 (
   read -r _ <&3
@@ -164,8 +173,9 @@ exec "$@"
 # Inside the sandbox, beside the algorithm: on EOF of the lifeline, kill every process of
 # the pid namespace (only if pid 1 is bwrap's init, i.e. we really are in one). It matters
 # on hosts without cgroups, where the host-side watcher only reaches the process group.
+# {unset_pwd} drops the PWD that bwrap --chdir exports (one exec fewer than env -u PWD).
 _LIFELINE_SANDBOX = ('(read -r _ <&3; read -r init </proc/1/comm; [ "$init" = bwrap ] && kill -KILL -1) '
-                     '>/dev/null 2>&1 & exec "$@" 3<&-')
+                     '>/dev/null 2>&1 & {unset_pwd}exec "$@" 3<&-')
 _LAUNCH_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _SIGNAL_NOTES = {
     signal.SIGXCPU: "CPU time limit exceeded",
@@ -304,9 +314,17 @@ def _system_binds() -> list[str]:
     return args
 
 
-@functools.lru_cache(maxsize=8)
+_PROBED: dict[str, str | None] = {}  # bwrap path -> _probe_bwrap's answer
+
+
 def _probe_bwrap(path: str) -> str | None:
     """None when bwrap can build a sandbox here, else why not (cached: ~30 ms)."""
+    if path not in _PROBED:
+        _PROBED[path] = _run_probe(path)
+    return _PROBED[path]
+
+
+def _run_probe(path: str) -> str | None:
     argv = [path, "--unshare-all", "--unshare-user", "--die-with-parent", "--cap-drop", "ALL",
             *_system_binds(), "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"]
     try:
@@ -382,7 +400,8 @@ class SandboxRun:
 
     @classmethod
     async def start(cls, spec: SandboxSpec, *, bwrap: str | None = None) -> SandboxRun:
-        """Start the algorithm; returns once it runs under its limits.
+        """Start the algorithm; returns once its gate is released (the gate moves into the
+        cgroups itself, so the algorithm runs under all its limits from its first instruction).
 
         Raises SandboxUnavailable when use_sandbox is set and bwrap is missing
         or cannot create namespaces, CgroupError when the job's cgroup is still
@@ -398,7 +417,9 @@ class SandboxRun:
             bwrap_path = _resolve_bwrap(bwrap)
             if bwrap_path is None:
                 raise SandboxUnavailable(f"bubblewrap not found ({bwrap or 'bwrap on PATH'})")
-            problem = await asyncio.to_thread(_probe_bwrap, bwrap_path)
+            # probed once per engine (detect_capabilities): no thread hop for every run
+            problem = _PROBED[bwrap_path] if bwrap_path in _PROBED else await asyncio.to_thread(
+                _probe_bwrap, bwrap_path)
             if problem is not None:
                 raise SandboxUnavailable(f"bubblewrap cannot create a sandbox: {problem}")
         for d in RO_DIRS + RW_DIRS:
@@ -411,11 +432,12 @@ class SandboxRun:
         try:
             env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", **spec.env}
             # bwrap --chdir and the shells export PWD; the algorithm gets exactly env
-            unset_pwd = [] if "PWD" in env else ["/usr/bin/env", "-u", "PWD", "--"]
+            keep_pwd = "PWD" in env
             if spec.use_sandbox:
                 assert bwrap_path is not None
+                lifeline = _LIFELINE_SANDBOX.format(unset_pwd="" if keep_pwd else "unset PWD; ")
                 command = [bwrap_path, *self._bwrap_args(env), "--",
-                           "/bin/sh", "-c", _LIFELINE_SANDBOX, "c2d-lifeline", *unset_pwd, *spec.argv]
+                           "/bin/sh", "-c", lifeline, "c2d-lifeline", *spec.argv]
                 launch_env = {"PATH": _LAUNCH_PATH}  # nothing of the engine's environment
                 cwd = "/"
                 in_force.append("net:shared" if spec.allow_network else "net:none")
@@ -426,12 +448,14 @@ class SandboxRun:
                     env["HOME"] = self._home
                 # fd 3 (the lifeline) stays open in the algorithm: without namespaces there
                 # is no watcher beside it, and an inherited read end is harmless
+                unset_pwd = [] if keep_pwd else ["/usr/bin/env", "-u", "PWD", "--"]
                 command = [*unset_pwd, *(_to_host(a, workspace) for a in spec.argv)]
                 launch_env, cwd = env, str(workspace)
             setpriv = shutil.which("setpriv", path=_LAUNCH_PATH)
             procs_files = [str(f) for f in cg.procs_files()] if cg else []
+            join_files = [str(f) for f in cg.join_files()] if cg else []
             launcher = ["/bin/sh", "-c", _GATE, "c2d-gate", str(os.getpid()) if setpriv else "-",
-                        str(len(procs_files)), *procs_files]
+                        str(len(procs_files)), *procs_files, *join_files]
             if setpriv:  # armed before the gate, so no window where the engine's death is missed
                 launcher = [setpriv, "--pdeathsig", "KILL", "--", *launcher]
             if self._limits.disk_quota_bytes is not None:
@@ -455,8 +479,6 @@ class SandboxRun:
         try:
             for res, soft, hard in rlimits:
                 resource.prlimit(proc.pid, res, (soft, hard))
-            if cg is not None:
-                cg.add_pid(proc.pid)
             assert proc.stdin is not None
             proc.stdin.write(b"go\n")  # and keep it open: it is the lifeline
             await proc.stdin.drain()
@@ -473,6 +495,7 @@ class SandboxRun:
         self._settled = False                 # the reason can no longer change
         self._kill_requested = asyncio.Event()
         self._log_truncated = False
+        self._ended: asyncio.Future[SandboxOutcome] = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._supervise(), name=f"sandbox-{spec.job_id}")
         return self
 
@@ -539,6 +562,12 @@ class SandboxRun:
         """The outcome, once the run and its cleanup are over (safe to call many times)."""
         return await asyncio.shield(self._task)
 
+    async def outcome(self) -> SandboxOutcome:
+        """The outcome as soon as it is known: every process of the run is dead and its log
+        drained, while its cgroups may still be being removed (wait() waits for that too)."""
+        await asyncio.wait({self._ended, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        return self._ended.result() if self._ended.done() else self._task.result()
+
     async def stop(self) -> None:
         """Kill the whole process tree (within a second); the outcome says stopped."""
         self._request_kill("stopped")
@@ -575,7 +604,9 @@ class SandboxRun:
                 used = await asyncio.to_thread(disk_usage, *self._rw_dirs())
                 quota_hit = used > lim.disk_quota_bytes
             oom = self._cgroup.oom_killed() if self._cgroup else False
-            return self._outcome(proc.returncode, oom, quota_hit, ended - self._started)
+            outcome = self._outcome(proc.returncode, oom, quota_hit, ended - self._started)
+            self._ended.set_result(outcome)
+            return outcome
         finally:
             for task in (killer, watch, pump):
                 if task is not None and not task.done():
@@ -621,15 +652,18 @@ class SandboxRun:
             await exited
 
     async def _kill_leftovers(self) -> None:
-        # sandboxed, the pid namespace died with its init; this catches unsandboxed
-        # background children (the run is over, they go too). Without cgroups the
-        # host-side watcher sweeps the process group once the lifeline is cut: it,
-        # unlike us after the reaping, keeps that group id from being reused.
+        # sandboxed, bwrap reports the algorithm's exit before its pid namespace is gone
+        # (its init dies by parent-death signal): this waits for that and for the host-side
+        # watcher, and catches unsandboxed background children (the run is over, they go
+        # too). Once the cgroups are empty nothing of the run is left, so no watcher can
+        # sweep a later run of the same job. Without cgroups the watcher sweeps the process
+        # group once the lifeline is cut: it, unlike us after the reaping, keeps that group
+        # id from being reused.
         if self._cgroup is None:
             return
         deadline = time.monotonic() + KILL_DEADLINE_S
         while self._cgroup.kill_all() and time.monotonic() < deadline:
-            await asyncio.sleep(0.002)  # usually one pass: the watcher, then nothing
+            await asyncio.sleep(0.002)
 
     async def _pump_log(self) -> None:
         stream = self._proc.stdout

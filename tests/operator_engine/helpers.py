@@ -70,10 +70,10 @@ def make_job(root: Path, algorithm: str) -> Job:
     return Job(job_id, ws, uuid.uuid4().hex)
 
 
-def processes_of(job: Job) -> list[int]:
+def processes_of(job: Job, *, algorithm_only: bool = False) -> list[int]:
     """Live processes of the job: the marker in their environment (the algorithm and its
-    children) or the workspace in their command line (the sandbox's own bwrap processes).
-    Zombies have neither."""
+    children) or, unless algorithm_only, the workspace in their command line (the sandbox's
+    own bwrap and watcher processes). Zombies have neither."""
     marker, workspace = job.marker.encode(), str(job.workspace).encode()
     found = []
     for name in os.listdir("/proc"):
@@ -86,7 +86,7 @@ def processes_of(job: Job) -> list[int]:
                 cmdline = f.read()
         except OSError:
             continue
-        if marker in environ or workspace in cmdline:
+        if marker in environ or (workspace in cmdline and not algorithm_only):
             found.append(int(name))
     return found
 

@@ -54,3 +54,34 @@ async def test_kill_and_helper_death(tmp_path):
             assert launcher._helper is not None and launcher._helper.pid != helper.pid
         finally:
             await launcher.close()
+
+
+def children_of(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(child) for child in f.read().split()}
+
+
+async def test_pods_run_in_children_forked_ahead_and_a_dead_idle_child_is_replaced(tmp_path):
+    launcher = ForkServerLauncher()
+    try:
+        first = await launcher.start("pod_config", {"PATH": "/usr/bin"}, tmp_path / "first.log")
+        assert (await asyncio.wait_for(first.wait(), WAIT_S)).returncode == 2
+        helper = launcher._helper
+        assert helper is not None
+        await wait_until(lambda: len(children_of(helper.pid)) == 2, what="one idle child per program")
+        idle = children_of(helper.pid)
+
+        second = await launcher.start("pod_config", {"PATH": "/usr/bin"}, tmp_path / "second.log")
+        assert second.pid in idle  # the job went to a child forked before it was asked for
+        assert (await asyncio.wait_for(second.wait(), WAIT_S)).returncode == 2
+        assert "environment variable 'C2D_JOB_ID' is required" in (tmp_path / "second.log").read_text()
+
+        await wait_until(lambda: len(children_of(helper.pid)) == 2, what="the next idle children")
+        for pid in children_of(helper.pid):
+            os.kill(pid, signal.SIGKILL)  # idle children die: the helper forks anew on demand
+        await wait_until(lambda: not children_of(helper.pid), what="the idle children reaped")
+        third = await launcher.start("pod_publish", {"PATH": "/usr/bin"}, tmp_path / "third.log")
+        assert (await asyncio.wait_for(third.wait(), WAIT_S)).returncode == 2
+        assert "pod_publish: environment variable 'C2D_JOB_ID' is required" in (tmp_path / "third.log").read_text()
+    finally:
+        await launcher.close()

@@ -300,14 +300,45 @@ async def test_exit_code_3_is_reported(tmp_path):
 
 
 async def test_job_cgroups_exist_during_the_run_and_are_removed_after(tmp_path):
-    job = make_job(tmp_path, "import time; time.sleep(0.5)\n")
+    job = make_job(tmp_path, "import time; time.sleep(1)\n")
     run = await SandboxRun.start(job.spec(limits=SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20,
                                                                max_processes=10, cpu_cores=1)))
     dirs = job_cgroup_dirs(job)
-    assert dirs and all(str(run.pid) in (d / "cgroup.procs").read_text().split() for d in dirs)
+    assert dirs  # the released gate moves itself in, then runs the algorithm
+    await wait_for(lambda: all(str(run.pid) in (d / "cgroup.procs").read_text().split() for d in dirs))
+    await wait_for(lambda: processes_of(job, algorithm_only=True) != [])
+    for pid in processes_of(job, algorithm_only=True):  # the algorithm's own processes are in them
+        assert all(str(pid) in (d / "cgroup.procs").read_text().split() for d in dirs)
     outcome = await run.wait()
     assert outcome.exit_code == 0
     assert not any(d.exists() for d in dirs)
+
+
+async def test_outcome_comes_once_the_algorithm_and_its_children_are_dead(tmp_path):
+    # a child left running in the background: the pid namespace takes it down with the run
+    job = make_job(tmp_path, py("""
+        import subprocess, sys
+        subprocess.Popen(["/bin/sleep", "60"])
+        print("parent done")
+        sys.exit(4)
+    """))
+    run = await SandboxRun.start(job.spec(limits=SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20,
+                                                               max_processes=10)))
+    early = await run.outcome()
+    assert (early.exit_code, early.signal) == (4, None)
+    assert processes_of(job) == []
+    assert job.log.read_text() == "parent done\n"
+    assert await run.wait() == early and await run.outcome() == early
+    assert not any(d.exists() for d in job_cgroup_dirs(job))  # wait() includes the release
+
+
+async def test_runs_of_the_same_job_back_to_back_are_not_swept_by_the_previous_watcher(tmp_path):
+    # the cgroups have the same names: nothing of a run (its host-side watcher included)
+    # may be left to sweep them once the next run is in
+    job = make_job(tmp_path, "")
+    limits = SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20, max_processes=10)
+    outcomes = [(await run_to_end(job, argv=("/bin/sleep", "0.05"), limits=limits))[1] for _ in range(15)]
+    assert [(o.exit_code, o.signal) for o in outcomes] == [(0, None)] * 15
 
 
 async def test_stdout_and_stderr_land_in_the_log_and_can_be_followed_live(tmp_path):

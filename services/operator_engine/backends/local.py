@@ -44,8 +44,10 @@ class LocalBackend:
         self.sandboxed = use_sandbox
         self._capabilities = sandbox.detect_capabilities()
         self._launcher = launcher or SubprocessLauncher()
+        self._releasing: set[asyncio.Task[sandbox.SandboxOutcome]] = set()  # finished runs' cgroup removal
 
     async def close(self) -> None:
+        await asyncio.gather(*self._releasing, return_exceptions=True)
         await self._launcher.close()
 
     def describe(self) -> str:
@@ -133,10 +135,14 @@ class LocalBackend:
         )
         run = await sandbox.SandboxRun.start(spec)
         try:
-            outcome = await run.wait()
+            outcome = await run.outcome()
         except asyncio.CancelledError:
             await run.stop()
             raise
+        # Its cgroups are removed while the job moves on to publishing; close() waits for that.
+        releasing = asyncio.create_task(run.wait(), name=f"release-{job.job_id}")
+        self._releasing.add(releasing)
+        releasing.add_done_callback(self._releasing.discard)
         return AlgorithmResult(
             exit_code=outcome.exit_code,
             signal=outcome.signal,

@@ -9,6 +9,11 @@ stop or timeout kills its whole process group), its own environment and its
 log file as stdout/stderr, exactly as a fresh process would. The helper never
 creates a gRPC channel or an event loop itself, so each child starts clean.
 
+The children are forked ahead, one idle child per program: it takes its new
+session, starts gRPC's asyncio runtime and waits on a pipe, so a stage pays
+none of that (nor the fork) on its own clock. The helper hands it the job
+(environment, log path) through the pipe and forks the next one after replying.
+
 The engine talks to the helper over its stdin/stdout, one JSON object a line:
 
     engine -> helper  {"op": "run", "id": N, "program": "pod_config", "env": {...}, "log": PATH}
@@ -39,6 +44,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Protocol
+
+import grpc.aio
 
 log = logging.getLogger("c2d.engine")
 
@@ -233,23 +240,34 @@ def _die_with(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _child(program: str, env: Mapping[str, str], log_path: str, helper_pid: int, main) -> None:  # type: ignore[no-untyped-def]
-    """In the forked child: become the pod, never return."""
+def _child(program: str, requests: int, helper_pid: int, main) -> None:  # type: ignore[no-untyped-def]
+    """In a child forked ahead: get ready, wait for a job on `requests`, become the pod; never return."""
     code = 1
     try:
         os.setsid()
         _die_with(helper_pid)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
+        # nothing of the helper's (the protocol pipes, other children's requests) leaks
+        os.closerange(3, requests)
+        os.closerange(requests + 1, 1 << 16)
+        # Both programs talk gRPC: its asyncio runtime (core, poller thread) starts while the
+        # child waits, not on the job's clock. Started after the fork, as gRPC requires.
+        grpc.aio.init_grpc_aio()
+        with os.fdopen(requests, "rb") as pipe:
+            request = pipe.read()
+        if not request:  # the helper is gone or closing: no job will come
+            os._exit(0)
+        job = json.loads(request)
+        fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        os.closerange(3, 1 << 16)  # nothing of the helper's (the protocol pipes) leaks
+        os.close(fd)
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         os.environ.clear()
-        os.environ.update(env)
+        os.environ.update(job["env"])
         sys.argv = [PROGRAMS[program]]  # as `python -m <program>` would see it
         try:
             main()
@@ -273,7 +291,10 @@ def serve() -> None:
     """The helper's loop: fork pods on request, report their pids and exits."""
     _die_with(os.getppid())
     helper_pid = os.getpid()
-    # Imported once here, so each child starts with them loaded.
+    # Imported once here, so each child starts with them loaded (_strptime: datetime
+    # imports it on first use, which pod_publish's manifest makes).
+    import _strptime  # noqa: F401
+
     from services.pod_config import program as pod_config
     from services.pod_publish import program as pod_publish
 
@@ -286,12 +307,25 @@ def serve() -> None:
     os.set_blocking(wake_w, False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    children: dict[int, int] = {}  # pid -> run id, until reaped
+    children: dict[int, int | None] = {}  # pid -> run id (None: forked ahead, idle), until reaped
     by_id: dict[int, int] = {}
+    # One idle child per program, forked ahead so a pod starts without a fork on its clock;
+    # program -> (pid, write end of its request pipe).
+    ready: dict[str, tuple[int, int]] = {}
     pending = b""
 
     def reply(message: dict) -> None:
         os.write(protocol_out, json.dumps(message).encode() + b"\n")
+
+    def fork_ahead(program: str) -> None:
+        requests, request_w = os.pipe()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(program, requests, helper_pid, mains[program])
+        os.close(requests)
+        children[pid] = None
+        ready[program] = (pid, request_w)
 
     def reap() -> None:
         while children:
@@ -305,12 +339,13 @@ def serve() -> None:
             if run_id is not None:
                 by_id.pop(run_id, None)
                 reply({"id": run_id, "exit": os.waitstatus_to_exitcode(status)})
+            for program, (idle, request_w) in list(ready.items()):
+                if idle == pid:  # an idle child died: the next run forks anew
+                    os.close(request_w)
+                    del ready[program]
 
-    def kill_group(run_id: int) -> None:
-        pid = by_id.get(run_id)
-        if pid is None:
-            return
-        # Still unreaped, so the pid and group id are still this child's. The pid too:
+    def kill_group(pid: int) -> None:
+        # Only for unreaped children, so the pid and group id are still theirs. The pid too:
         # a child that has not reached setsid() yet has no group of its own.
         for kill in (os.killpg, os.kill):
             try:
@@ -318,6 +353,31 @@ def serve() -> None:
             except ProcessLookupError:
                 pass
 
+    def hand_over(program: str, job: bytes) -> int:
+        """Gives the job to the program's idle child (forked now if there is none); its pid."""
+        while True:
+            if program not in ready:
+                fork_ahead(program)
+            pid, request_w = ready.pop(program)
+            try:
+                view = memoryview(job)
+                while view:
+                    view = view[os.write(request_w, view):]
+                return pid
+            except BrokenPipeError:
+                continue  # it died idle (reaped later): a fresh child takes the job
+            finally:
+                os.close(request_w)  # EOF: the whole request is there
+
+    def run(run_id: int, program: str, env: dict, log_path: str) -> None:
+        pid = hand_over(program, json.dumps({"env": env, "log": log_path}).encode())
+        children[pid] = run_id
+        by_id[run_id] = pid
+        reply({"id": run_id, "pid": pid})
+        fork_ahead(program)  # for the next run, after the reply
+
+    for program in mains:
+        fork_ahead(program)
     while True:
         try:
             readable, _, _ = select.select([0, wake_r], [], [])
@@ -334,8 +394,8 @@ def serve() -> None:
             continue
         data = os.read(0, 1 << 16)
         if not data:  # the engine is gone or closed us: nothing may outlive it
-            for run_id in list(by_id):
-                kill_group(run_id)
+            for pid in children:
+                kill_group(pid)
             while children:
                 pid, status = os.wait()
                 children.pop(pid, None)
@@ -346,19 +406,13 @@ def serve() -> None:
             request = json.loads(line)
             run_id = request["id"]
             if request["op"] == "kill":
-                kill_group(run_id)
+                if run_id in by_id:
+                    kill_group(by_id[run_id])
                 continue
-            program = request["program"]
-            if program not in mains:
-                reply({"id": run_id, "error": f"unknown program {program!r}"})
+            if request["program"] not in mains:
+                reply({"id": run_id, "error": f"unknown program {request['program']!r}"})
                 continue
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                _child(program, request["env"], request["log"], helper_pid, mains[program])
-            children[pid] = run_id
-            by_id[run_id] = pid
-            reply({"id": run_id, "pid": pid})
+            run(run_id, request["program"], request["env"], request["log"])
 
 
 if __name__ == "__main__":
