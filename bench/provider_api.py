@@ -1,14 +1,18 @@
-"""Provider API benchmark: `.venv/bin/python bench/provider_api.py [--quick] [--postgres]`.
+"""Provider API benchmark: `.venv/bin/python bench/provider_api.py [--quick] [--postgres] [--in-process]`.
 
-On the embedded stack (provider, operator-service, engine with the no-op
-backend, so jobs spawn no process), SQLite by default or a fresh PostgreSQL
-database with --postgres, 64 concurrent clients, each its own Ethereum key:
+On the stack of `c2d up` (provider, operator-service, engine with the no-op
+backend, so jobs spawn no process) in its own process, as deployed: the
+load generator does not share the servers' interpreter (with --in-process,
+everything in this one process and one event loop, as before). SQLite by
+default or a fresh PostgreSQL database with --postgres, 64 concurrent
+clients, each its own Ethereum key:
 
 1. StartCompute: each client starts its jobs one after another (a raw
    algorithm on a dataset that allows it, one order per job): jobs/s, p50/p99;
 2. GetJobDetails: each client reads one of its jobs repeatedly: RPS, p50/p99;
-3. the baseline, in the same run and process: a bare grpc.aio echo server
-   answering the same number of calls with a GetJobDetails-sized payload.
+3. the baseline, in the same run and topology: a bare grpc.aio echo server
+   (in its own process unless --in-process) answering the same number of
+   calls with a GetJobDetails-sized payload.
 
 Requests are signed before the clock starts (signing is the client's cost,
 not the provider's). Prints a table and, as its last line, one JSON object.
@@ -20,9 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +47,9 @@ from c2d.provider.v1 import provider_pb2
 from cli import demo
 from cli.client import Client
 from cli.stack import start_stack
+from services.operator_engine.settings import EngineSettings
+from services.operator_service.settings import OperatorSettings
+from services.provider.settings import ProviderSettings
 from tests.provider.market import wait_for_environment
 from tests.support.stacks import fresh_postgres_database, settings_for
 
@@ -75,8 +85,7 @@ async def run_clients(calls: list[list[Callable[[], Awaitable[Any]]]]) -> tuple[
     return time.perf_counter() - started, latencies
 
 
-@contextlib.asynccontextmanager
-async def echo_server() -> AsyncIterator[int]:
+async def start_echo_server() -> tuple[grpc.aio.Server, int]:
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
 
@@ -87,10 +96,75 @@ async def echo_server() -> AsyncIterator[int]:
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    return server, port
+
+
+async def serve_echo() -> None:
+    """`--echo-server`: the baseline in its own process; prints its port, stops on SIGTERM."""
+    server, port = await start_echo_server()
+    print(port, flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def echo_server(in_process: bool) -> AsyncIterator[str]:
+    if in_process:
+        server, port = await start_echo_server()
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            await server.stop(0)
+        return
+    with server_process([sys.executable, __file__, "--echo-server"], os.environ) as process:
+        assert process.stdout is not None
+        yield f"127.0.0.1:{int(process.stdout.readline())}"
+
+
+@contextlib.contextmanager
+def server_process(command: list[str], env: dict[str, str] | os._Environ[str]) -> Any:
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
-        yield port
+        yield process
     finally:
-        await server.stop(0)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def stack_environment(provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings) -> dict[str, str]:
+    """The settings as the C2D_* variables `c2d up` reads."""
+    env = dict(os.environ)
+    for prefix, config in (("C2D_PROVIDER", provider), ("C2D_OPERATOR", operator), ("C2D_ENGINE", engine)):
+        for field in dataclasses.fields(config):
+            value = getattr(config, field.name)
+            env[f"{prefix}_{field.name.upper()}"] = ",".join(value) if isinstance(value, tuple) else str(value)
+    return env
+
+
+@contextlib.asynccontextmanager
+async def stack_at(provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings,
+                   in_process: bool) -> AsyncIterator[str]:
+    """The provider's address, the stack running in this process or in a `c2d up` process."""
+    if in_process:
+        stack = await start_stack(provider, operator, engine)
+        try:
+            yield stack.provider_address
+        finally:
+            await stack.stop()
+        return
+    env = stack_environment(provider, operator, engine)
+    with server_process([sys.executable, "-m", "cli.main", "up"], env) as process:
+        assert process.stdout is not None
+        while not (line := process.stdout.readline()).strip().startswith("provider"):
+            if not line:
+                raise RuntimeError("c2d up exited before it was up")
+        yield line.split()[-1]
 
 
 def figures(seconds: float, latencies: list[float]) -> dict[str, float]:
@@ -101,14 +175,12 @@ def figures(seconds: float, latencies: list[float]) -> dict[str, float]:
     }
 
 
-async def bench(database_url: str, jobs_per_client: int, reads_per_client: int, say: Callable[[str], None]) -> dict[str, Any]:
+async def bench(database_url: str, jobs_per_client: int, reads_per_client: int, in_process: bool,
+                say: Callable[[str], None]) -> dict[str, Any]:
     provider, operator, engine = settings_for(database_url, backend="noop")
-    import dataclasses
-
     engine = dataclasses.replace(engine, max_jobs=CLIENTS)
-    stack = await start_stack(provider, operator, engine)
-    try:
-        async with grpc.aio.insecure_channel(stack.provider_address) as channel:
+    async with stack_at(provider, operator, engine, in_process) as provider_address:
+        async with grpc.aio.insecure_channel(provider_address) as channel:
             publisher = Client(channel, "0x" + "51" * 32)
             environment = await wait_for_environment(publisher)
             clients = [Client(channel, "0x" + f"{i + 1:064x}") for i in range(CLIENTS)]
@@ -176,15 +248,14 @@ async def bench(database_url: str, jobs_per_client: int, reads_per_client: int, 
             say("reading GetJobDetails ...")
             read_s, read_lat = await run_clients(read_calls)
 
-        async with echo_server() as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as echo_channel:
-            echo = echo_channel.unary_unary(ECHO)
-            await echo(payload)
-            say("echo ...")
-            echo_s, echo_lat = await run_clients(
-                [[(lambda: echo(payload)) for _ in range(reads_per_client)] for _ in clients]
-            )
-    finally:
-        await stack.stop()
+    async with echo_server(in_process) as address, grpc.aio.insecure_channel(address) as echo_channel:
+        echo = echo_channel.unary_unary(ECHO)
+        # Warmed up like the provider, whose setup calls came first.
+        await run_clients([[(lambda: echo(payload)) for _ in range(10)] for _ in clients])
+        say("echo ...")
+        echo_s, echo_lat = await run_clients(
+            [[(lambda: echo(payload)) for _ in range(reads_per_client)] for _ in clients]
+        )
 
     return {
         "start": figures(start_s, start_lat),
@@ -198,7 +269,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--postgres", action="store_true", help="a fresh PostgreSQL database instead of SQLite")
+    parser.add_argument("--in-process", action="store_true",
+                        help="the servers in this process, with the load generator (the old topology)")
+    parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)  # the baseline's own process
     args = parser.parse_args()
+    if args.echo_server:
+        asyncio.run(serve_echo())
+        return
     jobs_per_client, reads_per_client = (2, 10) if args.quick else (8, 100)
     os.environ["C2D_DATA_DIR"] = tempfile.mkdtemp(prefix="c2d-bench-")
 
@@ -206,11 +283,12 @@ def main() -> None:
         print(text, file=sys.stderr, flush=True)
 
     with (fresh_database() if args.postgres else contextlib.nullcontext("")) as url:
-        result = asyncio.run(bench(url, jobs_per_client, reads_per_client, say))
+        result = asyncio.run(bench(url, jobs_per_client, reads_per_client, args.in_process, say))
 
     database = "postgresql" if args.postgres else "sqlite"
+    topology = "in-process" if args.in_process else "processes"
     start, getjob, echo = result["start"], result["getjob"], result["echo"]
-    print(f"provider API, {CLIENTS} concurrent clients, {database}, noop engine backend")
+    print(f"provider API, {CLIENTS} concurrent clients, {database}, noop engine backend, servers: {topology}")
     print(f"{'call':<16}{'calls':>8}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for name, row, calls in (("StartCompute", start, CLIENTS * jobs_per_client),
                              ("GetJobDetails", getjob, CLIENTS * reads_per_client - 1),
@@ -219,7 +297,7 @@ def main() -> None:
     ratio = getjob["rps"] / echo["rps"]
     print(f"GetJobDetails / echo: {ratio:.2f}x (target >= 0.5x); payload {result['payload_bytes']} bytes")
     print(json.dumps({
-        "database": database, "clients": CLIENTS,
+        "database": database, "topology": topology, "clients": CLIENTS,
         "getjob_rps": round(getjob["rps"], 1), "echo_rps": round(echo["rps"], 1),
         "getjob_over_echo": round(ratio, 3), "getjob_p50_ms": round(getjob["p50_ms"], 2),
         "getjob_p99_ms": round(getjob["p99_ms"], 2), "echo_p99_ms": round(echo["p99_ms"], 2),

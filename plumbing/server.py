@@ -8,6 +8,8 @@ works) and stops gracefully on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import functools
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -45,12 +47,35 @@ class RunningServer:
             await callback()
 
 
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@functools.cache
+def reuse_freed_memory() -> None:
+    """Makes glibc keep freed heap for reuse instead of returning it to the kernel.
+
+    A streamed chunk is copied into a few fresh buffers on its way out (the
+    read, the message, its serialization, gRPC's slice); with glibc's
+    adaptive thresholds each is handed back to the kernel when freed and
+    page-faulted in again for the next chunk, which costs more CPU than the
+    copies (the provider used 1.5 CPU-seconds per GiB of results sent, 0.6
+    with this). Process-wide, once: up to 64 MiB of freed heap stays mapped.
+    Nothing happens on a C library without mallopt (musl, macOS).
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+        mallopt(_M_MMAP_THRESHOLD, 8 << 20)  # buffers under 8 MiB come from the heap
+
+
 async def start_server(
     address: str,
     registrations: Sequence[Registration],
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
+    reuse_freed_memory()
     server = grpc.aio.server(
         interceptors=list(interceptors),
         options=[("grpc.so_reuseport", 0)],

@@ -64,7 +64,7 @@ async def register_results_asset(workflow: common_pb2.Workflow, job_id: str, res
 async def run(job_id: str, token: str, agent_address: str, data_root: Path) -> int:
     metadata = auth.bearer(token)
     started = time.monotonic()
-    async with grpc.aio.insecure_channel(agent_address) as channel:
+    async with auth.internal_channel(agent_address) as channel:
         agent = job_agent_pb2_grpc.JobAgentServiceStub(channel)
         response = await agent.GetWorkflow(job_agent_pb2.GetWorkflowRequest(job_id=job_id), metadata=metadata)
         workflow = response.workflow

@@ -189,6 +189,21 @@ async def test_a_viewer_reads_and_watches_but_the_owner_alone_deletes(market: Ma
     assert (await refused(market.other.details(job_id))).code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_finished_jobs_cached_details_are_still_checked_on_each_read(market: Market):
+    job_id = await market.start_job(viewers=[market.other.address])
+    await market.finished(job_id)
+    first = await market.consumer.details(job_id)  # the finished job's answer is now cached
+    assert (await market.consumer.details(job_id)) == first
+    assert (await market.other.details(job_id)) == first  # a viewer named by the owner
+    stranger = market.publisher
+    error = await refused(stranger.details(job_id))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and error_code(error) == "job_not_found"
+    # Signature and nonce too: a replayed read of the cached job is refused.
+    request = market.consumer.signed("GetJobDetails", provider_pb2.GetJobDetailsRequest(job_id=job_id))
+    await market.consumer.compute.GetJobDetails(request)
+    assert error_code(await refused(market.consumer.compute.GetJobDetails(request))) == codes.NONCE_INVALID
+
+
 # -- the dataset's URL stays with the publisher ------------------------------------------------------------
 
 

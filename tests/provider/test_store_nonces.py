@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import pytest
 
 from plumbing.database import Database
@@ -53,3 +55,17 @@ def test_a_batch_refuses_its_own_duplicates_and_used_nonces_alone(db):
     outcomes = db.transaction(lambda s: store.spend_nonces(s, [(ADDRESS, 7), (ADDRESS, 5), (ADDRESS, 7), (ADDRESS, 6)]))
     assert [o.code if o else None for o in outcomes] == [None, codes.NONCE_INVALID, codes.NONCE_INVALID, None]
     assert db.transaction(lambda s: store.read_nonce(s, ADDRESS)) == 7
+
+
+def test_two_providers_racing_on_one_nonce_accept_it_once(db):
+    other = Database(db.url, Base.metadata)  # a second provider process on the same database
+    try:
+        def spend_in(database: Database) -> bool:
+            outcome = database.transaction(lambda s: store.spend_nonces(s, [(ADDRESS, 9)]))[0]
+            return outcome is None
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            accepted = [f.result() for f in [pool.submit(spend_in, d) for d in (db, other) for _ in range(4)]]
+        assert accepted.count(True) == 1
+    finally:
+        other.close()

@@ -9,10 +9,8 @@ can never share an order.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
-import functools
 import hashlib
 import json
 import time
@@ -28,7 +26,7 @@ from c2d.provider.v1 import provider_pb2, provider_pb2_grpc
 from plumbing import auth, errors, storage
 from plumbing.database import Database
 from plumbing.statuses import is_terminal
-from services.provider.api import results_assets
+from services.provider.api import results_assets, results_download
 from services.provider.api.assets import resolve
 from services.provider.api.signatures import authenticate
 from services.provider.domain import ddos, identity, policy, sealing
@@ -36,32 +34,13 @@ from services.provider.domain import errors as codes
 from services.provider.domain.errors import Refusal
 from services.provider.persistence import store
 
-RESULT_CHUNK = 1 << 20
 FINISHED_JOB_TTL_S = 2.0
 FINISHED_JOBS_CACHED = 4096
 
 
-async def stream_chunks(store: storage.ObjectStore, location: str, offset: int) -> AsyncIterator[tuple[bytes, int]]:
-    """Yields (data, offset) chunks of a stored file from `offset`.
-
-    The next chunk is read in a thread while the current one is sent, so
-    storage reads and gRPC writes overlap (GetComputeResult, DownloadAssetFile).
-    """
-    chunks = store.read(location, offset, RESULT_CHUNK)
-    pending = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
-    try:
-        while (data := await pending) is not None:
-            pending = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
-            yield data, offset
-            offset += len(data)
-    finally:
-        if not pending.done():  # never close the reader under a thread still reading it
-            await asyncio.wait([pending])
-        if pending.done() and not pending.cancelled():
-            pending.exception()  # retrieved: a read error after the consumer left is not news
-        close = getattr(chunks, "close", None)
-        if close:
-            close()
+def stream_chunks(store: storage.ObjectStore, location: str, offset: int) -> AsyncIterator[tuple[bytes, int]]:
+    """Yields (data, offset) chunks of a stored file from `offset`, read ahead in a thread."""
+    return results_download.stream_chunks(store, location, offset)
 
 
 @dataclass
@@ -86,18 +65,31 @@ def _translate(exc: grpc.aio.AioRpcError) -> Exception:
     return kind(exc.details() or exc.code().name)
 
 
+def _not_found(job_id: str) -> errors.NotFound:
+    # Someone else's job gets the same answer as a job that does not exist: no probing.
+    return errors.NotFound(f"job {job_id} does not exist or is not yours", "job_not_found")
+
+
+def _check_may_read(caller: str, job: common_pb2.Job, method: str, owner_only: bool = False) -> None:
+    """The job's owner and the viewers it named may read it; only the owner may change it."""
+    if caller != job.owner and caller not in job.viewers:
+        raise _not_found(job.job_id)
+    if owner_only and caller != job.owner:
+        raise Refusal(codes.NOT_OWNER, f"only the job's owner may {method} it; viewers may only read")
+
+
 class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
     def __init__(self, db: Database, keys: sealing.ProviderKeys, fee_address: str,
                  operator_address: str, token: str) -> None:
         self._db = db
         self._keys = keys
         self._fee_address = fee_address
-        self._channel = grpc.aio.insecure_channel(operator_address)
+        self._channel = auth.internal_channel(operator_address)
         self._operator = operator_pb2_grpc.OperatorServiceStub(self._channel)
         self._metadata = auth.bearer(token)
         self._store = storage.open_store(storage.configured())
         self._verify_key_hex = keys.verify_key_hex
-        self._finished_jobs: collections.OrderedDict[str, tuple[float, common_pb2.Job]] = collections.OrderedDict()
+        self._finished_jobs: collections.OrderedDict[str, tuple[float, provider_pb2.GetJobDetailsResponse]] = collections.OrderedDict()
         # Where pods on this host reach the provider (results as an asset);
         # set by server.py once the port is bound.
         self.reachable_address = ""
@@ -289,36 +281,17 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
 
     # -- the job's owner only -------------------------------------------------------
 
-    async def _finished_or_current(self, job_id: str) -> common_pb2.Job:
-        """The job, from a short-lived cache once it finished (GetJobDetails only).
-
-        A finished job changes only when it is deleted (through us: evicted)
-        or its results expire (seen within FINISHED_JOB_TTL_S); clients poll
-        finished jobs a lot, and each read is otherwise a call to the operator."""
-        cached = self._finished_jobs.get(job_id)
-        if cached is not None and time.monotonic() - cached[0] < FINISHED_JOB_TTL_S:
-            return cached[1]
-        job = await self.job(job_id)
-        if is_terminal(job.status):
-            self._finished_jobs[job_id] = (time.monotonic(), job)
-            self._finished_jobs.move_to_end(job_id)
-            if len(self._finished_jobs) > FINISHED_JOBS_CACHED:
-                self._finished_jobs.popitem(last=False)
-        return job
-
-    async def _owned_job(self, method: str, request: Any, owner_only: bool = False, cached: bool = False) -> common_pb2.Job:
-        caller = await authenticate(self._db, method, request)
-        # Someone else's job gets the same answer as a job that does not exist: no probing.
-        not_found = errors.NotFound(f"job {request.job_id} does not exist or is not yours", "job_not_found")
+    async def _readable_job(self, caller: str, method: str, job_id: str, owner_only: bool = False) -> common_pb2.Job:
         try:
-            job = await (self._finished_or_current(request.job_id) if cached else self.job(request.job_id))
+            job = await self.job(job_id)
         except errors.NotFound:
-            raise not_found from None
-        if caller != job.owner and caller not in job.viewers:
-            raise not_found
-        if owner_only and caller != job.owner:
-            raise Refusal(codes.NOT_OWNER, f"only the job's owner may {method} it; viewers may only read")
+            raise _not_found(job_id) from None
+        _check_may_read(caller, job, method, owner_only)
         return job
+
+    async def _owned_job(self, method: str, request: Any, owner_only: bool = False) -> common_pb2.Job:
+        caller = await authenticate(self._db, method, request)
+        return await self._readable_job(caller, method, request.job_id, owner_only)
 
     def _signed_results(self, job: common_pb2.Job) -> provider_pb2.SignedResults | None:
         if not job.HasField("results"):
@@ -330,15 +303,27 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             "results": json_format.MessageToDict(job.results, preserving_proto_field_name=True),
         }
         text = json.dumps(statement, sort_keys=True, separators=(",", ":"))
-        return provider_pb2.SignedResults(statement_json=text, signature=self._sign(text), public_key=self._verify_key_hex)
-
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one servicer per server; a finished job's statement is re-read often
-    def _sign(self, statement_json: str) -> str:
-        return sealing.sign_bytes(self._keys, statement_json.encode())
+        signature = sealing.sign_bytes(self._keys, text.encode())
+        return provider_pb2.SignedResults(statement_json=text, signature=signature, public_key=self._verify_key_hex)
 
     async def GetJobDetails(self, request, context):  # type: ignore[override]
-        job = await self._owned_job("GetJobDetails", request, cached=True)
-        return provider_pb2.GetJobDetailsResponse(job=job, signed_results=self._signed_results(job))
+        """A finished job's answer comes from a short-lived cache, statement
+        signed once: it changes only when the job is deleted (through us:
+        evicted) or its results expire (seen within FINISHED_JOB_TTL_S), and
+        clients poll finished jobs a lot. The caller is checked on every read."""
+        caller = await authenticate(self._db, "GetJobDetails", request)
+        cached = self._finished_jobs.get(request.job_id)
+        if cached is not None and time.monotonic() - cached[0] < FINISHED_JOB_TTL_S:
+            _check_may_read(caller, cached[1].job, "GetJobDetails")
+            return cached[1]
+        job = await self._readable_job(caller, "GetJobDetails", request.job_id)
+        details = provider_pb2.GetJobDetailsResponse(job=job, signed_results=self._signed_results(job))
+        if is_terminal(job.status):
+            self._finished_jobs[job.job_id] = (time.monotonic(), details)
+            self._finished_jobs.move_to_end(job.job_id)
+            if len(self._finished_jobs) > FINISHED_JOBS_CACHED:
+                self._finished_jobs.popitem(last=False)
+        return details
 
     async def WatchJob(self, request, context) -> AsyncIterator[provider_pb2.WatchJobResponse]:  # type: ignore[override]
         job = await self._owned_job("WatchJob", request)

@@ -1,0 +1,102 @@
+"""Signed requests checked in batches: each request keeps its own verdict, a
+batch's nonces are spent in one transaction, and a spent nonce stays spent
+across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from c2d.provider.v1 import auth_pb2, provider_pb2
+from eth_account import Account
+
+from plumbing.database import Database
+from services.provider.api.signatures import authenticate, signed_fields
+from services.provider.domain import errors as codes
+from services.provider.domain import identity
+from services.provider.domain.errors import Refusal
+from services.provider.persistence import store
+from services.provider.persistence.models import Base
+
+KEYS = ["0x" + f"{i + 1:064x}" for i in range(8)]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/provider.db"
+    return request.getfixturevalue("postgres_url")
+
+
+def open_database(url: str) -> Database:
+    database = Database(url, Base.metadata)
+    database.create_schema()
+    return database
+
+
+def signed(key: str, nonce: int, job_id: str = "job-1") -> provider_pb2.GetJobDetailsRequest:
+    request = provider_pb2.GetJobDetailsRequest(job_id=job_id)
+    request.signature.CopyFrom(auth_pb2.ConsumerSignature(address=Account.from_key(key).address, nonce=nonce))
+    request.signature.signature = identity.sign_request(key, "GetJobDetails", signed_fields(request), nonce)
+    return request
+
+
+async def outcomes(db: Database, requests: list[provider_pb2.GetJobDetailsRequest]) -> list[str | None]:
+    """Each request's error code (None: accepted), all sent at once."""
+    answers = await asyncio.gather(*(authenticate(db, "GetJobDetails", r) for r in requests), return_exceptions=True)
+    return [answer.code if isinstance(answer, Refusal) else None for answer in answers]
+
+
+def counting_spends(monkeypatch) -> list[int]:
+    """The size of each batch of nonces spent (one transaction each)."""
+    sizes: list[int] = []
+    spend_nonces = store.spend_nonces
+
+    def counted(session, spends):  # type: ignore[no-untyped-def]
+        sizes.append(len(spends))
+        return spend_nonces(session, spends)
+
+    monkeypatch.setattr(store, "spend_nonces", counted)
+    return sizes
+
+
+async def test_concurrent_requests_share_one_transaction_and_a_replay_among_them_is_refused(database_url, monkeypatch):
+    db = open_database(database_url)
+    try:
+        sizes = counting_spends(monkeypatch)
+        requests = [signed(key, 100) for key in KEYS]
+        replay = provider_pb2.GetJobDetailsRequest()
+        replay.CopyFrom(requests[3])
+        assert await outcomes(db, [*requests, replay]) == [None] * len(KEYS) + [codes.NONCE_INVALID]
+        assert sizes == [len(KEYS) + 1]  # one group commit for all of them
+        # And once committed, the same request is refused on its own.
+        assert await outcomes(db, [requests[0]]) == [codes.NONCE_INVALID]
+    finally:
+        db.close()
+
+
+async def test_a_bad_signature_in_a_batch_is_refused_alone_and_spends_no_nonce(database_url):
+    db = open_database(database_url)
+    try:
+        good = signed(KEYS[0], 7)
+        tampered = signed(KEYS[1], 7)
+        tampered.job_id = "someone-elses-job"  # the signature no longer covers the fields
+        assert await outcomes(db, [good, tampered]) == [None, codes.SIGNATURE_INVALID]
+        # The tampered request's nonce is still free for its real owner.
+        assert await outcomes(db, [signed(KEYS[1], 7)]) == [None]
+    finally:
+        db.close()
+
+
+async def test_a_spent_nonce_is_refused_after_a_restart(database_url):
+    request = signed(KEYS[0], 42)
+    before = open_database(database_url)
+    try:
+        assert await outcomes(before, [request]) == [None]
+    finally:
+        before.close()
+    after = open_database(database_url)  # a new provider process on the same database
+    try:
+        assert await outcomes(after, [request]) == [codes.NONCE_INVALID]
+    finally:
+        after.close()
