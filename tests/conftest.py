@@ -1,4 +1,7 @@
 import os
+import sys
+
+import pytest
 
 pytest_plugins = ["tests.support.servers", "tests.support.stacks"]
 
@@ -10,3 +13,18 @@ def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("CI") == "true" and skipped:
         print(f"\nCI: {len(skipped)} test(s) skipped; every test must run in CI")
         session.exitstatus = 1
+    session.config.stash[EXIT_STATUS] = int(session.exitstatus)
+
+
+EXIT_STATUS = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_unconfigure(config):
+    """Leaves as soon as the run is reported. gRPC's asyncio poller thread can
+    block the garbage collection pytest and the interpreter run at exit (seen
+    now and then: every test passed, the summary printed, the process hung)."""
+    if EXIT_STATUS in config.stash:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash[EXIT_STATUS])

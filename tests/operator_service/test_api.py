@@ -124,6 +124,21 @@ async def test_list_jobs_pages_newest_first_and_filters(data_dir, postgres_url):
         ]
 
 
+async def test_list_jobs_for_an_address_includes_the_jobs_it_may_view(data_dir, database_url):
+    async with control_plane(database_url) as plane:
+        shared = create_request(owner="0xowner")
+        shared.viewers.extend(["0xviewer", "0xviewer"])
+        shown = await plane.operator.create(shared)
+        own = await plane.operator.create(create_request(owner="0xviewer"))
+        await plane.operator.create(create_request(owner="0xowner"))  # not shared
+        stub, metadata = plane.operator.stub, plane.operator.metadata
+
+        listed = await stub.ListJobs(operator_pb2.ListJobsRequest(owner="0xviewer"), metadata=metadata)
+        assert [j.job_id for j in listed.jobs] == [own.job_id, shown.job_id]
+        stranger = await stub.ListJobs(operator_pb2.ListJobsRequest(owner="0xstranger"), metadata=metadata)
+        assert list(stranger.jobs) == []
+
+
 def _token(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode()
 

@@ -62,7 +62,7 @@ JOB = {
     "environment_id": "local-cpu", "engine_id": "local", "status": 70, "end_reason": 1, "error_code": "",
     "error_message": "", "created_at": datetime(2026, 1, 1, tzinfo=timezone.utc),
     "finished_at": datetime(2026, 1, 1, 0, 5, tzinfo=timezone.utc), "workflow": b"\x0a\x00",
-    "dataset_dids": '["did:op:1"]', "algorithm_did": "", "viewers": "[]",
+    "dataset_dids": '["did:op:1"]', "algorithm_did": "", "viewers": '["0xviewer"]',
     "results": '{"files": [{"location": "local:j/out.txt"}], "storage": "local"}', "results_did": "",
     "dispatched": True, "sequence": 2,
 }
@@ -96,6 +96,9 @@ def test_a_database_at_the_previous_revision_upgrades_with_its_data(database):
         # The sweeper's query runs on the upgraded table and finds the old job.
         due = store.results_to_expire(session, "local", "local-cpu", datetime(2027, 1, 1, tzinfo=timezone.utc), 10)
         assert [j.job_id for j in due] == [JOB["job_id"]]
+        # Its viewer was carried into job_viewers: ListJobs finds the job for it.
+        listed, _ = store.list_jobs(session, store.JobFilter(owner="0xviewer"), 10, "")
+        assert [j.job_id for j in listed] == [JOB["job_id"]]
 
 
 def test_a_skeleton_database_without_version_table_is_adopted(database):

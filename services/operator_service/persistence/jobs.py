@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from plumbing import errors
 from plumbing.statuses import EndReason, Status, can_transition, end_reason_for, is_terminal
-from services.operator_service.persistence.models import Engine, Job, JobEvent
+from services.operator_service.persistence.models import Engine, Job, JobEvent, JobViewer
 
 log = logging.getLogger("c2d.operator")
 
@@ -48,7 +48,7 @@ class IncomingChange:
 
 @dataclass(frozen=True)
 class JobFilter:
-    owner: str = ""
+    owner: str = ""  # the jobs this address owns or was named a viewer of
     statuses: tuple[int, ...] = ()
     environment_id: str = ""
     created_after: datetime | None = None
@@ -86,6 +86,9 @@ def create_jobs(session: Session, jobs: Sequence[Job]) -> list[tuple[Job, bool]]
         .returning(Job)
     )
     created = {job.job_id: job for job in session.scalars(statement)}
+    viewers = [{"address": address, "job_id": job_id} for job_id, job in created.items() for address in set(job.viewers or [])]
+    if viewers:
+        session.execute(insert(JobViewer), viewers)
     lost = [(job, sequence) for job, sequence in zip(jobs, sequences) if job.job_id not in created]
     winners: dict[str, Job] = {}
     if lost:
@@ -124,7 +127,8 @@ def list_jobs(session: Session, filters: JobFilter, page_size: int, page_token: 
     """Newest first, keyset-paged on (created_at, job_id) so deep pages stay fast."""
     query = select(Job).where(Job.deleted_at.is_(None))
     if filters.owner:
-        query = query.where(Job.owner == filters.owner)
+        viewable = select(JobViewer.job_id).where(JobViewer.address == filters.owner)
+        query = query.where(or_(Job.owner == filters.owner, Job.job_id.in_(viewable)))
     if filters.statuses:
         query = query.where(Job.status.in_(filters.statuses))
     if filters.environment_id:

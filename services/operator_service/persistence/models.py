@@ -63,6 +63,15 @@ class Job(Base):
     sequence: Mapped[int] = mapped_column(BigId, default=0)
 
 
+class JobViewer(Base):
+    """Addresses a job's owner named as viewers: ListJobs finds their jobs by index."""
+
+    __tablename__ = "job_viewers"
+
+    address: Mapped[str] = mapped_column(String(128), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
 class JobEvent(Base):
     """The status history: one row per applied transition."""
 
