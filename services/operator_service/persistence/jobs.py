@@ -124,23 +124,34 @@ def read_job(session: Session, job_id: str, lock: bool = False) -> Job | None:
 
 
 def list_jobs(session: Session, filters: JobFilter, page_size: int, page_token: str) -> tuple[list[Job], str]:
-    """Newest first, keyset-paged on (created_at, job_id) so deep pages stay fast."""
-    query = select(Job).where(Job.deleted_at.is_(None))
-    if filters.owner:
-        viewable = select(JobViewer.job_id).where(JobViewer.address == filters.owner)
-        query = query.where(or_(Job.owner == filters.owner, Job.job_id.in_(viewable)))
+    """Newest first, keyset-paged on (created_at, job_id) so deep pages stay fast.
+
+    For an address, the jobs it owns and those it may view are two indexed
+    queries merged here: one query with an OR of the two scans the table."""
+    conditions = [Job.deleted_at.is_(None)]
     if filters.statuses:
-        query = query.where(Job.status.in_(filters.statuses))
+        conditions.append(Job.status.in_(filters.statuses))
     if filters.environment_id:
-        query = query.where(Job.environment_id == filters.environment_id)
+        conditions.append(Job.environment_id == filters.environment_id)
     if filters.created_after:
-        query = query.where(Job.created_at >= filters.created_after)
+        conditions.append(Job.created_at >= filters.created_after)
     if filters.created_before:
-        query = query.where(Job.created_at < filters.created_before)
+        conditions.append(Job.created_at < filters.created_before)
     if page_token:
         created, job_id = decode_page_token(page_token)
-        query = query.where(or_(Job.created_at < created, (Job.created_at == created) & (Job.job_id < job_id)))
-    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.job_id.desc()).limit(page_size + 1)))
+        conditions.append(or_(Job.created_at < created, (Job.created_at == created) & (Job.job_id < job_id)))
+
+    def page(query: Any) -> list[Job]:
+        ordered = query.where(*conditions).order_by(Job.created_at.desc(), Job.job_id.desc()).limit(page_size + 1)
+        return list(session.scalars(ordered))
+
+    if filters.owner:
+        owned = page(select(Job).where(Job.owner == filters.owner))
+        viewed = page(select(Job).join(JobViewer, JobViewer.job_id == Job.job_id).where(JobViewer.address == filters.owner))
+        merged = {job.job_id: job for job in owned + viewed}
+        rows = sorted(merged.values(), key=lambda job: (job.created_at, job.job_id), reverse=True)[: page_size + 1]
+    else:
+        rows = page(select(Job))
     next_token = ""
     if len(rows) > page_size:
         rows = rows[:page_size]
