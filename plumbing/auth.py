@@ -20,7 +20,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import grpc
 
@@ -95,19 +95,14 @@ def mutual_tls() -> MutualTls | None:
     return MutualTls(contents["C2D_TLS_CERT"], contents["C2D_TLS_KEY"], contents["C2D_TLS_CA"])
 
 
-def internal_channel(address: str) -> grpc.aio.Channel:
-    """A channel to an internal service: mutual TLS when configured, else plaintext."""
+def internal_channel(address: str, blocking: bool = False) -> Any:
+    """A channel to an internal service (asyncio, or blocking when asked):
+    mutual TLS when configured, else plaintext."""
+    channels: Any = grpc if blocking else grpc.aio
     tls = mutual_tls()
     if tls is None:
-        return grpc.aio.insecure_channel(address)
-    return grpc.aio.secure_channel(address, tls.channel_credentials())
-
-
-def internal_blocking_channel(address: str) -> grpc.Channel:
-    tls = mutual_tls()
-    if tls is None:
-        return grpc.insecure_channel(address)
-    return grpc.secure_channel(address, tls.channel_credentials())
+        return channels.insecure_channel(address)
+    return channels.secure_channel(address, tls.channel_credentials())
 
 
 def internal_port(

@@ -50,9 +50,9 @@ class EngineLink:
         self._queue_timeout_s = queue_timeout_s
         self._channel = auth.internal_channel(address)
         self._stub = engine_pb2_grpc.EngineServiceStub(self._channel)
-        # The dispatcher calls SubmitJob while holding the job rows' locks, in
+        # The dispatcher calls SubmitJobs while holding the job rows' locks, in
         # a database thread, so it uses a blocking channel.
-        self._sync_channel = auth.internal_blocking_channel(address)
+        self._sync_channel = auth.internal_channel(address, blocking=True)
         self._sync_stub = engine_pb2_grpc.EngineServiceStub(self._sync_channel)
         self.last_heartbeat = 0.0
         # The environments of the latest heartbeat: CreateJob checks them without a query.

@@ -38,11 +38,6 @@ FINISHED_JOB_TTL_S = 2.0
 FINISHED_JOBS_CACHED = 4096
 
 
-def stream_chunks(store: storage.ObjectStore, location: str, offset: int) -> AsyncIterator[tuple[bytes, int]]:
-    """Yields (data, offset) chunks of a stored file from `offset`, read ahead in a thread."""
-    return results_download.stream_chunks(store, location, offset)
-
-
 @dataclass
 class Plan:
     """A compute request that passed every check but the orders."""
@@ -373,7 +368,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         if request.offset > entry.size:
             raise errors.InvalidArgument(f"offset {request.offset} is beyond the file's {entry.size} bytes", "offset_invalid")
         first = True
-        async with contextlib.aclosing(stream_chunks(self._store, entry.location, request.offset)) as chunks:
+        async with contextlib.aclosing(results_download.stream_chunks(self._store, entry.location, request.offset)) as chunks:
             async for data, offset in chunks:  # closed at once if the consumer goes away
                 yield provider_pb2.GetComputeResultResponse(file=entry if first else None, data=data, offset=offset)
                 first = False

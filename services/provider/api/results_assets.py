@@ -40,7 +40,7 @@ from sqlalchemy import select
 from plumbing import errors, storage
 from plumbing.database import Database
 from plumbing.statuses import is_terminal
-from services.provider.api import compute
+from services.provider.api import compute, results_download
 from services.provider.api.assets import AssetServicer, parse_ddo_json, resolve
 from services.provider.api.signatures import authenticate
 from services.provider.domain import ddos, identity, sealing
@@ -251,7 +251,7 @@ class ResultsAssetServicer(AssetServicer):
         if request.offset > entry.size:
             raise errors.InvalidArgument(f"offset {request.offset} is beyond the file's {entry.size} bytes", "offset_invalid")
         first = True
-        async with contextlib.aclosing(compute.stream_chunks(self._store, found["url"], request.offset)) as chunks:
+        async with contextlib.aclosing(results_download.stream_chunks(self._store, found["url"], request.offset)) as chunks:
             async for data, offset in chunks:
                 yield asset_pb2.DownloadAssetFileResponse(file=entry if first else None, data=data, offset=offset)
                 first = False
