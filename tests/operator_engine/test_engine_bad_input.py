@@ -134,3 +134,9 @@ async def test_submit_jobs_answers_each_job_on_its_own(data_dir, postgres_url, t
         assert (await engine.ended("good")).status == 70
         history = await engine.history("good")
         assert len([c for c in history if c.status == 10]) == 1  # it ran once
+
+        empty = await refused(engine.stub.SubmitJobs(engine_pb2.SubmitJobsRequest(), metadata=engine.metadata))
+        assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT and error_code(empty) == "jobs_missing"
+        flood = engine_pb2.SubmitJobsRequest(jobs=[job(f"j{i}", workflow("print(1)")) for i in range(1001)])
+        too_many = await refused(engine.stub.SubmitJobs(flood, metadata=engine.metadata))
+        assert too_many.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1000; split the batch" in too_many.details()

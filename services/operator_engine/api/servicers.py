@@ -20,6 +20,7 @@ from services.operator_engine.domain.orchestrator import Orchestrator
 # Job ids become directory names: only these characters, never "..".
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LOG_CHUNK = 64 * 1024
+MAX_SUBMIT_BATCH = 1000  # jobs per SubmitJobs call (the operator-service sends at most 500)
 LOG_POLL_S = 0.1
 
 
@@ -71,6 +72,13 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         return engine_pb2.SubmitJobResponse(created=created)
 
     async def SubmitJobs(self, request, context):  # type: ignore[override]
+        if not request.jobs:
+            raise errors.InvalidArgument("name at least one job to submit", "jobs_missing")
+        if len(request.jobs) > MAX_SUBMIT_BATCH:
+            raise errors.InvalidArgument(
+                f"{len(request.jobs)} jobs in one call: at most {MAX_SUBMIT_BATCH}; split the batch", "too_many_jobs"
+            )
+
         async def one(job: engine_pb2.SubmitJobRequest) -> engine_pb2.SubmitJobResult:
             try:
                 created = await self._orchestrator.submit(*_job_of(job))
