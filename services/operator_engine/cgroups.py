@@ -296,11 +296,6 @@ class JobCgroup:
         the RCU grace period, that moving a whole process takes), v2 ``cgroup.procs``."""
         return [d / ("tasks" if v == 1 else "cgroup.procs") for v, d in self._unique_dirs()]
 
-    def add_pid(self, pid: int) -> None:
-        """Move a (not yet exec'd) process into every hierarchy; its children follow."""
-        for f in self.procs_files():
-            _write(f, str(pid))
-
     def pids(self) -> set[int]:
         found: set[int] = set()
         for f in self.procs_files():

@@ -495,7 +495,8 @@ def test_sweep_removes_empty_job_cgroups_and_spares_live_ones():
     live = cgroups.JobCgroup.create(host, f"{prefix}-live")
     sleeper = subprocess.Popen(["/bin/sleep", "30"])
     try:
-        live.add_pid(sleeper.pid)
+        for procs in live.procs_files():
+            procs.write_text(str(sleeper.pid))
         removed = cgroups.sweep_empty(host, prefix)
         assert removed == len({d for _, d in empty.dirs.values()})
         assert not any(d.exists() for _, d in empty.dirs.values())
