@@ -62,7 +62,7 @@ def _finished_job(db: Database, environment_id: str, finished_at: datetime, resu
     )
 
     def finish(session) -> None:  # type: ignore[no-untyped-def]
-        job, _ = store.create_job(session, row)
+        job, _ = store.create_jobs(session, [row])[0]
         job.results = results
         store.end_job(session, job, store.EndReason.COMPLETED, "", "")
         job.finished_at = finished_at

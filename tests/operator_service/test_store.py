@@ -62,7 +62,7 @@ def test_a_retry_racing_the_first_insert_returns_the_winners_job(postgres_url):
 
         def winner() -> None:
             with Session(db.engine, expire_on_commit=False) as session, session.begin():
-                results["first"] = store.create_job(session, first)
+                results["first"] = store.create_jobs(session, [first])[0]
                 inserted.set()
                 may_commit.wait(30)
 
@@ -70,7 +70,7 @@ def test_a_retry_racing_the_first_insert_returns_the_winners_job(postgres_url):
         thread.start()
         assert inserted.wait(30)
         # The retry passes the existence check (nothing committed yet), then waits on the unique index.
-        racing = threading.Thread(target=lambda: results.update(retry=db.transaction(lambda s: store.create_job(s, retry))))
+        racing = threading.Thread(target=lambda: results.update(retry=db.transaction(lambda s: store.create_jobs(s, [retry])[0])))
         racing.start()
         _wait_for_a_lock_wait(db)
         may_commit.set()
@@ -100,7 +100,7 @@ def _wait_for_a_lock_wait(db: Database, timeout: float = 60.0) -> None:
 
 
 def test_changes_apply_once_in_order_and_duplicates_are_skipped(db):
-    job, _ = db.transaction(lambda s: store.create_job(s, _job()))
+    job, _ = db.transaction(lambda s: store.create_jobs(s, [_job()])[0])
     changes = [_change(1, job.job_id, 10), _change(2, job.job_id, 20), _change(3, job.job_id, 30)]
 
     applied = db.transaction(lambda s: store.apply_changes(s, "local", changes))
@@ -116,7 +116,7 @@ def test_changes_apply_once_in_order_and_duplicates_are_skipped(db):
 
 
 def test_a_gap_applies_nothing_of_the_batch(db):
-    job, _ = db.transaction(lambda s: store.create_job(s, _job()))
+    job, _ = db.transaction(lambda s: store.create_jobs(s, [_job()])[0])
 
     with pytest.raises(store.SequenceGap, match="expected sequence 2, got 3"):
         db.transaction(lambda s: store.apply_changes(s, "local", [_change(1, job.job_id, 10), _change(3, job.job_id, 20)]))
@@ -126,7 +126,7 @@ def test_a_gap_applies_nothing_of_the_batch(db):
 
 
 def test_illegal_and_unknown_changes_are_refused_but_consumed(db):
-    job, _ = db.transaction(lambda s: store.create_job(s, _job()))
+    job, _ = db.transaction(lambda s: store.create_jobs(s, [_job()])[0])
     changes = [
         _change(1, job.job_id, 10),
         _change(2, job.job_id, 60),  # 10 -> 60 skips the stages: refused

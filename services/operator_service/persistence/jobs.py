@@ -58,11 +58,6 @@ class JobFilter:
 # -- jobs ---------------------------------------------------------------------
 
 
-def create_job(session: Session, job: Job) -> tuple[Job, bool]:
-    """Inserts the job, or returns the job created earlier with its request id."""
-    return create_jobs(session, [job])[0]
-
-
 def create_jobs(session: Session, jobs: Sequence[Job]) -> list[tuple[Job, bool]]:
     """Inserts jobs with their first history rows; for each, the stored job
     and whether it is new (a request id seen before returns the earlier job).
