@@ -123,7 +123,7 @@ def _write_batch(session: Session, batch: list[tuple[StateChange, str | None]]) 
             values["results"] = change.results
         if change.results_did:
             values["results_did"] = change.results_did
-    session.execute(insert(EngineEvent), events)
+    session.connection().execute(insert(EngineEvent.__table__), events)
     # Jobs whose updates set the same columns share one executemany.
     table = EngineJob.__table__
     shapes: dict[tuple[str, ...], list[dict[str, object]]] = {}

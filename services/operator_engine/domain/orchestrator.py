@@ -325,10 +325,7 @@ class Orchestrator:
 
     async def _configure(self, run: Run) -> bool:
         job = run.spec
-        if job.workspace.exists():
-            shutil.rmtree(job.workspace)  # a retried configure starts clean
-        job.admin_dir.mkdir(parents=True)
-        job.data_root.mkdir()
+        await asyncio.to_thread(_fresh_workspace, job)  # file system calls stay off the event loop
         exit_ = await self.backend.configure(job, self.configure_timeout_s)
         if is_terminal(run.status):
             return False
@@ -510,3 +507,9 @@ def _spec_from_json(data: dict[str, Any], token: str, workspace: Path) -> JobSpe
 def _mark_stop(job_id: str):  # type: ignore[no-untyped-def]
     return lambda s: s.execute(update(EngineJob).where(EngineJob.job_id == job_id).values(stop_requested=True))
 
+
+def _fresh_workspace(job: JobSpec) -> None:
+    if job.workspace.exists():
+        shutil.rmtree(job.workspace)  # a retried configure starts clean
+    job.admin_dir.mkdir(parents=True)
+    job.data_root.mkdir()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import delete, insert, inspect, or_, select, update
+from sqlalchemy import bindparam, delete, insert, inspect, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -293,16 +293,19 @@ class SequenceGap(Exception):
 
 def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingChange]) -> list[Job]:
     """Applies an engine's changes and advances its last applied sequence, in
-    the caller's transaction. Changes at or below the last applied sequence
-    are duplicates and skipped; the engine row lock makes this exactly-once
-    even with several service replicas following one engine.
+    the caller's transaction; returns the jobs as they now stand. Changes at
+    or below the last applied sequence are duplicates and skipped; the engine
+    row lock makes this exactly-once even with several service replicas
+    following one engine.
 
-    A batch costs a few statements whatever its size: one lock of its jobs,
-    one multi-row insert of their history, one update per job."""
-    engine = session.scalar(select(Engine).where(Engine.engine_id == engine_id).with_for_update())
-    if engine is None:
+    A batch costs five statements whatever its size (lock the engine, lock
+    its jobs, insert their history, update the jobs, advance the engine), all
+    Core: the ORM's unit of work was most of the time of an apply."""
+    last = session.execute(
+        select(Engine.last_applied_sequence).where(Engine.engine_id == engine_id).with_for_update()
+    ).scalar()
+    if last is None:
         raise errors.NotFound(f"engine {engine_id} is not registered")
-    last = engine.last_applied_sequence
     fresh = [change for change in changes if change.sequence > last]
     for expected, change in enumerate(fresh, start=last + 1):
         if change.sequence != expected:
@@ -318,38 +321,60 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
             .with_for_update()
         )
     }
-    touched: dict[str, Job] = {}
+    # Detached, the rows are plain objects: the changes below are written by
+    # the two statements that follow, never by an ORM flush.
+    for job in jobs.values():
+        session.expunge(job)
     applied: list[tuple[Job, dict[str, Any]]] = []
-    with session.no_autoflush:
-        for change in fresh:
-            job = jobs.get(change.job_id)
-            if job is None:
-                log.warning("engine %s: change %d for unknown job %s ignored", engine_id, change.sequence, change.job_id)
-                continue
-            if not can_transition(job.status, change.status):
-                log.warning(
-                    "engine %s: change %d refused: job %s cannot move from %d to %d",
-                    engine_id, change.sequence, job.job_id, job.status, change.status,
-                )
-                continue
-            job.dispatched = True  # the engine holds it, whatever became of the dispatch
-            if change.results is not None:
-                job.results = change.results
-            if change.outcome is not None:
-                job.outcome = change.outcome
-            if change.results_did:
-                job.results_did = change.results_did
-            applied.append((job, _transition(
-                job, Status(change.status), EndReason(change.end_reason), change.error_code,
-                change.error_message, engine_id, change.sequence, change.time,
-            )))
-            touched[job.job_id] = job
-        sequences = _insert_events(session, [event for _, event in applied])
-        for (job, _), sequence in zip(applied, sequences):
-            job.sequence = sequence  # in order: a job's latest change wins
-    engine.last_applied_sequence = fresh[-1].sequence
-    engine.last_seen = utcnow()
+    for change in fresh:
+        job = jobs.get(change.job_id)
+        if job is None:
+            log.warning("engine %s: change %d for unknown job %s ignored", engine_id, change.sequence, change.job_id)
+            continue
+        if not can_transition(job.status, change.status):
+            log.warning(
+                "engine %s: change %d refused: job %s cannot move from %d to %d",
+                engine_id, change.sequence, job.job_id, job.status, change.status,
+            )
+            continue
+        if change.results is not None:
+            job.results = change.results
+        if change.outcome is not None:
+            job.outcome = change.outcome
+        if change.results_did:
+            job.results_did = change.results_did
+        applied.append((job, _transition(
+            job, Status(change.status), EndReason(change.end_reason), change.error_code,
+            change.error_message, engine_id, change.sequence, change.time,
+        )))
+    sequences = _insert_events(session, [event for _, event in applied])
+    touched: dict[str, Job] = {}
+    for (job, _), sequence in zip(applied, sequences):
+        job.sequence = sequence  # in order: a job's latest change wins
+        job.dispatched = True  # the engine holds it, whatever became of the dispatch
+        touched[job.job_id] = job
+    if touched:
+        # One shape for every row: one executemany, one round trip.
+        table = Job.__table__
+        session.connection().execute(
+            update(table).where(table.c.job_id == bindparam("target_job_id")).values(
+                {column: bindparam(column) for column in APPLIED_COLUMNS}
+            ),
+            [{"target_job_id": job.job_id, **{column: getattr(job, column) for column in APPLIED_COLUMNS}}
+             for job in touched.values()],
+        )
+    session.execute(
+        update(Engine).where(Engine.engine_id == engine_id)
+        .values(last_applied_sequence=fresh[-1].sequence, last_seen=utcnow())
+    )
     return list(touched.values())
+
+
+# What a change can set on its job.
+APPLIED_COLUMNS = (
+    "status", "started_at", "finished_at", "end_reason", "error_code", "error_message",
+    "results", "outcome", "results_did", "dispatched", "sequence",
+)
 
 
 def _transition(
@@ -381,5 +406,6 @@ def _insert_events(session: Session, rows: list[dict[str, Any]]) -> list[int]:
     """Inserts history rows in one statement; returns their sequences, in order."""
     if not rows:
         return []
-    statement = insert(JobEvent).returning(JobEvent.sequence, sort_by_parameter_order=True)
-    return list(session.scalars(statement, rows))
+    table = JobEvent.__table__
+    statement = insert(table).returning(table.c.sequence, sort_by_parameter_order=True)
+    return list(session.connection().execute(statement, rows).scalars())
