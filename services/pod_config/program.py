@@ -7,17 +7,14 @@ job's token, and its log (the operator's configure.log) never names a URL.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
-from plumbing import auth, settings, storage
+from plumbing import auth, pods, settings, storage
 from plumbing.settings import setting
 from services.pod_config import fetching, staging
 
@@ -58,42 +55,34 @@ def staging_request(workflow: common_pb2.Workflow) -> staging.StagingRequest:
     )
 
 
-async def run(job_id: str, token: str, agent_address: str, data_root: Path) -> int:
+async def run(pod: pods.Pod, channel: Any) -> int:
     config = settings.load(StagingSettings, "C2D_STAGING")
-    metadata = auth.bearer(token)
-    async with auth.internal_channel(agent_address) as channel:
-        agent = job_agent_pb2_grpc.JobAgentServiceStub(channel)
-        response = await agent.GetWorkflow(job_agent_pb2.GetWorkflowRequest(job_id=job_id), metadata=metadata)
-        disk = response.environment.disk_bytes or (1 << 40)
-        limits = staging.StagingLimits(
-            max_file_bytes=config.max_file_bytes or disk,
-            max_total_bytes=disk,
-            connect_timeout_s=config.connect_timeout_s,
-            idle_timeout_s=config.idle_timeout_s,
-            max_retries=config.max_retries,
-            max_redirects=config.max_redirects,
-            parallelism=config.parallelism,
-            allow_hosts=config.allow_hosts,
-            blocked_cidrs=config.blocked_cidrs,
-        )
-        fetchers = fetching.default_fetchers(storage_config=storage.configured())
-        outcome = await staging.stage(staging_request(response.workflow), data_root, limits, fetchers, log)
-        log.info("staging ended with status %d %s", outcome.status, outcome.reason)
-        await agent.ReportProgress(
-            job_agent_pb2.ReportProgressRequest(
-                job_id=job_id, status=outcome.status, error_code=outcome.error_code, message=outcome.reason  # type: ignore[arg-type]
-            ),
-            metadata=metadata,
-        )
+    metadata = auth.bearer(pod.token)
+    agent = job_agent_pb2_grpc.JobAgentServiceStub(channel)
+    response = await agent.GetWorkflow(job_agent_pb2.GetWorkflowRequest(job_id=pod.job_id), metadata=metadata)
+    disk = response.environment.disk_bytes or (1 << 40)
+    limits = staging.StagingLimits(
+        max_file_bytes=config.max_file_bytes or disk,
+        max_total_bytes=disk,
+        connect_timeout_s=config.connect_timeout_s,
+        idle_timeout_s=config.idle_timeout_s,
+        max_retries=config.max_retries,
+        max_redirects=config.max_redirects,
+        parallelism=config.parallelism,
+        allow_hosts=config.allow_hosts,
+        blocked_cidrs=config.blocked_cidrs,
+    )
+    fetchers = fetching.default_fetchers(storage_config=storage.configured())
+    outcome = await staging.stage(staging_request(response.workflow), pod.data_root, limits, fetchers, log)
+    log.info("staging ended with status %d %s", outcome.status, outcome.reason)
+    await agent.ReportProgress(
+        job_agent_pb2.ReportProgressRequest(
+            job_id=pod.job_id, status=outcome.status, error_code=outcome.error_code, message=outcome.reason  # type: ignore[arg-type]
+        ),
+        metadata=metadata,
+    )
     return 0 if outcome.status == 30 else 1
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("C2D_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        env = os.environ
-        code = asyncio.run(run(env["C2D_JOB_ID"], env["C2D_JOB_TOKEN"], env["C2D_AGENT_ADDRESS"], Path(env["C2D_DATA_ROOT"])))
-    except KeyError as missing:
-        print(f"pod_config: environment variable {missing} is required", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    pods.main("pod_config", run)

@@ -13,10 +13,10 @@ import asyncio
 import dataclasses
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 from c2d.common.v1 import common_pb2
@@ -24,7 +24,7 @@ from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc
 from google.protobuf import json_format
 
-from plumbing import auth, storage
+from plumbing import auth, pods, storage
 from services.pod_publish import publishing
 
 log = logging.getLogger("c2d.pod_publish")
@@ -61,72 +61,65 @@ async def register_results_asset(workflow: common_pb2.Workflow, job_id: str, res
     raise AssertionError("unreachable")
 
 
-async def run(job_id: str, token: str, agent_address: str, data_root: Path) -> int:
-    metadata = auth.bearer(token)
+async def run(pod: pods.Pod, channel: Any) -> int:
+    job_id, data_root = pod.job_id, pod.data_root
+    metadata = auth.bearer(pod.token)
     started = time.monotonic()
-    async with auth.internal_channel(agent_address) as channel:
-        agent = job_agent_pb2_grpc.JobAgentServiceStub(channel)
-        response = await agent.GetWorkflow(job_agent_pb2.GetWorkflowRequest(job_id=job_id), metadata=metadata)
-        workflow = response.workflow
-        log.info("fetched the workflow in %.3f s", time.monotonic() - started)
-        store = None
-        manifest = None
-        try:
-            with tempfile.TemporaryDirectory(prefix="c2d-publish-") as scratch:
-                step = time.monotonic()
-                collected = publishing.collect(data_root, workflow.pack_outputs, Path(scratch))
-                config = storage.configured()
-                config = dataclasses.replace(config, part_size=publishing.part_size_for(config.part_size, collected.largest_file))
-                store = storage.open_store(config)
-                log.info(
-                    "collected %d files (%d bytes, %d skipped) in %.3f s; publishing to %s storage",
-                    len(collected.sources), collected.total_bytes, len(collected.skipped),
-                    time.monotonic() - step, store.kind,
-                )
-                step = time.monotonic()
-                manifest = await asyncio.to_thread(publishing.publish, store, job_id, collected)
-                log.info("uploaded %d files in %.3f s", len(manifest["files"]), time.monotonic() - step)
-            results = json_format.ParseDict(manifest, common_pb2.ResultsManifest())
-            results_did = ""
-            if workflow.publish_results_as_asset:
-                step = time.monotonic()
-                results_did = await register_results_asset(workflow, job_id, results)
-                log.info("registered the results as asset %s in %.3f s", results_did, time.monotonic() - step)
-        except (publishing.PublishFailed, storage.StorageError, AssetRegistrationFailed) as exc:
-            if isinstance(exc, AssetRegistrationFailed):
-                message = f"results upload failed: registering the results as an asset failed: {exc}"
-                # the job fails, so nothing may stay behind in storage
-                await asyncio.to_thread(publishing.remove, store, [f["location"] for f in manifest["files"]])  # type: ignore[arg-type,index]
-            elif isinstance(exc, publishing.PublishFailed):
-                message = str(exc)
-            else:
-                message = f"results upload failed: {exc}"
-            log.error("%s", message)
-            await agent.ReportProgress(
-                job_agent_pb2.ReportProgressRequest(
-                    job_id=job_id, status=RESULTS_UPLOAD_FAILED,  # type: ignore[arg-type]
-                    error_code="results_asset_failed" if isinstance(exc, AssetRegistrationFailed) else "results_upload_failed",
-                    message=message,
-                ),
-                metadata=metadata,
+    agent = job_agent_pb2_grpc.JobAgentServiceStub(channel)
+    response = await agent.GetWorkflow(job_agent_pb2.GetWorkflowRequest(job_id=job_id), metadata=metadata)
+    workflow = response.workflow
+    log.info("fetched the workflow in %.3f s", time.monotonic() - started)
+    store = None
+    manifest = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="c2d-publish-") as scratch:
+            step = time.monotonic()
+            collected = publishing.collect(data_root, workflow.pack_outputs, Path(scratch))
+            config = storage.configured()
+            config = dataclasses.replace(config, part_size=publishing.part_size_for(config.part_size, collected.largest_file))
+            store = storage.open_store(config)
+            log.info(
+                "collected %d files (%d bytes, %d skipped) in %.3f s; publishing to %s storage",
+                len(collected.sources), collected.total_bytes, len(collected.skipped),
+                time.monotonic() - step, store.kind,
             )
-            return 1
-        step = time.monotonic()
-        await agent.ReportResults(
-            job_agent_pb2.ReportResultsRequest(job_id=job_id, results=results, results_did=results_did), metadata=metadata
+            step = time.monotonic()
+            manifest = await asyncio.to_thread(publishing.publish, store, job_id, collected)
+            log.info("uploaded %d files in %.3f s", len(manifest["files"]), time.monotonic() - step)
+        results = json_format.ParseDict(manifest, common_pb2.ResultsManifest())
+        results_did = ""
+        if workflow.publish_results_as_asset:
+            step = time.monotonic()
+            results_did = await register_results_asset(workflow, job_id, results)
+            log.info("registered the results as asset %s in %.3f s", results_did, time.monotonic() - step)
+    except (publishing.PublishFailed, storage.StorageError, AssetRegistrationFailed) as exc:
+        if isinstance(exc, AssetRegistrationFailed):
+            message = f"results upload failed: registering the results as an asset failed: {exc}"
+            # the job fails, so nothing may stay behind in storage
+            await asyncio.to_thread(publishing.remove, store, [f["location"] for f in manifest["files"]])  # type: ignore[arg-type,index]
+        elif isinstance(exc, publishing.PublishFailed):
+            message = str(exc)
+        else:
+            message = f"results upload failed: {exc}"
+        log.error("%s", message)
+        await agent.ReportProgress(
+            job_agent_pb2.ReportProgressRequest(
+                job_id=job_id, status=RESULTS_UPLOAD_FAILED,  # type: ignore[arg-type]
+                error_code="results_asset_failed" if isinstance(exc, AssetRegistrationFailed) else "results_upload_failed",
+                message=message,
+            ),
+            metadata=metadata,
         )
-        log.info("reported the manifest in %.3f s", time.monotonic() - step)
-        total = sum(f.size for f in results.files)
-        log.info("published %d files (%d bytes) in %.3f s", len(results.files), total, time.monotonic() - started)
+        return 1
+    step = time.monotonic()
+    await agent.ReportResults(
+        job_agent_pb2.ReportResultsRequest(job_id=job_id, results=results, results_did=results_did), metadata=metadata
+    )
+    log.info("reported the manifest in %.3f s", time.monotonic() - step)
+    total = sum(f.size for f in results.files)
+    log.info("published %d files (%d bytes) in %.3f s", len(results.files), total, time.monotonic() - started)
     return 0
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("C2D_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        env = os.environ
-        code = asyncio.run(run(env["C2D_JOB_ID"], env["C2D_JOB_TOKEN"], env["C2D_AGENT_ADDRESS"], Path(env["C2D_DATA_ROOT"])))
-    except KeyError as missing:
-        print(f"pod_publish: environment variable {missing} is required", file=sys.stderr)
-        code = 2
-    sys.exit(code)
+    pods.main("pod_publish", run)

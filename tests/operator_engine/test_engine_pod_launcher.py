@@ -37,7 +37,7 @@ async def test_kill_and_helper_death(tmp_path):
             await wait_until(lambda: agent.open_connections >= 1, what="the pod reached its agent")
             await asyncio.wait_for(stalled.kill(), WAIT_S)
             assert (await stalled.wait()).returncode == -signal.SIGKILL
-            await wait_until(lambda: agent.open_connections == 0, what="the killed pod's connection closed")
+            assert not alive(stalled.pid)
 
             orphaned = await launcher.start("pod_publish", pod_env(f"127.0.0.1:{agent.port}", tmp_path), tmp_path / "b.log")
             await wait_until(lambda: agent.open_connections >= 1, what="the second pod reached its agent")
@@ -46,14 +46,24 @@ async def test_kill_and_helper_death(tmp_path):
             os.kill(helper.pid, signal.SIGKILL)
             ended = await asyncio.wait_for(orphaned.wait(), WAIT_S)
             assert ended.returncode is None and "pod launcher process exited" in ended.detail
-            # Its pods have a parent-death signal: they do not outlive the helper.
-            await wait_until(lambda: agent.open_connections == 0, what="the orphaned pod died with its helper")
+            # Its pods have a parent-death signal: they do not outlive the helper. Nor do
+            # its idle children, which had connected to the agent ahead of a job.
+            await wait_until(lambda: not alive(orphaned.pid), what="the orphaned pod died with its helper")
+            await wait_until(lambda: agent.open_connections == 0, what="every child of the helper died with it")
 
             again = await launcher.start("pod_config", {"PATH": "/usr/bin"}, tmp_path / "c.log")
             assert (await asyncio.wait_for(again.wait(), WAIT_S)).returncode == 2
             assert launcher._helper is not None and launcher._helper.pid != helper.pid
         finally:
             await launcher.close()
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, only unreaped
+    except FileNotFoundError:
+        return False
 
 
 def children_of(pid: int) -> set[int]:
@@ -85,3 +95,20 @@ async def test_pods_run_in_children_forked_ahead_and_a_dead_idle_child_is_replac
         assert "pod_publish: environment variable 'C2D_JOB_ID' is required" in (tmp_path / "third.log").read_text()
     finally:
         await launcher.close()
+
+
+async def test_idle_children_connect_to_the_agent_before_a_job_comes(tmp_path):
+    launcher = ForkServerLauncher()
+    async with StallingServer() as agent:
+        try:
+            env = pod_env(f"127.0.0.1:{agent.port}", tmp_path)
+            del env["C2D_JOB_ID"]  # this first pod ends at once: it names no job
+            first = await launcher.start("pod_config", env, tmp_path / "first.log")
+            assert (await asyncio.wait_for(first.wait(), WAIT_S)).returncode == 2
+            helper = launcher._helper
+            assert helper is not None
+            await wait_until(lambda: len(children_of(helper.pid)) == 2, what="one idle child per program")
+            # No pod runs now, yet both idle children hold a connection to the agent.
+            await wait_until(lambda: agent.open_connections >= 2, what="the idle children connected ahead")
+        finally:
+            await launcher.close()

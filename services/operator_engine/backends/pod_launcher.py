@@ -10,8 +10,11 @@ log file as stdout/stderr, exactly as a fresh process would. The helper never
 creates a gRPC channel or an event loop itself, so each child starts clean.
 
 The children are forked ahead, one idle child per program: it takes its new
-session, starts gRPC's asyncio runtime and waits on a pipe, so a stage pays
-none of that (nor the fork) on its own clock. The helper hands it the job
+session, starts gRPC's asyncio runtime, starts connecting to the engine's
+JobAgentService (the helper's environment names it) and waits on a pipe, so
+a stage pays none of that (nor the fork) on its own clock. A pod ends with
+os._exit as soon as its program returns: no interpreter or event-loop
+teardown on the clock either. The helper hands it the job
 (environment, log path) through the pipe and forks the next one after replying.
 
 The engine talks to the helper over its stdin/stdout, one JSON object a line:
@@ -46,6 +49,8 @@ from pathlib import Path
 from typing import Mapping, Protocol
 
 import grpc.aio
+
+from plumbing import auth, pods
 
 log = logging.getLogger("c2d.engine")
 
@@ -136,7 +141,7 @@ class ForkServerLauncher:
     async def start(self, program: str, env: Mapping[str, str], log_path: Path) -> PodProcess:
         if program not in PROGRAMS:
             raise ValueError(f"unknown pod program {program!r}")
-        await self._ensure_helper()
+        await self._ensure_helper(env)
         self._next_id += 1
         run_id = self._next_id
         loop = asyncio.get_running_loop()
@@ -168,14 +173,16 @@ class ForkServerLauncher:
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
 
-    async def _ensure_helper(self) -> None:
+    async def _ensure_helper(self, pod_env: Mapping[str, str]) -> None:
         async with self._lock:
             if self._helper is not None and self._helper.returncode is None:
                 return
+            # Where the pods' agent is, so each idle child connects to it ahead.
+            agent = {name: pod_env[name] for name in ("C2D_AGENT_ADDRESS", *auth.TLS_VARIABLES) if name in pod_env}
             self._helper = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", __name__,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
-                start_new_session=True,
+                start_new_session=True, env={**os.environ, **agent},
             )
             self._reader = asyncio.create_task(self._read_forever(self._helper), name="pod-launcher-reader")
 
@@ -240,7 +247,7 @@ def _die_with(parent_pid: int) -> None:
         os._exit(1)
 
 
-def _child(program: str, requests: int, helper_pid: int, main) -> None:  # type: ignore[no-untyped-def]
+def _child(name: str, requests: int, helper_pid: int, program: pods.Program) -> None:
     """In a child forked ahead: get ready, wait for a job on `requests`, become the pod; never return."""
     code = 1
     try:
@@ -254,8 +261,12 @@ def _child(program: str, requests: int, helper_pid: int, main) -> None:  # type:
         os.closerange(3, requests)
         os.closerange(requests + 1, 1 << 16)
         # Both programs talk gRPC: its asyncio runtime (core, poller thread) starts while the
-        # child waits, not on the job's clock. Started after the fork, as gRPC requires.
+        # child waits, not on the job's clock, and so does the connection to the engine's
+        # agent. Started after the fork, as gRPC requires.
         grpc.aio.init_grpc_aio()
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        ahead_key, ahead = pods.channel_key(), _connect_ahead()
         with os.fdopen(requests, "rb") as pipe:
             request = pipe.read()
         if not request:  # the helper is gone or closing: no job will come
@@ -268,23 +279,39 @@ def _child(program: str, requests: int, helper_pid: int, main) -> None:  # type:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         os.environ.clear()
         os.environ.update(job["env"])
-        sys.argv = [PROGRAMS[program]]  # as `python -m <program>` would see it
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        sys.argv = [PROGRAMS[name]]  # as `python -m <program>` would see it
+        pods.configure_logging()
+        usable = ahead is not None and pods.channel_key() == ahead_key and (
+            ahead.get_state() == grpc.ChannelConnectivity.READY
+        )
+        # No loop teardown: the process ends right after, and what it wrote is flushed below.
+        code = loop.run_until_complete(pods.run(name, program, ahead if usable else None))
     except BaseException:  # noqa: BLE001 - the child must end here whatever happens
         import traceback
 
         traceback.print_exc()
     finally:
+        logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:  # noqa: BLE001
                 pass
         os._exit(code)
+
+
+def _connect_ahead() -> grpc.aio.Channel | None:
+    """A channel to the agent the helper was told of, connecting in gRPC's
+    own threads while the child waits (None when there is no address)."""
+    address = os.environ.get("C2D_AGENT_ADDRESS")
+    if not address:
+        return None
+    try:
+        channel = auth.internal_channel(address)
+        channel.get_state(try_to_connect=True)
+        return channel
+    except Exception:  # noqa: BLE001 - the pod connects on its own then
+        return None
 
 
 def serve() -> None:
@@ -298,7 +325,7 @@ def serve() -> None:
     from services.pod_config import program as pod_config
     from services.pod_publish import program as pod_publish
 
-    mains = {"pod_config": pod_config.main, "pod_publish": pod_publish.main}
+    mains = {"pod_config": pod_config.run, "pod_publish": pod_publish.run}
     protocol_out = os.dup(1)
     os.dup2(2, 1)  # a stray print must not corrupt the protocol
     sys.stdout = sys.stderr
