@@ -11,8 +11,9 @@ database (the tests' server, 127.0.0.1:5432), in one run:
    (one event loop, one GIL) is reported beside it;
 2. propagation: engine emit (the change's time, stamped by the engine) to
    applied (the service's commit, when the change is published to watchers),
-   p50/p99, with jobs created at a steady 1000 changes/s; the engine in its
-   own process, the operator-service in this one (where its commits are seen);
+   p50/p99, with jobs created at a steady 1000 changes/s; the engine and the
+   load (the CreateJob calls a provider would make) each in its own process,
+   the operator-service in this one (where its commits are seen);
 3. GetJob / ListJobs latency over gRPC with 1,000,000 jobs in the table,
    bulk-inserted with INSERT ... SELECT generate_series.
 
@@ -234,29 +235,46 @@ class AppliedClock:
 
 async def propagation(seconds: float, changes_per_s: float) -> tuple[list[float], float]:
     jobs = int(seconds * changes_per_s / CHANGES_PER_JOB)
-    interval = CHANGES_PER_JOB / changes_per_s
-    # The engine runs in its own process; the operator-service here, where
-    # AppliedClock can see its commits.
+    # The engine runs in its own process and so does the load (CreateJob calls at
+    # a steady rate, as the provider makes them); the operator-service in this
+    # one, where AppliedClock can see its commits.
     with fresh_database() as url, AppliedClock() as clock:
         async with engine_process(url, Path(os.environ["C2D_DATA_DIR"]) / "engine-propagation.log") as engine_port, \
                 operator_in_process(url, engine_port) as operator:
-            started = time.perf_counter()
-            pending = []
-            for i in range(jobs):
-                # A steady rate: each CreateJob at its slot, not after the previous answer.
-                delay = started + i * interval - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                pending.append(asyncio.create_task(operator.create()))
-            await asyncio.gather(*pending)
+            load = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--load", str(operator.port), str(jobs), str(CHANGES_PER_JOB / changes_per_s),
+                cwd=ROOT, env={**os.environ, "C2D_SERVICE_TOKEN": auth.service_token()}, stdout=asyncio.subprocess.PIPE,
+            )
+            out, _ = await load.communicate()
+            if load.returncode != 0:
+                raise RuntimeError("the load process failed")
             await wait_count(url, "SELECT count(*) FROM jobs WHERE status = 70", jobs)
-            rate = jobs * CHANGES_PER_JOB / (time.perf_counter() - started)
+            rate = jobs * CHANGES_PER_JOB / (time.time() - float(out.decode().split()[0]))  # from its first CreateJob
         events = await asyncio.to_thread(
             query, url,
             "SELECT job_id, sequence, extract(epoch from time) FROM job_events WHERE engine_id = 'local'",
         )
     latencies = [(clock.applied_at(job_id, sequence) - float(emitted)) * 1000 for job_id, sequence, emitted in events]
     return latencies, rate
+
+
+async def steady_load(port: int, jobs: int, interval: float) -> None:
+    """In its own process: one CreateJob every `interval` seconds, each at its
+    slot, not after the previous answer."""
+    operator = Operator(port)
+    try:
+        await wait_available(operator)
+        print(time.time(), flush=True)  # when the load starts, for the parent's rate
+        started = time.perf_counter()
+        pending = []
+        for i in range(jobs):
+            delay = started + i * interval - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(asyncio.create_task(operator.create()))
+        await asyncio.gather(*pending)
+    finally:
+        await operator.close()
 
 
 # -- 3. reads with a million jobs -------------------------------------------------------------
@@ -316,7 +334,12 @@ async def reads(rows: int, samples: int) -> dict[str, float]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--load", nargs=3, metavar=("PORT", "JOBS", "INTERVAL_S"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.load:
+        port, jobs, interval = args.load
+        await steady_load(int(port), int(jobs), float(interval))
+        return
     jobs, seconds, rows, samples = (200, 2.0, 20_000, 50) if args.quick else (2000, 5.0, 1_000_000, 500)
     concurrency = 64
 
