@@ -1,6 +1,6 @@
 """pod_publish throughput and memory, and GetComputeResult, against the obvious baselines.
 
-    .venv/bin/python bench/publishing.py [--quick] [--repeat N] [--sparse-gib G]
+    .venv/bin/python bench/publishing.py [--quick] [--repeat N] [--sparse-gib G] [--download-only]
 
 1. Publishing 4 files (1 GiB in all; 32 MiB with --quick) to a real SeaweedFS
    started here, as pod_publish does (collect, S3 multipart with sha256 while
@@ -10,9 +10,11 @@
    program, so its peak RSS (VmHWM) is the whole program's.
 2. A job on the whole embedded stack (provider, operator-service, engine,
    sandbox) writes a 1 GiB result (32 MiB with --quick) to that SeaweedFS;
-   a consumer process downloads it with GetComputeResult, against a process
+   a consumer process downloads it with GetComputeResult as the CLI does
+   (cli.client.connect and Client.result_chunks), against a process
    reading the same object straight from S3 with the minio SDK (1 MiB
-   chunks). Both count the bytes and keep none.
+   chunks). Both count the bytes and keep none. --download-only runs only
+   this part (and the bare gRPC stream from memory).
 3. With --sparse-gib G (6 in the full run, 0 with --quick): one sparse file of
    G GiB through pod_publish's S3 multipart, in a child process: time, RSS,
    part count.
@@ -168,23 +170,17 @@ def child_download(how: str, target: str, what: str) -> None:
         response.close()
         response.release_conn()
     else:
-        import grpc
-        from c2d.provider.v1 import provider_pb2
-
-        from cli.client import Client
+        from cli.client import Client, connect
         from tests.pod_publish.jobs import CONSUMER_KEY
 
         job_id, index = what.rsplit("/", 1)
 
         async def download() -> int:
-            async with grpc.aio.insecure_channel(target) as channel:
-                consumer = Client(channel, CONSUMER_KEY)
-                request = consumer.signed(
-                    "GetComputeResult", provider_pb2.GetComputeResultRequest(job_id=job_id, index=int(index))
-                )
+            # exactly what the CLI uses: its channel and Client.result_chunks
+            async with connect(target) as channel:
                 count = 0
-                async for chunk in consumer.compute.GetComputeResult(request):
-                    count += len(chunk.data)
+                async for _, _, data in Client(channel, CONSUMER_KEY).result_chunks(job_id, int(index)):
+                    count += len(data)
                 return count
 
         started = time.monotonic()
@@ -310,6 +306,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure (best is kept)")
     parser.add_argument("--sparse-gib", type=int, default=None, help="size of the sparse multipart run (0: skip)")
+    parser.add_argument("--download-only", action="store_true", help="only part 2 (GetComputeResult) and the gRPC ceiling")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "ROOT", "JOB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -343,44 +340,48 @@ def main() -> None:
             "C2D_STORAGE_S3_BUCKET": bucket, "C2D_STORAGE_S3_REGION": "us-east-1",
         }
         os.environ.update(env)  # the stack of part 2 (provider and pods) uses the same bucket
-        publishing = bench_publishing(base / "files", env, total, repeat)
+        publishing = None if args.download_only else bench_publishing(base / "files", env, total, repeat)
         download = asyncio.run(bench_download(env, total, repeat))
         ceiling_mib_s = asyncio.run(bench_grpc_ceiling(total, repeat))
-        sparse = bench_sparse(base / "sparse", env, sparse_gib) if sparse_gib else None
+        sparse = bench_sparse(base / "sparse", env, sparse_gib) if sparse_gib and not args.download_only else None
     finally:
         _stop(proc)
         shutil.rmtree(base, ignore_errors=True)
 
-    ours, minio = publishing["ours"], publishing["minio"]
     mib_s = lambda size, s: size / MiB / s
-    s3_over_minio = minio["seconds"] / ours["seconds"]
+    figures: dict = {}
+    if publishing is not None:
+        ours, minio = publishing["ours"], publishing["minio"]
+        s3_over_minio = minio["seconds"] / ours["seconds"]
+        print(f"\npublishing {FILES} files, {ours['bytes'] / MiB:.0f} MiB, to SeaweedFS S3 (best of {repeat})")
+        print(f"  {'':34} {'seconds':>8} {'MiB/s':>8} {'peak RSS MiB':>13}")
+        print(f"  {'pod_publish (part ' + str(ours['part_size'] // MiB) + ' MiB, 2 at once)':34} "
+              f"{ours['seconds']:8.2f} {mib_s(ours['bytes'], ours['seconds']):8.1f} {publishing['peak_rss_mib']:13.1f}")
+        print(f"  {'minio fput_object (defaults)':34} {minio['seconds']:8.2f} "
+              f"{mib_s(minio['bytes'], minio['seconds']):8.1f} {publishing['minio_rss_mib']:13.1f}")
+        print(f"  pod_publish / fput_object throughput: {s3_over_minio:.2f}x (target >= 0.9x, RSS <= 128 MiB)")
+        figures.update({
+            "s3_over_minio": round(s3_over_minio, 3),
+            "peak_rss_mib": round(publishing["peak_rss_mib"], 1),
+            "publish_mib_s": round(mib_s(ours["bytes"], ours["seconds"]), 1),
+            "fput_mib_s": round(mib_s(minio["bytes"], minio["seconds"]), 1),
+            "minio_rss_mib": round(publishing["minio_rss_mib"], 1),
+        })
     over_direct = download["direct_s"] / download["provider_s"]
-    print(f"\npublishing {FILES} files, {ours['bytes'] / MiB:.0f} MiB, to SeaweedFS S3 (best of {repeat})")
-    print(f"  {'':34} {'seconds':>8} {'MiB/s':>8} {'peak RSS MiB':>13}")
-    print(f"  {'pod_publish (part ' + str(ours['part_size'] // MiB) + ' MiB, 2 at once)':34} "
-          f"{ours['seconds']:8.2f} {mib_s(ours['bytes'], ours['seconds']):8.1f} {publishing['peak_rss_mib']:13.1f}")
-    print(f"  {'minio fput_object (defaults)':34} {minio['seconds']:8.2f} "
-          f"{mib_s(minio['bytes'], minio['seconds']):8.1f} {publishing['minio_rss_mib']:13.1f}")
-    print(f"  pod_publish / fput_object throughput: {s3_over_minio:.2f}x (target >= 0.9x, RSS <= 128 MiB)")
     print(f"\nGetComputeResult of a {download['bytes'] / MiB:.0f} MiB result (best of {repeat})")
-    print(f"  {'through the provider (gRPC stream)':34} {download['provider_s']:8.2f} "
+    print(f"  {'through the provider (c2d client)':34} {download['provider_s']:8.2f} "
           f"{mib_s(download['bytes'], download['provider_s']):8.1f}")
     print(f"  {'straight from S3 (minio get_object)':34} {download['direct_s']:8.2f} "
           f"{mib_s(download['bytes'], download['direct_s']):8.1f}")
-    print(f"  {'bare gRPC stream from memory':34} {'':8} {ceiling_mib_s:8.1f}   (Python gRPC's ceiling here)")
+    print(f"  {'bare gRPC stream from memory':34} {'':8} {ceiling_mib_s:8.1f}   (grpc.aio stub, default options)")
     print(f"  provider / direct throughput: {over_direct:.2f}x (target >= 0.8x)")
-    figures = {
-        "s3_over_minio": round(s3_over_minio, 3),
-        "peak_rss_mib": round(publishing["peak_rss_mib"], 1),
+    figures.update({
         "result_download_over_direct": round(over_direct, 3),
-        "publish_mib_s": round(mib_s(ours["bytes"], ours["seconds"]), 1),
-        "fput_mib_s": round(mib_s(minio["bytes"], minio["seconds"]), 1),
-        "minio_rss_mib": round(publishing["minio_rss_mib"], 1),
         "download_mib_s": round(mib_s(download["bytes"], download["provider_s"]), 1),
         "direct_mib_s": round(mib_s(download["bytes"], download["direct_s"]), 1),
         "grpc_ceiling_mib_s": round(ceiling_mib_s, 1),
         "total_mib": total // MiB,
-    }
+    })
     if sparse is not None:
         parts = -(-sparse["bytes"] // sparse["part_size"])
         print(f"\na {sparse_gib} GiB sparse file through pod_publish's S3 multipart ({parts} parts of "

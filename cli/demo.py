@@ -22,7 +22,7 @@ import grpc
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2
-from cli.client import Client, load_or_create_key
+from cli.client import Client, connect, load_or_create_key
 from plumbing import settings
 from plumbing.statuses import TEXT, Status
 from services.provider.domain import ddos
@@ -84,7 +84,7 @@ async def run_demo(provider_address: str, out_dir: Path, say=print) -> dict[str,
     http_server, base = serve_files({"/weather.csv": CSV.encode(), "/mean.py": ALGORITHM.encode()})
     data = settings.data_dir()
     try:
-        async with grpc.aio.insecure_channel(provider_address) as channel:
+        async with connect(provider_address) as channel:
             publisher = Client(channel, load_or_create_key(data / "demo-publisher.key"))
             consumer = Client(channel, load_or_create_key(data / "consumer.key"))
             salt = str(time.time_ns())

@@ -14,12 +14,15 @@ from collections.abc import AsyncIterator, Iterator
 
 from plumbing import storage
 
-# gRPC message payload: big enough that per-message costs vanish, well under
-# the 4 MiB a consumer with default channel options accepts.
-RESULT_CHUNK = 2 << 20
+# gRPC message payload: as big as a consumer with default channel options
+# accepts (4 MiB per message), less room for the file's entry (its path and
+# location are under PATH_MAX). Each chunk costs both ends a fixed ~0.1 ms (thread
+# hand-over, wake-ups, one gRPC message): from 2 MiB to this the provider
+# went from 0.60 to 0.51 CPU-s per GiB sent, the consumer from 0.45 to 0.39.
+RESULT_CHUNK = (4 << 20) - (64 << 10)
 # Chunks read ahead of the one being sent: a download holds about
-# (READ_AHEAD + 1) * RESULT_CHUNK bytes.
-READ_AHEAD = 3
+# (READ_AHEAD + 1) * RESULT_CHUNK bytes (12 MiB); 3 was no faster than 2.
+READ_AHEAD = 2
 
 
 async def stream_chunks(store: storage.ObjectStore, location: str, offset: int) -> AsyncIterator[tuple[bytes, int]]:
