@@ -8,7 +8,7 @@ import os
 import sys
 
 from plumbing import settings
-from plumbing.server import configure_logging
+from plumbing.server import configure_logging, freeze_startup_heap
 
 
 def _up() -> int:
@@ -18,6 +18,7 @@ def _up() -> int:
         import signal
 
         stack = await start_stack(*from_environment())
+        freeze_startup_heap()
         print(
             f"c2d is up (data in {settings.data_dir()}):\n"
             f"  provider          127.0.0.1:{stack.provider.port}\n"

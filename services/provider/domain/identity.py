@@ -143,7 +143,14 @@ def _recover_personal_sign(text: str, raw: bytes) -> str:
     if not (0 < r < _SECP256K1_N and 0 < s < _SECP256K1_N):
         raise ValueError("r and s must be in 1 .. the curve order - 1")
     public = _Secp256k1PublicKey.from_signature_and_message(raw[:64] + bytes([v]), digest, hasher=None)
-    return "0x" + keccak(public.format(compressed=False)[1:])[-20:].hex()
+    return _address_of(public.format(compressed=False))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _address_of(public_key: bytes) -> str:
+    """The lowercase address of an uncompressed public key: a keccak per
+    signed request otherwise, and the same few keys sign again and again."""
+    return "0x" + keccak(public_key[1:])[-20:].hex()
 
 
 def verify_request(
