@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Awaitable, Sequence
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from plumbing import errors
 from plumbing.database import Database, GroupCommit
 from plumbing.statuses import FAILURES, EndReason, Status, check_transition, is_terminal
-from services.operator_engine.backends.base import Backend, Capacity, JobSpec
+from services.operator_engine.backends.base import Backend, Capacity, JobSpec, StageExit
 from services.operator_engine.domain.changes import StateChange, now
 from services.operator_engine.domain.event_log import EventLog
 from services.operator_engine.persistence.models import EngineJob
@@ -73,6 +73,8 @@ class Run:
     results: dict[str, Any] | None = None
     results_did: str = ""
     outcome: dict[str, Any] | None = None  # how the algorithm ended, once it has
+    # Set when the current stage's pod reported how its stage ended (see _pod_stage).
+    reported: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Orchestrator:
@@ -99,6 +101,7 @@ class Orchestrator:
         self._queue: collections.deque[str] = collections.deque()
         self._running: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
+        self._ending_pods: set[asyncio.Future[StageExit]] = set()  # pods that reported, still exiting
         self._inserts: GroupCommit[tuple[dict[str, Any], bytes], bool] = GroupCommit(db, _insert_jobs)
 
     # -- lifecycle ---------------------------------------------------------
@@ -111,7 +114,7 @@ class Orchestrator:
         if self._housekeeping:
             self._housekeeping.cancel()
         await self._inserts.close()
-        tasks = [run.task for run in self._runs.values() if run.task]
+        tasks = [run.task for run in self._runs.values() if run.task] + list(self._ending_pods)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -251,6 +254,8 @@ class Orchestrator:
             await self._end(run, status, EndReason.FAILED, code or "stage_failed", message)
         else:
             await self._emit(run, status)
+        if status == Status.PROVISIONING_SUCCESS or status in FAILURES:
+            run.reported.set()  # how the stage ended: the pod has nothing left to do
 
     def record_results(self, run: Run, results: dict[str, Any], results_did: str) -> None:
         if run.stage != "publish":
@@ -259,6 +264,7 @@ class Orchestrator:
                 "report_out_of_stage",
             )
         run.results, run.results_did = results, results_did
+        run.reported.set()
 
     def workflow_of(self, run: Run) -> bytes:
         return run.workflow
@@ -326,9 +332,11 @@ class Orchestrator:
     async def _configure(self, run: Run) -> bool:
         job = run.spec
         await asyncio.to_thread(_fresh_workspace, job)  # file system calls stay off the event loop
-        exit_ = await self.backend.configure(job, self.configure_timeout_s)
+        exit_ = await self._pod_stage(run, self.backend.configure(job, self.configure_timeout_s))
         if is_terminal(run.status):
             return False
+        if exit_ is None:
+            return True  # it reported success
         if exit_.timed_out:
             await self._end(
                 run, Status.DATA_PROVISIONING_FAILED, EndReason.TIMED_OUT, "configure_timed_out",
@@ -375,10 +383,12 @@ class Orchestrator:
         return False
 
     async def _publish(self, run: Run) -> None:
-        exit_ = await self.backend.publish(run.spec, self.publish_timeout_s)
+        exit_ = await self._pod_stage(run, self.backend.publish(run.spec, self.publish_timeout_s))
         if is_terminal(run.status):
             return
-        if exit_.timed_out:
+        if exit_ is None:
+            await self._end(run, Status.FINISHED, EndReason.COMPLETED, results=run.results, results_did=run.results_did)
+        elif exit_.timed_out:
             await self._end(
                 run, Status.RESULTS_UPLOAD_FAILED, EndReason.TIMED_OUT, "publish_timed_out",
                 f"publishing took longer than {self.publish_timeout_s:g} s",
@@ -390,6 +400,29 @@ class Orchestrator:
             )
         else:
             await self._end(run, Status.FINISHED, EndReason.COMPLETED, results=run.results, results_did=run.results_did)
+
+    async def _pod_stage(self, run: Run, stage: Awaitable[StageExit]) -> StageExit | None:
+        """Runs a pod stage until its pod exits or reports how the stage ended,
+        whichever comes first; None when the report came first. The pod then
+        has nothing left to do but end, and its exit (interpreter teardown,
+        reaping: several ms) is awaited in the background, still under the
+        stage's timeout, while the job moves on."""
+        run.reported.clear()
+        pod = asyncio.ensure_future(stage)
+        reported = asyncio.ensure_future(run.reported.wait())
+        try:
+            await asyncio.wait({pod, reported}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pod.cancel()  # a stop: the backend kills the pod before the stop settles
+            await asyncio.gather(pod, return_exceptions=True)
+            raise
+        finally:
+            reported.cancel()
+        if pod.done():
+            return pod.result()
+        self._ending_pods.add(pod)
+        pod.add_done_callback(self._ending_pods.discard)
+        return None
 
     # -- state changes -------------------------------------------------------------
 
