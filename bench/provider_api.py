@@ -9,7 +9,8 @@ clients, each its own Ethereum key:
 
 1. StartCompute: each client starts its jobs one after another (a raw
    algorithm on a dataset that allows it, one order per job): jobs/s, p50/p99;
-2. GetJobDetails: each client reads one of its jobs repeatedly: RPS, p50/p99;
+2. GetJobDetails: each client reads one of its jobs repeatedly (300 times: a
+   phase of several seconds, long enough for a stable rate): RPS, p50/p99;
 3. the baseline, in the same run and topology: a bare grpc.aio echo server
    (in its own process unless --in-process) answering the same number of
    calls with a GetJobDetails-sized payload.
@@ -276,7 +277,7 @@ def main() -> None:
     if args.echo_server:
         asyncio.run(serve_echo())
         return
-    jobs_per_client, reads_per_client = (2, 10) if args.quick else (8, 100)
+    jobs_per_client, reads_per_client = (2, 10) if args.quick else (8, 300)
     os.environ["C2D_DATA_DIR"] = tempfile.mkdtemp(prefix="c2d-bench-")
 
     def say(text: str) -> None:
