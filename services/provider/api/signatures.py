@@ -25,6 +25,12 @@ from services.provider.domain import identity
 from services.provider.persistence import store
 
 
+# How long a batch of signed requests waits for company before its trip to the
+# database thread. Under load (64 clients) 1 ms gave GetJobDetails 10% more
+# RPS than taking only what one event-loop turn had read; 2 and 4 ms no more.
+BATCH_WINDOW_S = 0.001
+
+
 @dataclass(slots=True)
 class _Pending:
     address: str
@@ -61,8 +67,9 @@ class RequestVerifier:
 
     async def _drain(self) -> None:
         while self._pending:
-            # One more loop turn first: requests read in the same poll join this batch (3-5% more RPS).
-            await asyncio.sleep(0)
+            # Requests arriving within BATCH_WINDOW_S join this batch: fewer, larger
+            # trips to the database thread, each a GIL hand-off both ways.
+            await asyncio.sleep(BATCH_WINDOW_S)
             batch, self._pending = self._pending, []
             try:
                 outcomes = await self._db.run(functools.partial(_settle, batch=batch))
