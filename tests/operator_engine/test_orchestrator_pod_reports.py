@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
-from plumbing.database import Database, sqlite_url
 from plumbing.statuses import Status
 from services.operator_engine.backends.base import StageExit
 from services.operator_engine.backends.noop import NoopBackend
-from services.operator_engine.domain.event_log import EventLog
-from services.operator_engine.domain.orchestrator import Orchestrator
-from services.operator_engine.persistence.models import Base
-from tests.operator_engine.test_orchestrator_submit import ENVIRONMENT, spec
+from tests.operator_engine.orchestrator_harness import orchestrator_on, spec
 
 
 class LingeringPods(NoopBackend):
@@ -46,23 +42,7 @@ class LingeringPods(NoopBackend):
 
 
 async def test_a_job_moves_on_when_its_pods_report_and_ending_pods_stop_with_the_engine(tmp_path):
-    db = Database(sqlite_url(tmp_path / "engine.db"), Base.metadata)
-    db.create_schema()
-    events = EventLog(db)
-    await events.start()
-    orchestrator: Orchestrator
-
-    async def configured(job_id: str) -> None:
-        await orchestrator.report_progress(orchestrator._runs[job_id], Status.PROVISIONING_SUCCESS, "", "")
-
-    async def published(job_id: str) -> None:
-        orchestrator.record_results(orchestrator._runs[job_id], {"storage": "none"}, "")
-
-    backend = LingeringPods(configured, published)
-    orchestrator = Orchestrator(db, events, backend, ENVIRONMENT, tmp_path / "ws",
-                                configure_timeout_s=10, publish_timeout_s=10, queue_timeout_s=60)
-    await orchestrator.start()
-    try:
+    async with orchestrator_on(tmp_path, LingeringPods) as (orchestrator, _, backend):
         assert await orchestrator.submit(spec("quick"), b"workflow")
         for _ in range(500):
             if await orchestrator.status_of("quick") == Status.FINISHED:
@@ -71,8 +51,4 @@ async def test_a_job_moves_on_when_its_pods_report_and_ending_pods_stop_with_the
         assert await orchestrator.status_of("quick") == Status.FINISHED
         # Finished with both pods still ending: nothing waited for their exits.
         assert backend.still_ending == {"configure", "publish"}
-    finally:
-        await orchestrator.close()
-        await events.close()
-        db.close()
     assert sorted(backend.cancelled) == ["configure", "publish"]

@@ -1,0 +1,56 @@
+"""An Orchestrator on a SQLite store with the no-op backend (or a variant of
+it), for tests of the orchestrator itself, with no server around it."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+from plumbing.database import Database, sqlite_url
+from plumbing.statuses import Status
+from services.operator_engine.backends.noop import NoopBackend
+from services.operator_engine.domain.event_log import EventLog
+from services.operator_engine.domain.orchestrator import EnvironmentSpec, Orchestrator
+from services.operator_engine.persistence.models import Base
+
+ENVIRONMENT = EnvironmentSpec(
+    id="local-cpu", description="", cpu_cores=1, memory_bytes=1 << 30, disk_bytes=1 << 30, max_jobs=4,
+    max_job_duration_s=60, storage_expiry_s=60, price_per_minute="0", log_max_bytes=1 << 20,
+)
+
+
+def spec(job_id: str) -> dict[str, object]:
+    return {
+        "job_id": job_id, "environment_id": "local-cpu", "entrypoint": "python3 $ALGO", "image": "python",
+        "allow_network": False, "algorithm_timeout_s": 0.0, "dataset_dids": ["did:op:x"], "algorithm_did": "",
+    }
+
+
+@contextlib.asynccontextmanager
+async def orchestrator_on(
+    tmp_path: Path, backend: Callable[..., NoopBackend] = NoopBackend
+) -> AsyncIterator[tuple[Orchestrator, Database, NoopBackend]]:
+    """The backend's stage callbacks report for the pods, as the no-op backend's do."""
+    db = Database(sqlite_url(tmp_path / "engine.db"), Base.metadata)
+    db.create_schema()
+    events = EventLog(db)
+    await events.start()
+    orchestrator: Orchestrator
+
+    async def configured(job_id: str) -> None:
+        await orchestrator.report_progress(orchestrator._runs[job_id], Status.PROVISIONING_SUCCESS, "", "")
+
+    async def published(job_id: str) -> None:
+        orchestrator.record_results(orchestrator._runs[job_id], {"storage": "none"}, "")
+
+    pods = backend(configured, published)
+    orchestrator = Orchestrator(db, events, pods, ENVIRONMENT, tmp_path / "ws",
+                                configure_timeout_s=10, publish_timeout_s=10, queue_timeout_s=60)
+    await orchestrator.start()
+    try:
+        yield orchestrator, db, pods
+    finally:
+        await orchestrator.close()
+        await events.close()
+        db.close()
