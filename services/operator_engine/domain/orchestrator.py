@@ -421,7 +421,13 @@ class Orchestrator:
         if pod.done():
             return pod.result()
         self._ending_pods.add(pod)
-        pod.add_done_callback(self._ending_pods.discard)
+
+        def ended(pod: asyncio.Future[StageExit]) -> None:
+            self._ending_pods.discard(pod)
+            if not pod.cancelled() and pod.exception() is not None:
+                log.warning("job %s: a pod failed after reporting: %s", run.spec.job_id, pod.exception())
+
+        pod.add_done_callback(ended)
         return None
 
     # -- state changes -------------------------------------------------------------
