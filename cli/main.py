@@ -52,11 +52,17 @@ def _config() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="c2d", description="compute-to-data")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="run provider, operator-service and operator-engine on localhost")
+    up = commands.add_parser("up", help="run provider, operator-service and operator-engine on localhost")
+    up.add_argument("--processes", action="store_true",
+                    help="one process per server (each its own interpreter: more throughput on several cores)")
     commands.add_parser("demo", help="publish, order, run and download one job (starts the stack if needed)")
     commands.add_parser("config", help="list every setting with its default")
     args = parser.parse_args()
     configure_logging(os.environ.get("C2D_LOG_LEVEL", "WARNING"))
+    if args.command == "up" and args.processes:
+        from cli.stack import from_environment, run_processes
+
+        sys.exit(asyncio.run(run_processes(*from_environment())))
     if args.command == "up":
         sys.exit(_up())
     if args.command == "demo":

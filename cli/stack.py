@@ -1,15 +1,20 @@
-"""Runs the three servers in one process: the embedded default of `c2d up`,
-the demo and the end-to-end tests."""
+"""Runs the three servers: in one process (the embedded default of `c2d up`,
+the demo and the end-to-end tests) or one process each (`c2d up --processes`)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import shutil
+import signal
 import sys
 from dataclasses import dataclass
 
-from plumbing import settings
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from plumbing import auth, settings
 from plumbing.server import RunningServer
 from services.operator_engine import server as engine_server
 from services.operator_engine.settings import EngineSettings
@@ -69,3 +74,99 @@ async def start_stack(provider: ProviderSettings, operator: OperatorSettings, en
     )
     provider_running = await provider_server.start(provider)
     return Stack(engine_running, operator_running, provider_running)
+
+
+# -- one process per server (`c2d up --processes`) ---------------------------------------
+
+SERVER_MODULES = (("operator-engine", "services.operator_engine"), ("operator-service", "services.operator_service"),
+                  ("provider", "services.provider"))
+
+
+def process_environments(
+    provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings
+) -> dict[str, dict[str, str]]:
+    """Each server's environment: this one's, with the operator-service pointed
+    at the engine and the provider at the operator-service (fixed ports: a
+    server in another process cannot tell us the port 0 made it take)."""
+    for name, address in (("provider", provider.address), ("operator-service", operator.address),
+                          ("operator-engine", engine.address)):
+        if address.rsplit(":", 1)[-1] in ("", "0"):
+            raise ValueError(f"the {name}'s address {address!r} has no fixed port: one process per server needs one")
+    base = {**os.environ, "C2D_DATA_DIR": str(settings.data_dir())}
+    return {
+        "operator-engine": base,
+        "operator-service": {**base, "C2D_OPERATOR_ENGINES": f"{engine.engine_id}={_reachable(engine.address)}"},
+        "provider": {**base, "C2D_PROVIDER_OPERATOR_ADDRESS": _reachable(operator.address)},
+    }
+
+
+def _reachable(address: str) -> str:
+    host, port = address.rsplit(":", 1)
+    return f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
+
+
+async def run_processes(
+    provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings, say=print  # type: ignore[no-untyped-def]
+) -> int:
+    """Runs each server as its own process (its own interpreter and GIL) until
+    SIGINT or SIGTERM, or until one of them exits, which stops the others."""
+    warning = sandbox_warning(engine)
+    if warning:
+        print(f"\n!!! {warning}\n", file=sys.stderr)
+    os.makedirs(settings.data_dir(), exist_ok=True)
+    environments = process_environments(provider, operator, engine)
+    addresses = {"operator-engine": engine.address, "operator-service": operator.address, "provider": provider.address}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started: list[tuple[str, asyncio.subprocess.Process]] = []
+    try:
+        for name, module in SERVER_MODULES:  # in the order each needs the one before
+            process = await asyncio.create_subprocess_exec(sys.executable, "-m", module, env=environments[name])
+            started.append((name, process))
+            if not await _serving(_reachable(addresses[name]), process, internal=name != "provider"):
+                say(f"c2d: the {name} did not start (exit code {process.returncode}); see its log above")
+                return 1
+        say(f"c2d is up, one process per server (data in {settings.data_dir()}):\n"
+            + "".join(f"  {name:<17} {addresses[name]}  (pid {process.pid})\n" for name, process in started)
+            + "Ctrl-C stops them.")
+        exits = [asyncio.ensure_future(process.wait()) for _, process in started]
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([*exits, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        gone = [name for name, process in started if process.returncode is not None]
+        if gone:
+            say(f"c2d: the {', '.join(gone)} exited; stopping the others")
+            return 1
+        return 0
+    finally:
+        for _, process in reversed(started):  # the provider first, the engine last
+            if process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), 30)
+                except asyncio.TimeoutError:
+                    process.kill()
+                    await process.wait()
+
+
+async def _serving(address: str, process: asyncio.subprocess.Process, internal: bool, timeout_s: float = 60.0) -> bool:
+    """Waits until the server at `address` answers its health check SERVING, or its process ends.
+    The internal servers' ports take mutual TLS when it is configured."""
+    deadline = loop_time() + timeout_s
+    async with auth.internal_channel(address) if internal else grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while process.returncode is None and loop_time() < deadline:
+            try:
+                answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    return False
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()

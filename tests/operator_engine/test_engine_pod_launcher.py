@@ -10,6 +10,7 @@ import signal
 
 from services.operator_engine.backends.pod_launcher import ForkServerLauncher, SubprocessLauncher
 from tests.operator_engine.engine_harness import WAIT_S, StallingServer, wait_until
+from tests.support.servers import alive
 
 
 def pod_env(agent: str, tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -56,14 +57,6 @@ async def test_kill_and_helper_death(tmp_path):
             assert launcher._helper is not None and launcher._helper.pid != helper.pid
         finally:
             await launcher.close()
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, only unreaped
-    except FileNotFoundError:
-        return False
 
 
 def children_of(pid: int) -> set[int]:

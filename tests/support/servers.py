@@ -266,3 +266,12 @@ def ipfs_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboRPC]:
 def ipfs_rpc(ipfs_node: KuboRPC) -> str:
     """Base URL of a Kubo-RPC-compatible API on 127.0.0.1, e.g. http://127.0.0.1:40123."""
     return ipfs_node.url
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie is dead, only not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
