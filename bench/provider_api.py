@@ -1,9 +1,10 @@
-"""Provider API benchmark: `.venv/bin/python bench/provider_api.py [--quick] [--postgres] [--in-process]`.
+"""Provider API benchmark: `.venv/bin/python bench/provider_api.py [--quick] [--postgres] [--in-process|--processes]`.
 
 On the stack of `c2d up` (provider, operator-service, engine with the no-op
 backend, so jobs spawn no process) in its own process, as deployed: the
 load generator does not share the servers' interpreter (with --in-process,
-everything in this one process and one event loop, as before). SQLite by
+everything in this one process and one event loop, as before; with
+--processes, one process per server, as `c2d up --processes`). SQLite by
 default or a fresh PostgreSQL database with --postgres, 64 concurrent
 clients, each its own Ethereum key:
 
@@ -52,6 +53,7 @@ from services.operator_engine.settings import EngineSettings
 from services.operator_service.settings import OperatorSettings
 from services.provider.settings import ProviderSettings
 from tests.provider.market import wait_for_environment
+from tests.support.servers import free_ports
 from tests.support.stacks import fresh_postgres_database, settings_for
 
 CLIENTS = 64
@@ -150,8 +152,9 @@ def stack_environment(provider: ProviderSettings, operator: OperatorSettings, en
 
 @contextlib.asynccontextmanager
 async def stack_at(provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings,
-                   in_process: bool) -> AsyncIterator[str]:
-    """The provider's address, the stack running in this process or in a `c2d up` process."""
+                   in_process: bool, per_server: bool) -> AsyncIterator[str]:
+    """The provider's address, the stack running in this process, in a `c2d up`
+    process, or one process per server (`c2d up --processes`)."""
     if in_process:
         stack = await start_stack(provider, operator, engine)
         try:
@@ -159,13 +162,19 @@ async def stack_at(provider: ProviderSettings, operator: OperatorSettings, engin
         finally:
             await stack.stop()
         return
+    if per_server:  # `c2d up --processes` wires its servers by fixed ports
+        ports = free_ports(3)
+        provider = dataclasses.replace(provider, address=f"127.0.0.1:{ports[0]}")
+        operator = dataclasses.replace(operator, address=f"127.0.0.1:{ports[1]}")
+        engine = dataclasses.replace(engine, address=f"127.0.0.1:{ports[2]}")
     env = stack_environment(provider, operator, engine)
-    with server_process([sys.executable, "-m", "cli.main", "up"], env) as process:
+    command = [sys.executable, "-m", "cli.main", "up", *(["--processes"] if per_server else [])]
+    with server_process(command, env) as process:
         assert process.stdout is not None
         while not (line := process.stdout.readline()).strip().startswith("provider"):
             if not line:
                 raise RuntimeError("c2d up exited before it was up")
-        yield line.split()[-1]
+        yield line.split()[1]
 
 
 def figures(seconds: float, latencies: list[float]) -> dict[str, float]:
@@ -176,11 +185,11 @@ def figures(seconds: float, latencies: list[float]) -> dict[str, float]:
     }
 
 
-async def bench(database_url: str, jobs_per_client: int, reads_per_client: int, in_process: bool,
+async def bench(database_url: str, jobs_per_client: int, reads_per_client: int, in_process: bool, per_server: bool,
                 say: Callable[[str], None]) -> dict[str, Any]:
     provider, operator, engine = settings_for(database_url, backend="noop")
     engine = dataclasses.replace(engine, max_jobs=CLIENTS)
-    async with stack_at(provider, operator, engine, in_process) as provider_address:
+    async with stack_at(provider, operator, engine, in_process, per_server) as provider_address:
         async with grpc.aio.insecure_channel(provider_address) as channel:
             publisher = Client(channel, "0x" + "51" * 32)
             environment = await wait_for_environment(publisher)
@@ -272,6 +281,8 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="a fresh PostgreSQL database instead of SQLite")
     parser.add_argument("--in-process", action="store_true",
                         help="the servers in this process, with the load generator (the old topology)")
+    parser.add_argument("--processes", action="store_true",
+                        help="the stack as `c2d up --processes`: one process per server")
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)  # the baseline's own process
     args = parser.parse_args()
     if args.echo_server:
@@ -284,10 +295,10 @@ def main() -> None:
         print(text, file=sys.stderr, flush=True)
 
     with (fresh_database() if args.postgres else contextlib.nullcontext("")) as url:
-        result = asyncio.run(bench(url, jobs_per_client, reads_per_client, args.in_process, say))
+        result = asyncio.run(bench(url, jobs_per_client, reads_per_client, args.in_process, args.processes, say))
 
     database = "postgresql" if args.postgres else "sqlite"
-    topology = "in-process" if args.in_process else "processes"
+    topology = "in-process" if args.in_process else "process per server" if args.processes else "processes"
     start, getjob, echo = result["start"], result["getjob"], result["echo"]
     print(f"provider API, {CLIENTS} concurrent clients, {database}, noop engine backend, servers: {topology}")
     print(f"{'call':<16}{'calls':>8}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}")
