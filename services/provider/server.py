@@ -12,6 +12,7 @@ from c2d.provider.v1 import asset_pb2, asset_pb2_grpc, ledger_pb2, ledger_pb2_gr
 from plumbing import auth, settings
 from plumbing.database import Database, sqlite_url
 from plumbing.server import Registration, RunningServer, configure_logging, serve_until_signalled, start_server
+from services.provider.api import signatures
 from services.provider.api.compute import ComputeServicer
 from services.provider.api.ledger import LedgerServicer
 from services.provider.api.results_assets import ResultsAssetServicer
@@ -48,6 +49,8 @@ async def start(config: ProviderSettings) -> RunningServer:
     data = settings.data_dir()
     db = Database(config.database_url or sqlite_url(data / "provider.db"), Base.metadata)
     db.create_schema()
+    if config.signature_worker:
+        signatures.verify_in_worker(db)
     keys, fee_address = load_keys(Path(config.keys_file) if config.keys_file else data / "provider-keys.json")
     compute = ComputeServicer(db, keys, fee_address, config.operator_address, auth.service_token())
     # AssetService plus the results-as-asset RPCs (api/results_assets.py)
@@ -71,6 +74,7 @@ async def start(config: ProviderSettings) -> RunningServer:
 
     async def shutdown() -> None:
         await compute.close()
+        await signatures.close_verifier(db)
         db.close()
 
     running.on_stop.append(shutdown)

@@ -14,3 +14,6 @@ class ProviderSettings:
     operator_address: str = setting("127.0.0.1:50052", "the operator-service")
     keys_file: str = setting("", "the provider's key file (default: <data dir>/provider-keys.json, created if missing)")
     order_timeout_s: int = setting(0, "overrides every service's order validity in seconds (0 = the DDO's timeout)")
+    signature_worker: bool = setting(
+        True, "check signatures and spend nonces in a worker process (false: in a thread of the provider's)"
+    )

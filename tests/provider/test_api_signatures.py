@@ -1,6 +1,7 @@
-"""Signed requests checked in batches: each request keeps its own verdict, a
-batch's nonces are spent in one transaction, and a spent nonce stays spent
-across a restart."""
+"""Signed requests checked in batches, in a database thread or in the worker
+process: each request keeps its own verdict, a batch's nonces are spent in one
+transaction, a spent nonce stays spent across a restart, and a worker that
+dies is replaced."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from c2d.provider.v1 import auth_pb2, provider_pb2
 from eth_account import Account
 
 from plumbing.database import Database
+from services.provider.api import signatures
 from services.provider.api.signatures import authenticate, signed_fields
 from services.provider.domain import errors as codes
 from services.provider.domain import identity
@@ -28,10 +30,22 @@ def database_url(request, tmp_path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
-def open_database(url: str) -> Database:
+@pytest.fixture(params=["thread", "worker"])
+def where(request) -> str:
+    return request.param
+
+
+def open_database(url: str, where: str = "thread") -> Database:
     database = Database(url, Base.metadata)
     database.create_schema()
+    if where == "worker":
+        signatures.verify_in_worker(database)
     return database
+
+
+async def close(db: Database) -> None:
+    await signatures.close_verifier(db)
+    db.close()
 
 
 def signed(key: str, nonce: int, job_id: str = "job-1") -> provider_pb2.GetJobDetailsRequest:
@@ -72,11 +86,11 @@ async def test_concurrent_requests_share_one_transaction_and_a_replay_among_them
         # And once committed, the same request is refused on its own.
         assert await outcomes(db, [requests[0]]) == [codes.NONCE_INVALID]
     finally:
-        db.close()
+        await close(db)
 
 
-async def test_a_bad_signature_in_a_batch_is_refused_alone_and_spends_no_nonce(database_url):
-    db = open_database(database_url)
+async def test_a_bad_signature_in_a_batch_is_refused_alone_and_spends_no_nonce(database_url, where):
+    db = open_database(database_url, where)
     try:
         good = signed(KEYS[0], 7)
         tampered = signed(KEYS[1], 7)
@@ -85,18 +99,44 @@ async def test_a_bad_signature_in_a_batch_is_refused_alone_and_spends_no_nonce(d
         # The tampered request's nonce is still free for its real owner.
         assert await outcomes(db, [signed(KEYS[1], 7)]) == [None]
     finally:
-        db.close()
+        await close(db)
 
 
-async def test_a_spent_nonce_is_refused_after_a_restart(database_url):
+async def test_a_spent_nonce_is_refused_after_a_restart(database_url, where):
     request = signed(KEYS[0], 42)
-    before = open_database(database_url)
+    before = open_database(database_url, where)
     try:
         assert await outcomes(before, [request]) == [None]
     finally:
-        before.close()
-    after = open_database(database_url)  # a new provider process on the same database
+        await close(before)
+    after = open_database(database_url, where)  # a new provider process on the same database
     try:
         assert await outcomes(after, [request]) == [codes.NONCE_INVALID]
     finally:
-        after.close()
+        await close(after)
+
+
+async def test_a_replay_racing_its_original_is_refused_in_the_worker_too(database_url):
+    db = open_database(database_url, "worker")
+    try:
+        request = signed(KEYS[2], 5)
+        assert sorted(await outcomes(db, [request] * 6), key=str) == [None] + [codes.NONCE_INVALID] * 5
+    finally:
+        await close(db)
+
+
+async def test_a_worker_that_dies_is_replaced(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path}/provider.db", "worker")
+    try:
+        assert await outcomes(db, [signed(KEYS[0], 1)]) == [None]
+        worker = signatures._verifier_for(db)._worker
+        assert worker is not None
+        for process in list(worker._processes.values()):  # the worker process itself
+            process.kill()
+            process.join()
+        # The batch that finds it dead fails; the next runs in a new worker.
+        answers = await asyncio.gather(authenticate(db, "GetJobDetails", signed(KEYS[0], 2)), return_exceptions=True)
+        assert isinstance(answers[0], Exception)
+        assert await outcomes(db, [signed(KEYS[0], 3)]) == [None]
+    finally:
+        await close(db)
