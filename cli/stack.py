@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from plumbing import auth, settings
-from plumbing.server import RunningServer
+from plumbing.server import RunningServer, local_address
 from services.operator_engine import server as engine_server
 from services.operator_engine.settings import EngineSettings
 from services.operator_service import server as operator_server
@@ -60,18 +60,19 @@ def sandbox_warning(engine: EngineSettings) -> str | None:
     return None
 
 
-async def start_stack(provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings) -> Stack:
+def _prepare(engine: EngineSettings) -> None:
     warning = sandbox_warning(engine)
     if warning:
         print(f"\n!!! {warning}\n", file=sys.stderr)
     os.makedirs(settings.data_dir(), exist_ok=True)
+
+
+async def start_stack(provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings) -> Stack:
+    _prepare(engine)
     engine_running = await engine_server.start(engine)
-    host = engine.address.rsplit(":", 1)[0]
-    operator = dataclasses.replace(operator, engines=(f"{engine.engine_id}={host}:{engine_running.port}",))
-    operator_running = await operator_server.start(operator)
-    provider = dataclasses.replace(
-        provider, operator_address=f"{operator.address.rsplit(':', 1)[0]}:{operator_running.port}"
-    )
+    engines = (f"{engine.engine_id}={local_address(engine.address, engine_running.port)}",)
+    operator_running = await operator_server.start(dataclasses.replace(operator, engines=engines))
+    provider = dataclasses.replace(provider, operator_address=local_address(operator.address, operator_running.port))
     provider_running = await provider_server.start(provider)
     return Stack(engine_running, operator_running, provider_running)
 
@@ -95,14 +96,9 @@ def process_environments(
     base = {**os.environ, "C2D_DATA_DIR": str(settings.data_dir())}
     return {
         "operator-engine": base,
-        "operator-service": {**base, "C2D_OPERATOR_ENGINES": f"{engine.engine_id}={_reachable(engine.address)}"},
-        "provider": {**base, "C2D_PROVIDER_OPERATOR_ADDRESS": _reachable(operator.address)},
+        "operator-service": {**base, "C2D_OPERATOR_ENGINES": f"{engine.engine_id}={local_address(engine.address)}"},
+        "provider": {**base, "C2D_PROVIDER_OPERATOR_ADDRESS": local_address(operator.address)},
     }
-
-
-def _reachable(address: str) -> str:
-    host, port = address.rsplit(":", 1)
-    return f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port}"
 
 
 async def run_processes(
@@ -110,10 +106,7 @@ async def run_processes(
 ) -> int:
     """Runs each server as its own process (its own interpreter and GIL) until
     SIGINT or SIGTERM, or until one of them exits, which stops the others."""
-    warning = sandbox_warning(engine)
-    if warning:
-        print(f"\n!!! {warning}\n", file=sys.stderr)
-    os.makedirs(settings.data_dir(), exist_ok=True)
+    _prepare(engine)
     environments = process_environments(provider, operator, engine)
     addresses = {"operator-engine": engine.address, "operator-service": operator.address, "provider": provider.address}
     stop = asyncio.Event()
@@ -125,7 +118,7 @@ async def run_processes(
         for name, module in SERVER_MODULES:  # in the order each needs the one before
             process = await asyncio.create_subprocess_exec(sys.executable, "-m", module, env=environments[name])
             started.append((name, process))
-            if not await _serving(_reachable(addresses[name]), process, internal=name != "provider"):
+            if not await _serving(local_address(addresses[name]), process, internal=name != "provider"):
                 say(f"c2d: the {name} did not start (exit code {process.returncode}); see its log above")
                 return 1
         say(f"c2d is up, one process per server (data in {settings.data_dir()}):\n"

@@ -99,6 +99,14 @@ async def start_server(
     return RunningServer(server, port, health_servicer)
 
 
+def local_address(listen_address: str, port: int | None = None) -> str:
+    """Where a client on this host reaches a server listening on
+    `listen_address` (on every interface: at 127.0.0.1), on `port` if given
+    (the one port 0 became)."""
+    host, listen_port = listen_address.rsplit(":", 1)
+    return f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{port if port is not None else listen_port}"
+
+
 def freeze_startup_heap() -> None:
     """For a server process, once its servers are up: what is alive then
     (modules, descriptors, tables: ~140k objects in the provider) lives as long

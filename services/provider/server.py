@@ -11,7 +11,9 @@ from eth_account import Account
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc, ledger_pb2, ledger_pb2_grpc, provider_pb2, provider_pb2_grpc
 from plumbing import auth, settings
 from plumbing.database import Database, sqlite_url
-from plumbing.server import Registration, RunningServer, configure_logging, serve_until_signalled, start_server
+from plumbing.server import (
+    Registration, RunningServer, configure_logging, local_address, serve_until_signalled, start_server,
+)
 from services.provider.api import signatures
 from services.provider.api.compute import ComputeServicer
 from services.provider.api.ledger import LedgerServicer
@@ -68,8 +70,7 @@ async def start(config: ProviderSettings) -> RunningServer:
     )
 
     # Results as an asset: where pods on this host reach us (port 0 is known only now)
-    host = config.address.rsplit(":", 1)[0]
-    compute.reachable_address = f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{running.port}"
+    compute.reachable_address = local_address(config.address, running.port)
     assets.service_endpoint = f"grpc://{compute.reachable_address}"
 
     async def shutdown() -> None:
