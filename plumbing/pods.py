@@ -11,14 +11,13 @@ is not on the job's clock.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from plumbing import auth
+from plumbing import auth, server
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ async def run(name: str, program: Program, channel: Any = None) -> int:
 
 
 def configure_logging() -> None:
-    logging.basicConfig(level=os.environ.get("C2D_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(message)s")
+    server.configure_logging(os.environ.get("C2D_LOG_LEVEL", "INFO"))
 
 
 def main(name: str, program: Program) -> None:
