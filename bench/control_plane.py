@@ -30,7 +30,6 @@ import collections
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from services.operator_service.domain import watching  # noqa: E402
 from tests.operator_service.helpers import (  # noqa: E402
     ENVIRONMENT, Operator, OperatorProcess, control_plane, operator_settings, query, wait_available, workflow,
 )
+from tests.support.servers import free_ports  # noqa: E402
 from tests.support.stacks import fresh_postgres_database  # noqa: E402
 
 CHANGES_PER_JOB = 6  # the no-op backend's 10, 20, 30, 40, 60, 70
@@ -99,16 +99,10 @@ async def wait_count(database_url: str, sql: str, target: int, timeout: float = 
 # -- 1. throughput ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.asynccontextmanager
 async def engine_process(database_url: str, log_path: Path) -> AsyncIterator[int]:
     """The engine (no-op backend) as its own process; yields its port."""
-    port = free_port()
+    (port,) = free_ports(1)
     env = {
         **os.environ, "C2D_ENGINE_ADDRESS": f"127.0.0.1:{port}", "C2D_ENGINE_DATABASE_URL": database_url,
         "C2D_ENGINE_BACKEND": "noop", "C2D_ENGINE_MAX_JOBS": "1000", "C2D_ENGINE_HEARTBEAT_S": "0.2",
