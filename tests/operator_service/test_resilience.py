@@ -270,3 +270,23 @@ async def test_jobs_waiting_too_long_for_a_dead_engine_expire_in_queue(data_dir,
     assert ended.error_code == "expired_in_queue"
     assert "waited more than 2 s for its engine local to come back" in ended.error_message
     assert _histories(postgres_url)[waiting.job_id] == [1, 70]
+
+
+async def test_the_service_stops_promptly_while_following_its_engine(data_dir, tmp_path):
+    # Stopping cancels the state stream's read; before the service closed the
+    # stream's channel first, about one stop in five waited for ever on it.
+    url = f"sqlite:///{tmp_path}/stops.db"
+    engine = await engine_server.start(engine_settings(url))
+    try:
+        for _ in range(20):
+            operator = await operator_server.start(operator_settings(url, engine.port))
+            client = Operator(operator.port)
+            try:
+                await wait_available(client)
+                for _ in range(3):
+                    await client.create()  # and stop while their changes stream in
+            finally:
+                await client.close()
+            await asyncio.wait_for(operator.stop(1), 15)
+    finally:
+        await engine.stop(1)

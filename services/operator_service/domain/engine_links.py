@@ -74,8 +74,11 @@ class EngineLink:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Closing the channel ends the state stream's call: a read of it whose task
+        # was cancelled can otherwise wait for the engine's next message, for ever
+        # if the engine has stopped sending (seen in 1 of 5 test runs).
         await self._channel.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._sync_channel.close()
 
     def live_environment(self, environment_id: str) -> common_pb2.Environment | None:
