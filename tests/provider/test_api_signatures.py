@@ -6,6 +6,9 @@ dies is replaced."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 
 import pytest
 from c2d.provider.v1 import auth_pb2, provider_pb2
@@ -19,6 +22,7 @@ from services.provider.domain import identity
 from services.provider.domain.errors import Refusal
 from services.provider.persistence import store
 from services.provider.persistence.models import Base
+from tests.support.servers import alive
 
 KEYS = ["0x" + f"{i + 1:064x}" for i in range(8)]
 
@@ -140,3 +144,29 @@ async def test_a_worker_that_dies_is_replaced(tmp_path):
         assert await outcomes(db, [signed(KEYS[0], 3)]) == [None]
     finally:
         await close(db)
+
+
+LEAVES_ABRUPTLY = """
+import os, sys
+from plumbing.database import Database
+from services.provider.api import signatures
+from services.provider.persistence.models import Base
+db = Database(sys.argv[1], Base.metadata)
+db.create_schema()
+signatures.verify_in_worker(db)
+worker = signatures._verifier_for(db)._worker
+worker.submit(int).result()  # it runs
+print(*(process.pid for process in worker._processes.values()), flush=True)
+os._exit(0)  # no shutdown, as a killed provider would leave
+"""
+
+
+def test_the_worker_does_not_outlive_its_provider(tmp_path):
+    done = subprocess.run([sys.executable, "-c", LEAVES_ABRUPTLY, f"sqlite:///{tmp_path}/provider.db"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (pid,) = map(int, done.stdout.split())
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(pid)

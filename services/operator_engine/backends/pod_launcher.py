@@ -37,7 +37,6 @@ stage (C2D_ENGINE_POD_LAUNCHER=subprocess).
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
@@ -50,12 +49,11 @@ from typing import Mapping, Protocol
 
 import grpc.aio
 
-from plumbing import auth, pods
+from plumbing import auth, pods, processes
 
 log = logging.getLogger("c2d.engine")
 
 PROGRAMS = {"pod_config": "services.pod_config", "pod_publish": "services.pod_publish"}
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -241,18 +239,12 @@ def make_launcher(kind: str) -> Launcher:
 # -- the fork server, helper side -------------------------------------------------------
 
 
-def _die_with(parent_pid: int) -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # it died before the signal was armed
-        os._exit(1)
-
-
 def _child(name: str, requests: int, helper_pid: int, program: pods.Program) -> None:
     """In a child forked ahead: get ready, wait for a job on `requests`, become the pod; never return."""
     code = 1
     try:
         os.setsid()
-        _die_with(helper_pid)
+        processes.die_with(helper_pid)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -316,7 +308,7 @@ def _connect_ahead() -> grpc.aio.Channel | None:
 
 def serve() -> None:
     """The helper's loop: fork pods on request, report their pids and exits."""
-    _die_with(os.getppid())
+    processes.die_with(os.getppid())
     helper_pid = os.getpid()
     # Imported once here, so each child starts with them loaded (_strptime: datetime
     # imports it on first use, which pod_publish's manifest makes).

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import functools
 import multiprocessing
+import os
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from sqlalchemy.orm import Session
 
-from plumbing import errors
+from plumbing import errors, processes
 from plumbing.database import Database
 from services.provider.domain import identity
 from services.provider.persistence import store
@@ -75,7 +76,7 @@ class RequestVerifier:
         # imports take most of a second), not on the first signed request.
         self._worker = concurrent.futures.ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn"), initializer=_open_worker_store,
-            initargs=(self._db.url,),
+            initargs=(self._db.url, os.getpid()),
         )
         self._worker.submit(int)
 
@@ -143,8 +144,9 @@ def _settle(session: Session, batch: list[_Pending]) -> list[Exception | None]:
 _worker_db: Database | None = None
 
 
-def _open_worker_store(url: str) -> None:
+def _open_worker_store(url: str, provider_pid: int) -> None:
     global _worker_db
+    processes.die_with(provider_pid)  # a provider killed, or leaving by os._exit, takes it along
     _worker_db = Database(url, Base.metadata, threads=1)
 
 
