@@ -85,7 +85,11 @@ async def test_closing_early_stops_the_reader_and_releases_the_storage_read():
     await anext(chunks)
     await chunks.aclose()
     assert store.closed.is_set()  # released before aclose() returned
-    assert not any(t.name == "result-read-ahead" for t in threading.enumerate())
+    # The reader has finished its work; its thread ends an instant later.
+    readers = [t for t in threading.enumerate() if t.name == "result-read-ahead"]
+    for reader in readers:
+        reader.join(timeout=5)
+    assert not any(reader.is_alive() for reader in readers)
 
 
 async def test_a_storage_error_while_streaming_reaches_the_consumer_after_the_chunks_before_it():
