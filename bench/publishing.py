@@ -14,7 +14,10 @@
    (cli.client.connect and Client.result_chunks), against a process
    reading the same object straight from S3 with the minio SDK (1 MiB
    chunks). Both count the bytes and keep none. --download-only runs only
-   this part (and the bare gRPC stream from memory).
+   this part (and the bare gRPC stream from memory). Each path's cost is
+   also given as the machine's busy CPU-seconds per GiB (every process,
+   SeaweedFS included): the direct read alone keeps nearly every core busy,
+   so cores / cost bounds what the provider path can reach.
 3. With --sparse-gib G (6 in the full run, 0 with --quick): one sparse file of
    G GiB through pod_publish's S3 multipart, in a child process: time, RSS,
    part count.
@@ -163,7 +166,7 @@ def child_download(how: str, target: str, what: str) -> None:
             secret_key=env["C2D_STORAGE_S3_SECRET_KEY"], secure=False, region="us-east-1",
         )
         bucket, key = what.split("/", 1)
-        started, got = time.monotonic(), 0
+        started, busy, got = time.monotonic(), machine_busy_s(), 0
         response = client.get_object(bucket, key)
         for block in response.stream(MiB):
             got += len(block)
@@ -183,9 +186,9 @@ def child_download(how: str, target: str, what: str) -> None:
                     count += len(data)
                 return count
 
-        started = time.monotonic()
+        started, busy = time.monotonic(), machine_busy_s()
         got = asyncio.run(download())
-    print(json.dumps({"seconds": time.monotonic() - started, "bytes": got}))
+    print(json.dumps({"seconds": time.monotonic() - started, "bytes": got, "machine_busy_s": machine_busy_s() - busy}))
 
 
 async def bench_download(env: dict[str, str], total: int, repeat: int) -> dict:
@@ -198,7 +201,8 @@ async def bench_download(env: dict[str, str], total: int, repeat: int) -> dict:
             raise RuntimeError(f"the job failed: {job.error_message}")
         entry = next(f for f in job.results.files if f.path == "big.bin")
 
-        async def child(how: str, target: str, what: str) -> float:
+        async def child(how: str, target: str, what: str) -> tuple[float, float]:
+            """(seconds, CPU-seconds the whole machine was busy meanwhile)."""
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, __file__, "--child", f"download-{how}", target, what,
                 env={**os.environ, **env, "PYTHONPATH": str(REPO)},
@@ -209,13 +213,24 @@ async def bench_download(env: dict[str, str], total: int, repeat: int) -> dict:
                 raise RuntimeError(f"download child failed:\n{err.decode()[-3000:]}")
             result = json.loads(out.decode().strip().splitlines()[-1])
             assert result["bytes"] == entry.size, (result, entry.size)
-            return result["seconds"]
+            return result["seconds"], result["machine_busy_s"]
 
-        provider_s, direct_s = [], []
+        provider, direct = [], []
         for _ in range(repeat):
-            provider_s.append(await child("provider", bench.stack.provider_address, f"{job.job_id}/{entry.index}"))
-            direct_s.append(await child("direct", "-", entry.location.removeprefix("s3://")))
-    return {"bytes": entry.size, "provider_s": min(provider_s), "direct_s": min(direct_s)}
+            provider.append(await child("provider", bench.stack.provider_address, f"{job.job_id}/{entry.index}"))
+            direct.append(await child("direct", "-", entry.location.removeprefix("s3://")))
+    (provider_s, provider_cpu), (direct_s, direct_cpu) = min(provider), min(direct)
+    return {"bytes": entry.size, "provider_s": provider_s, "direct_s": direct_s,
+            "provider_cpu_s": provider_cpu, "direct_cpu_s": direct_cpu}
+
+
+def machine_busy_s() -> float:
+    """CPU-seconds all cores have spent not idle since boot (/proc/stat): the
+    cost of a path includes SeaweedFS's and every process's share of it."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:8]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _from_memory(total: int):  # type: ignore[no-untyped-def]
@@ -258,12 +273,13 @@ def child_ceiling(address: str) -> None:
                 count += len(chunk.data)
             return count
 
-    started = time.monotonic()
+    started, busy = time.monotonic(), machine_busy_s()
     got = asyncio.run(download())
-    print(json.dumps({"seconds": time.monotonic() - started, "bytes": got}))
+    print(json.dumps({"seconds": time.monotonic() - started, "bytes": got, "machine_busy_s": machine_busy_s() - busy}))
 
 
-async def bench_grpc_ceiling(total: int, repeat: int) -> float:
+async def bench_grpc_ceiling(total: int, repeat: int) -> tuple[float, float]:
+    """(MiB/s, machine CPU-seconds per GiB) of the best run."""
     import grpc
     from c2d.provider.v1 import provider_pb2_grpc
 
@@ -272,15 +288,17 @@ async def bench_grpc_ceiling(total: int, repeat: int) -> float:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        best = float("inf")
+        runs = []
         for _ in range(repeat):
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, __file__, "--child", "ceiling", f"127.0.0.1:{port}", "-",
                 env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=asyncio.subprocess.PIPE,
             )
             out, _ = await proc.communicate()
-            best = min(best, json.loads(out.decode().strip().splitlines()[-1])["seconds"])
-        return total / MiB / best
+            result = json.loads(out.decode().strip().splitlines()[-1])
+            runs.append((result["seconds"], result["machine_busy_s"]))
+        seconds, busy = min(runs)
+        return total / MiB / seconds, busy / (total / (1 << 30))
     finally:
         await server.stop(0)
 
@@ -342,7 +360,7 @@ def main() -> None:
         os.environ.update(env)  # the stack of part 2 (provider and pods) uses the same bucket
         publishing = None if args.download_only else bench_publishing(base / "files", env, total, repeat)
         download = asyncio.run(bench_download(env, total, repeat))
-        ceiling_mib_s = asyncio.run(bench_grpc_ceiling(total, repeat))
+        ceiling_mib_s, ceiling_cost = asyncio.run(bench_grpc_ceiling(total, repeat))
         sparse = bench_sparse(base / "sparse", env, sparse_gib) if sparse_gib and not args.download_only else None
     finally:
         _stop(proc)
@@ -373,13 +391,27 @@ def main() -> None:
           f"{mib_s(download['bytes'], download['provider_s']):8.1f}")
     print(f"  {'straight from S3 (minio get_object)':34} {download['direct_s']:8.2f} "
           f"{mib_s(download['bytes'], download['direct_s']):8.1f}")
-    print(f"  {'bare gRPC stream from memory':34} {'':8} {ceiling_mib_s:8.1f}   (grpc.aio stub, default options)")
+    print(f"  {'bare gRPC stream from memory':34} {'':8} {ceiling_mib_s:8.1f}   "
+          f"(grpc.aio stub, default options; {ceiling_cost:.2f} CPU-s/GiB)")
     print(f"  provider / direct throughput: {over_direct:.2f}x (target >= 0.8x)")
+    # What the machine can give: each path's CPU-seconds per GiB (all processes,
+    # SeaweedFS included); with every core busy the provider path could at best
+    # deliver cores / its cost.
+    gib = download["bytes"] / (1 << 30)
+    provider_cost, direct_cost = download["provider_cpu_s"] / gib, download["direct_cpu_s"] / gib
+    cores = os.cpu_count() or 1
+    bound = cores / provider_cost * 1024 / mib_s(download["bytes"], download["direct_s"])
+    print(f"  machine CPU per GiB: {provider_cost:.2f} s through the provider, {direct_cost:.2f} s straight from S3;")
+    print(f"  with all {cores} cores busy the provider path could reach at most {bound:.2f}x direct")
     figures.update({
+        "provider_cpu_s_per_gib": round(provider_cost, 2),
+        "direct_cpu_s_per_gib": round(direct_cost, 2),
+        "provider_path_bound_over_direct": round(bound, 3),
         "result_download_over_direct": round(over_direct, 3),
         "download_mib_s": round(mib_s(download["bytes"], download["provider_s"]), 1),
         "direct_mib_s": round(mib_s(download["bytes"], download["direct_s"]), 1),
         "grpc_ceiling_mib_s": round(ceiling_mib_s, 1),
+        "grpc_ceiling_cpu_s_per_gib": round(ceiling_cost, 2),
         "total_mib": total // MiB,
     })
     if sparse is not None:
