@@ -9,7 +9,8 @@ import uuid
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
+from sqlalchemy.engine.default import CacheStats
 from sqlalchemy.orm import Session
 
 from plumbing.database import Database
@@ -97,6 +98,27 @@ def _wait_for_a_lock_wait(db: Database, timeout: float = 60.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError("the retry never waited on the first insert")
+
+
+def test_creating_jobs_reuses_compiled_statements(db):
+    """Every statement of the CreateJob path has a cache key: compiling the
+    jobs INSERT anew for every call was 8% of a busy service's time."""
+    seen = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        seen.append((statement.split("(")[0].strip(), context.cache_hit))
+
+    event.listen(db.engine, "after_cursor_execute", record)
+    try:
+        for _ in range(2):  # the first batch of each size compiles; later ones must not
+            db.transaction(lambda s: store.create_jobs(s, [_job(), _job()]))
+            seen.clear()
+        db.transaction(lambda s: store.create_jobs(s, [_job(), _job(), _job()]))
+    finally:
+        event.remove(db.engine, "after_cursor_execute", record)
+
+    assert ("INSERT INTO jobs", CacheStats.CACHE_HIT) in seen
+    assert all(hit == CacheStats.CACHE_HIT for _, hit in seen), seen
 
 
 def test_changes_apply_once_in_order_and_duplicates_are_skipped(db):

@@ -75,12 +75,11 @@ def create_jobs(session: Session, jobs: Sequence[Job]) -> list[tuple[Job, bool]]
     for job, sequence in zip(jobs, sequences):
         job.sequence = sequence
         rows.append({key: value for key, value in inspect(job).dict.items() if key in Job.__table__.columns})
-    statement = (
-        _dialect_insert(session)(Job).values(rows)
-        .on_conflict_do_nothing(index_elements=[Job.request_id])
-        .returning(Job)
-    )
-    created = {job.job_id: job for job in session.scalars(statement)}
+    # The rows go as parameters (one multi-row INSERT all the same): a statement
+    # built with .values(rows) has no cache key, and compiling it anew for
+    # every call was 8% of a busy service's time.
+    statement = _dialect_insert(session)(Job).on_conflict_do_nothing(index_elements=[Job.request_id]).returning(Job)
+    created = {job.job_id: job for job in session.scalars(statement, rows)}
     viewers = [{"address": address, "job_id": job_id} for job_id, job in created.items() for address in set(job.viewers or [])]
     if viewers:
         session.execute(insert(JobViewer), viewers)
