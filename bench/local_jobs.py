@@ -10,6 +10,8 @@ pod_config and pod_publish, the algorithm in bubblewrap with cgroup limits):
 2. M trivial jobs submitted at once: sustained jobs/s (max_jobs 8 by default:
    on 2 cores a job mostly waits on process starts and RPC round trips, and 4 to
    16 measured alike; more only adds contention);
+   next to the bare run made the same way (M runs, max_jobs at a time, no
+   engine, no sandbox): the most any engine could reach on this machine;
 3. the sandbox's start overhead alone (/bin/true through SandboxRun vs a bare
    subprocess).
 
@@ -35,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.cpu import machine_busy_s  # noqa: E402
 from c2d.common.v1 import common_pb2  # noqa: E402
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc  # noqa: E402
 from plumbing import auth  # noqa: E402
@@ -141,12 +144,31 @@ async def latency(root: Path, launcher: str, n: int, bare: BareRun) -> tuple[lis
         return jobs, bares
 
 
-async def throughput(root: Path, launcher: str, n: int, max_jobs: int) -> float:
+async def throughput(root: Path, launcher: str, n: int, max_jobs: int) -> tuple[float, float]:
+    """(jobs/s, the machine's busy CPU-seconds per job)."""
     async with Engine(root, launcher, max_jobs=max_jobs) as engine:
         await engine.run_job()
-        started = time.monotonic()
+        started, cpu = time.monotonic(), machine_busy_s()
         await asyncio.gather(*(engine.run_job() for _ in range(n)))
-        return n / (time.monotonic() - started)
+        return n / (time.monotonic() - started), (machine_busy_s() - cpu) / n
+
+
+async def bare_burst(bare: BareRun, n: int, at_once: int) -> tuple[float, float]:
+    """The bare run n times, at_once at a time, with no engine and no sandbox:
+    the ceiling of any engine's jobs/s on this machine. (runs/s, CPU-s per run)."""
+    remaining = n
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            process = await asyncio.create_subprocess_exec(*bare.argv, env=bare.env)
+            if await process.wait() != 0:
+                raise RuntimeError("the bare run failed")
+
+    started, cpu = time.monotonic(), machine_busy_s()
+    await asyncio.gather(*(worker() for _ in range(at_once)))
+    return n / (time.monotonic() - started), (machine_busy_s() - cpu) / n
 
 
 async def sandbox_overhead(n: int) -> tuple[float, float]:
@@ -181,8 +203,10 @@ async def main() -> None:
         for launcher, n in zip(LAUNCHERS, (latency_n, before_n)):
             jobs, bare_times = await latency(root / f"lat-{launcher}", launcher, n, bare_run)
             e2e[launcher], bare[launcher] = statistics.median(jobs), statistics.median(bare_times)
-        rate = {launcher: await throughput(root / f"burst-{launcher}", launcher, n, args.max_jobs)
-                for launcher, n in zip(LAUNCHERS, (burst, before_burst))}
+        bursts = {launcher: await throughput(root / f"burst-{launcher}", launcher, n, args.max_jobs)
+                  for launcher, n in zip(LAUNCHERS, (burst, before_burst))}
+        rate = {launcher: jobs_per_s for launcher, (jobs_per_s, _) in bursts.items()}
+        bare_rate, bare_cpu = await bare_burst(bare_run, burst, args.max_jobs)
         plain_start, sandbox_start = await sandbox_overhead(sandbox_n)
 
     print(f"trivial job (copy input to output), {os.cpu_count()} cores, SQLite store, local backend + bubblewrap")
@@ -193,6 +217,10 @@ async def main() -> None:
           f"{e2e['subprocess'] / bare['subprocess']:12.1f}")
     print(f"{'jobs/s, jobs submitted at once':44s} {rate['forkserver']:12.1f} {rate['subprocess']:12.1f}")
     print(f"{'  (jobs in the burst; max_jobs)':44s} {burst:>8d}; {args.max_jobs:<2d} {before_burst:>8d}; {args.max_jobs:<2d}")
+    print(f"{'  machine CPU ms per job':44s} {ms(bursts['forkserver'][1]):12.1f} "
+          f"{ms(bursts['subprocess'][1]):12.1f}")
+    print(f"bare python3 algo.py, {burst} runs {args.max_jobs} at a time, no engine: {bare_rate:.1f} runs/s, "
+          f"{ms(bare_cpu)} machine CPU ms per run (the most any engine could reach here)")
     print(f"/bin/true: bare {ms(plain_start)} ms, through the sandbox {ms(sandbox_start)} ms "
           f"(start overhead {ms(sandbox_start - plain_start)} ms)")
     print(json.dumps({
@@ -200,6 +228,9 @@ async def main() -> None:
         "bare_p50_ms": ms(bare["forkserver"]),
         "e2e_over_bare": round(e2e["forkserver"] / bare["forkserver"], 2),
         "jobs_per_s": round(rate["forkserver"], 1),
+        "machine_cpu_ms_per_job": ms(bursts["forkserver"][1]),
+        "bare_burst_runs_per_s": round(bare_rate, 1),
+        "bare_machine_cpu_ms_per_run": ms(bare_cpu),
         "sandbox_start_ms": ms(sandbox_start - plain_start),
         "e2e_p50_ms_subprocess_pods": ms(e2e["subprocess"]),
         "jobs_per_s_subprocess_pods": round(rate["subprocess"], 1),

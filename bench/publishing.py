@@ -46,6 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.cpu import machine_busy_s  # noqa: E402
+
 MiB = 1 << 20
 FILES = 4
 
@@ -222,15 +224,6 @@ async def bench_download(env: dict[str, str], total: int, repeat: int) -> dict:
     (provider_s, provider_cpu), (direct_s, direct_cpu) = min(provider), min(direct)
     return {"bytes": entry.size, "provider_s": provider_s, "direct_s": direct_s,
             "provider_cpu_s": provider_cpu, "direct_cpu_s": direct_cpu}
-
-
-def machine_busy_s() -> float:
-    """CPU-seconds all cores have spent not idle since boot (/proc/stat): the
-    cost of a path includes SeaweedFS's and every process's share of it."""
-    with open("/proc/stat") as stat:
-        fields = [int(v) for v in stat.readline().split()[1:8]]
-    idle = fields[3] + fields[4]  # idle, iowait
-    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _from_memory(total: int):  # type: ignore[no-untyped-def]
