@@ -110,10 +110,10 @@ def test_creating_jobs_reuses_compiled_statements(db):
 
     event.listen(db.engine, "after_cursor_execute", record)
     try:
-        for _ in range(2):  # the first batch of each size compiles; later ones must not
+        for _ in range(2):  # compiles the statements on first use
             db.transaction(lambda s: store.create_jobs(s, [_job(), _job()]))
             seen.clear()
-        db.transaction(lambda s: store.create_jobs(s, [_job(), _job(), _job()]))
+        db.transaction(lambda s: store.create_jobs(s, [_job(), _job(), _job()]))  # another size: no new compile
     finally:
         event.remove(db.engine, "after_cursor_execute", record)
 
