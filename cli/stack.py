@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from dataclasses import dataclass
 
 import grpc
@@ -83,14 +84,17 @@ SERVER_MODULES = (("operator-engine", "services.operator_engine"), ("operator-se
                   ("provider", "services.provider"))
 
 
+def listen_addresses(provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings) -> dict[str, str]:
+    return {"operator-engine": engine.address, "operator-service": operator.address, "provider": provider.address}
+
+
 def process_environments(
     provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings
 ) -> dict[str, dict[str, str]]:
     """Each server's environment: this one's, with the operator-service pointed
     at the engine and the provider at the operator-service (fixed ports: a
     server in another process cannot tell us the port 0 made it take)."""
-    for name, address in (("provider", provider.address), ("operator-service", operator.address),
-                          ("operator-engine", engine.address)):
+    for name, address in listen_addresses(provider, operator, engine).items():
         if address.rsplit(":", 1)[-1] in ("", "0"):
             raise ValueError(f"the {name}'s address {address!r} has no fixed port: one process per server needs one")
     base = {**os.environ, "C2D_DATA_DIR": str(settings.data_dir())}
@@ -108,7 +112,7 @@ async def run_processes(
     SIGINT or SIGTERM, or until one of them exits, which stops the others."""
     _prepare(engine)
     environments = process_environments(provider, operator, engine)
-    addresses = {"operator-engine": engine.address, "operator-service": operator.address, "provider": provider.address}
+    addresses = listen_addresses(provider, operator, engine)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -147,10 +151,10 @@ async def run_processes(
 async def _serving(address: str, process: asyncio.subprocess.Process, internal: bool, timeout_s: float = 60.0) -> bool:
     """Waits until the server at `address` answers its health check SERVING, or its process ends.
     The internal servers' ports take mutual TLS when it is configured."""
-    deadline = loop_time() + timeout_s
+    deadline = time.monotonic() + timeout_s
     async with auth.internal_channel(address) if internal else grpc.aio.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        while process.returncode is None and loop_time() < deadline:
+        while process.returncode is None and time.monotonic() < deadline:
             try:
                 answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 if answer.status == health_pb2.HealthCheckResponse.SERVING:
@@ -159,7 +163,3 @@ async def _serving(address: str, process: asyncio.subprocess.Process, internal: 
                 pass
             await asyncio.sleep(0.1)
     return False
-
-
-def loop_time() -> float:
-    return asyncio.get_running_loop().time()
