@@ -1,18 +1,30 @@
 # The README's two commands are `make demo` and `make test`; the rest serves them.
+# Every install comes from the lock files: uv.lock (Python, `uv sync --frozen`)
+# and package-lock.json (buf, `npm ci`). `make lock` updates uv.lock on purpose.
 PYTHON ?= python3
+UV_VERSION := 0.13.9
 VENV := .venv
 BIN := $(VENV)/bin
 BUF := node_modules/.bin/buf
+UV := $(BIN)/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON := $(PYTHON)
 
-.PHONY: demo test install proto proto-check lint up
+.PHONY: demo test install lock proto proto-check contracts-release lint format up
 
-$(BIN)/c2d: pyproject.toml
+# uv itself lives in the project's venv, at a pinned version.
+$(UV):
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+
+$(BIN)/c2d: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev
 	touch $@
 
 install: $(BIN)/c2d
+
+lock: | $(UV)
+	$(UV) lock
 
 demo: install
 	$(BIN)/c2d demo
@@ -23,14 +35,33 @@ up: install
 test: install
 	$(BIN)/pytest
 
-$(BUF):
-	npm install --no-save --no-audit --no-fund @bufbuild/buf
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 # Regenerate gen/ from protos/ (the one command for generated code).
 proto: $(BUF) install
 	rm -rf gen
 	$(BUF) generate
 	find gen -type d -exec touch {}/__init__.py \;
+
+# The released contracts `buf breaking` compares against; updated only on purpose.
+RELEASED := contracts/released-v1.binpb
+contracts-release: $(BUF)
+	$(BUF) build -o $(RELEASED)
+
+# Every check that needs no running server; fails on the first violation.
+lint: install $(BUF)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	$(BUF) breaking --against $(RELEASED)
+
+format: install $(BUF)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BUF) format -w
 
 # Fails when protos/ and gen/ disagree, or the contracts break lint rules.
 proto-check: proto

@@ -36,27 +36,34 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import grpc  # noqa: E402
-import psycopg2  # noqa: E402
+import grpc
+import psycopg2
 
-from bench.cpu import machine_busy_s  # noqa: E402
-from c2d.engine.v1 import engine_pb2, engine_pb2_grpc  # noqa: E402
-from c2d.operator.v1 import operator_pb2  # noqa: E402
-from plumbing import auth  # noqa: E402
-from plumbing.server import freeze_startup_heap  # noqa: E402
-from services.operator_service import server as operator_server  # noqa: E402
-from services.operator_service.domain import watching  # noqa: E402
-from tests.operator_service.helpers import (  # noqa: E402
-    ENVIRONMENT, Operator, OperatorProcess, control_plane, operator_settings, query, wait_available, workflow,
+from bench.cpu import machine_busy_s
+from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
+from c2d.operator.v1 import operator_pb2
+from plumbing import auth
+from plumbing.server import freeze_startup_heap
+from services.operator_service import server as operator_server
+from services.operator_service.domain import watching
+from tests.operator_service.helpers import (
+    ENVIRONMENT,
+    Operator,
+    OperatorProcess,
+    control_plane,
+    operator_settings,
+    query,
+    wait_available,
+    workflow,
 )
-from tests.support.servers import free_ports  # noqa: E402
-from tests.support.stacks import fresh_postgres_database  # noqa: E402
+from tests.support.servers import free_ports
+from tests.support.stacks import fresh_postgres_database
 
 CHANGES_PER_JOB = 6  # the no-op backend's 10, 20, 30, 40, 60, 70
 LOW_RATE = 60.0  # changes/s: ten jobs a second
@@ -68,7 +75,7 @@ def fresh_database():
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def bounded(calls: list[Callable[[], Awaitable[object]]], concurrency: int) -> None:
@@ -106,19 +113,26 @@ async def engine_process(database_url: str, log_path: Path) -> AsyncIterator[int
     """The engine (no-op backend) as its own process; yields its port."""
     (port,) = free_ports(1)
     env = {
-        **os.environ, "C2D_ENGINE_ADDRESS": f"127.0.0.1:{port}", "C2D_ENGINE_DATABASE_URL": database_url,
-        "C2D_ENGINE_BACKEND": "noop", "C2D_ENGINE_MAX_JOBS": "1000", "C2D_ENGINE_HEARTBEAT_S": "0.2",
+        **os.environ,
+        "C2D_ENGINE_ADDRESS": f"127.0.0.1:{port}",
+        "C2D_ENGINE_DATABASE_URL": database_url,
+        "C2D_ENGINE_BACKEND": "noop",
+        "C2D_ENGINE_MAX_JOBS": "1000",
+        "C2D_ENGINE_HEARTBEAT_S": "0.2",
         "C2D_SERVICE_TOKEN": auth.service_token(),
     }
     with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "services.operator_engine"], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.operator_engine"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         stub = engine_pb2_grpc.EngineServiceStub(channel)
         for _ in range(600):
             try:
-                await stub.ListEnvironments(engine_pb2.ListEnvironmentsRequest(), metadata=auth.bearer(auth.service_token()))
+                await stub.ListEnvironments(
+                    engine_pb2.ListEnvironmentsRequest(), metadata=auth.bearer(auth.service_token())
+                )
                 break
             except grpc.aio.AioRpcError:
                 if process.poll() is not None:
@@ -157,11 +171,20 @@ async def engine_alone(jobs: int, concurrency: int) -> float:
             flow = workflow()
             try:
                 started = time.perf_counter()
-                await bounded([
-                    (lambda: stub.SubmitJob(engine_pb2.SubmitJobRequest(
-                        job_id=str(uuid.uuid4()), environment_id=ENVIRONMENT, workflow=flow), metadata=metadata))
-                    for _ in range(jobs)
-                ], concurrency)
+                await bounded(
+                    [
+                        (
+                            lambda: stub.SubmitJob(
+                                engine_pb2.SubmitJobRequest(
+                                    job_id=str(uuid.uuid4()), environment_id=ENVIRONMENT, workflow=flow
+                                ),
+                                metadata=metadata,
+                            )
+                        )
+                        for _ in range(jobs)
+                    ],
+                    concurrency,
+                )
                 await wait_count(url, "SELECT count(*) FROM engine_jobs WHERE status = 70", jobs)
                 return jobs / (time.perf_counter() - started)
             finally:
@@ -170,9 +193,9 @@ async def engine_alone(jobs: int, concurrency: int) -> float:
 
 async def through_the_service(jobs: int, concurrency: int, one_process: bool) -> float:
     with fresh_database() as url:
-        async with (in_process(url) if one_process else processes(url)) as operator:
+        async with in_process(url) if one_process else processes(url) as operator:
             started = time.perf_counter()
-            await bounded([lambda: operator.create() for _ in range(jobs)], concurrency)
+            await bounded([operator.create for _ in range(jobs)], concurrency)
             await wait_count(url, "SELECT count(*) FROM jobs WHERE status = 70", jobs)
             return jobs / (time.perf_counter() - started)
 
@@ -208,7 +231,7 @@ class AppliedClock:
         self.published: dict[str, list[tuple[int, float]]] = collections.defaultdict(list)
         self._original = watching.Broker.publish
 
-    def __enter__(self) -> "AppliedClock":
+    def __enter__(self) -> AppliedClock:
         original, published = self._original, self.published
 
         def publish(broker, jobs):  # type: ignore[no-untyped-def]
@@ -239,11 +262,20 @@ async def propagation(seconds: float, changes_per_s: float) -> tuple[list[float]
     # a steady rate, as the provider makes them); the operator-service in this
     # one, where AppliedClock can see its commits.
     with fresh_database() as url, AppliedClock() as clock:
-        async with engine_process(url, Path(os.environ["C2D_DATA_DIR"]) / "engine-propagation.log") as engine_port, \
-                operator_in_process(url, engine_port) as operator:
+        async with (
+            engine_process(url, Path(os.environ["C2D_DATA_DIR"]) / "engine-propagation.log") as engine_port,
+            operator_in_process(url, engine_port) as operator,
+        ):
             load = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--load", str(operator.port), str(jobs), str(CHANGES_PER_JOB / changes_per_s),
-                cwd=ROOT, env={**os.environ, "C2D_SERVICE_TOKEN": auth.service_token()}, stdout=asyncio.subprocess.PIPE,
+                sys.executable,
+                __file__,
+                "--load",
+                str(operator.port),
+                str(jobs),
+                str(CHANGES_PER_JOB / changes_per_s),
+                cwd=ROOT,
+                env={**os.environ, "C2D_SERVICE_TOKEN": auth.service_token()},
+                stdout=asyncio.subprocess.PIPE,
             )
             first_call = float((await load.stdout.readline()).decode())  # the load has started up
             busy, started = machine_busy_s(), time.monotonic()
@@ -254,7 +286,8 @@ async def propagation(seconds: float, changes_per_s: float) -> tuple[list[float]
             busy_share = (machine_busy_s() - busy) / (time.monotonic() - started) / (os.cpu_count() or 1)
             rate = jobs * CHANGES_PER_JOB / (time.time() - first_call)
         events = await asyncio.to_thread(
-            query, url,
+            query,
+            url,
             "SELECT job_id, sequence, extract(epoch from time) FROM job_events WHERE engine_id = 'local'",
         )
     latencies = [(clock.applied_at(job_id, sequence) - float(emitted)) * 1000 for job_id, sequence, emitted in events]
@@ -306,7 +339,9 @@ async def reads(rows: int, samples: int) -> dict[str, float]:
                 await asyncio.to_thread(cur.execute, "ANALYZE jobs")
             admin.close()
             print(f"  bulk-inserted {rows:,} jobs in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-            ids = [job_id for (job_id,) in query(url, f"SELECT job_id FROM jobs TABLESAMPLE SYSTEM (1) LIMIT {samples}")]
+            ids = [
+                job_id for (job_id,) in query(url, f"SELECT job_id FROM jobs TABLESAMPLE SYSTEM (1) LIMIT {samples}")
+            ]
             if len(ids) < samples:
                 ids = [job_id for (job_id,) in query(url, f"SELECT job_id FROM jobs ORDER BY random() LIMIT {samples}")]
             stub, metadata = plane.operator.stub, plane.operator.metadata
@@ -316,20 +351,33 @@ async def reads(rows: int, samples: int) -> dict[str, float]:
                 await call()
                 return (time.perf_counter() - t0) * 1000
 
-            getjob = [await timed(lambda j=j: stub.GetJob(operator_pb2.GetJobRequest(job_id=j), metadata=metadata)) for j in ids]
+            getjob = [
+                await timed(lambda j=j: stub.GetJob(operator_pb2.GetJobRequest(job_id=j), metadata=metadata))
+                for j in ids
+            ]
             first = await stub.ListJobs(operator_pb2.ListJobsRequest(page_size=100), metadata=metadata)
             deep_token = first.next_page_token
             for _ in range(20):  # twenty pages in
-                deep_token = (await stub.ListJobs(operator_pb2.ListJobsRequest(page_size=100, page_token=deep_token), metadata=metadata)).next_page_token
+                deep_token = (
+                    await stub.ListJobs(
+                        operator_pb2.ListJobsRequest(page_size=100, page_token=deep_token), metadata=metadata
+                    )
+                ).next_page_token
             shapes = {
                 "list_newest_ms": operator_pb2.ListJobsRequest(page_size=100),
                 "list_owner_ms": operator_pb2.ListJobsRequest(owner="0xowner7", page_size=100),
                 "list_status_ms": operator_pb2.ListJobsRequest(statuses=[41], page_size=100),
                 "list_deep_page_ms": operator_pb2.ListJobsRequest(page_size=100, page_token=deep_token),
             }
-            figures = {"getjob_ms_at_1m_jobs": statistics.median(getjob), "getjob_p99_ms_at_1m_jobs": percentile(getjob, 99)}
+            figures = {
+                "getjob_ms_at_1m_jobs": statistics.median(getjob),
+                "getjob_p99_ms_at_1m_jobs": percentile(getjob, 99),
+            }
             for name, request in shapes.items():
-                times = [await timed(lambda r=request: stub.ListJobs(r, metadata=metadata)) for _ in range(max(10, samples // 10))]
+                times = [
+                    await timed(lambda r=request: stub.ListJobs(r, metadata=metadata))
+                    for _ in range(max(10, samples // 10))
+                ]
                 figures[name] = statistics.median(times)
             return figures
 
@@ -385,14 +433,42 @@ async def main() -> None:
     }
     label = f"{rows:,} jobs"
     lines = [
-        ("CreateJob -> 70 throughput", f"{figures['jobs_per_s']:.0f} jobs/s", ">= 500 jobs/s", f"engine alone {figures['engine_alone_jobs_per_s']:.0f} jobs/s"),
-        ("  the same, all in one process", f"{figures['jobs_per_s_one_process']:.0f} jobs/s", "", "one event loop, one GIL"),
-        ("propagation p50", f"{figures['propagation_p50_ms']:.1f} ms", "", f"{figures['propagation_changes']} changes at {figures['propagation_rate_per_s']:.0f}/s"),
-        ("propagation p99", f"{figures['propagation_p99_ms']:.1f} ms", "<= 20 ms",
-         f"offered 1000 changes/s; machine {busy:.0%} busy"),
-        ("propagation p50 / p99, low rate", f"{figures['propagation_low_rate_p50_ms']:.1f} / {figures['propagation_low_rate_p99_ms']:.1f} ms", "",
-         f"{figures['propagation_low_rate_per_s']:.0f} changes/s; machine {calm_busy:.0%} busy"),
-        (f"GetJob p50 / p99, {label}", f"{figures['getjob_ms_at_1m_jobs']:.2f} / {figures['getjob_p99_ms_at_1m_jobs']:.2f} ms", "", ""),
+        (
+            "CreateJob -> 70 throughput",
+            f"{figures['jobs_per_s']:.0f} jobs/s",
+            ">= 500 jobs/s",
+            f"engine alone {figures['engine_alone_jobs_per_s']:.0f} jobs/s",
+        ),
+        (
+            "  the same, all in one process",
+            f"{figures['jobs_per_s_one_process']:.0f} jobs/s",
+            "",
+            "one event loop, one GIL",
+        ),
+        (
+            "propagation p50",
+            f"{figures['propagation_p50_ms']:.1f} ms",
+            "",
+            f"{figures['propagation_changes']} changes at {figures['propagation_rate_per_s']:.0f}/s",
+        ),
+        (
+            "propagation p99",
+            f"{figures['propagation_p99_ms']:.1f} ms",
+            "<= 20 ms",
+            f"offered 1000 changes/s; machine {busy:.0%} busy",
+        ),
+        (
+            "propagation p50 / p99, low rate",
+            f"{figures['propagation_low_rate_p50_ms']:.1f} / {figures['propagation_low_rate_p99_ms']:.1f} ms",
+            "",
+            f"{figures['propagation_low_rate_per_s']:.0f} changes/s; machine {calm_busy:.0%} busy",
+        ),
+        (
+            f"GetJob p50 / p99, {label}",
+            f"{figures['getjob_ms_at_1m_jobs']:.2f} / {figures['getjob_p99_ms_at_1m_jobs']:.2f} ms",
+            "",
+            "",
+        ),
         (f"ListJobs newest page, {label}", f"{figures['list_newest_ms']:.2f} ms", "", "100 jobs"),
         (f"ListJobs by owner, {label}", f"{figures['list_owner_ms']:.2f} ms", "", ""),
         (f"ListJobs by status, {label}", f"{figures['list_status_ms']:.2f} ms", "", ""),

@@ -37,13 +37,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cpu import machine_busy_s  # noqa: E402
-from c2d.common.v1 import common_pb2  # noqa: E402
-from c2d.engine.v1 import engine_pb2, engine_pb2_grpc  # noqa: E402
-from plumbing import auth  # noqa: E402
-from services.operator_engine import server  # noqa: E402
-from services.operator_engine.sandbox import SandboxLimits, detect_capabilities  # noqa: E402
-from services.operator_engine.settings import EngineSettings  # noqa: E402
+from bench.cpu import machine_busy_s
+from c2d.common.v1 import common_pb2
+from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
+from plumbing import auth
+from services.operator_engine import server
+from services.operator_engine.sandbox import SandboxLimits, detect_capabilities
+from services.operator_engine.settings import EngineSettings
 
 ALGORITHM = """\
 import json, os, shutil
@@ -57,8 +57,11 @@ LAUNCHERS = ("forkserver", "subprocess")
 
 def trivial_workflow() -> common_pb2.Workflow:
     return common_pb2.Workflow(
-        datasets=[common_pb2.WorkflowAsset(
-            did=DATASET_DID, files=[common_pb2.FileLocation(type="raw", content=DATASET)], ddo_json="{}")],
+        datasets=[
+            common_pb2.WorkflowAsset(
+                did=DATASET_DID, files=[common_pb2.FileLocation(type="raw", content=DATASET)], ddo_json="{}"
+            )
+        ],
         raw_algorithm=ALGORITHM,
         container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python"),
     )
@@ -74,8 +77,12 @@ class BareRun:
         (root / "outputs").mkdir()
         (root / "algo.py").write_text(ALGORITHM)
         self.argv = ["python3", str(root / "algo.py")]
-        self.env = {"PATH": "/usr/bin:/bin", "DIDS": json.dumps([did]), "INPUTS": str(root / "inputs"),
-                    "OUTPUTS": str(root / "outputs")}
+        self.env = {
+            "PATH": "/usr/bin:/bin",
+            "DIDS": json.dumps([did]),
+            "INPUTS": str(root / "inputs"),
+            "OUTPUTS": str(root / "outputs"),
+        }
 
     def __call__(self) -> float:
         started = time.monotonic()
@@ -89,12 +96,15 @@ class Engine:
     def __init__(self, root: Path, launcher: str, max_jobs: int) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.config = EngineSettings(
-            address="127.0.0.1:0", database_url=f"sqlite:///{root}/engine-{launcher}.db",
-            workspaces_dir=str(root / f"workspaces-{launcher}"), max_jobs=max_jobs, pod_launcher=launcher,
+            address="127.0.0.1:0",
+            database_url=f"sqlite:///{root}/engine-{launcher}.db",
+            workspaces_dir=str(root / f"workspaces-{launcher}"),
+            max_jobs=max_jobs,
+            pod_launcher=launcher,
         )
         self.finished: dict[str, asyncio.Future[engine_pb2.StateChange]] = {}
 
-    async def __aenter__(self) -> "Engine":
+    async def __aenter__(self) -> Engine:
         import grpc
 
         self.running = await server.start(self.config)
@@ -121,9 +131,12 @@ class Engine:
         job_id = str(uuid.uuid4())
         self.finished[job_id] = asyncio.get_running_loop().create_future()
         started = time.monotonic()
-        await self.stub.SubmitJob(engine_pb2.SubmitJobRequest(
-            job_id=job_id, environment_id=self.config.environment_id, workflow=trivial_workflow()),
-            metadata=self.metadata)
+        await self.stub.SubmitJob(
+            engine_pb2.SubmitJobRequest(
+                job_id=job_id, environment_id=self.config.environment_id, workflow=trivial_workflow()
+            ),
+            metadata=self.metadata,
+        )
         end = await asyncio.wait_for(self.finished[job_id], 600)
         if end.status != 70:
             admin = Path(self.config.workspaces_dir) / job_id / "admin"
@@ -175,8 +188,9 @@ async def sandbox_overhead(n: int) -> tuple[float, float]:
     from tests.operator_engine.bench_sandbox_overhead import bare, through_sandbox
 
     detect_capabilities()
-    limits = SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20, cpu_cores=1, max_processes=32,
-                           disk_quota_bytes=1 << 30)
+    limits = SandboxLimits(
+        wall_timeout_s=10, memory_bytes=256 << 20, cpu_cores=1, max_processes=32, disk_quota_bytes=1 << 30
+    )
     with tempfile.TemporaryDirectory() as tmp:
         plain = statistics.median([await bare() for _ in range(n)])
         boxed = statistics.median([(await through_sandbox(Path(tmp), True, limits))[0] for _ in range(n)])
@@ -200,11 +214,13 @@ async def main() -> None:
         os.environ.setdefault("C2D_LOG_LEVEL", "WARNING")
         bare_run = BareRun(root / "bare")
         e2e, bare = {}, {}  # per launcher: each against the bare runs made beside its own jobs
-        for launcher, n in zip(LAUNCHERS, (latency_n, before_n)):
+        for launcher, n in zip(LAUNCHERS, (latency_n, before_n), strict=False):
             jobs, bare_times = await latency(root / f"lat-{launcher}", launcher, n, bare_run)
             e2e[launcher], bare[launcher] = statistics.median(jobs), statistics.median(bare_times)
-        bursts = {launcher: await throughput(root / f"burst-{launcher}", launcher, n, args.max_jobs)
-                  for launcher, n in zip(LAUNCHERS, (burst, before_burst))}
+        bursts = {
+            launcher: await throughput(root / f"burst-{launcher}", launcher, n, args.max_jobs)
+            for launcher, n in zip(LAUNCHERS, (burst, before_burst), strict=False)
+        }
         rate = {launcher: jobs_per_s for launcher, (jobs_per_s, _) in bursts.items()}
         bare_rate, bare_cpu = await bare_burst(bare_run, burst, args.max_jobs)
         plain_start, sandbox_start = await sandbox_overhead(sandbox_n)
@@ -213,31 +229,43 @@ async def main() -> None:
     print(f"{'':44s} {'forkserver':>12s} {'subprocess':>12s}")
     print(f"{'bare python3 algo.py, p50 ms':44s} {ms(bare['forkserver']):12.1f} {ms(bare['subprocess']):12.1f}")
     print(f"{'submit -> 70, p50 ms':44s} {ms(e2e['forkserver']):12.1f} {ms(e2e['subprocess']):12.1f}")
-    print(f"{'  x bare':44s} {e2e['forkserver'] / bare['forkserver']:12.1f} "
-          f"{e2e['subprocess'] / bare['subprocess']:12.1f}")
+    print(
+        f"{'  x bare':44s} {e2e['forkserver'] / bare['forkserver']:12.1f} "
+        f"{e2e['subprocess'] / bare['subprocess']:12.1f}"
+    )
     print(f"{'jobs/s, jobs submitted at once':44s} {rate['forkserver']:12.1f} {rate['subprocess']:12.1f}")
-    print(f"{'  (jobs in the burst; max_jobs)':44s} {burst:>8d}; {args.max_jobs:<2d} {before_burst:>8d}; {args.max_jobs:<2d}")
-    print(f"{'  machine CPU ms per job':44s} {ms(bursts['forkserver'][1]):12.1f} "
-          f"{ms(bursts['subprocess'][1]):12.1f}")
-    print(f"bare python3 algo.py, {burst} runs {args.max_jobs} at a time, no engine: {bare_rate:.1f} runs/s, "
-          f"{ms(bare_cpu)} machine CPU ms per run (the most any engine could reach here)")
-    print(f"/bin/true: bare {ms(plain_start)} ms, through the sandbox {ms(sandbox_start)} ms "
-          f"(start overhead {ms(sandbox_start - plain_start)} ms)")
-    print(json.dumps({
-        "e2e_p50_ms": ms(e2e["forkserver"]),
-        "bare_p50_ms": ms(bare["forkserver"]),
-        "e2e_over_bare": round(e2e["forkserver"] / bare["forkserver"], 2),
-        "jobs_per_s": round(rate["forkserver"], 1),
-        "machine_cpu_ms_per_job": ms(bursts["forkserver"][1]),
-        "bare_burst_runs_per_s": round(bare_rate, 1),
-        "bare_machine_cpu_ms_per_run": ms(bare_cpu),
-        "sandbox_start_ms": ms(sandbox_start - plain_start),
-        "e2e_p50_ms_subprocess_pods": ms(e2e["subprocess"]),
-        "jobs_per_s_subprocess_pods": round(rate["subprocess"], 1),
-        "jobs_in_burst": burst,
-        "max_jobs": args.max_jobs,
-        "quick": args.quick,
-    }))
+    print(
+        f"{'  (jobs in the burst; max_jobs)':44s} "
+        f"{burst:>8d}; {args.max_jobs:<2d} {before_burst:>8d}; {args.max_jobs:<2d}"
+    )
+    print(f"{'  machine CPU ms per job':44s} {ms(bursts['forkserver'][1]):12.1f} {ms(bursts['subprocess'][1]):12.1f}")
+    print(
+        f"bare python3 algo.py, {burst} runs {args.max_jobs} at a time, no engine: {bare_rate:.1f} runs/s, "
+        f"{ms(bare_cpu)} machine CPU ms per run (the most any engine could reach here)"
+    )
+    print(
+        f"/bin/true: bare {ms(plain_start)} ms, through the sandbox {ms(sandbox_start)} ms "
+        f"(start overhead {ms(sandbox_start - plain_start)} ms)"
+    )
+    print(
+        json.dumps(
+            {
+                "e2e_p50_ms": ms(e2e["forkserver"]),
+                "bare_p50_ms": ms(bare["forkserver"]),
+                "e2e_over_bare": round(e2e["forkserver"] / bare["forkserver"], 2),
+                "jobs_per_s": round(rate["forkserver"], 1),
+                "machine_cpu_ms_per_job": ms(bursts["forkserver"][1]),
+                "bare_burst_runs_per_s": round(bare_rate, 1),
+                "bare_machine_cpu_ms_per_run": ms(bare_cpu),
+                "sandbox_start_ms": ms(sandbox_start - plain_start),
+                "e2e_p50_ms_subprocess_pods": ms(e2e["subprocess"]),
+                "jobs_per_s_subprocess_pods": round(rate["subprocess"], 1),
+                "jobs_in_burst": burst,
+                "max_jobs": args.max_jobs,
+                "quick": args.quick,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -43,9 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import grpc
+
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2
-
 from cli import demo
 from cli.client import Client
 from cli.stack import start_stack
@@ -92,9 +92,7 @@ async def start_echo_server() -> tuple[grpc.aio.Server, int]:
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
 
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
-    )
+    handler = grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -151,8 +149,9 @@ def stack_environment(provider: ProviderSettings, operator: OperatorSettings, en
 
 
 @contextlib.asynccontextmanager
-async def stack_at(provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings,
-                   in_process: bool, per_server: bool) -> AsyncIterator[str]:
+async def stack_at(
+    provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings, in_process: bool, per_server: bool
+) -> AsyncIterator[str]:
     """The provider's address, the stack running in this process, in a `c2d up`
     process, or one process per server (`c2d up --processes`)."""
     if in_process:
@@ -185,78 +184,103 @@ def figures(seconds: float, latencies: list[float]) -> dict[str, float]:
     }
 
 
-async def bench(database_url: str, jobs_per_client: int, reads_per_client: int, in_process: bool, per_server: bool,
-                say: Callable[[str], None]) -> dict[str, Any]:
+async def bench(
+    database_url: str,
+    jobs_per_client: int,
+    reads_per_client: int,
+    in_process: bool,
+    per_server: bool,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
     provider, operator, engine = settings_for(database_url, backend="noop")
     engine = dataclasses.replace(engine, max_jobs=CLIENTS)
-    async with stack_at(provider, operator, engine, in_process, per_server) as provider_address:
-        async with grpc.aio.insecure_channel(provider_address) as channel:
-            publisher = Client(channel, "0x" + "51" * 32)
-            environment = await wait_for_environment(publisher)
-            clients = [Client(channel, "0x" + f"{i + 1:064x}") for i in range(CLIENTS)]
+    async with (
+        stack_at(provider, operator, engine, in_process, per_server) as provider_address,
+        grpc.aio.insecure_channel(provider_address) as channel,
+    ):
+        publisher = Client(channel, "0x" + "51" * 32)
+        environment = await wait_for_environment(publisher)
+        clients = [Client(channel, "0x" + f"{i + 1:064x}") for i in range(CLIENTS)]
 
-            # Setup: one dataset that allows raw algorithms, one order per job.
-            files = await publisher.encrypt([common_pb2.FileLocation(type="url", url="http://127.0.0.1:9/data.csv")])
-            salt = f"bench-{time.time_ns()}"
-            dataset = publisher.did_for(salt)
-            await publisher.publish({
+        # Setup: one dataset that allows raw algorithms, one order per job.
+        files = await publisher.encrypt([common_pb2.FileLocation(type="url", url="http://127.0.0.1:9/data.csv")])
+        salt = f"bench-{time.time_ns()}"
+        dataset = publisher.did_for(salt)
+        await publisher.publish(
+            {
                 "version": "4.1.0",
                 "metadata": {"type": "dataset", "name": "bench", "author": "bench", "license": "CC0"},
-                "services": [demo._service("compute", "compute", files, dataset, {
-                    "allowRawAlgorithm": True, "allowNetworkAccess": False,
-                    "publisherTrustedAlgorithms": [], "publisherTrustedAlgorithmPublishers": [],
-                })],
-            }, salt)
-            token = await publisher.create_datatoken(dataset, "compute")
-            for client in clients:
-                await publisher.mint(token, client.address, jobs_per_client)
+                "services": [
+                    demo._service(
+                        "compute",
+                        "compute",
+                        files,
+                        dataset,
+                        {
+                            "allowRawAlgorithm": True,
+                            "allowNetworkAccess": False,
+                            "publisherTrustedAlgorithms": [],
+                            "publisherTrustedAlgorithmPublishers": [],
+                        },
+                    )
+                ],
+            },
+            salt,
+        )
+        token = await publisher.create_datatoken(dataset, "compute")
+        for client in clients:
+            await publisher.mint(token, client.address, jobs_per_client)
 
-            async def orders_of(client: Client) -> list[str]:
-                return [await client.order(dataset, "compute") for _ in range(jobs_per_client)]
+        async def orders_of(client: Client) -> list[str]:
+            return [await client.order(dataset, "compute") for _ in range(jobs_per_client)]
 
-            say(f"setup: {CLIENTS * jobs_per_client} orders ...")
-            orders = await asyncio.gather(*(orders_of(c) for c in clients))
+        say(f"setup: {CLIENTS * jobs_per_client} orders ...")
+        orders = await asyncio.gather(*(orders_of(c) for c in clients))
 
-            def start_call(client: Client, order_id: str) -> Callable[[], Awaitable[Any]]:
-                spec = provider_pb2.ComputeSpec(
-                    dataset=provider_pb2.AssetOrder(did=dataset, service_id="compute", order_id=order_id),
-                    raw_algorithm=RAW, environment_id=environment,
-                )
-                request = client.signed("StartCompute", provider_pb2.StartComputeRequest(spec=spec))
-                return lambda: client.compute.StartCompute(request)
-
-            start_calls = [[start_call(c, o) for o in own] for c, own in zip(clients, orders)]
-            job_ids: list[list[str]] = [[] for _ in clients]
-
-            def recording(index: int, call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
-                async def run() -> None:
-                    job_ids[index].append((await call()).job_id)
-                return run
-
-            say("StartCompute ...")
-            start_s, start_lat = await run_clients(
-                [[recording(i, call) for call in own] for i, own in enumerate(start_calls)]
+        def start_call(client: Client, order_id: str) -> Callable[[], Awaitable[Any]]:
+            spec = provider_pb2.ComputeSpec(
+                dataset=provider_pb2.AssetOrder(did=dataset, service_id="compute", order_id=order_id),
+                raw_algorithm=RAW,
+                environment_id=environment,
             )
+            request = client.signed("StartCompute", provider_pb2.StartComputeRequest(spec=spec))
+            return lambda: client.compute.StartCompute(request)
 
-            # The engine and operator finish those jobs before the reads start.
-            async def last_status(client: Client, job_id: str) -> int:
-                status = 0
-                async for job in client.watch(job_id):
-                    status = job.status
-                return status
+        start_calls = [[start_call(c, o) for o in own] for c, own in zip(clients, orders, strict=False)]
+        job_ids: list[list[str]] = [[] for _ in clients]
 
-            say("waiting for the jobs to finish ...")
-            await asyncio.gather(*(last_status(c, own[-1]) for c, own in zip(clients, job_ids)))
-            say(f"signing {CLIENTS * reads_per_client} reads ...")
-            read_calls = []
-            for client, own in zip(clients, job_ids):
-                requests = [client.signed("GetJobDetails", provider_pb2.GetJobDetailsRequest(job_id=own[0]))
-                            for _ in range(reads_per_client)]
-                read_calls.append([(lambda c=client, r=r: c.compute.GetJobDetails(r)) for r in requests])
-            payload = (await read_calls[0][0]()).SerializeToString()
-            read_calls[0] = read_calls[0][1:]  # that request's nonce is spent
-            say("reading GetJobDetails ...")
-            read_s, read_lat = await run_clients(read_calls)
+        def recording(index: int, call: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+            async def run() -> None:
+                job_ids[index].append((await call()).job_id)
+
+            return run
+
+        say("StartCompute ...")
+        start_s, start_lat = await run_clients(
+            [[recording(i, call) for call in own] for i, own in enumerate(start_calls)]
+        )
+
+        # The engine and operator finish those jobs before the reads start.
+        async def last_status(client: Client, job_id: str) -> int:
+            status = 0
+            async for job in client.watch(job_id):
+                status = job.status
+            return status
+
+        say("waiting for the jobs to finish ...")
+        await asyncio.gather(*(last_status(c, own[-1]) for c, own in zip(clients, job_ids, strict=False)))
+        say(f"signing {CLIENTS * reads_per_client} reads ...")
+        read_calls = []
+        for client, own in zip(clients, job_ids, strict=False):
+            requests = [
+                client.signed("GetJobDetails", provider_pb2.GetJobDetailsRequest(job_id=own[0]))
+                for _ in range(reads_per_client)
+            ]
+            read_calls.append([(lambda c=client, r=r: c.compute.GetJobDetails(r)) for r in requests])
+        payload = (await read_calls[0][0]()).SerializeToString()
+        read_calls[0] = read_calls[0][1:]  # that request's nonce is spent
+        say("reading GetJobDetails ...")
+        read_s, read_lat = await run_clients(read_calls)
 
     async with echo_server(in_process) as address, grpc.aio.insecure_channel(address) as echo_channel:
         echo = echo_channel.unary_unary(ECHO)
@@ -279,10 +303,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--postgres", action="store_true", help="a fresh PostgreSQL database instead of SQLite")
-    parser.add_argument("--in-process", action="store_true",
-                        help="the servers in this process, with the load generator (the old topology)")
-    parser.add_argument("--processes", action="store_true",
-                        help="the stack as `c2d up --processes`: one process per server")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="the servers in this process, with the load generator (the old topology)",
+    )
+    parser.add_argument(
+        "--processes", action="store_true", help="the stack as `c2d up --processes`: one process per server"
+    )
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)  # the baseline's own process
     args = parser.parse_args()
     if args.echo_server:
@@ -294,7 +322,7 @@ def main() -> None:
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    with (fresh_database() if args.postgres else contextlib.nullcontext("")) as url:
+    with fresh_database() if args.postgres else contextlib.nullcontext("") as url:
         result = asyncio.run(bench(url, jobs_per_client, reads_per_client, args.in_process, args.processes, say))
 
     database = "postgresql" if args.postgres else "sqlite"
@@ -302,20 +330,32 @@ def main() -> None:
     start, getjob, echo = result["start"], result["getjob"], result["echo"]
     print(f"provider API, {CLIENTS} concurrent clients, {database}, noop engine backend, servers: {topology}")
     print(f"{'call':<16}{'calls':>8}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, row, calls in (("StartCompute", start, CLIENTS * jobs_per_client),
-                             ("GetJobDetails", getjob, CLIENTS * reads_per_client - 1),
-                             ("echo (baseline)", echo, CLIENTS * reads_per_client)):
+    for name, row, calls in (
+        ("StartCompute", start, CLIENTS * jobs_per_client),
+        ("GetJobDetails", getjob, CLIENTS * reads_per_client - 1),
+        ("echo (baseline)", echo, CLIENTS * reads_per_client),
+    ):
         print(f"{name:<16}{calls:>8}{row['rps']:>10.1f}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}")
     ratio = getjob["rps"] / echo["rps"]
     print(f"GetJobDetails / echo: {ratio:.2f}x (target >= 0.5x); payload {result['payload_bytes']} bytes")
-    print(json.dumps({
-        "database": database, "topology": topology, "clients": CLIENTS,
-        "getjob_rps": round(getjob["rps"], 1), "echo_rps": round(echo["rps"], 1),
-        "getjob_over_echo": round(ratio, 3), "getjob_p50_ms": round(getjob["p50_ms"], 2),
-        "getjob_p99_ms": round(getjob["p99_ms"], 2), "echo_p99_ms": round(echo["p99_ms"], 2),
-        "start_rps": round(start["rps"], 1), "start_p50_ms": round(start["p50_ms"], 2),
-        "start_p99_ms": round(start["p99_ms"], 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "database": database,
+                "topology": topology,
+                "clients": CLIENTS,
+                "getjob_rps": round(getjob["rps"], 1),
+                "echo_rps": round(echo["rps"], 1),
+                "getjob_over_echo": round(ratio, 3),
+                "getjob_p50_ms": round(getjob["p50_ms"], 2),
+                "getjob_p99_ms": round(getjob["p99_ms"], 2),
+                "echo_p99_ms": round(echo["p99_ms"], 2),
+                "start_rps": round(start["rps"], 1),
+                "start_p50_ms": round(start["p50_ms"], 2),
+                "start_p99_ms": round(start["p99_ms"], 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.cpu import machine_busy_s  # noqa: E402
+from bench.cpu import machine_busy_s
 
 MiB = 1 << 20
 FILES = 4
@@ -73,7 +73,9 @@ def child_publish(root: str, job_id: str) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         collected = publishing.collect(Path(root), pack=False, scratch=Path(scratch))
         config = storage.StorageConfig.from_env()
-        config = dataclasses.replace(config, part_size=publishing.part_size_for(config.part_size, collected.largest_file))
+        config = dataclasses.replace(
+            config, part_size=publishing.part_size_for(config.part_size, collected.largest_file)
+        )
         store = storage.open_store(config)
         started = time.monotonic()
         manifest = publishing.publish(store, job_id, collected)
@@ -91,8 +93,11 @@ def child_fput(root: str, job_id: str) -> None:
 
     env = os.environ
     client = Minio(
-        env["C2D_STORAGE_S3_ENDPOINT"], access_key=env["C2D_STORAGE_S3_ACCESS_KEY"],
-        secret_key=env["C2D_STORAGE_S3_SECRET_KEY"], secure=False, region="us-east-1",
+        env["C2D_STORAGE_S3_ENDPOINT"],
+        access_key=env["C2D_STORAGE_S3_ACCESS_KEY"],
+        secret_key=env["C2D_STORAGE_S3_SECRET_KEY"],
+        secure=False,
+        region="us-east-1",
     )
     files = sorted((Path(root) / "outputs").iterdir())
     started = time.monotonic()
@@ -106,7 +111,10 @@ def child_fput(root: str, job_id: str) -> None:
 def run_child(kind: str, root: Path, env: dict[str, str]) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", kind, str(root), f"bench-{uuid.uuid4().hex[:8]}"],
-        env={**os.environ, **env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, check=False,
+        env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode != 0:
         raise RuntimeError(f"{kind} child failed:\n{out.stderr[-3000:]}")
@@ -122,7 +130,9 @@ def write_files(root: Path, total: int) -> None:
     block = os.urandom(MiB)
     for i in range(FILES):
         with open(outputs / f"part-{i}.bin", "wb") as f:
-            f.writelines(block[n % 7:] + block[: n % 7] for n in range(total // FILES // MiB))  # not all the same bytes
+            f.writelines(
+                block[n % 7 :] + block[: n % 7] for n in range(total // FILES // MiB)
+            )  # not all the same bytes
 
 
 def bench_publishing(root: Path, env: dict[str, str], total: int, repeat: int) -> dict:
@@ -135,7 +145,8 @@ def bench_publishing(root: Path, env: dict[str, str], total: int, repeat: int) -
     best_theirs = min(theirs, key=lambda r: r["seconds"])
     shutil.rmtree(root / "outputs")
     return {
-        "ours": best_ours, "minio": best_theirs,
+        "ours": best_ours,
+        "minio": best_theirs,
         "peak_rss_mib": max(r["rss_mib"] for r in ours),
         "minio_rss_mib": max(r["rss_mib"] for r in theirs),
     }
@@ -164,8 +175,11 @@ def child_download(how: str, target: str, what: str) -> None:
         from minio import Minio
 
         client = Minio(
-            env["C2D_STORAGE_S3_ENDPOINT"], access_key=env["C2D_STORAGE_S3_ACCESS_KEY"],
-            secret_key=env["C2D_STORAGE_S3_SECRET_KEY"], secure=False, region="us-east-1",
+            env["C2D_STORAGE_S3_ENDPOINT"],
+            access_key=env["C2D_STORAGE_S3_ACCESS_KEY"],
+            secret_key=env["C2D_STORAGE_S3_SECRET_KEY"],
+            secure=False,
+            region="us-east-1",
         )
         bucket, key = what.split("/", 1)
         started, busy, got = time.monotonic(), machine_busy_s(), 0
@@ -206,9 +220,15 @@ async def bench_download(env: dict[str, str], total: int, repeat: int) -> dict:
         async def child(how: str, target: str, what: str) -> tuple[float, float]:
             """(seconds, CPU-seconds the whole machine was busy meanwhile)."""
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--child", f"download-{how}", target, what,
+                sys.executable,
+                __file__,
+                "--child",
+                f"download-{how}",
+                target,
+                what,
                 env={**os.environ, **env, "PYTHONPATH": str(REPO)},
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             out, err = await proc.communicate()
             if proc.returncode != 0:
@@ -222,8 +242,13 @@ async def bench_download(env: dict[str, str], total: int, repeat: int) -> dict:
             provider.append(await child("provider", bench.stack.provider_address, f"{job.job_id}/{entry.index}"))
             direct.append(await child("direct", "-", entry.location.removeprefix("s3://")))
     (provider_s, provider_cpu), (direct_s, direct_cpu) = min(provider), min(direct)
-    return {"bytes": entry.size, "provider_s": provider_s, "direct_s": direct_s,
-            "provider_cpu_s": provider_cpu, "direct_cpu_s": direct_cpu}
+    return {
+        "bytes": entry.size,
+        "provider_s": provider_s,
+        "direct_s": direct_s,
+        "provider_cpu_s": provider_cpu,
+        "direct_cpu_s": direct_cpu,
+    }
 
 
 def _from_memory(total: int):  # type: ignore[no-untyped-def]
@@ -244,7 +269,6 @@ class _FromMemory:
 
     async def GetComputeResult(self, request, context):  # type: ignore[no-untyped-def]
         from c2d.provider.v1 import provider_pb2
-
         from services.provider.api.results_download import RESULT_CHUNK
 
         data, sent = os.urandom(RESULT_CHUNK), 0
@@ -255,6 +279,7 @@ class _FromMemory:
 
 def child_ceiling(address: str) -> None:
     import grpc
+
     from c2d.provider.v1 import provider_pb2, provider_pb2_grpc
 
     async def download() -> int:
@@ -274,6 +299,7 @@ def child_ceiling(address: str) -> None:
 async def bench_grpc_ceiling(total: int, repeat: int) -> tuple[float, float]:
     """(MiB/s, machine CPU-seconds per GiB) of the best run."""
     import grpc
+
     from c2d.provider.v1 import provider_pb2_grpc
 
     server = grpc.aio.server()
@@ -284,8 +310,14 @@ async def bench_grpc_ceiling(total: int, repeat: int) -> tuple[float, float]:
         runs = []
         for _ in range(repeat):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--child", "ceiling", f"127.0.0.1:{port}", "-",
-                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=asyncio.subprocess.PIPE,
+                sys.executable,
+                __file__,
+                "--child",
+                "ceiling",
+                f"127.0.0.1:{port}",
+                "-",
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                stdout=asyncio.subprocess.PIPE,
             )
             out, _ = await proc.communicate()
             result = json.loads(out.decode().strip().splitlines()[-1])
@@ -317,7 +349,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--repeat", type=int, default=None, help="runs per figure (best is kept)")
     parser.add_argument("--sparse-gib", type=int, default=None, help="size of the sparse multipart run (0: skip)")
-    parser.add_argument("--download-only", action="store_true", help="only part 2 (GetComputeResult) and the gRPC ceiling")
+    parser.add_argument(
+        "--download-only", action="store_true", help="only part 2 (GetComputeResult) and the gRPC ceiling"
+    )
     parser.add_argument("--child", nargs=3, metavar=("KIND", "ROOT", "JOB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -346,9 +380,12 @@ def main() -> None:
         # SeaweedFS allocates the bucket's volumes on its first write: not in either measured run
         server.client().put_object(bucket, "warm-up", io.BytesIO(bytes(MiB)), MiB)
         env = {
-            "C2D_STORAGE_KIND": "s3", "C2D_STORAGE_S3_ENDPOINT": server.endpoint,
-            "C2D_STORAGE_S3_ACCESS_KEY": server.access_key, "C2D_STORAGE_S3_SECRET_KEY": server.secret_key,
-            "C2D_STORAGE_S3_BUCKET": bucket, "C2D_STORAGE_S3_REGION": "us-east-1",
+            "C2D_STORAGE_KIND": "s3",
+            "C2D_STORAGE_S3_ENDPOINT": server.endpoint,
+            "C2D_STORAGE_S3_ACCESS_KEY": server.access_key,
+            "C2D_STORAGE_S3_SECRET_KEY": server.secret_key,
+            "C2D_STORAGE_S3_BUCKET": bucket,
+            "C2D_STORAGE_S3_REGION": "us-east-1",
         }
         os.environ.update(env)  # the stack of part 2 (provider and pods) uses the same bucket
         publishing = None if args.download_only else bench_publishing(base / "files", env, total, repeat)
@@ -359,33 +396,47 @@ def main() -> None:
         _stop(proc)
         shutil.rmtree(base, ignore_errors=True)
 
-    mib_s = lambda size, s: size / MiB / s
+    def mib_s(size, s):
+        return size / MiB / s
+
     figures: dict = {}
     if publishing is not None:
         ours, minio = publishing["ours"], publishing["minio"]
         s3_over_minio = minio["seconds"] / ours["seconds"]
         print(f"\npublishing {FILES} files, {ours['bytes'] / MiB:.0f} MiB, to SeaweedFS S3 (best of {repeat})")
         print(f"  {'':34} {'seconds':>8} {'MiB/s':>8} {'peak RSS MiB':>13}")
-        print(f"  {'pod_publish (part ' + str(ours['part_size'] // MiB) + ' MiB, 2 at once)':34} "
-              f"{ours['seconds']:8.2f} {mib_s(ours['bytes'], ours['seconds']):8.1f} {publishing['peak_rss_mib']:13.1f}")
-        print(f"  {'minio fput_object (defaults)':34} {minio['seconds']:8.2f} "
-              f"{mib_s(minio['bytes'], minio['seconds']):8.1f} {publishing['minio_rss_mib']:13.1f}")
+        print(
+            f"  {'pod_publish (part ' + str(ours['part_size'] // MiB) + ' MiB, 2 at once)':34} "
+            f"{ours['seconds']:8.2f} {mib_s(ours['bytes'], ours['seconds']):8.1f} {publishing['peak_rss_mib']:13.1f}"
+        )
+        print(
+            f"  {'minio fput_object (defaults)':34} {minio['seconds']:8.2f} "
+            f"{mib_s(minio['bytes'], minio['seconds']):8.1f} {publishing['minio_rss_mib']:13.1f}"
+        )
         print(f"  pod_publish / fput_object throughput: {s3_over_minio:.2f}x (target >= 0.9x, RSS <= 128 MiB)")
-        figures.update({
-            "s3_over_minio": round(s3_over_minio, 3),
-            "peak_rss_mib": round(publishing["peak_rss_mib"], 1),
-            "publish_mib_s": round(mib_s(ours["bytes"], ours["seconds"]), 1),
-            "fput_mib_s": round(mib_s(minio["bytes"], minio["seconds"]), 1),
-            "minio_rss_mib": round(publishing["minio_rss_mib"], 1),
-        })
+        figures.update(
+            {
+                "s3_over_minio": round(s3_over_minio, 3),
+                "peak_rss_mib": round(publishing["peak_rss_mib"], 1),
+                "publish_mib_s": round(mib_s(ours["bytes"], ours["seconds"]), 1),
+                "fput_mib_s": round(mib_s(minio["bytes"], minio["seconds"]), 1),
+                "minio_rss_mib": round(publishing["minio_rss_mib"], 1),
+            }
+        )
     over_direct = download["direct_s"] / download["provider_s"]
     print(f"\nGetComputeResult of a {download['bytes'] / MiB:.0f} MiB result (best of {repeat})")
-    print(f"  {'through the provider (c2d client)':34} {download['provider_s']:8.2f} "
-          f"{mib_s(download['bytes'], download['provider_s']):8.1f}")
-    print(f"  {'straight from S3 (minio get_object)':34} {download['direct_s']:8.2f} "
-          f"{mib_s(download['bytes'], download['direct_s']):8.1f}")
-    print(f"  {'bare gRPC stream from memory':34} {'':8} {ceiling_mib_s:8.1f}   "
-          f"(grpc.aio stub, default options; {ceiling_cost:.2f} CPU-s/GiB)")
+    print(
+        f"  {'through the provider (c2d client)':34} {download['provider_s']:8.2f} "
+        f"{mib_s(download['bytes'], download['provider_s']):8.1f}"
+    )
+    print(
+        f"  {'straight from S3 (minio get_object)':34} {download['direct_s']:8.2f} "
+        f"{mib_s(download['bytes'], download['direct_s']):8.1f}"
+    )
+    print(
+        f"  {'bare gRPC stream from memory':34} {'':8} {ceiling_mib_s:8.1f}   "
+        f"(grpc.aio stub, default options; {ceiling_cost:.2f} CPU-s/GiB)"
+    )
     print(f"  provider / direct throughput: {over_direct:.2f}x (target >= 0.8x)")
     # What the machine can give: each path's CPU-seconds per GiB (all processes,
     # SeaweedFS included); with every core busy the provider path could at best
@@ -396,26 +447,34 @@ def main() -> None:
     bound = cores / provider_cost * 1024 / mib_s(download["bytes"], download["direct_s"])
     print(f"  machine CPU per GiB: {provider_cost:.2f} s through the provider, {direct_cost:.2f} s straight from S3;")
     print(f"  with all {cores} cores busy the provider path could reach at most {bound:.2f}x direct")
-    figures.update({
-        "provider_cpu_s_per_gib": round(provider_cost, 2),
-        "direct_cpu_s_per_gib": round(direct_cost, 2),
-        "provider_path_bound_over_direct": round(bound, 3),
-        "result_download_over_direct": round(over_direct, 3),
-        "download_mib_s": round(mib_s(download["bytes"], download["provider_s"]), 1),
-        "direct_mib_s": round(mib_s(download["bytes"], download["direct_s"]), 1),
-        "grpc_ceiling_mib_s": round(ceiling_mib_s, 1),
-        "grpc_ceiling_cpu_s_per_gib": round(ceiling_cost, 2),
-        "total_mib": total // MiB,
-    })
+    figures.update(
+        {
+            "provider_cpu_s_per_gib": round(provider_cost, 2),
+            "direct_cpu_s_per_gib": round(direct_cost, 2),
+            "provider_path_bound_over_direct": round(bound, 3),
+            "result_download_over_direct": round(over_direct, 3),
+            "download_mib_s": round(mib_s(download["bytes"], download["provider_s"]), 1),
+            "direct_mib_s": round(mib_s(download["bytes"], download["direct_s"]), 1),
+            "grpc_ceiling_mib_s": round(ceiling_mib_s, 1),
+            "grpc_ceiling_cpu_s_per_gib": round(ceiling_cost, 2),
+            "total_mib": total // MiB,
+        }
+    )
     if sparse is not None:
         parts = -(-sparse["bytes"] // sparse["part_size"])
-        print(f"\na {sparse_gib} GiB sparse file through pod_publish's S3 multipart ({parts} parts of "
-              f"{sparse['part_size'] // MiB} MiB): {sparse['seconds']:.1f} s, "
-              f"{mib_s(sparse['bytes'], sparse['seconds']):.1f} MiB/s, peak RSS {sparse['rss_mib']:.1f} MiB")
-        figures.update({
-            "sparse_gib": sparse_gib, "sparse_seconds": round(sparse["seconds"], 1),
-            "sparse_parts": parts, "sparse_rss_mib": round(sparse["rss_mib"], 1),
-        })
+        print(
+            f"\na {sparse_gib} GiB sparse file through pod_publish's S3 multipart ({parts} parts of "
+            f"{sparse['part_size'] // MiB} MiB): {sparse['seconds']:.1f} s, "
+            f"{mib_s(sparse['bytes'], sparse['seconds']):.1f} MiB/s, peak RSS {sparse['rss_mib']:.1f} MiB"
+        )
+        figures.update(
+            {
+                "sparse_gib": sparse_gib,
+                "sparse_seconds": round(sparse["seconds"], 1),
+                "sparse_parts": parts,
+                "sparse_rss_mib": round(sparse["rss_mib"], 1),
+            }
+        )
     print(json.dumps(figures))
 
 

@@ -77,8 +77,11 @@ def child(spec_path: str) -> None:
     )
     defaults = program.StagingSettings()
     limits = staging.StagingLimits(
-        max_file_bytes=spec["disk"], max_total_bytes=spec["disk"], parallelism=defaults.parallelism,
-        connect_timeout_s=defaults.connect_timeout_s, idle_timeout_s=defaults.idle_timeout_s,
+        max_file_bytes=spec["disk"],
+        max_total_bytes=spec["disk"],
+        parallelism=defaults.parallelism,
+        connect_timeout_s=defaults.connect_timeout_s,
+        idle_timeout_s=defaults.idle_timeout_s,
         allow_hosts=("127.0.0.1",),
     )
     storage = StorageConfig(**spec["storage"]) if spec.get("storage") else None
@@ -86,8 +89,17 @@ def child(spec_path: str) -> None:
     started, cpu_started = time.perf_counter(), time.process_time()
     outcome = asyncio.run(staging.stage(request, Path(spec["root"]), limits, fetchers, logging.getLogger("bench")))
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu, "status": outcome.status, "reason": outcome.reason,
-                      "peak_rss_kib": peak_rss_kib()}))
+    print(
+        json.dumps(
+            {
+                "seconds": elapsed,
+                "cpu_seconds": cpu,
+                "status": outcome.status,
+                "reason": outcome.reason,
+                "peak_rss_kib": peak_rss_kib(),
+            }
+        )
+    )
 
 
 def peak_rss_kib() -> int:
@@ -104,7 +116,9 @@ def run_child(spec: dict, work: Path) -> tuple[float, float, float]:
     seconds and CPU seconds leave out the interpreter's start and imports."""
     spec_path = work / f"spec-{uuid.uuid4().hex[:8]}.json"
     spec_path.write_text(json.dumps(spec))
-    done = subprocess.run([sys.executable, __file__, "--child", str(spec_path)], stdout=subprocess.PIPE, cwd=REPO, check=False)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", str(spec_path)], stdout=subprocess.PIPE, cwd=REPO, check=False
+    )
     spec_path.unlink()
     if done.returncode != 0:
         raise RuntimeError(f"staging child failed with {done.returncode}")
@@ -231,7 +245,9 @@ def bench_s3(work: Path, files: dict[str, str], total: int, repeat: int) -> dict
             root = work / "stage"
             sources = [{"type": "s3", "url": f"s3://{bucket}/{n}", "checksum": files[n]} for n in files]
             storage = {k: v for k, v in config.__dict__.items() if k != "local_root"}
-            stage_runs.append(run_child({"sources": sources, "root": str(root), "disk": 2 * total, "storage": storage}, work))
+            stage_runs.append(
+                run_child({"sources": sources, "root": str(root), "disk": 2 * total, "storage": storage}, work)
+            )
             drop(root)
     finally:
         _stop(proc)
@@ -244,7 +260,9 @@ def bench_s3(work: Path, files: dict[str, str], total: int, repeat: int) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="64 MiB in all instead of 1 GiB")
-    parser.add_argument("--repeat", type=int, default=0, help="runs per measurement, best kept (default 3; 1 with --quick)")
+    parser.add_argument(
+        "--repeat", type=int, default=0, help="runs per measurement, best kept (default 3; 1 with --quick)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -263,16 +281,24 @@ def main() -> None:
         drop(work)
 
     rows = [("HTTP", "curl -Z (4 parallel)", http), ("S3", "minio fget_object x4 threads", s3)]
-    print(f"\nstaging {total // MiB} MiB ({FILES} files), best of {repeat}; this machine: {os.cpu_count()} cores, "
-          f"load {os.getloadavg()[0]:.2f}")
-    print(f"{'source':<6} {'baseline':<30} {'MiB/s':>8} {'CPU s':>6}   {'c2d':<20} {'MiB/s':>8} {'CPU s':>6} "
-          f"{'ratio':>6} {'peak RSS':>9}")
+    print(
+        f"\nstaging {total // MiB} MiB ({FILES} files), best of {repeat}; this machine: {os.cpu_count()} cores, "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{'source':<6} {'baseline':<30} {'MiB/s':>8} {'CPU s':>6}   {'c2d':<20} {'MiB/s':>8} {'CPU s':>6} "
+        f"{'ratio':>6} {'peak RSS':>9}"
+    )
     for source, base_name, r in rows:
-        print(f"{source:<6} {base_name:<30} {mib_s(total, r['base_s']):8.0f} {r['base_cpu_s']:6.2f}   "
-              f"{'pod_config staging':<20} {mib_s(total, r['ours_s']):8.0f} {r['ours_cpu_s']:6.2f} "
-              f"{r['ratio']:6.2f} {r['rss_mib']:7.1f} MiB")
-    print("MiB/s: best run; ratio: baseline time / staging time, median over back-to-back pairs; "
-          "CPU s: median, client side only")
+        print(
+            f"{source:<6} {base_name:<30} {mib_s(total, r['base_s']):8.0f} {r['base_cpu_s']:6.2f}   "
+            f"{'pod_config staging':<20} {mib_s(total, r['ours_s']):8.0f} {r['ours_cpu_s']:6.2f} "
+            f"{r['ratio']:6.2f} {r['rss_mib']:7.1f} MiB"
+        )
+    print(
+        "MiB/s: best run; ratio: baseline time / staging time, median over back-to-back pairs; "
+        "CPU s: median, client side only"
+    )
     figures = {
         "bytes": total,
         "http_over_curl": round(http["ratio"], 3),

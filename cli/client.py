@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
 from eth_account import Account
@@ -14,7 +15,13 @@ from google.protobuf.message import DecodeError
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import (
-    asset_pb2, asset_pb2_grpc, auth_pb2, ledger_pb2, ledger_pb2_grpc, provider_pb2, provider_pb2_grpc,
+    asset_pb2,
+    asset_pb2_grpc,
+    auth_pb2,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    provider_pb2,
+    provider_pb2_grpc,
 )
 from plumbing.server import reuse_freed_memory
 from services.provider.api.signatures import signed_fields
@@ -104,7 +111,9 @@ class Client:
         return await self.compute.StartCompute(self.signed("StartCompute", provider_pb2.StartComputeRequest(spec=spec)))
 
     async def details(self, job_id: str) -> provider_pb2.GetJobDetailsResponse:
-        return await self.compute.GetJobDetails(self.signed("GetJobDetails", provider_pb2.GetJobDetailsRequest(job_id=job_id)))
+        return await self.compute.GetJobDetails(
+            self.signed("GetJobDetails", provider_pb2.GetJobDetailsRequest(job_id=job_id))
+        )
 
     async def watch(self, job_id: str) -> AsyncIterator[common_pb2.Job]:
         call = self.compute.WatchJob(self.signed("WatchJob", provider_pb2.WatchJobRequest(job_id=job_id)))
@@ -169,7 +178,7 @@ def split_result_chunk(raw: bytes) -> tuple[provider_pb2.GetComputeResultRespons
         elif wire == 2:
             size, i = _varint(raw, i)
             if key == _DATA_KEY and i + size <= len(raw):
-                data, i = view[i:i + size], i + size  # the last occurrence wins, as in protobuf
+                data, i = view[i : i + size], i + size  # the last occurrence wins, as in protobuf
                 continue
             i += size
         else:  # groups (wire types 3, 4) are not in this message: protobuf rejects or skips them

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 
@@ -28,7 +28,7 @@ from plumbing.statuses import TEXT, Status
 from services.provider.domain import ddos
 
 CSV = "city,temperature\nOslo,4.5\nLisbon,18.25\nNairobi,21.0\nReykjavik,1.25\n"
-ALGORITHM = '''\
+ALGORITHM = """\
 import csv, json, os
 dids = json.loads(os.environ["DIDS"])
 rows = []
@@ -36,19 +36,20 @@ for did in dids:
     with open(os.path.join(os.environ["INPUTS"], did, "0"), newline="") as f:
         rows += list(csv.DictReader(f))
 temps = [float(r["temperature"]) for r in rows]
-result = {"rows": len(rows), "mean_temperature": sum(temps) / len(temps), "warmest": max(rows, key=lambda r: float(r["temperature"]))["city"]}
+warmest = max(rows, key=lambda r: float(r["temperature"]))["city"]
+result = {"rows": len(rows), "mean_temperature": sum(temps) / len(temps), "warmest": warmest}
 with open(os.path.join(os.environ["OUTPUTS"], "result.json"), "w") as f:
     json.dump(result, f, sort_keys=True)
 print("processed", len(rows), "rows")
-'''
+"""
 EXPECTED = {"mean_temperature": 11.25, "rows": 4, "warmest": "Nairobi"}
 IMAGE_DIGEST = "sha256:" + hashlib.sha256(b"python:3.11").hexdigest()
 
 
 class _Files(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
+    files: ClassVar[dict[str, bytes]] = {}
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_GET(self) -> None:
         body = self.files.get(self.path)
         if body is None:
             self.send_error(404)
@@ -71,8 +72,12 @@ def serve_files(files: dict[str, bytes]) -> tuple[http.server.ThreadingHTTPServe
 
 def _service(service_id: str, kind: str, files: str, did: str, compute: dict[str, Any] | None = None) -> dict[str, Any]:
     service = {
-        "id": service_id, "type": kind, "files": files, "timeout": 3600,
-        "datatokenAddress": ddos.datatoken_address(did, service_id), "serviceEndpoint": "grpc://127.0.0.1:50051",
+        "id": service_id,
+        "type": kind,
+        "files": files,
+        "timeout": 3600,
+        "datatokenAddress": ddos.datatoken_address(did, service_id),
+        "serviceEndpoint": "grpc://127.0.0.1:50051",
     }
     if compute is not None:
         service["compute"] = compute
@@ -92,12 +97,20 @@ async def run_demo(provider_address: str, out_dir: Path, say=print) -> dict[str,
             algo_did = publisher.did_for("algo-" + salt)
             algo_files = await publisher.encrypt([common_pb2.FileLocation(type="url", url=f"{base}/mean.py")])
             container = {"entrypoint": "python3 $ALGO", "image": "python", "tag": "3.11", "checksum": IMAGE_DIGEST}
-            await publisher.publish({
-                "version": "4.1.0",
-                "metadata": {"type": "algorithm", "name": "Mean temperature", "author": "c2d demo", "license": "MIT",
-                             "algorithm": {"language": "python", "version": "1.0", "container": container}},
-                "services": [_service("access", "access", algo_files, algo_did)],
-            }, "algo-" + salt)
+            await publisher.publish(
+                {
+                    "version": "4.1.0",
+                    "metadata": {
+                        "type": "algorithm",
+                        "name": "Mean temperature",
+                        "author": "c2d demo",
+                        "license": "MIT",
+                        "algorithm": {"language": "python", "version": "1.0", "container": container},
+                    },
+                    "services": [_service("access", "access", algo_files, algo_did)],
+                },
+                "algo-" + salt,
+            )
 
             dataset_did = publisher.did_for("data-" + salt)
             dataset_files = await publisher.encrypt([common_pb2.FileLocation(type="url", url=f"{base}/weather.csv")])
@@ -106,14 +119,32 @@ async def run_demo(provider_address: str, out_dir: Path, say=print) -> dict[str,
                 "filesChecksum": ddos.files_checksum([hashlib.sha256(ALGORITHM.encode()).hexdigest()]),
                 "containerSectionChecksum": ddos.container_checksum(container),
             }
-            await publisher.publish({
-                "version": "4.1.0",
-                "metadata": {"type": "dataset", "name": "City temperatures", "author": "c2d demo", "license": "CC0"},
-                "services": [_service("compute", "compute", dataset_files, dataset_did, {
-                    "allowRawAlgorithm": False, "allowNetworkAccess": False,
-                    "publisherTrustedAlgorithms": [trusted], "publisherTrustedAlgorithmPublishers": [],
-                })],
-            }, "data-" + salt)
+            await publisher.publish(
+                {
+                    "version": "4.1.0",
+                    "metadata": {
+                        "type": "dataset",
+                        "name": "City temperatures",
+                        "author": "c2d demo",
+                        "license": "CC0",
+                    },
+                    "services": [
+                        _service(
+                            "compute",
+                            "compute",
+                            dataset_files,
+                            dataset_did,
+                            {
+                                "allowRawAlgorithm": False,
+                                "allowNetworkAccess": False,
+                                "publisherTrustedAlgorithms": [trusted],
+                                "publisherTrustedAlgorithmPublishers": [],
+                            },
+                        )
+                    ],
+                },
+                "data-" + salt,
+            )
             say(f"published dataset {dataset_did}\npublished algorithm {algo_did}")
 
             for did, service_id in ((dataset_did, "compute"), (algo_did, "access")):
@@ -123,15 +154,18 @@ async def run_demo(provider_address: str, out_dir: Path, say=print) -> dict[str,
             algo_order = await consumer.order(algo_did, "access")
             say(f"consumer {consumer.address} ordered both assets")
 
-            environments = (await consumer.compute.ListComputeEnvironments(
-                provider_pb2.ListComputeEnvironmentsRequest())).environments
+            environments = (
+                await consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
+            ).environments
             environment = next(e for e in environments if e.available)
             started = time.monotonic()
-            response = await consumer.start(provider_pb2.ComputeSpec(
-                dataset=provider_pb2.AssetOrder(did=dataset_did, service_id="compute", order_id=dataset_order),
-                algorithm_asset=provider_pb2.AssetOrder(did=algo_did, service_id="access", order_id=algo_order),
-                environment_id=environment.id,
-            ))
+            response = await consumer.start(
+                provider_pb2.ComputeSpec(
+                    dataset=provider_pb2.AssetOrder(did=dataset_did, service_id="compute", order_id=dataset_order),
+                    algorithm_asset=provider_pb2.AssetOrder(did=algo_did, service_id="access", order_id=algo_order),
+                    environment_id=environment.id,
+                )
+            )
             job_id = response.job_id
             say(f"job {job_id} started in environment {environment.id}")
             statuses = []
@@ -143,14 +177,21 @@ async def run_demo(provider_address: str, out_dir: Path, say=print) -> dict[str,
             elapsed = time.monotonic() - started
             details = await consumer.details(job_id)
             job = details.job
-            outcome = {"job_id": job_id, "statuses": statuses, "status": job.status, "seconds": elapsed,
-                       "end_reason": job.end_reason, "error": job.error_message}
+            outcome = {
+                "job_id": job_id,
+                "statuses": statuses,
+                "status": job.status,
+                "seconds": elapsed,
+                "end_reason": job.end_reason,
+                "error": job.error_message,
+            }
             if job.status != Status.FINISHED or job.end_reason != common_pb2.END_REASON_COMPLETED:
                 say(f"job ended with status {job.status}: {job.error_message or job.status_text}")
                 return {**outcome, "ok": False}
             entry = next(f for f in job.results.files if f.path == "result.json")
             _, body = await consumer.result(job_id, entry.index)
-            out_dir.mkdir(parents=True, exist_ok=True)
+            # one small file, once, at the end of the demo: no need for a thread
+            out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
             saved = out_dir / f"{job_id}-result.json"
             saved.write_bytes(body)
             result = json.loads(body)

@@ -43,7 +43,11 @@ def _config() -> int:
     from services.operator_service.settings import OperatorSettings
     from services.provider.settings import ProviderSettings
 
-    for cls, prefix in ((ProviderSettings, "C2D_PROVIDER"), (OperatorSettings, "C2D_OPERATOR"), (EngineSettings, "C2D_ENGINE")):
+    for cls, prefix in (
+        (ProviderSettings, "C2D_PROVIDER"),
+        (OperatorSettings, "C2D_OPERATOR"),
+        (EngineSettings, "C2D_ENGINE"),
+    ):
         for name, default, doc in settings.describe(cls, prefix):
             print(f"{name:36} {default!s:24} {doc}")
     return 0
@@ -53,8 +57,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="c2d", description="compute-to-data")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run provider, operator-service and operator-engine on localhost")
-    up.add_argument("--processes", action="store_true",
-                    help="one process per server (each its own interpreter: more throughput on several cores)")
+    up.add_argument(
+        "--processes",
+        action="store_true",
+        help="one process per server (each its own interpreter: more throughput on several cores)",
+    )
     commands.add_parser("demo", help="publish, order, run and download one job (starts the stack if needed)")
     commands.add_parser("config", help="list every setting with its default")
     args = parser.parse_args()

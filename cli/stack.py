@@ -80,8 +80,11 @@ async def start_stack(provider: ProviderSettings, operator: OperatorSettings, en
 
 # -- one process per server (`c2d up --processes`) ---------------------------------------
 
-SERVER_MODULES = (("operator-engine", "services.operator_engine"), ("operator-service", "services.operator_service"),
-                  ("provider", "services.provider"))
+SERVER_MODULES = (
+    ("operator-engine", "services.operator_engine"),
+    ("operator-service", "services.operator_service"),
+    ("provider", "services.provider"),
+)
 
 
 def listen_addresses(provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings) -> dict[str, str]:
@@ -106,7 +109,10 @@ def process_environments(
 
 
 async def run_processes(
-    provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings, say=print  # type: ignore[no-untyped-def]
+    provider: ProviderSettings,
+    operator: OperatorSettings,
+    engine: EngineSettings,
+    say=print,  # type: ignore[no-untyped-def]
 ) -> int:
     """Runs each server as its own process (its own interpreter and GIL) until
     SIGINT or SIGTERM, or until one of them exits, which stops the others."""
@@ -125,9 +131,11 @@ async def run_processes(
             if not await _serving(local_address(addresses[name]), process, internal=name != "provider"):
                 say(f"c2d: the {name} did not start (exit code {process.returncode}); see its log above")
                 return 1
-        say(f"c2d is up, one process per server (data in {settings.data_dir()}):\n"
+        say(
+            f"c2d is up, one process per server (data in {settings.data_dir()}):\n"
             + "".join(f"  {name:<17} {addresses[name]}  (pid {process.pid})\n" for name, process in started)
-            + "Ctrl-C stops them.")
+            + "Ctrl-C stops them."
+        )
         exits = [asyncio.ensure_future(process.wait()) for _, process in started]
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait([*exits, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -143,7 +151,7 @@ async def run_processes(
                 process.terminate()
                 try:
                     await asyncio.wait_for(process.wait(), 30)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     process.kill()
                     await process.wait()
 

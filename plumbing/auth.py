@@ -18,9 +18,10 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import grpc
 
@@ -75,7 +76,9 @@ class MutualTls:
         return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True)
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert)
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
 
 
 def mutual_tls() -> MutualTls | None:
@@ -144,9 +147,7 @@ def _refusal(_details, handler):  # type: ignore[no-untyped-def]
         yield  # pragma: no cover - makes this an async generator
 
     if handler is not None and handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            stream, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.unary_stream_rpc_method_handler(stream, handler.request_deserializer, handler.response_serializer)
     return grpc.unary_unary_rpc_method_handler(
         unary,
         handler.request_deserializer if handler else None,

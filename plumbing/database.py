@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
@@ -89,7 +90,7 @@ def _ping_if_idle(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-
         cursor.execute("SELECT 1")
         cursor.close()
         dbapi_connection.rollback()
-    except Exception as exc:  # noqa: BLE001 - any failure means the connection is gone
+    except Exception as exc:
         raise DisconnectionError("connection lost while idle") from exc
 
 
@@ -140,7 +141,7 @@ class GroupCommit(Generic[Item, T]):
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch:]
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
                 await self._commit(batch)
 
     async def _commit(self, batch: list[tuple[Item, asyncio.Future[T]]]) -> None:
@@ -156,7 +157,7 @@ class GroupCommit(Generic[Item, T]):
             return
         if self._committed is not None:
             self._committed(results)
-        for (_, future), result in zip(batch, results):
+        for (_, future), result in zip(batch, results, strict=False):
             _settle(future, result=result)
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import types
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, descriptor_pool

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from plumbing import auth, server
 
@@ -28,7 +29,7 @@ class Pod:
     data_root: Path
 
     @classmethod
-    def from_environment(cls) -> "Pod":
+    def from_environment(cls) -> Pod:
         env = os.environ
         return cls(env["C2D_JOB_ID"], env["C2D_JOB_TOKEN"], env["C2D_AGENT_ADDRESS"], Path(env["C2D_DATA_ROOT"]))
 

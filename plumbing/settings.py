@@ -68,7 +68,4 @@ def load(cls: type[T], prefix: str, environ: typing.Mapping[str, str] | None = N
 
 def describe(cls: type, prefix: str) -> list[tuple[str, Any, str]]:
     """(variable, default, doc) for every setting: the documentation."""
-    return [
-        (f"{prefix}_{f.name}".upper(), f.default, f.metadata.get("doc", ""))
-        for f in dataclasses.fields(cls)
-    ]
+    return [(f"{prefix}_{f.name}".upper(), f.default, f.metadata.get("doc", "")) for f in dataclasses.fields(cls)]

@@ -99,10 +99,7 @@ class IllegalTransition(Exception):
         if current in TERMINAL:
             self.message = f"job already ended with status {int(current)} ({TEXT[current]})"
         else:
-            self.message = (
-                f"a job in status {int(current)} ({TEXT[current]}) cannot move to "
-                f"{int(new)} ({TEXT[new]})"
-            )
+            self.message = f"a job in status {int(current)} ({TEXT[current]}) cannot move to {int(new)} ({TEXT[new]})"
         super().__init__(self.message)
 
 

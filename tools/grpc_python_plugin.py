@@ -21,9 +21,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         descriptors = pathlib.Path(tmp, "set.bin")
-        descriptors.write_bytes(
-            descriptor_pb2.FileDescriptorSet(file=request.proto_file).SerializeToString()
-        )
+        descriptors.write_bytes(descriptor_pb2.FileDescriptorSet(file=request.proto_file).SerializeToString())
         out = pathlib.Path(tmp, "out")
         out.mkdir()
         code = protoc.main(

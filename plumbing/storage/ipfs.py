@@ -104,7 +104,8 @@ class KuboClient:
             except (ValueError, AttributeError):
                 pass
             raise KuboError(
-                f"IPFS API {command} failed: HTTP {response.status}: {message}", transient=response.status in (502, 503, 504)
+                f"IPFS API {command} failed: HTTP {response.status}: {message}",
+                transient=response.status in (502, 503, 504),
             )
         if send_error is not None:
             conn.close()
@@ -156,8 +157,9 @@ def cid_location(cid: CID) -> str:
     return PREFIX + cid.set(version=1).encode("base32")
 
 
-def verify_cid(returned: str | CID, path: Path, requested: UnixFSParams = CIDV1_RAW_LEAVES,
-               computed: CID | None = None) -> CID:
+def verify_cid(
+    returned: str | CID, path: Path, requested: UnixFSParams = CIDV1_RAW_LEAVES, computed: CID | None = None
+) -> CID:
     """Checks that `returned` is the CID of the file at `path`; returns it decoded.
 
     `computed` is the CID already computed under `requested` while uploading
@@ -175,8 +177,10 @@ def verify_cid(returned: str | CID, path: Path, requested: UnixFSParams = CIDV1_
     else:
         if profile.cid_version != requested.cid_version:
             profile = UnixFSParams(
-                cid_version=profile.cid_version, raw_leaves=profile.raw_leaves,
-                chunk_size=requested.chunk_size, max_links=requested.max_links,
+                cid_version=profile.cid_version,
+                raw_leaves=profile.raw_leaves,
+                chunk_size=requested.chunk_size,
+                max_links=requested.max_links,
             )
         expected = cid_of_file(path, profile)
     if bytes(expected) != bytes(cid):
@@ -214,9 +218,7 @@ class IpfsStore:
             "pin": "true",
             "progress": "false",
         }
-        response = self.client.request(
-            "add", params, body, {"Content-Type": ctype, "Content-Length": str(length)}
-        )
+        response = self.client.request("add", params, body, {"Content-Type": ctype, "Content-Length": str(length)})
         try:
             lines = response.read().decode().splitlines()
         finally:

@@ -39,7 +39,7 @@ class LocalStore:
     def _key_of(self, location: str) -> str:
         if not location.startswith(PREFIX):
             raise StorageError(f"location {location!r} is not a local: location")
-        return location[len(PREFIX):]
+        return location[len(PREFIX) :]
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> StoredObject:
         dest = self._path(key)

@@ -40,7 +40,7 @@ _TRANSIENT_CODES = {"InternalError", "SlowDown", "ServiceUnavailable", "RequestT
 def parse_s3_location(location: str) -> tuple[str, str]:
     if not location.startswith(PREFIX):
         raise StorageError(f"location {location!r} is not an s3:// location")
-    bucket, sep, key = location[len(PREFIX):].partition("/")
+    bucket, sep, key = location[len(PREFIX) :].partition("/")
     if not bucket or not sep or not key:
         raise StorageError(f"location {location!r} must be s3://bucket/key")
     return bucket, key
@@ -191,6 +191,7 @@ class S3Store:
             raise self._fail(e, bucket, key, "reading") from e
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as e:
             raise self._fail(e, bucket, key, "reading") from e
+
         def release() -> None:
             response.close()
             response.release_conn()

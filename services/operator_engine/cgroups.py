@@ -49,8 +49,8 @@ class CgroupError(RuntimeError):
 
 @dataclass(frozen=True)
 class ControllerPlace:
-    version: int   # 1 or 2
-    parent: Path   # the c2d/ directory under which job cgroups are made
+    version: int  # 1 or 2
+    parent: Path  # the c2d/ directory under which job cgroups are made
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def _own_cgroups() -> dict[str, str]:
 def _under_mount(mountpoint: str, mount_root: str, cgroup_path: str) -> Path | None:
     if mount_root != "/" and not (cgroup_path == mount_root or cgroup_path.startswith(mount_root + "/")):
         return None  # our cgroup is not visible through this mount
-    rel = cgroup_path[len(mount_root):] if mount_root != "/" else cgroup_path
+    rel = cgroup_path[len(mount_root) :] if mount_root != "/" else cgroup_path
     return Path(mountpoint) / rel.lstrip("/")
 
 
@@ -208,8 +208,8 @@ class JobCgroup:
     """The cgroups of one run (one directory per hierarchy used)."""
 
     name: str
-    dirs: dict[str, tuple[int, Path]]   # controller -> (version, directory)
-    applied: tuple[str, ...]            # e.g. ("cgroup:memory", "cgroup:pids")
+    dirs: dict[str, tuple[int, Path]]  # controller -> (version, directory)
+    applied: tuple[str, ...]  # e.g. ("cgroup:memory", "cgroup:pids")
 
     @classmethod
     def create(

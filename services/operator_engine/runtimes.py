@@ -51,8 +51,8 @@ _SHELLS = {"sh": SH, "bash": BASH}
 @dataclass(frozen=True)
 class Runtime:
     name: str
-    default: str                  # interpreter for an entrypoint that starts with $ALGO
-    commands: Mapping[str, str]   # entrypoint word → host path (python words matched by pattern)
+    default: str  # interpreter for an entrypoint that starts with $ALGO
+    commands: Mapping[str, str]  # entrypoint word → host path (python words matched by pattern)
     python_words: bool = False
 
 
@@ -69,10 +69,10 @@ SUPPORTED_IMAGES = "python*, *python*, node*, ubuntu, debian, busybox, alpine, o
 
 @dataclass(frozen=True)
 class ResolvedCommand:
-    argv: tuple[str, ...]   # as run inside the sandbox
-    runtime: str            # python | node | shell | ocean
+    argv: tuple[str, ...]  # as run inside the sandbox
+    runtime: str  # python | node | shell | ocean
     image: str
-    tag: str                # recorded only; the host's interpreter runs whatever the tag says
+    tag: str  # recorded only; the host's interpreter runs whatever the tag says
 
 
 def _image_name(image: str) -> str:
@@ -128,8 +128,7 @@ def resolve(container: Mapping[str, str]) -> ResolvedCommand:
         program = _host_program(runtime, words[0])
         if program is None:
             raise ValueError(
-                f"entrypoint command {words[0]!r} is not available for image {image!r} "
-                f"(runtime {runtime.name})"
+                f"entrypoint command {words[0]!r} is not available for image {image!r} (runtime {runtime.name})"
             )
         words[0] = program
     if not os.access(words[0], os.X_OK):

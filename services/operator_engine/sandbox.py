@@ -124,8 +124,13 @@ SANDBOX_HELPER_PROCESSES = 4
 DIRECT_HELPER_PROCESSES = 1
 _ETC_ALWAYS = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime")
 _ETC_NETWORK = (
-    "/etc/resolv.conf", "/etc/hosts", "/etc/host.conf", "/etc/nsswitch.conf", "/etc/gai.conf",
-    "/etc/ssl", "/etc/ca-certificates",
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/host.conf",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/ssl",
+    "/etc/ca-certificates",
 )
 _ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # The gate. Arguments: the engine's pid (or -), N, N cgroup.procs files, N files to join
@@ -174,8 +179,10 @@ exec "$@"
 # the pid namespace (only if pid 1 is bwrap's init, i.e. we really are in one). It matters
 # on hosts without cgroups, where the host-side watcher only reaches the process group.
 # {unset_pwd} drops the PWD that bwrap --chdir exports (one exec fewer than env -u PWD).
-_LIFELINE_SANDBOX = ('(read -r _ <&3; read -r init </proc/1/comm; [ "$init" = bwrap ] && kill -KILL -1) '
-                     '>/dev/null 2>&1 & {unset_pwd}exec "$@" 3<&-')
+_LIFELINE_SANDBOX = (
+    '(read -r _ <&3; read -r init </proc/1/comm; [ "$init" = bwrap ] && kill -KILL -1) '
+    '>/dev/null 2>&1 & {unset_pwd}exec "$@" 3<&-'
+)
 _LAUNCH_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _SIGNAL_NOTES = {
     signal.SIGXCPU: "CPU time limit exceeded",
@@ -190,20 +197,26 @@ class SandboxUnavailable(Exception):
 @dataclass(frozen=True)
 class SandboxLimits:
     wall_timeout_s: float
-    cpu_seconds: int | None = None        # RLIMIT_CPU, per process
-    memory_bytes: int | None = None       # cgroup memory; RLIMIT_AS only as a fallback (module doc)
+    cpu_seconds: int | None = None  # RLIMIT_CPU, per process
+    memory_bytes: int | None = None  # cgroup memory; RLIMIT_AS only as a fallback (module doc)
     address_space_bytes: int | None = None  # RLIMIT_AS
-    max_processes: int | None = None      # cgroup pids.max (+2 helpers); RLIMIT_NPROC fallback
-    max_file_bytes: int | None = None     # RLIMIT_FSIZE
-    cpu_cores: float | None = None        # cgroup CFS quota
-    disk_quota_bytes: int | None = None   # outputs/ + logs/, polled
-    log_max_bytes: int = 10 << 20         # algorithm.log cap
+    max_processes: int | None = None  # cgroup pids.max (+2 helpers); RLIMIT_NPROC fallback
+    max_file_bytes: int | None = None  # RLIMIT_FSIZE
+    cpu_cores: float | None = None  # cgroup CFS quota
+    disk_quota_bytes: int | None = None  # outputs/ + logs/, polled
+    log_max_bytes: int = 10 << 20  # algorithm.log cap
 
     def __post_init__(self) -> None:
         if not self.wall_timeout_s > 0:
             raise ValueError("wall_timeout_s must be positive")
-        for name in ("cpu_seconds", "memory_bytes", "address_space_bytes", "max_processes",
-                     "max_file_bytes", "disk_quota_bytes"):
+        for name in (
+            "cpu_seconds",
+            "memory_bytes",
+            "address_space_bytes",
+            "max_processes",
+            "max_file_bytes",
+            "disk_quota_bytes",
+        ):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -216,9 +229,9 @@ class SandboxLimits:
 @dataclass(frozen=True)
 class SandboxSpec:
     job_id: str
-    workspace: Path          # inputs/, transformations/, ddos/, outputs/, logs/ (the job's /data)
-    argv: tuple[str, ...]    # as seen inside the sandbox
-    env: Mapping[str, str]   # the algorithm's whole environment, besides PATH and HOME
+    workspace: Path  # inputs/, transformations/, ddos/, outputs/, logs/ (the job's /data)
+    argv: tuple[str, ...]  # as seen inside the sandbox
+    env: Mapping[str, str]  # the algorithm's whole environment, besides PATH and HOME
     allow_network: bool = False
     limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(wall_timeout_s=3600.0))
     use_sandbox: bool = True
@@ -247,8 +260,9 @@ class SandboxOutcome:
 
     @property
     def succeeded(self) -> bool:
-        return (self.exit_code == 0 and not (self.oom_killed or self.timed_out or self.stopped
-                                             or self.disk_quota_exceeded))
+        return self.exit_code == 0 and not (
+            self.oom_killed or self.timed_out or self.stopped or self.disk_quota_exceeded
+        )
 
     def describe(self) -> str:
         if self.stopped:
@@ -259,10 +273,7 @@ class SandboxOutcome:
             quota = f" of {self.disk_quota_bytes} bytes" if self.disk_quota_bytes else ""
             return f"killed: disk quota{quota} exceeded"
         if self.signal is not None:
-            if self.oom_killed:
-                note = "out of memory"
-            else:
-                note = _SIGNAL_NOTES.get(self.signal) or _signal_name(self.signal)
+            note = "out of memory" if self.oom_killed else _SIGNAL_NOTES.get(self.signal) or _signal_name(self.signal)
             return f"killed by signal {self.signal} ({note})"
         text = f"exit code {self.exit_code}"
         return text + " (a process ran out of memory)" if self.oom_killed else text
@@ -281,7 +292,7 @@ def _signal_name(n: int) -> str:
 
 @dataclass(frozen=True)
 class SandboxCapabilities:
-    bwrap: str | None          # usable bwrap, None when missing or user namespaces fail
+    bwrap: str | None  # usable bwrap, None when missing or user namespaces fail
     cgroup_version: int | None  # 1, 2 or None
     limits_in_force: tuple[str, ...]
     problem: str | None = None  # why bwrap is not usable
@@ -325,11 +336,25 @@ def _probe_bwrap(path: str) -> str | None:
 
 
 def _run_probe(path: str) -> str | None:
-    argv = [path, "--unshare-all", "--unshare-user", "--die-with-parent", "--cap-drop", "ALL",
-            *_system_binds(), "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"]
+    argv = [
+        path,
+        "--unshare-all",
+        "--unshare-user",
+        "--die-with-parent",
+        "--cap-drop",
+        "ALL",
+        *_system_binds(),
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--",
+        "/bin/true",
+    ]
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
-                              env={"PATH": _LAUNCH_PATH})
+        done = subprocess.run(  # noqa: PLW1510 - the exit code is the answer
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10, env={"PATH": _LAUNCH_PATH}
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{path}: {e}"
     if done.returncode != 0:
@@ -384,7 +409,7 @@ def _to_host(value: str, workspace: Path) -> str:
     if value == ws or value.startswith(ws + "/"):
         return value  # already a host path (a workspace that itself lives under /data)
     if value == DATA or value.startswith(DATA + "/"):
-        return str(workspace) + value[len(DATA):]
+        return str(workspace) + value[len(DATA) :]
     return value
 
 
@@ -392,7 +417,7 @@ class SandboxRun:
     """One running algorithm. Create with :meth:`start`."""
 
     pid: int
-    limits_in_force: tuple[str, ...]   # what this run is actually held to
+    limits_in_force: tuple[str, ...]  # what this run is actually held to
     log_path: Path
 
     def __init__(self) -> None:
@@ -418,8 +443,9 @@ class SandboxRun:
             if bwrap_path is None:
                 raise SandboxUnavailable(f"bubblewrap not found ({bwrap or 'bwrap on PATH'})")
             # probed once per engine (detect_capabilities): no thread hop for every run
-            problem = _PROBED[bwrap_path] if bwrap_path in _PROBED else await asyncio.to_thread(
-                _probe_bwrap, bwrap_path)
+            problem = (
+                _PROBED[bwrap_path] if bwrap_path in _PROBED else await asyncio.to_thread(_probe_bwrap, bwrap_path)
+            )
             if problem is not None:
                 raise SandboxUnavailable(f"bubblewrap cannot create a sandbox: {problem}")
         for d in RO_DIRS + RW_DIRS:
@@ -436,8 +462,16 @@ class SandboxRun:
             if spec.use_sandbox:
                 assert bwrap_path is not None
                 lifeline = _LIFELINE_SANDBOX.format(unset_pwd="" if keep_pwd else "unset PWD; ")
-                command = [bwrap_path, *self._bwrap_args(env), "--",
-                           "/bin/sh", "-c", lifeline, "c2d-lifeline", *spec.argv]
+                command = [
+                    bwrap_path,
+                    *self._bwrap_args(env),
+                    "--",
+                    "/bin/sh",
+                    "-c",
+                    lifeline,
+                    "c2d-lifeline",
+                    *spec.argv,
+                ]
                 launch_env = {"PATH": _LAUNCH_PATH}  # nothing of the engine's environment
                 cwd = "/"
                 in_force.append("net:shared" if spec.allow_network else "net:none")
@@ -454,8 +488,16 @@ class SandboxRun:
             setpriv = shutil.which("setpriv", path=_LAUNCH_PATH)
             procs_files = [str(f) for f in cg.procs_files()] if cg else []
             join_files = [str(f) for f in cg.join_files()] if cg else []
-            launcher = ["/bin/sh", "-c", _GATE, "c2d-gate", str(os.getpid()) if setpriv else "-",
-                        str(len(procs_files)), *procs_files, *join_files]
+            launcher = [
+                "/bin/sh",
+                "-c",
+                _GATE,
+                "c2d-gate",
+                str(os.getpid()) if setpriv else "-",
+                str(len(procs_files)),
+                *procs_files,
+                *join_files,
+            ]
             if setpriv:  # armed before the gate, so no window where the engine's death is missed
                 launcher = [setpriv, "--pdeathsig", "KILL", "--", *launcher]
             if self._limits.disk_quota_bytes is not None:
@@ -463,13 +505,18 @@ class SandboxRun:
             self.limits_in_force = tuple(in_force)
 
             self.log_path = workspace / "logs" / LOG_NAME
-            self._log_fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                                   | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            self._log_fd = os.open(
+                self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+            )
             proc = await asyncio.create_subprocess_exec(
-                *launcher, *command,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-                env=launch_env, cwd=cwd,
+                *launcher,
+                *command,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+                env=launch_env,
+                cwd=cwd,
             )
         except BaseException:
             self._release_resources()
@@ -491,8 +538,8 @@ class SandboxRun:
             self._release_resources()
             raise
         self._started = time.monotonic()
-        self._reason: str | None = None       # "timeout" | "stopped" | "disk": the first one wins
-        self._settled = False                 # the reason can no longer change
+        self._reason: str | None = None  # "timeout" | "stopped" | "disk": the first one wins
+        self._settled = False  # the reason can no longer change
         self._kill_requested = asyncio.Event()
         self._log_truncated = False
         self._ended: asyncio.Future[SandboxOutcome] = asyncio.get_running_loop().create_future()
@@ -508,8 +555,9 @@ class SandboxRun:
             max_pids = lim.max_processes + (SANDBOX_HELPER_PROCESSES if sandboxed else DIRECT_HELPER_PROCESSES)
         cg = None
         if host.controllers:
-            cg = JobCgroup.create(host, self._spec.job_id, memory_bytes=lim.memory_bytes,
-                                  cpu_cores=lim.cpu_cores, max_pids=max_pids)
+            cg = JobCgroup.create(
+                host, self._spec.job_id, memory_bytes=lim.memory_bytes, cpu_cores=lim.cpu_cores, max_pids=max_pids
+            )
         applied = set(cg.applied) if cg else set()
         rl: list[tuple[int, int, int]] = [(resource.RLIMIT_CORE, 0, 0)]
         in_force = list(cg.applied) if cg else []
@@ -537,8 +585,16 @@ class SandboxRun:
         if spec.allow_network:
             args.append("--share-net")
         # no nested user namespaces: they are the usual door to kernel privilege bugs
-        args += ["--disable-userns", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-                 "--hostname", "c2d", "--clearenv"]
+        args += [
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--hostname",
+            "c2d",
+            "--clearenv",
+        ]
         for key, value in env.items():
             args += ["--setenv", key, value]
         args += _system_binds()
@@ -585,8 +641,9 @@ class SandboxRun:
         exited = asyncio.create_task(proc.wait())
         killer = asyncio.create_task(self._kill_requested.wait())
         try:
-            done, _ = await asyncio.wait({exited, killer}, timeout=lim.wall_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {exited, killer}, timeout=lim.wall_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
             if exited not in done and self._reason is None:
                 self._reason = "timeout"
             self._settled = True
@@ -627,9 +684,13 @@ class SandboxRun:
         elif rc is not None and self._spec.use_sandbox and 128 < rc <= 128 + 64:
             exit_code, sig = None, rc - 128  # bwrap's report of a signalled algorithm
         return SandboxOutcome(
-            exit_code=exit_code, signal=sig, oom_killed=oom,
-            timed_out=self._reason == "timeout", stopped=self._reason == "stopped",
-            disk_quota_exceeded=quota_hit, duration_s=duration,
+            exit_code=exit_code,
+            signal=sig,
+            oom_killed=oom,
+            timed_out=self._reason == "timeout",
+            stopped=self._reason == "stopped",
+            disk_quota_exceeded=quota_hit,
+            duration_s=duration,
             wall_timeout_s=self._limits.wall_timeout_s,
             disk_quota_bytes=self._limits.disk_quota_bytes,
             log_truncated=self._log_truncated,
@@ -662,7 +723,8 @@ class SandboxRun:
         if self._cgroup is None:
             return
         deadline = time.monotonic() + KILL_DEADLINE_S
-        while self._cgroup.kill_all() and time.monotonic() < deadline:
+        # polling the kernel: there is no event to wait on
+        while self._cgroup.kill_all() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.002)
 
     async def _pump_log(self) -> None:
@@ -681,14 +743,13 @@ class SandboxRun:
                     continue
             if not self._log_truncated:
                 self._log_truncated = True
-                self._write_log(f"\n[c2d] algorithm.log truncated at {cap} bytes; "
-                                "further output dropped\n".encode())
+                self._write_log(f"\n[c2d] algorithm.log truncated at {cap} bytes; further output dropped\n".encode())
 
     def _write_log(self, data: bytes) -> None:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self._log_fd, view):]
+                view = view[os.write(self._log_fd, view) :]
         except OSError:
             pass  # a full disk must not stop the drain, or the algorithm blocks
 

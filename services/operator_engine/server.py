@@ -35,11 +35,12 @@ async def start(config: EngineSettings) -> RunningServer:
     db.create_schema()
     events = EventLog(db)
     await events.start()
-    workspaces = os.path.abspath(config.workspaces_dir or str(data / "workspaces"))
+    workspaces = os.path.abspath(config.workspaces_dir or str(data / "workspaces"))  # noqa: ASYNC240 - no I/O
     os.makedirs(workspaces, exist_ok=True)
 
     orchestrator: Orchestrator
     if config.backend == "noop":
+
         async def configured(job_id: str) -> None:
             await orchestrator.report_progress(orchestrator._runs[job_id], Status.PROVISIONING_SUCCESS, "", "")
 
@@ -69,7 +70,11 @@ async def start(config: EngineSettings) -> RunningServer:
         log_max_bytes=config.log_max_bytes,
     )
     orchestrator = Orchestrator(
-        db, events, backend, environment, workspaces=Path(workspaces),
+        db,
+        events,
+        backend,
+        environment,
+        workspaces=Path(workspaces),
         configure_timeout_s=config.configure_timeout_s,
         publish_timeout_s=config.publish_timeout_s,
         queue_timeout_s=config.queue_timeout_s,

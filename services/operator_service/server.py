@@ -37,8 +37,16 @@ async def start(config: OperatorSettings) -> RunningServer:
     broker = Broker()
     token = auth.service_token()
     links = {
-        engine_id: EngineLink(engine_id, address, db, broker, token, config.engine_liveness_s, config.reconnect_max_s,
-                              config.queue_timeout_s)
+        engine_id: EngineLink(
+            engine_id,
+            address,
+            db,
+            broker,
+            token,
+            config.engine_liveness_s,
+            config.reconnect_max_s,
+            config.queue_timeout_s,
+        )
         for engine_id, address in parse_engines(config.engines).items()
     }
     remover = ResultsRemover(storage.configured())

@@ -12,7 +12,9 @@ class OperatorSettings:
     address: str = setting("127.0.0.1:50052", "host:port the operator-service listens on")
     database_url: str = setting("", "SQLAlchemy URL (default: SQLite in the data dir); PostgreSQL in production")
     engines: tuple[str, ...] = setting(("local=127.0.0.1:50053",), "engines as id=host:port, comma separated")
-    engine_liveness_s: float = setting(10.0, "an engine not heard from for this long makes its environments unavailable")
+    engine_liveness_s: float = setting(
+        10.0, "an engine not heard from for this long makes its environments unavailable"
+    )
     reconnect_max_s: float = setting(5.0, "longest back-off between reconnects to an engine")
     sweep_interval_s: float = setting(60.0, "how often expired results are removed")
     queue_timeout_s: float = setting(

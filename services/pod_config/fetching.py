@@ -349,7 +349,7 @@ class RawFetcher:
             return sink.finish()
         except BaseException:
             sink.abandon()
-            dest.unlink(missing_ok=True)
+            dest.unlink(missing_ok=True)  # noqa: ASYNC240 - on the way out of a failure
             raise
 
 
@@ -454,7 +454,7 @@ class HttpFetcher:
                     await asyncio.sleep(delay)
         except BaseException:
             sink.abandon()
-            dest.unlink(missing_ok=True)
+            dest.unlink(missing_ok=True)  # noqa: ASYNC240 - on the way out of a failure
             raise
 
     @staticmethod
@@ -568,7 +568,9 @@ class _Exchange:
                 raise FetchError("invalid_source", "the file location is not a valid http(s) URL") from None
             except http.client.HTTPException as exc:
                 # Only the type: http.client's messages may quote what the server sent.
-                raise FetchError("http_error", f"the server sent an invalid HTTP response ({type(exc).__name__})") from None
+                raise FetchError(
+                    "http_error", f"the server sent an invalid HTTP response ({type(exc).__name__})"
+                ) from None
         finally:
             self._hold(None)  # first: once stop() cannot reach the socket, its descriptor may be reused
             # The response holds the socket open on its own (Connection: close hands it over).
@@ -679,7 +681,9 @@ class StorageFetcher:
         while True:
             try:
                 timeouts = (limits.connect_timeout_s, limits.idle_timeout_s)
-                return await self._download(functools.partial(download, timeouts=timeouts), dest, FileMeter(limits, budget))
+                return await self._download(
+                    functools.partial(download, timeouts=timeouts), dest, FileMeter(limits, budget)
+                )
             except StorageError as exc:
                 if not exc.transient or attempt >= limits.max_retries:
                     tries = f" (after {attempt + 1} attempts)" if attempt else ""
@@ -729,7 +733,7 @@ class StorageFetcher:
             return await _in_thread(work, stopped.set)
         except asyncio.CancelledError:
             meter.reset()
-            dest.unlink(missing_ok=True)  # the thread may have finished just before it was told to stop
+            dest.unlink(missing_ok=True)  # noqa: ASYNC240 - the thread may have finished just before it was told to stop
             raise
         except BaseException:
             meter.reset()

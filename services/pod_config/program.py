@@ -77,7 +77,10 @@ async def run(pod: pods.Pod, channel: Any) -> int:
     log.info("staging ended with status %d %s", outcome.status, outcome.reason)
     await agent.ReportProgress(
         job_agent_pb2.ReportProgressRequest(
-            job_id=pod.job_id, status=outcome.status, error_code=outcome.error_code, message=outcome.reason  # type: ignore[arg-type]
+            job_id=pod.job_id,
+            status=outcome.status,
+            error_code=outcome.error_code,
+            message=outcome.reason,  # type: ignore[arg-type]
         ),
         metadata=metadata,
     )

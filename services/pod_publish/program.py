@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
+
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc
-from google.protobuf import json_format
-
 from plumbing import auth, pods, storage
 from services.pod_publish import publishing
 
@@ -36,7 +36,9 @@ class AssetRegistrationFailed(Exception):
     pass
 
 
-async def register_results_asset(workflow: common_pb2.Workflow, job_id: str, results: common_pb2.ResultsManifest) -> str:
+async def register_results_asset(
+    workflow: common_pb2.Workflow, job_id: str, results: common_pb2.ResultsManifest
+) -> str:
     """Registers the results as the consumer's new asset; returns its DID."""
     # the deployment's setting wins; else the provider that started the job said where it listens
     address = os.environ.get("C2D_PROVIDER_ADDRESS") or workflow.provider_address
@@ -76,12 +78,17 @@ async def run(pod: pods.Pod, channel: Any) -> int:
             step = time.monotonic()
             collected = publishing.collect(data_root, workflow.pack_outputs, Path(scratch))
             config = storage.configured()
-            config = dataclasses.replace(config, part_size=publishing.part_size_for(config.part_size, collected.largest_file))
+            config = dataclasses.replace(
+                config, part_size=publishing.part_size_for(config.part_size, collected.largest_file)
+            )
             store = storage.open_store(config)
             log.info(
                 "collected %d files (%d bytes, %d skipped) in %.3f s; publishing to %s storage",
-                len(collected.sources), collected.total_bytes, len(collected.skipped),
-                time.monotonic() - step, store.kind,
+                len(collected.sources),
+                collected.total_bytes,
+                len(collected.skipped),
+                time.monotonic() - step,
+                store.kind,
             )
             step = time.monotonic()
             manifest = await asyncio.to_thread(publishing.publish, store, job_id, collected)
@@ -104,8 +111,11 @@ async def run(pod: pods.Pod, channel: Any) -> int:
         log.error("%s", message)
         await agent.ReportProgress(
             job_agent_pb2.ReportProgressRequest(
-                job_id=job_id, status=RESULTS_UPLOAD_FAILED,  # type: ignore[arg-type]
-                error_code="results_asset_failed" if isinstance(exc, AssetRegistrationFailed) else "results_upload_failed",
+                job_id=job_id,
+                status=RESULTS_UPLOAD_FAILED,  # type: ignore[arg-type]
+                error_code="results_asset_failed"
+                if isinstance(exc, AssetRegistrationFailed)
+                else "results_upload_failed",
                 message=message,
             ),
             metadata=metadata,

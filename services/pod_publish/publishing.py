@@ -104,7 +104,9 @@ def collect(data_root: Path, pack: bool, scratch: Path) -> Collected:
                 tar.add(path, arcname=path.relative_to(outputs).as_posix(), recursive=False)
         log.info(
             "packed %d files into outputs.tar (%d bytes) in %.3f s",
-            len(found), archive.stat().st_size, time.monotonic() - started,
+            len(found),
+            archive.stat().st_size,
+            time.monotonic() - started,
         )
         sources = [ResultSource("outputs.tar", archive, OUTPUT)]
     else:
@@ -178,8 +180,13 @@ def _content_type(path: str) -> str:
 
 
 def _upload_one(
-    store: ObjectStore, job_id: str, index: int, source: ResultSource, retries: int,
-    stored: dict[int, StoredObject], failed: threading.Event,
+    store: ObjectStore,
+    job_id: str,
+    index: int,
+    source: ResultSource,
+    retries: int,
+    stored: dict[int, StoredObject],
+    failed: threading.Event,
 ) -> None:
     if failed.is_set():
         return
@@ -190,7 +197,11 @@ def _upload_one(
     elapsed = time.monotonic() - started
     log.info(
         "uploaded result %d (%s, %d bytes) in %.3f s (%.1f MiB/s)",
-        index, source.path, result.size, elapsed, result.size / (1 << 20) / max(elapsed, 1e-6),
+        index,
+        source.path,
+        result.size,
+        elapsed,
+        result.size / (1 << 20) / max(elapsed, 1e-6),
     )
 
 

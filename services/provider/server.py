@@ -12,7 +12,12 @@ from c2d.provider.v1 import asset_pb2, asset_pb2_grpc, ledger_pb2, ledger_pb2_gr
 from plumbing import auth, settings
 from plumbing.database import Database, sqlite_url
 from plumbing.server import (
-    Registration, RunningServer, configure_logging, local_address, serve_until_signalled, start_server,
+    Registration,
+    RunningServer,
+    configure_logging,
+    local_address,
+    serve_until_signalled,
+    start_server,
 )
 from services.provider.api import signatures
 from services.provider.api.compute import ComputeServicer
@@ -60,10 +65,13 @@ async def start(config: ProviderSettings) -> RunningServer:
     running = await start_server(
         config.address,
         [
-            Registration(_name(provider_pb2, "ProviderService"), provider_pb2_grpc.add_ProviderServiceServicer_to_server, compute),
+            Registration(
+                _name(provider_pb2, "ProviderService"), provider_pb2_grpc.add_ProviderServiceServicer_to_server, compute
+            ),
             Registration(_name(asset_pb2, "AssetService"), asset_pb2_grpc.add_AssetServiceServicer_to_server, assets),
             Registration(
-                _name(ledger_pb2, "LedgerService"), ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
+                _name(ledger_pb2, "LedgerService"),
+                ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
                 LedgerServicer(db, fee_address, config.order_timeout_s),
             ),
         ],

@@ -31,13 +31,23 @@ def server_pids(up: subprocess.Popen) -> list[int]:
 def up(tmp_path):  # type: ignore[no-untyped-def]
     provider, operator, engine = free_ports(3)
     env = {
-        **os.environ, "C2D_DATA_DIR": str(tmp_path / "data"), "C2D_STAGING_ALLOW_HOSTS": "127.0.0.1",
-        "C2D_PROVIDER_ADDRESS": f"127.0.0.1:{provider}", "C2D_OPERATOR_ADDRESS": f"127.0.0.1:{operator}",
-        "C2D_ENGINE_ADDRESS": f"127.0.0.1:{engine}", "C2D_LOG_LEVEL": "WARNING",
+        **os.environ,
+        "C2D_DATA_DIR": str(tmp_path / "data"),
+        "C2D_STAGING_ALLOW_HOSTS": "127.0.0.1",
+        "C2D_PROVIDER_ADDRESS": f"127.0.0.1:{provider}",
+        "C2D_OPERATOR_ADDRESS": f"127.0.0.1:{operator}",
+        "C2D_ENGINE_ADDRESS": f"127.0.0.1:{engine}",
+        "C2D_LOG_LEVEL": "WARNING",
     }
     env.pop("C2D_SERVICE_TOKEN", None)  # the servers share the data dir's token
-    process = subprocess.Popen([sys.executable, "-m", "cli.main", "up", "--processes"], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "up", "--processes"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = []
         while not any("stops them" in line for line in lines):
@@ -55,8 +65,9 @@ def test_a_job_runs_through_one_process_per_server_and_a_signal_stops_them_all(u
     process, env = up
     servers = server_pids(process)
     assert len(servers) == 3
-    demo = subprocess.run([sys.executable, "-m", "cli.main", "demo"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    demo = subprocess.run(
+        [sys.executable, "-m", "cli.main", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "using the provider already running" in demo.stdout
     assert "status 70" in demo.stdout and "result correct" in demo.stdout

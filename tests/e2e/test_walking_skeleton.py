@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from pathlib import Path
 
 import grpc
 import pytest
@@ -73,7 +74,11 @@ async def test_demo_job_reaches_70_on_postgresql(data_dir, postgres_url, tmp_pat
 async def test_every_server_is_healthy_and_reflects_its_services(data_dir):
     async for stack in running_stack():
         expected = {
-            stack.provider.port: {"c2d.provider.v1.ProviderService", "c2d.provider.v1.AssetService", "c2d.provider.v1.LedgerService"},
+            stack.provider.port: {
+                "c2d.provider.v1.ProviderService",
+                "c2d.provider.v1.AssetService",
+                "c2d.provider.v1.LedgerService",
+            },
             stack.operator.port: {"c2d.operator.v1.OperatorService"},
             stack.engine.port: {"c2d.engine.v1.EngineService", "c2d.engine.v1.JobAgentService"},
         }
@@ -82,7 +87,9 @@ async def test_every_server_is_healthy_and_reflects_its_services(data_dir):
                 health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
                 assert health.status == health_pb2.HealthCheckResponse.SERVING
                 reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-                responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+                responses = reflection.ServerReflectionInfo(
+                    iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+                )
                 async for response in responses:
                     listed = {s.name for s in response.list_services_response.service}
                     assert services <= listed
@@ -105,32 +112,46 @@ async def test_bad_input_gets_a_precise_status(data_dir):
         await _wait_for_environment(stack.provider_address)
         async with grpc.aio.insecure_channel(stack.provider_address) as channel:
             consumer = Client(channel, "0x" + "42" * 32)
-            envs = (await consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())).environments
+            envs = (
+                await consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
+            ).environments
 
             with pytest.raises(grpc.aio.AioRpcError) as malformed:
-                await consumer.start(provider_pb2.ComputeSpec(
-                    dataset=provider_pb2.AssetOrder(did="did:op:not-a-did", service_id="compute", order_id="o"),
-                    raw_algorithm=provider_pb2.RawAlgorithm(code="print(1)", container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python")),
-                    environment_id=envs[0].id,
-                ))
+                await consumer.start(
+                    provider_pb2.ComputeSpec(
+                        dataset=provider_pb2.AssetOrder(did="did:op:not-a-did", service_id="compute", order_id="o"),
+                        raw_algorithm=provider_pb2.RawAlgorithm(
+                            code="print(1)",
+                            container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python"),
+                        ),
+                        environment_id=envs[0].id,
+                    )
+                )
             assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "did:op:" in malformed.value.details()
             assert error_code(malformed.value) == "did_invalid"
 
             with pytest.raises(grpc.aio.AioRpcError) as unknown_did:
-                await consumer.start(provider_pb2.ComputeSpec(
-                    dataset=provider_pb2.AssetOrder(did="did:op:" + "0" * 64, service_id="compute", order_id="o"),
-                    raw_algorithm=provider_pb2.RawAlgorithm(code="print(1)", container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python")),
-                    environment_id=envs[0].id,
-                ))
+                await consumer.start(
+                    provider_pb2.ComputeSpec(
+                        dataset=provider_pb2.AssetOrder(did="did:op:" + "0" * 64, service_id="compute", order_id="o"),
+                        raw_algorithm=provider_pb2.RawAlgorithm(
+                            code="print(1)",
+                            container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python"),
+                        ),
+                        environment_id=envs[0].id,
+                    )
+                )
             assert unknown_did.value.code() == grpc.StatusCode.NOT_FOUND
             assert error_code(unknown_did.value) == "did_not_found"
 
             with pytest.raises(grpc.aio.AioRpcError) as empty_algorithm:
-                await consumer.start(provider_pb2.ComputeSpec(
-                    dataset=provider_pb2.AssetOrder(did="did:op:" + "0" * 64, service_id="compute", order_id="o"),
-                    environment_id=envs[0].id,
-                ))
+                await consumer.start(
+                    provider_pb2.ComputeSpec(
+                        dataset=provider_pb2.AssetOrder(did="did:op:" + "0" * 64, service_id="compute", order_id="o"),
+                        environment_id=envs[0].id,
+                    )
+                )
             assert empty_algorithm.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "algorithm" in empty_algorithm.value.details()
 
@@ -155,7 +176,7 @@ async def test_signed_results_verify_with_the_providers_key(data_dir, tmp_path):
         outcome = await demo.run_demo(stack.provider_address, tmp_path / "out", say=lambda *_: None)
         assert outcome["ok"]
         async with grpc.aio.insecure_channel(stack.provider_address) as channel:
-            consumer = Client(channel, open(f"{data_dir}/consumer.key").read().strip())
+            consumer = Client(channel, Path(f"{data_dir}/consumer.key").read_text().strip())
             details = await consumer.details(outcome["job_id"])
             info = await consumer.compute.GetProviderInfo(provider_pb2.GetProviderInfoRequest())
             signed = details.signed_results
@@ -164,7 +185,7 @@ async def test_signed_results_verify_with_the_providers_key(data_dir, tmp_path):
             statement = json.loads(signed.statement_json)
             assert statement["job_id"] == outcome["job_id"]
             entry = next(f for f in statement["results"]["files"] if f["path"] == "result.json")
-            saved = open(outcome["saved"], "rb").read()
+            saved = Path(outcome["saved"]).read_bytes()
             assert entry["sha256"] == hashlib.sha256(saved).hexdigest()
             tampered = signed.statement_json.replace(entry["sha256"], "0" * 64)
             assert not sealing.verify_bytes(info.signing_public_key, tampered.encode(), signed.signature)

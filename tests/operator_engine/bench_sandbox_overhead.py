@@ -30,8 +30,7 @@ async def bare() -> float:
 
 async def through_sandbox(ws: Path, use_sandbox: bool, limits: SandboxLimits) -> tuple[float, float]:
     t0 = time.monotonic()
-    run = await SandboxRun.start(SandboxSpec("bench", ws, ("/bin/true",), {}, limits=limits,
-                                             use_sandbox=use_sandbox))
+    run = await SandboxRun.start(SandboxSpec("bench", ws, ("/bin/true",), {}, limits=limits, use_sandbox=use_sandbox))
     outcome = await run.wait()
     done = time.monotonic()
     assert outcome.exit_code == 0, outcome
@@ -42,8 +41,14 @@ async def through_sandbox(ws: Path, use_sandbox: bool, limits: SandboxLimits) ->
 async def main() -> None:
     detect_capabilities()  # probe bwrap and cgroups once, as an engine does at startup
     plain = SandboxLimits(wall_timeout_s=10)
-    limited = SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20, cpu_cores=1, max_processes=32,
-                            cpu_seconds=10, disk_quota_bytes=1 << 30)
+    limited = SandboxLimits(
+        wall_timeout_s=10,
+        memory_bytes=256 << 20,
+        cpu_cores=1,
+        max_processes=32,
+        cpu_seconds=10,
+        disk_quota_bytes=1 << 30,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
         rows = {"bare asyncio subprocess": [await bare() for _ in range(N)]}

@@ -13,9 +13,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
 
 import grpc
 
@@ -47,7 +47,7 @@ def workflow(
             common_pb2.WorkflowAsset(
                 did=DATASET_DID,
                 files=[dataset or common_pb2.FileLocation(type="raw", content="the dataset\n")],
-                ddo_json='{"id": "%s"}' % DATASET_DID,
+                ddo_json=f'{{"id": "{DATASET_DID}"}}',
             )
         ],
         raw_algorithm=code,
@@ -74,8 +74,9 @@ class EngineClient:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def submit(self, wf: common_pb2.Workflow, job_id: str | None = None,
-                     environment_id: str = ENVIRONMENT) -> str:
+    async def submit(
+        self, wf: common_pb2.Workflow, job_id: str | None = None, environment_id: str = ENVIRONMENT
+    ) -> str:
         job_id = job_id or str(uuid.uuid4())
         await self.stub.SubmitJob(
             engine_pb2.SubmitJobRequest(job_id=job_id, environment_id=environment_id, workflow=wf),
@@ -115,8 +116,10 @@ class EngineClient:
 
         try:
             await asyncio.wait_for(follow(), timeout)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"job {job_id}: condition not met in {timeout} s; saw {[c.status for c in seen]}") from None
+        except TimeoutError:
+            raise AssertionError(
+                f"job {job_id}: condition not met in {timeout} s; saw {[c.status for c in seen]}"
+            ) from None
         return seen
 
     async def logged_so_far(self) -> list[engine_pb2.StateChange]:
@@ -156,8 +159,11 @@ class EngineClient:
 async def engine_running(database_url: str, workspaces: Path, **settings: object) -> AsyncIterator[EngineClient]:
     """The engine in this process, on a free port, with the local backend."""
     config = EngineSettings(
-        address="127.0.0.1:0", database_url=database_url, workspaces_dir=str(workspaces),
-        heartbeat_s=0.5, **settings,  # type: ignore[arg-type]
+        address="127.0.0.1:0",
+        database_url=database_url,
+        workspaces_dir=str(workspaces),
+        heartbeat_s=0.5,
+        **settings,  # type: ignore[arg-type]
     )
     running = await server.start(config)
     client = EngineClient(f"127.0.0.1:{running.port}", workspaces)
@@ -187,11 +193,7 @@ def release(job_data: Path, name: str = "go") -> None:
 
 def gate(name: str = "go") -> str:
     """Python lines that block the algorithm until the test calls release()."""
-    return (
-        "import os, time\n"
-        f"while not os.path.exists('/data/inputs/{name}'):\n"
-        "    time.sleep(0.05)\n"
-    )
+    return f"import os, time\nwhile not os.path.exists('/data/inputs/{name}'):\n    time.sleep(0.05)\n"
 
 
 class StallingServer:
@@ -206,7 +208,7 @@ class StallingServer:
         self._server: asyncio.base_events.Server | None = None
         self.port = 0
 
-    async def __aenter__(self) -> "StallingServer":
+    async def __aenter__(self) -> StallingServer:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -229,7 +231,9 @@ class StallingServer:
                 return
             while await reader.readline() not in (b"\r\n", b""):
                 pass
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(self.body) + self.body)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(self.body) + self.body
+            )
             await writer.drain()
         except ConnectionError:
             pass
@@ -258,8 +262,11 @@ class EngineProcess:
     async def start(self, log_path: Path, **env: str) -> EngineClient:
         with open(log_path, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.operator_engine"], cwd=REPO,
-                env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "services.operator_engine"],
+                cwd=REPO,
+                env={**self.env, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         client = EngineClient(self.address, self.workspaces)
         deadline = time.monotonic() + WAIT_S

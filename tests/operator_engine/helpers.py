@@ -20,7 +20,7 @@ DATASET_DID = "0123abcd"
 class Job:
     job_id: str
     workspace: Path
-    marker: str   # unique env value: finds the job's processes in the process table
+    marker: str  # unique env value: finds the job's processes in the process table
 
     @property
     def outputs(self) -> Path:
@@ -45,8 +45,9 @@ class Job:
             **extra,
         }
 
-    def spec(self, argv: tuple[str, ...] = (PYTHON, ALGO), *, limits: SandboxLimits | None = None,
-             **kwargs) -> SandboxSpec:
+    def spec(
+        self, argv: tuple[str, ...] = (PYTHON, ALGO), *, limits: SandboxLimits | None = None, **kwargs
+    ) -> SandboxSpec:
         return SandboxSpec(
             job_id=self.job_id,
             workspace=self.workspace,

@@ -4,8 +4,8 @@ it), for tests of the orchestrator itself, with no server around it."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 from plumbing.database import Database, sqlite_url
 from plumbing.statuses import Status
@@ -15,15 +15,29 @@ from services.operator_engine.domain.orchestrator import EnvironmentSpec, Orches
 from services.operator_engine.persistence.models import Base
 
 ENVIRONMENT = EnvironmentSpec(
-    id="local-cpu", description="", cpu_cores=1, memory_bytes=1 << 30, disk_bytes=1 << 30, max_jobs=4,
-    max_job_duration_s=60, storage_expiry_s=60, price_per_minute="0", log_max_bytes=1 << 20,
+    id="local-cpu",
+    description="",
+    cpu_cores=1,
+    memory_bytes=1 << 30,
+    disk_bytes=1 << 30,
+    max_jobs=4,
+    max_job_duration_s=60,
+    storage_expiry_s=60,
+    price_per_minute="0",
+    log_max_bytes=1 << 20,
 )
 
 
 def spec(job_id: str) -> dict[str, object]:
     return {
-        "job_id": job_id, "environment_id": "local-cpu", "entrypoint": "python3 $ALGO", "image": "python",
-        "allow_network": False, "algorithm_timeout_s": 0.0, "dataset_dids": ["did:op:x"], "algorithm_did": "",
+        "job_id": job_id,
+        "environment_id": "local-cpu",
+        "entrypoint": "python3 $ALGO",
+        "image": "python",
+        "allow_network": False,
+        "algorithm_timeout_s": 0.0,
+        "dataset_dids": ["did:op:x"],
+        "algorithm_did": "",
     }
 
 
@@ -45,8 +59,9 @@ async def orchestrator_on(
         orchestrator.record_results(orchestrator._runs[job_id], {"storage": "none"}, "")
 
     pods = backend(configured, published)
-    orchestrator = Orchestrator(db, events, pods, ENVIRONMENT, tmp_path / "ws",
-                                configure_timeout_s=10, publish_timeout_s=10, queue_timeout_s=60)
+    orchestrator = Orchestrator(
+        db, events, pods, ENVIRONMENT, tmp_path / "ws", configure_timeout_s=10, publish_timeout_s=10, queue_timeout_s=60
+    )
     await orchestrator.start()
     try:
         yield orchestrator, db, pods

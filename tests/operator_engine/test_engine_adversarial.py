@@ -79,8 +79,9 @@ async def test_another_jobs_workspace_and_etc_shadow_cannot_be_read(data_dir, po
     async with engine_running(postgres_url, workspaces) as engine:
         victim = await engine.submit(workflow(py("report(ok=1)")))
         assert_completed(await engine.ended(victim))
-        code = py(SNOOP % {"other": engine.data(victim), "did": DATASET_DIR, "workspaces": workspaces,
-                           "data_dir": data_dir})
+        code = py(
+            SNOOP % {"other": engine.data(victim), "did": DATASET_DIR, "workspaces": workspaces, "data_dir": data_dir}
+        )
         snoop = await engine.submit(workflow(code))
         assert_completed(await engine.ended(snoop))
         r = report_of(engine, snoop)
@@ -118,7 +119,9 @@ async def test_writes_outside_outputs_fail_and_leave_the_host_untouched(data_dir
     async with engine_running(postgres_url, tmp_path / "ws") as engine:
         job_id = "scribbler-1"
         own = engine.data(job_id)
-        assert_completed(await engine.ended(await engine.submit(workflow(py(SCRIBBLE % {"did": DATASET_DIR, "own": own})), job_id)))
+        assert_completed(
+            await engine.ended(await engine.submit(workflow(py(SCRIBBLE % {"did": DATASET_DIR, "own": own})), job_id))
+        )
         r = report_of(engine, job_id)
         for place in ("inputs", "new_input", "transformations", "ddos", "data_root", "usr", "etc", "root"):
             assert r[place] in ("OSError", "PermissionError"), (place, r[place])  # EROFS

@@ -35,7 +35,9 @@ async def test_bad_submissions_are_refused_before_anything_runs(data_dir, postgr
         assert "requested duration 61 s exceeds the environment's maximum of 60 s" in too_long.details()
         assert error_code(too_long) == "duration_too_long"
 
-        bad_image = await refused(engine.submit(workflow("print(1)", image="mcr.microsoft.com/dotnet/runtime"), "bad-image"))
+        bad_image = await refused(
+            engine.submit(workflow("print(1)", image="mcr.microsoft.com/dotnet/runtime"), "bad-image")
+        )
         assert bad_image.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "unsupported image" in bad_image.details() and "supported images are" in bad_image.details()
 
@@ -90,13 +92,16 @@ async def test_calls_without_the_service_token_are_refused(data_dir, postgres_ur
 
 
 async def test_without_bubblewrap_algorithms_are_refused_unless_configured_unsandboxed(
-        data_dir, postgres_url, tmp_path, monkeypatch):
+    data_dir, postgres_url, tmp_path, monkeypatch
+):
     monkeypatch.setenv("PATH", str(tmp_path / "no-bwrap-here"))  # the engine looks bwrap up on PATH
     async with engine_running(postgres_url, tmp_path / "ws") as engine:
         assert "no sandbox (bwrap not found)" in (await engine.environment()).description
         no_sandbox = await refused(engine.submit(workflow("print(1)")))
         assert no_sandbox.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "cannot sandbox algorithms" in no_sandbox.details() and "C2D_ENGINE_SANDBOX=false" in no_sandbox.details()
+        assert (
+            "cannot sandbox algorithms" in no_sandbox.details() and "C2D_ENGINE_SANDBOX=false" in no_sandbox.details()
+        )
         assert error_code(no_sandbox) == "sandbox_unavailable"
     async with engine_running(postgres_url, tmp_path / "ws2", sandbox=False) as engine:
         environment = await engine.environment()
@@ -109,17 +114,20 @@ async def test_without_bubblewrap_algorithms_are_refused_unless_configured_unsan
 
 async def test_submit_jobs_answers_each_job_on_its_own(data_dir, postgres_url, tmp_path):
     async with engine_running(postgres_url, tmp_path / "ws") as engine:
+
         def job(job_id: str, wf, environment_id: str = "local-cpu") -> engine_pb2.SubmitJobRequest:  # type: ignore[no-untyped-def]
             return engine_pb2.SubmitJobRequest(job_id=job_id, environment_id=environment_id, workflow=wf)
 
         response = await engine.stub.SubmitJobs(
-            engine_pb2.SubmitJobsRequest(jobs=[
-                job("good", workflow("print(1)")),
-                job("no-algo", workflow("print(1)", entrypoint="python3 main.py")),
-                job("../x", workflow("print(1)")),
-                job("gpu", workflow("print(1)"), environment_id="gpu-a100"),
-                job("good", workflow("print(1)")),  # the same job twice in one call
-            ]),
+            engine_pb2.SubmitJobsRequest(
+                jobs=[
+                    job("good", workflow("print(1)")),
+                    job("no-algo", workflow("print(1)", entrypoint="python3 main.py")),
+                    job("../x", workflow("print(1)")),
+                    job("gpu", workflow("print(1)"), environment_id="gpu-a100"),
+                    job("good", workflow("print(1)")),  # the same job twice in one call
+                ]
+            ),
             metadata=engine.metadata,
         )
         answers = [(r.job_id, r.created, r.error_code) for r in response.results]
@@ -139,4 +147,7 @@ async def test_submit_jobs_answers_each_job_on_its_own(data_dir, postgres_url, t
         assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT and error_code(empty) == "jobs_missing"
         flood = engine_pb2.SubmitJobsRequest(jobs=[job(f"j{i}", workflow("print(1)")) for i in range(1001)])
         too_many = await refused(engine.stub.SubmitJobs(flood, metadata=engine.metadata))
-        assert too_many.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1000; split the batch" in too_many.details()
+        assert (
+            too_many.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "at most 1000; split the batch" in too_many.details()
+        )

@@ -23,7 +23,9 @@ ALGORITHM = (
 async def test_following_a_log_yields_lines_live_and_ends_with_the_job(data_dir, postgres_url, tmp_path):
     async with engine_running(postgres_url, tmp_path / "ws") as engine:
         job_id = await engine.submit(workflow(ALGORITHM))
-        call = engine.stub.StreamJobLogs(engine_pb2.StreamJobLogsRequest(job_id=job_id, follow=True), metadata=engine.metadata)
+        call = engine.stub.StreamJobLogs(
+            engine_pb2.StreamJobLogsRequest(job_id=job_id, follow=True), metadata=engine.metadata
+        )
         received = b""
 
         async def read_until(text: bytes) -> None:
@@ -45,8 +47,12 @@ async def test_following_a_log_yields_lines_live_and_ends_with_the_job(data_dir,
         assert (await engine.ended(job_id)).status == 70
 
         # After the end: the whole log from an offset, without following.
-        tail = [c async for c in engine.stub.StreamJobLogs(
-            engine_pb2.StreamJobLogsRequest(job_id=job_id, offset=9), metadata=engine.metadata)]
+        tail = [
+            c
+            async for c in engine.stub.StreamJobLogs(
+                engine_pb2.StreamJobLogsRequest(job_id=job_id, offset=9), metadata=engine.metadata
+            )
+        ]
         assert b"".join(c.data for c in tail) == b"line two\nline three\n"
 
 

@@ -14,8 +14,13 @@ from tests.support.servers import alive
 
 
 def pod_env(agent: str, tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    return {"C2D_JOB_ID": "job-1", "C2D_JOB_TOKEN": "t", "C2D_AGENT_ADDRESS": agent,
-            "C2D_DATA_ROOT": str(tmp_path / "data"), "C2D_LOG_LEVEL": "INFO"}
+    return {
+        "C2D_JOB_ID": "job-1",
+        "C2D_JOB_TOKEN": "t",
+        "C2D_AGENT_ADDRESS": agent,
+        "C2D_DATA_ROOT": str(tmp_path / "data"),
+        "C2D_LOG_LEVEL": "INFO",
+    }
 
 
 async def test_a_forked_pod_has_its_own_environment_log_and_exit_code(tmp_path):
@@ -34,13 +39,17 @@ async def test_kill_and_helper_death(tmp_path):
     launcher = ForkServerLauncher()
     async with StallingServer() as agent:
         try:
-            stalled = await launcher.start("pod_publish", pod_env(f"127.0.0.1:{agent.port}", tmp_path), tmp_path / "a.log")
+            stalled = await launcher.start(
+                "pod_publish", pod_env(f"127.0.0.1:{agent.port}", tmp_path), tmp_path / "a.log"
+            )
             await wait_until(lambda: agent.open_connections >= 1, what="the pod reached its agent")
             await asyncio.wait_for(stalled.kill(), WAIT_S)
             assert (await stalled.wait()).returncode == -signal.SIGKILL
             assert not alive(stalled.pid)
 
-            orphaned = await launcher.start("pod_publish", pod_env(f"127.0.0.1:{agent.port}", tmp_path), tmp_path / "b.log")
+            orphaned = await launcher.start(
+                "pod_publish", pod_env(f"127.0.0.1:{agent.port}", tmp_path), tmp_path / "b.log"
+            )
             await wait_until(lambda: agent.open_connections >= 1, what="the second pod reached its agent")
             helper = launcher._helper
             assert helper is not None

@@ -25,7 +25,6 @@ from tests.operator_engine.test_engine_adversarial import no_cgroup_left
 from tests.operator_engine.test_engine_stop import stalled_dataset
 from tests.support.servers import free_ports
 
-
 COPY_INPUT = """\
 import json, os, shutil
 did = json.loads(os.environ["DIDS"])[0]
@@ -132,7 +131,11 @@ async def test_kill_during_algorithm_fails_that_job_and_resumes_the_queue(data_d
         assert_no_gap_and_legal(before, after)
         end = next(c for c in after if c.job_id == running)
         assert (end.status, end.end_reason, end.error_code, end.error_message) == (
-            Status.ALGORITHM_FAILED, EndReason.FAILED, "engine_restarted", "engine restarted during algorithm")
+            Status.ALGORITHM_FAILED,
+            EndReason.FAILED,
+            "engine_restarted",
+            "engine restarted during algorithm",
+        )
         assert [c.status for c in after if c.job_id == queued] == [10, 20, 30, 40, 60, 70]
         assert no_cgroup_left(running)  # reclaimed at start-up
         assert nothing_running(postgres_url) == []

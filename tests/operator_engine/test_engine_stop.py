@@ -70,14 +70,22 @@ async def test_configure_and_publish_time_out_with_their_own_status(data_dir, po
     async with StallingServer() as stall:
         monkeypatch.setenv("C2D_STORAGE_KIND", "ipfs")
         monkeypatch.setenv("C2D_STORAGE_IPFS_API", stall.url)
-        async with engine_running(postgres_url, tmp_path / "ws", configure_timeout_s=2.0, publish_timeout_s=2.0) as engine:
+        async with engine_running(
+            postgres_url, tmp_path / "ws", configure_timeout_s=2.0, publish_timeout_s=2.0
+        ) as engine:
             configuring = await engine.submit(workflow("print(1)", dataset=stalled_dataset(stall)))
             publishing = await engine.submit(workflow("open('/data/outputs/r.txt', 'w').write('r')\n"))
             end = await engine.ended(configuring)
             assert (end.status, end.end_reason, end.error_code) == (
-                Status.DATA_PROVISIONING_FAILED, EndReason.TIMED_OUT, "configure_timed_out")
+                Status.DATA_PROVISIONING_FAILED,
+                EndReason.TIMED_OUT,
+                "configure_timed_out",
+            )
             assert end.error_message == "configuring the job took longer than 2 s"
             end = await engine.ended(publishing)
             assert (end.status, end.end_reason, end.error_code) == (
-                Status.RESULTS_UPLOAD_FAILED, EndReason.TIMED_OUT, "publish_timed_out")
+                Status.RESULTS_UPLOAD_FAILED,
+                EndReason.TIMED_OUT,
+                "publish_timed_out",
+            )
             await wait_until(lambda: stall.open_connections == 0, what="both pods killed")

@@ -31,14 +31,22 @@ json.dump({"connect": outcome}, open(os.environ["OUTPUTS"] + "/probe.json", "w")
 
 async def run_raw(consumer: Client, dataset_did: str, code: str) -> common_pb2.Job:
     order = await consumer.order(dataset_did, "compute")
-    environment = next(e for e in (await consumer.compute.ListComputeEnvironments(
-        provider_pb2.ListComputeEnvironmentsRequest())).environments if e.available)
-    started = await consumer.start(provider_pb2.ComputeSpec(
-        dataset=provider_pb2.AssetOrder(did=dataset_did, service_id="compute", order_id=order),
-        raw_algorithm=provider_pb2.RawAlgorithm(
-            code=code, container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python")),
-        environment_id=environment.id,
-    ))
+    environment = next(
+        e
+        for e in (
+            await consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
+        ).environments
+        if e.available
+    )
+    started = await consumer.start(
+        provider_pb2.ComputeSpec(
+            dataset=provider_pb2.AssetOrder(did=dataset_did, service_id="compute", order_id=order),
+            raw_algorithm=provider_pb2.RawAlgorithm(
+                code=code, container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python")
+            ),
+            environment_id=environment.id,
+        )
+    )
     deadline = time.monotonic() + WAIT_S
     async for job in consumer.watch(started.job_id):
         assert time.monotonic() < deadline
@@ -55,19 +63,33 @@ async def test_exit_code_and_no_network_reach_the_consumer(data_dir, postgres_ur
                 consumer = Client(channel, load_or_create_key(data / "consumer.key"))
                 dataset_did = publisher.did_for("adversarial")
                 encrypted = await publisher.encrypt([common_pb2.FileLocation(type="url", url=f"{base}/data.csv")])
-                await publisher.publish({
-                    "version": "4.1.0",
-                    "metadata": {"type": "dataset", "name": "d", "author": "a", "license": "CC0"},
-                    "services": [_service("compute", "compute", encrypted, dataset_did, {
-                        "allowRawAlgorithm": True, "allowNetworkAccess": False,
-                        "publisherTrustedAlgorithms": [], "publisherTrustedAlgorithmPublishers": [],
-                    })],
-                }, "adversarial")
+                await publisher.publish(
+                    {
+                        "version": "4.1.0",
+                        "metadata": {"type": "dataset", "name": "d", "author": "a", "license": "CC0"},
+                        "services": [
+                            _service(
+                                "compute",
+                                "compute",
+                                encrypted,
+                                dataset_did,
+                                {
+                                    "allowRawAlgorithm": True,
+                                    "allowNetworkAccess": False,
+                                    "publisherTrustedAlgorithms": [],
+                                    "publisherTrustedAlgorithmPublishers": [],
+                                },
+                            )
+                        ],
+                    },
+                    "adversarial",
+                )
                 token = await publisher.create_datatoken(dataset_did, "compute")
                 await publisher.mint(token, consumer.address, 2)
                 for _ in range(100):  # the engine's environment shows up with its first heartbeat
-                    envs = (await consumer.compute.ListComputeEnvironments(
-                        provider_pb2.ListComputeEnvironmentsRequest())).environments
+                    envs = (
+                        await consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
+                    ).environments
                     if any(e.available for e in envs):
                         break
                     await asyncio.sleep(0.05)

@@ -15,8 +15,9 @@ def container(entrypoint: str, image: str, tag: str = "latest") -> dict[str, str
     return {"entrypoint": entrypoint, "image": image, "tag": tag, "checksum": "sha256:00"}
 
 
-@pytest.mark.parametrize("image", ["python", "python:3.11-slim", "docker.io/library/python",
-                                   "ghcr.io/acme/my-python-algo", "bitnami/python"])
+@pytest.mark.parametrize(
+    "image", ["python", "python:3.11-slim", "docker.io/library/python", "ghcr.io/acme/my-python-algo", "bitnami/python"]
+)
 def test_python_images_run_the_hosts_python3(image):
     assert resolve_command(container("python $ALGO", image)) == (PY, ALGORITHM_PATH)
 
@@ -50,9 +51,13 @@ def test_a_bare_algo_entrypoint_uses_the_images_interpreter():
 
 def test_oceans_sample_image_follows_the_entrypoint():
     assert resolve_command(container("python $ALGO", "oceanprotocol/algo_dockers", "python-branin")) == (
-        PY, ALGORITHM_PATH)
+        PY,
+        ALGORITHM_PATH,
+    )
     assert resolve_command(container("node $ALGO", "oceanprotocol/algo_dockers", "node")) == (
-        "/usr/bin/node", ALGORITHM_PATH)
+        "/usr/bin/node",
+        ALGORITHM_PATH,
+    )
 
 
 def test_entrypoint_without_algo_is_refused():
@@ -70,11 +75,14 @@ def test_a_command_the_image_does_not_have_is_refused():
         resolve_command(container("node $ALGO", "python"))
 
 
-@pytest.mark.parametrize("entrypoint,image,source", [
-    ("python3 $ALGO", "python", "import sys; print('python', sys.version_info[0])\n"),
-    ("node $ALGO", "node", "console.log('node', process.version.split('.')[0] > 'v0')\n"),
-    ("sh $ALGO", "alpine", "echo sh $((1 + 1))\n"),
-])
+@pytest.mark.parametrize(
+    "entrypoint,image,source",
+    [
+        ("python3 $ALGO", "python", "import sys; print('python', sys.version_info[0])\n"),
+        ("node $ALGO", "node", "console.log('node', process.version.split('.')[0] > 'v0')\n"),
+        ("sh $ALGO", "alpine", "echo sh $((1 + 1))\n"),
+    ],
+)
 async def test_resolved_commands_run_in_the_sandbox(tmp_path, entrypoint, image, source):
     job = make_job(tmp_path, source)
     run = await SandboxRun.start(job.spec(resolve_command(container(entrypoint, image))))

@@ -100,11 +100,14 @@ async def test_with_allow_network_the_same_connection_reaches_the_host(tmp_path)
 
 # --- filesystem ----------------------------------------------------------------
 
+
 async def test_cannot_see_other_jobs_host_secrets_or_host_dirs(tmp_path):
     other = make_job(tmp_path, "")
     secret = other.workspace / "inputs" / "secret.csv"
     secret.write_text("another consumer's data")
-    job = make_job(tmp_path, py(f"""
+    job = make_job(
+        tmp_path,
+        py(f"""
         import os
         paths = [{str(secret)!r}, {str(other.workspace)!r}, "/etc/shadow", "/etc/passwd",
                  "/root", "/home", "/work", {str(REPO)!r}, "/sys", "/run"]
@@ -117,14 +120,27 @@ async def test_cannot_see_other_jobs_host_secrets_or_host_dirs(tmp_path):
             report(read_secret=True)
         except OSError as e:
             report(read_secret=type(e).__name__)
-    """))
+    """),
+    )
     _, outcome = await run_to_end(job)
     assert outcome.exit_code == 0, job.log.read_text()
     r = job.report()
     assert r["visible"] == []
     assert r["read_secret"] == "FileNotFoundError"
-    assert set(r["root"]) <= {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc",
-                              "proc", "dev", "tmp", "data"}
+    assert set(r["root"]) <= {
+        "bin",
+        "sbin",
+        "lib",
+        "lib32",
+        "lib64",
+        "libx32",
+        "usr",
+        "etc",
+        "proc",
+        "dev",
+        "tmp",
+        "data",
+    }
     assert set(r["etc"]) <= {"alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime"}
     assert r["data"] == ["ddos", "inputs", "logs", "outputs", "transformations"]
     assert r["own_input"] == "the dataset\n"
@@ -133,7 +149,9 @@ async def test_cannot_see_other_jobs_host_secrets_or_host_dirs(tmp_path):
 async def test_writes_outside_outputs_fail_and_never_reach_the_host(tmp_path):
     job = make_job(tmp_path, "")
     host_tmp_file = Path("/tmp") / f"c2d-escape-{job.marker}"
-    job = make_job(tmp_path, py(f"""
+    job = make_job(
+        tmp_path,
+        py(f"""
         import errno
         results = {{}}
         for path in ["/data/inputs/new", "/data/inputs/{DATASET_DID}/0", "/data/transformations/algorithm",
@@ -147,12 +165,13 @@ async def test_writes_outside_outputs_fail_and_never_reach_the_host(tmp_path):
         with open("/data/outputs/result.txt", "w") as f:
             f.write("a result")
         report(results=results)
-    """))
+    """),
+    )
     _, outcome = await run_to_end(job)
     assert outcome.exit_code == 0, job.log.read_text()
     results = job.report()["results"]
     assert results.pop(str(host_tmp_file)) == "written"  # the sandbox's own private /tmp...
-    assert not host_tmp_file.exists()                   # ...which is not the host's
+    assert not host_tmp_file.exists()  # ...which is not the host's
     assert all(err in ("EROFS", "EACCES", "EPERM", "ENOENT") for err in results.values()), results
     assert (job.workspace / "inputs" / DATASET_DID / "0").read_text() == "the dataset\n"
     assert not (job.workspace / "inputs" / "new").exists()
@@ -191,11 +210,14 @@ async def test_fork_bomb_is_contained_and_the_host_is_fine(tmp_path):
 
 
 async def test_allocating_4_gib_under_a_memory_limit_is_oom_killed(tmp_path):
-    job = make_job(tmp_path, py("""
+    job = make_job(
+        tmp_path,
+        py("""
         report(started=True)
         block = bytearray(4 << 30)  # zero-filled: every page is touched
         report(allocated=True)
-    """))
+    """),
+    )
     run, outcome = await run_to_end(job, limits=SandboxLimits(wall_timeout_s=20, memory_bytes=128 << 20))
     assert "cgroup:memory" in run.limits_in_force
     assert outcome.oom_killed and outcome.signal == 9 and outcome.exit_code is None
@@ -230,13 +252,16 @@ async def test_cpu_seconds_limit_kills_with_sigxcpu(tmp_path):
 
 
 async def test_cpu_cores_quota_throttles_a_busy_loop(tmp_path):
-    job = make_job(tmp_path, py("""
+    job = make_job(
+        tmp_path,
+        py("""
         import time
         start = time.monotonic()
         while time.monotonic() - start < 1.0:
             pass
         report(cpu=time.process_time())
-    """))
+    """),
+    )
     run, outcome = await run_to_end(job, limits=SandboxLimits(wall_timeout_s=10, cpu_cores=0.2))
     assert "cgroup:cpu" in run.limits_in_force
     assert outcome.exit_code == 0, job.log.read_text()
@@ -245,8 +270,9 @@ async def test_cpu_cores_quota_throttles_a_busy_loop(tmp_path):
 
 async def test_max_file_bytes_kills_a_writer_with_sigxfsz(tmp_path):
     job = make_job(tmp_path, sh("exec head -c 2097152 /dev/zero > /data/outputs/big"))
-    run, outcome = await run_to_end(job, argv=("/bin/sh", ALGO),
-                                    limits=SandboxLimits(wall_timeout_s=10, max_file_bytes=1 << 20))
+    run, outcome = await run_to_end(
+        job, argv=("/bin/sh", ALGO), limits=SandboxLimits(wall_timeout_s=10, max_file_bytes=1 << 20)
+    )
     assert "rlimit:fsize" in run.limits_in_force
     assert outcome.signal == 25
     assert outcome.describe() == "killed by signal 25 (file size limit exceeded)"
@@ -263,7 +289,9 @@ async def test_max_file_bytes_fails_a_python_write_with_efbig(tmp_path):
 
 
 async def test_writing_past_the_disk_quota_is_killed(tmp_path):
-    job = make_job(tmp_path, py("""
+    job = make_job(
+        tmp_path,
+        py("""
         import time
         chunk = b"x" * (256 << 10)
         with open("/data/outputs/big", "wb") as f:
@@ -272,7 +300,8 @@ async def test_writing_past_the_disk_quota_is_killed(tmp_path):
                 f.flush()
                 time.sleep(0.005)
         report(finished=True)
-    """))
+    """),
+    )
     run, outcome = await run_to_end(job, limits=SandboxLimits(wall_timeout_s=20, disk_quota_bytes=2 << 20))
     assert "disk:watch" in run.limits_in_force
     assert outcome.disk_quota_exceeded and not outcome.timed_out
@@ -290,6 +319,7 @@ async def test_exceeding_the_quota_and_exiting_at_once_is_still_reported(tmp_pat
 
 # --- exit status, logs, environment -------------------------------------------------
 
+
 async def test_exit_code_3_is_reported(tmp_path):
     job = make_job(tmp_path, sh("echo failing; exit 3"))
     _, outcome = await run_to_end(job, argv=("/bin/sh", ALGO))
@@ -301,8 +331,9 @@ async def test_exit_code_3_is_reported(tmp_path):
 
 async def test_job_cgroups_exist_during_the_run_and_are_removed_after(tmp_path):
     job = make_job(tmp_path, "import time; time.sleep(1)\n")
-    run = await SandboxRun.start(job.spec(limits=SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20,
-                                                               max_processes=10, cpu_cores=1)))
+    run = await SandboxRun.start(
+        job.spec(limits=SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20, max_processes=10, cpu_cores=1))
+    )
     dirs = job_cgroup_dirs(job)
     assert dirs  # the released gate moves itself in, then runs the algorithm
     await wait_for(lambda: all(str(run.pid) in (d / "cgroup.procs").read_text().split() for d in dirs))
@@ -316,14 +347,18 @@ async def test_job_cgroups_exist_during_the_run_and_are_removed_after(tmp_path):
 
 async def test_outcome_comes_once_the_algorithm_and_its_children_are_dead(tmp_path):
     # a child left running in the background: the pid namespace takes it down with the run
-    job = make_job(tmp_path, py("""
+    job = make_job(
+        tmp_path,
+        py("""
         import subprocess, sys
         subprocess.Popen(["/bin/sleep", "60"])
         print("parent done")
         sys.exit(4)
-    """))
-    run = await SandboxRun.start(job.spec(limits=SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20,
-                                                               max_processes=10)))
+    """),
+    )
+    run = await SandboxRun.start(
+        job.spec(limits=SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20, max_processes=10))
+    )
     early = await run.outcome()
     assert (early.exit_code, early.signal) == (4, None)
     assert processes_of(job) == []
@@ -342,14 +377,17 @@ async def test_runs_of_the_same_job_back_to_back_are_not_swept_by_the_previous_w
 
 
 async def test_stdout_and_stderr_land_in_the_log_and_can_be_followed_live(tmp_path):
-    job = make_job(tmp_path, py("""
+    job = make_job(
+        tmp_path,
+        py("""
         import os, sys, time
         print("to stdout", flush=True)
         print("to stderr", file=sys.stderr, flush=True)
         while not os.path.exists("/data/outputs/go"):
             time.sleep(0.02)
         print("done")
-    """))
+    """),
+    )
     run = await SandboxRun.start(job.spec())
     assert run.log_path == job.log
     await wait_for(lambda: b"to stderr" in job.log.read_bytes() and b"to stdout" in job.log.read_bytes())
@@ -361,7 +399,9 @@ async def test_stdout_and_stderr_land_in_the_log_and_can_be_followed_live(tmp_pa
 
 
 async def test_log_cap_truncates_with_one_marker_and_the_algorithm_is_not_blocked(tmp_path):
-    job = make_job(tmp_path, py("""
+    job = make_job(
+        tmp_path,
+        py("""
         import sys
         for _ in range(16):
             sys.stdout.write("o" * 65536)
@@ -369,7 +409,8 @@ async def test_log_cap_truncates_with_one_marker_and_the_algorithm_is_not_blocke
         sys.stdout.flush()
         sys.stderr.flush()
         report(done=True)
-    """))
+    """),
+    )
     _, outcome = await run_to_end(job, limits=SandboxLimits(wall_timeout_s=20, log_max_bytes=100_000))
     assert outcome.exit_code == 0 and outcome.log_truncated
     assert job.report() == {"done": True}
@@ -382,12 +423,15 @@ async def test_log_cap_truncates_with_one_marker_and_the_algorithm_is_not_blocke
 
 async def test_environment_is_exactly_the_given_variables(tmp_path, monkeypatch):
     monkeypatch.setenv("C2D_ENGINE_SECRET", "must not leak")
-    job = make_job(tmp_path, py("""
+    job = make_job(
+        tmp_path,
+        py("""
         raw = open("/proc/self/environ").read()
         env = dict(kv.split("=", 1) for kv in raw.split("\\0") if kv)
         cap_eff = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
         report(env=env, cap_eff=cap_eff)
-    """))
+    """),
+    )
     _, outcome = await run_to_end(job)
     assert outcome.exit_code == 0, job.log.read_text()
     r = job.report()
@@ -396,11 +440,14 @@ async def test_environment_is_exactly_the_given_variables(tmp_path, monkeypatch)
 
 
 async def test_no_privileges_and_no_nested_user_namespaces(tmp_path):
-    job = make_job(tmp_path, sh("""
+    job = make_job(
+        tmp_path,
+        sh("""
         unshare --user true 2>/dev/null && echo "userns: created" || echo "userns: refused"
         echo "caps: $(grep CapBnd /proc/self/status | cut -f2)"
         echo "uid: $(id -u)"
-    """))
+    """),
+    )
     _, outcome = await run_to_end(job, argv=("/bin/sh", ALGO))
     assert outcome.exit_code == 0, job.log.read_text()
     assert job.log.read_text().splitlines() == ["userns: refused", "caps: " + "0" * 16, "uid: 0"]
@@ -426,7 +473,7 @@ SPAWNS_A_TREE = """
 async def test_stop_kills_the_whole_tree_within_a_second(tmp_path, use_sandbox):
     job = make_job(tmp_path, py(SPAWNS_A_TREE))
     run = await SandboxRun.start(job.spec(use_sandbox=use_sandbox))
-    await wait_for(lambda: (job.outputs / "report.json").exists())
+    await wait_for((job.outputs / "report.json").exists)
     await wait_for(lambda: len(processes_of(job)) >= 3)
     t0 = time.monotonic()
     await run.stop()
@@ -468,8 +515,17 @@ async def test_engine_death_takes_the_sandbox_down_and_its_cgroup_is_reclaimed(t
     try:
         engines = [
             await asyncio.create_subprocess_exec(
-                sys.executable, "-c", DYING_ENGINE, str(REPO), job.job_id, str(job.workspace),
-                json.dumps(job.env()), str(delay), PYTHON, ALGO)
+                sys.executable,
+                "-c",
+                DYING_ENGINE,
+                str(REPO),
+                job.job_id,
+                str(job.workspace),
+                json.dumps(job.env()),
+                str(delay),
+                PYTHON,
+                ALGO,
+            )
             for job, delay in zip(jobs, delays, strict=True)
         ]
         assert [await e.wait() for e in engines] == [0] * len(delays)
@@ -510,10 +566,11 @@ def test_sweep_removes_empty_job_cgroups_and_spares_live_ones():
 
 # --- capabilities and modes -----------------------------------------------------------
 
+
 def _v1_controllers() -> set[str]:
     found = set()
-    for line in open("/proc/self/mountinfo"):
-        left, _, right = line.partition(" - ")
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        _left, _, right = line.partition(" - ")
         fields = right.split()
         if fields and fields[0] == "cgroup":
             found.update(set(fields[2].split(",")) & {"memory", "cpu", "pids"})
@@ -568,11 +625,37 @@ except SandboxUnavailable as e:
     prefixes = sorted({sys.prefix, sys.base_prefix, str(REPO)})
     binds = [arg for p in prefixes for arg in ("--ro-bind", p, p)]
     proc = await asyncio.create_subprocess_exec(
-        shutil.which("bwrap"), "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-        "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+        shutil.which("bwrap"),
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
         # /tmp first: the checkout itself may live under /tmp (CI clones anywhere).
-        "--symlink", "usr/bin", "/bin", "--tmpfs", "/tmp", *binds, "--proc", "/proc", "--dev", "/dev",
-        sys.executable, "-c", engine, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--tmpfs",
+        "/tmp",
+        *binds,
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        sys.executable,
+        "-c",
+        engine,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     out, _ = await proc.communicate()
     lines = out.decode().splitlines()
     assert lines[0] == "bwrap: None False", out
@@ -581,19 +664,22 @@ except SandboxUnavailable as e:
 
 
 async def test_use_sandbox_false_runs_directly_on_the_host(tmp_path):
-    job = make_job(tmp_path, py(f"""
+    job = make_job(
+        tmp_path,
+        py(f"""
         import os, sys
         report(cwd=os.getcwd(), outputs=os.environ["OUTPUTS"], home=os.environ["HOME"],
                argv=sys.argv, sees_host=os.path.exists({str(REPO)!r}))
-    """))
+    """),
+    )
     limits = SandboxLimits(wall_timeout_s=10, memory_bytes=256 << 20)
     run, outcome = await run_to_end(job, use_sandbox=False, limits=limits)
     assert outcome.exit_code == 0, job.log.read_text()
     ws = job.workspace.resolve()
     r = job.report()
     assert r["cwd"] == str(ws)
-    assert r["outputs"] == str(ws / "outputs")           # /data rewritten to the workspace
+    assert r["outputs"] == str(ws / "outputs")  # /data rewritten to the workspace
     assert r["argv"] == [str(ws / "transformations" / "algorithm")]
-    assert r["sees_host"] is True                         # no namespaces...
-    assert not Path(r["home"]).exists()                   # ...a private HOME, removed afterwards
+    assert r["sees_host"] is True  # no namespaces...
+    assert not Path(r["home"]).exists()  # ...a private HOME, removed afterwards
     assert "net:none" not in run.limits_in_force and "cgroup:memory" in run.limits_in_force

@@ -13,9 +13,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 import sqlalchemy
 
@@ -41,9 +41,14 @@ def workflow() -> common_pb2.Workflow:
     )
 
 
-def create_request(request_id: str | None = None, owner: str = "0xowner", environment_id: str = ENVIRONMENT) -> operator_pb2.CreateJobRequest:
+def create_request(
+    request_id: str | None = None, owner: str = "0xowner", environment_id: str = ENVIRONMENT
+) -> operator_pb2.CreateJobRequest:
     return operator_pb2.CreateJobRequest(
-        request_id=uuid.uuid4().hex if request_id is None else request_id, owner=owner, environment_id=environment_id, workflow=workflow()
+        request_id=uuid.uuid4().hex if request_id is None else request_id,
+        owner=owner,
+        environment_id=environment_id,
+        workflow=workflow(),
     )
 
 
@@ -57,7 +62,10 @@ def operator_settings(database_url: str, engine_port: int, **overrides: object) 
     values: dict[str, object] = {"engine_liveness_s": 5.0, "reconnect_max_s": 0.5}
     values.update(overrides)
     return OperatorSettings(
-        address="127.0.0.1:0", database_url=database_url, engines=(f"local=127.0.0.1:{engine_port}",), **values  # type: ignore[arg-type]
+        address="127.0.0.1:0",
+        database_url=database_url,
+        engines=(f"local=127.0.0.1:{engine_port}",),
+        **values,  # type: ignore[arg-type]
     )
 
 
@@ -77,20 +85,28 @@ class Operator:
         return (await self.stub.CreateJob(request or create_request(), metadata=self.metadata, timeout=30)).job
 
     async def get(self, job_id: str) -> common_pb2.Job:
-        return (await self.stub.GetJob(operator_pb2.GetJobRequest(job_id=job_id), metadata=self.metadata, timeout=30)).job
+        return (
+            await self.stub.GetJob(operator_pb2.GetJobRequest(job_id=job_id), metadata=self.metadata, timeout=30)
+        ).job
 
     async def environments(self) -> list[common_pb2.Environment]:
-        response = await self.stub.ListEnvironments(operator_pb2.ListEnvironmentsRequest(), metadata=self.metadata, timeout=30)
+        response = await self.stub.ListEnvironments(
+            operator_pb2.ListEnvironmentsRequest(), metadata=self.metadata, timeout=30
+        )
         return list(response.environments)
 
     async def watch(self, job_ids: list[str], after_sequence: int = 0) -> list[common_pb2.Job]:
         call = self.stub.WatchJobs(
-            operator_pb2.WatchJobsRequest(job_ids=job_ids, after_sequence=after_sequence), metadata=self.metadata, timeout=120
+            operator_pb2.WatchJobsRequest(job_ids=job_ids, after_sequence=after_sequence),
+            metadata=self.metadata,
+            timeout=120,
         )
         return [response.job async for response in call]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60.0, every: float = 0.05) -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60.0, every: float = 0.05
+) -> None:
     """Polls until `check` holds; generous timeouts, the machine is shared."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -130,15 +146,18 @@ class ControlPlane:
 
 
 @contextlib.asynccontextmanager
-async def control_plane(database_url: str, replicas: int = 1, engine: dict | None = None,
-                        **operator_overrides: object) -> AsyncIterator[ControlPlane]:
+async def control_plane(
+    database_url: str, replicas: int = 1, engine: dict | None = None, **operator_overrides: object
+) -> AsyncIterator[ControlPlane]:
     """The real engine (no-op backend) and `replicas` operator-services on one database."""
     engine_running = await engine_server.start(engine_settings(database_url, **(engine or {})))
     operators: list[RunningServer] = []
     clients: list[Operator] = []
     try:
         for _ in range(replicas):
-            operators.append(await operator_server.start(operator_settings(database_url, engine_running.port, **operator_overrides)))
+            operators.append(
+                await operator_server.start(operator_settings(database_url, engine_running.port, **operator_overrides))
+            )
             clients.append(Operator(operators[-1].port))
         plane = ControlPlane(database_url, engine_running, operators, clients)
         await wait_available(plane.operator)
@@ -173,8 +192,11 @@ class OperatorProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         offset = log.tell()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.operator_service"], cwd=ROOT, env=self.env,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "services.operator_service"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -14,7 +14,12 @@ from google.protobuf import timestamp_pb2
 from c2d.operator.v1 import operator_pb2
 from plumbing.grpc_errors import error_code
 from tests.operator_service.helpers import (
-    NOOP_PATH, Operator, control_plane, create_request, query, wait_finished,
+    NOOP_PATH,
+    Operator,
+    control_plane,
+    create_request,
+    query,
+    wait_finished,
 )
 
 
@@ -39,8 +44,11 @@ async def test_a_job_runs_to_70_with_its_full_history(data_dir, database_url):
         updates = await plane.operator.watch([job.job_id])
 
         assert updates[-1].status == 70 and updates[-1].end_reason == 1  # COMPLETED
-        history = query(_operator_db(database_url, data_dir),
-                        "SELECT status FROM job_events WHERE job_id = :j ORDER BY sequence", j=job.job_id)
+        history = query(
+            _operator_db(database_url, data_dir),
+            "SELECT status FROM job_events WHERE job_id = :j ORDER BY sequence",
+            j=job.job_id,
+        )
         assert [status for (status,) in history] == NOOP_PATH
         final = await plane.operator.get(job.job_id)
         assert final.started_at.seconds and final.finished_at.seconds and final.results.storage == "none"
@@ -154,19 +162,59 @@ def _bad_unary_calls():
         ("StopJob", operator_pb2.StopJobRequest(job_id=UNKNOWN), grpc.StatusCode.NOT_FOUND, "job_not_found"),
         ("DeleteJob", operator_pb2.DeleteJobRequest(job_id=UNKNOWN), grpc.StatusCode.NOT_FOUND, "job_not_found"),
         ("ListJobs", operator_pb2.ListJobsRequest(statuses=[99]), grpc.StatusCode.INVALID_ARGUMENT, "status_invalid"),
-        ("ListJobs", operator_pb2.ListJobsRequest(page_size=5000), grpc.StatusCode.INVALID_ARGUMENT, "page_size_invalid"),
-        ("ListJobs", operator_pb2.ListJobsRequest(page_token="not a token"), grpc.StatusCode.INVALID_ARGUMENT, "page_token_invalid"),
-        ("ListJobs", operator_pb2.ListJobsRequest(page_token=_token(b'{"a": 1}')), grpc.StatusCode.INVALID_ARGUMENT, "page_token_invalid"),
-        ("ListJobs", operator_pb2.ListJobsRequest(page_token=_token(b'["yesterday", "x"]')), grpc.StatusCode.INVALID_ARGUMENT, "page_token_invalid"),
-        ("ListJobs", operator_pb2.ListJobsRequest(page_token=_token(b"\xff\xfe")), grpc.StatusCode.INVALID_ARGUMENT, "page_token_invalid"),
-        ("ListJobs", operator_pb2.ListJobsRequest(created_after=FAR), grpc.StatusCode.INVALID_ARGUMENT, "time_range_invalid"),
-        ("ListJobs", operator_pb2.ListJobsRequest(created_after=timestamp_pb2.Timestamp(seconds=2000),
-                                                  created_before=timestamp_pb2.Timestamp(seconds=1000)),
-         grpc.StatusCode.INVALID_ARGUMENT, "time_range_invalid"),
+        (
+            "ListJobs",
+            operator_pb2.ListJobsRequest(page_size=5000),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_size_invalid",
+        ),
+        (
+            "ListJobs",
+            operator_pb2.ListJobsRequest(page_token="not a token"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token_invalid",
+        ),
+        (
+            "ListJobs",
+            operator_pb2.ListJobsRequest(page_token=_token(b'{"a": 1}')),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token_invalid",
+        ),
+        (
+            "ListJobs",
+            operator_pb2.ListJobsRequest(page_token=_token(b'["yesterday", "x"]')),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token_invalid",
+        ),
+        (
+            "ListJobs",
+            operator_pb2.ListJobsRequest(page_token=_token(b"\xff\xfe")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "page_token_invalid",
+        ),
+        (
+            "ListJobs",
+            operator_pb2.ListJobsRequest(created_after=FAR),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "time_range_invalid",
+        ),
+        (
+            "ListJobs",
+            operator_pb2.ListJobsRequest(
+                created_after=timestamp_pb2.Timestamp(seconds=2000),
+                created_before=timestamp_pb2.Timestamp(seconds=1000),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "time_range_invalid",
+        ),
         ("CreateJob", create_request(request_id=""), grpc.StatusCode.INVALID_ARGUMENT, "request_id_missing"),
         ("CreateJob", create_request(owner=""), grpc.StatusCode.INVALID_ARGUMENT, "owner_missing"),
-        ("CreateJob", operator_pb2.CreateJobRequest(request_id="r", owner="o", environment_id="local-cpu"),
-         grpc.StatusCode.INVALID_ARGUMENT, "workflow_invalid"),
+        (
+            "CreateJob",
+            operator_pb2.CreateJobRequest(request_id="r", owner="o", environment_id="local-cpu"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "workflow_invalid",
+        ),
         ("CreateJob", create_request(environment_id="gpu-xl"), grpc.StatusCode.NOT_FOUND, "environment_unknown"),
     ]
 
@@ -199,7 +247,9 @@ async def test_stopping_a_finished_job_names_its_status(data_dir, postgres_url):
         await wait_finished(plane.operator, [job.job_id])
 
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await plane.operator.stub.StopJob(operator_pb2.StopJobRequest(job_id=job.job_id), metadata=plane.operator.metadata)
+            await plane.operator.stub.StopJob(
+                operator_pb2.StopJobRequest(job_id=job.job_id), metadata=plane.operator.metadata
+            )
 
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "status 70 (Job finished)" in raised.value.details()
@@ -211,12 +261,16 @@ async def test_deleting_a_job_keeps_an_audit_row_and_hides_it(data_dir, postgres
         job = await plane.operator.create()
         await wait_finished(plane.operator, [job.job_id])
 
-        await plane.operator.stub.DeleteJob(operator_pb2.DeleteJobRequest(job_id=job.job_id), metadata=plane.operator.metadata)
+        await plane.operator.stub.DeleteJob(
+            operator_pb2.DeleteJobRequest(job_id=job.job_id), metadata=plane.operator.metadata
+        )
 
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await plane.operator.get(job.job_id)
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND
-        [(deleted_at, expired_at)] = query(postgres_url, "SELECT deleted_at, results_expired_at FROM jobs WHERE job_id = :j", j=job.job_id)
+        [(deleted_at, expired_at)] = query(
+            postgres_url, "SELECT deleted_at, results_expired_at FROM jobs WHERE job_id = :j", j=job.job_id
+        )
         assert deleted_at is not None and expired_at is not None
         assert query(postgres_url, "SELECT deleted FROM engine_jobs WHERE job_id = :j", j=job.job_id) == [(True,)]
 

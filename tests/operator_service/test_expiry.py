@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,27 +23,39 @@ from tests.operator_service.helpers import Operator, control_plane, eventually, 
 from tests.storage.conftest import s3_config
 from tests.support.stacks import settings_for
 
-NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 HOUR = 3600
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'operator.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    url = (
+        f"sqlite:///{tmp_path / 'operator.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
     database = Database(url, Base.metadata)
     migrations.upgrade(database.engine)
-    database.transaction(lambda s: s.add(Engine(
-        engine_id="local", address="127.0.0.1:1", last_applied_sequence=0,
-        environments=[
-            {"id": "cpu", "storage_expiry_seconds": str(HOUR)},
-            {"id": "forever"},  # proto JSON leaves out 0: keep results forever
-        ],
-    )))
+    database.transaction(
+        lambda s: s.add(
+            Engine(
+                engine_id="local",
+                address="127.0.0.1:1",
+                last_applied_sequence=0,
+                environments=[
+                    {"id": "cpu", "storage_expiry_seconds": str(HOUR)},
+                    {"id": "forever"},  # proto JSON leaves out 0: keep results forever
+                ],
+            )
+        )
+    )
     yield database
     database.close()
 
 
-def _publish(target: storage.ObjectStore, tmp_path: Path, job_id: str, names: tuple[str, ...] = ("out.txt", "algorithm.log")) -> dict:
+def _publish(
+    target: storage.ObjectStore, tmp_path: Path, job_id: str, names: tuple[str, ...] = ("out.txt", "algorithm.log")
+) -> dict:
     files = []
     for index, name in enumerate(names):
         source = tmp_path / f"{job_id}-{index}"
@@ -56,9 +68,18 @@ def _publish(target: storage.ObjectStore, tmp_path: Path, job_id: str, names: tu
 def _finished_job(db: Database, environment_id: str, finished_at: datetime, results: dict | None) -> str:
     job_id = str(uuid.uuid4())
     row = Job(
-        job_id=job_id, request_id=job_id, owner="0xowner", environment_id=environment_id, engine_id="local",
-        status=1, created_at=finished_at - timedelta(minutes=5), workflow=b"", dataset_dids=["did:op:1"],
-        algorithm_did="", viewers=[], dispatched=True,
+        job_id=job_id,
+        request_id=job_id,
+        owner="0xowner",
+        environment_id=environment_id,
+        engine_id="local",
+        status=1,
+        created_at=finished_at - timedelta(minutes=5),
+        workflow=b"",
+        dataset_dids=["did:op:1"],
+        algorithm_did="",
+        viewers=[],
+        dispatched=True,
     )
 
     def finish(session) -> None:  # type: ignore[no-untyped-def]
@@ -87,7 +108,9 @@ def _exists(target: storage.ObjectStore, location: str) -> bool:
 
 async def test_the_sweeper_removes_only_results_past_their_environments_expiry(db, tmp_path):
     local = LocalStore(tmp_path / "results")
-    sweeper = ExpirySweeper(db, ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60)
+    sweeper = ExpirySweeper(
+        db, ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60
+    )
     due = _finished_job(db, "cpu", NOW - timedelta(seconds=HOUR + 1), None)
     db.transaction(lambda s: setattr(s.get(Job, due), "results", _publish(local, tmp_path, due)))
     recent = _finished_job(db, "cpu", NOW - timedelta(seconds=HOUR - 60), _publish(local, tmp_path, "recent"))
@@ -114,8 +137,16 @@ async def test_the_sweeper_removes_only_results_past_their_environments_expiry(d
 async def test_the_sweeper_removes_results_from_real_s3(postgres_url, seaweedfs, tmp_path):
     db = Database(postgres_url, Base.metadata)
     migrations.upgrade(db.engine)
-    db.transaction(lambda s: s.add(Engine(engine_id="local", address="a:1", last_applied_sequence=0,
-                                          environments=[{"id": "cpu", "storage_expiry_seconds": "60"}])))
+    db.transaction(
+        lambda s: s.add(
+            Engine(
+                engine_id="local",
+                address="a:1",
+                last_applied_sequence=0,
+                environments=[{"id": "cpu", "storage_expiry_seconds": "60"}],
+            )
+        )
+    )
     config = s3_config(seaweedfs, seaweedfs.make_bucket("expiry"))
     bucket = open_store(config)
     try:
@@ -136,14 +167,18 @@ async def test_results_the_service_cannot_reach_stay_and_are_retried(db, tmp_pat
     local = LocalStore(tmp_path / "results")
     elsewhere = _finished_job(db, "cpu", NOW - timedelta(days=1), {"files": [{"location": "s3://bucket/x/out.txt"}]})
     here = _finished_job(db, "cpu", NOW - timedelta(days=1), _publish(local, tmp_path, "here"))
-    sweeper = ExpirySweeper(db, ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60)
+    sweeper = ExpirySweeper(
+        db, ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60
+    )
 
     assert await sweeper.sweep_once(NOW) == 1
 
     assert _job(db, here).results["expired"] is True
     assert _job(db, elsewhere).results_expired_at is None and "expired" not in _job(db, elsewhere).results
     with pytest.raises(errors.Unavailable, match="configured for local"):
-        await ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")).remove(_job(db, elsewhere))
+        await ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")).remove(
+            _job(db, elsewhere)
+        )
 
 
 async def test_delete_job_removes_its_stored_results(data_dir, postgres_url, tmp_path):
@@ -159,7 +194,9 @@ async def test_delete_job_removes_its_stored_results(data_dir, postgres_url, tmp
         finally:
             db.close()
 
-        await plane.operator.stub.DeleteJob(operator_pb2.DeleteJobRequest(job_id=job.job_id), metadata=plane.operator.metadata)
+        await plane.operator.stub.DeleteJob(
+            operator_pb2.DeleteJobRequest(job_id=job.job_id), metadata=plane.operator.metadata
+        )
 
         assert not any(_exists(local, f["location"]) for f in results["files"])
         [(expired,)] = query(postgres_url, "SELECT results_expired_at FROM jobs WHERE job_id = :j", j=job.job_id)

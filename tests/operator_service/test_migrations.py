@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy
@@ -58,13 +58,25 @@ def test_upgrading_twice_changes_nothing(database):
 
 
 JOB = {
-    "job_id": "11111111-2222-3333-4444-555555555555", "request_id": "req-1", "owner": "0xowner",
-    "environment_id": "local-cpu", "engine_id": "local", "status": 70, "end_reason": 1, "error_code": "",
-    "error_message": "", "created_at": datetime(2026, 1, 1, tzinfo=timezone.utc),
-    "finished_at": datetime(2026, 1, 1, 0, 5, tzinfo=timezone.utc), "workflow": b"\x0a\x00",
-    "dataset_dids": '["did:op:1"]', "algorithm_did": "", "viewers": '["0xviewer"]',
-    "results": '{"files": [{"location": "local:j/out.txt"}], "storage": "local"}', "results_did": "",
-    "dispatched": True, "sequence": 2,
+    "job_id": "11111111-2222-3333-4444-555555555555",
+    "request_id": "req-1",
+    "owner": "0xowner",
+    "environment_id": "local-cpu",
+    "engine_id": "local",
+    "status": 70,
+    "end_reason": 1,
+    "error_code": "",
+    "error_message": "",
+    "created_at": datetime(2026, 1, 1, tzinfo=UTC),
+    "finished_at": datetime(2026, 1, 1, 0, 5, tzinfo=UTC),
+    "workflow": b"\x0a\x00",
+    "dataset_dids": '["did:op:1"]',
+    "algorithm_did": "",
+    "viewers": '["0xviewer"]',
+    "results": '{"files": [{"location": "local:j/out.txt"}], "storage": "local"}',
+    "results_did": "",
+    "dispatched": True,
+    "sequence": 2,
 }
 
 
@@ -75,12 +87,19 @@ def test_a_database_at_the_previous_revision_upgrades_with_its_data(database):
     values = ", ".join(f":{name}" for name in JOB)
     with database.begin() as connection:
         connection.execute(sqlalchemy.text(f"INSERT INTO jobs ({columns}) VALUES ({values})"), JOB)
-        connection.execute(sqlalchemy.text(
-            "INSERT INTO job_events (job_id, status, end_reason, error_code, error_message, engine_id, engine_sequence, time) "
-            "VALUES (:j, 70, 1, '', '', 'local', 6, :t)"), {"j": JOB["job_id"], "t": JOB["finished_at"]})
-        connection.execute(sqlalchemy.text(
-            "INSERT INTO engines (engine_id, address, last_applied_sequence, environments) "
-            "VALUES ('local', '127.0.0.1:1', 6, '[]')"))
+        connection.execute(
+            sqlalchemy.text(
+                "INSERT INTO job_events (job_id, status, end_reason, error_code, error_message, engine_id, engine_sequence, time) "
+                "VALUES (:j, 70, 1, '', '', 'local', 6, :t)"
+            ),
+            {"j": JOB["job_id"], "t": JOB["finished_at"]},
+        )
+        connection.execute(
+            sqlalchemy.text(
+                "INSERT INTO engines (engine_id, address, last_applied_sequence, environments) "
+                "VALUES ('local', '127.0.0.1:1', 6, '[]')"
+            )
+        )
 
     migrations.upgrade(database)
 
@@ -94,7 +113,7 @@ def test_a_database_at_the_previous_revision_upgrades_with_its_data(database):
         assert [e.status for e in store.read_events(session, [job.job_id], 0)] == [70]
         assert session.get(store.Engine, "local").last_applied_sequence == 6
         # The sweeper's query runs on the upgraded table and finds the old job.
-        due = store.results_to_expire(session, "local", "local-cpu", datetime(2027, 1, 1, tzinfo=timezone.utc), 10)
+        due = store.results_to_expire(session, "local", "local-cpu", datetime(2027, 1, 1, tzinfo=UTC), 10)
         assert [j.job_id for j in due] == [JOB["job_id"]]
         # Its viewer was carried into job_viewers: ListJobs finds the job for it.
         listed, _ = store.list_jobs(session, store.JobFilter(owner="0xviewer"), 10, "")

@@ -20,16 +20,40 @@ def issue(directory: Path, name: str, ca: str | None = None) -> tuple[Path, Path
     key, cert = directory / f"{name}.key", directory / f"{name}.pem"
     curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key)]
     if ca is None:
-        subprocess.run(["openssl", "req", "-x509", *curve, "-out", str(cert), "-days", "1", "-subj", f"/CN={name}"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["openssl", "req", "-x509", *curve, "-out", str(cert), "-days", "1", "-subj", f"/CN={name}"],
+            check=True,
+            capture_output=True,
+        )
         return key, cert
     request = directory / f"{name}.csr"
     extensions = directory / f"{name}.ext"
     extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
-    subprocess.run(["openssl", "req", *curve, "-out", str(request), "-subj", f"/CN={name}"], check=True, capture_output=True)
-    subprocess.run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(directory / f"{ca}.pem"),
-                    "-CAkey", str(directory / f"{ca}.key"), "-CAcreateserial", "-out", str(cert), "-days", "1",
-                    "-extfile", str(extensions)], check=True, capture_output=True)
+    subprocess.run(
+        ["openssl", "req", *curve, "-out", str(request), "-subj", f"/CN={name}"], check=True, capture_output=True
+    )
+    subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            str(request),
+            "-CA",
+            str(directory / f"{ca}.pem"),
+            "-CAkey",
+            str(directory / f"{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-extfile",
+            str(extensions),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return key, cert
 
 
@@ -64,8 +88,12 @@ async def test_internal_services_speak_mutual_tls_and_refuse_everyone_else(data_
         refused = {
             "plaintext": grpc.aio.insecure_channel(address),
             "no client certificate": grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca)),
-            "a certificate of another CA": grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(
-                ca, (certificates / "stranger.key").read_bytes(), (certificates / "stranger.pem").read_bytes())),
+            "a certificate of another CA": grpc.aio.secure_channel(
+                address,
+                grpc.ssl_channel_credentials(
+                    ca, (certificates / "stranger.key").read_bytes(), (certificates / "stranger.pem").read_bytes()
+                ),
+            ),
         }
         for what, channel in refused.items():
             async with channel:

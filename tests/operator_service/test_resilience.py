@@ -15,7 +15,14 @@ from plumbing.grpc_errors import error_code
 from services.operator_engine import server as engine_server
 from services.operator_service import server as operator_server
 from tests.operator_service.helpers import (
-    NOOP_PATH, Operator, OperatorProcess, engine_settings, eventually, operator_settings, query, wait_available,
+    NOOP_PATH,
+    Operator,
+    OperatorProcess,
+    engine_settings,
+    eventually,
+    operator_settings,
+    query,
+    wait_available,
     wait_finished,
 )
 
@@ -63,7 +70,9 @@ async def test_a_service_killed_mid_stream_resumes_with_no_gap_and_no_duplicate(
 
     emitted = [
         (sequence, job_id, change["status"])
-        for sequence, job_id, change in query(postgres_url, "SELECT sequence, job_id, change FROM engine_events ORDER BY sequence")
+        for sequence, job_id, change in query(
+            postgres_url, "SELECT sequence, job_id, change FROM engine_events ORDER BY sequence"
+        )
     ]
     assert len(emitted) == jobs * CHANGES_PER_JOB
     # In the order applied (the service's own sequence), the stored history is the emitted one.
@@ -93,7 +102,7 @@ class CountingProxy:
         self.port = self._server.add_insecure_port("127.0.0.1:0")
 
     class _Handler(grpc.GenericRpcHandler):
-        def __init__(self, proxy: "CountingProxy") -> None:
+        def __init__(self, proxy: CountingProxy) -> None:
             self.proxy = proxy
 
         def service(self, details):  # type: ignore[no-untyped-def]
@@ -230,7 +239,9 @@ async def test_replicas_starting_together_on_an_empty_database_both_serve(data_d
         for replica in replicas:
             await replica.stop(1)
         await engine.stop(1)
-    assert query(postgres_url, "SELECT engine_id, last_applied_sequence FROM engines") == [("local", 3 * CHANGES_PER_JOB)]
+    assert query(postgres_url, "SELECT engine_id, last_applied_sequence FROM engines") == [
+        ("local", 3 * CHANGES_PER_JOB)
+    ]
 
 
 async def test_a_state_stream_that_goes_silent_is_abandoned_and_resumed(data_dir, postgres_url):

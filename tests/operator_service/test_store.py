@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import event, func, select, text
@@ -19,12 +19,16 @@ from services.operator_service.persistence import jobs as store
 from services.operator_service.persistence import migrations
 from services.operator_service.persistence.models import Base, Job, JobEvent
 
-T0 = datetime(2026, 6, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request, tmp_path):
-    url = f"sqlite:///{tmp_path / 'operator.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    url = (
+        f"sqlite:///{tmp_path / 'operator.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
     database = Database(url, Base.metadata)
     migrations.upgrade(database.engine)
     database.transaction(lambda s: store.ensure_engine(s, "local", "127.0.0.1:1"))
@@ -35,9 +39,18 @@ def db(request, tmp_path):
 def _job(request_id: str = "") -> Job:
     job_id = str(uuid.uuid4())
     return Job(
-        job_id=job_id, request_id=request_id or job_id, owner="0xowner", environment_id="cpu", engine_id="local",
-        status=int(Status.WARMING_UP), created_at=T0, workflow=b"", dataset_dids=["did:op:1"], algorithm_did="",
-        viewers=[], dispatched=True,
+        job_id=job_id,
+        request_id=request_id or job_id,
+        owner="0xowner",
+        environment_id="cpu",
+        engine_id="local",
+        status=int(Status.WARMING_UP),
+        created_at=T0,
+        workflow=b"",
+        dataset_dids=["did:op:1"],
+        algorithm_did="",
+        viewers=[],
+        dispatched=True,
     )
 
 
@@ -48,9 +61,12 @@ def _change(sequence: int, job_id: str, status: int, **extra) -> store.IncomingC
 
 
 def _history(db: Database, job_id: str) -> list[tuple[int, int]]:
-    return db.transaction(lambda s: [
-        (e.status, e.engine_sequence) for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.sequence))
-    ])
+    return db.transaction(
+        lambda s: [
+            (e.status, e.engine_sequence)
+            for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.sequence))
+        ]
+    )
 
 
 def test_a_retry_racing_the_first_insert_returns_the_winners_job(postgres_url):
@@ -71,7 +87,9 @@ def test_a_retry_racing_the_first_insert_returns_the_winners_job(postgres_url):
         thread.start()
         assert inserted.wait(30)
         # The retry passes the existence check (nothing committed yet), then waits on the unique index.
-        racing = threading.Thread(target=lambda: results.update(retry=db.transaction(lambda s: store.create_jobs(s, [retry])[0])))
+        racing = threading.Thread(
+            target=lambda: results.update(retry=db.transaction(lambda s: store.create_jobs(s, [retry])[0]))
+        )
         racing.start()
         _wait_for_a_lock_wait(db)
         may_commit.set()
@@ -91,9 +109,13 @@ def _wait_for_a_lock_wait(db: Database, timeout: float = 60.0) -> None:
     """Until a backend of this database waits on a lock: the retry is blocked on the unique index."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        waiting = db.transaction(lambda s: s.scalar(text(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        )))
+        waiting = db.transaction(
+            lambda s: s.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        )
         if waiting:
             return
         time.sleep(0.02)
@@ -141,7 +163,9 @@ def test_a_gap_applies_nothing_of_the_batch(db):
     job, _ = db.transaction(lambda s: store.create_jobs(s, [_job()])[0])
 
     with pytest.raises(store.SequenceGap, match="expected sequence 2, got 3"):
-        db.transaction(lambda s: store.apply_changes(s, "local", [_change(1, job.job_id, 10), _change(3, job.job_id, 20)]))
+        db.transaction(
+            lambda s: store.apply_changes(s, "local", [_change(1, job.job_id, 10), _change(3, job.job_id, 20)])
+        )
 
     assert _history(db, job.job_id) == [(1, 0)]
     assert db.transaction(lambda s: s.get(store.Engine, "local").last_applied_sequence) == 0

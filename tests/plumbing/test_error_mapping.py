@@ -27,7 +27,9 @@ class Failing(engine_pb2_grpc.EngineServiceServicer):
 
 
 async def test_domain_errors_map_to_statuses_and_bugs_to_internal():
-    running = await start_server("127.0.0.1:0", [Registration(ENGINE_SERVICE, engine_pb2_grpc.add_EngineServiceServicer_to_server, Failing())])
+    running = await start_server(
+        "127.0.0.1:0", [Registration(ENGINE_SERVICE, engine_pb2_grpc.add_EngineServiceServicer_to_server, Failing())]
+    )
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = engine_pb2_grpc.EngineServiceStub(channel)

@@ -14,10 +14,10 @@ from typing import Any
 
 import grpc
 import sqlalchemy
-from c2d.common.v1 import common_pb2
-from c2d.provider.v1 import provider_pb2
 from google.protobuf import text_format
 
+from c2d.common.v1 import common_pb2
+from c2d.provider.v1 import provider_pb2
 from cli import demo
 from cli.client import Client, load_or_create_key
 from services.provider.domain import ddos
@@ -53,7 +53,12 @@ async def _environment(consumer: Client, seen: Recorder) -> str:
 
 
 async def _run_job(
-    channel: grpc.aio.Channel, data_dir: Path, dataset_url: str, algorithm_url: str, trusted_checksum: str, seen: Recorder
+    channel: grpc.aio.Channel,
+    data_dir: Path,
+    dataset_url: str,
+    algorithm_url: str,
+    trusted_checksum: str,
+    seen: Recorder,
 ) -> tuple[str, str, common_pb2.Job]:
     """Publishes a dataset and an algorithm (as cli/demo.py does), orders both,
     starts a job and waits for its end; returns (dataset DID, job id, final job)."""
@@ -63,34 +68,66 @@ async def _run_job(
     algo_did = publisher.did_for("algo-" + salt)
     container = {"entrypoint": "python3 $ALGO", "image": "python", "tag": "3.11", "checksum": demo.IMAGE_DIGEST}
     algo_files = seen.keep(await publisher.encrypt([common_pb2.FileLocation(type="url", url=algorithm_url)]))
-    seen.keep(await publisher.publish({
-        "version": "4.1.0",
-        "metadata": {"type": "algorithm", "name": "algo", "author": "t", "license": "MIT",
-                     "algorithm": {"language": "python", "version": "1", "container": container}},
-        "services": [demo._service("access", "access", algo_files, algo_did)],
-    }, "algo-" + salt))
+    seen.keep(
+        await publisher.publish(
+            {
+                "version": "4.1.0",
+                "metadata": {
+                    "type": "algorithm",
+                    "name": "algo",
+                    "author": "t",
+                    "license": "MIT",
+                    "algorithm": {"language": "python", "version": "1", "container": container},
+                },
+                "services": [demo._service("access", "access", algo_files, algo_did)],
+            },
+            "algo-" + salt,
+        )
+    )
     dataset_did = publisher.did_for("data-" + salt)
     dataset_files = seen.keep(await publisher.encrypt([common_pb2.FileLocation(type="url", url=dataset_url)]))
-    trusted = {"did": algo_did, "filesChecksum": trusted_checksum,
-               "containerSectionChecksum": ddos.container_checksum(container)}
-    seen.keep(await publisher.publish({
-        "version": "4.1.0",
-        "metadata": {"type": "dataset", "name": "data", "author": "t", "license": "CC0"},
-        "services": [demo._service("compute", "compute", dataset_files, dataset_did, {
-            "allowRawAlgorithm": False, "allowNetworkAccess": False,
-            "publisherTrustedAlgorithms": [trusted], "publisherTrustedAlgorithmPublishers": [],
-        })],
-    }, "data-" + salt))
+    trusted = {
+        "did": algo_did,
+        "filesChecksum": trusted_checksum,
+        "containerSectionChecksum": ddos.container_checksum(container),
+    }
+    seen.keep(
+        await publisher.publish(
+            {
+                "version": "4.1.0",
+                "metadata": {"type": "dataset", "name": "data", "author": "t", "license": "CC0"},
+                "services": [
+                    demo._service(
+                        "compute",
+                        "compute",
+                        dataset_files,
+                        dataset_did,
+                        {
+                            "allowRawAlgorithm": False,
+                            "allowNetworkAccess": False,
+                            "publisherTrustedAlgorithms": [trusted],
+                            "publisherTrustedAlgorithmPublishers": [],
+                        },
+                    )
+                ],
+            },
+            "data-" + salt,
+        )
+    )
     for did, service_id in ((dataset_did, "compute"), (algo_did, "access")):
         token = seen.keep(await publisher.create_datatoken(did, service_id))
         seen.keep(await publisher.mint(token, consumer.address, 1))
     dataset_order = seen.keep(await consumer.order(dataset_did, "compute"))
     algo_order = seen.keep(await consumer.order(algo_did, "access"))
-    started = seen.keep(await consumer.start(provider_pb2.ComputeSpec(
-        dataset=provider_pb2.AssetOrder(did=dataset_did, service_id="compute", order_id=dataset_order),
-        algorithm_asset=provider_pb2.AssetOrder(did=algo_did, service_id="access", order_id=algo_order),
-        environment_id=await _environment(consumer, seen),
-    )))
+    started = seen.keep(
+        await consumer.start(
+            provider_pb2.ComputeSpec(
+                dataset=provider_pb2.AssetOrder(did=dataset_did, service_id="compute", order_id=dataset_order),
+                algorithm_asset=provider_pb2.AssetOrder(did=algo_did, service_id="access", order_id=algo_order),
+                environment_id=await _environment(consumer, seen),
+            )
+        )
+    )
 
     async def watch() -> None:
         async for job in consumer.watch(started.job_id):
@@ -152,7 +189,9 @@ async def test_staging_failures_reach_postgresql_with_reasons_and_never_the_url(
     assert (job_b.status, job_b.error_code) == (32, "checksum_mismatch")
 
     # The URL is nowhere: not in a response, a stored message, or the operator's configure log.
-    configure_logs = [Path(data_dir) / "workspaces" / job / "admin" / "configure.log" for job in (job_404, job_mismatch)]
+    configure_logs = [
+        Path(data_dir) / "workspaces" / job / "admin" / "configure.log" for job in (job_404, job_mismatch)
+    ]
     logs = "\n".join(p.read_text() for p in configure_logs)
     assert f"dataset {dataset_404} file 0" in logs  # the log says what failed...
     stored = "\n".join(_stored(postgres_url, job_404)[2] + _stored(postgres_url, job_mismatch)[2])

@@ -11,9 +11,9 @@ import uuid
 from pathlib import Path
 
 import grpc
+
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
-
 from cli import demo
 from plumbing import auth
 from plumbing.storage import StorageConfig, open_store
@@ -115,8 +115,11 @@ async def test_s3_and_ipfs_sources_through_the_engines_storage_settings(
     cid = open_store(StorageConfig(kind="ipfs", ipfs_api=ipfs_rpc)).put_file("data.bin", upload).location
     # What an operator sets for the engine; the engine hands C2D_STORAGE_* to its pods.
     for name, value in {
-        "S3_ENDPOINT": seaweedfs.endpoint, "S3_ACCESS_KEY": seaweedfs.access_key,
-        "S3_SECRET_KEY": seaweedfs.secret_key, "S3_REGION": "us-east-1", "IPFS_API": ipfs_rpc,
+        "S3_ENDPOINT": seaweedfs.endpoint,
+        "S3_ACCESS_KEY": seaweedfs.access_key,
+        "S3_SECRET_KEY": seaweedfs.secret_key,
+        "S3_REGION": "us-east-1",
+        "IPFS_API": ipfs_rpc,
     }.items():
         monkeypatch.setenv(f"C2D_STORAGE_{name}", value)
 
@@ -127,11 +130,13 @@ async def test_s3_and_ipfs_sources_through_the_engines_storage_settings(
 
     sha = hashlib.sha256(body).hexdigest()
     from_s3, from_ipfs, missing = (f"src-{uuid.uuid4().hex[:8]}-{i}" for i in range(3))
-    ended = await _run_jobs({
-        from_s3: raw_job(common_pb2.FileLocation(type="s3", url=f"s3://{bucket}/inputs/data.bin", checksum=sha)),
-        from_ipfs: raw_job(common_pb2.FileLocation(type="ipfs", cid=cid, checksum=sha)),
-        missing: raw_job(common_pb2.FileLocation(type="s3", url=f"s3://{bucket}/inputs/nothing-here.bin")),
-    })
+    ended = await _run_jobs(
+        {
+            from_s3: raw_job(common_pb2.FileLocation(type="s3", url=f"s3://{bucket}/inputs/data.bin", checksum=sha)),
+            from_ipfs: raw_job(common_pb2.FileLocation(type="ipfs", cid=cid, checksum=sha)),
+            missing: raw_job(common_pb2.FileLocation(type="s3", url=f"s3://{bucket}/inputs/nothing-here.bin")),
+        }
+    )
 
     for job_id in (from_s3, from_ipfs):
         assert (ended[job_id].status, ended[job_id].error_message) == (70, "")
@@ -139,7 +144,8 @@ async def test_s3_and_ipfs_sources_through_the_engines_storage_settings(
         copy = next(f for f in ended[job_id].results.files if f.path == "copy.bin")
         assert (copy.size, copy.sha256) == (len(body), sha)
     assert (ended[missing].status, ended[missing].error_message) == (
-        31, f"data provisioning failed: dataset {DATASET_DID} file 0: the S3 object does not exist"
+        31,
+        f"data provisioning failed: dataset {DATASET_DID} file 0: the S3 object does not exist",
     )
     log = (Path(data_dir) / "workspaces" / missing / "admin" / "configure.log").read_text()
     assert "nothing-here" not in log and bucket not in log

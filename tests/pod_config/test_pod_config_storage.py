@@ -164,9 +164,7 @@ async def test_missing_s3_bucket_is_31(s3_conf: StorageConfig, tmp_path: Path) -
     assert outcome.reason == f"data provisioning failed: dataset {DATASET_DID} file 0: the S3 bucket does not exist"
 
 
-async def test_s3_credentials_refused_is_31_without_secrets(
-    seaweedfs: SeaweedFS, bucket: str, tmp_path: Path
-) -> None:
+async def test_s3_credentials_refused_is_31_without_secrets(seaweedfs: SeaweedFS, bucket: str, tmp_path: Path) -> None:
     put_s3(seaweedfs, bucket, "a.bin", b"abc")
     wrong = s3_config(seaweedfs, bucket, s3_secret_key="not-the-secret")
     request = raw_algorithm_request(s3(bucket, "a.bin"))
@@ -174,7 +172,9 @@ async def test_s3_credentials_refused_is_31_without_secrets(
     outcome, log = await run(request, tmp_path / "data", fetchers=default_fetchers(storage_config=wrong))
 
     assert outcome.status == 31
-    assert outcome.reason.startswith(f"data provisioning failed: dataset {DATASET_DID} file 0: the S3 server refused access (")
+    assert outcome.reason.startswith(
+        f"data provisioning failed: dataset {DATASET_DID} file 0: the S3 server refused access ("
+    )
     assert "not-the-secret" not in outcome.reason + log.text and bucket not in outcome.reason + log.text
 
 
@@ -185,7 +185,9 @@ async def test_s3_object_over_the_per_file_limit_is_31(
     request = raw_algorithm_request(s3(bucket, "big.bin"))
     root = tmp_path / "data"
 
-    outcome, _ = await run(request, root, lim=limits(max_file_bytes=MiB), fetchers=default_fetchers(storage_config=s3_conf))
+    outcome, _ = await run(
+        request, root, lim=limits(max_file_bytes=MiB), fetchers=default_fetchers(storage_config=s3_conf)
+    )
 
     assert (outcome.status, outcome.error_code) == (31, "file_too_large")
     assert outcome.reason == (
@@ -262,7 +264,11 @@ async def test_cancelled_s3_download_leaves_no_file(
             loop.call_soon_threadsafe(first_chunk.set)
 
     budget = Watched(1 << 30)
-    fetch = asyncio.create_task(StorageFetcher(s3_conf).fetch(s3(bucket, "large.bin"), tmp_path / ".0.part", limits(max_file_bytes=1 << 30), budget))
+    fetch = asyncio.create_task(
+        StorageFetcher(s3_conf).fetch(
+            s3(bucket, "large.bin"), tmp_path / ".0.part", limits(max_file_bytes=1 << 30), budget
+        )
+    )
     await asyncio.wait_for(first_chunk.wait(), 60)
     fetch.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -322,14 +328,17 @@ async def test_unknown_cid_is_31_without_naming_it(ipfs_conf: StorageConfig, tmp
     outcome, log = await run(request, root, fetchers=default_fetchers(storage_config=ipfs_conf))
 
     assert (outcome.status, outcome.error_code) == (31, "dataset_fetch_failed")
-    assert outcome.reason == f"data provisioning failed: dataset {DATASET_DID} file 1: the IPFS node does not have the CID"
+    assert (
+        outcome.reason == f"data provisioning failed: dataset {DATASET_DID} file 1: the IPFS node does not have the CID"
+    )
     assert missing not in outcome.reason + log.text
     assert leftovers(root / "inputs" / did_dir(DATASET_DID)) == []
 
 
 async def test_invalid_cid_is_invalid_source(ipfs_conf: StorageConfig, tmp_path: Path) -> None:
-    outcome, _ = await run(raw_algorithm_request(ipfs("not-a-cid")), tmp_path / "data",
-                           fetchers=default_fetchers(storage_config=ipfs_conf))
+    outcome, _ = await run(
+        raw_algorithm_request(ipfs("not-a-cid")), tmp_path / "data", fetchers=default_fetchers(storage_config=ipfs_conf)
+    )
 
     assert (outcome.status, outcome.error_code) == (31, "invalid_source")
     assert outcome.reason.endswith("file 0: the IPFS CID is not valid")
@@ -339,8 +348,12 @@ async def test_ipfs_file_over_the_per_file_limit_is_31(ipfs_conf: StorageConfig,
     cid = put_ipfs(ipfs_conf, tmp_path, os.urandom(MiB + 1))
     root = tmp_path / "data"
 
-    outcome, _ = await run(raw_algorithm_request(ipfs(cid)), root, lim=limits(max_file_bytes=MiB),
-                           fetchers=default_fetchers(storage_config=ipfs_conf))
+    outcome, _ = await run(
+        raw_algorithm_request(ipfs(cid)),
+        root,
+        lim=limits(max_file_bytes=MiB),
+        fetchers=default_fetchers(storage_config=ipfs_conf),
+    )
 
     assert (outcome.status, outcome.error_code) == (31, "file_too_large")
     assert os.listdir(root / "inputs" / did_dir(DATASET_DID)) == []
@@ -351,8 +364,12 @@ async def test_ipfs_files_over_the_disk_together_are_42(ipfs_conf: StorageConfig
     root = tmp_path / "data"
     lim = limits(max_file_bytes=2 * MiB, max_total_bytes=2 * MiB + MiB // 2, parallelism=3)
 
-    outcome, _ = await run(raw_algorithm_request(*(ipfs(c) for c in cids)), root, lim=lim,
-                           fetchers=default_fetchers(storage_config=ipfs_conf))
+    outcome, _ = await run(
+        raw_algorithm_request(*(ipfs(c) for c in cids)),
+        root,
+        lim=lim,
+        fetchers=default_fetchers(storage_config=ipfs_conf),
+    )
 
     assert (outcome.status, outcome.error_code) == (42, "disk_quota_exceeded")
     inputs = root / "inputs" / did_dir(DATASET_DID)
@@ -366,8 +383,12 @@ async def test_unreachable_ipfs_node_is_retried_then_31(tmp_path: Path) -> None:
     conf = StorageConfig(kind="ipfs", ipfs_api=f"http://127.0.0.1:{port}")
     cid = unseen_cid()
 
-    outcome, log = await run(raw_algorithm_request(ipfs(cid)), tmp_path / "data", lim=limits(max_retries=2),
-                             fetchers=default_fetchers(storage_config=conf))
+    outcome, log = await run(
+        raw_algorithm_request(ipfs(cid)),
+        tmp_path / "data",
+        lim=limits(max_retries=2),
+        fetchers=default_fetchers(storage_config=conf),
+    )
 
     assert outcome.status == 31
     assert outcome.reason == (
@@ -386,10 +407,18 @@ async def test_mixed_sources_share_one_disk_budget(
     both = StorageConfig(**{**s3_conf.__dict__, "ipfs_api": ipfs_conf.ipfs_api})
     root = tmp_path / "data"
 
-    ok, _ = await run(raw_algorithm_request(s3(bucket, "one"), ipfs(cid)), root, lim=limits(max_total_bytes=3 * MiB),
-                      fetchers=default_fetchers(storage_config=both))
-    over, _ = await run(raw_algorithm_request(s3(bucket, "one"), ipfs(cid)), tmp_path / "again",
-                        lim=limits(max_total_bytes=MiB + MiB // 2, parallelism=1), fetchers=default_fetchers(storage_config=both))
+    ok, _ = await run(
+        raw_algorithm_request(s3(bucket, "one"), ipfs(cid)),
+        root,
+        lim=limits(max_total_bytes=3 * MiB),
+        fetchers=default_fetchers(storage_config=both),
+    )
+    over, _ = await run(
+        raw_algorithm_request(s3(bucket, "one"), ipfs(cid)),
+        tmp_path / "again",
+        lim=limits(max_total_bytes=MiB + MiB // 2, parallelism=1),
+        fetchers=default_fetchers(storage_config=both),
+    )
 
     assert ok.status == 30 and tree(root) >= {f"inputs/{did_dir(DATASET_DID)}/0", f"inputs/{did_dir(DATASET_DID)}/1"}
     assert (over.status, over.error_code) == (42, "disk_quota_exceeded")
@@ -427,13 +456,18 @@ def silent_server():
 
 
 async def test_silent_s3_server_hits_the_idle_timeout(silent_server: int, tmp_path: Path) -> None:
-    conf = StorageConfig(kind="s3", s3_endpoint=f"127.0.0.1:{silent_server}", s3_access_key="k",
-                         s3_secret_key="s", s3_region="us-east-1")
+    conf = StorageConfig(
+        kind="s3", s3_endpoint=f"127.0.0.1:{silent_server}", s3_access_key="k", s3_secret_key="s", s3_region="us-east-1"
+    )
     lim = limits(idle_timeout_s=0.3, max_retries=1)
 
     outcome, _ = await asyncio.wait_for(
-        run(raw_algorithm_request(s3("bucket", "key")), tmp_path / "data", lim=lim,
-            fetchers=default_fetchers(storage_config=conf)),
+        run(
+            raw_algorithm_request(s3("bucket", "key")),
+            tmp_path / "data",
+            lim=lim,
+            fetchers=default_fetchers(storage_config=conf),
+        ),
         120,
     )
 
@@ -446,8 +480,12 @@ async def test_silent_ipfs_node_hits_the_idle_timeout(silent_server: int, tmp_pa
     lim = limits(idle_timeout_s=0.3, connect_timeout_s=0.3, max_retries=1)
 
     outcome, _ = await asyncio.wait_for(
-        run(raw_algorithm_request(ipfs(unseen_cid())), tmp_path / "data", lim=lim,
-            fetchers=default_fetchers(storage_config=conf)),
+        run(
+            raw_algorithm_request(ipfs(unseen_cid())),
+            tmp_path / "data",
+            lim=lim,
+            fetchers=default_fetchers(storage_config=conf),
+        ),
         120,
     )
 

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2
-
 from cli import demo
 from cli.client import Client
 from cli.stack import Stack, start_stack
@@ -42,14 +42,27 @@ class Bench:
         salt = f"data-{time.time_ns()}"
         did = self.publisher.did_for(salt)
         files = await self.publisher.encrypt([common_pb2.FileLocation(type="url", url=f"{self.base_url}/weather.csv")])
-        await self.publisher.publish({
-            "version": "4.1.0",
-            "metadata": {"type": "dataset", "name": "City temperatures", "author": "tests", "license": "CC0"},
-            "services": [demo._service("compute", "compute", files, did, {
-                "allowRawAlgorithm": True, "allowNetworkAccess": False,
-                "publisherTrustedAlgorithms": [], "publisherTrustedAlgorithmPublishers": [],
-            })],
-        }, salt)
+        await self.publisher.publish(
+            {
+                "version": "4.1.0",
+                "metadata": {"type": "dataset", "name": "City temperatures", "author": "tests", "license": "CC0"},
+                "services": [
+                    demo._service(
+                        "compute",
+                        "compute",
+                        files,
+                        did,
+                        {
+                            "allowRawAlgorithm": True,
+                            "allowNetworkAccess": False,
+                            "publisherTrustedAlgorithms": [],
+                            "publisherTrustedAlgorithmPublishers": [],
+                        },
+                    )
+                ],
+            },
+            salt,
+        )
         token = await self.publisher.create_datatoken(did, "compute")
         await self.publisher.mint(token, self.consumer.address, 5)
         return did
@@ -58,16 +71,20 @@ class Bench:
         """Orders a fresh dataset and starts `code` on it; returns (job id, order id)."""
         did = await self.dataset()
         order = await self.consumer.order(did, "compute")
-        environments = (await self.consumer.compute.ListComputeEnvironments(
-            provider_pb2.ListComputeEnvironmentsRequest())).environments
-        response = await self.consumer.start(provider_pb2.ComputeSpec(
-            dataset=provider_pb2.AssetOrder(did=did, service_id="compute", order_id=order),
-            raw_algorithm=provider_pb2.RawAlgorithm(
-                code=code, container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python"),
-            ),
-            environment_id=environments[0].id,
-            **spec,  # type: ignore[arg-type]
-        ))
+        environments = (
+            await self.consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
+        ).environments
+        response = await self.consumer.start(
+            provider_pb2.ComputeSpec(
+                dataset=provider_pb2.AssetOrder(did=did, service_id="compute", order_id=order),
+                raw_algorithm=provider_pb2.RawAlgorithm(
+                    code=code,
+                    container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python"),
+                ),
+                environment_id=environments[0].id,
+                **spec,  # type: ignore[arg-type]
+            )
+        )
         return response.job_id, order
 
     async def run(self, code: str, **spec: object) -> common_pb2.Job:
@@ -92,7 +109,9 @@ def publish_log(job_id: str) -> str:
 
 async def _environment_ready(consumer: Client) -> None:
     for _ in range(600):
-        envs = (await consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())).environments
+        envs = (
+            await consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
+        ).environments
         if any(e.available for e in envs):
             return
         await asyncio.sleep(0.1)
@@ -119,12 +138,15 @@ async def job_bench(database_url: str = "", **engine: object) -> AsyncIterator[B
 def s3_env(monkeypatch, server, bucket: str, secret_key: str | None = None) -> None:  # type: ignore[no-untyped-def]
     """Points the stack (provider and pods) at a SeaweedFS bucket."""
     for name, value in {
-        "KIND": "s3", "S3_ENDPOINT": server.endpoint, "S3_ACCESS_KEY": server.access_key,
-        "S3_SECRET_KEY": secret_key or server.secret_key, "S3_BUCKET": bucket, "S3_REGION": "us-east-1",
+        "KIND": "s3",
+        "S3_ENDPOINT": server.endpoint,
+        "S3_ACCESS_KEY": server.access_key,
+        "S3_SECRET_KEY": secret_key or server.secret_key,
+        "S3_BUCKET": bucket,
+        "S3_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(f"C2D_STORAGE_{name}", value)
 
 
 def bucket_keys(server, bucket: str) -> set[str]:  # type: ignore[no-untyped-def]
     return {o.object_name for o in server.client().list_objects(bucket, recursive=True)}
-

@@ -16,13 +16,13 @@ from plumbing.storage import StorageError, verify_cid
 from plumbing.storage.unixfs import CIDV1_RAW_LEAVES
 from tests.pod_publish.jobs import bucket_keys, job_bench, publish_log, s3_env
 
-NESTED = r'''
+NESTED = r"""
 import os
 out = os.environ["OUTPUTS"]
 os.makedirs(out + "/x/y")
 open(out + "/x/y/data.bin", "wb").write(bytes(range(256)) * 1000)
 open(out + "/readme.txt", "w").write("hello")
-'''
+"""
 
 
 async def test_empty_outputs_are_a_valid_result_with_only_the_algorithm_log(data_dir):
@@ -74,11 +74,11 @@ async def test_ipfs_results_are_recorded_as_verified_cidv1(data_dir, ipfs_rpc, m
 
 
 SPARSE_BYTES = 1 << 30  # the 6 GiB run is in bench/publishing.py (too slow for a test here)
-SPARSE = f'''
+SPARSE = f"""
 import os
 with open(os.environ["OUTPUTS"] + "/sparse.bin", "wb") as f:
     f.truncate({SPARSE_BYTES})
-'''
+"""
 
 
 def _sha256_of_zeros(size: int) -> str:

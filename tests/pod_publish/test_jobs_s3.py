@@ -10,12 +10,11 @@ import json
 import re
 
 from c2d.provider.v1 import provider_pb2
-
 from plumbing.statuses import Status
 from services.provider.domain import sealing
 from tests.pod_publish.jobs import bucket_keys, job_bench, publish_log, s3_env
 
-NESTED = r'''
+NESTED = r"""
 import json, os
 out, inputs = os.environ["OUTPUTS"], os.environ["INPUTS"]
 did = json.loads(os.environ["DIDS"])[0]
@@ -31,7 +30,7 @@ os.symlink(f"../../inputs/{did}/0", f"{out}/a/dataset-link")
 os.symlink("../../admin/configure.log", f"{out}/admin-link")
 os.mkfifo(f"{out}/a/pipe")
 print("wrote the outputs")
-'''
+"""
 PUBLISHED = {"top.txt", "a/b/deep.json", "a/zero.bin", "algorithm.log"}
 SKIPPED = ["a/dataset-link", "a/pipe", "admin-link", "etc-dir-link", "hostname-link"]
 
@@ -49,8 +48,10 @@ async def test_nested_outputs_are_published_with_relative_paths_and_links_are_ne
         assert list(manifest.skipped_paths) == SKIPPED
         assert manifest.storage == "s3"
         assert bucket_keys(seaweedfs, bucket) == {
-            f"{job.job_id}/outputs/top.txt", f"{job.job_id}/outputs/a/b/deep.json",
-            f"{job.job_id}/outputs/a/zero.bin", f"{job.job_id}/logs/algorithm.log",
+            f"{job.job_id}/outputs/top.txt",
+            f"{job.job_id}/outputs/a/b/deep.json",
+            f"{job.job_id}/outputs/a/zero.bin",
+            f"{job.job_id}/logs/algorithm.log",
         }
         by_path = {f.path: f for f in manifest.files}
         assert by_path["a/b/deep.json"].content_type == "application/json"
@@ -124,14 +125,14 @@ async def test_a_missing_bucket_ends_the_job_62_naming_the_file_and_the_bucket(d
     assert "no-such-bucket-c2d" not in {b.name for b in seaweedfs.client().list_buckets()}
 
 
-PARTLY_UPLOADABLE = r'''
+PARTLY_UPLOADABLE = r"""
 import os
 out = os.environ["OUTPUTS"]
 for name in ("a.txt", "b.txt"):
     open(f"{out}/{name}", "wb").write(os.urandom(1 << 20))
 # a legal file name that no storage key may carry: its upload fails for good
 open(out + "/z\\bad.txt", "w").write("x")
-'''
+"""
 
 
 async def test_a_failed_upload_removes_what_was_already_uploaded(data_dir, seaweedfs, monkeypatch):

@@ -30,7 +30,8 @@ def test_collect_publishes_regular_files_only_and_never_follows_links(tmp_path):
     _tree(tmp_path)
     collected = publishing.collect(tmp_path, pack=False, scratch=tmp_path)
     assert [(s.path, s.kind) for s in collected.sources] == [
-        ("a/b/deep.txt", publishing.OUTPUT), ("top.txt", publishing.OUTPUT),
+        ("a/b/deep.txt", publishing.OUTPUT),
+        ("top.txt", publishing.OUTPUT),
         ("algorithm.log", publishing.ALGORITHM_LOG),
     ]
     assert collected.skipped == ["a/dir-link", "file-link", "pipe"]

@@ -9,9 +9,9 @@ import json
 
 import grpc
 import pytest
+
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2, provider_pb2
-
 from plumbing import settings
 from plumbing.grpc_errors import error_code
 from plumbing.statuses import Status
@@ -19,7 +19,7 @@ from services.provider.api import results_assets
 from services.provider.domain import ddos, sealing
 from tests.pod_publish.jobs import job_bench, s3_env
 
-ALGORITHM = r'''
+ALGORITHM = r"""
 import os
 out = os.environ["OUTPUTS"]
 os.makedirs(out + "/tables")
@@ -34,10 +34,12 @@ for root, _, files in os.walk(os.environ["VOLUME"]):
         except OSError:
             pass
 print("grant seen" if seen else "grant not seen")
-'''
+"""
 
 
-async def _download(client, did: str, index: int, offset: int = 0, service_id: str = "") -> tuple[common_pb2.ResultFile, bytes]:  # type: ignore[no-untyped-def]
+async def _download(
+    client, did: str, index: int, offset: int = 0, service_id: str = ""
+) -> tuple[common_pb2.ResultFile, bytes]:  # type: ignore[no-untyped-def]
     request = client.signed(
         "DownloadAssetFile",
         asset_pb2.DownloadAssetFileRequest(did=did, index=index, offset=offset, service_id=service_id),
@@ -80,7 +82,11 @@ async def test_results_asset_is_owned_by_the_consumer_and_downloadable_by_its_ow
         assert ddo["metadata"]["additionalInformation"]["c2dResults"]["jobId"] == job_id
         assert [s["type"] for s in ddo["services"]] == ["access"]
         assert ddo["services"][0]["files"].startswith("0x")
-        assert "s3://" not in resolved.ddo_json and bucket not in resolved.ddo_json and job_id + "/" not in resolved.ddo_json
+        assert (
+            "s3://" not in resolved.ddo_json
+            and bucket not in resolved.ddo_json
+            and job_id + "/" not in resolved.ddo_json
+        )
         listed = await bench.consumer.assets.ListAssets(asset_pb2.ListAssetsRequest(owner=bench.consumer.address))
         assert did in {a.did for a in listed.assets}
 
@@ -131,25 +137,32 @@ async def test_register_results_asset_refuses_forged_and_foreign_grants(data_dir
         cases = {
             "not a grant": ("garbage", grpc.StatusCode.UNAUTHENTICATED, "grant_invalid"),
             "signed by another key": (
-                results_assets.mint_grant(sealing.ProviderKeys.generate(), bench.consumer.address, _request_key(order_id)),
-                grpc.StatusCode.UNAUTHENTICATED, "grant_invalid",
+                results_assets.mint_grant(
+                    sealing.ProviderKeys.generate(), bench.consumer.address, _request_key(order_id)
+                ),
+                grpc.StatusCode.UNAUTHENTICATED,
+                "grant_invalid",
             ),
             "another job's request": (
                 results_assets.mint_grant(keys, bench.consumer.address, _request_key("0xother")),
-                grpc.StatusCode.PERMISSION_DENIED, "grant_wrong_job",
+                grpc.StatusCode.PERMISSION_DENIED,
+                "grant_wrong_job",
             ),
             "another owner": (
                 results_assets.mint_grant(keys, bench.other.address, _request_key(order_id)),
-                grpc.StatusCode.PERMISSION_DENIED, "grant_wrong_job",
+                grpc.StatusCode.PERMISSION_DENIED,
+                "grant_wrong_job",
             ),
             "expired": (
                 results_assets.mint_grant(keys, bench.consumer.address, _request_key(order_id), now=0),
-                grpc.StatusCode.PERMISSION_DENIED, "grant_expired",
+                grpc.StatusCode.PERMISSION_DENIED,
+                "grant_expired",
             ),
             # the real grant, but locations outside the job's own results
             "foreign location": (
                 results_assets.mint_grant(keys, bench.consumer.address, _request_key(order_id)),
-                grpc.StatusCode.PERMISSION_DENIED, "location_foreign",
+                grpc.StatusCode.PERMISSION_DENIED,
+                "location_foreign",
             ),
         }
         for name, (grant, code, reason) in cases.items():

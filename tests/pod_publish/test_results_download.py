@@ -42,7 +42,7 @@ async def test_resumes_from_an_offset_and_yields_nothing_from_the_end(stored):
     store, location, data = stored
     chunks = await _all(stream_chunks(store, location, RESULT_CHUNK + 7))
     assert chunks[0][1] == RESULT_CHUNK + 7
-    assert b"".join(c for c, _ in chunks) == data[RESULT_CHUNK + 7:]
+    assert b"".join(c for c, _ in chunks) == data[RESULT_CHUNK + 7 :]
     assert await _all(stream_chunks(store, location, len(data))) == []
 
 
@@ -130,7 +130,10 @@ print(mallinfo2().hblkhd - before)
 def test_servers_make_glibc_serve_big_buffers_from_the_reusable_heap(how, mmapped):
     # a fresh process, so glibc's adaptive thresholds start from their defaults
     out = subprocess.run(
-        [sys.executable, "-c", MMAPPED_BY_A_4_MIB_BUFFER, how], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", MMAPPED_BY_A_4_MIB_BUFFER, how],
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     assert (int(out.stdout) >= 4 << 20) is mmapped

@@ -84,8 +84,14 @@ _ALGORITHM: dict[str, Any] = {
             },
             "consumerParameters": [
                 {"name": "window", "type": "number", "label": "Window (h)", "required": True, "default": 24},
-                {"name": "unit", "type": "select", "label": "Unit", "required": False,
-                 "options": [{"C": "Celsius"}, {"F": "Fahrenheit"}], "default": "C"},
+                {
+                    "name": "unit",
+                    "type": "select",
+                    "label": "Unit",
+                    "required": False,
+                    "options": [{"C": "Celsius"}, {"F": "Fahrenheit"}],
+                    "default": "C",
+                },
                 {"name": "note", "type": "text", "label": "Note", "required": False},
                 {"name": "verbose", "type": "boolean", "label": "Verbose", "required": False, "default": False},
             ],

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 import grpc
 import pytest
+
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2
-
 from cli import demo
 from cli.client import Client
 from cli.stack import Stack, start_stack
@@ -33,8 +33,14 @@ SECRET_PATH = "/private-bucket/weather-7f3a9c.csv"
 CONTAINER = {"entrypoint": "python3 $ALGO", "image": "python", "tag": "3.11", "checksum": demo.IMAGE_DIGEST}
 PARAMETERS = [
     {"name": "window", "type": "number", "label": "Window (h)", "required": True},
-    {"name": "unit", "type": "select", "label": "Unit", "required": False,
-     "options": [{"C": "Celsius"}, {"F": "Fahrenheit"}], "default": "C"},
+    {
+        "name": "unit",
+        "type": "select",
+        "label": "Unit",
+        "required": False,
+        "options": [{"C": "Celsius"}, {"F": "Fahrenheit"}],
+        "default": "C",
+    },
 ]
 WAIT_S = 60.0
 
@@ -54,9 +60,13 @@ class Market:
 
     # -- publishing --------------------------------------------------------------------
 
-    async def publish_algorithm(self, code: str = demo.ALGORITHM, publisher: Client | None = None,
-                                parameters: list[dict[str, Any]] | None = None,
-                                container: dict[str, Any] | None = None) -> str:
+    async def publish_algorithm(
+        self,
+        code: str = demo.ALGORITHM,
+        publisher: Client | None = None,
+        parameters: list[dict[str, Any]] | None = None,
+        container: dict[str, Any] | None = None,
+    ) -> str:
         publisher = publisher or self.publisher
         salt = "algo-" + self.salt()
         did = publisher.did_for(salt)
@@ -66,16 +76,29 @@ class Market:
         algorithm: dict[str, Any] = {"language": "python", "version": "1.0", "container": container or CONTAINER}
         if parameters is not None:
             algorithm["consumerParameters"] = parameters
-        await publisher.publish({
-            "version": "4.1.0",
-            "metadata": {"type": "algorithm", "name": "Mean temperature", "author": "tests", "license": "MIT",
-                         "algorithm": algorithm},
-            "services": [demo._service("access", "access", files, did)],
-        }, salt)
+        await publisher.publish(
+            {
+                "version": "4.1.0",
+                "metadata": {
+                    "type": "algorithm",
+                    "name": "Mean temperature",
+                    "author": "tests",
+                    "license": "MIT",
+                    "algorithm": algorithm,
+                },
+                "services": [demo._service("access", "access", files, did)],
+            },
+            salt,
+        )
         return did
 
-    def trust(self, algorithm_did: str, code: str = demo.ALGORITHM, container: dict[str, Any] | None = None,
-              files_checksum: str | None = None) -> dict[str, Any]:
+    def trust(
+        self,
+        algorithm_did: str,
+        code: str = demo.ALGORITHM,
+        container: dict[str, Any] | None = None,
+        files_checksum: str | None = None,
+    ) -> dict[str, Any]:
         """A publisherTrustedAlgorithms entry pinning the algorithm's files and container."""
         return {
             "did": algorithm_did,
@@ -83,16 +106,31 @@ class Market:
             "containerSectionChecksum": ddos.container_checksum(container or CONTAINER),
         }
 
-    async def publish_dataset(self, trusted: list[dict[str, Any]] | None = None, publishers: list[str] | None = None,
-                              raw: bool = False, network: bool = False, timeout: int = 3600,
-                              credentials: dict[str, Any] | None = None, extra_services: list[dict[str, Any]] = ()) -> str:
+    async def publish_dataset(
+        self,
+        trusted: list[dict[str, Any]] | None = None,
+        publishers: list[str] | None = None,
+        raw: bool = False,
+        network: bool = False,
+        timeout: int = 3600,
+        credentials: dict[str, Any] | None = None,
+        extra_services: list[dict[str, Any]] = (),
+    ) -> str:
         salt = "data-" + self.salt()
         did = self.publisher.did_for(salt)
         files = await self.publisher.encrypt([common_pb2.FileLocation(type="url", url=self.base_url + SECRET_PATH)])
-        service = demo._service("compute", "compute", files, did, {
-            "allowRawAlgorithm": raw, "allowNetworkAccess": network,
-            "publisherTrustedAlgorithms": trusted or [], "publisherTrustedAlgorithmPublishers": publishers or [],
-        })
+        service = demo._service(
+            "compute",
+            "compute",
+            files,
+            did,
+            {
+                "allowRawAlgorithm": raw,
+                "allowNetworkAccess": network,
+                "publisherTrustedAlgorithms": trusted or [],
+                "publisherTrustedAlgorithmPublishers": publishers or [],
+            },
+        )
         service["timeout"] = timeout
         services = [service, *(dict(copy.deepcopy(s), files=files) for s in extra_services)]
         ddo: dict[str, Any] = {
@@ -105,7 +143,9 @@ class Market:
         await self.publisher.publish(ddo, salt)
         return did
 
-    async def fund(self, did: str, service_id: str, holder: Client, amount: int = 1, owner: Client | None = None) -> str:
+    async def fund(
+        self, did: str, service_id: str, holder: Client, amount: int = 1, owner: Client | None = None
+    ) -> str:
         owner = owner or self.publisher
         token = await owner.create_datatoken(did, service_id)
         await owner.mint(token, holder.address, amount)
@@ -116,14 +156,17 @@ class Market:
         await self.fund(did, service_id, holder, owner=owner)
         return await holder.order(did, service_id)
 
-    def spec(self, dataset: str, dataset_order: str, algorithm: str | None = None, algorithm_order: str = "",
-             **fields: Any) -> provider_pb2.ComputeSpec:
+    def spec(
+        self, dataset: str, dataset_order: str, algorithm: str | None = None, algorithm_order: str = "", **fields: Any
+    ) -> provider_pb2.ComputeSpec:
         spec = provider_pb2.ComputeSpec(
             dataset=provider_pb2.AssetOrder(did=dataset, service_id="compute", order_id=dataset_order),
             **{"environment_id": self.environment_id, **fields},
         )
         if algorithm is not None:
-            spec.algorithm_asset.CopyFrom(provider_pb2.AssetOrder(did=algorithm, service_id="access", order_id=algorithm_order))
+            spec.algorithm_asset.CopyFrom(
+                provider_pb2.AssetOrder(did=algorithm, service_id="access", order_id=algorithm_order)
+            )
         return spec
 
     async def ready_job(self, consumer: Client | None = None, **fields: Any) -> tuple[str, str, str, str]:
@@ -131,7 +174,12 @@ class Market:
         consumer = consumer or self.consumer
         algorithm = await self.publish_algorithm()
         dataset = await self.publish_dataset(trusted=[self.trust(algorithm)], **fields)
-        return (dataset, await self.buy(dataset, "compute", consumer), algorithm, await self.buy(algorithm, "access", consumer))
+        return (
+            dataset,
+            await self.buy(dataset, "compute", consumer),
+            algorithm,
+            await self.buy(algorithm, "access", consumer),
+        )
 
     async def start_job(self, consumer: Client | None = None, **spec_fields: Any) -> str:
         consumer = consumer or self.consumer
@@ -191,8 +239,9 @@ async def open_market(database_url: str = "", backend: str = "noop", **provider:
         async with grpc.aio.insecure_channel(stack.provider_address) as channel:
             publisher = Client(channel, PUBLISHER_KEY)
             environment = await wait_for_environment(publisher)
-            yield Market(stack, channel, publisher, Client(channel, CONSUMER_KEY), Client(channel, OTHER_KEY),
-                         base, environment)
+            yield Market(
+                stack, channel, publisher, Client(channel, CONSUMER_KEY), Client(channel, OTHER_KEY), base, environment
+            )
     finally:
         await stack.stop()
         http_server.shutdown()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import grpc
-from c2d.provider.v1 import asset_pb2
 
+from c2d.provider.v1 import asset_pb2
 from services.provider.domain import errors as codes
 from tests.provider.market import SECRET_PATH, Market, assert_refusal, refused
 
@@ -16,7 +16,9 @@ async def _list(market: Market, **fields) -> list[asset_pb2.AssetSummary]:  # ty
     """Every page of a listing, two at a time."""
     assets, token = [], ""
     while True:
-        page = await market.consumer.assets.ListAssets(asset_pb2.ListAssetsRequest(page_size=2, page_token=token, **fields))
+        page = await market.consumer.assets.ListAssets(
+            asset_pb2.ListAssetsRequest(page_size=2, page_token=token, **fields)
+        )
         assert len(page.assets) <= 2
         assets += page.assets
         token = page.next_page_token
@@ -66,7 +68,8 @@ async def test_a_replayed_successful_publish_is_refused_and_publishes_nothing(ma
     dataset = await market.publish_dataset(raw=True)
     ddo = json.loads((await market.consumer.assets.GetAsset(asset_pb2.GetAssetRequest(did=dataset))).ddo_json)
     request = market.publisher.signed(
-        "PublishAsset", asset_pb2.PublishAssetRequest(ddo_json=json.dumps(ddo), salt="once"))
+        "PublishAsset", asset_pb2.PublishAssetRequest(ddo_json=json.dumps(ddo), salt="once")
+    )
     did = (await market.publisher.assets.PublishAsset(request)).did
     replay = await refused(market.publisher.assets.PublishAsset(request))
     assert_refusal(replay, grpc.StatusCode.PERMISSION_DENIED, codes.NONCE_INVALID, "already used")

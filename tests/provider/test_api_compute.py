@@ -12,10 +12,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from c2d.common.v1 import common_pb2
-from c2d.provider.v1 import ledger_pb2, provider_pb2
 from google.protobuf import json_format
 
+from c2d.common.v1 import common_pb2
+from c2d.provider.v1 import ledger_pb2, provider_pb2
 from plumbing.grpc_errors import error_code
 from services.provider.domain import errors as codes
 from tests.provider.market import (
@@ -47,7 +47,8 @@ async def test_initialize_compute_names_the_datatoken_to_order_for_each_asset(ma
     jobs = await market.consumer.compute.ListJobs(market.consumer.signed("ListJobs", provider_pb2.ListJobsRequest()))
     assert list(jobs.jobs) == []
     balance = await market.consumer.ledger.GetBalance(
-        ledger_pb2.GetBalanceRequest(datatoken_address=dataset_token, address=market.consumer.address))
+        ledger_pb2.GetBalanceRequest(datatoken_address=dataset_token, address=market.consumer.address)
+    )
     assert balance.balance == 1
 
 
@@ -67,7 +68,9 @@ async def test_initialize_compute_runs_the_policy_checks(market: Market):
     untrusted = await market.publish_algorithm()
     dataset = await market.publish_dataset(trusted=[market.trust(trusted)])
     request = provider_pb2.InitializeComputeRequest(spec=market.spec(dataset, "", untrusted, ""))
-    error = await refused(market.consumer.compute.InitializeCompute(market.consumer.signed("InitializeCompute", request)))
+    error = await refused(
+        market.consumer.compute.InitializeCompute(market.consumer.signed("InitializeCompute", request))
+    )
     assert_refusal(error, grpc.StatusCode.PERMISSION_DENIED, codes.NOT_TRUSTED_ALGO, untrusted)
 
 
@@ -75,7 +78,9 @@ async def test_initialize_compute_runs_the_policy_checks(market: Market):
 
 
 async def _jobs_of(market: Market) -> list[common_pb2.Job]:
-    response = await market.consumer.compute.ListJobs(market.consumer.signed("ListJobs", provider_pb2.ListJobsRequest()))
+    response = await market.consumer.compute.ListJobs(
+        market.consumer.signed("ListJobs", provider_pb2.ListJobsRequest())
+    )
     return list(response.jobs)
 
 
@@ -109,17 +114,21 @@ async def _race_different_requests_on_one_order(market: Market) -> None:
 async def _race_orders_on_a_balance(market: Market) -> None:
     dataset = await market.publish_dataset(raw=True)
     token = await market.fund(dataset, "compute", market.consumer, amount=10)
-    outcomes = await asyncio.gather(*(market.consumer.order(dataset, "compute") for _ in range(RACERS)),
-                                    return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(market.consumer.order(dataset, "compute") for _ in range(RACERS)), return_exceptions=True
+    )
     orders = [o for o in outcomes if not isinstance(o, BaseException)]
     refusals = [o for o in outcomes if isinstance(o, BaseException)]
     assert len(orders) == 10 and len(set(orders)) == 10
     assert {error_code(e) for e in refusals} == {codes.INSUFFICIENT_BALANCE}
     balance = await market.consumer.ledger.GetBalance(
-        ledger_pb2.GetBalanceRequest(datatoken_address=token, address=market.consumer.address))
+        ledger_pb2.GetBalanceRequest(datatoken_address=token, address=market.consumer.address)
+    )
     assert balance.balance == 0
     info = await market.consumer.compute.GetProviderInfo(provider_pb2.GetProviderInfoRequest())
-    fees = await market.consumer.ledger.GetBalance(ledger_pb2.GetBalanceRequest(datatoken_address=token, address=info.fee_address))
+    fees = await market.consumer.ledger.GetBalance(
+        ledger_pb2.GetBalanceRequest(datatoken_address=token, address=info.fee_address)
+    )
     assert fees.balance == 10
 
 
@@ -148,17 +157,27 @@ async def test_a_consumer_cannot_reach_another_consumers_job(market: Market):
     unknown = "2b7e1516-28ae-4d2a-a6d2-1fdd2f2a8f3c"
     calls = {
         "GetJobDetails": lambda j: stranger.compute.GetJobDetails(
-            stranger.signed("GetJobDetails", provider_pb2.GetJobDetailsRequest(job_id=j))),
+            stranger.signed("GetJobDetails", provider_pb2.GetJobDetailsRequest(job_id=j))
+        ),
         "StopCompute": lambda j: stranger.compute.StopCompute(
-            stranger.signed("StopCompute", provider_pb2.StopComputeRequest(job_id=j))),
+            stranger.signed("StopCompute", provider_pb2.StopComputeRequest(job_id=j))
+        ),
         "DeleteCompute": lambda j: stranger.compute.DeleteCompute(
-            stranger.signed("DeleteCompute", provider_pb2.DeleteComputeRequest(job_id=j))),
-        "WatchJob": lambda j: _drain(stranger.compute.WatchJob(
-            stranger.signed("WatchJob", provider_pb2.WatchJobRequest(job_id=j)))),
-        "GetComputeResult": lambda j: _drain(stranger.compute.GetComputeResult(
-            stranger.signed("GetComputeResult", provider_pb2.GetComputeResultRequest(job_id=j, index=0)))),
-        "StreamJobLogs": lambda j: _drain(stranger.compute.StreamJobLogs(
-            stranger.signed("StreamJobLogs", provider_pb2.StreamJobLogsRequest(job_id=j)))),
+            stranger.signed("DeleteCompute", provider_pb2.DeleteComputeRequest(job_id=j))
+        ),
+        "WatchJob": lambda j: _drain(
+            stranger.compute.WatchJob(stranger.signed("WatchJob", provider_pb2.WatchJobRequest(job_id=j)))
+        ),
+        "GetComputeResult": lambda j: _drain(
+            stranger.compute.GetComputeResult(
+                stranger.signed("GetComputeResult", provider_pb2.GetComputeResultRequest(job_id=j, index=0))
+            )
+        ),
+        "StreamJobLogs": lambda j: _drain(
+            stranger.compute.StreamJobLogs(
+                stranger.signed("StreamJobLogs", provider_pb2.StreamJobLogsRequest(job_id=j))
+            )
+        ),
     }
     for method, call in calls.items():
         theirs, missing = await refused(call(job_id)), await refused(call(unknown))
@@ -225,7 +244,8 @@ async def test_dataset_urls_never_appear_in_responses_or_logs(data_dir, caplog):
         expose(listed)
         spec = market.spec(dataset, dataset_order, algorithm, algorithm_order)
         initialized = await market.consumer.compute.InitializeCompute(
-            market.consumer.signed("InitializeCompute", provider_pb2.InitializeComputeRequest(spec=spec)))
+            market.consumer.signed("InitializeCompute", provider_pb2.InitializeComputeRequest(spec=spec))
+        )
         expose(initialized)
         started = await market.consumer.start(spec)
         expose(started)
@@ -234,7 +254,9 @@ async def test_dataset_urls_never_appear_in_responses_or_logs(data_dir, caplog):
         details = await market.consumer.details(started.job_id)
         assert details.job.status == 70, details.job.error_message
         expose(details)
-        expose(await market.consumer.compute.ListJobs(market.consumer.signed("ListJobs", provider_pb2.ListJobsRequest())))
+        expose(
+            await market.consumer.compute.ListJobs(market.consumer.signed("ListJobs", provider_pb2.ListJobsRequest()))
+        )
         logs = provider_pb2.StreamJobLogsRequest(job_id=started.job_id)
         async for chunk in market.consumer.compute.StreamJobLogs(market.consumer.signed("StreamJobLogs", logs)):
             expose(chunk.data)
@@ -245,9 +267,16 @@ async def test_dataset_urls_never_appear_in_responses_or_logs(data_dir, caplog):
 
         market_module._Files.files.pop(SECRET_PATH)
         try:
-            job_id = (await market.consumer.start(market.spec(
-                missing, await market.buy(missing, "compute"), algorithm, await market.buy(algorithm, "access"),
-            ))).job_id
+            job_id = (
+                await market.consumer.start(
+                    market.spec(
+                        missing,
+                        await market.buy(missing, "compute"),
+                        algorithm,
+                        await market.buy(algorithm, "access"),
+                    )
+                )
+            ).job_id
             failed = await market.finished(job_id)
         finally:
             from cli import demo
@@ -257,8 +286,9 @@ async def test_dataset_urls_never_appear_in_responses_or_logs(data_dir, caplog):
         expose(failed)
         expose(await market.consumer.details(job_id))
         # A refusal (the dataset's order was used) does not show it either.
-        used = await refused(market.consumer.start(
-            market.spec(dataset, dataset_order, algorithm, await market.buy(algorithm, "access"))))
+        used = await refused(
+            market.consumer.start(market.spec(dataset, dataset_order, algorithm, await market.buy(algorithm, "access")))
+        )
         assert error_code(used) == codes.ORDER_USED
         expose(used.details())
 

@@ -8,9 +8,9 @@ import json
 import time
 
 import grpc
+
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2, ledger_pb2, provider_pb2
-
 from plumbing.grpc_errors import error_code
 from services.provider.domain import errors as codes
 from tests.provider.market import (
@@ -50,8 +50,13 @@ async def test_malformed_did_is_did_invalid(market: Market):
 
 
 async def test_an_access_service_is_not_a_compute_service(market: Market):
-    access = {"id": "download", "type": "access", "timeout": 3600, "serviceEndpoint": "grpc://127.0.0.1:50051",
-              "datatokenAddress": "0x" + "ab" * 20}
+    access = {
+        "id": "download",
+        "type": "access",
+        "timeout": 3600,
+        "serviceEndpoint": "grpc://127.0.0.1:50051",
+        "datatokenAddress": "0x" + "ab" * 20,
+    }
     dataset = await market.publish_dataset(raw=True, extra_services=[access])
     spec = market.spec(dataset, "0x01", raw_algorithm=RAW)
     spec.dataset.service_id = "download"
@@ -120,13 +125,19 @@ async def test_an_algorithm_from_an_untrusted_publisher_is_not_trusted_publisher
     algorithm = await market.publish_algorithm(publisher=market.other)
     dataset = await market.publish_dataset(publishers=[market.publisher.address])
     error = await refused(market.consumer.start(market.spec(dataset, "0x01", algorithm, "0x02")))
-    assert_refusal(error, DENIED, codes.NOT_TRUSTED_PUBLISHER, algorithm, market.other.address, "not a trusted publisher")
+    assert_refusal(
+        error, DENIED, codes.NOT_TRUSTED_PUBLISHER, algorithm, market.other.address, "not a trusted publisher"
+    )
 
 
 async def test_a_changed_container_is_container_checksum_mismatch(market: Market):
     algorithm = await market.publish_algorithm()
-    approved = dict(market.trust(algorithm), containerSectionChecksum=market.trust(
-        algorithm, container={**CONTAINER, "tag": "3.10"})["containerSectionChecksum"])
+    approved = dict(
+        market.trust(algorithm),
+        containerSectionChecksum=market.trust(algorithm, container={**CONTAINER, "tag": "3.10"})[
+            "containerSectionChecksum"
+        ],
+    )
     dataset = await market.publish_dataset(trusted=[approved])
     error = await refused(market.consumer.start(market.spec(dataset, "0x01", algorithm, "0x02")))
     assert_refusal(error, DENIED, codes.CONTAINER_CHECKSUM_MISMATCH, algorithm, "re-approve")
@@ -139,9 +150,16 @@ async def test_changed_algorithm_files_fail_the_job_at_pod_config_with_32(data_d
         algorithm = await market.publish_algorithm()
         pinned = market.trust(algorithm, code="print('the version the publisher approved')")
         dataset = await market.publish_dataset(trusted=[pinned])
-        job_id = (await market.consumer.start(market.spec(
-            dataset, await market.buy(dataset, "compute"), algorithm, await market.buy(algorithm, "access"),
-        ))).job_id
+        job_id = (
+            await market.consumer.start(
+                market.spec(
+                    dataset,
+                    await market.buy(dataset, "compute"),
+                    algorithm,
+                    await market.buy(algorithm, "access"),
+                )
+            )
+        ).job_id
         job = await market.finished(job_id)
         assert job.status == 32, (job.status, job.error_message)
         assert job.end_reason == common_pb2.END_REASON_FAILED
@@ -166,11 +184,19 @@ async def test_asking_for_the_network_where_it_is_not_allowed_is_network_access_
 
 
 async def test_consumer_parameters_are_checked_against_the_algorithms_ddo(market: Market):
-    algorithm = await market.publish_algorithm(parameters=[
-        {"name": "window", "type": "number", "label": "Window (h)", "required": True},
-        {"name": "unit", "type": "select", "label": "Unit", "required": False,
-         "options": [{"C": "Celsius"}, {"F": "Fahrenheit"}], "default": "C"},
-    ])
+    algorithm = await market.publish_algorithm(
+        parameters=[
+            {"name": "window", "type": "number", "label": "Window (h)", "required": True},
+            {
+                "name": "unit",
+                "type": "select",
+                "label": "Unit",
+                "required": False,
+                "options": [{"C": "Celsius"}, {"F": "Fahrenheit"}],
+                "default": "C",
+            },
+        ]
+    )
     dataset = await market.publish_dataset(trusted=[market.trust(algorithm)])
     cases = {
         "wrong type": ({"window": "24"}, "'window'"),
@@ -186,8 +212,12 @@ async def test_consumer_parameters_are_checked_against_the_algorithms_ddo(market
         assert error_code(error) == codes.CONSUMER_PARAMETERS_INVALID, case
         assert named in error.details(), (case, error.details())
     spec = market.spec(dataset, "0x01", algorithm, "0x02", algorithm_parameters_json="{window")
-    assert_refusal(await refused(market.consumer.start(spec)), grpc.StatusCode.INVALID_ARGUMENT,
-                   codes.CONSUMER_PARAMETERS_INVALID, "not valid JSON")
+    assert_refusal(
+        await refused(market.consumer.start(spec)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        codes.CONSUMER_PARAMETERS_INVALID,
+        "not valid JSON",
+    )
 
 
 # -- orders -------------------------------------------------------------------------------------
@@ -264,7 +294,9 @@ async def test_a_replayed_request_is_nonce_invalid(market: Market):
     error = await refused(market.consumer.ledger.StartOrder(request))
     assert_refusal(error, DENIED, codes.NONCE_INVALID, str(request.signature.nonce), "already used", "new nonce")
     token = await market.publisher.create_datatoken(dataset, "compute")
-    balance = await market.consumer.ledger.GetBalance(ledger_pb2.GetBalanceRequest(datatoken_address=token, address=market.consumer.address))
+    balance = await market.consumer.ledger.GetBalance(
+        ledger_pb2.GetBalanceRequest(datatoken_address=token, address=market.consumer.address)
+    )
     assert balance.balance == 4  # the replay moved nothing
 
 
@@ -299,15 +331,18 @@ async def test_an_environment_whose_engine_stopped_is_environment_unavailable(ma
     await market.stack.engine.stop(0)
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
-        environments = (await market.consumer.compute.ListComputeEnvironments(
-            provider_pb2.ListComputeEnvironmentsRequest())).environments
+        environments = (
+            await market.consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
+        ).environments
         if not any(e.available for e in environments):
             break
         await asyncio.sleep(0.1)
     error = await refused(market.consumer.start(market.spec(dataset, dataset_order, algorithm, algorithm_order)))
     assert_refusal(error, PRECONDITION, codes.ENVIRONMENT_UNAVAILABLE, market.environment_id, "not responding")
     # The refusal spent nothing: the orders are still free.
-    assert (await market.consumer.ledger.GetOrder(ledger_pb2.GetOrderRequest(order_id=dataset_order))).order.used_by_job_id == ""
+    assert (
+        await market.consumer.ledger.GetOrder(ledger_pb2.GetOrderRequest(order_id=dataset_order))
+    ).order.used_by_job_id == ""
 
 
 # -- owners ---------------------------------------------------------------------------------------

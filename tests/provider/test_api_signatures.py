@@ -11,9 +11,9 @@ import sys
 import time
 
 import pytest
-from c2d.provider.v1 import auth_pb2, provider_pb2
 from eth_account import Account
 
+from c2d.provider.v1 import auth_pb2, provider_pb2
 from plumbing.database import Database
 from services.provider.api import signatures
 from services.provider.api.signatures import authenticate, signed_fields
@@ -162,8 +162,12 @@ os._exit(0)  # no shutdown, as a killed provider would leave
 
 
 def test_the_worker_does_not_outlive_its_provider(tmp_path):
-    done = subprocess.run([sys.executable, "-c", LEAVES_ABRUPTLY, f"sqlite:///{tmp_path}/provider.db"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", LEAVES_ABRUPTLY, f"sqlite:///{tmp_path}/provider.db"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     (pid,) = map(int, done.stdout.split())
     deadline = time.monotonic() + 10

@@ -41,17 +41,25 @@ from .domain_samples import (
 
 def test_valid_dataset() -> None:
     ddo = validate_ddo(
-        mutated(dataset_ddo(), ("credentials",), {
-            "allow": [{"type": "address", "values": [CONSUMER.lower(), CONSUMER]}],
-            "deny": [{"type": "address", "values": [OTHER]}],
-        })
+        mutated(
+            dataset_ddo(),
+            ("credentials",),
+            {
+                "allow": [{"type": "address", "values": [CONSUMER.lower(), CONSUMER]}],
+                "deny": [{"type": "address", "values": [OTHER]}],
+            },
+        )
     )
     assert ddo.id == DATASET_DID
     assert ddo.version == "4.1.0"
     assert ddo.owner == PUBLISHER
     assert not ddo.is_algorithm
     assert (ddo.metadata.type, ddo.metadata.name, ddo.metadata.author, ddo.metadata.license) == (
-        "dataset", "Weather 2023", "Met Office", "CC-BY-4.0")
+        "dataset",
+        "Weather 2023",
+        "Met Office",
+        "CC-BY-4.0",
+    )
     assert ddo.metadata.algorithm is None
     compute, access = ddo.services
     assert compute.type == "compute" and access.type == "access"
@@ -72,7 +80,8 @@ def test_valid_algorithm() -> None:
     algorithm = ddo.metadata.algorithm
     assert algorithm is not None
     assert algorithm.container == AlgorithmContainer(
-        entrypoint="python $ALGO", image="python", tag="3.11-slim", checksum=IMAGE_DIGEST)
+        entrypoint="python $ALGO", image="python", tag="3.11-slim", checksum=IMAGE_DIGEST
+    )
     assert algorithm.language == "python"
     window, unit, note, verbose = algorithm.consumer_parameters
     assert window == ConsumerParameter(name="window", type="number", label="Window (h)", required=True, default=24)
@@ -188,24 +197,51 @@ INVALID = [
     (D, CMP + ("allowRawAlgorithm",), DELETE, "services[0].compute.allowRawAlgorithm is required"),
     (D, CMP + ("allowNetworkAccess",), "no", "services[0].compute.allowNetworkAccess must be true or false"),
     (D, CMP + ("publisherTrustedAlgorithms",), DELETE, "services[0].compute.publisherTrustedAlgorithms is required"),
-    (D, CMP + ("publisherTrustedAlgorithmPublishers",), DELETE,
-     "services[0].compute.publisherTrustedAlgorithmPublishers is required"),
-    (D, CMP + ("publisherTrustedAlgorithmPublishers",), ["alice"],
-     "services[0].compute.publisherTrustedAlgorithmPublishers[0] must be an Ethereum address"),
-    (D, CMP + ("publisherTrustedAlgorithms",), [{"did": "alg", "containerSectionChecksum": "ab" * 32}],
-     "services[0].compute.publisherTrustedAlgorithms[0].did must be did:op:"),
-    (D, CMP + ("publisherTrustedAlgorithms",), [{"did": ALGO_DID}],
-     "services[0].compute.publisherTrustedAlgorithms[0].containerSectionChecksum is required"),
-    (D, CMP + ("publisherTrustedAlgorithms",),
-     [{"did": ALGO_DID, "filesChecksum": "abc", "containerSectionChecksum": "ab" * 32}],
-     "services[0].compute.publisherTrustedAlgorithms[0].filesChecksum must be a sha256 hex digest"),
+    (
+        D,
+        CMP + ("publisherTrustedAlgorithmPublishers",),
+        DELETE,
+        "services[0].compute.publisherTrustedAlgorithmPublishers is required",
+    ),
+    (
+        D,
+        CMP + ("publisherTrustedAlgorithmPublishers",),
+        ["alice"],
+        "services[0].compute.publisherTrustedAlgorithmPublishers[0] must be an Ethereum address",
+    ),
+    (
+        D,
+        CMP + ("publisherTrustedAlgorithms",),
+        [{"did": "alg", "containerSectionChecksum": "ab" * 32}],
+        "services[0].compute.publisherTrustedAlgorithms[0].did must be did:op:",
+    ),
+    (
+        D,
+        CMP + ("publisherTrustedAlgorithms",),
+        [{"did": ALGO_DID}],
+        "services[0].compute.publisherTrustedAlgorithms[0].containerSectionChecksum is required",
+    ),
+    (
+        D,
+        CMP + ("publisherTrustedAlgorithms",),
+        [{"did": ALGO_DID, "filesChecksum": "abc", "containerSectionChecksum": "ab" * 32}],
+        "services[0].compute.publisherTrustedAlgorithms[0].filesChecksum must be a sha256 hex digest",
+    ),
     (D, ("credentials",), [], "credentials must be an object"),
     (D, ("credentials", "allow"), {"type": "address"}, "credentials.allow must be a list"),
-    (D, ("credentials", "allow"), [{"type": "role", "values": ["admin"]}],
-     'credentials.allow[0].type must be "address"'),
+    (
+        D,
+        ("credentials", "allow"),
+        [{"type": "role", "values": ["admin"]}],
+        'credentials.allow[0].type must be "address"',
+    ),
     (D, ("credentials", "deny"), [{"type": "address"}], "credentials.deny[0].values is required"),
-    (D, ("credentials", "deny"), [{"type": "address", "values": ["bob"]}],
-     "credentials.deny[0].values[0] must be an Ethereum address"),
+    (
+        D,
+        ("credentials", "deny"),
+        [{"type": "address", "values": ["bob"]}],
+        "credentials.deny[0].values[0] must be an Ethereum address",
+    ),
     (D, ("nft", "owner"), "0xnope", "nft.owner must be an Ethereum address"),
 ]
 
@@ -213,8 +249,10 @@ INVALID = [
 @pytest.mark.parametrize(
     "base, path, value, fragment",
     INVALID,
-    ids=[".".join(str(p) for p in case[1]) + ("=DELETE" if case[2] is DELETE else f"={case[2]!r}")[:40]
-         for case in INVALID],
+    ids=[
+        ".".join(str(p) for p in case[1]) + ("=DELETE" if case[2] is DELETE else f"={case[2]!r}")[:40]
+        for case in INVALID
+    ],
 )
 def test_invalid_ddo_is_refused_naming_the_field(base: str, path: tuple[Any, ...], value: Any, fragment: str) -> None:
     ddo = dataset_ddo() if base == D else algorithm_ddo()
@@ -284,7 +322,7 @@ def test_derive_did_refuses_a_bad_owner() -> None:
 def test_is_did_and_parse_did(value: Any, valid: bool) -> None:
     assert is_did(value) is valid
     if valid:
-        assert parse_did(value) == value[len("did:op:"):]
+        assert parse_did(value) == value[len("did:op:") :]
     else:
         with pytest.raises(Refusal) as info:
             parse_did(value)
@@ -296,9 +334,7 @@ def test_is_did_and_parse_did(value: Any, valid: bool) -> None:
 
 
 def test_container_checksum_is_sha256_of_the_canonical_section() -> None:
-    text = (
-        '{"checksum":"' + IMAGE_DIGEST + '","entrypoint":"python $ALGO","image":"python","tag":"3.11-slim"}'
-    )
+    text = '{"checksum":"' + IMAGE_DIGEST + '","entrypoint":"python $ALGO","image":"python","tag":"3.11-slim"}'
     expected = hashlib.sha256(text.encode()).hexdigest()
     container = validate_ddo(algorithm_ddo()).metadata.algorithm.container  # type: ignore[union-attr]
     assert container_checksum(container) == expected

@@ -49,7 +49,7 @@ def test_code_constant_and_default_kind(code: str, kind: str) -> None:
 
 
 def test_every_code_is_listed() -> None:
-    assert errors.CODES == {code for code, _ in EXPECTED}
+    assert {code for code, _ in EXPECTED} == errors.CODES
 
 
 def test_kind_can_be_overridden() -> None:

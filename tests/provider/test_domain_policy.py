@@ -160,9 +160,7 @@ ALLOWED = [
 ]
 
 
-@pytest.mark.parametrize(
-    "service, algorithm, files_sum, raw", [c[1:] for c in ALLOWED], ids=[c[0] for c in ALLOWED]
-)
+@pytest.mark.parametrize("service, algorithm, files_sum, raw", [c[1:] for c in ALLOWED], ids=[c[0] for c in ALLOWED])
 def test_algorithm_allowed(service: Service, algorithm: Ddo | None, files_sum: str | None, raw: bool) -> None:
     check_algorithm_allowed(service, algorithm, files_sum, raw)
 
@@ -172,18 +170,41 @@ REFUSED = [
     ("raw not allowed", _service(), None, None, True, "no_raw_algo_allowed"),
     ("a dataset as algorithm", _service(), DATASET_AS_ALGO, None, False, "not_algorithm"),
     ("not listed", _service(trusted=[_entry(did=OTHER_DID)]), ALGO, FILES_SUM, False, "not_trusted_algo"),
-    ("unpublished algorithm, list non-empty", _service(trusted=[_entry()]), _algo(id=None), None, False,
-     "not_trusted_algo"),
+    (
+        "unpublished algorithm, list non-empty",
+        _service(trusted=[_entry()]),
+        _algo(id=None),
+        None,
+        False,
+        "not_trusted_algo",
+    ),
     ("files changed", _service(trusted=[_entry()]), ALGO, "00" * 32, False, "algorithm_checksum_mismatch"),
-    ("container changed", _service(trusted=[_entry(container="00" * 32)]), ALGO, FILES_SUM, False,
-     "container_checksum_mismatch"),
+    (
+        "container changed",
+        _service(trusted=[_entry(container="00" * 32)]),
+        ALGO,
+        FILES_SUM,
+        False,
+        "container_checksum_mismatch",
+    ),
     ("publisher not trusted", _service(publishers=[OTHER]), ALGO, None, False, "not_trusted_publisher"),
-    ("publisher unknown", _service(publishers=[PUBLISHER]), _algo(owner=None), None, False,
-     "not_trusted_publisher"),
-    ("listed but publisher not trusted", _service(trusted=[_entry()], publishers=[OTHER]), ALGO, FILES_SUM, False,
-     "not_trusted_publisher"),
-    ("trusted publisher but not listed", _service(trusted=[_entry(did=OTHER_DID)], publishers=[PUBLISHER]), ALGO,
-     None, False, "not_trusted_algo"),
+    ("publisher unknown", _service(publishers=[PUBLISHER]), _algo(owner=None), None, False, "not_trusted_publisher"),
+    (
+        "listed but publisher not trusted",
+        _service(trusted=[_entry()], publishers=[OTHER]),
+        ALGO,
+        FILES_SUM,
+        False,
+        "not_trusted_publisher",
+    ),
+    (
+        "trusted publisher but not listed",
+        _service(trusted=[_entry(did=OTHER_DID)], publishers=[PUBLISHER]),
+        ALGO,
+        None,
+        False,
+        "not_trusted_algo",
+    ),
     ("access service", validate_ddo(dataset_ddo()).services[1], ALGO, None, False, "not_compute_service"),
 ]
 
@@ -242,15 +263,22 @@ def test_check_network(services: list[Service], requested: bool, expected: bool 
 SPEC = ALGO.metadata.algorithm.consumer_parameters  # type: ignore[union-attr]
 REQUIRED_TEXT = ConsumerParameter(name="city", type="text", label="City", required=True, default=None)
 REQUIRED_SELECT = ConsumerParameter(
-    name="mode", type="select", label="Mode", required=True, default=None,
+    name="mode",
+    type="select",
+    label="Mode",
+    required=True,
+    default=None,
     options=(SelectOption("fast", "Fast"), SelectOption("exact", "Exact")),
 )
 
 PARAMETERS_OK = [
     # (spec, given, expected)
     (SPEC, {}, {"window": 24, "unit": "C", "verbose": False}),  # defaults filled, optional "note" left out
-    (SPEC, {"window": 6, "unit": "F", "note": "hi", "verbose": True},
-     {"window": 6, "unit": "F", "note": "hi", "verbose": True}),
+    (
+        SPEC,
+        {"window": 6, "unit": "F", "note": "hi", "verbose": True},
+        {"window": 6, "unit": "F", "note": "hi", "verbose": True},
+    ),
     (SPEC, {"window": 1.5}, {"window": 1.5, "unit": "C", "verbose": False}),
     (SPEC, {"window": None}, {"window": 24, "unit": "C", "verbose": False}),  # null is missing
     (SPEC, {"note": ""}, {"window": 24, "unit": "C", "note": "", "verbose": False}),  # optional text may be empty

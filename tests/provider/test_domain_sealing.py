@@ -136,8 +136,16 @@ def _key_file(**changes: Any) -> str:
         _key_file(box_public_key=OTHER_KEYS.public_key_hex),
         _key_file(verify_key=OTHER_KEYS.verify_key_hex),
     ],
-    ids=["not json", "not object", "version", "short secret", "bad hex", "missing seed",
-         "box public mismatch", "verify key mismatch"],
+    ids=[
+        "not json",
+        "not object",
+        "version",
+        "short secret",
+        "bad hex",
+        "missing seed",
+        "box public mismatch",
+        "verify key mismatch",
+    ],
 )
 def test_malformed_key_files_are_rejected(text: str) -> None:
     with pytest.raises(ValueError):
@@ -171,9 +179,7 @@ NOT_VERIFIED = [
 ]
 
 
-@pytest.mark.parametrize(
-    "verify_key, data, signature", [c[1:] for c in NOT_VERIFIED], ids=[c[0] for c in NOT_VERIFIED]
-)
+@pytest.mark.parametrize("verify_key, data, signature", [c[1:] for c in NOT_VERIFIED], ids=[c[0] for c in NOT_VERIFIED])
 def test_verify_bytes_detects_tampering(verify_key: str, data: bytes, signature: str) -> None:
     assert verify_bytes(verify_key, data, signature) is False
 

@@ -60,6 +60,7 @@ def test_a_batch_refuses_its_own_duplicates_and_used_nonces_alone(db):
 def test_two_providers_racing_on_one_nonce_accept_it_once(db):
     other = Database(db.url, Base.metadata)  # a second provider process on the same database
     try:
+
         def spend_in(database: Database) -> bool:
             outcome = database.transaction(lambda s: store.spend_nonces(s, [(ADDRESS, 9)]))[0]
             return outcome is None

@@ -74,7 +74,9 @@ def test_unknown_cid_is_not_found_quickly(ipfs_store: IpfsStore, tmp_path: Path)
     with pytest.raises(ObjectNotFound):
         list(ipfs_store.read(f"ipfs://{absent}"))
     with pytest.raises(ObjectNotFound):
-        download_ipfs(StorageConfig(kind="ipfs", ipfs_api=ipfs_store.client.base_url), str(absent), tmp_path / "x", None)
+        download_ipfs(
+            StorageConfig(kind="ipfs", ipfs_api=ipfs_store.client.base_url), str(absent), tmp_path / "x", None
+        )
     assert not (tmp_path / "x").exists()
     assert time.monotonic() - started < 10
 

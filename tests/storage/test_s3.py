@@ -87,7 +87,9 @@ def test_large_sparse_file_multipart(seaweedfs: SeaweedFS, s3_bucket: str, s3_st
         dest.unlink(missing_ok=True)
 
 
-def test_failed_multipart_upload_is_aborted(seaweedfs: SeaweedFS, s3_bucket: str, s3_store: S3Store, tmp_path: Path) -> None:
+def test_failed_multipart_upload_is_aborted(
+    seaweedfs: SeaweedFS, s3_bucket: str, s3_store: S3Store, tmp_path: Path
+) -> None:
     size = 1 << 30  # sparse, and cut short early: a wide window for the watcher, little I/O
     src = tmp_path / "shrinking.bin"
     make_sparse(src, size, {0: b"x"})
@@ -164,8 +166,12 @@ def test_unreachable_endpoint_is_transient(tmp_path: Path) -> None:
     (port,) = free_ports(1)  # nothing listens there
     store = open_store(
         StorageConfig(
-            kind="s3", s3_endpoint=f"127.0.0.1:{port}", s3_access_key="a", s3_secret_key="b",
-            s3_bucket="bucket", s3_region="us-east-1",
+            kind="s3",
+            s3_endpoint=f"127.0.0.1:{port}",
+            s3_access_key="a",
+            s3_secret_key="b",
+            s3_bucket="bucket",
+            s3_region="us-east-1",
         )
     )
     src = tmp_path / "f"

@@ -35,12 +35,18 @@ def kubo_add(url: str, path: Path, query: str = "") -> tuple[str, dict[str, str]
     parts = urlsplit(url)
     boundary = uuid.uuid4().hex
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{path.name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
-        conn.request("POST", f"/api/v0/add?{query}", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        conn.request(
+            "POST", f"/api/v0/add?{query}", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
         response = conn.getresponse()
         assert response.status == 200, response.read()
         return json.loads(response.read().splitlines()[-1])["Hash"], dict(response.getheaders())

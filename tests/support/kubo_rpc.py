@@ -311,7 +311,7 @@ def _read_single_part(stream, length: int, boundary: bytes, out) -> str:
     if start < 0:
         raise ValueError("multipart body does not start with its boundary")
     name = ""
-    for line in head[start + len(opener):].split(b"\r\n"):
+    for line in head[start + len(opener) :].split(b"\r\n"):
         if line.lower().startswith(b"content-disposition:") and b"filename=" in line:
             name = unquote(line.split(b"filename=", 1)[1].split(b";")[0].strip().strip(b'"').decode())
     delim = b"\r\n--" + boundary

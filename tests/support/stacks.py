@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from typing import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import psycopg2
 import pytest
@@ -56,7 +56,9 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
-def settings_for(database_url: str = "", backend: str = "local", **engine: object) -> tuple[ProviderSettings, OperatorSettings, EngineSettings]:
+def settings_for(
+    database_url: str = "", backend: str = "local", **engine: object
+) -> tuple[ProviderSettings, OperatorSettings, EngineSettings]:
     return (
         ProviderSettings(address="127.0.0.1:0", database_url=database_url),
         OperatorSettings(address="127.0.0.1:0", database_url=database_url, engine_liveness_s=5.0),

@@ -12,7 +12,9 @@ from services.operator_engine.domain.changes import StateChange
 from services.operator_engine.domain.orchestrator import EnvironmentSpec
 
 
-def environment(env: EnvironmentSpec, engine_id: str, running: int, queued: int, sandboxed: bool) -> common_pb2.Environment:
+def environment(
+    env: EnvironmentSpec, engine_id: str, running: int, queued: int, sandboxed: bool
+) -> common_pb2.Environment:
     return common_pb2.Environment(
         id=env.id,
         description=env.description,
@@ -57,6 +59,8 @@ def state_change(change: StateChange) -> engine_pb2.StateChange:
         message.results.CopyFrom(manifest_from_json(change.results))
     if change.outcome is not None:
         message.algorithm_outcome.CopyFrom(
-            json_format.ParseDict({k: v for k, v in change.outcome.items() if v is not None}, common_pb2.AlgorithmOutcome())
+            json_format.ParseDict(
+                {k: v for k, v in change.outcome.items() if v is not None}, common_pb2.AlgorithmOutcome()
+            )
         )
     return message

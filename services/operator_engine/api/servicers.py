@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -60,9 +61,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
 
     def environments(self) -> list[common_pb2.Environment]:
         o = self._orchestrator
-        return [
-            convert.environment(o.environment, self._engine_id, o.running_jobs, o.queued_jobs, o.backend.sandboxed)
-        ]
+        return [convert.environment(o.environment, self._engine_id, o.running_jobs, o.queued_jobs, o.backend.sandboxed)]
 
     async def ListEnvironments(self, request, context):  # type: ignore[override]
         return engine_pb2.ListEnvironmentsResponse(engine_id=self._engine_id, environments=self.environments())
@@ -83,7 +82,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             try:
                 created = await self._orchestrator.submit(*_job_of(job))
             except errors.ServiceError as exc:
-                return engine_pb2.SubmitJobResult(job_id=job.job_id, error_code=exc.code or exc.kind, error_message=exc.message)
+                return engine_pb2.SubmitJobResult(
+                    job_id=job.job_id, error_code=exc.code or exc.kind, error_message=exc.message
+                )
             return engine_pb2.SubmitJobResult(job_id=job.job_id, created=created)
 
         # Concurrently, so the orchestrator stores them in one transaction.

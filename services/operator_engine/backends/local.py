@@ -16,8 +16,8 @@ import asyncio
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from plumbing import errors
 from services.operator_engine import cgroups, runtimes, sandbox
@@ -68,7 +68,9 @@ class LocalBackend:
         except ValueError as exc:
             if "not installed" in str(exc):
                 raise errors.FailedPrecondition(str(exc), "runtime_missing") from None
-            raise errors.InvalidArgument(f"the algorithm's container cannot run here: {exc}", "container_invalid") from None
+            raise errors.InvalidArgument(
+                f"the algorithm's container cannot run here: {exc}", "container_invalid"
+            ) from None
 
     def reclaim(self, job: JobSpec) -> None:
         # Only this job's cgroups: other engines on the host may be creating theirs.
@@ -93,7 +95,7 @@ class LocalBackend:
         process = await self._launcher.start(program, env, log_path)
         try:
             ended = await asyncio.wait_for(process.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await process.kill()
             return StageExit(None, timed_out=True)
         except asyncio.CancelledError:

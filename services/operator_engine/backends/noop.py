@@ -6,7 +6,7 @@ the event log and the state stream with no process or file in the way.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from services.operator_engine.backends.base import AlgorithmResult, Capacity, JobSpec, StageExit
 

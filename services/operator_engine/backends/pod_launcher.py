@@ -43,9 +43,10 @@ import os
 import select
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Protocol
 
 import grpc.aio
 
@@ -96,11 +97,16 @@ class _Subprocess:
 
 class SubprocessLauncher:
     async def start(self, program: str, env: Mapping[str, str], log_path: Path) -> PodProcess:
-        with open(log_path, "ab") as out:
+        with open(log_path, "ab") as out:  # noqa: ASYNC230 - opening a local file does not block
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", PROGRAMS[program],
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                env=dict(env), start_new_session=True,
+                sys.executable,
+                "-m",
+                PROGRAMS[program],
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env=dict(env),
+                start_new_session=True,
             )
         return _Subprocess(process)
 
@@ -165,7 +171,7 @@ class ForkServerLauncher:
             helper.stdin.close()  # EOF: the helper kills what runs and exits
         try:
             await asyncio.wait_for(helper.wait(), 5.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             helper.kill()
             await helper.wait()
         if self._reader is not None:
@@ -178,9 +184,14 @@ class ForkServerLauncher:
             # Where the pods' agent is, so each idle child connects to it ahead.
             agent = {name: pod_env[name] for name in ("C2D_AGENT_ADDRESS", *auth.TLS_VARIABLES) if name in pod_env}
             self._helper = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", __name__,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,
-                start_new_session=True, env={**os.environ, **agent},
+                sys.executable,
+                "-m",
+                __name__,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=None,
+                start_new_session=True,
+                env={**os.environ, **agent},
             )
             self._reader = asyncio.create_task(self._read_forever(self._helper), name="pod-launcher-reader")
 
@@ -273,8 +284,10 @@ def _child(name: str, requests: int, helper_pid: int, program: pods.Program) -> 
         os.environ.update(job["env"])
         sys.argv = [PROGRAMS[name]]  # as `python -m <program>` would see it
         pods.configure_logging()
-        usable = ahead is not None and pods.channel_key() == ahead_key and (
-            ahead.get_state() == grpc.ChannelConnectivity.READY
+        usable = (
+            ahead is not None
+            and pods.channel_key() == ahead_key
+            and (ahead.get_state() == grpc.ChannelConnectivity.READY)
         )
         # No loop teardown: the process ends right after, and what it wrote is flushed below.
         code = loop.run_until_complete(pods.run(name, program, ahead if usable else None))
@@ -287,7 +300,7 @@ def _child(name: str, requests: int, helper_pid: int, program: pods.Program) -> 
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001, S110 - a closed stream must not stop the exit
                 pass
         os._exit(code)
 
@@ -381,7 +394,7 @@ def serve() -> None:
             try:
                 view = memoryview(job)
                 while view:
-                    view = view[os.write(request_w, view):]
+                    view = view[os.write(request_w, view) :]
                 return pid
             except BrokenPipeError:
                 continue  # it died idle (reaped later): a fresh child takes the job
@@ -416,7 +429,7 @@ def serve() -> None:
             for pid in children:
                 kill_group(pid)
             while children:
-                pid, status = os.wait()
+                pid, _status = os.wait()
                 children.pop(pid, None)
             return
         pending += data

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class StateChange:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], sequence: int) -> "StateChange":
+    def from_json(cls, data: dict[str, Any], sequence: int) -> StateChange:
         values = dict(data)
         values["time"] = datetime.fromisoformat(values["time"])
         return cls(**values, sequence=sequence)

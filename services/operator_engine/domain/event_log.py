@@ -13,7 +13,7 @@ import asyncio
 import collections
 import dataclasses
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -22,7 +22,6 @@ from plumbing.database import Database, GroupCommit
 from plumbing.statuses import TERMINAL
 from services.operator_engine.domain.changes import StateChange, now
 from services.operator_engine.persistence.models import EngineEvent, EngineJob
-
 
 # Recent changes kept in memory: a follower that keeps up never reads the store.
 TAIL = 20_000
@@ -61,7 +60,9 @@ class EventLog:
     def _write(self, session: Session, batch: Sequence[tuple[StateChange, str | None]]) -> list[StateChange]:
         # Runs in the database thread, one batch at a time: _latest cannot move meanwhile.
         first = self._latest + 1
-        sequenced = [(dataclasses.replace(change, sequence=first + i), stage) for i, (change, stage) in enumerate(batch)]
+        sequenced = [
+            (dataclasses.replace(change, sequence=first + i), stage) for i, (change, stage) in enumerate(batch)
+        ]
         _write_batch(session, sequenced)
         return [change for change, _ in sequenced]
 
@@ -82,10 +83,7 @@ class EventLog:
 
         def read(session: Session) -> list[StateChange]:
             rows = session.scalars(
-                select(EngineEvent)
-                .where(EngineEvent.sequence > sequence)
-                .order_by(EngineEvent.sequence)
-                .limit(limit)
+                select(EngineEvent).where(EngineEvent.sequence > sequence).order_by(EngineEvent.sequence).limit(limit)
             )
             return [StateChange.from_json(row.change, row.sequence) for row in rows]
 
@@ -95,10 +93,8 @@ class EventLog:
         """Waits until an event after `sequence` exists, or the timeout."""
         async with self._appended:
             try:
-                await asyncio.wait_for(
-                    self._appended.wait_for(lambda: self._latest > sequence), timeout
-                )
-            except asyncio.TimeoutError:
+                await asyncio.wait_for(self._appended.wait_for(lambda: self._latest > sequence), timeout)
+            except TimeoutError:
                 return False
         return True
 

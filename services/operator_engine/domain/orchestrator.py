@@ -16,9 +16,10 @@ import logging
 import secrets
 import shutil
 import time
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Sequence
+from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
@@ -172,8 +173,8 @@ class Orchestrator:
             )
         if "$ALGO" not in spec_fields["entrypoint"]:
             raise errors.InvalidArgument(
-                "the algorithm's entrypoint must contain $ALGO, which is replaced by the "
-                "algorithm's path", "entrypoint_invalid"
+                "the algorithm's entrypoint must contain $ALGO, which is replaced by the algorithm's path",
+                "entrypoint_invalid",
             )
         self.backend.validate(spec_fields["entrypoint"], spec_fields["image"])
         requested = spec_fields["algorithm_timeout_s"]
@@ -202,9 +203,7 @@ class Orchestrator:
         run = self._runs.get(job_id)
         if run is None:
             status = await self.status_of(job_id)
-            raise errors.FailedPrecondition(
-                f"job {job_id} already ended with status {int(status)}", "job_ended"
-            )
+            raise errors.FailedPrecondition(f"job {job_id} already ended with status {int(status)}", "job_ended")
         run.stop_requested = True
         await self.db.run(_mark_stop(job_id))
         status = run.status
@@ -222,9 +221,7 @@ class Orchestrator:
         else:
             await self.status_of(job_id)
         shutil.rmtree(self.workspaces / job_id, ignore_errors=True)
-        await self.db.run(
-            lambda s: s.execute(update(EngineJob).where(EngineJob.job_id == job_id).values(deleted=True))
-        )
+        await self.db.run(lambda s: s.execute(update(EngineJob).where(EngineJob.job_id == job_id).values(deleted=True)))
 
     async def status_of(self, job_id: str) -> Status:
         status = await self.db.run(lambda s: s.scalar(select(EngineJob.status).where(EngineJob.job_id == job_id)))
@@ -237,9 +234,7 @@ class Orchestrator:
     def authorize_pod(self, job_id: str, token: str) -> Run:
         run = self._runs.get(job_id)
         if run is None or not hmac.compare_digest(run.spec.token.encode(), token.encode()):
-            raise errors.PermissionDenied(
-                f"this token does not belong to an active job {job_id}", "job_token_invalid"
-            )
+            raise errors.PermissionDenied(f"this token does not belong to an active job {job_id}", "job_token_invalid")
         return run
 
     async def report_progress(self, run: Run, status: Status, code: str, message: str) -> None:
@@ -319,10 +314,12 @@ class Orchestrator:
                 )
             if not run.stop_requested:
                 raise
-        except Exception:  # noqa: BLE001 - a bug must still end the job
+        except Exception:
             log.exception("job %s: engine error", job.job_id)
             if not is_terminal(run.status):
-                await self._end(run, Status.FINISHED, EndReason.FAILED, "engine_error", "the engine failed; see its log")
+                await self._end(
+                    run, Status.FINISHED, EndReason.FAILED, "engine_error", "the engine failed; see its log"
+                )
         finally:
             self._running.discard(job.job_id)
             if is_terminal(run.status):
@@ -339,13 +336,19 @@ class Orchestrator:
             return True  # it reported success
         if exit_.timed_out:
             await self._end(
-                run, Status.DATA_PROVISIONING_FAILED, EndReason.TIMED_OUT, "configure_timed_out",
+                run,
+                Status.DATA_PROVISIONING_FAILED,
+                EndReason.TIMED_OUT,
+                "configure_timed_out",
                 f"configuring the job took longer than {self.configure_timeout_s:g} s",
             )
             return False
         if run.status != Status.PROVISIONING_SUCCESS:
             await self._end(
-                run, Status.DATA_PROVISIONING_FAILED, EndReason.FAILED, "configure_crashed",
+                run,
+                Status.DATA_PROVISIONING_FAILED,
+                EndReason.FAILED,
+                "configure_crashed",
                 f"pod_config ended without reporting success (exit code {exit_.exit_code}) {exit_.detail}".strip(),
             )
             return False
@@ -367,18 +370,30 @@ class Orchestrator:
             return True
         if result.disk_quota_exceeded:
             await self._end(
-                run, Status.DISK_QUOTA_EXCEEDED, EndReason.FAILED, "disk_quota_exceeded",
-                f"the job wrote more than its {env.disk_bytes} byte disk quota", outcome=outcome,
+                run,
+                Status.DISK_QUOTA_EXCEEDED,
+                EndReason.FAILED,
+                "disk_quota_exceeded",
+                f"the job wrote more than its {env.disk_bytes} byte disk quota",
+                outcome=outcome,
             )
         elif result.timed_out:
             await self._end(
-                run, Status.ALGORITHM_FAILED, EndReason.TIMED_OUT, "algorithm_timed_out",
-                f"algorithm timed out after {run.spec.algorithm_timeout_s:g} s", outcome=outcome,
+                run,
+                Status.ALGORITHM_FAILED,
+                EndReason.TIMED_OUT,
+                "algorithm_timed_out",
+                f"algorithm timed out after {run.spec.algorithm_timeout_s:g} s",
+                outcome=outcome,
             )
         else:
             await self._end(
-                run, Status.ALGORITHM_FAILED, EndReason.FAILED, "algorithm_failed",
-                f"algorithm failed: {result.description}", outcome=outcome,
+                run,
+                Status.ALGORITHM_FAILED,
+                EndReason.FAILED,
+                "algorithm_failed",
+                f"algorithm failed: {result.description}",
+                outcome=outcome,
             )
         return False
 
@@ -390,12 +405,18 @@ class Orchestrator:
             await self._end(run, Status.FINISHED, EndReason.COMPLETED, results=run.results, results_did=run.results_did)
         elif exit_.timed_out:
             await self._end(
-                run, Status.RESULTS_UPLOAD_FAILED, EndReason.TIMED_OUT, "publish_timed_out",
+                run,
+                Status.RESULTS_UPLOAD_FAILED,
+                EndReason.TIMED_OUT,
+                "publish_timed_out",
                 f"publishing took longer than {self.publish_timeout_s:g} s",
             )
         elif exit_.exit_code != 0 or run.results is None:
             await self._end(
-                run, Status.RESULTS_UPLOAD_FAILED, EndReason.FAILED, "publish_crashed",
+                run,
+                Status.RESULTS_UPLOAD_FAILED,
+                EndReason.FAILED,
+                "publish_crashed",
                 f"pod_publish ended without reporting results (exit code {exit_.exit_code}) {exit_.detail}".strip(),
             )
         else:
@@ -483,7 +504,10 @@ class Orchestrator:
             for job_id in [j for j in self._queue if self._runs[j].queued_at < limit]:
                 self._queue.remove(job_id)
                 await self._end(
-                    self._runs[job_id], Status.FINISHED, EndReason.EXPIRED_IN_QUEUE, "expired_in_queue",
+                    self._runs[job_id],
+                    Status.FINISHED,
+                    EndReason.EXPIRED_IN_QUEUE,
+                    "expired_in_queue",
                     f"the job waited more than {self.queue_timeout_s:g} s for room in its environment",
                 )
 
@@ -495,8 +519,9 @@ def _insert_jobs(session: Session, jobs: Sequence[tuple[dict[str, Any], bytes]])
     known = {
         row.job_id: (row.workflow, row.environment_id)
         for row in session.execute(
-            select(EngineJob.job_id, EngineJob.workflow, EngineJob.environment_id)
-            .where(EngineJob.job_id.in_([spec["job_id"] for spec, _ in jobs]))
+            select(EngineJob.job_id, EngineJob.workflow, EngineJob.environment_id).where(
+                EngineJob.job_id.in_([spec["job_id"] for spec, _ in jobs])
+            )
         )
     }
     created, rows = [], []
@@ -508,8 +533,15 @@ def _insert_jobs(session: Session, jobs: Sequence[tuple[dict[str, Any], bytes]])
             created.append(False)
             continue
         known[job_id] = (workflow, spec["environment_id"])
-        rows.append({"job_id": job_id, "environment_id": spec["environment_id"], "workflow": workflow,
-                     "spec": spec, "created_at": now()})
+        rows.append(
+            {
+                "job_id": job_id,
+                "environment_id": spec["environment_id"],
+                "workflow": workflow,
+                "spec": spec,
+                "created_at": now(),
+            }
+        )
         created.append(True)
     if rows:
         session.execute(insert(EngineJob), rows)
@@ -517,8 +549,14 @@ def _insert_jobs(session: Session, jobs: Sequence[tuple[dict[str, Any], bytes]])
 
 
 _SPEC_FIELDS = (
-    "job_id", "environment_id", "entrypoint", "image", "allow_network",
-    "algorithm_timeout_s", "dataset_dids", "algorithm_did",
+    "job_id",
+    "environment_id",
+    "entrypoint",
+    "image",
+    "allow_network",
+    "algorithm_timeout_s",
+    "dataset_dids",
+    "algorithm_did",
 )
 
 

@@ -36,7 +36,9 @@ class EngineEvent(Base):
 
     __tablename__ = "engine_events"
 
-    sequence: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
+    sequence: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    )
     job_id: Mapped[str] = mapped_column(String(64), index=True)
     change: Mapped[dict] = mapped_column(JSON)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timezone
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 from google.protobuf import json_format
 
@@ -37,14 +37,19 @@ def _time(request, name: str) -> datetime | None:  # type: ignore[no-untyped-def
     if not request.HasField(name):
         return None
     try:
-        return getattr(request, name).ToDatetime(tzinfo=timezone.utc)
+        return getattr(request, name).ToDatetime(tzinfo=UTC)
     except ValueError:
         raise errors.InvalidArgument(f"{name} is not a valid timestamp", "time_range_invalid") from None
 
 
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
-    def __init__(self, db: Database, links: dict[str, EngineLink], broker: Broker,
-                 remove_results: Callable[[Job], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        links: dict[str, EngineLink],
+        broker: Broker,
+        remove_results: Callable[[Job], Awaitable[None]] | None = None,
+    ) -> None:
         self._db = db
         self._links = links
         self._broker = broker
@@ -179,7 +184,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             while open_jobs:
                 try:
                     job = await asyncio.wait_for(queue.get(), timeout=5.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     # Another replica may have applied the change: look again.
                     for job_id in list(open_jobs):
                         fresh = await self._read(job_id)
@@ -203,6 +208,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 "job_ended",
             )
         if not job.dispatched:
+
             def end(session) -> Job | None:  # type: ignore[no-untyped-def]
                 locked = store.read_job(session, job.job_id, lock=True)
                 if locked is not None and not locked.dispatched and not is_terminal(locked.status):
@@ -224,7 +230,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                     break
                 try:
                     job = await asyncio.wait_for(queue.get(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
         finally:
             self._broker.unsubscribe([job.job_id], queue)

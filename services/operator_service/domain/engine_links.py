@@ -14,8 +14,9 @@ import asyncio
 import logging
 import random
 import time
-from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -38,8 +39,17 @@ class StreamStalled(Exception):
 
 
 class EngineLink:
-    def __init__(self, engine_id: str, address: str, db: Database, broker: Broker, token: str,
-                 liveness_s: float, reconnect_max_s: float, queue_timeout_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        engine_id: str,
+        address: str,
+        db: Database,
+        broker: Broker,
+        token: str,
+        liveness_s: float,
+        reconnect_max_s: float,
+        queue_timeout_s: float = 3600.0,
+    ) -> None:
         self.engine_id = engine_id
         self.address = address
         self._db = db
@@ -103,7 +113,7 @@ class EngineLink:
                 log.info("engine %s: stream ended (%s); reconnecting in %.1f s", self.engine_id, exc.code().name, delay)
             except (store.SequenceGap, StreamStalled) as exc:
                 log.warning("%s; reconnecting", exc)
-            except Exception:  # noqa: BLE001 - keep following whatever happens
+            except Exception:
                 log.exception("engine %s: error while following; reconnecting in %.1f s", self.engine_id, delay)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self._reconnect_max_s)
@@ -121,7 +131,7 @@ class EngineLink:
                 # even if the connection looks open: reconnect.
                 try:
                     response = await asyncio.wait_for(call.read(), self._liveness_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise StreamStalled(f"engine {self.engine_id}: nothing for {self._liveness_s:g} s") from None
                 if response is grpc.aio.EOF:
                     return
@@ -149,7 +159,7 @@ class EngineLink:
                     break
                 batch.extend(more)
             changes = [_incoming(change) for change in batch]
-            applied = await self._db.run(lambda s: store.apply_changes(s, self.engine_id, changes))
+            applied = await self._db.run(lambda s, changes=changes: store.apply_changes(s, self.engine_id, changes))
             self.last_heartbeat = time.monotonic()
             self._broker.publish(applied)
 
@@ -171,7 +181,7 @@ class EngineLink:
         while True:
             try:
                 await asyncio.wait_for(self._dispatch_wanted.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._dispatch_wanted.clear()
             if not self.live:
@@ -185,7 +195,7 @@ class EngineLink:
                         break
             except grpc.RpcError as exc:
                 log.info("engine %s: dispatch failed (%s); jobs wait", self.engine_id, exc.code().name)  # type: ignore[attr-defined]
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("engine %s: dispatch error", self.engine_id)
 
     def _dispatch_batch(self, session) -> tuple[int, list[Job]]:  # type: ignore[no-untyped-def]
@@ -197,12 +207,16 @@ class EngineLink:
         # the jobs wait; the engine ignores a job it already holds, so the
         # retry resubmits harmlessly. A job the engine refuses ends here,
         # with the engine's reason: retrying it could never succeed.
-        request = engine_pb2.SubmitJobsRequest(jobs=[
-            engine_pb2.SubmitJobRequest(
-                job_id=job.job_id, environment_id=job.environment_id, workflow=common_pb2.Workflow.FromString(job.workflow)
-            )
-            for job in jobs
-        ])
+        request = engine_pb2.SubmitJobsRequest(
+            jobs=[
+                engine_pb2.SubmitJobRequest(
+                    job_id=job.job_id,
+                    environment_id=job.environment_id,
+                    workflow=common_pb2.Workflow.FromString(job.workflow),
+                )
+                for job in jobs
+            ]
+        )
         response = self._sync_stub.SubmitJobs(request, metadata=self._metadata, timeout=30)
         by_id = {job.job_id: job for job in jobs}
         refused = []
@@ -210,8 +224,13 @@ class EngineLink:
             if result.error_code:
                 log.warning("engine %s refused job %s: %s", self.engine_id, result.job_id, result.error_message)
                 refused.append(by_id[result.job_id])
-                store.end_job(session, refused[-1], EndReason.FAILED, result.error_code,
-                              f"the engine refused the job: {result.error_message}")
+                store.end_job(
+                    session,
+                    refused[-1],
+                    EndReason.FAILED,
+                    result.error_code,
+                    f"the engine refused the job: {result.error_message}",
+                )
         store.mark_dispatched(session, list(by_id))
         return len(jobs), refused
 
@@ -219,11 +238,16 @@ class EngineLink:
         """Jobs that waited longer than the queue timeout for a dead engine end."""
         cutoff = store.utcnow() - timedelta(seconds=self._queue_timeout_s)
         try:
-            expired = await self._db.run(lambda s: store.expire_undispatched(
-                s, self.engine_id, cutoff,
-                f"the job waited more than {self._queue_timeout_s:g} s for its engine {self.engine_id} to come back",
-            ))
-        except Exception:  # noqa: BLE001 - the next round tries again
+            expired = await self._db.run(
+                lambda s: store.expire_undispatched(
+                    s,
+                    self.engine_id,
+                    cutoff,
+                    f"the job waited more than {self._queue_timeout_s:g} s "
+                    f"for its engine {self.engine_id} to come back",
+                )
+            )
+        except Exception:
             log.exception("engine %s: queue expiry failed", self.engine_id)
             return
         if expired:
@@ -233,12 +257,18 @@ class EngineLink:
     # -- commands --------------------------------------------------------------------
 
     async def stop(self, job_id: str) -> None:
-        await self._call(self._stub.StopJob(engine_pb2.StopJobRequest(job_id=job_id), metadata=self._metadata, timeout=10))
+        await self._call(
+            self._stub.StopJob(engine_pb2.StopJobRequest(job_id=job_id), metadata=self._metadata, timeout=10)
+        )
 
     async def delete(self, job_id: str) -> None:
-        await self._call(self._stub.DeleteJob(engine_pb2.DeleteJobRequest(job_id=job_id), metadata=self._metadata, timeout=30))
+        await self._call(
+            self._stub.DeleteJob(engine_pb2.DeleteJobRequest(job_id=job_id), metadata=self._metadata, timeout=30)
+        )
 
-    async def stream_logs(self, job_id: str, follow: bool, offset: int) -> AsyncIterator[engine_pb2.StreamJobLogsResponse]:
+    async def stream_logs(
+        self, job_id: str, follow: bool, offset: int
+    ) -> AsyncIterator[engine_pb2.StreamJobLogsResponse]:
         call = self._stub.StreamJobLogs(
             engine_pb2.StreamJobLogsRequest(job_id=job_id, follow=follow, offset=offset), metadata=self._metadata
         )
@@ -271,10 +301,12 @@ def _incoming(change: engine_pb2.StateChange) -> store.IncomingChange:
         end_reason=change.end_reason,
         error_code=change.error_code,
         error_message=change.error_message,
-        time=change.time.ToDatetime(tzinfo=timezone.utc) if change.HasField("time") else datetime.now(timezone.utc),
+        time=change.time.ToDatetime(tzinfo=UTC) if change.HasField("time") else datetime.now(UTC),
         results=json_format.MessageToDict(change.results, preserving_proto_field_name=True)
-        if change.HasField("results") else None,
+        if change.HasField("results")
+        else None,
         outcome=json_format.MessageToDict(change.algorithm_outcome, preserving_proto_field_name=True)
-        if change.HasField("algorithm_outcome") else None,
+        if change.HasField("algorithm_outcome")
+        else None,
         results_did=change.results_did,
     )

@@ -60,7 +60,8 @@ class ResultsRemover:
         except storage.StorageError as exc:
             raise errors.Unavailable(
                 f"the results of job {job.job_id} could not be removed from storage ({exc.message}); "
-                "the job was not deleted, try again", "results_removal_failed",
+                "the job was not deleted, try again",
+                "results_removal_failed",
             ) from None
 
 
@@ -92,7 +93,7 @@ class ExpirySweeper:
                     log.info("storage expiry: removed the results of %d job(s)", expired)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the next sweep tries again
+            except Exception:
                 log.exception("storage expiry sweep failed")
             await asyncio.sleep(self._interval_s)
 
@@ -112,8 +113,9 @@ class ExpirySweeper:
                 )
         return expired
 
-    async def _sweep_environment(self, engine_id: str, environment_id: str, finished_before: datetime,
-                                 now: datetime) -> int:
+    async def _sweep_environment(
+        self, engine_id: str, environment_id: str, finished_before: datetime, now: datetime
+    ) -> int:
         expired = 0
         while True:
             due = await self._db.run(
@@ -126,8 +128,11 @@ class ExpirySweeper:
                         await asyncio.to_thread(self._remover.remove_files, job.results)
                 except storage.StorageError as exc:
                     failed += 1
-                    log.warning("storage expiry: results of job %s not removed (%s); next sweep retries",
-                                job.job_id, exc.message)
+                    log.warning(
+                        "storage expiry: results of job %s not removed (%s); next sweep retries",
+                        job.job_id,
+                        exc.message,
+                    )
                     continue
                 if await self._db.run(lambda s, job_id=job.job_id: store.mark_results_expired(s, job_id, now)):
                     expired += 1

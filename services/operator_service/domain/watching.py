@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Iterable
+from collections.abc import Iterable
 
 from services.operator_service.persistence.models import Job
 

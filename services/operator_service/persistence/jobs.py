@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, inspect, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -27,7 +28,7 @@ log = logging.getLogger("c2d.operator")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,12 @@ def create_jobs(session: Session, jobs: Sequence[Job]) -> list[tuple[Job, bool]]
     concurrent one first waits on the unique index for the winner's
     transaction) without aborting the transaction; it drops its history row
     and returns the winner's job."""
-    sequences = _insert_events(session, [
-        _event_row(job.job_id, Status.WARMING_UP, EndReason.NONE, "", "", "", 0, job.created_at) for job in jobs
-    ])
+    sequences = _insert_events(
+        session,
+        [_event_row(job.job_id, Status.WARMING_UP, EndReason.NONE, "", "", "", 0, job.created_at) for job in jobs],
+    )
     rows = []
-    for job, sequence in zip(jobs, sequences):
+    for job, sequence in zip(jobs, sequences, strict=False):
         job.sequence = sequence
         rows.append({key: value for key, value in inspect(job).dict.items() if key in Job.__table__.columns})
     # The rows go as parameters (one multi-row INSERT all the same): a statement
@@ -80,10 +82,12 @@ def create_jobs(session: Session, jobs: Sequence[Job]) -> list[tuple[Job, bool]]
     # every call was 8% of a busy service's time.
     statement = _dialect_insert(session)(Job).on_conflict_do_nothing(index_elements=[Job.request_id]).returning(Job)
     created = {job.job_id: job for job in session.scalars(statement, rows)}
-    viewers = [{"address": address, "job_id": job_id} for job_id, job in created.items() for address in set(job.viewers or [])]
+    viewers = [
+        {"address": address, "job_id": job_id} for job_id, job in created.items() for address in set(job.viewers or [])
+    ]
     if viewers:
         session.execute(insert(JobViewer), viewers)
-    lost = [(job, sequence) for job, sequence in zip(jobs, sequences) if job.job_id not in created]
+    lost = [(job, sequence) for job, sequence in zip(jobs, sequences, strict=False) if job.job_id not in created]
     winners: dict[str, Job] = {}
     if lost:
         session.execute(delete(JobEvent).where(JobEvent.sequence.in_([sequence for _, sequence in lost])))
@@ -141,7 +145,9 @@ def list_jobs(session: Session, filters: JobFilter, page_size: int, page_token: 
 
     if filters.owner:
         owned = page(select(Job).where(Job.owner == filters.owner))
-        viewed = page(select(Job).join(JobViewer, JobViewer.job_id == Job.job_id).where(JobViewer.address == filters.owner))
+        viewed = page(
+            select(Job).join(JobViewer, JobViewer.job_id == Job.job_id).where(JobViewer.address == filters.owner)
+        )
         merged = {job.job_id: job for job in owned + viewed}
         rows = sorted(merged.values(), key=lambda job: (job.created_at, job.job_id), reverse=True)[: page_size + 1]
     else:
@@ -189,8 +195,9 @@ def end_job(session: Session, job: Job, end_reason: EndReason, code: str, messag
 # -- storage expiry -------------------------------------------------------------
 
 
-def results_to_expire(session: Session, engine_id: str, environment_id: str, finished_before: datetime,
-                      limit: int) -> list[Job]:
+def results_to_expire(
+    session: Session, engine_id: str, environment_id: str, finished_before: datetime, limit: int
+) -> list[Job]:
     """Finished jobs of one environment whose results the sweeper has not removed yet."""
     return list(
         session.scalars(
@@ -240,8 +247,9 @@ def _waiting(session: Session, engine_id: str, limit: int, *conditions: Any) -> 
     return list(session.scalars(query))
 
 
-def expire_undispatched(session: Session, engine_id: str, created_before: datetime, message: str,
-                        limit: int = 500) -> list[Job]:
+def expire_undispatched(
+    session: Session, engine_id: str, created_before: datetime, message: str, limit: int = 500
+) -> list[Job]:
     """Ends jobs still waiting for their engine since before `created_before`
     (skipping rows a dispatcher holds); returns them."""
     jobs = _waiting(session, engine_id, limit, Job.created_at < created_before)
@@ -253,7 +261,9 @@ def expire_undispatched(session: Session, engine_id: str, created_before: dateti
 def mark_dispatched(session: Session, job_ids: list[str]) -> None:
     if job_ids:
         session.execute(
-            update(Job).where(Job.job_id.in_(job_ids)).values(dispatched=True)
+            update(Job)
+            .where(Job.job_id.in_(job_ids))
+            .values(dispatched=True)
             .execution_options(synchronize_session=False)
         )
 
@@ -333,7 +343,11 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
         if not can_transition(job.status, change.status):
             log.warning(
                 "engine %s: change %d refused: job %s cannot move from %d to %d",
-                engine_id, change.sequence, job.job_id, job.status, change.status,
+                engine_id,
+                change.sequence,
+                job.job_id,
+                job.status,
+                change.status,
             )
             continue
         if change.results is not None:
@@ -342,13 +356,24 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
             job.outcome = change.outcome
         if change.results_did:
             job.results_did = change.results_did
-        applied.append((job, _transition(
-            job, Status(change.status), EndReason(change.end_reason), change.error_code,
-            change.error_message, engine_id, change.sequence, change.time,
-        )))
+        applied.append(
+            (
+                job,
+                _transition(
+                    job,
+                    Status(change.status),
+                    EndReason(change.end_reason),
+                    change.error_code,
+                    change.error_message,
+                    engine_id,
+                    change.sequence,
+                    change.time,
+                ),
+            )
+        )
     sequences = _insert_events(session, [event for _, event in applied])
     touched: dict[str, Job] = {}
-    for (job, _), sequence in zip(applied, sequences):
+    for (job, _), sequence in zip(applied, sequences, strict=False):
         job.sequence = sequence  # in order: a job's latest change wins
         job.dispatched = True  # the engine holds it, whatever became of the dispatch
         touched[job.job_id] = job
@@ -356,14 +381,17 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
         # One shape for every row: one executemany, one round trip.
         table = Job.__table__
         session.connection().execute(
-            update(table).where(table.c.job_id == bindparam("target_job_id")).values(
-                {column: bindparam(column) for column in APPLIED_COLUMNS}
-            ),
-            [{"target_job_id": job.job_id, **{column: getattr(job, column) for column in APPLIED_COLUMNS}}
-             for job in touched.values()],
+            update(table)
+            .where(table.c.job_id == bindparam("target_job_id"))
+            .values({column: bindparam(column) for column in APPLIED_COLUMNS}),
+            [
+                {"target_job_id": job.job_id, **{column: getattr(job, column) for column in APPLIED_COLUMNS}}
+                for job in touched.values()
+            ],
         )
     session.execute(
-        update(Engine).where(Engine.engine_id == engine_id)
+        update(Engine)
+        .where(Engine.engine_id == engine_id)
         .values(last_applied_sequence=fresh[-1].sequence, last_seen=utcnow())
     )
     return list(touched.values())
@@ -371,14 +399,29 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
 
 # What a change can set on its job.
 APPLIED_COLUMNS = (
-    "status", "started_at", "finished_at", "end_reason", "error_code", "error_message",
-    "results", "outcome", "results_did", "dispatched", "sequence",
+    "status",
+    "started_at",
+    "finished_at",
+    "end_reason",
+    "error_code",
+    "error_message",
+    "results",
+    "outcome",
+    "results_did",
+    "dispatched",
+    "sequence",
 )
 
 
 def _transition(
-    job: Job, status: Status, end_reason: EndReason, code: str, message: str,
-    engine_id: str, engine_sequence: int, at: datetime,
+    job: Job,
+    status: Status,
+    end_reason: EndReason,
+    code: str,
+    message: str,
+    engine_id: str,
+    engine_sequence: int,
+    at: datetime,
 ) -> dict[str, Any]:
     """Moves the job; returns its history row, for the caller to insert."""
     job.status = int(status)
@@ -392,12 +435,24 @@ def _transition(
 
 
 def _event_row(
-    job_id: str, status: Status, end_reason: EndReason, code: str, message: str,
-    engine_id: str, engine_sequence: int, at: datetime,
+    job_id: str,
+    status: Status,
+    end_reason: EndReason,
+    code: str,
+    message: str,
+    engine_id: str,
+    engine_sequence: int,
+    at: datetime,
 ) -> dict[str, Any]:
     return {
-        "job_id": job_id, "status": int(status), "end_reason": int(end_reason), "error_code": code,
-        "error_message": message, "engine_id": engine_id, "engine_sequence": engine_sequence, "time": at,
+        "job_id": job_id,
+        "status": int(status),
+        "end_reason": int(end_reason),
+        "error_code": code,
+        "error_message": message,
+        "engine_id": engine_id,
+        "engine_sequence": engine_sequence,
+        "time": at,
     }
 
 

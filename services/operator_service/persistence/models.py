@@ -29,7 +29,9 @@ class Job(Base):
         Index("ix_jobs_created_job", "created_at", "job_id"),
         # The storage-expiry sweeper only ever looks at finished jobs it has not swept.
         Index(
-            "ix_jobs_results_unexpired", "environment_id", "finished_at",
+            "ix_jobs_results_unexpired",
+            "environment_id",
+            "finished_at",
             postgresql_where=text("results_expired_at IS NULL AND finished_at IS NOT NULL"),
             sqlite_where=text("results_expired_at IS NULL AND finished_at IS NOT NULL"),
         ),

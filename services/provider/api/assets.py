@@ -67,8 +67,12 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
         for service in ddo.services:
             sealing.open_files(self._keys, service.files)  # refuses files not sealed for this provider
         row = Asset(
-            did=did, owner=owner, asset_type=ddo.metadata.type, name=ddo.metadata.name,
-            ddo_json=json.dumps(data, sort_keys=True), created_at=store.utcnow(),
+            did=did,
+            owner=owner,
+            asset_type=ddo.metadata.type,
+            name=ddo.metadata.name,
+            ddo_json=json.dumps(data, sort_keys=True),
+            created_at=store.utcnow(),
         )
         await self._db.run(lambda s: store.create_asset(s, row))
         return asset_pb2.PublishAssetResponse(did=did)
@@ -90,7 +94,10 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
         )
         token = rows[page_size - 1].did if len(rows) > page_size else ""
         return asset_pb2.ListAssetsResponse(
-            assets=[asset_pb2.AssetSummary(did=r.did, name=r.name, type=r.asset_type, owner=r.owner) for r in rows[:page_size]],
+            assets=[
+                asset_pb2.AssetSummary(did=r.did, name=r.name, type=r.asset_type, owner=r.owner)
+                for r in rows[:page_size]
+            ],
             next_page_token=token,
         )
 

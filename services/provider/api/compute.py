@@ -14,8 +14,9 @@ import contextlib
 import hashlib
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -74,8 +75,9 @@ def _check_may_read(caller: str, job: common_pb2.Job, method: str, owner_only: b
 
 
 class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
-    def __init__(self, db: Database, keys: sealing.ProviderKeys, fee_address: str,
-                 operator_address: str, token: str) -> None:
+    def __init__(
+        self, db: Database, keys: sealing.ProviderKeys, fee_address: str, operator_address: str, token: str
+    ) -> None:
         self._db = db
         self._keys = keys
         self._fee_address = fee_address
@@ -84,7 +86,9 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         self._metadata = auth.bearer(token)
         self._store = storage.open_store(storage.configured())
         self._verify_key_hex = keys.verify_key_hex
-        self._finished_jobs: collections.OrderedDict[str, tuple[float, provider_pb2.GetJobDetailsResponse]] = collections.OrderedDict()
+        self._finished_jobs: collections.OrderedDict[str, tuple[float, provider_pb2.GetJobDetailsResponse]] = (
+            collections.OrderedDict()
+        )
         # Where pods on this host reach the provider (results as an asset);
         # set by server.py once the port is bound.
         self.reachable_address = ""
@@ -126,9 +130,13 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             raise errors.InvalidArgument("spec.dataset is required", "dataset_missing")
         algorithm_kind = spec.WhichOneof("algorithm")
         if algorithm_kind is None:
-            raise errors.InvalidArgument("spec needs an algorithm: algorithm_asset or raw_algorithm", "algorithm_missing")
+            raise errors.InvalidArgument(
+                "spec needs an algorithm: algorithm_asset or raw_algorithm", "algorithm_missing"
+            )
         if not spec.environment_id:
-            raise errors.InvalidArgument("spec.environment_id is required (ListComputeEnvironments)", "environment_missing")
+            raise errors.InvalidArgument(
+                "spec.environment_id is required (ListComputeEnvironments)", "environment_missing"
+            )
         plan = Plan(consumer=consumer)
         services = []
         for order in [spec.dataset, *spec.additional_datasets]:
@@ -173,7 +181,9 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             trusted = [policy.find_trusted_algorithm(s, algorithm_ddo.id or "") for s in services]
             pinned = {t.files_checksum for t in trusted if t is not None and t.files_checksum}
             if len(pinned) > 1:
-                raise Refusal(codes.ALGORITHM_CHECKSUM_MISMATCH, "the datasets pin different files checksums for this algorithm")
+                raise Refusal(
+                    codes.ALGORITHM_CHECKSUM_MISMATCH, "the datasets pin different files checksums for this algorithm"
+                )
             workflow.algorithm_files_checksum = pinned.pop() if pinned else ""
         try:
             given = json.loads(spec.algorithm_parameters_json or "{}")
@@ -194,13 +204,18 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         env = next((e for e in response.environments if e.id == spec.environment_id), None)
         if env is None:
             known = ", ".join(e.id for e in response.environments) or "none"
-            raise Refusal(codes.ENVIRONMENT_UNKNOWN, f"environment {spec.environment_id!r} does not exist (known: {known})")
+            raise Refusal(
+                codes.ENVIRONMENT_UNKNOWN, f"environment {spec.environment_id!r} does not exist (known: {known})"
+            )
         if not env.available:
-            raise Refusal(codes.ENVIRONMENT_UNAVAILABLE, f"environment {env.id} is unavailable: its engine is not responding")
+            raise Refusal(
+                codes.ENVIRONMENT_UNAVAILABLE, f"environment {env.id} is unavailable: its engine is not responding"
+            )
         if spec.max_duration_seconds > env.max_job_duration_seconds:
             raise errors.InvalidArgument(
                 f"max_duration_seconds {spec.max_duration_seconds} exceeds environment {env.id}'s maximum of "
-                f"{env.max_job_duration_seconds}", "duration_too_long",
+                f"{env.max_job_duration_seconds}",
+                "duration_too_long",
             )
 
     def _stage_assets(self, plan: Plan) -> None:
@@ -227,8 +242,10 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
                 valid = store.valid_order_for(session, consumer, ddo.id or order.did, order.service_id)
                 result.append(
                     provider_pb2.OrderRequirement(
-                        did=order.did, service_id=order.service_id,
-                        datatoken_address=token.address if token else "", amount=1,
+                        did=order.did,
+                        service_id=order.service_id,
+                        datatoken_address=token.address if token else "",
+                        amount=1,
                         valid_order_id=valid.order_id if valid else "",
                     )
                 )
@@ -263,8 +280,11 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             response = await self._call(
                 self._operator.CreateJob,
                 operator_pb2.CreateJobRequest(
-                    request_id=request_key, owner=consumer, environment_id=request.spec.environment_id,
-                    workflow=plan.workflow, viewers=[identity.normalize_address(v) for v in request.spec.viewers],
+                    request_id=request_key,
+                    owner=consumer,
+                    environment_id=request.spec.environment_id,
+                    workflow=plan.workflow,
+                    viewers=[identity.normalize_address(v) for v in request.spec.viewers],
                 ),
             )
         except Exception:
@@ -359,16 +379,22 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         if not job.HasField("results") or not is_terminal(job.status):
             raise errors.FailedPrecondition(f"job {job.job_id} has no results yet (status {job.status})", "no_results")
         if job.results.expired:
-            raise errors.FailedPrecondition(f"the results of job {job.job_id} expired and were removed", "results_expired")
+            raise errors.FailedPrecondition(
+                f"the results of job {job.job_id} expired and were removed", "results_expired"
+            )
         entry = files.get(request.index)
         if entry is None:
             raise errors.NotFound(
                 f"job {job.job_id} has no result file {request.index} (it has {len(files)})", "result_not_found"
             )
         if request.offset > entry.size:
-            raise errors.InvalidArgument(f"offset {request.offset} is beyond the file's {entry.size} bytes", "offset_invalid")
+            raise errors.InvalidArgument(
+                f"offset {request.offset} is beyond the file's {entry.size} bytes", "offset_invalid"
+            )
         first = True
-        async with contextlib.aclosing(results_download.stream_chunks(self._store, entry.location, request.offset)) as chunks:
+        async with contextlib.aclosing(
+            results_download.stream_chunks(self._store, entry.location, request.offset)
+        ) as chunks:
             async for data, offset in chunks:  # closed at once if the consumer goes away
                 yield provider_pb2.GetComputeResultResponse(file=entry if first else None, data=data, offset=offset)
                 first = False
@@ -386,4 +412,3 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
                 yield provider_pb2.StreamJobLogsResponse(data=chunk.data, offset=chunk.offset)
         except grpc.aio.AioRpcError as exc:
             raise _translate(exc) from None
-

@@ -18,8 +18,13 @@ ORDER_AMOUNT = 1  # one datatoken buys one job's use of a service
 
 def order_message(order: Order) -> ledger_pb2.Order:
     message = ledger_pb2.Order(
-        order_id=order.order_id, did=order.did, service_id=order.service_id, consumer=order.consumer,
-        datatoken_address=order.datatoken, amount=order.amount, used_by_job_id=order.used_by_job_id or "",
+        order_id=order.order_id,
+        did=order.did,
+        service_id=order.service_id,
+        consumer=order.consumer,
+        datatoken_address=order.datatoken,
+        amount=order.amount,
+        used_by_job_id=order.used_by_job_id or "",
     )
     message.expires_at.FromDatetime(order.expires_at)
     return message

@@ -32,11 +32,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from c2d.common.v1 import common_pb2
-from c2d.provider.v1 import asset_pb2
 from google.protobuf import json_format
 from sqlalchemy import select
 
+from c2d.common.v1 import common_pb2
+from c2d.provider.v1 import asset_pb2
 from plumbing import errors, storage
 from plumbing.database import Database
 from plumbing.statuses import is_terminal
@@ -136,8 +136,12 @@ class ResultsAssetServicer(AssetServicer):
             return asset_pb2.RegisterResultsAssetResponse(did=did)  # a retry: same job, same asset
         data, ddo = parse_ddo_json(json.dumps(self._ddo(job, did, files)), job.owner, did)
         row = Asset(
-            did=did, owner=job.owner, asset_type=ddo.metadata.type, name=ddo.metadata.name,
-            ddo_json=json.dumps(data, sort_keys=True), created_at=store.utcnow(),
+            did=did,
+            owner=job.owner,
+            asset_type=ddo.metadata.type,
+            name=ddo.metadata.name,
+            ddo_json=json.dumps(data, sort_keys=True),
+            created_at=store.utcnow(),
         )
         try:
             await self._db.run(lambda s: store.create_asset(s, row))
@@ -169,30 +173,42 @@ class ResultsAssetServicer(AssetServicer):
                 raise errors.InvalidArgument(f"{where}: {exc}", "location_invalid") from None
             if kind != self._store.kind:
                 raise errors.InvalidArgument(
-                    f"{where}: {location} is not in this provider's {self._store.kind} results storage", "location_invalid"
+                    f"{where}: {location} is not in this provider's {self._store.kind} results storage",
+                    "location_invalid",
                 )
             if not self._inside_job(location, job_id):
-                raise errors.PermissionDenied(f"{where}: {location} is not one of job {job_id}'s results", "location_foreign")
+                raise errors.PermissionDenied(
+                    f"{where}: {location} is not one of job {job_id}'s results", "location_foreign"
+                )
             try:
                 size = await asyncio.to_thread(self._store.size, location)
             except storage.ObjectNotFound:
                 raise errors.InvalidArgument(f"{where}: nothing is stored at {location}", "location_missing") from None
             except storage.StorageError as exc:
-                raise errors.Unavailable(f"{where}: the results storage did not answer: {exc}", "storage_unavailable") from None
+                raise errors.Unavailable(
+                    f"{where}: the results storage did not answer: {exc}", "storage_unavailable"
+                ) from None
             if size != entry.size:
                 raise errors.InvalidArgument(
                     f"{where}: {location} holds {size} bytes, the manifest says {entry.size}", "size_mismatch"
                 )
-            files.append({
-                "type": RESULTS_FILE_TYPE, "url": location, "path": entry.path, "size": entry.size,
-                "sha256": entry.sha256, "kind": common_pb2.ResultKind.Name(entry.kind), "content_type": entry.content_type,
-            })
+            files.append(
+                {
+                    "type": RESULTS_FILE_TYPE,
+                    "url": location,
+                    "path": entry.path,
+                    "size": entry.size,
+                    "sha256": entry.sha256,
+                    "kind": common_pb2.ResultKind.Name(entry.kind),
+                    "content_type": entry.content_type,
+                }
+            )
         return files
 
     def _inside_job(self, location: str, job_id: str) -> bool:
         # pod_publish writes every result under "<job id>/"; IPFS has no prefixes
         if location.startswith("local:"):
-            return location[len("local:"):].startswith(f"{job_id}/")
+            return location[len("local:") :].startswith(f"{job_id}/")
         if location.startswith("s3://"):
             bucket, key = storage.parse_s3_location(location)
             return bucket == getattr(self._store, "bucket", None) and key.startswith(f"{job_id}/")
@@ -210,16 +226,22 @@ class ResultsAssetServicer(AssetServicer):
                 "description": f"Results of {algorithm} on {', '.join(job.dataset_dids)}",
                 "additionalInformation": {
                     "c2dResults": {
-                        "jobId": job.job_id, "datasetDids": list(job.dataset_dids), "algorithmDid": job.algorithm_did,
+                        "jobId": job.job_id,
+                        "datasetDids": list(job.dataset_dids),
+                        "algorithmDid": job.algorithm_did,
                     },
                 },
             },
-            "services": [{
-                "id": RESULTS_SERVICE, "type": "access", "timeout": 0,
-                "files": sealing.seal_files(self._keys.public_key_hex, files),
-                "datatokenAddress": ddos.datatoken_address(did, RESULTS_SERVICE),
-                "serviceEndpoint": self.service_endpoint,
-            }],
+            "services": [
+                {
+                    "id": RESULTS_SERVICE,
+                    "type": "access",
+                    "timeout": 0,
+                    "files": sealing.seal_files(self._keys.public_key_hex, files),
+                    "datatokenAddress": ddos.datatoken_address(did, RESULTS_SERVICE),
+                    "serviceEndpoint": self.service_endpoint,
+                }
+            ],
             "credentials": {"allow": [{"type": "address", "values": [job.owner]}]},
         }
 
@@ -237,21 +259,24 @@ class ResultsAssetServicer(AssetServicer):
         files = sealing.open_files(self._keys, service.files)
         if any(f.get("type") != RESULTS_FILE_TYPE for f in files):
             raise errors.FailedPrecondition(
-                f"{request.did} is not a results asset: only results assets' files can be downloaded", "not_results_asset"
+                f"{request.did} is not a results asset: only results assets' files can be downloaded",
+                "not_results_asset",
             )
         if request.index >= len(files):
-            raise errors.NotFound(
-                f"{request.did} has no file {request.index} (it has {len(files)})", "file_not_found"
-            )
+            raise errors.NotFound(f"{request.did} has no file {request.index} (it has {len(files)})", "file_not_found")
         found = files[request.index]
         entry = json_format.ParseDict(
             {k: v for k, v in found.items() if k not in ("type", "url")} | {"index": request.index},
             common_pb2.ResultFile(),
         )
         if request.offset > entry.size:
-            raise errors.InvalidArgument(f"offset {request.offset} is beyond the file's {entry.size} bytes", "offset_invalid")
+            raise errors.InvalidArgument(
+                f"offset {request.offset} is beyond the file's {entry.size} bytes", "offset_invalid"
+            )
         first = True
-        async with contextlib.aclosing(results_download.stream_chunks(self._store, found["url"], request.offset)) as chunks:
+        async with contextlib.aclosing(
+            results_download.stream_chunks(self._store, found["url"], request.offset)
+        ) as chunks:
             async for data, offset in chunks:
                 yield asset_pb2.DownloadAssetFileResponse(file=entry if first else None, data=data, offset=offset)
                 first = False

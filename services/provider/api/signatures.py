@@ -28,7 +28,6 @@ from services.provider.domain import identity
 from services.provider.persistence import store
 from services.provider.persistence.models import Base
 
-
 # How long a batch of signed requests waits for company before its trip to the
 # database thread. Under load (64 clients) 1 ms gave GetJobDetails 10% more
 # RPS than taking only what one event-loop turn had read; 2 and 4 ms no more.
@@ -75,7 +74,9 @@ class RequestVerifier:
         # spawn, not fork: a forked gRPC process is not safe. Started now (its
         # imports take most of a second), not on the first signed request.
         self._worker = concurrent.futures.ProcessPoolExecutor(
-            1, mp_context=multiprocessing.get_context("spawn"), initializer=_open_worker_store,
+            1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_open_worker_store,
             initargs=(self._db.url, os.getpid()),
         )
         self._worker.submit(int)
@@ -145,7 +146,7 @@ _worker_db: Database | None = None
 
 
 def _open_worker_store(url: str, provider_pid: int) -> None:
-    global _worker_db
+    global _worker_db  # noqa: PLW0603 - the worker process's one database, set once at its start
     processes.die_with(provider_pid)  # a provider killed, or leaving by os._exit, takes it along
     _worker_db = Database(url, Base.metadata, threads=1)
 
@@ -199,10 +200,17 @@ async def close_verifier(db: Database) -> None:
 
 # Field types whose proto3 JSON form is the Python value itself (64-bit
 # integers are JSON strings, enums names, bytes base64, floats special).
-_PLAIN_TYPES = frozenset({
-    FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BOOL, FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_UINT32,
-    FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_SFIXED32,
-})
+_PLAIN_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_STRING,
+        FieldDescriptor.TYPE_BOOL,
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_SFIXED32,
+    }
+)
 
 
 def signed_fields(request: Message) -> dict[str, Any]:

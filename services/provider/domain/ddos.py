@@ -14,6 +14,7 @@ when it serves a DDO; policy needs it for trusted-publisher checks.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ def parse_did(s: object) -> str:
             f"{s!r} is not a DID: expected did:op: followed by 64 lowercase hex digits",
         )
     assert isinstance(s, str)
-    return s[len(DID_PREFIX):]
+    return s[len(DID_PREFIX) :]
 
 
 # --------------------------------------------------------------------------
@@ -479,9 +480,15 @@ def parameter_value_problem(kind: str, options: Sequence[SelectOption], value: A
         return None if isinstance(value, str) else "must be a string"
     if kind == "number":
         # bool is an int subclass; true is not a number. NaN/inf have no JSON form.
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
-            float("inf"),
-            float("-inf"),
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or math.isnan(value)
+            or value
+            in (
+                float("inf"),
+                float("-inf"),
+            )
         ):
             return "must be a finite number"
         return None
@@ -600,7 +607,6 @@ def _credential_list(data: Mapping[str, Any], key: str) -> tuple[str, ...]:
             if address not in addresses:
                 addresses.append(address)
     return tuple(addresses)
-
 
 
 def datatoken_address(did: str, service_id: str) -> str:

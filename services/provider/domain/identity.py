@@ -180,8 +180,7 @@ def verify_request(
     if signer.lower() != expected.lower():
         raise Refusal(
             SIGNATURE_INVALID,
-            f"the request is not signed by {expected}: sign the canonical message"
-            f" for {method} with that address's key",
+            f"the request is not signed by {expected}: sign the canonical message for {method} with that address's key",
         )
     if last_nonce is not None and nonce <= last_nonce:
         raise Refusal(

@@ -88,8 +88,7 @@ def check_dataset(ddo: Ddo, service_id: str) -> Service:
     if service.type != "compute" or service.compute is None:
         raise Refusal(
             NOT_COMPUTE_SERVICE,
-            f"service {service_id!r} of {name} is an {service.type} service;"
-            " choose one of its compute services",
+            f"service {service_id!r} of {name} is an {service.type} service; choose one of its compute services",
         )
     return service
 
@@ -228,9 +227,7 @@ def check_network(dataset_services: Sequence[Service], requested: bool) -> bool:
     return bool(requested)
 
 
-def validate_consumer_parameters(
-    params_spec: Sequence[ConsumerParameter], given: Mapping[str, Any]
-) -> dict[str, Any]:
+def validate_consumer_parameters(params_spec: Sequence[ConsumerParameter], given: Mapping[str, Any]) -> dict[str, Any]:
     """Return the algorithm's parameters, checked and with defaults filled.
 
     Rules (consumer_parameters_invalid, naming the parameter):

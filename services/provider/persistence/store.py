@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import secrets
 import weakref
-from datetime import datetime, timedelta, timezone
-from typing import Sequence
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -33,11 +33,11 @@ from services.provider.persistence.models import (
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # -- nonces -------------------------------------------------------------------
@@ -79,9 +79,7 @@ def spend_nonces(session: Session, spends: Sequence[tuple[str, int]]) -> list[Re
     connection = session.connection()
     addresses = sorted({address for address, _ in spends})
     floors = dict(connection.execute(_FLOORS, {"addresses": addresses}).all())
-    fresh = list(dict.fromkeys(
-        (address, nonce) for address, nonce in spends if nonce > floors.get(address, 0)
-    ))
+    fresh = list(dict.fromkeys((address, nonce) for address, nonce in spends if nonce > floors.get(address, 0)))
     stored: set[tuple[str, int]] = set()
     if fresh:
         statement = _INSERT_UNUSED[connection.dialect.name]
@@ -90,12 +88,16 @@ def spend_nonces(session: Session, spends: Sequence[tuple[str, int]]) -> list[Re
     for address, nonce in spends:
         floor = floors.get(address, 0)
         if nonce <= floor:
-            outcomes.append(Refusal(codes.NONCE_INVALID, f"nonce {nonce} is too old: use a nonce greater than {floor} (GetNonce)"))
+            outcomes.append(
+                Refusal(codes.NONCE_INVALID, f"nonce {nonce} is too old: use a nonce greater than {floor} (GetNonce)")
+            )
         elif (address, nonce) in stored:
             stored.discard((address, nonce))  # the same nonce twice in one batch: the second is a replay
             outcomes.append(None)
         else:
-            outcomes.append(Refusal(codes.NONCE_INVALID, f"nonce {nonce} was already used; sign the request again with a new nonce"))
+            outcomes.append(
+                Refusal(codes.NONCE_INVALID, f"nonce {nonce} was already used; sign the request again with a new nonce")
+            )
     _cut_back_crowded(session, [address for address, _ in spends], outcomes)
     return outcomes
 
@@ -115,7 +117,7 @@ def _cut_back_crowded(session: Session, spenders: Sequence[str], outcomes: Seque
     room = _room.get(engine)  # type: ignore[arg-type]
     if room is None or len(room) > _ROOM_ADDRESSES:
         room = _room[engine] = {}  # type: ignore[index]
-    for address, outcome in zip(spenders, outcomes):
+    for address, outcome in zip(spenders, outcomes, strict=False):
         if outcome is None:
             room[address] = room.get(address, 0) - 1  # an address not counted yet has no room
     uncounted = sorted(address for address in set(spenders) if room.get(address, -1) < 0)
@@ -127,8 +129,11 @@ def _cut_back_crowded(session: Session, spenders: Sequence[str], outcomes: Seque
             room[address] = 2 * NONCE_WINDOW - count
             continue
         oldest_kept = session.scalar(
-            select(UsedNonce.nonce).where(UsedNonce.address == address)
-            .order_by(UsedNonce.nonce.desc()).offset(NONCE_WINDOW).limit(1)
+            select(UsedNonce.nonce)
+            .where(UsedNonce.address == address)
+            .order_by(UsedNonce.nonce.desc())
+            .offset(NONCE_WINDOW)
+            .limit(1)
         )
         session.execute(delete(UsedNonce).where(UsedNonce.address == address, UsedNonce.nonce <= oldest_kept))
         _raise_floor(session, address, oldest_kept)
@@ -137,7 +142,8 @@ def _cut_back_crowded(session: Session, spenders: Sequence[str], outcomes: Seque
 
 _FLOORS = select(Nonce.address, Nonce.nonce).where(Nonce.address.in_(bindparam("addresses", expanding=True)))
 _COUNTS = (
-    select(UsedNonce.address, func.count()).where(UsedNonce.address.in_(bindparam("addresses", expanding=True)))
+    select(UsedNonce.address, func.count())
+    .where(UsedNonce.address.in_(bindparam("addresses", expanding=True)))
     .group_by(UsedNonce.address)
 )
 # ON CONFLICT DO NOTHING: a nonce already stored (or stored meanwhile by another
@@ -203,9 +209,7 @@ def datatoken_for(session: Session, did: str, service_id: str) -> Datatoken | No
 
 
 def balance(session: Session, datatoken: str, holder: str) -> int:
-    return session.scalar(
-        select(Balance.amount).where(Balance.datatoken == datatoken, Balance.holder == holder)
-    ) or 0
+    return session.scalar(select(Balance.amount).where(Balance.datatoken == datatoken, Balance.holder == holder)) or 0
 
 
 def credit(session: Session, datatoken: str, holder: str, amount: int) -> int:
@@ -262,9 +266,13 @@ def read_order(session: Session, order_id: str) -> Order | None:
     return session.get(Order, order_id)
 
 
-def check_order(order: Order | None, order_id: str, consumer: str, did: str, service_id: str, request_key: str) -> Order:
+def check_order(
+    order: Order | None, order_id: str, consumer: str, did: str, service_id: str, request_key: str
+) -> Order:
     if order is None:
-        raise Refusal(codes.ORDER_INVALID, f"order {order_id or '(none)'} does not exist; order {did} first (StartOrder)")
+        raise Refusal(
+            codes.ORDER_INVALID, f"order {order_id or '(none)'} does not exist; order {did} first (StartOrder)"
+        )
     if order.consumer != consumer or order.did != did or order.service_id != service_id:
         raise Refusal(
             codes.ORDER_INVALID,
@@ -309,11 +317,12 @@ def valid_order_for(session: Session, consumer: str, did: str, service_id: str) 
     return session.scalar(
         select(Order)
         .where(
-            Order.consumer == consumer, Order.did == did, Order.service_id == service_id,
-            Order.claimed_by_request.is_(None), Order.expires_at > utcnow(),
+            Order.consumer == consumer,
+            Order.did == did,
+            Order.service_id == service_id,
+            Order.claimed_by_request.is_(None),
+            Order.expires_at > utcnow(),
         )
         .order_by(Order.created_at)
         .limit(1)
     )
-
-

@@ -7,7 +7,8 @@ from services.operator_service.persistence.migrations import VERSION_TABLE
 from services.operator_service.persistence.models import Base
 
 connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
-                  version_table=VERSION_TABLE)
+context.configure(
+    connection=connection, target_metadata=Base.metadata, render_as_batch=True, version_table=VERSION_TABLE
+)
 with context.begin_transaction():
     context.run_migrations()

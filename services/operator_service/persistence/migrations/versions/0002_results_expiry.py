@@ -19,8 +19,11 @@ UNEXPIRED = "results_expired_at IS NULL AND finished_at IS NOT NULL"
 def upgrade() -> None:
     op.add_column("jobs", sa.Column("results_expired_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index(
-        "ix_jobs_results_unexpired", "jobs", ["environment_id", "finished_at"],
-        postgresql_where=sa.text(UNEXPIRED), sqlite_where=sa.text(UNEXPIRED),
+        "ix_jobs_results_unexpired",
+        "jobs",
+        ["environment_id", "finished_at"],
+        postgresql_where=sa.text(UNEXPIRED),
+        sqlite_where=sa.text(UNEXPIRED),
     )
     op.create_index("ix_jobs_created_job", "jobs", ["created_at", "job_id"])
     op.drop_index("ix_jobs_created_at", "jobs")

@@ -24,8 +24,8 @@ def upgrade() -> None:
     )
     rows = op.get_bind().execute(sa.text("SELECT job_id, viewers FROM jobs"))
     pairs = []
-    for job_id, addresses in rows:
-        addresses = json.loads(addresses) if isinstance(addresses, str) else addresses
+    for job_id, stored in rows:
+        addresses = json.loads(stored) if isinstance(stored, str) else stored
         pairs.extend({"address": address, "job_id": job_id} for address in set(addresses or []))
     if pairs:
         op.bulk_insert(viewers, pairs)
