@@ -129,7 +129,7 @@ async def test_bad_input_gets_a_precise_status(data_dir):
                 )
             assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "did:op:" in malformed.value.details()
-            assert error_code(malformed.value) == "did_invalid"
+            assert error_code(malformed.value) == "DID_INVALID"
 
             with pytest.raises(grpc.aio.AioRpcError) as unknown_did:
                 await consumer.start(
@@ -143,7 +143,7 @@ async def test_bad_input_gets_a_precise_status(data_dir):
                     )
                 )
             assert unknown_did.value.code() == grpc.StatusCode.NOT_FOUND
-            assert error_code(unknown_did.value) == "did_not_found"
+            assert error_code(unknown_did.value) == "DID_NOT_FOUND"
 
             with pytest.raises(grpc.aio.AioRpcError) as empty_algorithm:
                 await consumer.start(

@@ -23,17 +23,17 @@ async def test_bad_submissions_are_refused_before_anything_runs(data_dir, postgr
         no_algo = await refused(engine.submit(workflow("print(1)", entrypoint="python3 main.py"), "no-algo"))
         assert no_algo.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "$ALGO" in no_algo.details()
-        assert error_code(no_algo) == "entrypoint_invalid"
+        assert error_code(no_algo) == "ENTRYPOINT_INVALID"
 
         unknown_env = await refused(engine.submit(workflow("print(1)"), "unknown-env", environment_id="gpu-a100"))
         assert unknown_env.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "'gpu-a100' is not offered" in unknown_env.details() and "'local-cpu'" in unknown_env.details()
-        assert error_code(unknown_env) == "environment_unknown"
+        assert error_code(unknown_env) == "ENVIRONMENT_UNKNOWN"
 
         too_long = await refused(engine.submit(workflow("print(1)", max_duration_s=61), "too-long"))
         assert too_long.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "requested duration 61 s exceeds the environment's maximum of 60 s" in too_long.details()
-        assert error_code(too_long) == "duration_too_long"
+        assert error_code(too_long) == "DURATION_TOO_LONG"
 
         bad_image = await refused(
             engine.submit(workflow("print(1)", image="mcr.microsoft.com/dotnet/runtime"), "bad-image")
@@ -102,7 +102,7 @@ async def test_without_bubblewrap_algorithms_are_refused_unless_configured_unsan
         assert (
             "cannot sandbox algorithms" in no_sandbox.details() and "C2D_ENGINE_SANDBOX=false" in no_sandbox.details()
         )
-        assert error_code(no_sandbox) == "sandbox_unavailable"
+        assert error_code(no_sandbox) == "SANDBOX_UNAVAILABLE"
     async with engine_running(postgres_url, tmp_path / "ws2", sandbox=False) as engine:
         environment = await engine.environment()
         assert not environment.sandboxed and "WITHOUT a sandbox" in environment.description
@@ -144,7 +144,7 @@ async def test_submit_jobs_answers_each_job_on_its_own(data_dir, postgres_url, t
         assert len([c for c in history if c.status == 10]) == 1  # it ran once
 
         empty = await refused(engine.stub.SubmitJobs(engine_pb2.SubmitJobsRequest(), metadata=engine.metadata))
-        assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT and error_code(empty) == "jobs_missing"
+        assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT and error_code(empty) == "JOBS_MISSING"
         flood = engine_pb2.SubmitJobsRequest(jobs=[job(f"j{i}", workflow("print(1)")) for i in range(1001)])
         too_many = await refused(engine.stub.SubmitJobs(flood, metadata=engine.metadata))
         assert (

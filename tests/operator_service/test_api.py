@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from c2d.operator.v1 import operator_pb2
-from plumbing.grpc_errors import error_code
+from plumbing.grpc_errors import error_code, reason_of
 from tests.operator_service.helpers import (
     NOOP_PATH,
     Operator,
@@ -225,7 +225,10 @@ async def test_bad_input_gets_the_right_status_never_internal(data_dir, postgres
         for method, request, status, code in _bad_unary_calls():
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await getattr(stub, method)(request, metadata=metadata, timeout=30)
-            assert (raised.value.code(), error_code(raised.value)) == (status, code), (method, raised.value.details())
+            assert (raised.value.code(), error_code(raised.value)) == (status, reason_of(code)), (
+                method,
+                raised.value.details(),
+            )
             assert len(raised.value.details()) > 15, raised.value.details()
 
         for request, status in [
@@ -253,7 +256,7 @@ async def test_stopping_a_finished_job_names_its_status(data_dir, postgres_url):
 
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "status 70 (Job finished)" in raised.value.details()
-        assert error_code(raised.value) == "job_ended"
+        assert error_code(raised.value) == "JOB_ENDED"
 
 
 async def test_deleting_a_job_keeps_an_audit_row_and_hides_it(data_dir, postgres_url):

@@ -203,7 +203,7 @@ async def test_jobs_wait_for_an_engine_that_disappears_and_run_when_it_returns(d
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert "environment local-cpu is unavailable" in exc.details()
-            assert error_code(exc) == "environment_unavailable"
+            assert error_code(exc) == "ENVIRONMENT_UNAVAILABLE"
         for job in waiting:
             assert (await operator.get(job.job_id)).status == 1
         assert query(postgres_url, "SELECT count(*) FROM jobs WHERE dispatched") == [(0,)]

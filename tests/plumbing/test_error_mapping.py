@@ -37,7 +37,7 @@ async def test_domain_errors_map_to_statuses_and_bugs_to_internal():
                 await stub.ListEnvironments(engine_pb2.ListEnvironmentsRequest())
             assert not_found.value.code() == grpc.StatusCode.NOT_FOUND
             assert not_found.value.details() == "engine e7 is not known"
-            assert error_code(not_found.value) == "engine_not_found"
+            assert error_code(not_found.value) == "ENGINE_NOT_FOUND"
 
             with pytest.raises(grpc.aio.AioRpcError) as bug:
                 await stub.StopJob(engine_pb2.StopJobRequest(job_id="j"))
@@ -50,6 +50,6 @@ async def test_domain_errors_map_to_statuses_and_bugs_to_internal():
                     received.append(chunk.data)
             assert received == [b"first"]
             assert mid_stream.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert error_code(mid_stream.value) == "log_gone"
+            assert error_code(mid_stream.value) == "LOG_GONE"
     finally:
         await running.stop(0)

@@ -13,7 +13,7 @@ import pytest
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2, provider_pb2
 from plumbing import settings
-from plumbing.grpc_errors import error_code
+from plumbing.grpc_errors import error_code, reason_of
 from plumbing.statuses import Status
 from services.provider.api import results_assets
 from services.provider.domain import ddos, sealing
@@ -106,7 +106,7 @@ async def test_results_asset_is_owned_by_the_consumer_and_downloadable_by_its_ow
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await _download(bench.other, did, index)
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-            assert error_code(refused.value) == "not_owner"
+            assert error_code(refused.value) == "NOT_OWNER"
         with pytest.raises(grpc.aio.AioRpcError) as unsigned:
             async for _ in bench.other.assets.DownloadAssetFile(asset_pb2.DownloadAssetFileRequest(did=did)):
                 pass
@@ -122,7 +122,7 @@ async def test_results_asset_is_owned_by_the_consumer_and_downloadable_by_its_ow
                 asset_pb2.RegisterResultsAssetRequest(job_id=job_id, grant=grant, results=job.results)
             )
         assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert error_code(ended.value) == "job_ended"
+        assert error_code(ended.value) == "JOB_ENDED"
 
 
 async def test_register_results_asset_refuses_forged_and_foreign_grants(data_dir):
@@ -168,7 +168,7 @@ async def test_register_results_asset_refuses_forged_and_foreign_grants(data_dir
         for name, (grant, code, reason) in cases.items():
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await register(asset_pb2.RegisterResultsAssetRequest(job_id=job_id, grant=grant, results=manifest))
-            assert (refused.value.code(), error_code(refused.value)) == (code, reason), name
+            assert (refused.value.code(), error_code(refused.value)) == (code, reason_of(reason)), name
             assert refused.value.details(), name
         tampered = grant[:-4] + ("0000" if not grant.endswith("0000") else "1111")
         with pytest.raises(grpc.aio.AioRpcError) as refused:
@@ -182,7 +182,7 @@ async def test_register_results_asset_refuses_forged_and_foreign_grants(data_dir
         with pytest.raises(grpc.aio.AioRpcError) as not_results:
             await _download(bench.publisher, dataset, 0, service_id="compute")
         assert not_results.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert error_code(not_results.value) == "not_results_asset"
+        assert error_code(not_results.value) == "NOT_RESULTS_ASSET"
         await bench.consumer.compute.StopCompute(
             bench.consumer.signed("StopCompute", provider_pb2.StopComputeRequest(job_id=job_id))
         )

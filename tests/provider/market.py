@@ -21,7 +21,7 @@ from c2d.provider.v1 import provider_pb2
 from cli import demo
 from cli.client import Client
 from cli.stack import Stack, start_stack
-from plumbing.grpc_errors import error_code
+from plumbing.grpc_errors import error_code, reason_of
 from services.provider.domain import ddos
 from tests.support.stacks import settings_for
 
@@ -257,6 +257,6 @@ async def refused(call: Any) -> grpc.aio.AioRpcError:
 def assert_refusal(error: grpc.aio.AioRpcError, status: grpc.StatusCode, code: str, *words: str) -> None:
     """Status, machine-readable code and a message naming what to act on."""
     assert error.code() == status, (error.code(), error.details())
-    assert error_code(error) == code, (error_code(error), error.details())
+    assert error_code(error) == reason_of(code), (error_code(error), error.details())
     for word in words:
         assert word in error.details(), (word, error.details())

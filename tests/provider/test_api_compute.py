@@ -16,7 +16,7 @@ from google.protobuf import json_format
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import ledger_pb2, provider_pb2
-from plumbing.grpc_errors import error_code
+from plumbing.grpc_errors import error_code, reason_of
 from services.provider.domain import errors as codes
 from tests.provider.market import (
     SECRET_PATH,
@@ -107,7 +107,7 @@ async def _race_different_requests_on_one_order(market: Market) -> None:
     started = [o for o in outcomes if not isinstance(o, BaseException)]
     refusals = [o for o in outcomes if isinstance(o, BaseException)]
     assert len(started) == 1, refusals[:3]
-    assert {error_code(e) for e in refusals} == {codes.ORDER_USED}
+    assert {error_code(e) for e in refusals} == {reason_of(codes.ORDER_USED)}
     assert [j.job_id for j in await _jobs_of(market)] == [started[0].job_id]
 
 
@@ -120,7 +120,7 @@ async def _race_orders_on_a_balance(market: Market) -> None:
     orders = [o for o in outcomes if not isinstance(o, BaseException)]
     refusals = [o for o in outcomes if isinstance(o, BaseException)]
     assert len(orders) == 10 and len(set(orders)) == 10
-    assert {error_code(e) for e in refusals} == {codes.INSUFFICIENT_BALANCE}
+    assert {error_code(e) for e in refusals} == {reason_of(codes.INSUFFICIENT_BALANCE)}
     balance = await market.consumer.ledger.GetBalance(
         ledger_pb2.GetBalanceRequest(datatoken_address=token, address=market.consumer.address)
     )
@@ -183,7 +183,7 @@ async def test_a_consumer_cannot_reach_another_consumers_job(market: Market):
         theirs, missing = await refused(call(job_id)), await refused(call(unknown))
         # The same answer as for a job that does not exist: no probing.
         assert theirs.code() == missing.code() == grpc.StatusCode.NOT_FOUND, method
-        assert error_code(theirs) == error_code(missing) == "job_not_found", method
+        assert error_code(theirs) == error_code(missing) == "JOB_NOT_FOUND", method
         assert theirs.details().replace(job_id, unknown) == missing.details(), method
     jobs = await stranger.compute.ListJobs(stranger.signed("ListJobs", provider_pb2.ListJobsRequest()))
     assert list(jobs.jobs) == []
@@ -203,7 +203,7 @@ async def test_a_viewer_reads_and_watches_but_the_owner_alone_deletes(market: Ma
     assert (await market.other.details(job_id)).job.owner == market.consumer.address
     delete = provider_pb2.DeleteComputeRequest(job_id=job_id)
     error = await refused(market.other.compute.DeleteCompute(market.other.signed("DeleteCompute", delete)))
-    assert error_code(error) == codes.NOT_OWNER
+    assert error_code(error) == reason_of(codes.NOT_OWNER)
     await market.consumer.compute.DeleteCompute(market.consumer.signed("DeleteCompute", delete))
     assert (await refused(market.other.details(job_id))).code() == grpc.StatusCode.NOT_FOUND
 
@@ -216,11 +216,11 @@ async def test_a_finished_jobs_cached_details_are_still_checked_on_each_read(mar
     assert (await market.other.details(job_id)) == first  # a viewer named by the owner
     stranger = market.publisher
     error = await refused(stranger.details(job_id))
-    assert error.code() == grpc.StatusCode.NOT_FOUND and error_code(error) == "job_not_found"
+    assert error.code() == grpc.StatusCode.NOT_FOUND and error_code(error) == "JOB_NOT_FOUND"
     # Signature and nonce too: a replayed read of the cached job is refused.
     request = market.consumer.signed("GetJobDetails", provider_pb2.GetJobDetailsRequest(job_id=job_id))
     await market.consumer.compute.GetJobDetails(request)
-    assert error_code(await refused(market.consumer.compute.GetJobDetails(request))) == codes.NONCE_INVALID
+    assert error_code(await refused(market.consumer.compute.GetJobDetails(request))) == reason_of(codes.NONCE_INVALID)
 
 
 # -- the dataset's URL stays with the publisher ------------------------------------------------------------
@@ -289,7 +289,7 @@ async def test_dataset_urls_never_appear_in_responses_or_logs(data_dir, caplog):
         used = await refused(
             market.consumer.start(market.spec(dataset, dataset_order, algorithm, await market.buy(algorithm, "access")))
         )
-        assert error_code(used) == codes.ORDER_USED
+        assert error_code(used) == reason_of(codes.ORDER_USED)
         expose(used.details())
 
         admin_logs = glob.glob(os.path.join(data_dir, "workspaces", "*", "admin", "*.log"))

@@ -11,7 +11,7 @@ import grpc
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2, ledger_pb2, provider_pb2
-from plumbing.grpc_errors import error_code
+from plumbing.grpc_errors import error_code, reason_of
 from services.provider.domain import errors as codes
 from tests.provider.market import (
     CONTAINER,
@@ -100,7 +100,7 @@ async def test_a_consumer_on_the_deny_list_is_credentials_denied(market: Market)
     assert_refusal(error, DENIED, codes.CREDENTIALS_DENIED, market.consumer.address, "deny list")
     # Someone else still passes this check (and stops at the missing order).
     error = await refused(market.other.start(market.spec(dataset, "", raw_algorithm=RAW)))
-    assert error_code(error) == codes.ORDER_MISSING
+    assert error_code(error) == reason_of(codes.ORDER_MISSING)
 
 
 async def test_a_consumer_missing_from_the_allow_list_is_credentials_denied(market: Market):
@@ -110,7 +110,7 @@ async def test_a_consumer_missing_from_the_allow_list_is_credentials_denied(mark
     error = await refused(market.consumer.start(market.spec(dataset, "0x01", raw_algorithm=RAW)))
     assert_refusal(error, DENIED, codes.CREDENTIALS_DENIED, market.consumer.address, "allow list", "ask its publisher")
     error = await refused(market.other.start(market.spec(dataset, "", raw_algorithm=RAW)))
-    assert error_code(error) == codes.ORDER_MISSING
+    assert error_code(error) == reason_of(codes.ORDER_MISSING)
 
 
 async def test_an_algorithm_the_dataset_does_not_list_is_not_trusted_algo(market: Market):
@@ -209,7 +209,7 @@ async def test_consumer_parameters_are_checked_against_the_algorithms_ddo(market
         spec = market.spec(dataset, "0x01", algorithm, "0x02", algorithm_parameters_json=json.dumps(parameters))
         error = await refused(market.consumer.start(spec))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, case
-        assert error_code(error) == codes.CONSUMER_PARAMETERS_INVALID, case
+        assert error_code(error) == reason_of(codes.CONSUMER_PARAMETERS_INVALID), case
         assert named in error.details(), (case, error.details())
     spec = market.spec(dataset, "0x01", algorithm, "0x02", algorithm_parameters_json="{window")
     assert_refusal(

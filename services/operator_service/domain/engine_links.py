@@ -23,8 +23,9 @@ from google.protobuf import json_format
 
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
-from plumbing import auth, errors
+from plumbing import auth
 from plumbing.database import Database
+from plumbing.grpc_errors import downstream_error
 from plumbing.statuses import EndReason
 from services.operator_service.domain.watching import Broker
 from services.operator_service.persistence import jobs as store
@@ -276,21 +277,13 @@ class EngineLink:
             async for chunk in call:
                 yield chunk
         except grpc.aio.AioRpcError as exc:
-            raise _translated(exc, self.engine_id) from None
+            raise downstream_error(exc, f"engine {self.engine_id}") from None
 
     async def _call(self, call: Any) -> Any:
         try:
             return await call
         except grpc.aio.AioRpcError as exc:
-            raise _translated(exc, self.engine_id) from None
-
-
-def _translated(exc: grpc.aio.AioRpcError, engine_id: str) -> errors.ServiceError:
-    if exc.code() == grpc.StatusCode.NOT_FOUND:
-        return errors.NotFound(exc.details() or "not found")
-    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-        return errors.FailedPrecondition(exc.details() or "failed precondition")
-    return errors.Unavailable(f"engine {engine_id} is unavailable ({exc.code().name}); try again")
+            raise downstream_error(exc, f"engine {self.engine_id}") from None
 
 
 def _incoming(change: engine_pb2.StateChange) -> store.IncomingChange:

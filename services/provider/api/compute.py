@@ -26,6 +26,7 @@ from c2d.operator.v1 import operator_pb2, operator_pb2_grpc
 from c2d.provider.v1 import provider_pb2, provider_pb2_grpc
 from plumbing import auth, errors, storage
 from plumbing.database import Database
+from plumbing.grpc_errors import downstream_error
 from plumbing.statuses import is_terminal
 from services.provider.api import results_assets, results_download
 from services.provider.api.assets import resolve
@@ -46,19 +47,6 @@ class Plan:
     consumer: str
     assets: list[tuple[provider_pb2.AssetOrder, ddos.Ddo, str]] = field(default_factory=list)  # with ddo json
     workflow: common_pb2.Workflow = field(default_factory=common_pb2.Workflow)
-
-
-def _translate(exc: grpc.aio.AioRpcError) -> Exception:
-    kinds = {
-        grpc.StatusCode.NOT_FOUND: errors.NotFound,
-        grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
-        grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
-        grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
-    }
-    kind = kinds.get(exc.code(), errors.Unavailable)
-    if kind is errors.Unavailable:
-        return errors.Unavailable(f"the operator-service is unavailable ({exc.code().name}); try again")
-    return kind(exc.details() or exc.code().name)
 
 
 def _not_found(job_id: str) -> errors.NotFound:
@@ -104,7 +92,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         try:
             return await method(request, metadata=self._metadata, timeout=30)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from None
+            raise downstream_error(exc, "the operator-service") from None
 
     # -- identity and environments ------------------------------------------------
 
@@ -350,7 +338,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             async for update in call:
                 yield provider_pb2.WatchJobResponse(job=update.job)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from None
+            raise downstream_error(exc, "the operator-service") from None
 
     async def ListJobs(self, request, context):  # type: ignore[override]
         caller = await authenticate(self._db, "ListJobs", request)
@@ -411,4 +399,4 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             async for chunk in call:
                 yield provider_pb2.StreamJobLogsResponse(data=chunk.data, offset=chunk.offset)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc) from None
+            raise downstream_error(exc, "the operator-service") from None
