@@ -18,7 +18,7 @@ $(UV):
 	$(BIN)/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 
 $(BIN)/c2d: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev
+	$(UV) sync --frozen --extra dev --reinstall-package c2d
 	touch $@
 
 install: $(BIN)/c2d
