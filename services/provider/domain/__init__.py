@@ -1,12 +1,15 @@
 """The provider's pure domain layer.
 
 Rules the provider enforces, written as plain functions over plain data:
-request signatures and nonces (identity), sealing of file locations and
-result-manifest signatures (sealing), the DDO v4 shape, DIDs and checksums
-(ddos), and the compute policy of a dataset (policy). Every refusal is a
-``Refusal`` with a stable code (errors).
+request signatures and nonces (identity, signed_requests), sealing of file
+locations and result-manifest signatures (sealing), the DDO v4 shape, DIDs
+and checksums (ddos), the compute policy of a dataset (policy), the plan of
+a compute request (compute_plan), and results as an asset (results_assets,
+results_grants). Every refusal is a ``Refusal`` with a stable code (errors)
+or a plumbing.errors class.
 
-Nothing here does I/O, talks gRPC or touches a database: servers and stores
-call into this layer, never the other way round, so every rule can be tested
-with values alone.
+Nothing here talks gRPC or touches a database: where a rule needs the
+published assets, the environments or the nonces, it defines a small
+Protocol (a port) that persistence/ or clients/ implements and server.py
+wires in, so every rule can be tested with values alone.
 """

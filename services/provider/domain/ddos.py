@@ -14,6 +14,7 @@ when it serves a DDO; policy needs it for trusted-publisher checks.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -231,6 +232,31 @@ class Ddo:
     @property
     def is_algorithm(self) -> bool:
         return self.metadata.type == "algorithm"
+
+
+@dataclass(frozen=True)
+class PublishedAsset:
+    """An asset as this provider stores it: the DDO, its JSON text and its publisher."""
+
+    did: str
+    owner: str
+    ddo: Ddo
+    ddo_json: str
+
+
+def parse_ddo_json(text: str, owner: str, did: str | None = None) -> tuple[dict[str, Any], Ddo]:
+    """A DDO's JSON (a request's or a stored one) with its DID and publisher
+    set: as a mapping to store, and validated; refuses ddo_invalid."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise Refusal(DDO_INVALID, f"ddo_json is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise Refusal(DDO_INVALID, "ddo_json must be a JSON object")
+    if did is not None:
+        data["id"] = did
+    data["nft"] = {**(data.get("nft") or {}), "owner": owner}
+    return data, validate_ddo(data)
 
 
 # --------------------------------------------------------------------------

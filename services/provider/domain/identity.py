@@ -11,7 +11,9 @@ RPC method, the nonce and the request's fields:
 - ``<nonce>`` is the decimal nonce, no sign, no leading zeros.
 - the fields are JSON with keys sorted, compact separators, non-ASCII as
   UTF-8, lists in their given order (see ``canonical``). The signature and
-  the nonce themselves are not among the fields.
+  the nonce themselves are not among the fields. A gRPC request's fields are
+  its proto3 JSON form (field names as in the .proto, default values
+  omitted) without its ``signature`` field: ``signed_fields``.
 
 Binding the method stops a signature for one RPC being replayed against
 another; the nonce, used once per address, stops a request being replayed
@@ -31,6 +33,9 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_hash.auto import keccak
 from eth_utils.address import to_checksum_address
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from .canonical import canonical_json
 from .errors import (
@@ -188,3 +193,36 @@ def verify_request(
             f"nonce {nonce} was already used or is too old: use a nonce greater than {last_nonce}"
             " (GetNonce returns the last one used)",
         )
+
+
+# Field types whose proto3 JSON form is the Python value itself (64-bit
+# integers are JSON strings, enums names, bytes base64, floats special).
+_PLAIN_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_STRING,
+        FieldDescriptor.TYPE_BOOL,
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_SFIXED32,
+    }
+)
+
+
+def signed_fields(request: Message) -> dict[str, Any]:
+    """The request's proto3 JSON form without its signature. When every set
+    field is a plain scalar (GetJobDetails, ...) it is built straight from the
+    set fields: json_format's copy and walk cost more than the rest of a
+    request's check on the event loop."""
+    fields: dict[str, Any] = {}
+    for field, value in request.ListFields():
+        if field.name == "signature":
+            continue
+        if field.is_repeated or field.type not in _PLAIN_TYPES:
+            copy = type(request)()
+            copy.CopyFrom(request)
+            copy.ClearField("signature")  # type: ignore[arg-type]
+            return json_format.MessageToDict(copy, preserving_proto_field_name=True)
+        fields[field.name] = value
+    return fields

@@ -313,6 +313,11 @@ def record_job(session: Session, order_ids: Sequence[str], job_id: str) -> None:
     session.execute(update(Order).where(Order.order_id.in_(order_ids)).values(used_by_job_id=job_id))
 
 
+def read_jobs_of_claimed_orders(session: Session, request_key: str) -> list[str | None]:
+    """The job each order claimed under `request_key` started (None: not recorded yet)."""
+    return list(session.scalars(select(Order.used_by_job_id).where(Order.claimed_by_request == request_key)))
+
+
 def valid_order_for(session: Session, consumer: str, did: str, service_id: str) -> Order | None:
     return session.scalar(
         select(Order)
