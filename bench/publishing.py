@@ -269,7 +269,7 @@ class _FromMemory:
 
     async def GetComputeResult(self, request, context):  # type: ignore[no-untyped-def]
         from c2d.provider.v1 import provider_pb2
-        from services.provider.api.results_download import RESULT_CHUNK
+        from services.provider.persistence.result_files import RESULT_CHUNK
 
         data, sent = os.urandom(RESULT_CHUNK), 0
         while sent < self.total:

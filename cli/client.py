@@ -24,7 +24,6 @@ from c2d.provider.v1 import (
     provider_pb2_grpc,
 )
 from plumbing.server import reuse_freed_memory
-from services.provider.api.signatures import signed_fields
 from services.provider.domain import ddos, identity
 
 
@@ -76,7 +75,7 @@ class Client:
         nonce = max(next(self._nonces), time.time_ns() // 1000)
         self._nonces = itertools.count(nonce + 1)
         request.signature.CopyFrom(auth_pb2.ConsumerSignature(address=self.address, nonce=nonce))
-        fields = signed_fields(request)
+        fields = identity.signed_fields(request)
         request.signature.signature = identity.sign_request(self._key, method, fields, nonce)
         return request
 

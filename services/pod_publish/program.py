@@ -3,7 +3,7 @@
 Runs once per job with the job's token; talks to the engine's
 JobAgentService and, when the job asks for its results as a new asset, to
 the provider's AssetService with the provider's grant from the workflow (see
-services/provider/api/results_assets.py). Its log (the operator's
+services/provider/domain/results_grants.py). Its log (the operator's
 publish.log) records each step with sizes and durations.
 """
 

@@ -1,4 +1,5 @@
-"""Wires the Provider: database, keys, operator client, gRPC."""
+"""Wires the Provider: database, keys, the signature settler, the operator
+client, the results storage, and the servicers that use them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from eth_account import Account
 
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc, ledger_pb2, ledger_pb2_grpc, provider_pb2, provider_pb2_grpc
-from plumbing import auth, settings
+from plumbing import auth, settings, storage
 from plumbing.database import Database, sqlite_url
 from plumbing.server import (
     Registration,
@@ -19,11 +20,14 @@ from plumbing.server import (
     serve_until_signalled,
     start_server,
 )
-from services.provider.api import signatures
 from services.provider.api.compute import ComputeServicer
 from services.provider.api.ledger import LedgerServicer
 from services.provider.api.results_assets import ResultsAssetServicer
+from services.provider.clients.operator import OperatorClient
 from services.provider.domain.sealing import ProviderKeys
+from services.provider.domain.signed_requests import RequestVerifier, Settler
+from services.provider.persistence import request_settling
+from services.provider.persistence.catalog import AssetCatalog
 from services.provider.persistence.models import Base
 from services.provider.settings import ProviderSettings
 
@@ -56,12 +60,17 @@ async def start(config: ProviderSettings) -> RunningServer:
     data = settings.data_dir()
     db = Database(config.database_url or sqlite_url(data / "provider.db"), Base.metadata)
     db.create_schema()
-    if config.signature_worker:
-        signatures.verify_in_worker(db)
+    settler: Settler = (
+        request_settling.WorkerSettler(db.url) if config.signature_worker else request_settling.ThreadSettler(db)
+    )
+    verifier = RequestVerifier(settler)
     keys, fee_address = load_keys(Path(config.keys_file) if config.keys_file else data / "provider-keys.json")
-    compute = ComputeServicer(db, keys, fee_address, config.operator_address, auth.service_token())
+    operator = OperatorClient(config.operator_address, auth.service_token())
+    catalog = AssetCatalog(db)
+    results = storage.open_store(storage.configured())
+    compute = ComputeServicer(db, keys, fee_address, verifier, catalog, operator, results)
     # AssetService plus the results-as-asset RPCs (api/results_assets.py)
-    assets = ResultsAssetServicer(db, keys, compute)
+    assets = ResultsAssetServicer(db, keys, verifier, catalog, operator, results)
     running = await start_server(
         config.address,
         [
@@ -72,7 +81,7 @@ async def start(config: ProviderSettings) -> RunningServer:
             Registration(
                 _name(ledger_pb2, "LedgerService"),
                 ledger_pb2_grpc.add_LedgerServiceServicer_to_server,
-                LedgerServicer(db, fee_address, config.order_timeout_s),
+                LedgerServicer(db, verifier, catalog, fee_address, config.order_timeout_s),
             ),
         ],
     )
@@ -82,8 +91,8 @@ async def start(config: ProviderSettings) -> RunningServer:
     assets.service_endpoint = f"grpc://{compute.reachable_address}"
 
     async def shutdown() -> None:
-        await compute.close()
-        await signatures.close_verifier(db)
+        await operator.close()
+        await verifier.close()
         db.close()
 
     running.on_stop.append(shutdown)

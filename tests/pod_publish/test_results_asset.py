@@ -15,8 +15,7 @@ from c2d.provider.v1 import asset_pb2, provider_pb2
 from plumbing import settings
 from plumbing.grpc_errors import error_code, reason_of
 from plumbing.statuses import Status
-from services.provider.api import results_assets
-from services.provider.domain import ddos, sealing
+from services.provider.domain import ddos, results_grants, sealing
 from tests.pod_publish.jobs import job_bench, s3_env
 
 ALGORITHM = r"""
@@ -116,7 +115,7 @@ async def test_results_asset_is_owned_by_the_consumer_and_downloadable_by_its_ow
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
         # the grant of a finished job registers nothing any more
-        grant = results_assets.mint_grant(_provider_keys(), bench.consumer.address, _request_key(order_id))
+        grant = results_grants.mint_grant(_provider_keys(), bench.consumer.address, _request_key(order_id))
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await bench.consumer.assets.RegisterResultsAsset(
                 asset_pb2.RegisterResultsAssetRequest(job_id=job_id, grant=grant, results=job.results)
@@ -137,30 +136,30 @@ async def test_register_results_asset_refuses_forged_and_foreign_grants(data_dir
         cases = {
             "not a grant": ("garbage", grpc.StatusCode.UNAUTHENTICATED, "grant_invalid"),
             "signed by another key": (
-                results_assets.mint_grant(
+                results_grants.mint_grant(
                     sealing.ProviderKeys.generate(), bench.consumer.address, _request_key(order_id)
                 ),
                 grpc.StatusCode.UNAUTHENTICATED,
                 "grant_invalid",
             ),
             "another job's request": (
-                results_assets.mint_grant(keys, bench.consumer.address, _request_key("0xother")),
+                results_grants.mint_grant(keys, bench.consumer.address, _request_key("0xother")),
                 grpc.StatusCode.PERMISSION_DENIED,
                 "grant_wrong_job",
             ),
             "another owner": (
-                results_assets.mint_grant(keys, bench.other.address, _request_key(order_id)),
+                results_grants.mint_grant(keys, bench.other.address, _request_key(order_id)),
                 grpc.StatusCode.PERMISSION_DENIED,
                 "grant_wrong_job",
             ),
             "expired": (
-                results_assets.mint_grant(keys, bench.consumer.address, _request_key(order_id), now=0),
+                results_grants.mint_grant(keys, bench.consumer.address, _request_key(order_id), now=0),
                 grpc.StatusCode.PERMISSION_DENIED,
                 "grant_expired",
             ),
             # the real grant, but locations outside the job's own results
             "foreign location": (
-                results_assets.mint_grant(keys, bench.consumer.address, _request_key(order_id)),
+                results_grants.mint_grant(keys, bench.consumer.address, _request_key(order_id)),
                 grpc.StatusCode.PERMISSION_DENIED,
                 "location_foreign",
             ),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from plumbing.storage import LocalStore, ObjectNotFound, StorageError
-from services.provider.api.results_download import READ_AHEAD, RESULT_CHUNK, stream_chunks
+from services.provider.persistence.result_files import READ_AHEAD, RESULT_CHUNK, stream_chunks
 
 
 async def _all(chunks) -> list[tuple[bytes, int]]:  # type: ignore[no-untyped-def]

@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import json_format
 
 from c2d.provider.v1 import auth_pb2, provider_pb2
-from services.provider.api.signatures import signed_fields
+from services.provider.domain.identity import signed_fields
 
 SIGNATURE = auth_pb2.ConsumerSignature(address="0x" + "ab" * 20, nonce=5, signature="0x00")
 

@@ -3,67 +3,55 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from google.protobuf import json_format
 
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc
 from plumbing import errors
 from plumbing.database import Database
-from services.provider.api.signatures import authenticate
+from services.provider.api.authentication import authenticate
 from services.provider.domain import ddos, sealing
 from services.provider.domain import errors as codes
 from services.provider.domain.errors import Refusal
+from services.provider.domain.signed_requests import RequestVerifier
 from services.provider.persistence import store
+from services.provider.persistence.catalog import AssetCatalog
 from services.provider.persistence.models import Asset
 
 MAX_PAGE = 1000
 
 
-def parse_ddo_json(text: str, owner: str, did: str | None = None) -> tuple[dict[str, Any], ddos.Ddo]:
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise Refusal(codes.DDO_INVALID, f"ddo_json is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise Refusal(codes.DDO_INVALID, "ddo_json must be a JSON object")
-    if did is not None:
-        data["id"] = did
-    data["nft"] = {**(data.get("nft") or {}), "owner": owner}
-    return data, ddos.validate_ddo(data)
-
-
-async def resolve(db: Database, did: str) -> tuple[Asset, ddos.Ddo]:
-    ddos.parse_did(did)
-    row = await db.run(lambda s: store.read_asset(s, did))
-    if row is None:
-        raise Refusal(codes.DID_NOT_FOUND, f"asset {did} is not published on this provider")
-    return row, parse_ddo_json(row.ddo_json, row.owner, did)[1]
-
-
 class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
-    def __init__(self, db: Database, keys: sealing.ProviderKeys) -> None:
+    def __init__(
+        self, db: Database, keys: sealing.ProviderKeys, verifier: RequestVerifier, assets: AssetCatalog
+    ) -> None:
         self._db = db
         self._keys = keys
+        self._verifier = verifier
+        self._assets = assets
 
     async def EncryptFiles(self, request, context):  # type: ignore[override]
         if not request.files:
-            raise errors.InvalidArgument("name at least one file to encrypt", "files_missing")
+            raise errors.InvalidArgument("name at least one file to encrypt", "files_missing", field="files")
         files = []
         for index, location in enumerate(request.files):
             if location.type not in ("url", "s3", "ipfs", "raw"):
                 raise errors.InvalidArgument(
-                    f"files[{index}].type {location.type!r} is not one of url, s3, ipfs, raw", "file_type_invalid"
+                    f"files[{index}].type {location.type!r} is not one of url, s3, ipfs, raw",
+                    "file_type_invalid",
+                    field=f"files[{index}].type",
                 )
             files.append(json_format.MessageToDict(location, preserving_proto_field_name=True))
         return asset_pb2.EncryptFilesResponse(encrypted_files=sealing.seal_files(self._keys.public_key_hex, files))
 
     async def PublishAsset(self, request, context):  # type: ignore[override]
-        owner = await authenticate(self._db, "PublishAsset", request)
+        owner = await authenticate(self._verifier, "PublishAsset", request)
         if not request.salt:
-            raise errors.InvalidArgument("salt is required (it makes the DID unique per publisher)", "salt_missing")
+            raise errors.InvalidArgument(
+                "salt is required (it makes the DID unique per publisher)", "salt_missing", field="salt"
+            )
         did = ddos.derive_did(owner, request.salt)
-        data, ddo = parse_ddo_json(request.ddo_json, owner, did)
+        data, ddo = ddos.parse_ddo_json(request.ddo_json, owner, did)
         for service in ddo.services:
             sealing.open_files(self._keys, service.files)  # refuses files not sealed for this provider
         row = Asset(
@@ -78,17 +66,21 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
         return asset_pb2.PublishAssetResponse(did=did)
 
     async def GetAsset(self, request, context):  # type: ignore[override]
-        row, _ = await resolve(self._db, request.did)
-        return asset_pb2.GetAssetResponse(ddo_json=row.ddo_json, owner=row.owner)
+        asset = await self._assets.resolve(request.did)
+        return asset_pb2.GetAssetResponse(ddo_json=asset.ddo_json, owner=asset.owner)
 
     async def ListAssets(self, request, context):  # type: ignore[override]
         page_size = request.page_size or 100
         if page_size > MAX_PAGE:
-            raise errors.InvalidArgument(f"page_size must be at most {MAX_PAGE}", "page_size_invalid")
+            raise errors.InvalidArgument(
+                f"page_size must be at most {MAX_PAGE}", "page_size_invalid", field="page_size"
+            )
         if request.type and request.type not in ddos.ASSET_TYPES:
-            raise errors.InvalidArgument("type must be dataset or algorithm", "type_invalid")
+            raise errors.InvalidArgument("type must be dataset or algorithm", "type_invalid", field="type")
         if request.page_token and not ddos.is_did(request.page_token):
-            raise errors.InvalidArgument("page_token is not one this provider issued", "page_token_invalid")
+            raise errors.InvalidArgument(
+                "page_token is not one this provider issued", "page_token_invalid", field="page_token"
+            )
         rows = await self._db.run(
             lambda s: store.list_assets(s, request.type, request.owner, page_size, request.page_token)
         )
@@ -102,11 +94,11 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
         )
 
     async def UpdateAsset(self, request, context):  # type: ignore[override]
-        caller = await authenticate(self._db, "UpdateAsset", request)
-        row, _ = await resolve(self._db, request.did)
-        if row.owner != caller:
-            raise Refusal(codes.NOT_OWNER, f"only the owner {row.owner} may update {request.did}")
-        data, ddo = parse_ddo_json(request.ddo_json, row.owner, request.did)
+        caller = await authenticate(self._verifier, "UpdateAsset", request)
+        asset = await self._assets.resolve(request.did)
+        if asset.owner != caller:
+            raise Refusal(codes.NOT_OWNER, f"only the owner {asset.owner} may update {request.did}")
+        data, ddo = ddos.parse_ddo_json(request.ddo_json, asset.owner, request.did)
 
         def update(session) -> None:  # type: ignore[no-untyped-def]
             stored = store.read_asset(session, request.did)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from c2d.provider.v1 import ledger_pb2, ledger_pb2_grpc
 from plumbing import errors
 from plumbing.database import Database
-from services.provider.api.assets import resolve
-from services.provider.api.signatures import authenticate
+from services.provider.api.authentication import authenticate
 from services.provider.domain import errors as codes
 from services.provider.domain import identity
 from services.provider.domain.errors import Refusal
+from services.provider.domain.signed_requests import RequestVerifier
 from services.provider.persistence import store
+from services.provider.persistence.catalog import AssetCatalog
 from services.provider.persistence.models import Order
 
 ORDER_AMOUNT = 1  # one datatoken buys one job's use of a service
@@ -31,17 +32,21 @@ def order_message(order: Order) -> ledger_pb2.Order:
 
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
-    def __init__(self, db: Database, fee_address: str, order_timeout_s: int) -> None:
+    def __init__(
+        self, db: Database, verifier: RequestVerifier, assets: AssetCatalog, fee_address: str, order_timeout_s: int
+    ) -> None:
         self._db = db
+        self._verifier = verifier
+        self._assets = assets
         self._fee_address = fee_address
         self._order_timeout_s = order_timeout_s
 
     async def CreateDatatoken(self, request, context):  # type: ignore[override]
-        caller = await authenticate(self._db, "CreateDatatoken", request)
-        row, ddo = await resolve(self._db, request.did)
-        if row.owner != caller:
-            raise Refusal(codes.NOT_OWNER, f"only the owner {row.owner} may create datatokens for {request.did}")
-        if ddo.service(request.service_id) is None:
+        caller = await authenticate(self._verifier, "CreateDatatoken", request)
+        asset = await self._assets.resolve(request.did)
+        if asset.owner != caller:
+            raise Refusal(codes.NOT_OWNER, f"only the owner {asset.owner} may create datatokens for {request.did}")
+        if asset.ddo.service(request.service_id) is None:
             raise Refusal(codes.SERVICE_NOT_FOUND, f"{request.did} has no service {request.service_id!r}")
         symbol = request.symbol or "DT"
         address = await self._db.run(
@@ -50,10 +55,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         return ledger_pb2.CreateDatatokenResponse(datatoken_address=address)
 
     async def Mint(self, request, context):  # type: ignore[override]
-        caller = await authenticate(self._db, "Mint", request)
+        caller = await authenticate(self._verifier, "Mint", request)
         receiver = identity.normalize_address(request.to_address)
         if request.amount <= 0:
-            raise errors.InvalidArgument("amount must be at least 1", "amount_invalid")
+            raise errors.InvalidArgument("amount must be at least 1", "amount_invalid", field="amount")
 
         def mint(session) -> int:  # type: ignore[no-untyped-def]
             token = store.read_datatoken(session, request.datatoken_address)
@@ -71,9 +76,8 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         return ledger_pb2.GetBalanceResponse(balance=amount)
 
     async def StartOrder(self, request, context):  # type: ignore[override]
-        consumer = await authenticate(self._db, "StartOrder", request)
-        _, ddo = await resolve(self._db, request.did)
-        service = ddo.service(request.service_id)
+        consumer = await authenticate(self._verifier, "StartOrder", request)
+        service = (await self._assets.resolve(request.did)).ddo.service(request.service_id)
         if service is None:
             raise Refusal(codes.SERVICE_NOT_FOUND, f"{request.did} has no service {request.service_id!r}")
         valid_s = self._order_timeout_s or service.timeout

@@ -9,18 +9,20 @@ import asyncio
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import pytest
 from eth_account import Account
 
 from c2d.provider.v1 import auth_pb2, provider_pb2
 from plumbing.database import Database
-from services.provider.api import signatures
-from services.provider.api.signatures import authenticate, signed_fields
+from services.provider.api.authentication import authenticate
 from services.provider.domain import errors as codes
 from services.provider.domain import identity
 from services.provider.domain.errors import Refusal
-from services.provider.persistence import store
+from services.provider.domain.identity import signed_fields
+from services.provider.domain.signed_requests import RequestVerifier
+from services.provider.persistence import request_settling, store
 from services.provider.persistence.models import Base
 from tests.support.servers import alive
 
@@ -39,17 +41,23 @@ def where(request) -> str:
     return request.param
 
 
-def open_database(url: str, where: str = "thread") -> Database:
-    database = Database(url, Base.metadata)
-    database.create_schema()
-    if where == "worker":
-        signatures.verify_in_worker(database)
-    return database
+@dataclass
+class Provider:
+    """A provider's database and its verifier, as server.py wires them."""
+
+    db: Database
+    verifier: RequestVerifier
+
+    async def close(self) -> None:
+        await self.verifier.close()
+        self.db.close()
 
 
-async def close(db: Database) -> None:
-    await signatures.close_verifier(db)
-    db.close()
+def open_provider(url: str, where: str = "thread") -> Provider:
+    db = Database(url, Base.metadata)
+    db.create_schema()
+    settler = request_settling.WorkerSettler(url) if where == "worker" else request_settling.ThreadSettler(db)
+    return Provider(db, RequestVerifier(settler))
 
 
 def signed(key: str, nonce: int, job_id: str = "job-1") -> provider_pb2.GetJobDetailsRequest:
@@ -59,9 +67,11 @@ def signed(key: str, nonce: int, job_id: str = "job-1") -> provider_pb2.GetJobDe
     return request
 
 
-async def outcomes(db: Database, requests: list[provider_pb2.GetJobDetailsRequest]) -> list[str | None]:
+async def outcomes(provider: Provider, requests: list[provider_pb2.GetJobDetailsRequest]) -> list[str | None]:
     """Each request's error code (None: accepted), all sent at once."""
-    answers = await asyncio.gather(*(authenticate(db, "GetJobDetails", r) for r in requests), return_exceptions=True)
+    answers = await asyncio.gather(
+        *(authenticate(provider.verifier, "GetJobDetails", r) for r in requests), return_exceptions=True
+    )
     return [answer.code if isinstance(answer, Refusal) else None for answer in answers]
 
 
@@ -79,82 +89,82 @@ def counting_spends(monkeypatch) -> list[int]:
 
 
 async def test_concurrent_requests_share_one_transaction_and_a_replay_among_them_is_refused(database_url, monkeypatch):
-    db = open_database(database_url)
+    provider = open_provider(database_url)
     try:
         sizes = counting_spends(monkeypatch)
         requests = [signed(key, 100) for key in KEYS]
         replay = provider_pb2.GetJobDetailsRequest()
         replay.CopyFrom(requests[3])
-        assert await outcomes(db, [*requests, replay]) == [None] * len(KEYS) + [codes.NONCE_INVALID]
+        assert await outcomes(provider, [*requests, replay]) == [None] * len(KEYS) + [codes.NONCE_INVALID]
         assert sizes == [len(KEYS) + 1]  # one group commit for all of them
         # And once committed, the same request is refused on its own.
-        assert await outcomes(db, [requests[0]]) == [codes.NONCE_INVALID]
+        assert await outcomes(provider, [requests[0]]) == [codes.NONCE_INVALID]
     finally:
-        await close(db)
+        await provider.close()
 
 
 async def test_a_bad_signature_in_a_batch_is_refused_alone_and_spends_no_nonce(database_url, where):
-    db = open_database(database_url, where)
+    provider = open_provider(database_url, where)
     try:
         good = signed(KEYS[0], 7)
         tampered = signed(KEYS[1], 7)
         tampered.job_id = "someone-elses-job"  # the signature no longer covers the fields
-        assert await outcomes(db, [good, tampered]) == [None, codes.SIGNATURE_INVALID]
+        assert await outcomes(provider, [good, tampered]) == [None, codes.SIGNATURE_INVALID]
         # The tampered request's nonce is still free for its real owner.
-        assert await outcomes(db, [signed(KEYS[1], 7)]) == [None]
+        assert await outcomes(provider, [signed(KEYS[1], 7)]) == [None]
     finally:
-        await close(db)
+        await provider.close()
 
 
 async def test_a_spent_nonce_is_refused_after_a_restart(database_url, where):
     request = signed(KEYS[0], 42)
-    before = open_database(database_url, where)
+    before = open_provider(database_url, where)
     try:
         assert await outcomes(before, [request]) == [None]
     finally:
-        await close(before)
-    after = open_database(database_url, where)  # a new provider process on the same database
+        await before.close()
+    after = open_provider(database_url, where)  # a new provider process on the same database
     try:
         assert await outcomes(after, [request]) == [codes.NONCE_INVALID]
     finally:
-        await close(after)
+        await after.close()
 
 
 async def test_a_replay_racing_its_original_is_refused_in_the_worker_too(database_url):
-    db = open_database(database_url, "worker")
+    provider = open_provider(database_url, "worker")
     try:
         request = signed(KEYS[2], 5)
-        assert sorted(await outcomes(db, [request] * 6), key=str) == [None] + [codes.NONCE_INVALID] * 5
+        assert sorted(await outcomes(provider, [request] * 6), key=str) == [None] + [codes.NONCE_INVALID] * 5
     finally:
-        await close(db)
+        await provider.close()
 
 
 async def test_a_worker_that_dies_is_replaced(tmp_path):
-    db = open_database(f"sqlite:///{tmp_path}/provider.db", "worker")
+    provider = open_provider(f"sqlite:///{tmp_path}/provider.db", "worker")
     try:
-        assert await outcomes(db, [signed(KEYS[0], 1)]) == [None]
-        worker = signatures._verifier_for(db)._worker
+        assert await outcomes(provider, [signed(KEYS[0], 1)]) == [None]
+        worker = provider.verifier.settler._worker
         assert worker is not None
         for process in list(worker._processes.values()):  # the worker process itself
             process.kill()
             process.join()
         # The batch that finds it dead fails; the next runs in a new worker.
-        answers = await asyncio.gather(authenticate(db, "GetJobDetails", signed(KEYS[0], 2)), return_exceptions=True)
+        answers = await asyncio.gather(
+            authenticate(provider.verifier, "GetJobDetails", signed(KEYS[0], 2)), return_exceptions=True
+        )
         assert isinstance(answers[0], Exception)
-        assert await outcomes(db, [signed(KEYS[0], 3)]) == [None]
+        assert await outcomes(provider, [signed(KEYS[0], 3)]) == [None]
     finally:
-        await close(db)
+        await provider.close()
 
 
 LEAVES_ABRUPTLY = """
 import os, sys
 from plumbing.database import Database
-from services.provider.api import signatures
 from services.provider.persistence.models import Base
-db = Database(sys.argv[1], Base.metadata)
-db.create_schema()
-signatures.verify_in_worker(db)
-worker = signatures._verifier_for(db)._worker
+from services.provider.persistence.request_settling import WorkerSettler
+Database(sys.argv[1], Base.metadata).create_schema()
+worker = WorkerSettler(sys.argv[1])._worker
 worker.submit(int).result()  # it runs
 print(*(process.pid for process in worker._processes.values()), flush=True)
 os._exit(0)  # no shutdown, as a killed provider would leave

@@ -1,4 +1,4 @@
-"""Streaming a stored file to a consumer (GetComputeResult, DownloadAssetFile).
+"""Reading a stored result file for a consumer (GetComputeResult, DownloadAssetFile).
 
 One reader thread per download reads the file from storage while the event
 loop sends what was already read, at most READ_AHEAD chunks ahead, so the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 
 from plumbing import storage
 
@@ -25,7 +25,9 @@ RESULT_CHUNK = (4 << 20) - (64 << 10)
 READ_AHEAD = 2
 
 
-async def stream_chunks(store: storage.ObjectStore, location: str, offset: int) -> AsyncIterator[tuple[bytes, int]]:
+async def stream_chunks(
+    store: storage.ObjectStore, location: str, offset: int
+) -> AsyncGenerator[tuple[bytes, int], None]:
     """Yields (data, offset) chunks of a stored file from `offset`.
 
     A storage error is raised here, where the consumer is; closing the

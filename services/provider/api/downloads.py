@@ -1,0 +1,40 @@
+"""The one download streamer of GetComputeResult and DownloadAssetFile.
+
+Both answer a stream of responses of the same shape: the file's entry in
+the first, then the bytes from the requested offset with their offsets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, Callable
+from typing import TypeVar
+
+from c2d.common.v1 import common_pb2
+from plumbing import errors, storage
+from services.provider.persistence import result_files
+
+Response = TypeVar("Response")  # GetComputeResultResponse, DownloadAssetFileResponse
+
+
+async def stream_result_file(
+    store: storage.ObjectStore,
+    location: str,
+    entry: common_pb2.ResultFile,
+    offset: int,
+    response: Callable[..., Response],
+) -> AsyncGenerator[Response, None]:
+    """`response` messages carrying the file at `location` from `offset`; the
+    first one carries `entry`. Close it (contextlib.aclosing) to stop the
+    storage read at once when the consumer goes away."""
+    if offset > entry.size:
+        raise errors.InvalidArgument(
+            f"offset {offset} is beyond the file's {entry.size} bytes", "offset_invalid", field="offset"
+        )
+    first = True
+    async with contextlib.aclosing(result_files.stream_chunks(store, location, offset)) as chunks:
+        async for data, chunk_offset in chunks:
+            yield response(file=entry if first else None, data=data, offset=chunk_offset)
+            first = False
+    if first:  # an empty file (or offset at its end) still answers with its entry
+        yield response(file=entry, offset=offset)
