@@ -11,7 +11,7 @@ import grpc
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2, ledger_pb2, provider_pb2
-from plumbing.grpc_errors import error_code, reason_of
+from plumbing.grpc_errors import bad_request_fields, error_code, reason_of
 from services.provider.domain import errors as codes
 from tests.provider.market import (
     CONTAINER,
@@ -87,6 +87,28 @@ async def test_an_algorithm_used_as_the_dataset_is_refused(market: Market):
     spec.dataset.service_id = "access"
     error = await refused(market.consumer.start(spec))
     assert_refusal(error, PRECONDITION, codes.DATASET_IS_ALGORITHM, algorithm, "pass it as the algorithm")
+
+
+# -- the request's own fields ----------------------------------------------------------------------
+
+
+async def test_a_mistake_in_a_request_field_names_that_field_in_a_bad_request_detail(market: Market):
+    dataset, dataset_order, algorithm, algorithm_order = await market.ready_job()
+    no_environment = market.spec(dataset, dataset_order, algorithm, algorithm_order, environment_id="")
+    too_long = market.spec(dataset, dataset_order, algorithm, algorithm_order, max_duration_seconds=10**9)
+    cases = {
+        "spec.environment_id": ("ENVIRONMENT_MISSING", market.consumer.start(no_environment)),
+        "spec.max_duration_seconds": ("DURATION_TOO_LONG", market.consumer.start(too_long)),
+        "page_size": (
+            "PAGE_SIZE_INVALID",
+            market.consumer.assets.ListAssets(asset_pb2.ListAssetsRequest(page_size=100_000)),
+        ),
+    }
+    for field, (reason, call) in cases.items():
+        error = await refused(call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, error.details())
+        assert error_code(error) == reason, field
+        assert bad_request_fields(error) == [field]
 
 
 # -- credentials and the dataset's policy ------------------------------------------------------
