@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from c2d.operator.v1 import operator_pb2
-from plumbing.grpc_errors import error_code, reason_of
+from plumbing.grpc_errors import bad_request_fields, error_code, reason_of
 from tests.operator_service.helpers import (
     NOOP_PATH,
     Operator,
@@ -219,6 +219,18 @@ def _bad_unary_calls():
     ]
 
 
+# The request field each INVALID_ARGUMENT names in its BadRequest detail.
+FIELD_OF = {
+    "job_id_invalid": "job_id",
+    "status_invalid": "statuses",
+    "page_size_invalid": "page_size",
+    "page_token_invalid": "page_token",
+    "time_range_invalid": "created_after",
+    "request_id_missing": "request_id",
+    "owner_missing": "owner",
+}
+
+
 async def test_bad_input_gets_the_right_status_never_internal(data_dir, postgres_url):
     async with control_plane(postgres_url) as plane:
         stub, metadata = plane.operator.stub, plane.operator.metadata
@@ -230,15 +242,18 @@ async def test_bad_input_gets_the_right_status_never_internal(data_dir, postgres
                 raised.value.details(),
             )
             assert len(raised.value.details()) > 15, raised.value.details()
+            if code in FIELD_OF:
+                assert bad_request_fields(raised.value) == [FIELD_OF[code]], (method, code)
 
-        for request, status in [
-            (operator_pb2.WatchJobsRequest(job_ids=[UNKNOWN]), grpc.StatusCode.NOT_FOUND),
-            (operator_pb2.WatchJobsRequest(job_ids=["not-a-uuid"]), grpc.StatusCode.INVALID_ARGUMENT),
-            (operator_pb2.WatchJobsRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+        for request, status, field in [
+            (operator_pb2.WatchJobsRequest(job_ids=[UNKNOWN]), grpc.StatusCode.NOT_FOUND, None),
+            (operator_pb2.WatchJobsRequest(job_ids=["not-a-uuid"]), grpc.StatusCode.INVALID_ARGUMENT, "job_ids"),
+            (operator_pb2.WatchJobsRequest(), grpc.StatusCode.INVALID_ARGUMENT, "job_ids"),
         ]:
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 [r async for r in stub.WatchJobs(request, metadata=metadata, timeout=30)]
             assert raised.value.code() == status, raised.value.details()
+            assert bad_request_fields(raised.value) == ([field] if field else [])
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             [r async for r in stub.StreamJobLogs(operator_pb2.StreamJobLogsRequest(job_id=UNKNOWN), metadata=metadata)]
         assert raised.value.code() == grpc.StatusCode.NOT_FOUND

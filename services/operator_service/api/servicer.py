@@ -26,11 +26,13 @@ DEFAULT_PAGE = 100
 STOP_SETTLE_S = 2.0
 
 
-def _job_id(value: str) -> str:
+def _job_id(value: str, field: str = "job_id") -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise errors.InvalidArgument(f"job_id {value!r} is not a job id (a UUID)", "job_id_invalid") from None
+        raise errors.InvalidArgument(
+            f"{field} {value!r} is not a job id (a UUID)", "job_id_invalid", field=field
+        ) from None
 
 
 def _time(request, name: str) -> datetime | None:  # type: ignore[no-untyped-def]
@@ -39,7 +41,7 @@ def _time(request, name: str) -> datetime | None:  # type: ignore[no-untyped-def
     try:
         return getattr(request, name).ToDatetime(tzinfo=UTC)
     except ValueError:
-        raise errors.InvalidArgument(f"{name} is not a valid timestamp", "time_range_invalid") from None
+        raise errors.InvalidArgument(f"{name} is not a valid timestamp", "time_range_invalid", field=name) from None
 
 
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
@@ -82,9 +84,11 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
 
     async def CreateJob(self, request, context):  # type: ignore[override]
         if not request.request_id:
-            raise errors.InvalidArgument("request_id is required (the idempotency key)", "request_id_missing")
+            raise errors.InvalidArgument(
+                "request_id is required (the idempotency key)", "request_id_missing", field="request_id"
+            )
         if not request.owner:
-            raise errors.InvalidArgument("owner is required", "owner_missing")
+            raise errors.InvalidArgument("owner is required", "owner_missing", field="owner")
         workflow = check_workflow(request.workflow)
         env = self._live_environment(request.environment_id)
         if env is None:
@@ -132,11 +136,13 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def ListJobs(self, request, context):  # type: ignore[override]
         page_size = request.page_size or DEFAULT_PAGE
         if page_size > MAX_PAGE:
-            raise errors.InvalidArgument(f"page_size must be at most {MAX_PAGE}", "page_size_invalid")
+            raise errors.InvalidArgument(
+                f"page_size must be at most {MAX_PAGE}", "page_size_invalid", field="page_size"
+            )
         statuses = []
         for status in request.statuses:
             if status not in TEXT:
-                raise errors.InvalidArgument(f"status {status} is not a job status", "status_invalid")
+                raise errors.InvalidArgument(f"status {status} is not a job status", "status_invalid", field="statuses")
             statuses.append(int(status))
         filters = store.JobFilter(
             owner=request.owner,
@@ -146,14 +152,16 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             created_before=_time(request, "created_before"),
         )
         if filters.created_after and filters.created_before and filters.created_after >= filters.created_before:
-            raise errors.InvalidArgument("created_after must be before created_before", "time_range_invalid")
+            raise errors.InvalidArgument(
+                "created_after must be before created_before", "time_range_invalid", field="created_after"
+            )
         rows, token = await self._db.run(lambda s: store.list_jobs(s, filters, page_size, request.page_token))
         return operator_pb2.ListJobsResponse(jobs=[convert.job(r) for r in rows], next_page_token=token)
 
     async def WatchJobs(self, request, context) -> AsyncIterator[operator_pb2.WatchJobsResponse]:  # type: ignore[override]
         if not request.job_ids:
-            raise errors.InvalidArgument("name at least one job to watch", "job_ids_missing")
-        job_ids = sorted({_job_id(j) for j in request.job_ids})
+            raise errors.InvalidArgument("name at least one job to watch", "job_ids_missing", field="job_ids")
+        job_ids = sorted({_job_id(j, "job_ids") for j in request.job_ids})
         queue = self._broker.subscribe(job_ids)  # before reading: no change slips between
         try:
             current = {}

@@ -172,6 +172,7 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
         raise errors.InvalidArgument(
             "page_token is not one this service issued; pass next_page_token from the previous page",
             "page_token_invalid",
+            field="page_token",
         ) from None
 
 
