@@ -2,8 +2,13 @@
 applies every state change the engines stream to it.
 
 - `api/`: the gRPC surface (OperatorService) and conversions.
-- `domain/`: engine links (stream consumption, dispatch, liveness), watching,
-  expiry (removal of stored results: DeleteJob and the storage-expiry sweeper).
-- `persistence/`: tables, the queries on them, and the Alembic migrations
+- `clients/`: outbound gRPC, the engine client; failures become domain errors.
+- `domain/`: engine links (stream consumption, dispatch claims, liveness),
+  watching, expiry (removal of stored results: DeleteJob and the
+  storage-expiry sweeper). No grpc, no SQL: it drives the engine clients and
+  the store through the Protocols in `domain/ports.py`.
+- `persistence/`: tables, the queries on them (`jobs.py`), the store the
+  domain's ports are served by (`store.py`), and the Alembic migrations
   (`persistence/migrations/`) that create and upgrade them at start-up.
+- `server.py` wires them together.
 """

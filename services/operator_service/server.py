@@ -1,5 +1,5 @@
-"""Wires the Operator-Service: database (migrated at start-up), engine links,
-the storage-expiry sweeper, gRPC."""
+"""Wires the Operator-Service: database (migrated at start-up) and the store
+on it, a client and a link per engine, the storage-expiry sweeper, gRPC."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from plumbing import auth, settings, storage
 from plumbing.database import Database, sqlite_url
 from plumbing.server import Registration, RunningServer, configure_logging, serve_until_signalled, start_server
 from services.operator_service.api.servicer import OperatorServicer
+from services.operator_service.clients.engines import EngineClient
 from services.operator_service.domain.engine_links import EngineLink
 from services.operator_service.domain.expiry import ExpirySweeper, ResultsRemover
 from services.operator_service.domain.watching import Broker
 from services.operator_service.persistence import migrations
-from services.operator_service.persistence.models import Base
+from services.operator_service.persistence.models import Base, Job
+from services.operator_service.persistence.store import Store
 from services.operator_service.settings import OperatorSettings
 
 OPERATOR_SERVICE = operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name
@@ -34,23 +36,25 @@ def parse_engines(entries: tuple[str, ...]) -> dict[str, str]:
 async def start(config: OperatorSettings) -> RunningServer:
     db = Database(config.database_url or sqlite_url(settings.data_dir() / "operator.db"), Base.metadata)
     await asyncio.to_thread(migrations.upgrade, db.engine)
-    broker = Broker()
+    store = Store(db)
+    broker: Broker[Job] = Broker()
     token = auth.service_token()
     links = {
         engine_id: EngineLink(
             engine_id,
             address,
-            db,
+            EngineClient(engine_id, address, token),
+            store,
             broker,
-            token,
             config.engine_liveness_s,
             config.reconnect_max_s,
             config.queue_timeout_s,
+            config.dispatch_timeout_s,
         )
         for engine_id, address in parse_engines(config.engines).items()
     }
     remover = ResultsRemover(storage.configured())
-    sweeper = ExpirySweeper(db, remover, config.sweep_interval_s)
+    sweeper = ExpirySweeper(store, remover, config.sweep_interval_s)
     servicer = OperatorServicer(db, links, broker, remove_results=remover.remove)
     interceptors, credentials = auth.internal_port(token, [OPERATOR_SERVICE])
     running = await start_server(

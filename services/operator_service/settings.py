@@ -17,6 +17,9 @@ class OperatorSettings:
     )
     reconnect_max_s: float = setting(5.0, "longest back-off between reconnects to an engine")
     sweep_interval_s: float = setting(60.0, "how often expired results are removed")
+    dispatch_timeout_s: float = setting(
+        30.0, "longest a SubmitJobs call may take; a dispatch claim twice as old is retried by any replica"
+    )
     queue_timeout_s: float = setting(
         3600.0, "a job waiting longer than this for its engine to come back ends 'expired in queue'"
     )

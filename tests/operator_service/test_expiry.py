@@ -19,6 +19,7 @@ from services.operator_service.domain.expiry import ExpirySweeper, ResultsRemove
 from services.operator_service.persistence import jobs as store
 from services.operator_service.persistence import migrations
 from services.operator_service.persistence.models import Base, Engine, Job
+from services.operator_service.persistence.store import Store
 from tests.operator_service.helpers import Operator, control_plane, eventually, query, wait_finished
 from tests.storage.conftest import s3_config
 from tests.support.stacks import settings_for
@@ -109,7 +110,7 @@ def _exists(target: storage.ObjectStore, location: str) -> bool:
 async def test_the_sweeper_removes_only_results_past_their_environments_expiry(db, tmp_path):
     local = LocalStore(tmp_path / "results")
     sweeper = ExpirySweeper(
-        db, ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60
+        Store(db), ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60
     )
     due = _finished_job(db, "cpu", NOW - timedelta(seconds=HOUR + 1), None)
     db.transaction(lambda s: setattr(s.get(Job, due), "results", _publish(local, tmp_path, due)))
@@ -155,7 +156,7 @@ async def test_the_sweeper_removes_results_from_real_s3(postgres_url, seaweedfs,
         db.transaction(lambda s: setattr(s.get(Job, job_id), "results", results))
         assert all(_exists(bucket, f["location"]) for f in results["files"])
 
-        assert await ExpirySweeper(db, ResultsRemover(config), 60).sweep_once(NOW) == 1
+        assert await ExpirySweeper(Store(db), ResultsRemover(config), 60).sweep_once(NOW) == 1
 
         assert not any(_exists(bucket, f["location"]) for f in results["files"])
         assert _job(db, job_id).results["expired"] is True
@@ -168,7 +169,7 @@ async def test_results_the_service_cannot_reach_stay_and_are_retried(db, tmp_pat
     elsewhere = _finished_job(db, "cpu", NOW - timedelta(days=1), {"files": [{"location": "s3://bucket/x/out.txt"}]})
     here = _finished_job(db, "cpu", NOW - timedelta(days=1), _publish(local, tmp_path, "here"))
     sweeper = ExpirySweeper(
-        db, ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60
+        Store(db), ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60
     )
 
     assert await sweeper.sweep_once(NOW) == 1

@@ -1,5 +1,6 @@
 """The operator-service survives what production does to it: a kill -9 while
-an engine streams, two replicas on one database, an engine that goes away."""
+an engine streams or while a dispatch is in flight, two replicas on one
+database, an engine that goes away or hangs on a dispatch."""
 
 from __future__ import annotations
 
@@ -90,12 +91,18 @@ class CountingProxy:
 
     STREAMS = ("StreamStateChanges", "StreamJobLogs")
 
-    def __init__(self, target: str, stall_first_stream: bool = False) -> None:
+    def __init__(self, target: str, stall_first_stream: bool = False, hold_submits: str = "") -> None:
         self.submits: collections.Counter[str] = collections.Counter()
         self.streams = 0
         # The first state stream forwards its first message, then goes silent
         # for good with the connection open: a hung peer, not a closed one.
         self.stall_first_stream = stall_first_stream
+        # SubmitJobs calls hang until release() (or their caller gives up):
+        # "request" before the engine sees them, "answer" once the engine took them.
+        self.hold_submits = hold_submits
+        self.holding = 0  # calls hanging now
+        self.held = asyncio.Event()  # set once a call hangs
+        self._released = asyncio.Event()
         self._channel = grpc.aio.insecure_channel(target)
         self._server = grpc.aio.server()
         self._server.add_generic_rpc_handlers([self._Handler(self)])
@@ -118,12 +125,20 @@ class CountingProxy:
         async def forward(request: bytes, context):  # type: ignore[no-untyped-def]
             if method.endswith("/SubmitJob"):
                 self.submits[engine_pb2.SubmitJobRequest.FromString(request).job_id] += 1
-            if method.endswith("/SubmitJobs"):
+            submit = method.endswith("/SubmitJobs")
+            if submit:
                 self.submits.update(job.job_id for job in engine_pb2.SubmitJobsRequest.FromString(request).jobs)
+            if submit and self.hold_submits == "request":
+                await self._hang()
             try:
-                return await self._channel.unary_unary(method)(request, metadata=self._forwarded(context), timeout=30)
+                response = await self._channel.unary_unary(method)(
+                    request, metadata=self._forwarded(context), timeout=30
+                )
             except grpc.aio.AioRpcError as exc:
                 await context.abort(exc.code(), exc.details())
+            if submit and self.hold_submits == "answer":
+                await self._hang()
+            return response
 
         return forward
 
@@ -143,6 +158,17 @@ class CountingProxy:
                 call.cancel()
 
         return forward
+
+    async def _hang(self) -> None:
+        self.holding += 1
+        self.held.set()
+        try:
+            await self._released.wait()
+        finally:
+            self.holding -= 1
+
+    def release(self) -> None:
+        self._released.set()
 
     async def start(self) -> None:
         await self._server.start()
@@ -180,6 +206,145 @@ async def test_two_replicas_dispatch_each_of_200_jobs_exactly_once(data_dir, pos
     assert {job_id: histories[job_id] for job_id in job_ids} == {job_id: NOOP_PATH for job_id in job_ids}
     emitted = query(postgres_url, "SELECT count(*) FROM engine_events")[0][0]
     assert query(postgres_url, "SELECT count(*) FROM job_events WHERE engine_id = 'local'") == [(emitted,)]
+
+
+def _claimed(database_url: str) -> list[str]:
+    """Jobs a dispatch round holds (claimed, not settled)."""
+    return sorted(
+        job_id for (job_id,) in query(database_url, "SELECT job_id FROM jobs WHERE dispatch_claim IS NOT NULL")
+    )
+
+
+@pytest.mark.timeout(600)
+async def test_a_dispatch_call_that_hangs_holds_no_lock_over_another_replicas_work(data_dir, postgres_url):
+    engine = await engine_server.start(engine_settings(postgres_url))
+    proxy = CountingProxy(f"127.0.0.1:{engine.port}", hold_submits="answer")
+    await proxy.start()
+    # This replica reaches the engine through the proxy: the engine takes its
+    # jobs and runs them, but the answer to its SubmitJobs never comes.
+    replicas = [await operator_server.start(operator_settings(postgres_url, proxy.port, dispatch_timeout_s=300))]
+    clients = [Operator(replicas[0].port)]
+    try:
+        await wait_available(clients[0])
+        mine = await asyncio.gather(*(clients[0].create() for _ in range(3)))
+        await asyncio.wait_for(proxy.held.wait(), 60)
+        stuck = sorted(proxy.submits)  # the hanging round's jobs; any others are left to the other replica
+        replicas.append(await operator_server.start(operator_settings(postgres_url, engine.port)))
+        clients.append(Operator(replicas[1].port))
+        await wait_available(clients[1])
+        theirs = await asyncio.gather(*(clients[1].create() for _ in range(3)))
+
+        # The other replica dispatches its own jobs, and every change of all six
+        # is applied, while the first replica's call still waits for its answer.
+        everyone = [job.job_id for job in mine + theirs]
+        await wait_finished(clients[1], everyone, timeout=120)
+        assert proxy.holding == 1
+        assert stuck and _claimed(postgres_url) == stuck
+
+        proxy.release()
+
+        async def settled() -> bool:
+            return _claimed(postgres_url) == []
+
+        await eventually(settled, "the hanging round to settle", timeout=60)
+    finally:
+        for client in clients:
+            await client.close()
+        for replica in replicas:
+            await replica.stop(1)
+        await proxy.stop()
+        await engine.stop(1)
+
+    assert proxy.submits == collections.Counter(dict.fromkeys(stuck, 1))
+    assert query(postgres_url, "SELECT count(*) FROM engine_jobs") == [(6,)]
+    assert query(postgres_url, "SELECT count(*) FROM jobs WHERE dispatched") == [(6,)]
+    histories = _histories(postgres_url)
+    assert [histories[job_id] for job_id in everyone] == [NOOP_PATH] * 6
+
+
+@pytest.mark.timeout(600)
+async def test_jobs_claimed_by_a_replica_killed_before_it_settled_are_dispatched_by_another(
+    data_dir, postgres_url, tmp_path
+):
+    dispatch_timeout_s = 3  # a claim is stale, and taken over, after twice this
+    engine = await engine_server.start(engine_settings(postgres_url))
+    proxy = CountingProxy(f"127.0.0.1:{engine.port}", hold_submits="request")
+    await proxy.start()
+    doomed = OperatorProcess(
+        postgres_url, proxy.port, tmp_path / "operator.log", C2D_OPERATOR_DISPATCH_TIMEOUT_S=str(dispatch_timeout_s)
+    )
+    survivor = None
+    try:
+        operator = Operator(await doomed.start())
+        await wait_available(operator)
+        created = sorted(job.job_id for job in await asyncio.gather(*(operator.create() for _ in range(3))))
+        await operator.close()
+        await asyncio.wait_for(proxy.held.wait(), 60)
+        doomed.kill()  # claimed and committed; SubmitJobs under way; never settled
+        in_flight = sorted(proxy.submits)  # the round's jobs; any others still wait unclaimed
+
+        async def call_abandoned() -> bool:
+            return proxy.holding == 0
+
+        await eventually(call_abandoned, "the killed replica's call to be cancelled", timeout=60)
+        assert in_flight and _claimed(postgres_url) == in_flight
+        assert query(postgres_url, "SELECT count(*) FROM engine_jobs") == [(0,)]  # lost, were it not for the claim
+        [(claimed_at,)] = query(postgres_url, "SELECT max(dispatch_claimed_at) FROM jobs")
+
+        survivor = await operator_server.start(
+            operator_settings(postgres_url, engine.port, dispatch_timeout_s=dispatch_timeout_s)
+        )
+        operator = Operator(survivor.port)
+        await wait_finished(operator, created, timeout=120)
+        await operator.close()
+    finally:
+        doomed.stop()
+        if survivor is not None:
+            await survivor.stop(1)
+        await proxy.stop()
+        await engine.stop(1)
+
+    assert _claimed(postgres_url) == []
+    assert query(postgres_url, "SELECT count(*) FROM engine_jobs") == [(3,)]
+    histories = _histories(postgres_url)
+    assert [histories[job_id] for job_id in created] == [NOOP_PATH] * 3
+    # Not taken over while the killed replica's call could still have been running.
+    started = dict(query(postgres_url, "SELECT job_id, time FROM job_events WHERE status = 10"))
+    assert min((started[job_id] - claimed_at).total_seconds() for job_id in in_flight) >= 2 * dispatch_timeout_s
+
+
+async def test_a_job_stopped_while_its_dispatch_is_in_flight_is_withdrawn_from_the_engine(data_dir, postgres_url):
+    engine = await engine_server.start(engine_settings(postgres_url))
+    proxy = CountingProxy(f"127.0.0.1:{engine.port}", hold_submits="request")
+    await proxy.start()
+    service = await operator_server.start(operator_settings(postgres_url, proxy.port, dispatch_timeout_s=60))
+    operator = Operator(service.port)
+    try:
+        await wait_available(operator)
+        job = await operator.create()
+        await asyncio.wait_for(proxy.held.wait(), 60)
+
+        stopped = await operator.stub.StopJob(
+            operator_pb2.StopJobRequest(job_id=job.job_id), metadata=operator.metadata
+        )
+        assert (stopped.job.status, stopped.job.end_reason) == (70, 2)  # STOPPED, here: the engine has not got it
+        proxy.release()  # now the engine takes it, and the settling round takes it back
+
+        async def withdrawn() -> bool:
+            return query(postgres_url, "SELECT deleted FROM engine_jobs WHERE job_id = :j", j=job.job_id) == [(True,)]
+
+        await eventually(withdrawn, "the engine's copy to be deleted", timeout=60)
+        assert (await operator.get(job.job_id)).status == 70
+    finally:
+        await operator.close()
+        await service.stop(1)
+        await proxy.stop()
+        await engine.stop(1)
+
+    assert _histories(postgres_url)[job.job_id] == [1, 70]
+    assert query(postgres_url, "SELECT dispatched, dispatch_claim FROM jobs WHERE job_id = :j", j=job.job_id) == [
+        (False, None)
+    ]
 
 
 async def test_jobs_wait_for_an_engine_that_disappears_and_run_when_it_returns(data_dir, postgres_url):

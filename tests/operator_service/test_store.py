@@ -1,12 +1,13 @@
 """The job store on the real databases: the request-id race, exactly-once
-application of an engine's changes, gaps, illegal transitions."""
+application of an engine's changes, gaps, illegal transitions, dispatch claims."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import event, func, select, text
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from plumbing.database import Database
 from plumbing.statuses import EndReason, Status
+from services.operator_service.domain.ports import Refusal
 from services.operator_service.persistence import jobs as store
 from services.operator_service.persistence import migrations
 from services.operator_service.persistence.models import Base, Job, JobEvent
@@ -36,9 +38,9 @@ def db(request, tmp_path):
     database.close()
 
 
-def _job(request_id: str = "") -> Job:
+def _job(request_id: str = "", **overrides) -> Job:
     job_id = str(uuid.uuid4())
-    return Job(
+    values = dict(
         job_id=job_id,
         request_id=request_id or job_id,
         owner="0xowner",
@@ -52,6 +54,8 @@ def _job(request_id: str = "") -> Job:
         viewers=[],
         dispatched=True,
     )
+    values.update(overrides)
+    return Job(**values)
 
 
 def _change(sequence: int, job_id: str, status: int, **extra) -> store.IncomingChange:
@@ -187,3 +191,148 @@ def test_illegal_and_unknown_changes_are_refused_but_consumed(db):
     stored = db.transaction(lambda s: store.read_job(s, job.job_id))
     assert (stored.status, stored.end_reason, stored.error_code) == (70, int(EndReason.STOPPED), "stopped")
     assert db.transaction(lambda s: s.get(store.Engine, "local").last_applied_sequence) == 5
+
+
+# -- dispatch claims ------------------------------------------------------------------
+
+STALE_AFTER = timedelta(seconds=60)  # twice a 30 s SubmitJobs timeout, as the links use
+
+
+def _waiting_jobs(db: Database, count: int, engine_id: str = "local") -> list[str]:
+    """Jobs waiting for their engine, oldest first."""
+    rows = [
+        _job(dispatched=False, engine_id=engine_id, created_at=T0 + timedelta(seconds=i), workflow=b"w%d" % i)
+        for i in range(count)
+    ]
+    return [job.job_id for job, _ in db.transaction(lambda s: store.create_jobs(s, rows))]
+
+
+def _claim(db: Database, claim: str, now: datetime, engine_id: str = "local", limit: int = 100) -> list[str]:
+    claimed = db.transaction(lambda s: store.claim_waiting(s, engine_id, claim, now, now - STALE_AFTER, limit))
+    return [job.job_id for job in claimed]
+
+
+def _dispatch_state(db: Database, job_ids: list[str]) -> dict[str, tuple]:
+    """Per job: status, end reason, error code, dispatched, the claim holding it."""
+    rows = db.transaction(
+        lambda s: s.execute(
+            select(Job.job_id, Job.status, Job.end_reason, Job.error_code, Job.dispatched, Job.dispatch_claim).where(
+                Job.job_id.in_(job_ids)
+            )
+        ).all()
+    )
+    return {job_id: tuple(rest) for job_id, *rest in rows}
+
+
+def test_a_claim_holds_its_jobs_until_it_is_stale_then_another_round_takes_them(db):
+    waiting = _waiting_jobs(db, 3)
+
+    first = db.transaction(lambda s: store.claim_waiting(s, "local", "first", T0, T0 - STALE_AFTER, 100))
+    assert [(job.job_id, job.environment_id, job.workflow) for job in first] == [
+        (job_id, "cpu", b"w%d" % i) for i, job_id in enumerate(waiting)
+    ]
+    assert _claim(db, "second", T0 + STALE_AFTER) == []  # a round may still be calling the engine
+    # "first" never settled (its replica died after the commit): the jobs are taken over, not lost.
+    assert _claim(db, "second", T0 + STALE_AFTER + timedelta(seconds=1)) == waiting
+
+    # The dead round's settlement, had it come, would change nothing: the jobs are no longer its own.
+    assert db.transaction(lambda s: store.finish_dispatch(s, "first", waiting, [])) == store.Settlement([], [])
+    assert set(_dispatch_state(db, waiting).values()) == {(1, 0, "", False, "second")}
+
+    db.transaction(lambda s: store.finish_dispatch(s, "second", waiting, []))
+    assert set(_dispatch_state(db, waiting).values()) == {(1, 0, "", True, None)}
+    assert _claim(db, "third", T0 + 10 * STALE_AFTER) == []  # dispatched: never claimed again
+
+
+def test_a_round_claims_only_its_own_engines_jobs_oldest_first_up_to_its_limit(db):
+    local = _waiting_jobs(db, 3)
+    other = _waiting_jobs(db, 2, engine_id="other")
+
+    assert _claim(db, "a", T0, limit=2) == local[:2]
+    assert _claim(db, "b", T0, engine_id="other") == other
+    assert _claim(db, "c", T0) == local[2:]
+
+
+def test_settling_dispatches_the_taken_ends_the_refused_and_withdraws_the_ended(db):
+    taken, refused, stopped, reported = _waiting_jobs(db, 4)
+    _claim(db, "round", T0)
+
+    # While the round calls the engine: the owner stops one job, the engine already reports on another.
+    db.transaction(
+        lambda s: store.end_job(
+            s, store.read_job(s, stopped, lock=True), EndReason.STOPPED, "stopped", "stopped by its owner"
+        )
+    )
+    db.transaction(lambda s: store.apply_changes(s, "local", [_change(1, reported, 10)]))
+    settled = db.transaction(
+        lambda s: store.finish_dispatch(
+            s,
+            "round",
+            [taken, refused, stopped, reported],
+            [Refusal(refused, "entrypoint_invalid", "the engine refused the job: no $ALGO")],
+        )
+    )
+
+    assert [job.job_id for job in settled.refused] == [refused] and settled.refused[0].status == 70
+    assert settled.withdrawn == [stopped]
+    assert _dispatch_state(db, [taken, refused, stopped, reported]) == {
+        taken: (1, 0, "", True, None),
+        refused: (70, int(EndReason.FAILED), "entrypoint_invalid", False, None),
+        stopped: (70, int(EndReason.STOPPED), "stopped", False, None),
+        reported: (10, 0, "", True, None),
+    }
+    assert _history(db, refused) == [(1, 0), (70, 0)]
+
+
+def test_a_released_claim_is_claimable_at_once_and_only_its_own_round_releases_it(db):
+    waiting = _waiting_jobs(db, 2)
+    _claim(db, "failed-call", T0)
+
+    db.transaction(lambda s: store.release_claim(s, "another-round", waiting))
+    assert _claim(db, "retry", T0 + timedelta(seconds=1)) == []
+    db.transaction(lambda s: store.release_claim(s, "failed-call", waiting))
+    assert _claim(db, "retry", T0 + timedelta(seconds=1)) == waiting
+
+
+def test_queue_expiry_passes_over_jobs_a_fresh_claim_holds(db):
+    claimed, unclaimed = _waiting_jobs(db, 2)
+    _claim(db, "round", T0, limit=1)
+
+    def expire(now: datetime) -> list[str]:
+        ended = db.transaction(
+            lambda s: store.expire_undispatched(s, "local", now, now - STALE_AFTER, "waited too long")
+        )
+        return [job.job_id for job in ended]
+
+    assert expire(T0 + timedelta(seconds=30)) == [unclaimed]
+    assert expire(T0 + STALE_AFTER + timedelta(seconds=1)) == [claimed]  # its round is long over
+    assert {state[:3] for state in _dispatch_state(db, [claimed, unclaimed]).values()} == {
+        (70, int(EndReason.EXPIRED_IN_QUEUE), "expired_in_queue")
+    }
+
+
+def test_replicas_claiming_at_once_never_share_a_job(db):
+    waiting = _waiting_jobs(db, 300)
+    replicas = [db, Database(db.url, Base.metadata)]  # a second replica: its own engine and connections
+    start = threading.Barrier(4)
+
+    def claim_until_none(replica: Database, name: str) -> list[str]:
+        start.wait(30)
+        claimed: list[str] = []
+        for round_number in range(1000):
+            got = _claim(replica, f"{name}-{round_number}", T0, limit=7)
+            if not got:
+                return claimed
+            claimed += got
+        raise AssertionError("claims never ran out")
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(claim_until_none, replicas[i % 2], f"r{i}") for i in range(4)]
+            claims = [future.result(120) for future in futures]
+    finally:
+        replicas[1].close()
+
+    every = [job_id for claimed in claims for job_id in claimed]
+    assert sorted(every) == sorted(waiting)  # each job claimed exactly once
+    assert sum(1 for claimed in claims if claimed) >= 2

@@ -17,6 +17,7 @@ from plumbing.statuses import TEXT, EndReason, Status, is_terminal
 from plumbing.workflows import check_workflow
 from services.operator_service.api import convert
 from services.operator_service.domain.engine_links import EngineLink
+from services.operator_service.domain.ports import JobRecord
 from services.operator_service.domain.watching import Broker
 from services.operator_service.persistence import jobs as store
 from services.operator_service.persistence.models import Job
@@ -49,8 +50,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         self,
         db: Database,
         links: dict[str, EngineLink],
-        broker: Broker,
-        remove_results: Callable[[Job], Awaitable[None]] | None = None,
+        broker: Broker[Job],
+        remove_results: Callable[[JobRecord], Awaitable[None]] | None = None,
     ) -> None:
         self._db = db
         self._links = links

@@ -5,7 +5,15 @@ sequence, forever: changes are applied in batches, each batch and the new
 last-applied sequence in one transaction; heartbeats record liveness and the
 environments. On any disconnect it reconnects with exponential back-off and
 resumes from the stored sequence, so nothing is lost or applied twice.
-`dispatch()` hands waiting jobs to the engine.
+
+Dispatch hands waiting jobs to the engine in rounds, with no network call
+under a row lock: a round claims its jobs (commit), calls SubmitJobs, then
+settles them in a new transaction. A claim never settled (the call failed,
+or the service died in between) is claimed again by a later round of any
+replica once it is older than twice the call's timeout, when no call made
+under it can still be running; resubmitting is harmless, since the engine
+takes a job it already holds as a no-op. A job belongs to one engine from
+CreateJob on, so it is only ever claimed for, and dispatched to, that one.
 """
 
 from __future__ import annotations
@@ -14,25 +22,31 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-import grpc
-from google.protobuf import json_format
+from typing import Any, Protocol
 
 from c2d.common.v1 import common_pb2
-from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
-from plumbing import auth
-from plumbing.database import Database
-from plumbing.grpc_errors import downstream_error
-from plumbing.statuses import EndReason
-from services.operator_service.domain.watching import Broker
-from services.operator_service.persistence import jobs as store
-from services.operator_service.persistence.models import Job
+from plumbing import errors
+from services.operator_service.domain.ports import (
+    EngineClient,
+    Heartbeat,
+    IncomingChange,
+    LinkStore,
+    LogChunk,
+    Refusal,
+    SequenceGap,
+)
 
 log = logging.getLogger("c2d.operator")
 BATCH = 500
+
+
+class Publisher(Protocol):
+    """Where applied changes go: the watch broker."""
+
+    def publish(self, jobs: Iterable[Any]) -> None: ...
 
 
 class StreamStalled(Exception):
@@ -44,27 +58,23 @@ class EngineLink:
         self,
         engine_id: str,
         address: str,
-        db: Database,
-        broker: Broker,
-        token: str,
+        client: EngineClient,
+        store: LinkStore,
+        broker: Publisher,
         liveness_s: float,
         reconnect_max_s: float,
         queue_timeout_s: float = 3600.0,
+        dispatch_timeout_s: float = 30.0,
     ) -> None:
         self.engine_id = engine_id
         self.address = address
-        self._db = db
+        self._client = client
+        self._store = store
         self._broker = broker
-        self._metadata = auth.bearer(token)
         self._liveness_s = liveness_s
         self._reconnect_max_s = reconnect_max_s
         self._queue_timeout_s = queue_timeout_s
-        self._channel = auth.internal_channel(address)
-        self._stub = engine_pb2_grpc.EngineServiceStub(self._channel)
-        # The dispatcher calls SubmitJobs while holding the job rows' locks, in
-        # a database thread, so it uses a blocking channel.
-        self._sync_channel = auth.internal_channel(address, blocking=True)
-        self._sync_stub = engine_pb2_grpc.EngineServiceStub(self._sync_channel)
+        self._dispatch_timeout_s = dispatch_timeout_s
         self.last_heartbeat = 0.0
         # The environments of the latest heartbeat: CreateJob checks them without a query.
         self.environments: list[common_pb2.Environment] = []
@@ -75,8 +85,13 @@ class EngineLink:
     def live(self) -> bool:
         return time.monotonic() - self.last_heartbeat < self._liveness_s
 
+    @property
+    def claim_stale_after(self) -> timedelta:
+        """A claim this old was made by a call that has ended, one way or another."""
+        return timedelta(seconds=2 * self._dispatch_timeout_s)
+
     async def start(self) -> None:
-        await self._db.run(lambda s: store.ensure_engine(s, self.engine_id, self.address))
+        await self._store.register_engine(self.engine_id, self.address)
         self._tasks = [
             asyncio.create_task(self._follow_forever(), name=f"follow-{self.engine_id}"),
             asyncio.create_task(self._dispatch_forever(), name=f"dispatch-{self.engine_id}"),
@@ -85,12 +100,8 @@ class EngineLink:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        # Closing the channel ends the state stream's call: a read of it whose task
-        # was cancelled can otherwise wait for the engine's next message, for ever
-        # if the engine has stopped sending (seen in 1 of 5 test runs).
-        await self._channel.close()
+        await self._client.close()  # before waiting: see EngineClient.close
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._sync_channel.close()
 
     def live_environment(self, environment_id: str) -> common_pb2.Environment | None:
         if not self.live:
@@ -110,9 +121,9 @@ class EngineLink:
                 delay = 0.1
             except asyncio.CancelledError:
                 raise
-            except grpc.aio.AioRpcError as exc:
-                log.info("engine %s: stream ended (%s); reconnecting in %.1f s", self.engine_id, exc.code().name, delay)
-            except (store.SequenceGap, StreamStalled) as exc:
+            except errors.ServiceError as exc:
+                log.info("engine %s: stream ended (%s); reconnecting in %.1f s", self.engine_id, exc.message, delay)
+            except (SequenceGap, StreamStalled) as exc:
                 log.warning("%s; reconnecting", exc)
             except Exception:
                 log.exception("engine %s: error while following; reconnecting in %.1f s", self.engine_id, delay)
@@ -120,34 +131,33 @@ class EngineLink:
             delay = min(delay * 2, self._reconnect_max_s)
 
     async def _follow_once(self) -> None:
-        after = await self._db.run(lambda s: store.ensure_engine(s, self.engine_id, self.address))
-        call = self._stub.StreamStateChanges(
-            engine_pb2.StreamStateChangesRequest(after_sequence=after), metadata=self._metadata
-        )
-        pending: asyncio.Queue[list[engine_pb2.StateChange] | None] = asyncio.Queue()
+        after = await self._store.register_engine(self.engine_id, self.address)
+        stream = self._client.state_changes(after)
+        pending: asyncio.Queue[list[IncomingChange] | None] = asyncio.Queue()
         applier = asyncio.create_task(self._apply_from(pending))
         try:
             while True:
                 # A stream silent for longer than the liveness window is dead
                 # even if the connection looks open: reconnect.
                 try:
-                    response = await asyncio.wait_for(call.read(), self._liveness_s)
+                    async with asyncio.timeout(self._liveness_s):
+                        message = await stream.read()
                 except TimeoutError:
                     raise StreamStalled(f"engine {self.engine_id}: nothing for {self._liveness_s:g} s") from None
-                if response is grpc.aio.EOF:
+                if message is None:
                     return
                 if applier.done():
                     applier.result()  # raises the applier's failure
-                if response.HasField("heartbeat"):
-                    await self._heartbeat(response.heartbeat)
+                if isinstance(message, Heartbeat):
+                    await self._heartbeat(message)
                 else:
-                    pending.put_nowait(list(response.changes.changes))
+                    pending.put_nowait(message)
         finally:
-            call.cancel()
+            stream.cancel()
             pending.put_nowait(None)
             await asyncio.gather(applier, return_exceptions=True)
 
-    async def _apply_from(self, pending: asyncio.Queue[list[engine_pb2.StateChange] | None]) -> None:
+    async def _apply_from(self, pending: asyncio.Queue[list[IncomingChange] | None]) -> None:
         """Applies what arrived while the previous batch was being committed, all at once."""
         while True:
             batch = await pending.get()
@@ -159,19 +169,15 @@ class EngineLink:
                     pending.put_nowait(None)
                     break
                 batch.extend(more)
-            changes = [_incoming(change) for change in batch]
-            applied = await self._db.run(lambda s, changes=changes: store.apply_changes(s, self.engine_id, changes))
+            applied = await self._store.apply_changes(self.engine_id, batch)
             self.last_heartbeat = time.monotonic()
             self._broker.publish(applied)
 
-    async def _heartbeat(self, heartbeat: engine_pb2.Heartbeat) -> None:
+    async def _heartbeat(self, heartbeat: Heartbeat) -> None:
         was_live = self.live
         self.last_heartbeat = time.monotonic()
         self.environments = list(heartbeat.environments)
-        environments = [
-            json_format.MessageToDict(env, preserving_proto_field_name=True) for env in heartbeat.environments
-        ]
-        await self._db.run(lambda s: store.record_heartbeat(s, self.engine_id, environments))
+        await self._store.record_heartbeat(self.engine_id, heartbeat.environments)
         if not was_live:
             log.info("engine %s is live", self.engine_id)
             self.wake_dispatcher()
@@ -180,8 +186,12 @@ class EngineLink:
 
     async def _dispatch_forever(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a
+            # cancellation that arrives as the event is set, and close() then
+            # waits for ever on a loop that goes on.
             try:
-                await asyncio.wait_for(self._dispatch_wanted.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._dispatch_wanted.wait()
             except TimeoutError:
                 pass
             self._dispatch_wanted.clear()
@@ -189,64 +199,74 @@ class EngineLink:
                 await self._expire_waiting()
                 continue
             try:
-                while True:
-                    claimed, refused = await self._db.run(self._dispatch_batch)
-                    self._broker.publish(refused)
-                    if claimed < BATCH:
-                        break
-            except grpc.RpcError as exc:
-                log.info("engine %s: dispatch failed (%s); jobs wait", self.engine_id, exc.code().name)  # type: ignore[attr-defined]
+                while await self.dispatch_round() == BATCH:
+                    pass
+            except errors.ServiceError as exc:
+                log.info("engine %s: dispatch failed (%s); the jobs wait for a later round", self.engine_id, exc)
             except Exception:
                 log.exception("engine %s: dispatch error", self.engine_id)
 
-    def _dispatch_batch(self, session) -> tuple[int, list[Job]]:  # type: ignore[no-untyped-def]
-        """Hands waiting jobs to the engine; returns how many, and those it refused."""
-        jobs = store.claim_undispatched(session, self.engine_id, BATCH)
+    async def dispatch_round(self) -> int:
+        """Claims waiting jobs, hands them to the engine in one call, settles
+        them; returns how many it claimed."""
+        claim = uuid.uuid4().hex
+        now = datetime.now(UTC)
+        jobs = await self._store.claim_waiting(self.engine_id, claim, now, now - self.claim_stale_after, BATCH)
         if not jobs:
-            return 0, []
-        # One call for the batch. If it fails the transaction rolls back and
-        # the jobs wait; the engine ignores a job it already holds, so the
-        # retry resubmits harmlessly. A job the engine refuses ends here,
-        # with the engine's reason: retrying it could never succeed.
-        request = engine_pb2.SubmitJobsRequest(
-            jobs=[
-                engine_pb2.SubmitJobRequest(
-                    job_id=job.job_id,
-                    environment_id=job.environment_id,
-                    workflow=common_pb2.Workflow.FromString(job.workflow),
-                )
-                for job in jobs
-            ]
+            return 0
+        job_ids = [job.job_id for job in jobs]
+        try:
+            refusals = await self._client.submit_jobs(jobs, timeout=self._dispatch_timeout_s)
+        except BaseException:
+            # The jobs wait for the next round rather than for the claim to go stale.
+            # Shielded: a service stopping mid-call still hands its claim back.
+            await asyncio.shield(self._release(claim, job_ids))
+            raise
+        for refusal in refusals:
+            log.warning("engine %s refused job %s: %s", self.engine_id, refusal.job_id, refusal.error_message)
+        # A job the engine refuses ends here, with the engine's reason: retrying it could never succeed.
+        settled = await self._store.finish_dispatch(
+            claim,
+            job_ids,
+            [
+                Refusal(refusal.job_id, refusal.error_code, f"the engine refused the job: {refusal.error_message}")
+                for refusal in refusals
+            ],
         )
-        response = self._sync_stub.SubmitJobs(request, metadata=self._metadata, timeout=30)
-        by_id = {job.job_id: job for job in jobs}
-        refused = []
-        for result in response.results:
-            if result.error_code:
-                log.warning("engine %s refused job %s: %s", self.engine_id, result.job_id, result.error_message)
-                refused.append(by_id[result.job_id])
-                store.end_job(
-                    session,
-                    refused[-1],
-                    EndReason.FAILED,
-                    result.error_code,
-                    f"the engine refused the job: {result.error_message}",
-                )
-        store.mark_dispatched(session, list(by_id))
-        return len(jobs), refused
+        self._broker.publish(settled.refused)
+        for job_id in settled.withdrawn:
+            await self._withdraw(job_id)
+        return len(jobs)
+
+    async def _release(self, claim: str, job_ids: list[str]) -> None:
+        try:
+            await self._store.release_claim(claim, job_ids)
+        except Exception:
+            log.exception("engine %s: claim %s not released; it is retried once stale", self.engine_id, claim)
+
+    async def _withdraw(self, job_id: str) -> None:
+        """The job ended here (stopped, deleted, expired) while the engine was
+        being handed it: the engine's copy has nothing left to do."""
+        try:
+            await self._client.delete_job(job_id)
+        except errors.ServiceError as exc:
+            log.warning(
+                "engine %s: job %s ended before its dispatch was settled and could not be withdrawn (%s); "
+                "its changes will be refused",
+                self.engine_id,
+                job_id,
+                exc.message,
+            )
 
     async def _expire_waiting(self) -> None:
         """Jobs that waited longer than the queue timeout for a dead engine end."""
-        cutoff = store.utcnow() - timedelta(seconds=self._queue_timeout_s)
+        now = datetime.now(UTC)
         try:
-            expired = await self._db.run(
-                lambda s: store.expire_undispatched(
-                    s,
-                    self.engine_id,
-                    cutoff,
-                    f"the job waited more than {self._queue_timeout_s:g} s "
-                    f"for its engine {self.engine_id} to come back",
-                )
+            expired = await self._store.expire_waiting(
+                self.engine_id,
+                now - timedelta(seconds=self._queue_timeout_s),
+                now - self.claim_stale_after,
+                f"the job waited more than {self._queue_timeout_s:g} s for its engine {self.engine_id} to come back",
             )
         except Exception:
             log.exception("engine %s: queue expiry failed", self.engine_id)
@@ -258,48 +278,10 @@ class EngineLink:
     # -- commands --------------------------------------------------------------------
 
     async def stop(self, job_id: str) -> None:
-        await self._call(
-            self._stub.StopJob(engine_pb2.StopJobRequest(job_id=job_id), metadata=self._metadata, timeout=10)
-        )
+        await self._client.stop_job(job_id)
 
     async def delete(self, job_id: str) -> None:
-        await self._call(
-            self._stub.DeleteJob(engine_pb2.DeleteJobRequest(job_id=job_id), metadata=self._metadata, timeout=30)
-        )
+        await self._client.delete_job(job_id)
 
-    async def stream_logs(
-        self, job_id: str, follow: bool, offset: int
-    ) -> AsyncIterator[engine_pb2.StreamJobLogsResponse]:
-        call = self._stub.StreamJobLogs(
-            engine_pb2.StreamJobLogsRequest(job_id=job_id, follow=follow, offset=offset), metadata=self._metadata
-        )
-        try:
-            async for chunk in call:
-                yield chunk
-        except grpc.aio.AioRpcError as exc:
-            raise downstream_error(exc, f"engine {self.engine_id}") from None
-
-    async def _call(self, call: Any) -> Any:
-        try:
-            return await call
-        except grpc.aio.AioRpcError as exc:
-            raise downstream_error(exc, f"engine {self.engine_id}") from None
-
-
-def _incoming(change: engine_pb2.StateChange) -> store.IncomingChange:
-    return store.IncomingChange(
-        sequence=change.sequence,
-        job_id=change.job_id,
-        status=change.status,
-        end_reason=change.end_reason,
-        error_code=change.error_code,
-        error_message=change.error_message,
-        time=change.time.ToDatetime(tzinfo=UTC) if change.HasField("time") else datetime.now(UTC),
-        results=json_format.MessageToDict(change.results, preserving_proto_field_name=True)
-        if change.HasField("results")
-        else None,
-        outcome=json_format.MessageToDict(change.algorithm_outcome, preserving_proto_field_name=True)
-        if change.HasField("algorithm_outcome")
-        else None,
-        results_did=change.results_did,
-    )
+    def stream_logs(self, job_id: str, follow: bool, offset: int) -> AsyncIterator[LogChunk]:
+        return self._client.job_logs(job_id, follow, offset)

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from plumbing import errors, storage
-from plumbing.database import Database
-from services.operator_service.persistence import jobs as store
-from services.operator_service.persistence.models import Job
+from services.operator_service.domain.ports import ExpiryStore, JobRecord
 
 log = logging.getLogger("c2d.operator")
 SWEEP_BATCH = 200
@@ -51,7 +49,7 @@ class ResultsRemover:
             target.delete(location)
         return len(locations)
 
-    async def remove(self, job: Job) -> None:
+    async def remove(self, job: JobRecord) -> None:
         """DeleteJob's removal: storage failures become UNAVAILABLE (the delete may be retried)."""
         if not job.results or job.results.get("expired"):
             return
@@ -71,8 +69,8 @@ def expiry_seconds(environment: dict[str, Any]) -> int:
 
 
 class ExpirySweeper:
-    def __init__(self, db: Database, remover: ResultsRemover, interval_s: float) -> None:
-        self._db = db
+    def __init__(self, jobs: ExpiryStore, remover: ResultsRemover, interval_s: float) -> None:
+        self._jobs = jobs
         self._remover = remover
         self._interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
@@ -100,8 +98,8 @@ class ExpirySweeper:
     async def sweep_once(self, now: datetime | None = None) -> int:
         """Expires the results of every finished job past its environment's
         storage expiry; returns how many jobs it expired."""
-        now = now or store.utcnow()
-        engines = await self._db.run(store.read_engines)
+        now = now or datetime.now(UTC)
+        engines = await self._jobs.read_engines()
         expired = 0
         for engine in engines:
             for environment in engine.environments or []:
@@ -118,9 +116,7 @@ class ExpirySweeper:
     ) -> int:
         expired = 0
         while True:
-            due = await self._db.run(
-                lambda s: store.results_to_expire(s, engine_id, environment_id, finished_before, SWEEP_BATCH)
-            )
+            due = await self._jobs.results_to_expire(engine_id, environment_id, finished_before, SWEEP_BATCH)
             failed = 0
             for job in due:
                 try:
@@ -134,7 +130,7 @@ class ExpirySweeper:
                         exc.message,
                     )
                     continue
-                if await self._db.run(lambda s, job_id=job.job_id: store.mark_results_expired(s, job_id, now)):
+                if await self._jobs.mark_results_expired(job.job_id, now):
                     expired += 1
             if len(due) < SWEEP_BATCH or failed:
                 return expired

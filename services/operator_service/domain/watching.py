@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Iterable
+from typing import Generic, TypeVar, cast
 
-from services.operator_service.persistence.models import Job
+from services.operator_service.domain.ports import JobRecord
+
+# Any JobRecord; not a bound, which mypy cannot check against SQLAlchemy's Mapped columns.
+Job = TypeVar("Job")
 
 
-class Broker:
+class Broker(Generic[Job]):
     def __init__(self) -> None:
         self._subscribers: dict[str, set[asyncio.Queue[Job]]] = collections.defaultdict(set)
 
@@ -29,5 +33,5 @@ class Broker:
 
     def publish(self, jobs: Iterable[Job]) -> None:
         for job in jobs:
-            for queue in self._subscribers.get(job.job_id, ()):
+            for queue in self._subscribers.get(cast(JobRecord, job).job_id, ()):
                 queue.put_nowait(job)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from plumbing import errors
 from plumbing.statuses import EndReason, Status, can_transition, end_reason_for, is_terminal
+from services.operator_service.domain.ports import IncomingChange, JobToSubmit, Refusal, SequenceGap, Settlement
 from services.operator_service.persistence.models import Engine, Job, JobEvent, JobViewer
 
 log = logging.getLogger("c2d.operator")
@@ -29,22 +30,6 @@ log = logging.getLogger("c2d.operator")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class IncomingChange:
-    """A state change as an engine streamed it."""
-
-    sequence: int
-    job_id: str
-    status: int
-    end_reason: int
-    error_code: str
-    error_message: str
-    time: datetime
-    results: dict[str, Any] | None
-    outcome: dict[str, Any] | None
-    results_did: str
 
 
 @dataclass(frozen=True)
@@ -231,42 +216,112 @@ def mark_results_expired(session: Session, job_id: str, at: datetime) -> bool:
 # -- dispatch -------------------------------------------------------------------
 
 
-def claim_undispatched(session: Session, engine_id: str, limit: int) -> list[Job]:
-    """Locks jobs waiting for their engine; replicas skip each other's rows."""
-    return _waiting(session, engine_id, limit)
-
-
-def _waiting(session: Session, engine_id: str, limit: int, *conditions: Any) -> list[Job]:
-    query = (
+def _waiting(engine_id: str, stale_before: datetime, *conditions: Any) -> Any:
+    """Jobs waiting for their engine that no fresh claim holds, oldest first."""
+    return (
         select(Job)
-        .where(Job.dispatched.is_(False), Job.engine_id == engine_id, Job.status == int(Status.WARMING_UP), *conditions)
+        .where(
+            Job.dispatched.is_(False),
+            Job.engine_id == engine_id,
+            Job.status == int(Status.WARMING_UP),
+            or_(Job.dispatch_claimed_at.is_(None), Job.dispatch_claimed_at < stale_before),
+            *conditions,
+        )
         .order_by(Job.created_at)
-        .limit(limit)
     )
+
+
+def claim_waiting(
+    session: Session, engine_id: str, claim: str, now: datetime, stale_before: datetime, limit: int
+) -> list[JobToSubmit]:
+    """Marks up to `limit` waiting jobs as held by `claim` and returns them
+    (see ports.LinkStore.claim_waiting). One UPDATE over a sub-select that
+    skips rows another replica is claiming right now: the claim is atomic on
+    both databases and waits on no lock."""
+    chosen = _waiting(engine_id, stale_before).with_only_columns(Job.job_id).limit(limit)
     if _is_postgresql(session):
-        query = query.with_for_update(skip_locked=True)
-    return list(session.scalars(query))
+        chosen = chosen.with_for_update(skip_locked=True)
+    claimed = session.execute(
+        update(Job)
+        .where(Job.job_id.in_(chosen.scalar_subquery()))
+        .values(dispatch_claim=claim, dispatch_claimed_at=now)
+        .returning(Job.job_id, Job.environment_id, Job.workflow, Job.created_at)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return [
+        JobToSubmit(job_id, environment_id, workflow)
+        for job_id, environment_id, workflow, _ in sorted(claimed, key=lambda row: (row.created_at, row.job_id))
+    ]
+
+
+def finish_dispatch(session: Session, claim: str, job_ids: Sequence[str], refusals: Sequence[Refusal]) -> Settlement:
+    """Settles a dispatch round once the engine took its jobs (see
+    ports.LinkStore.finish_dispatch). The rows still held by `claim` are
+    locked first, in job-id order like every other locker of several jobs."""
+    held = {
+        job_id: (status, dispatched)
+        for job_id, status, dispatched in session.execute(
+            select(Job.job_id, Job.status, Job.dispatched)
+            .where(Job.job_id.in_(job_ids), Job.dispatch_claim == claim)
+            .order_by(Job.job_id)
+            .with_for_update()
+        )
+    }
+    refused_by_id = {refusal.job_id: refusal for refusal in refusals if refusal.job_id in held}
+    refused = []
+    if refused_by_id:
+        for job in session.scalars(select(Job).where(Job.job_id.in_(refused_by_id))):
+            job.dispatch_claim, job.dispatch_claimed_at = None, None
+            if not is_terminal(job.status):
+                refusal = refused_by_id[job.job_id]
+                end_job(session, job, EndReason.FAILED, refusal.error_code, refusal.error_message)
+                refused.append(job)
+    # A job that ended here (StopJob, DeleteJob, queue expiry) while the engine
+    # was being handed it, and that the engine has not reported on since.
+    withdrawn = [
+        job_id
+        for job_id, (status, dispatched) in held.items()
+        if job_id not in refused_by_id and is_terminal(status) and not dispatched
+    ]
+    settled_otherwise = refused_by_id.keys() | set(withdrawn)
+    accepted = [job_id for job_id in held if job_id not in settled_otherwise]
+    for ids, dispatched in ((accepted, True), (withdrawn, False)):
+        if ids:
+            session.execute(
+                update(Job)
+                .where(Job.job_id.in_(ids))
+                .values(dispatched=dispatched, dispatch_claim=None, dispatch_claimed_at=None)
+                .execution_options(synchronize_session=False)
+            )
+    return Settlement(refused=refused, withdrawn=withdrawn)
+
+
+def release_claim(session: Session, claim: str, job_ids: Sequence[str]) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.job_id.in_(job_ids), Job.dispatch_claim == claim, Job.dispatched.is_(False))
+        .values(dispatch_claim=None, dispatch_claimed_at=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def expire_undispatched(
-    session: Session, engine_id: str, created_before: datetime, message: str, limit: int = 500
+    session: Session,
+    engine_id: str,
+    created_before: datetime,
+    stale_before: datetime,
+    message: str,
+    limit: int = 500,
 ) -> list[Job]:
-    """Ends jobs still waiting for their engine since before `created_before`
-    (skipping rows a dispatcher holds); returns them."""
-    jobs = _waiting(session, engine_id, limit, Job.created_at < created_before)
+    """Ends jobs still waiting for their engine since before `created_before`,
+    skipping those a dispatch round holds; returns them."""
+    query = _waiting(engine_id, stale_before, Job.created_at < created_before).limit(limit)
+    if _is_postgresql(session):
+        query = query.with_for_update(skip_locked=True)
+    jobs = list(session.scalars(query))
     for job in jobs:
         end_job(session, job, EndReason.EXPIRED_IN_QUEUE, "expired_in_queue", message)
     return jobs
-
-
-def mark_dispatched(session: Session, job_ids: list[str]) -> None:
-    if job_ids:
-        session.execute(
-            update(Job)
-            .where(Job.job_id.in_(job_ids))
-            .values(dispatched=True)
-            .execution_options(synchronize_session=False)
-        )
 
 
 # -- engines ------------------------------------------------------------------------
@@ -295,10 +350,6 @@ def record_heartbeat(session: Session, engine_id: str, environments: list[dict[s
 
 def read_engines(session: Session) -> list[Engine]:
     return list(session.scalars(select(Engine).order_by(Engine.engine_id)))
-
-
-class SequenceGap(Exception):
-    """The engine's stream skipped a sequence: reconnect from the last applied one."""
 
 
 def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingChange]) -> list[Job]:

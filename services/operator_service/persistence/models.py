@@ -58,6 +58,10 @@ class Job(Base):
     outcome: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     results_did: Mapped[str] = mapped_column(String(128), default="")
     dispatched: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The dispatch round handing the job to its engine, and when it claimed it:
+    # set (and committed) before SubmitJobs, cleared once the round settles.
+    dispatch_claim: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    dispatch_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # When the storage-expiry sweeper removed the job's results (or found none to remove).
     results_expired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
