@@ -13,6 +13,7 @@ import pytest
 from c2d.engine.v1 import engine_pb2
 from c2d.operator.v1 import operator_pb2
 from plumbing.grpc_errors import error_code
+from plumbing.server import RunningServer
 from services.operator_engine import server as engine_server
 from services.operator_service import server as operator_server
 from tests.operator_service.helpers import (
@@ -178,6 +179,17 @@ class CountingProxy:
         await self._channel.close()
 
 
+async def _shut_down(
+    clients: list[Operator], replicas: list[RunningServer], proxy: CountingProxy, engine: RunningServer
+) -> None:
+    for client in clients:
+        await client.close()
+    for replica in replicas:
+        await replica.stop(1)
+    await proxy.stop()
+    await engine.stop(1)
+
+
 @pytest.mark.timeout(900)
 async def test_two_replicas_dispatch_each_of_200_jobs_exactly_once(data_dir, postgres_url):
     engine = await engine_server.start(engine_settings(postgres_url))
@@ -192,12 +204,7 @@ async def test_two_replicas_dispatch_each_of_200_jobs_exactly_once(data_dir, pos
         job_ids = [job.job_id for job in created]
         await wait_finished(clients[1], job_ids, timeout=400)
     finally:
-        for client in clients:
-            await client.close()
-        for replica in replicas:
-            await replica.stop(1)
-        await proxy.stop()
-        await engine.stop(1)
+        await _shut_down(clients, replicas, proxy, engine)
 
     assert len(set(job_ids)) == 200
     assert proxy.submits == collections.Counter({job_id: 1 for job_id in job_ids})
@@ -248,12 +255,7 @@ async def test_a_dispatch_call_that_hangs_holds_no_lock_over_another_replicas_wo
 
         await eventually(settled, "the hanging round to settle", timeout=60)
     finally:
-        for client in clients:
-            await client.close()
-        for replica in replicas:
-            await replica.stop(1)
-        await proxy.stop()
-        await engine.stop(1)
+        await _shut_down(clients, replicas, proxy, engine)
 
     assert proxy.submits == collections.Counter(dict.fromkeys(stuck, 1))
     assert query(postgres_url, "SELECT count(*) FROM engine_jobs") == [(6,)]
@@ -336,10 +338,7 @@ async def test_a_job_stopped_while_its_dispatch_is_in_flight_is_withdrawn_from_t
         await eventually(withdrawn, "the engine's copy to be deleted", timeout=60)
         assert (await operator.get(job.job_id)).status == 70
     finally:
-        await operator.close()
-        await service.stop(1)
-        await proxy.stop()
-        await engine.stop(1)
+        await _shut_down([operator], [service], proxy, engine)
 
     assert _histories(postgres_url)[job.job_id] == [1, 70]
     assert query(postgres_url, "SELECT dispatched, dispatch_claim FROM jobs WHERE job_id = :j", j=job.job_id) == [
@@ -420,10 +419,7 @@ async def test_a_state_stream_that_goes_silent_is_abandoned_and_resumed(data_dir
         job = await operator.create()
         await wait_finished(operator, [job.job_id], timeout=60)
     finally:
-        await operator.close()
-        await service.stop(1)
-        await proxy.stop()
-        await engine.stop(1)
+        await _shut_down([operator], [service], proxy, engine)
     assert proxy.streams >= 2
     assert _histories(postgres_url)[job.job_id] == NOOP_PATH
 
