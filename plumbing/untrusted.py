@@ -1,0 +1,91 @@
+"""Reading what a client or a job sent: JSON within limits, integers that fit.
+
+Every JSON a service parses from a request (a DDO, algorithm parameters, a
+page token, a sealed file list) or from what a job wrote goes through
+`parse_json`. Python's decoder recurses once per nesting level, and a process
+whose recursion limit was raised (py_ecc raises it to 100,000) overflows the
+C stack on a deep document and dies with SIGSEGV, taking every server of
+`c2d up` with it. So the size, the nesting depth and the number of keys and
+items are checked before the decoder sees the text, by a linear scan with no
+recursion: strings are blanked out by one regular expression (run in C), and
+the depth is the running sum of the brackets left.
+
+Numbers that a client sends as uint64 (offsets, sequences, nonces) go
+through `int64`: files, event logs and databases count in signed 64 bits,
+and a larger value otherwise fails deep inside them (OverflowError from
+SQLite, "cannot fit 'int'" from a seek) as UNKNOWN or INTERNAL.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import accumulate
+from typing import Any
+
+from plumbing import errors
+
+MAX_JSON_LENGTH = 4 << 20  # characters; gRPC's default message limit is 4 MiB
+MAX_JSON_DEPTH = 64
+MAX_JSON_ITEMS = 100_000  # keys and array items, the whole document
+INT64_MAX = 2**63 - 1
+
+# A string from its opening quote to its closing one, or to the end of the text
+# if it is never closed (the decoder then refuses it). Possessive, so a string
+# that never ends is read once, not once per quote in it.
+_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKET_OR_COMMA = re.compile(r"[^\[\]{},]++")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1, ",": 0}
+
+
+def parse_json(
+    text: str | bytes,
+    field: str,
+    *,
+    max_length: int = MAX_JSON_LENGTH,
+    max_depth: int = MAX_JSON_DEPTH,
+    max_items: int = MAX_JSON_ITEMS,
+) -> Any:
+    """`text` decoded as JSON once it is within the limits.
+
+    A limit exceeded raises errors.InvalidArgument naming `field` and the
+    limit (reasons JSON_TOO_LONG, JSON_TOO_DEEP, JSON_TOO_MANY_ITEMS). Text that
+    is not JSON, or bytes that are not UTF-8, raise ValueError as json.loads
+    does, so each caller keeps answering it with its own reason."""
+    if len(text) > max_length:
+        unit = "characters" if isinstance(text, str) else "bytes"
+        raise _refused(f"{field} is {len(text)} {unit} long; at most {max_length} are accepted", "json_too_long", field)
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode("utf-8")
+    structure = _NOT_BRACKET_OR_COMMA.sub("", _STRING.sub("", text))
+    depth = max(accumulate(map(_DEPTH_STEP.__getitem__, structure), initial=0))
+    if depth > max_depth:
+        raise _refused(
+            f"{field} is JSON nested {depth} levels deep; at most {max_depth} levels are accepted",
+            "json_too_deep",
+            field,
+        )
+    # Each value in a container but its last is followed by a comma.
+    items = structure.count(",") + structure.count("[") + structure.count("{")
+    if items > max_items:
+        raise _refused(
+            f"{field} holds about {items} JSON keys and items; at most {max_items} are accepted",
+            "json_too_many_items",
+            field,
+        )
+    return json.loads(text)  # noqa: TID251 - this is the bounded parser
+
+
+def _refused(message: str, code: str, field: str) -> errors.InvalidArgument:
+    return errors.InvalidArgument(message, code, field=field)
+
+
+def int64(value: int, field: str) -> int:
+    """`value` if it fits a signed 64-bit integer; otherwise errors.InvalidArgument naming `field`."""
+    if value > INT64_MAX:
+        raise errors.InvalidArgument(
+            f"{field} {value} is too large: it must be at most {INT64_MAX} (2^63 - 1)",
+            "number_out_of_range",
+            field=field,
+        )
+    return value
