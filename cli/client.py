@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from eth_account import Account
 from google.protobuf.message import DecodeError
 
 from c2d.common.v1 import common_pb2
@@ -23,6 +22,7 @@ from c2d.provider.v1 import (
     provider_pb2,
     provider_pb2_grpc,
 )
+from plumbing.ethereum import Account
 from plumbing.server import reuse_freed_memory
 from services.provider.domain import ddos, identity
 

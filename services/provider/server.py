@@ -7,11 +7,10 @@ import asyncio
 import os
 from pathlib import Path
 
-from eth_account import Account
-
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc, ledger_pb2, ledger_pb2_grpc, provider_pb2, provider_pb2_grpc
 from plumbing import auth, settings, storage
 from plumbing.database import Database, sqlite_url
+from plumbing.ethereum import Account
 from plumbing.server import (
     Registration,
     RunningServer,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from eth_account import Account
+from plumbing.ethereum import Account
 
 CONSUMER_KEY = "0x" + "11" * 32
 OTHER_KEY = "0x" + "22" * 32

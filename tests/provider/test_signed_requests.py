@@ -12,10 +12,10 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from eth_account import Account
 
 from c2d.provider.v1 import auth_pb2, provider_pb2
 from plumbing.database import Database
+from plumbing.ethereum import Account
 from services.provider.api.authentication import authenticate
 from services.provider.domain import errors as codes
 from services.provider.domain import identity

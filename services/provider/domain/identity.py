@@ -29,13 +29,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from coincurve import PublicKey as _Secp256k1PublicKey
-from eth_account import Account
-from eth_account.messages import encode_defunct
 from eth_hash.auto import keccak
 from eth_utils.address import to_checksum_address
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+
+from plumbing.ethereum import Account, encode_defunct
 
 from .canonical import canonical_json
 from .errors import (
