@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import http.server
-import json
 import socket
 import threading
 import time
@@ -23,7 +22,7 @@ import grpc
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2
 from cli.client import Client, connect, load_or_create_key
-from plumbing import settings
+from plumbing import settings, untrusted
 from plumbing.statuses import TEXT, Status
 from services.provider.domain import ddos
 
@@ -194,7 +193,7 @@ async def run_demo(provider_address: str, out_dir: Path, say=print) -> dict[str,
             out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
             saved = out_dir / f"{job_id}-result.json"
             saved.write_bytes(body)
-            result = json.loads(body)
+            result = untrusted.parse_json(body, "result.json")
             ok = result == EXPECTED and hashlib.sha256(body).hexdigest() == entry.sha256
             say(f"result {result} saved to {saved}")
             say(f"job took {elapsed:.3f} s from StartCompute to status 70; result {'correct' if ok else 'WRONG'}")

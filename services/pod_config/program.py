@@ -7,14 +7,13 @@ job's token, and its log (the operator's configure.log) never names a URL.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
-from plumbing import auth, pods, settings, storage
+from plumbing import auth, pods, settings, storage, untrusted
 from plumbing.settings import setting
 from services.pod_config import fetching, staging
 
@@ -51,7 +50,7 @@ def staging_request(workflow: common_pb2.Workflow) -> staging.StagingRequest:
         algorithm=asset(workflow.algorithm) if workflow.HasField("algorithm") else None,
         raw_algorithm=workflow.raw_algorithm,
         algorithm_files_checksum=workflow.algorithm_files_checksum,
-        algo_custom_data=json.loads(workflow.algo_custom_data_json or "{}"),
+        algo_custom_data=untrusted.parse_json(workflow.algo_custom_data_json or "{}", "algo_custom_data_json"),
     )
 
 

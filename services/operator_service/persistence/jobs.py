@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from plumbing import errors
+from plumbing import errors, untrusted
 from plumbing.statuses import EndReason, Status, can_transition, end_reason_for, is_terminal
 from services.operator_service.domain.ports import IncomingChange, JobToSubmit, Refusal, SequenceGap, Settlement
 from services.operator_service.persistence.models import Engine, Job, JobEvent, JobViewer
@@ -151,7 +151,7 @@ def encode_page_token(created: datetime, job_id: str) -> str:
 
 def decode_page_token(token: str) -> tuple[datetime, str]:
     try:
-        created, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        created, job_id = untrusted.parse_json(base64.urlsafe_b64decode(token.encode()), "page_token")
         return datetime.fromisoformat(created), str(job_id)
     except (ValueError, TypeError):
         raise errors.InvalidArgument(

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from plumbing import errors
+from plumbing import errors, untrusted
 
 from . import ddos, policy
 from . import errors as codes
@@ -191,7 +191,7 @@ def _pinned_files_checksum(services: Sequence[ddos.Service], algorithm_did: str)
 
 def _parameters(request: ComputeRequest) -> dict[str, Any]:
     try:
-        given = json.loads(request.algorithm_parameters_json or "{}")
+        given = untrusted.parse_json(request.algorithm_parameters_json or "{}", "spec.algorithm_parameters_json")
     except ValueError:
         raise Refusal(codes.CONSUMER_PARAMETERS_INVALID, "algorithm_parameters_json is not valid JSON") from None
     if not isinstance(given, dict):

@@ -14,12 +14,13 @@ when it serves a DDO; policy needs it for trusted-publisher checks.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from plumbing import untrusted
 
 from .canonical import canonical_json
 from .errors import DDO_INVALID, DID_INVALID, Refusal
@@ -248,7 +249,7 @@ def parse_ddo_json(text: str, owner: str, did: str | None = None) -> tuple[dict[
     """A DDO's JSON (a request's or a stored one) with its DID and publisher
     set: as a mapping to store, and validated; refuses ddo_invalid."""
     try:
-        data = json.loads(text)
+        data = untrusted.parse_json(text, "ddo_json")
     except ValueError as exc:
         raise Refusal(DDO_INVALID, f"ddo_json is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

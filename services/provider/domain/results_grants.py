@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from plumbing import errors
+from plumbing import errors, untrusted
 
 from . import sealing
 from .canonical import canonical_json_bytes
@@ -69,7 +68,7 @@ def open_grant(keys: sealing.ProviderKeys, grant: str, now: float | None = None)
         raise refused from None
     if not sealing.verify_bytes(keys.verify_key_hex, _GRANT_CONTEXT + body, signature):
         raise refused
-    claims = json.loads(body)  # signed by us: well-formed
+    claims = untrusted.parse_json(body, "grant")  # signed by us: well-formed
     if claims.get("purpose") != "results-asset":
         raise refused
     if claims["expires"] < (now if now is not None else time.time()):

@@ -32,6 +32,8 @@ from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.signing import SigningKey, VerifyKey
 
+from plumbing import untrusted
+
 from .canonical import canonical_json_bytes
 from .errors import DDO_INVALID, Refusal
 
@@ -121,7 +123,7 @@ class ProviderKeys:
     def from_json(cls, text: str) -> ProviderKeys:
         """Keys from key-file text; raises ValueError if it is malformed or inconsistent."""
         try:
-            data = json.loads(text)
+            data = json.loads(text)  # noqa: TID251 - the operator's own key file
         except json.JSONDecodeError as exc:
             raise ValueError(f"provider key file is not JSON: {exc}") from None
         if not isinstance(data, dict):
@@ -171,7 +173,7 @@ def open_files(keys: ProviderKeys, sealed: str) -> list[dict[str, Any]]:
     try:
         box = SealedBox(PrivateKey(keys.box_secret_key))
         plaintext = box.decrypt(bytes.fromhex(text))
-        files = json.loads(plaintext.decode("utf-8"))
+        files = untrusted.parse_json(plaintext, "files")
     except (ValueError, CryptoError):
         # ValueError covers bad hex, bad UTF-8 and bad JSON.
         raise Refusal(DDO_INVALID, CANNOT_OPEN) from None
