@@ -11,7 +11,7 @@ import grpc
 
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_pb2_grpc
-from plumbing import auth, errors
+from plumbing import auth, errors, untrusted
 from plumbing.statuses import Status
 from plumbing.workflows import check_workflow
 from services.operator_engine.api import convert
@@ -100,7 +100,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         return engine_pb2.DeleteJobResponse()
 
     async def StreamStateChanges(self, request, context) -> AsyncIterator[engine_pb2.StreamStateChangesResponse]:  # type: ignore[override]
-        after = request.after_sequence
+        after = untrusted.int64(request.after_sequence, "after_sequence")
         if after > self._events.latest:
             raise errors.FailedPrecondition(
                 f"after_sequence {after} is beyond this engine's latest sequence {self._events.latest}",
@@ -129,7 +129,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         if not self._orchestrator.is_active(job_id):
             await self._orchestrator.status_of(job_id)  # raises NOT_FOUND for unknown jobs
         path = self._orchestrator.workspace_of(job_id) / "data" / "logs" / "algorithm.log"
-        offset = request.offset
+        offset = untrusted.int64(request.offset, "offset")
         while True:
             # Sampled before the read: once the job has ended, that read gets the log's last bytes.
             following = request.follow and self._orchestrator.is_active(job_id)

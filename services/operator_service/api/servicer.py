@@ -11,7 +11,7 @@ from google.protobuf import json_format
 
 from c2d.common.v1 import common_pb2
 from c2d.operator.v1 import operator_pb2, operator_pb2_grpc
-from plumbing import errors
+from plumbing import errors, untrusted
 from plumbing.database import Database, GroupCommit
 from plumbing.statuses import TEXT, EndReason, Status, is_terminal
 from plumbing.workflows import check_workflow
@@ -162,6 +162,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def WatchJobs(self, request, context) -> AsyncIterator[operator_pb2.WatchJobsResponse]:  # type: ignore[override]
         if not request.job_ids:
             raise errors.InvalidArgument("name at least one job to watch", "job_ids_missing", field="job_ids")
+        untrusted.int64(request.after_sequence, "after_sequence")
         job_ids = sorted({_job_id(j, "job_ids") for j in request.job_ids})
         queue = self._broker.subscribe(job_ids)  # before reading: no change slips between
         try:
@@ -266,6 +267,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         return operator_pb2.DeleteJobResponse()
 
     async def StreamJobLogs(self, request, context):  # type: ignore[override]
+        untrusted.int64(request.offset, "offset")
         job = await self._read(_job_id(request.job_id))
         if not job.dispatched:
             return

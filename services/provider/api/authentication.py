@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from google.protobuf.message import Message
 
-from plumbing import errors
+from plumbing import errors, untrusted
 from services.provider.domain import identity
 from services.provider.domain.signed_requests import RequestVerifier, SignedRequest
 
@@ -23,8 +23,7 @@ async def authenticate(verifier: RequestVerifier, method: str, request: Message)
         )
     signature = request.signature  # type: ignore[attr-defined]
     address = identity.normalize_address(signature.address)
+    nonce = untrusted.int64(signature.nonce, "signature.nonce")  # the nonces table holds signed 64 bits
     # The signature first (an unsigned caller learns nothing about nonces).
-    await verifier.check(
-        SignedRequest(address, method, identity.signed_fields(request), signature.nonce, signature.signature)
-    )
+    await verifier.check(SignedRequest(address, method, identity.signed_fields(request), nonce, signature.signature))
     return address

@@ -20,7 +20,7 @@ from google.protobuf import json_format
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2, provider_pb2_grpc
-from plumbing import errors, storage
+from plumbing import errors, storage, untrusted
 from plumbing.database import Database
 from plumbing.statuses import is_terminal
 from services.provider.api.authentication import authenticate
@@ -256,7 +256,8 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
 
     async def WatchJob(self, request, context) -> AsyncIterator[provider_pb2.WatchJobResponse]:  # type: ignore[override]
         job = await self._owned_job("WatchJob", request)
-        async with contextlib.aclosing(self._operator.watch_job(job.job_id, request.after_sequence)) as updates:
+        after = untrusted.int64(request.after_sequence, "after_sequence")
+        async with contextlib.aclosing(self._operator.watch_job(job.job_id, after)) as updates:
             async for update in updates:
                 yield provider_pb2.WatchJobResponse(job=update)
 
@@ -299,7 +300,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
     async def StreamJobLogs(self, request, context):  # type: ignore[override]
         job = await self._owned_job("StreamJobLogs", request)
         async with contextlib.aclosing(
-            self._operator.stream_job_logs(job.job_id, request.follow, request.offset)
+            self._operator.stream_job_logs(job.job_id, request.follow, untrusted.int64(request.offset, "offset"))
         ) as chunks:
             async for chunk in chunks:
                 yield provider_pb2.StreamJobLogsResponse(data=chunk.data, offset=chunk.offset)
