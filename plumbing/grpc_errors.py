@@ -6,7 +6,9 @@ and a google.rpc.ErrorInfo detail: its reason in UPPER_SNAKE_CASE, its domain
 naming the service (`c2d.provider`), its metadata; INVALID_ARGUMENT about a
 named field also carries a google.rpc.BadRequest, UNAVAILABLE a
 google.rpc.RetryInfo. Anything else is our bug: logged with its traceback,
-answered INTERNAL with no internals in the message.
+answered INTERNAL with no internals in the message. A request that could not
+be decoded (an UndecodableRequest) is answered INVALID_ARGUMENT naming the
+method.
 
 In: `downstream_error` turns a status another c2d service answered into the
 domain error this service raises in turn, keeping its code, reason,
@@ -19,6 +21,7 @@ from __future__ import annotations
 import logging
 import types
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -155,6 +158,26 @@ def downstream_error(exc: grpc.aio.AioRpcError, service: str) -> errors.ServiceE
 # -- answering with a status -------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class UndecodableRequest:
+    """Stands in for a request whose bytes are not a message of its method's
+    type (a string field that is not UTF-8, a truncated message). The request
+    deserializers plumbing.server installs hand it on instead of raising:
+    gRPC answers an exception raised there UNKNOWN. The error mapping answers
+    it INVALID_ARGUMENT naming the method."""
+
+    method: str
+    reason: str
+
+    def error(self) -> errors.InvalidArgument:
+        return errors.InvalidArgument(
+            f"the request to {self.method} could not be decoded ({self.reason}); "
+            "send a serialized request message whose string fields hold UTF-8 text",
+            "request_undecodable",
+            metadata={"method": self.method},
+        )
+
+
 def _status_for(exc: BaseException) -> grpc.StatusCode | None:
     return STATUS_BY_KIND.get(getattr(exc, "kind", None) or "")
 
@@ -201,6 +224,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, domain: 
 def _wrap_unary(behaviour: Callable[..., Awaitable[Any]], domain: str) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if type(request) is UndecodableRequest:
+                raise request.error()
             return await behaviour(request, context)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
@@ -213,6 +238,8 @@ def _wrap_unary(behaviour: Callable[..., Awaitable[Any]], domain: str) -> Callab
 def _wrap_stream(behaviour: Callable[..., Any], domain: str) -> Callable[..., Any]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if type(request) is UndecodableRequest:
+                raise request.error()
             async for item in behaviour(request, context):
                 yield item
         except (grpc.aio.AbortError, grpc.aio.UsageError):

@@ -2,7 +2,9 @@
 
 Each service passes its servicers; this module serves them on a port with
 grpc.health.v1 and server reflection (so `grpcurl -plaintext HOST:PORT list`
-works) and stops gracefully on SIGTERM/SIGINT.
+works) and stops gracefully on SIGTERM/SIGINT. Every servicer's RPCs are
+error-mapped (plumbing.grpc_errors), and a request that cannot be decoded is
+answered INVALID_ARGUMENT rather than gRPC's UNKNOWN.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from plumbing.grpc_errors import error_mapped
+from plumbing.grpc_errors import UndecodableRequest, error_mapped
 
 log = logging.getLogger("c2d.server")
 
@@ -83,7 +86,7 @@ async def start_server(
         options=[("grpc.so_reuseport", 0)],
     )
     for reg in registrations:
-        reg.add(error_mapped(reg.servicer, reg.name), server)
+        reg.add(error_mapped(reg.servicer, reg.name), _DecodingGuard(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [reg.name for reg in registrations]
@@ -98,6 +101,48 @@ async def start_server(
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, port, health_servicer)
+
+
+class _DecodingGuard:
+    """Stands in for the server while a generated add_*_to_server registers a
+    service, and makes each handler's request deserializer hand a request that
+    cannot be decoded (bytes that are not UTF-8 in a string field, a truncated
+    message) on as an UndecodableRequest, which the error mapping answers
+    INVALID_ARGUMENT naming the method. Raised from the deserializer, protobuf's
+    DecodeError reaches the client as UNKNOWN."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        guarded = {name: _decoding_guarded(f"/{service}/{name}", handler) for name, handler in handlers.items()}
+        self._server.add_registered_method_handlers(service, guarded)
+
+    def add_generic_rpc_handlers(self, generic_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers([_GuardedGenericHandler(handler) for handler in generic_handlers])
+
+
+class _GuardedGenericHandler(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(handler_call_details)
+        return handler and _decoding_guarded(handler_call_details.method, handler)
+
+
+def _decoding_guarded(method: str, handler: Any) -> Any:
+    decode = handler.request_deserializer
+    if decode is None or handler.request_streaming:  # c2d's RPCs each take one request message
+        return handler
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return decode(raw)
+        except DecodeError as exc:
+            return UndecodableRequest(method, str(exc))
+
+    return handler._replace(request_deserializer=deserialize)
 
 
 def local_address(listen_address: str, port: int | None = None) -> str:
