@@ -84,7 +84,7 @@ async def run(pod: pods.Pod, channel: Any) -> int:
         ),
         metadata=metadata,
     )
-    return 0 if outcome.status == 30 else 1
+    return 0 if outcome.ok else 1
 
 
 def main() -> None:

@@ -25,10 +25,10 @@ from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc
 from plumbing import auth, pods, storage
+from plumbing.statuses import Status
 from services.pod_publish import publishing
 
 log = logging.getLogger("c2d.pod_publish")
-RESULTS_UPLOAD_FAILED = 62
 REGISTER_ATTEMPTS = 5
 
 
@@ -112,7 +112,7 @@ async def run(pod: pods.Pod, channel: Any) -> int:
         await agent.ReportProgress(
             job_agent_pb2.ReportProgressRequest(
                 job_id=job_id,
-                status=RESULTS_UPLOAD_FAILED,  # type: ignore[arg-type]
+                status=Status.RESULTS_UPLOAD_FAILED,  # type: ignore[arg-type]
                 error_code="results_asset_failed"
                 if isinstance(exc, AssetRegistrationFailed)
                 else "results_upload_failed",

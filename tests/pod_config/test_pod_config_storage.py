@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from plumbing.assets import files_checksum
 from plumbing.storage import StorageConfig, open_store
 from plumbing.storage.unixfs import cid_of_stream
 from services.pod_config.fetching import StorageFetcher, default_fetchers
@@ -19,7 +20,6 @@ from services.pod_config.staging import (
     FetchError,
     FileSource,
     StagingRequest,
-    files_checksum,
 )
 from tests.pod_config.helpers import (
     ALGO_DID,
