@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from plumbing.assets import files_checksum
-from services.pod_config.fetching import default_fetchers
-from services.pod_config.staging import (
+from services.pod_config.clients.fetching import default_fetchers
+from services.pod_config.domain.staging import (
     ByteBudget,
     FetchError,
     FileSource,

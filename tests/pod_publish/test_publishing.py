@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from plumbing.storage import StorageConfig, open_store
-from services.pod_publish import publishing
+from services.pod_publish.domain import publishing
 
 
 def _tree(root: Path) -> Path:
