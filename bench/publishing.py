@@ -68,7 +68,7 @@ def child_publish(root: str, job_id: str) -> None:
 
     import services.pod_publish.program  # noqa: F401 - the whole program's imports count in its RSS
     from plumbing import storage
-    from services.pod_publish import publishing
+    from services.pod_publish.domain import publishing
 
     with tempfile.TemporaryDirectory() as scratch:
         collected = publishing.collect(Path(root), pack=False, scratch=Path(scratch))

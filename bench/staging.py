@@ -68,7 +68,9 @@ asyncio.run(main())
 def child(spec_path: str) -> None:
     """Runs one staging as pod_config would and prints its duration."""
     from plumbing.storage import StorageConfig
-    from services.pod_config import fetching, program, staging
+    from services.pod_config import program
+    from services.pod_config.clients import fetching
+    from services.pod_config.domain import staging
 
     spec = json.loads(Path(spec_path).read_text())
     sources = tuple(staging.FileSource(**s) for s in spec["sources"])

@@ -22,7 +22,7 @@ import grpc
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2
 from cli.client import Client, connect, load_or_create_key
-from plumbing import settings, untrusted
+from plumbing import assets, settings, untrusted
 from plumbing.statuses import TEXT, Status
 from services.provider.domain import ddos
 
@@ -115,8 +115,8 @@ async def run_demo(provider_address: str, out_dir: Path, say=print) -> dict[str,
             dataset_files = await publisher.encrypt([common_pb2.FileLocation(type="url", url=f"{base}/weather.csv")])
             trusted = {
                 "did": algo_did,
-                "filesChecksum": ddos.files_checksum([hashlib.sha256(ALGORITHM.encode()).hexdigest()]),
-                "containerSectionChecksum": ddos.container_checksum(container),
+                "filesChecksum": assets.files_checksum([hashlib.sha256(ALGORITHM.encode()).hexdigest()]),
+                "containerSectionChecksum": assets.container_checksum(container),
             }
             await publisher.publish(
                 {

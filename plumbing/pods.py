@@ -1,11 +1,11 @@
-"""How a pod program (pod_config, pod_publish) starts, in one place.
+"""How a pod program (pod_config, pod_publish) starts, and how it talks to the engine.
 
 A pod learns its job from its environment and talks to the engine's
-JobAgentService over one channel. Run as `python -m services.pod_...` it
-opens that channel itself; forked by the local backend's launcher
-(services/operator_engine/backends/pod_launcher.py) it may be handed a
-channel its process connected while it waited for a job, so the connection
-is not on the job's clock.
+JobAgentService over one channel (`JobAgent`: the calls both pods make). Run
+as `python -m services.pod_...` it opens that channel itself; forked by the
+local backend's launcher (services/operator_engine/backends/pod_launcher.py)
+it may be handed a channel its process connected while it waited for a job,
+so the connection is not on the job's clock.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from c2d.common.v1 import common_pb2
+from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
 from plumbing import auth, server
 
 
@@ -36,6 +38,35 @@ class Pod:
 
 # A pod program: does the job's stage over the agent channel; its exit code.
 Program = Callable[[Pod, Any], Awaitable[int]]
+
+
+class JobAgent:
+    """The pod's calls to the engine's JobAgentService, each for its job and with its token."""
+
+    def __init__(self, pod: Pod, channel: Any) -> None:
+        self._stub = job_agent_pb2_grpc.JobAgentServiceStub(channel)
+        self._job_id = pod.job_id
+        self._metadata = auth.bearer(pod.token)
+
+    async def workflow(self) -> job_agent_pb2.GetWorkflowResponse:
+        """The job's workflow and the environment it runs in."""
+        request = job_agent_pb2.GetWorkflowRequest(job_id=self._job_id)
+        return await self._stub.GetWorkflow(request, metadata=self._metadata)
+
+    async def report_progress(self, status: int, error_code: str = "", message: str = "") -> None:
+        """The stage's status (an Ocean number), and why when it failed."""
+        request = job_agent_pb2.ReportProgressRequest(
+            job_id=self._job_id,
+            status=status,  # type: ignore[arg-type]
+            error_code=error_code,
+            message=message,
+        )
+        await self._stub.ReportProgress(request, metadata=self._metadata)
+
+    async def report_results(self, results: common_pb2.ResultsManifest, results_did: str = "") -> None:
+        """The published results' manifest, and the results asset's DID when one was registered."""
+        request = job_agent_pb2.ReportResultsRequest(job_id=self._job_id, results=results, results_did=results_did)
+        await self._stub.ReportResults(request, metadata=self._metadata)
 
 
 def channel_key() -> tuple[str, ...]:

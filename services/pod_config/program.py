@@ -3,6 +3,8 @@
 Runs once per job (a local process or a Kubernetes pod). It holds no
 database credentials: it talks to the engine's JobAgentService with its
 job's token, and its log (the operator's configure.log) never names a URL.
+This module is the wiring: settings, the fetchers, the agent and the
+staging domain.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from c2d.common.v1 import common_pb2
-from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
-from plumbing import auth, pods, settings, storage, untrusted
+from plumbing import pods, settings, storage
 from plumbing.settings import setting
-from services.pod_config import fetching, staging
+from services.pod_config.clients import agent, fetching
+from services.pod_config.domain import staging
 
 log = logging.getLogger("c2d.pod_config")
+
+# The disk a job gets when its environment names none.
+UNBOUNDED_DISK_BYTES = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -32,35 +36,9 @@ class StagingSettings:
     blocked_cidrs: tuple[str, ...] = setting((), "extra ranges to refuse, e.g. the cluster's service range")
 
 
-def staging_request(workflow: common_pb2.Workflow) -> staging.StagingRequest:
-    def asset(message: common_pb2.WorkflowAsset) -> staging.AssetToStage:
-        return staging.AssetToStage(
-            did=message.did,
-            files=tuple(
-                staging.FileSource(
-                    type=f.type, url=f.url, headers=dict(f.headers), cid=f.cid, content=f.content, checksum=f.checksum
-                )
-                for f in message.files
-            ),
-            ddo_json=message.ddo_json,
-        )
-
-    return staging.StagingRequest(
-        datasets=tuple(asset(d) for d in workflow.datasets),
-        algorithm=asset(workflow.algorithm) if workflow.HasField("algorithm") else None,
-        raw_algorithm=workflow.raw_algorithm,
-        algorithm_files_checksum=workflow.algorithm_files_checksum,
-        algo_custom_data=untrusted.parse_json(workflow.algo_custom_data_json or "{}", "algo_custom_data_json"),
-    )
-
-
-async def run(pod: pods.Pod, channel: Any) -> int:
-    config = settings.load(StagingSettings, "C2D_STAGING")
-    metadata = auth.bearer(pod.token)
-    agent = job_agent_pb2_grpc.JobAgentServiceStub(channel)
-    response = await agent.GetWorkflow(job_agent_pb2.GetWorkflowRequest(job_id=pod.job_id), metadata=metadata)
-    disk = response.environment.disk_bytes or (1 << 40)
-    limits = staging.StagingLimits(
+def staging_limits(config: StagingSettings, disk_bytes: int) -> staging.StagingLimits:
+    disk = disk_bytes or UNBOUNDED_DISK_BYTES
+    return staging.StagingLimits(
         max_file_bytes=config.max_file_bytes or disk,
         max_total_bytes=disk,
         connect_timeout_s=config.connect_timeout_s,
@@ -71,19 +49,17 @@ async def run(pod: pods.Pod, channel: Any) -> int:
         allow_hosts=config.allow_hosts,
         blocked_cidrs=config.blocked_cidrs,
     )
+
+
+async def run(pod: pods.Pod, channel: Any) -> int:
+    config = settings.load(StagingSettings, "C2D_STAGING")
+    job_agent = pods.JobAgent(pod, channel)
+    job = await agent.fetch_staging_job(job_agent)
     fetchers = fetching.default_fetchers(storage_config=storage.configured())
-    outcome = await staging.stage(staging_request(response.workflow), pod.data_root, limits, fetchers, log)
+    outcome = await staging.stage(job.request, pod.data_root, staging_limits(config, job.disk_bytes), fetchers, log)
     log.info("staging ended with status %d %s", outcome.status, outcome.reason)
-    await agent.ReportProgress(
-        job_agent_pb2.ReportProgressRequest(
-            job_id=pod.job_id,
-            status=outcome.status,
-            error_code=outcome.error_code,
-            message=outcome.reason,  # type: ignore[arg-type]
-        ),
-        metadata=metadata,
-    )
-    return 0 if outcome.status == 30 else 1
+    await agent.report_outcome(job_agent, outcome)
+    return 0 if outcome.ok else 1
 
 
 def main() -> None:

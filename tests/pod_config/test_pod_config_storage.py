@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from plumbing.assets import files_checksum
 from plumbing.storage import StorageConfig, open_store
 from plumbing.storage.unixfs import cid_of_stream
-from services.pod_config.fetching import StorageFetcher, default_fetchers
-from services.pod_config.staging import (
+from services.pod_config.clients.fetching import StorageFetcher, default_fetchers
+from services.pod_config.domain.staging import (
     ByteBudget,
     FetchError,
     FileSource,
     StagingRequest,
-    files_checksum,
 )
 from tests.pod_config.helpers import (
     ALGO_DID,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -105,6 +106,15 @@ class Bench:
 def publish_log(job_id: str) -> str:
     """The operator's publish.log of a job (admin logs stay in the engine's workspace)."""
     return (settings.data_dir() / "workspaces" / job_id / "admin" / "publish.log").read_text()
+
+
+async def final_publish_log(job_id: str, timeout_s: float = 30.0) -> str:
+    """publish.log once pod_publish wrote its last line ("published N files"): the job moves on
+    as soon as the pod reports its results, and the pod logs its last two lines after that."""
+    deadline = time.monotonic() + timeout_s
+    while not re.search(r"published \d+ files", text := publish_log(job_id)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return text
 
 
 async def _environment_ready(consumer: Client) -> None:

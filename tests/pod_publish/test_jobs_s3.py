@@ -12,7 +12,7 @@ import re
 from c2d.provider.v1 import provider_pb2
 from plumbing.statuses import Status
 from services.provider.domain import sealing
-from tests.pod_publish.jobs import bucket_keys, job_bench, publish_log, s3_env
+from tests.pod_publish.jobs import bucket_keys, final_publish_log, job_bench, publish_log, s3_env
 
 NESTED = r"""
 import json, os
@@ -85,7 +85,7 @@ async def test_publish_log_records_each_step_with_sizes_and_durations(data_dir, 
     async with job_bench() as bench:
         job = await bench.run(NESTED)
         assert job.status == Status.FINISHED, job.error_message
-        text = publish_log(job.job_id)
+        text = await final_publish_log(job.job_id)
     seconds = r"\d+\.\d{3} s"
     assert re.search(rf"fetched the workflow in {seconds}", text)
     assert re.search(rf"collected 4 files \(\d+ bytes, 5 skipped\) in {seconds}; publishing to s3 storage", text)

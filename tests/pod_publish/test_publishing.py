@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from plumbing.storage import StorageConfig, open_store
-from services.pod_publish import publishing
+from services.pod_publish.domain import publishing
 
 
 def _tree(root: Path) -> Path:
@@ -82,3 +82,78 @@ def test_publish_returns_the_manifest_in_source_order(tmp_path):
     ]
     assert manifest["skipped_paths"] == ["a/dir-link", "file-link", "pipe"]
     assert (tmp_path / "results" / "job-2" / "outputs" / "top.txt").read_text() == "top"
+
+
+# --- the whole stage, with a real local store and registrars in place of the provider ---
+
+
+def _local(tmp_path):
+    return StorageConfig(kind="local", local_root=tmp_path / "results")
+
+
+def _stored_files(tmp_path):
+    return sorted(
+        p.relative_to(tmp_path / "results").as_posix() for p in (tmp_path / "results").rglob("*") if p.is_file()
+    )
+
+
+async def test_publish_results_without_an_asset_reports_the_manifest(tmp_path):
+    _tree(tmp_path)
+    outcome = await publishing.publish_results(tmp_path, "job-3", False, _local(tmp_path))
+    assert outcome.ok and outcome.results_did == "" and outcome.error_code == ""
+    assert [f["path"] for f in outcome.manifest["files"]] == ["a/b/deep.txt", "top.txt", "algorithm.log"]
+    assert _stored_files(tmp_path) == [
+        "job-3/logs/algorithm.log",
+        "job-3/outputs/a/b/deep.txt",
+        "job-3/outputs/top.txt",
+    ]
+
+
+async def test_publish_results_registers_the_uploaded_manifest_as_an_asset(tmp_path):
+    _tree(tmp_path)
+    registered = []
+
+    async def register(manifest):
+        registered.append(manifest)
+        return "did:op:" + "e" * 64
+
+    outcome = await publishing.publish_results(tmp_path, "job-4", True, _local(tmp_path), register)
+    assert outcome.ok and outcome.results_did == "did:op:" + "e" * 64
+    assert registered == [outcome.manifest]
+    assert [f["path"] for f in outcome.manifest["files"]] == ["outputs.tar", "algorithm.log"]
+
+
+async def test_a_refused_registration_fails_the_stage_with_62_and_removes_the_results(tmp_path):
+    _tree(tmp_path)
+
+    async def register(manifest):
+        raise publishing.AssetRegistrationFailed("the provider at 127.0.0.1:1 answered UNAVAILABLE: down")
+
+    outcome = await publishing.publish_results(tmp_path, "job-5", False, _local(tmp_path), register)
+    assert not outcome.ok and outcome.manifest is None
+    assert publishing.FAILED_STATUS == 62
+    assert outcome.error_code == "results_asset_failed"
+    assert outcome.message == (
+        "results upload failed: registering the results as an asset failed: "
+        "the provider at 127.0.0.1:1 answered UNAVAILABLE: down"
+    )
+    assert _stored_files(tmp_path) == []  # nothing stays behind for a failed job
+
+
+async def test_an_upload_that_fails_is_results_upload_failed(tmp_path):
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "d\\bad.txt").write_text("x")
+
+    async def register(manifest):
+        raise AssertionError("nothing was published, so nothing is registered")
+
+    outcome = await publishing.publish_results(tmp_path, "job-6", False, _local(tmp_path), register)
+    assert (outcome.ok, outcome.error_code) == (False, "results_upload_failed")
+    assert outcome.message.startswith("results upload failed: d\\bad.txt: invalid object key")
+
+
+async def test_a_store_that_cannot_open_is_results_upload_failed(tmp_path):
+    _tree(tmp_path)
+    outcome = await publishing.publish_results(tmp_path, "job-7", False, StorageConfig(kind="tape"))
+    assert (outcome.ok, outcome.error_code) == (False, "results_upload_failed")
+    assert outcome.message.startswith("results upload failed: unknown storage kind 'tape'")

@@ -21,8 +21,8 @@ from c2d.provider.v1 import provider_pb2
 from cli import demo
 from cli.client import Client
 from cli.stack import Stack, start_stack
+from plumbing import assets
 from plumbing.grpc_errors import error_code, reason_of
-from services.provider.domain import ddos
 from tests.support.stacks import settings_for
 
 PUBLISHER_KEY = "0x" + "31" * 32
@@ -102,8 +102,8 @@ class Market:
         """A publisherTrustedAlgorithms entry pinning the algorithm's files and container."""
         return {
             "did": algorithm_did,
-            "filesChecksum": files_checksum or ddos.files_checksum([hashlib.sha256(code.encode()).hexdigest()]),
-            "containerSectionChecksum": ddos.container_checksum(container or CONTAINER),
+            "filesChecksum": files_checksum or assets.files_checksum([hashlib.sha256(code.encode()).hexdigest()]),
+            "containerSectionChecksum": assets.container_checksum(container or CONTAINER),
         }
 
     async def publish_dataset(

@@ -1,4 +1,4 @@
-"""DDO v4 validation, DIDs and checksums."""
+"""DDO v4 validation and DIDs (the checksums themselves: tests/plumbing/test_assets.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from typing import Any
 import pytest
 from eth_utils import to_checksum_address
 
+from plumbing import assets
 from services.provider.domain.ddos import (
     AlgorithmContainer,
     ConsumerParameter,
     SelectOption,
-    container_checksum,
     derive_did,
-    files_checksum,
     is_did,
     parse_did,
     validate_container,
@@ -96,7 +95,7 @@ def test_trusted_lists_are_parsed_and_normalised() -> None:
         "allowRawAlgorithm": True,
         "allowNetworkAccess": True,
         "publisherTrustedAlgorithms": [
-            {"did": ALGO_DID, "filesChecksum": "AB" * 32, "containerSectionChecksum": "cd" * 32},
+            {"did": ALGO_DID, "filesChecksum": "ab" * 32, "containerSectionChecksum": "cd" * 32},
             {"did": "did:op:" + "b" * 64, "filesChecksum": "", "containerSectionChecksum": "ef" * 32},
         ],
         "publisherTrustedAlgorithmPublishers": [PUBLISHER.lower()],
@@ -225,7 +224,19 @@ INVALID = [
         D,
         CMP + ("publisherTrustedAlgorithms",),
         [{"did": ALGO_DID, "filesChecksum": "abc", "containerSectionChecksum": "ab" * 32}],
-        "services[0].compute.publisherTrustedAlgorithms[0].filesChecksum must be a sha256 hex digest",
+        "services[0].compute.publisherTrustedAlgorithms[0].filesChecksum must be a sha256 digest, 64 lowercase hex",
+    ),
+    (
+        D,
+        CMP + ("publisherTrustedAlgorithms",),
+        [{"did": ALGO_DID, "filesChecksum": "AB" * 32, "containerSectionChecksum": "ab" * 32}],
+        "services[0].compute.publisherTrustedAlgorithms[0].filesChecksum must be a sha256 digest, 64 lowercase hex",
+    ),
+    (
+        D,
+        CMP + ("publisherTrustedAlgorithms",),
+        [{"did": ALGO_DID, "containerSectionChecksum": "sha256:" + "ab" * 32}],
+        "services[0].compute.publisherTrustedAlgorithms[0].containerSectionChecksum must be a sha256 digest",
     ),
     (D, ("credentials",), [], "credentials must be an object"),
     (D, ("credentials", "allow"), {"type": "address"}, "credentials.allow must be a list"),
@@ -330,44 +341,13 @@ def test_is_did_and_parse_did(value: Any, valid: bool) -> None:
         assert "did:op: followed by 64 lowercase hex digits" in info.value.message
 
 
-# --- checksums -------------------------------------------------------------------
+# --- the container section, as plumbing/assets.py hashes it ----------------------
 
 
-def test_container_checksum_is_sha256_of_the_canonical_section() -> None:
-    text = '{"checksum":"' + IMAGE_DIGEST + '","entrypoint":"python $ALGO","image":"python","tag":"3.11-slim"}'
-    expected = hashlib.sha256(text.encode()).hexdigest()
+def test_a_validated_container_hashes_as_its_section() -> None:
     container = validate_ddo(algorithm_ddo()).metadata.algorithm.container  # type: ignore[union-attr]
-    assert container_checksum(container) == expected
-    # The raw mapping gives the same value, and extra keys do not count.
-    raw = dict(algorithm_ddo()["metadata"]["algorithm"]["container"], comment="ignored")
-    assert container_checksum(raw) == expected
-
-
-@pytest.mark.parametrize("field", ["entrypoint", "image", "tag", "checksum"])
-def test_container_checksum_covers_every_field(field: str) -> None:
     raw = algorithm_ddo()["metadata"]["algorithm"]["container"]
-    changed = dict(raw, **{field: raw[field] + "x"})
-    assert container_checksum(changed) != container_checksum(raw)
-
-
-def test_container_checksum_needs_all_four_fields() -> None:
-    raw = dict(algorithm_ddo()["metadata"]["algorithm"]["container"])
-    del raw["tag"]
-    with pytest.raises(ValueError):
-        container_checksum(raw)
-
-
-def test_files_checksum_is_sha256_of_the_concatenated_hex() -> None:
-    first, second = hashlib.sha256(b"one").hexdigest(), hashlib.sha256(b"two").hexdigest()
-    assert files_checksum([first, second]) == hashlib.sha256((first + second).encode()).hexdigest()
-    assert files_checksum([second, first]) != files_checksum([first, second])  # index order matters
-    assert files_checksum([first.upper()]) == files_checksum([first])
-
-
-@pytest.mark.parametrize("hexes", [["abc"], [None], ["g" * 64], "a" * 64])
-def test_files_checksum_rejects_non_digests(hexes: Any) -> None:
-    with pytest.raises(ValueError):
-        files_checksum(hexes)
+    assert assets.container_checksum(container) == assets.container_checksum(raw)
 
 
 def test_validate_container_checks_a_raw_algorithm_container_under_its_path() -> None:

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from plumbing.assets import container_checksum
 from services.provider.domain.ddos import (
     ConsumerParameter,
     Ddo,
     SelectOption,
     Service,
-    container_checksum,
     validate_ddo,
 )
 from services.provider.domain.errors import Refusal
@@ -151,7 +151,6 @@ ALLOWED = [
     ("raw allowed", _service(raw=True), None, None, True),
     ("raw allowed ignores trust lists", _service(raw=True, trusted=[_entry(did=OTHER_DID)]), None, None, True),
     ("listed, checksums match", _service(trusted=[_entry()]), ALGO, FILES_SUM, False),
-    ("listed, files checksum case-insensitive", _service(trusted=[_entry()]), ALGO, FILES_SUM.upper(), False),
     ("listed, files not yet known", _service(trusted=[_entry()]), ALGO, None, False),
     ("listed, files not pinned", _service(trusted=[_entry(files=None)]), ALGO, "00" * 32, False),
     ("listed among others", _service(trusted=[_entry(did=OTHER_DID), _entry()]), ALGO, FILES_SUM, False),
@@ -179,6 +178,15 @@ REFUSED = [
         "not_trusted_algo",
     ),
     ("files changed", _service(trusted=[_entry()]), ALGO, "00" * 32, False, "algorithm_checksum_mismatch"),
+    # one spelling of a digest (plumbing/assets.py): another spelling is another checksum
+    (
+        "files checksum in uppercase",
+        _service(trusted=[_entry()]),
+        ALGO,
+        FILES_SUM.upper(),
+        False,
+        "algorithm_checksum_mismatch",
+    ),
     (
         "container changed",
         _service(trusted=[_entry(container="00" * 32)]),

@@ -8,6 +8,7 @@ from google.protobuf import json_format
 
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc
 from plumbing import errors
+from plumbing.assets import FILE_SOURCE_TYPES, SHA256_SYNTAX, is_sha256_hex
 from plumbing.database import Database
 from services.provider.api.authentication import authenticate
 from services.provider.domain import ddos, sealing
@@ -35,11 +36,18 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
             raise errors.InvalidArgument("name at least one file to encrypt", "files_missing", field="files")
         files = []
         for index, location in enumerate(request.files):
-            if location.type not in ("url", "s3", "ipfs", "raw"):
+            if location.type not in FILE_SOURCE_TYPES:
                 raise errors.InvalidArgument(
-                    f"files[{index}].type {location.type!r} is not one of url, s3, ipfs, raw",
+                    f"files[{index}].type {location.type!r} is not one of {', '.join(FILE_SOURCE_TYPES)}",
                     "file_type_invalid",
                     field=f"files[{index}].type",
+                )
+            # pod_config verifies the bytes against it and refuses any other spelling: refuse it here, once
+            if location.checksum and not is_sha256_hex(location.checksum):
+                raise errors.InvalidArgument(
+                    f"files[{index}].checksum must be a sha256 digest, {SHA256_SYNTAX}",
+                    "file_checksum_invalid",
+                    field=f"files[{index}].checksum",
                 )
             files.append(json_format.MessageToDict(location, preserving_proto_field_name=True))
         return asset_pb2.EncryptFilesResponse(encrypted_files=sealing.seal_files(self._keys.public_key_hex, files))

@@ -2,9 +2,10 @@
 
 Rules the provider enforces, written as plain functions over plain data:
 request signatures and nonces (identity, signed_requests), sealing of file
-locations and result-manifest signatures (sealing), the DDO v4 shape, DIDs
-and checksums (ddos), the compute policy of a dataset (policy), the plan of
-a compute request (compute_plan), and results as an asset (results_assets,
+locations and result-manifest signatures (sealing), the DDO v4 shape and DIDs
+(ddos; the DID syntax and the checksums are plumbing/assets.py's, shared with
+pod_config), the compute policy of a dataset (policy), the plan of a compute
+request (compute_plan), and results as an asset (results_assets,
 results_grants). Every refusal is a ``Refusal`` with a stable code (errors)
 or a plumbing.errors class.
 

@@ -1,4 +1,4 @@
-"""Assets: the Ocean DDO v4 shape, DIDs and the checksums that pin algorithms.
+"""Assets: the Ocean DDO v4 shape and the DIDs the provider derives.
 
 ``validate_ddo`` turns a JSON mapping into frozen dataclasses or refuses it
 (ddo_invalid) with a message naming the offending field path, e.g.
@@ -9,6 +9,9 @@ ignored, so Ocean-produced DDOs pass; keys it uses are checked strictly.
 The asset's publisher (owner) is read from the optional Ocean-indexer field
 ``nft.owner``. The asset store, which knows who published the asset, sets it
 when it serves a DDO; policy needs it for trusted-publisher checks.
+
+The DID syntax and the checksums that pin algorithms are plumbing/assets.py's:
+pod_config checks what it stages with the same code.
 """
 
 from __future__ import annotations
@@ -21,14 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from plumbing import untrusted
+from plumbing.assets import DID_PREFIX, DID_SYNTAX, SHA256_SYNTAX, did_id, is_did, is_sha256_hex
 
-from .canonical import canonical_json
 from .errors import DDO_INVALID, DID_INVALID, Refusal
 from .identity import is_address, normalize_address
 
-DID_PREFIX = "did:op:"
-_DID = re.compile(r"did:op:[0-9a-f]{64}")
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _VERSION = re.compile(r"4\.\d+\.\d+")
 
@@ -60,73 +60,15 @@ def derive_did(owner_address: str, salt: str) -> str:
     return DID_PREFIX + digest
 
 
-def is_did(s: object) -> bool:
-    """True if ``s`` is ``did:op:`` followed by 64 lowercase hex digits."""
-    return isinstance(s, str) and _DID.fullmatch(s) is not None
-
-
 def parse_did(s: object) -> str:
     """Return the 64-hex identifier after ``did:op:`` or refuse (did_invalid).
 
     The bare identifier is what names a job's input directory
     (``/data/inputs/<id>``).
     """
-    if not is_did(s):
-        raise Refusal(
-            DID_INVALID,
-            f"{s!r} is not a DID: expected did:op: followed by 64 lowercase hex digits",
-        )
-    assert isinstance(s, str)
-    return s[len(DID_PREFIX) :]
-
-
-# --------------------------------------------------------------------------
-# Checksums
-
-
-def container_checksum(container: AlgorithmContainer | Mapping[str, Any]) -> str:
-    """Return the sha256 hex of the canonical JSON of the container section.
-
-    Exactly ``{"checksum", "entrypoint", "image", "tag"}`` are hashed (other
-    keys are ignored), as canonical JSON (sorted keys, compact separators,
-    UTF-8; see ``canonical``), e.g. sha256 of
-    ``{"checksum":"sha256:…","entrypoint":"python $ALGO","image":"python","tag":"3.11"}``.
-    A dataset's ``containerSectionChecksum`` pins it: changing the image,
-    tag, digest or entrypoint of a trusted algorithm breaks the trust.
-    Raises ValueError if a mapping lacks one of the four strings.
-    """
-    if isinstance(container, AlgorithmContainer):
-        section: dict[str, Any] = {
-            "entrypoint": container.entrypoint,
-            "image": container.image,
-            "tag": container.tag,
-            "checksum": container.checksum,
-        }
-    else:
-        section = {key: container.get(key) for key in ("entrypoint", "image", "tag", "checksum")}
-        missing = [key for key, value in section.items() if not isinstance(value, str)]
-        if missing:
-            raise ValueError(f"container section needs string {', '.join(missing)}")
-    return hashlib.sha256(canonical_json(section).encode("utf-8")).hexdigest()
-
-
-def files_checksum(sha256_hexes: Sequence[str]) -> str:
-    """Return sha256 hex of the per-file sha256 hex strings concatenated in index order.
-
-    Each element is the lowercase sha256 hex of file ``i``'s bytes; the
-    concatenation is hashed as ASCII. pod_config computes the same value
-    over the files it downloads, so a dataset's ``filesChecksum`` pins the
-    algorithm's content. Raises ValueError for an element that is not 64 hex.
-    """
-    if isinstance(sha256_hexes, str):
-        raise ValueError("sha256_hexes must be a sequence of hex digests, not one string")
-    parts = []
-    for index, item in enumerate(sha256_hexes):
-        digest = item.lower() if isinstance(item, str) else item
-        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
-            raise ValueError(f"sha256_hexes[{index}] must be 64 hex digits, got {item!r}")
-        parts.append(digest)
-    return hashlib.sha256("".join(parts).encode("ascii")).hexdigest()
+    if not isinstance(s, str) or not is_did(s):
+        raise Refusal(DID_INVALID, f"{s!r} is not a DID: expected {DID_SYNTAX}")
+    return did_id(s)
 
 
 # --------------------------------------------------------------------------
@@ -339,7 +281,7 @@ def validate_ddo(ddo: Mapping[str, Any]) -> Ddo:
     raw_id = _get(data, "id", "id", required=False)
     if raw_id is not _MISSING:
         if not is_did(raw_id):
-            raise _fail(f"id must be did:op: followed by 64 lowercase hex digits, got {raw_id!r}")
+            raise _fail(f"id must be {DID_SYNTAX}, got {raw_id!r}")
         did = raw_id
 
     version = _get(data, "version", "version")
@@ -589,16 +531,17 @@ def _compute(data: Mapping[str, Any], path: str) -> ComputeOptions:
 
 
 def _checksum(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not _SHA256_HEX.fullmatch(value.lower()):
-        raise _fail(f"{path} must be a sha256 hex digest (64 hex digits)")
-    return value.lower()
+    # Taken as written: pod_config compares the pin with what it computes, never a normalised copy.
+    if not is_sha256_hex(value):
+        raise _fail(f"{path} must be a sha256 digest, {SHA256_SYNTAX}, got {value!r}")
+    return str(value)
 
 
 def _trusted_algorithm(item: Any, path: str) -> TrustedAlgorithm:
     data = _mapping(item, path)
     did = _get(data, "did", f"{path}.did")
     if not is_did(did):
-        raise _fail(f"{path}.did must be did:op: followed by 64 lowercase hex digits, got {did!r}")
+        raise _fail(f"{path}.did must be {DID_SYNTAX}, got {did!r}")
     raw_files = _get(data, "filesChecksum", f"{path}.filesChecksum", required=False)
     # An empty string is how Ocean tools write "not pinned".
     files = None if raw_files is _MISSING or raw_files == "" else _checksum(raw_files, f"{path}.filesChecksum")

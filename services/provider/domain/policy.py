@@ -34,13 +34,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from plumbing.assets import container_checksum
+
 from .ddos import (
     ComputeOptions,
     ConsumerParameter,
     Ddo,
     Service,
     TrustedAlgorithm,
-    container_checksum,
     parameter_value_problem,
 )
 from .errors import (
@@ -186,7 +187,7 @@ def check_algorithm_allowed(
         if (
             entry.files_checksum is not None
             and algorithm_files_checksum is not None
-            and entry.files_checksum != algorithm_files_checksum.lower()
+            and entry.files_checksum != algorithm_files_checksum
         ):
             raise Refusal(
                 ALGORITHM_CHECKSUM_MISMATCH,

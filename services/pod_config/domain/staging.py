@@ -3,8 +3,10 @@
 `stage()` lays out the job's workspace (see DESIGN.md, "Inside a job: the
 /data layout"), fetches every dataset file and then the algorithm's files
 through pluggable `Fetcher`s, verifies sizes and checksums, and returns a
-`StagingOutcome` carrying an Ocean status code (30, 31, 32 or 42), a stable
-snake_case error code and a reason a person can act on.
+`StagingOutcome` carrying an Ocean status code (30, 31, 32 or 42, from
+plumbing/statuses.py), a stable snake_case error code and a reason a person
+can act on. DIDs and checksums are read as plumbing/assets.py says, the code
+the provider checks them with.
 
 Secrets: file locations (URLs, hosts, paths, bucket keys) and header values
 belong to the publisher. Neither reasons nor log lines ever contain them;
@@ -19,10 +21,12 @@ Error codes (`StagingOutcome.error_code`):
   ssrf_refused             the file's address is on a refused network
   unknown_source_type      a file source type c2d does not know
   unsupported_source_type  a known source type this environment has no fetcher for
-  invalid_source           a file source that cannot be fetched as given (e.g. not an http(s) URL)
+  invalid_source           a file source that cannot be fetched as given (e.g. not an http(s) URL,
+                           a checksum that is not 64 lowercase hex digits)
   invalid_did              a DID that is not did:op: + 64 lowercase hex
   path_traversal           a name that would escape the workspace
-  invalid_request          the request itself is inconsistent (no algorithm, both kinds, duplicates)
+  invalid_request          the request itself is inconsistent (no algorithm, both kinds, duplicates,
+                           a trusted-algorithm filesChecksum that is not 64 lowercase hex digits)
   write_failed             the workspace could not be written
 """
 
@@ -31,11 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
-import hashlib
 import json
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -43,12 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from plumbing import assets
+from plumbing.statuses import Status
+
 __all__ = [
-    "KNOWN_SOURCE_TYPES",
-    "STATUS_ALGORITHM_FAILED",
-    "STATUS_DATA_FAILED",
-    "STATUS_DISK_QUOTA",
-    "STATUS_SUCCESS",
     "AssetToStage",
     "ByteBudget",
     "FetchError",
@@ -61,20 +61,8 @@ __all__ = [
     "StagingOutcome",
     "StagingRequest",
     "current_file_context",
-    "files_checksum",
     "stage",
 ]
-
-STATUS_SUCCESS = 30
-STATUS_DATA_FAILED = 31
-STATUS_ALGORITHM_FAILED = 32
-STATUS_DISK_QUOTA = 42
-
-KNOWN_SOURCE_TYPES = frozenset({"url", "s3", "ipfs", "raw"})
-
-_DID_PREFIX = "did:op:"
-_DID_RE = re.compile(r"did:op:[0-9a-f]{64}")
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -87,7 +75,7 @@ class FileSource:
     headers: Mapping[str, str] = field(default_factory=dict)  # extra HTTP headers from the DDO
     cid: str = ""  # for "ipfs"
     content: str = ""  # for "raw" (the consumer's inline code)
-    checksum: str = ""  # optional expected sha256 hex of the bytes
+    checksum: str = ""  # optional expected sha256 of the bytes, 64 lowercase hex
 
     def __repr__(self) -> str:
         # The location and headers are the publisher's secrets: keep them out of
@@ -107,7 +95,7 @@ class StagingRequest:
     datasets: tuple[AssetToStage, ...]  # first is the main dataset, then additional ones
     algorithm: AssetToStage | None  # a registered algorithm asset, or None when raw
     raw_algorithm: str = ""  # the consumer's raw code (exclusive with algorithm)
-    algorithm_files_checksum: str = ""  # from the dataset's trusted-algorithm entry; "" = not required
+    algorithm_files_checksum: str = ""  # the dataset's trusted-algorithm filesChecksum; "" = not pinned
     algo_custom_data: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -152,14 +140,14 @@ class StagedFile:
 
 @dataclass(frozen=True)
 class StagingOutcome:
-    status: int  # 30 success, 31 data failed, 32 algorithm failed, 42 disk quota exceeded
+    status: Status  # 30 success, 31 data failed, 32 algorithm failed, 42 disk quota exceeded
     error_code: str  # "" on success
     reason: str  # names the DID and file index and the cause, never the location
     files: tuple[StagedFile, ...]  # on failure: the files fully staged before it
 
     @property
     def ok(self) -> bool:
-        return self.status == STATUS_SUCCESS
+        return self.status == Status.PROVISIONING_SUCCESS
 
 
 # --------------------------------------------------------------------------- fetcher contract
@@ -272,34 +260,11 @@ def current_file_context() -> FileContext:
     return ctx or FileContext("file", logging.getLogger("c2d.pod_config"))
 
 
-# --------------------------------------------------------------------------- checksums
-
-
-def files_checksum(sha256_hexes: Sequence[str]) -> str:
-    """The filesChecksum of an algorithm, as in a dataset's trusted-algorithm entry.
-
-    Definition: sha256 (lowercase hex) of the UTF-8 concatenation of the
-    per-file sha256 lowercase hex strings, in the files' array index order,
-    with no separator. E.g. for two files with digests a and b:
-    sha256((a + b).encode()).hexdigest(). The provider computes it when a
-    dataset trusts an algorithm; pod_config recomputes it over the bytes it
-    actually downloaded.
-    """
-    joined = "".join(h.strip().lower() for h in sha256_hexes)
-    return hashlib.sha256(joined.encode("ascii")).hexdigest()
-
-
-def _normalize_sha256(value: str) -> str:
-    v = value.strip().lower()
-    v = v.removeprefix("sha256:")
-    return v
-
-
 # --------------------------------------------------------------------------- staging
 
 
 class _Failure(Exception):
-    def __init__(self, status: int, code: str, reason: str) -> None:
+    def __init__(self, status: Status, code: str, reason: str) -> None:
         super().__init__(reason)
         self.status = status
         self.code = code
@@ -309,13 +274,15 @@ class _Failure(Exception):
 @dataclass(frozen=True)
 class _Role:
     name: str  # "dataset" | "algorithm"
-    status: int
+    status: Status
     prefix: str  # how a reason starts
     fetch_failed_code: str
 
 
-_DATASET = _Role("dataset", STATUS_DATA_FAILED, "data provisioning failed", "dataset_fetch_failed")
-_ALGORITHM = _Role("algorithm", STATUS_ALGORITHM_FAILED, "algorithm provisioning failed", "algorithm_fetch_failed")
+_DATASET = _Role("dataset", Status.DATA_PROVISIONING_FAILED, "data provisioning failed", "dataset_fetch_failed")
+_ALGORITHM = _Role(
+    "algorithm", Status.ALGORITHM_PROVISIONING_FAILED, "algorithm provisioning failed", "algorithm_fetch_failed"
+)
 
 # Codes a fetcher reports that are shown as such; anything else is a fetch failure.
 _PASS_THROUGH_CODES = frozenset(
@@ -359,8 +326,8 @@ class _FileJob:
 
 
 def _fail(role: _Role, code: str, detail: str) -> _Failure:
-    status = STATUS_DISK_QUOTA if code == "disk_quota_exceeded" else role.status
-    prefix = "disk quota exceeded" if status == STATUS_DISK_QUOTA else role.prefix
+    status = Status.DISK_QUOTA_EXCEEDED if code == "disk_quota_exceeded" else role.status
+    prefix = "disk quota exceeded" if status == Status.DISK_QUOTA_EXCEEDED else role.prefix
     return _Failure(status, code, f"{prefix}: {detail}")
 
 
@@ -371,11 +338,9 @@ def _did_dirname(did: str, role: _Role) -> str:
     shown = repr(did[:80])
     if "\0" in did or "/" in did or "\\" in did or ".." in did or did.startswith(("~", ".")):
         raise _fail(role, "path_traversal", f"the {role.name} DID {shown} would escape the workspace")
-    if not _DID_RE.fullmatch(did):
-        raise _fail(
-            role, "invalid_did", f"the {role.name} DID {shown} is not did:op: followed by 64 lowercase hex digits"
-        )
-    return did[len(_DID_PREFIX) :]
+    if not assets.is_did(did):
+        raise _fail(role, "invalid_did", f"the {role.name} DID {shown} is not {assets.DID_SYNTAX}")
+    return assets.did_id(did)
 
 
 def _inside(root: Path, *parts: str) -> Path:
@@ -409,12 +374,12 @@ def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def _source_problem(source: FileSource, fetchers: Mapping[str, Fetcher]) -> tuple[str, str] | None:
-    if source.type not in KNOWN_SOURCE_TYPES:
+    if source.type not in assets.FILE_SOURCE_TYPES:
         return "unknown_source_type", f"unknown source type {source.type[:40]!r}"
     if source.type not in fetchers:
         return "unsupported_source_type", f"source type {source.type!r} is not supported by this environment"
-    if source.checksum and not _SHA256_RE.fullmatch(_normalize_sha256(source.checksum)):
-        return "invalid_source", "its checksum is not a sha256 hex digest"
+    if source.checksum and not assets.is_sha256_hex(source.checksum):
+        return "invalid_source", f"its checksum is not a sha256 digest ({assets.SHA256_SYNTAX})"
     return None
 
 
@@ -462,6 +427,13 @@ class _Stager:
             raise _fail(_ALGORITHM, "invalid_request", "the job has both a registered and a raw algorithm")
         if req.algorithm is None and not req.raw_algorithm:
             raise _fail(_ALGORITHM, "invalid_request", "the job has no algorithm")
+        if req.algorithm_files_checksum and not assets.is_sha256_hex(req.algorithm_files_checksum):
+            # The provider refuses such a pin; one that reaches here cannot be verified, so nothing runs.
+            raise _fail(
+                _ALGORITHM,
+                "invalid_request",
+                f"the trusted-algorithm filesChecksum is not a sha256 digest ({assets.SHA256_SYNTAX})",
+            )
         if req.algorithm is not None:
             name, files = self._plan_asset(req.algorithm, _ALGORITHM)
             if req.algorithm.did in seen:
@@ -496,7 +468,7 @@ class _Stager:
                         "disk_quota_exceeded",
                         f"the job's files would exceed the environment's disk of {self.limits.max_total_bytes} bytes",
                     )
-                expected = _normalize_sha256(job.source.checksum)
+                expected = job.source.checksum
                 if expected and expected != sha:
                     raise FetchError("checksum_mismatch", "checksum mismatch")
                 os.chmod(job.part, job.mode)
@@ -631,9 +603,9 @@ class _Stager:
             self.log.info("fetching %d algorithm file(s)", len(jobs))
             algo_files = await self._run_phase(jobs)
 
-            expected = _normalize_sha256(req.algorithm_files_checksum)
+            expected = req.algorithm_files_checksum
             if expected:
-                actual = files_checksum([f.sha256 for f in sorted(algo_files, key=lambda f: f.index)])
+                actual = assets.files_checksum([f.sha256 for f in sorted(algo_files, key=lambda f: f.index)])
                 if actual != expected:
                     # The algorithm is not the one the dataset trusts: make sure it cannot run.
                     for f in algo_files:
@@ -658,7 +630,7 @@ class _Stager:
             sum(f.size for f in files),
             time.monotonic() - started,
         )
-        return StagingOutcome(STATUS_SUCCESS, "", "", files)
+        return StagingOutcome(Status.PROVISIONING_SUCCESS, "", "", files)
 
     @staticmethod
     def _os_failure(role: _Role, exc: OSError) -> _Failure:

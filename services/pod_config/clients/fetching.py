@@ -44,8 +44,7 @@ from yarl import URL
 
 from plumbing import storage
 from plumbing.storage import ObjectNotFound, StorageConfig, StorageError
-
-from .staging import (
+from services.pod_config.domain.staging import (
     ByteBudget,
     Fetcher,
     FetchError,

@@ -8,24 +8,35 @@ the job) and a FIFO or device never read; each one is logged and listed in
 the manifest's skipped_paths. A file that cannot be uploaded after retries
 fails the whole publication, and what was already uploaded is removed:
 nothing is silently dropped, nothing half-published remains.
+
+`publish_results()` is the whole stage: collect, upload, register the
+results as an asset when the job asks for it (through the `Registrar` port,
+which clients/provider.py implements), and say what to report: the
+manifest, or status 62 with an error code and a message.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import mimetypes
 import os
 import stat
 import tarfile
+import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from plumbing.storage import ObjectStore, StorageError, StoredObject
+from plumbing import storage
+from plumbing.statuses import Status
+from plumbing.storage import ObjectStore, StorageConfig, StorageError, StoredObject
 from plumbing.storage.s3 import MIN_PART_SIZE
 
 log = logging.getLogger("c2d.pod_publish")
@@ -217,3 +228,78 @@ def _upload(store: ObjectStore, key: str, source: ResultSource, content_type: st
         except OSError as exc:
             raise PublishFailed(source.path, os.strerror(exc.errno or 0) or str(exc)) from None
     raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- the whole stage
+
+
+class AssetRegistrationFailed(Exception):
+    """The provider did not register the results as an asset (a `Registrar` raises it)."""
+
+
+# Every failure of this stage is Ocean Node's "results upload failed".
+FAILED_STATUS = Status.RESULTS_UPLOAD_FAILED
+
+# Registers a results manifest (proto JSON) as the consumer's new asset; returns its DID.
+Registrar = Callable[[dict[str, Any]], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class PublishOutcome:
+    manifest: dict[str, Any] | None  # the results manifest (proto JSON); None when the stage failed
+    results_did: str = ""  # the results asset's DID, when one was registered
+    error_code: str = ""  # results_upload_failed | results_asset_failed
+    message: str = ""  # why it failed, for the job's owner
+
+    @property
+    def ok(self) -> bool:
+        return self.manifest is not None
+
+
+def _failed(error_code: str, message: str) -> PublishOutcome:
+    log.error("%s", message)
+    return PublishOutcome(None, error_code=error_code, message=message)
+
+
+async def publish_results(
+    data_root: Path, job_id: str, pack: bool, config: StorageConfig, register: Registrar | None = None
+) -> PublishOutcome:
+    """Publishes the job's results to the configured storage and, with `register`, as an asset.
+
+    All or nothing: when registering fails, what was uploaded is removed."""
+    store: ObjectStore | None = None
+    manifest: dict[str, Any] | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="c2d-publish-") as scratch:
+            step = time.monotonic()
+            collected = collect(data_root, pack, Path(scratch))
+            config = dataclasses.replace(config, part_size=part_size_for(config.part_size, collected.largest_file))
+            store = storage.open_store(config)
+            log.info(
+                "collected %d files (%d bytes, %d skipped) in %.3f s; publishing to %s storage",
+                len(collected.sources),
+                collected.total_bytes,
+                len(collected.skipped),
+                time.monotonic() - step,
+                store.kind,
+            )
+            step = time.monotonic()
+            manifest = await asyncio.to_thread(publish, store, job_id, collected)
+            log.info("uploaded %d files in %.3f s", len(manifest["files"]), time.monotonic() - step)
+        results_did = ""
+        if register is not None:
+            step = time.monotonic()
+            results_did = await register(manifest)
+            log.info("registered the results as asset %s in %.3f s", results_did, time.monotonic() - step)
+    except AssetRegistrationFailed as exc:
+        # the job fails, so nothing may stay behind in storage
+        assert store is not None and manifest is not None  # registering follows the upload
+        await asyncio.to_thread(remove, store, [f["location"] for f in manifest["files"]])
+        return _failed(
+            "results_asset_failed", f"results upload failed: registering the results as an asset failed: {exc}"
+        )
+    except PublishFailed as exc:
+        return _failed("results_upload_failed", str(exc))
+    except StorageError as exc:
+        return _failed("results_upload_failed", f"results upload failed: {exc}")
+    return PublishOutcome(manifest, results_did)
