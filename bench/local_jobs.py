@@ -42,7 +42,7 @@ from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
 from plumbing import auth
 from services.operator_engine import server
-from services.operator_engine.sandbox import SandboxLimits, detect_capabilities
+from services.operator_engine.backends.local.sandbox import SandboxLimits, detect_capabilities
 from services.operator_engine.settings import EngineSettings
 
 ALGORITHM = """\

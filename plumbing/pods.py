@@ -3,7 +3,7 @@
 A pod learns its job from its environment and talks to the engine's
 JobAgentService over one channel (`JobAgent`: the calls both pods make). Run
 as `python -m services.pod_...` it opens that channel itself; forked by the
-local backend's launcher (services/operator_engine/backends/pod_launcher.py)
+local backend's launcher (services/operator_engine/backends/local/pod_launcher.py)
 it may be handed a channel its process connected while it waited for a job,
 so the connection is not on the job's clock.
 """

@@ -14,9 +14,9 @@ from plumbing.database import Database, sqlite_url
 from plumbing.server import Registration, RunningServer, configure_logging, serve_until_signalled, start_server
 from plumbing.statuses import Status
 from services.operator_engine.api.servicers import EngineServicer, JobAgentServicer
-from services.operator_engine.backends.local import LocalBackend
+from services.operator_engine.backends.local.backend import LocalBackend
+from services.operator_engine.backends.local.pod_launcher import make_launcher
 from services.operator_engine.backends.noop import NoopBackend
-from services.operator_engine.backends.pod_launcher import make_launcher
 from services.operator_engine.domain.event_log import EventLog
 from services.operator_engine.domain.orchestrator import EnvironmentSpec, Orchestrator
 from services.operator_engine.persistence.models import Base

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.operator_engine.sandbox import SandboxLimits, SandboxRun, SandboxSpec, detect_capabilities
+from services.operator_engine.backends.local.sandbox import SandboxLimits, SandboxRun, SandboxSpec, detect_capabilities
 
 N = 30
 

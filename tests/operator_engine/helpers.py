@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.operator_engine.sandbox import SandboxLimits, SandboxSpec
+from services.operator_engine.backends.local.sandbox import SandboxLimits, SandboxSpec
 
 PYTHON = "/usr/bin/python3"
 ALGO = "/data/transformations/algorithm"

@@ -8,7 +8,7 @@ import json
 import socket
 
 from plumbing.statuses import EndReason, Status
-from services.operator_engine import cgroups
+from services.operator_engine.backends.local import cgroups
 from tests.operator_engine.engine_harness import DATASET_DIR, engine_running, workflow
 from tests.operator_engine.helpers import py
 
@@ -147,7 +147,7 @@ FORK_BOMB = """
 
 
 async def test_fork_bomb_is_contained_by_the_process_limit(data_dir, postgres_url, tmp_path):
-    from services.operator_engine.backends.local import MAX_PROCESSES
+    from services.operator_engine.backends.local.backend import MAX_PROCESSES
 
     async with engine_running(postgres_url, tmp_path / "ws") as engine:
         job_id = await engine.submit(workflow(py(FORK_BOMB)))

@@ -8,7 +8,7 @@ import asyncio
 import os
 import signal
 
-from services.operator_engine.backends.pod_launcher import ForkServerLauncher, SubprocessLauncher
+from services.operator_engine.backends.local.pod_launcher import ForkServerLauncher, SubprocessLauncher
 from tests.operator_engine.engine_harness import WAIT_S, StallingServer, wait_until
 from tests.support.servers import alive
 

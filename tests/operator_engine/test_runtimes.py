@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.operator_engine.runtimes import ALGORITHM_PATH, resolve, resolve_command
-from services.operator_engine.sandbox import SandboxRun
+from services.operator_engine.backends.local.runtimes import ALGORITHM_PATH, resolve, resolve_command
+from services.operator_engine.backends.local.sandbox import SandboxRun
 from tests.operator_engine.helpers import make_job
 
 PY = "/usr/bin/python3"

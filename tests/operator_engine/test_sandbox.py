@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from services.operator_engine import cgroups
-from services.operator_engine.sandbox import (
+from services.operator_engine.backends.local import cgroups
+from services.operator_engine.backends.local.sandbox import (
     SandboxLimits,
     SandboxRun,
     SandboxUnavailable,
@@ -496,7 +496,7 @@ DYING_ENGINE = """
 import asyncio, json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-from services.operator_engine.sandbox import SandboxRun, SandboxSpec
+from services.operator_engine.backends.local.sandbox import SandboxRun, SandboxSpec
 job_id, workspace, env, delay = sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), float(sys.argv[5])
 async def main():
     run = await SandboxRun.start(SandboxSpec(job_id, Path(workspace), (sys.argv[6], sys.argv[7]), env))
@@ -613,7 +613,7 @@ async def test_start_raises_sandbox_unavailable_when_user_namespaces_do_not_work
 import asyncio, sys
 sys.path.insert(0, {str(REPO)!r})
 from pathlib import Path
-from services.operator_engine.sandbox import SandboxRun, SandboxSpec, SandboxUnavailable, detect_capabilities
+from services.operator_engine.backends.local.sandbox import SandboxRun, SandboxSpec, SandboxUnavailable, detect_capabilities
 caps = detect_capabilities()
 print("bwrap:", caps.bwrap, "net:none" in caps.limits_in_force)
 try:

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from plumbing import errors
-from services.operator_engine import cgroups, runtimes, sandbox
 from services.operator_engine.backends.base import AlgorithmResult, Capacity, JobSpec, StageExit
-from services.operator_engine.backends.pod_launcher import Launcher, SubprocessLauncher
+from services.operator_engine.backends.local import cgroups, runtimes, sandbox
+from services.operator_engine.backends.local.pod_launcher import Launcher, SubprocessLauncher
 
 # The algorithm's view of its workspace (DESIGN.md: inside a job).
 ALGORITHM_DATA = "/data"

@@ -3,7 +3,7 @@
 A fresh interpreter per stage spends ~0.6 s importing grpc, aiohttp and the
 pod programs before doing anything, which dominates a small job. The fork
 server is a long-lived helper process (`python -m
-services.operator_engine.backends.pod_launcher`) that imports the programs
+services.operator_engine.backends.local.pod_launcher`) that imports the programs
 once and forks one child per stage. Each child gets its own session (so a
 stop or timeout kills its whole process group), its own environment and its
 log file as stdout/stderr, exactly as a fresh process would. The helper never
