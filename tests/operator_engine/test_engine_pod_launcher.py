@@ -8,7 +8,9 @@ import asyncio
 import os
 import signal
 
-from services.operator_engine.backends.local.pod_launcher import ForkServerLauncher, SubprocessLauncher
+import pytest
+
+from services.operator_engine.backends.local.pod_launcher import ForkServerLauncher, SubprocessLauncher, programs
 from tests.operator_engine.engine_harness import WAIT_S, StallingServer, wait_until
 from tests.support.servers import alive
 
@@ -33,6 +35,21 @@ async def test_a_forked_pod_has_its_own_environment_log_and_exit_code(tmp_path):
             await launcher.close()
         assert ended.returncode == 2
         assert "environment variable 'C2D_JOB_ID' is required" in log.read_text()
+
+
+async def test_pod_programs_are_the_entry_points_of_group_c2d_pods(tmp_path):
+    # The engine names no other service's module: pyproject.toml declares them.
+    assert {name: entry.value for name, entry in programs().items()} == {
+        "pod_config": "services.pod_config.program:run",
+        "pod_publish": "services.pod_publish.program:run",
+    }
+    for launcher in (ForkServerLauncher(), SubprocessLauncher()):
+        try:
+            with pytest.raises(ValueError, match="unknown pod program 'pod_unknown'"):
+                await launcher.start("pod_unknown", {"PATH": "/usr/bin"}, tmp_path / "unknown.log")
+        finally:
+            await launcher.close()
+    assert not (tmp_path / "unknown.log").exists()
 
 
 async def test_kill_and_helper_death(tmp_path):

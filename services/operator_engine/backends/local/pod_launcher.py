@@ -1,9 +1,13 @@
 """How the local backend starts pod_config and pod_publish.
 
+The engine imports no other service: it finds the pod programs by name,
+through the entry points of group "c2d.pods" (pyproject.toml), each an
+`async run(pod, channel) -> exit code`.
+
 A fresh interpreter per stage spends ~0.6 s importing grpc, aiohttp and the
 pod programs before doing anything, which dominates a small job. The fork
 server is a long-lived helper process (`python -m
-services.operator_engine.backends.local.pod_launcher`) that imports the programs
+services.operator_engine.backends.local.pod_launcher`) that loads the programs
 once and forks one child per stage. Each child gets its own session (so a
 stop or timeout kills its whole process group), its own environment and its
 log file as stdout/stderr, exactly as a fresh process would. The helper never
@@ -30,13 +34,15 @@ have been reused. When the engine dies (the helper's stdin reaches EOF) the
 helper kills every child's group and exits; it also has a parent-death
 signal, and each child one on the helper.
 
-`SubprocessLauncher` is the plain alternative: `python -m <program>` per
-stage (C2D_ENGINE_POD_LAUNCHER=subprocess).
+`SubprocessLauncher` is the plain alternative: a fresh interpreter per stage
+(`python -m services.operator_engine.backends.local.pod_launcher <program>`,
+C2D_ENGINE_POD_LAUNCHER=subprocess).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -45,6 +51,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
@@ -54,7 +61,22 @@ from plumbing import auth, pods, processes
 
 log = logging.getLogger("c2d.engine")
 
-PROGRAMS = {"pod_config": "services.pod_config", "pod_publish": "services.pod_publish"}
+POD_PROGRAMS = "c2d.pods"  # the entry-point group the pod programs are declared in
+
+
+@functools.cache
+def programs() -> dict[str, metadata.EntryPoint]:
+    """The installed pod programs by name (pod_config, pod_publish)."""
+    return {entry.name: entry for entry in metadata.entry_points(group=POD_PROGRAMS)}
+
+
+def load(name: str) -> pods.Program:
+    return programs()[name].load()  # type: ignore[no-any-return]
+
+
+def _check_known(program: str) -> None:
+    if program not in programs():
+        raise ValueError(f"unknown pod program {program!r}: entry points of {POD_PROGRAMS!r} are {sorted(programs())}")
 
 
 @dataclass(frozen=True)
@@ -97,11 +119,13 @@ class _Subprocess:
 
 class SubprocessLauncher:
     async def start(self, program: str, env: Mapping[str, str], log_path: Path) -> PodProcess:
+        _check_known(program)
         with open(log_path, "ab") as out:  # noqa: ASYNC230 - opening a local file does not block
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                PROGRAMS[program],
+                __name__,
+                program,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
@@ -143,8 +167,7 @@ class ForkServerLauncher:
         self._lock = asyncio.Lock()
 
     async def start(self, program: str, env: Mapping[str, str], log_path: Path) -> PodProcess:
-        if program not in PROGRAMS:
-            raise ValueError(f"unknown pod program {program!r}")
+        _check_known(program)
         await self._ensure_helper(env)
         self._next_id += 1
         run_id = self._next_id
@@ -282,7 +305,7 @@ def _child(name: str, requests: int, helper_pid: int, program: pods.Program) -> 
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         os.environ.clear()
         os.environ.update(job["env"])
-        sys.argv = [PROGRAMS[name]]  # as `python -m <program>` would see it
+        sys.argv = [programs()[name].module]  # as running the program's module would see it
         pods.configure_logging()
         usable = (
             ahead is not None
@@ -327,10 +350,7 @@ def serve() -> None:
     # imports it on first use, which pod_publish's manifest makes).
     import _strptime  # noqa: F401
 
-    from services.pod_config import program as pod_config
-    from services.pod_publish import program as pod_publish
-
-    mains = {"pod_config": pod_config.run, "pod_publish": pod_publish.run}
+    mains = {name: load(name) for name in programs()}
     protocol_out = os.dup(1)
     os.dup2(2, 1)  # a stray print must not corrupt the protocol
     sys.stdout = sys.stderr
@@ -448,4 +468,7 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    serve()
+    if len(sys.argv) > 1:  # one pod in this interpreter (SubprocessLauncher)
+        pods.main(sys.argv[1], load(sys.argv[1]))
+    else:
+        serve()
