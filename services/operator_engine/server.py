@@ -12,13 +12,14 @@ from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_
 from plumbing import auth, settings
 from plumbing.database import Database, sqlite_url
 from plumbing.server import Registration, RunningServer, configure_logging, serve_until_signalled, start_server
-from plumbing.statuses import Status
 from services.operator_engine.api.servicers import EngineServicer, JobAgentServicer
 from services.operator_engine.backends.local.backend import LocalBackend
 from services.operator_engine.backends.local.pod_launcher import make_launcher
 from services.operator_engine.backends.noop import NoopBackend
-from services.operator_engine.domain.event_log import EventLog
-from services.operator_engine.domain.orchestrator import EnvironmentSpec, Orchestrator
+from services.operator_engine.domain.jobs import EnvironmentSpec
+from services.operator_engine.domain.orchestrator import Orchestrator
+from services.operator_engine.persistence.event_log import EventLog
+from services.operator_engine.persistence.jobs import JobTable
 from services.operator_engine.persistence.models import Base
 from services.operator_engine.settings import EngineSettings
 
@@ -38,16 +39,9 @@ async def start(config: EngineSettings) -> RunningServer:
     workspaces = os.path.abspath(config.workspaces_dir or str(data / "workspaces"))  # noqa: ASYNC240 - no I/O
     os.makedirs(workspaces, exist_ok=True)
 
-    orchestrator: Orchestrator
+    backend: NoopBackend | LocalBackend
     if config.backend == "noop":
-
-        async def configured(job_id: str) -> None:
-            await orchestrator.report_progress(orchestrator._runs[job_id], Status.PROVISIONING_SUCCESS, "", "")
-
-        async def published(job_id: str) -> None:
-            orchestrator.record_results(orchestrator._runs[job_id], {"storage": "none"}, "")
-
-        backend = NoopBackend(configured, published)
+        backend = NoopBackend()
     elif config.backend == "local":
         pod_env = {k: v for k, v in os.environ.items() if k.startswith(POD_ENV_PREFIXES)}
         pod_env.setdefault("C2D_DATA_DIR", str(data))
@@ -70,7 +64,7 @@ async def start(config: EngineSettings) -> RunningServer:
         log_max_bytes=config.log_max_bytes,
     )
     orchestrator = Orchestrator(
-        db,
+        JobTable(db),
         events,
         backend,
         environment,
@@ -79,6 +73,8 @@ async def start(config: EngineSettings) -> RunningServer:
         publish_timeout_s=config.publish_timeout_s,
         queue_timeout_s=config.queue_timeout_s,
     )
+    if isinstance(backend, NoopBackend):
+        backend.agent = orchestrator
     engine = EngineServicer(orchestrator, events, config.engine_id, config.heartbeat_s)
     agent = JobAgentServicer(orchestrator, engine.environments)
     # Pods call JobAgentService on this port too: under mutual TLS they

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from plumbing.database import Database, sqlite_url
-from plumbing.statuses import Status
 from services.operator_engine.backends.noop import NoopBackend
-from services.operator_engine.domain.event_log import EventLog
-from services.operator_engine.domain.orchestrator import EnvironmentSpec, Orchestrator
+from services.operator_engine.domain.jobs import EnvironmentSpec
+from services.operator_engine.domain.orchestrator import Orchestrator
+from services.operator_engine.persistence.event_log import EventLog
+from services.operator_engine.persistence.jobs import JobTable
 from services.operator_engine.persistence.models import Base
 
 ENVIRONMENT = EnvironmentSpec(
@@ -43,25 +44,25 @@ def spec(job_id: str) -> dict[str, object]:
 
 @contextlib.asynccontextmanager
 async def orchestrator_on(
-    tmp_path: Path, backend: Callable[..., NoopBackend] = NoopBackend
+    tmp_path: Path, backend: Callable[[], NoopBackend] = NoopBackend
 ) -> AsyncIterator[tuple[Orchestrator, Database, NoopBackend]]:
-    """The backend's stage callbacks report for the pods, as the no-op backend's do."""
+    """The no-op backend's pods report to the orchestrator as real pods do."""
     db = Database(sqlite_url(tmp_path / "engine.db"), Base.metadata)
     db.create_schema()
     events = EventLog(db)
     await events.start()
-    orchestrator: Orchestrator
-
-    async def configured(job_id: str) -> None:
-        await orchestrator.report_progress(orchestrator._runs[job_id], Status.PROVISIONING_SUCCESS, "", "")
-
-    async def published(job_id: str) -> None:
-        orchestrator.record_results(orchestrator._runs[job_id], {"storage": "none"}, "")
-
-    pods = backend(configured, published)
+    pods = backend()
     orchestrator = Orchestrator(
-        db, events, pods, ENVIRONMENT, tmp_path / "ws", configure_timeout_s=10, publish_timeout_s=10, queue_timeout_s=60
+        JobTable(db),
+        events,
+        pods,
+        ENVIRONMENT,
+        tmp_path / "ws",
+        configure_timeout_s=10,
+        publish_timeout_s=10,
+        queue_timeout_s=60,
     )
+    pods.agent = orchestrator
     await orchestrator.start()
     try:
         yield orchestrator, db, pods

@@ -7,16 +7,16 @@ from __future__ import annotations
 import asyncio
 
 from plumbing.statuses import Status
-from services.operator_engine.backends.base import StageExit
 from services.operator_engine.backends.noop import NoopBackend
+from services.operator_engine.domain.jobs import StageExit
 from tests.operator_engine.orchestrator_harness import orchestrator_on, spec
 
 
 class LingeringPods(NoopBackend):
     """Pods that report, then take as long as they are let to exit."""
 
-    def __init__(self, on_configured, on_published) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(on_configured, on_published)
+    def __init__(self) -> None:
+        super().__init__()
         self.exit_now = asyncio.Event()
         self.still_ending: set[str] = set()
         self.cancelled: list[str] = []

@@ -9,7 +9,7 @@ from google.protobuf import json_format
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2
 from services.operator_engine.domain.changes import StateChange
-from services.operator_engine.domain.orchestrator import EnvironmentSpec
+from services.operator_engine.domain.jobs import EnvironmentSpec
 
 
 def environment(

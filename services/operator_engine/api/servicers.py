@@ -15,8 +15,8 @@ from plumbing import auth, errors, untrusted
 from plumbing.statuses import Status
 from plumbing.workflows import check_workflow
 from services.operator_engine.api import convert
-from services.operator_engine.domain.event_log import EventLog
 from services.operator_engine.domain.orchestrator import Orchestrator
+from services.operator_engine.persistence.event_log import EventLog
 
 # Job ids become directory names: only these characters, never "..".
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")

@@ -6,19 +6,20 @@ the event log and the state stream with no process or file in the way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 
-from services.operator_engine.backends.base import AlgorithmResult, Capacity, JobSpec, StageExit
+from plumbing.statuses import Status
+from services.operator_engine.domain.jobs import AlgorithmResult, Capacity, JobSpec, StageExit
+from services.operator_engine.domain.orchestrator import Orchestrator
 
 
 class NoopBackend:
     name = "noop"
     sandboxed = False
 
-    def __init__(self, on_configured: Callable[[str], object], on_published: Callable[[str], object]) -> None:
-        # The orchestrator's callbacks stand in for the pods' reports.
-        self._on_configured = on_configured
-        self._on_published = on_published
+    def __init__(self) -> None:
+        # Its "pods" report to the orchestrator as real ones do, with the job's token.
+        self.agent: Orchestrator | None = None  # set by the wiring, once the orchestrator exists
 
     def describe(self) -> str:
         return "no-op backend: every stage succeeds at once (benchmarks and tests only)"
@@ -29,19 +30,29 @@ class NoopBackend:
     def reclaim(self, job: JobSpec) -> None:
         return None
 
+    async def prepare(self, job: JobSpec) -> None:
+        return None  # no stage writes anything
+
     async def configure(self, job: JobSpec, timeout_s: float) -> StageExit:
-        await self._on_configured(job.job_id)  # type: ignore[misc]
+        agent = self._agent()
+        await agent.report_progress(agent.authorize_pod(job.job_id, job.token), Status.PROVISIONING_SUCCESS, "", "")
         return StageExit(0)
 
     async def algorithm(self, job: JobSpec, capacity: Capacity) -> AlgorithmResult:
         return AlgorithmResult(exit_code=0, description="exit code 0")
 
     async def publish(self, job: JobSpec, timeout_s: float) -> StageExit:
-        await self._on_published(job.job_id)  # type: ignore[misc]
+        agent = self._agent()
+        agent.record_results(agent.authorize_pod(job.job_id, job.token), {"storage": "none"}, "")
         return StageExit(0)
 
-    async def remove(self, job: JobSpec) -> None:
+    async def remove(self, job_id: str, workspace: Path) -> None:
         return None
 
     async def close(self) -> None:
         return None
+
+    def _agent(self) -> Orchestrator:
+        if self.agent is None:
+            raise RuntimeError("NoopBackend.agent is not set: the wiring attaches the orchestrator")
+        return self.agent

@@ -14,23 +14,17 @@ import collections
 import hmac
 import logging
 import secrets
-import shutil
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session
-
 from plumbing import errors
-from plumbing.database import Database, GroupCommit
 from plumbing.statuses import FAILURES, EndReason, Status, check_transition, is_terminal
-from services.operator_engine.backends.base import Backend, Capacity, JobSpec, StageExit
-from services.operator_engine.domain.changes import StateChange, now
-from services.operator_engine.domain.event_log import EventLog
-from services.operator_engine.persistence.models import EngineJob
+from services.operator_engine.domain.changes import StateChange
+from services.operator_engine.domain.jobs import Capacity, EnvironmentSpec, JobSpec, StageExit
+from services.operator_engine.domain.ports import Backend, EventLog, JobStore
 
 log = logging.getLogger("c2d.engine")
 
@@ -44,22 +38,6 @@ POD_REPORTS = {
     },
     "publish": {Status.RESULTS_FETCH_FAILED, Status.RESULTS_UPLOAD_FAILED},
 }
-
-
-@dataclass(frozen=True)
-class EnvironmentSpec:
-    id: str
-    description: str
-    cpu_cores: float
-    memory_bytes: int
-    disk_bytes: int
-    max_jobs: int
-    max_job_duration_s: int
-    storage_expiry_s: int
-    price_per_minute: str
-    log_max_bytes: int
-    gpus: int = 0
-    gpu_type: str = ""
 
 
 @dataclass
@@ -81,7 +59,7 @@ class Run:
 class Orchestrator:
     def __init__(
         self,
-        db: Database,
+        jobs: JobStore,
         events: EventLog,
         backend: Backend,
         environment: EnvironmentSpec,
@@ -90,7 +68,7 @@ class Orchestrator:
         publish_timeout_s: float,
         queue_timeout_s: float,
     ) -> None:
-        self.db = db
+        self.jobs = jobs
         self.events = events
         self.backend = backend
         self.environment = environment
@@ -103,7 +81,6 @@ class Orchestrator:
         self._running: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._ending_pods: set[asyncio.Future[StageExit]] = set()  # pods that reported, still exiting
-        self._inserts: GroupCommit[tuple[dict[str, Any], bytes], bool] = GroupCommit(db, _insert_jobs)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -114,7 +91,7 @@ class Orchestrator:
     async def close(self) -> None:
         if self._housekeeping:
             self._housekeeping.cancel()
-        await self._inserts.close()
+        await self.jobs.close()
         tasks = [run.task for run in self._runs.values() if run.task] + list(self._ending_pods)
         for task in tasks:
             task.cancel()
@@ -128,23 +105,14 @@ class Orchestrator:
         run again; an algorithm whose process died with the engine cannot be
         resumed, so that job fails; queued jobs keep their place.
         """
-        rows = await self.db.run(
-            lambda s: [
-                (r.job_id, r.workflow, r.spec, r.status, r.stage, r.stop_requested)
-                for r in s.scalars(
-                    select(EngineJob)
-                    .where(EngineJob.stage != "done", EngineJob.deleted.is_(False))
-                    .order_by(EngineJob.created_at)
-                )
-            ]
-        )
-        for job_id, workflow, spec_json, status, stage, stop_requested in rows:
+        for stored in await self.jobs.unfinished():
+            job_id = stored.job_id
             # Pods of the previous process are gone; re-run stages get a new token.
-            spec = _spec_from_json(spec_json, secrets.token_urlsafe(24), self.workspaces / job_id)
-            run = Run(spec=spec, workflow=workflow, status=Status(status), stage=stage)
+            spec = _spec_from_json(stored.spec, secrets.token_urlsafe(24), self.workspaces / job_id)
+            run = Run(spec=spec, workflow=stored.workflow, status=Status(stored.status), stage=stored.stage)
             self._runs[job_id] = run
             self.backend.reclaim(spec)
-            if stop_requested:
+            if stored.stop_requested:
                 await self._end(run, Status.FINISHED, EndReason.STOPPED, "stopped", "stopped by its owner")
             elif run.status == Status.RUNNING_ALGORITHM:
                 await self._end(
@@ -157,7 +125,9 @@ class Orchestrator:
             elif run.status == Status.WARMING_UP:
                 self._queue.append(job_id)
             else:
-                log.info("job %s: resuming after an engine restart (status %d, %s stage)", job_id, status, stage)
+                log.info(
+                    "job %s: resuming after an engine restart (status %d, %s stage)", job_id, run.status, run.stage
+                )
                 self._launch(run)
         self._fill()
 
@@ -190,7 +160,7 @@ class Orchestrator:
         return await asyncio.shield(self._accept(_spec_to_json(spec_fields), workflow))
 
     async def _accept(self, spec: dict[str, Any], workflow: bytes) -> bool:
-        created = await self._inserts.submit((spec, workflow))
+        created = await self.jobs.insert(spec, workflow)
         if created:
             job_id = spec["job_id"]
             run_spec = _spec_from_json(spec, secrets.token_urlsafe(24), self.workspaces / job_id)
@@ -205,7 +175,7 @@ class Orchestrator:
             status = await self.status_of(job_id)
             raise errors.FailedPrecondition(f"job {job_id} already ended with status {int(status)}", "job_ended")
         run.stop_requested = True
-        await self.db.run(_mark_stop(job_id))
+        await self.jobs.mark_stop_requested(job_id)
         status = run.status
         if run.task is not None:
             run.task.cancel()
@@ -220,11 +190,11 @@ class Orchestrator:
             await self.stop(job_id)
         else:
             await self.status_of(job_id)
-        shutil.rmtree(self.workspaces / job_id, ignore_errors=True)
-        await self.db.run(lambda s: s.execute(update(EngineJob).where(EngineJob.job_id == job_id).values(deleted=True)))
+        await self.backend.remove(job_id, self.workspace_of(job_id))
+        await self.jobs.mark_deleted(job_id)
 
     async def status_of(self, job_id: str) -> Status:
-        status = await self.db.run(lambda s: s.scalar(select(EngineJob.status).where(EngineJob.job_id == job_id)))
+        status = await self.jobs.status_of(job_id)
         if status is None:
             raise errors.NotFound(f"job {job_id} is not known to this engine", "job_not_found")
         return Status(status)
@@ -328,7 +298,7 @@ class Orchestrator:
 
     async def _configure(self, run: Run) -> bool:
         job = run.spec
-        await asyncio.to_thread(_fresh_workspace, job)  # file system calls stay off the event loop
+        await self.backend.prepare(job)
         exit_ = await self._pod_stage(run, self.backend.configure(job, self.configure_timeout_s))
         if is_terminal(run.status):
             return False
@@ -512,42 +482,6 @@ class Orchestrator:
                 )
 
 
-def _insert_jobs(session: Session, jobs: Sequence[tuple[dict[str, Any], bytes]]) -> list[bool]:
-    """Stores new jobs in one statement; says per job whether it was new.
-    A job id already stored (or earlier in the batch) with the same workflow
-    is a harmless resubmission; with another workflow it is refused."""
-    known = {
-        row.job_id: (row.workflow, row.environment_id)
-        for row in session.execute(
-            select(EngineJob.job_id, EngineJob.workflow, EngineJob.environment_id).where(
-                EngineJob.job_id.in_([spec["job_id"] for spec, _ in jobs])
-            )
-        )
-    }
-    created, rows = [], []
-    for spec, workflow in jobs:
-        job_id = spec["job_id"]
-        if job_id in known:
-            if known[job_id] != (workflow, spec["environment_id"]):
-                raise errors.AlreadyExists(f"job {job_id} already exists here with a different workflow", "job_exists")
-            created.append(False)
-            continue
-        known[job_id] = (workflow, spec["environment_id"])
-        rows.append(
-            {
-                "job_id": job_id,
-                "environment_id": spec["environment_id"],
-                "workflow": workflow,
-                "spec": spec,
-                "created_at": now(),
-            }
-        )
-        created.append(True)
-    if rows:
-        session.execute(insert(EngineJob), rows)
-    return created
-
-
 _SPEC_FIELDS = (
     "job_id",
     "environment_id",
@@ -579,14 +513,3 @@ def _spec_from_json(data: dict[str, Any], token: str, workspace: Path) -> JobSpe
         dataset_dids=tuple(data["dataset_dids"]),
         algorithm_did=data["algorithm_did"],
     )
-
-
-def _mark_stop(job_id: str):  # type: ignore[no-untyped-def]
-    return lambda s: s.execute(update(EngineJob).where(EngineJob.job_id == job_id).values(stop_requested=True))
-
-
-def _fresh_workspace(job: JobSpec) -> None:
-    if job.workspace.exists():
-        shutil.rmtree(job.workspace)  # a retried configure starts clean
-    job.admin_dir.mkdir(parents=True)
-    job.data_root.mkdir()

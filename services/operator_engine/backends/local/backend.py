@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from plumbing import errors
-from services.operator_engine.backends.base import AlgorithmResult, Capacity, JobSpec, StageExit
 from services.operator_engine.backends.local import cgroups, runtimes, sandbox
 from services.operator_engine.backends.local.pod_launcher import Launcher, SubprocessLauncher
+from services.operator_engine.domain.jobs import AlgorithmResult, Capacity, JobSpec, StageExit
 
 # The algorithm's view of its workspace (DESIGN.md: inside a job).
 ALGORITHM_DATA = "/data"
@@ -75,6 +75,9 @@ class LocalBackend:
     def reclaim(self, job: JobSpec) -> None:
         # Only this job's cgroups: other engines on the host may be creating theirs.
         cgroups.sweep_empty(cgroups.detect(), prefix=cgroups.cgroup_name(job.job_id))
+
+    async def prepare(self, job: JobSpec) -> None:
+        await asyncio.to_thread(_fresh_workspace, job)  # file system calls stay off the event loop
 
     async def configure(self, job: JobSpec, timeout_s: float) -> StageExit:
         return await self._pod("pod_config", job, timeout_s, job.admin_dir / "configure.log")
@@ -156,5 +159,12 @@ class LocalBackend:
             description=outcome.describe(),
         )
 
-    async def remove(self, job: JobSpec) -> None:
-        shutil.rmtree(job.workspace, ignore_errors=True)
+    async def remove(self, job_id: str, workspace: Path) -> None:
+        await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
+
+
+def _fresh_workspace(job: JobSpec) -> None:
+    if job.workspace.exists():
+        shutil.rmtree(job.workspace)  # a retried configure starts clean
+    job.admin_dir.mkdir(parents=True)
+    job.data_root.mkdir()

@@ -1,10 +1,9 @@
-"""The backend interface the stage orchestrator drives."""
+"""The values the orchestrator and the backends share: a job, its environment, how a stage ended."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -74,33 +73,21 @@ class Capacity:
     memory_bytes: int
     disk_bytes: int
     log_max_bytes: int
-    limits_in_force: tuple[str, ...] = field(default=())
 
 
-class Backend(Protocol):
-    name: str
-    sandboxed: bool
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """The compute environment an engine offers (one per engine today)."""
 
-    def describe(self) -> str:
-        """Which limits are in force, for the environment's description."""
-
-    def validate(self, entrypoint: str, image: str) -> None:
-        """Refuses (plumbing.errors) an algorithm container this backend cannot run."""
-
-    def reclaim(self, job: JobSpec) -> None:
-        """At start-up: frees what a run of the job left when the previous engine died."""
-
-    async def configure(self, job: JobSpec, timeout_s: float) -> StageExit:
-        """Runs pod_config; it reports its status through JobAgentService."""
-
-    async def algorithm(self, job: JobSpec, capacity: Capacity) -> AlgorithmResult:
-        """Runs the algorithm; cancellation kills it at once."""
-
-    async def publish(self, job: JobSpec, timeout_s: float) -> StageExit:
-        """Runs pod_publish; it reports results through JobAgentService."""
-
-    async def remove(self, job: JobSpec) -> None:
-        """Deletes the job's workspace."""
-
-    async def close(self) -> None:
-        """Releases what the backend keeps between jobs (helper processes)."""
+    id: str
+    description: str
+    cpu_cores: float
+    memory_bytes: int
+    disk_bytes: int
+    max_jobs: int
+    max_job_duration_s: int
+    storage_expiry_s: int
+    price_per_minute: str
+    log_max_bytes: int
+    gpus: int = 0
+    gpu_type: str = ""

@@ -1,4 +1,4 @@
-"""The engine's durable, numbered event log.
+"""The engine's durable, numbered event log (the domain's EventLog port).
 
 Every state change is written to the store (with the job's new status, in
 one transaction) before anyone can stream it. Sequences are assigned here, by

@@ -1,0 +1,90 @@
+"""What the orchestrator needs from the outside, as small Protocols.
+
+The domain never imports SQL, gRPC or a backend: persistence/ implements the
+job store and the event log, backends/ implement the Backend, and server.py
+wires them into the orchestrator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from services.operator_engine.domain.changes import StateChange
+from services.operator_engine.domain.jobs import AlgorithmResult, Capacity, JobSpec, StageExit
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    """An unfinished job as the store holds it: what recovery resumes from."""
+
+    job_id: str
+    workflow: bytes
+    spec: dict[str, Any]  # the JobSpec fields the store keeps (no token, no workspace)
+    status: int
+    stage: str
+    stop_requested: bool
+
+
+class JobStore(Protocol):
+    """Every job the engine holds, durably. Statuses and stages are written
+    by the event log, in the transaction of the change that sets them."""
+
+    async def insert(self, spec: dict[str, Any], workflow: bytes) -> bool:
+        """Stores a new job; False when it is already stored with the same workflow
+        (a resubmission). Another workflow under the same id is refused (AlreadyExists)."""
+
+    async def unfinished(self) -> Sequence[StoredJob]:
+        """Jobs not done and not deleted, oldest first."""
+
+    async def status_of(self, job_id: str) -> int | None:
+        """The job's last recorded status; None if it is not known here."""
+
+    async def mark_stop_requested(self, job_id: str) -> None: ...
+
+    async def mark_deleted(self, job_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class EventLog(Protocol):
+    """The engine's numbered log of state changes (what the state stream serves)."""
+
+    async def append(self, change: StateChange, stage: str | None = None) -> int:
+        """Records the change durably, with the job's new stage if it changes; its sequence."""
+
+
+class Backend(Protocol):
+    """Where a job's stages run (processes on this host, or pods)."""
+
+    name: str
+    sandboxed: bool
+
+    def describe(self) -> str:
+        """Which limits are in force, for the environment's description."""
+
+    def validate(self, entrypoint: str, image: str) -> None:
+        """Refuses (plumbing.errors) an algorithm container this backend cannot run."""
+
+    def reclaim(self, job: JobSpec) -> None:
+        """At start-up: frees what a run of the job left when the previous engine died."""
+
+    async def prepare(self, job: JobSpec) -> None:
+        """Gives the job an empty workspace (a retried configure starts clean)."""
+
+    async def configure(self, job: JobSpec, timeout_s: float) -> StageExit:
+        """Runs pod_config; it reports its status through JobAgentService."""
+
+    async def algorithm(self, job: JobSpec, capacity: Capacity) -> AlgorithmResult:
+        """Runs the algorithm; cancellation kills it at once."""
+
+    async def publish(self, job: JobSpec, timeout_s: float) -> StageExit:
+        """Runs pod_publish; it reports results through JobAgentService."""
+
+    async def remove(self, job_id: str, workspace: Path) -> None:
+        """Deletes what the job left (its workspace)."""
+
+    async def close(self) -> None:
+        """Releases what the backend keeps between jobs (helper processes)."""

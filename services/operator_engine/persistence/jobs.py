@@ -1,0 +1,89 @@
+"""The engine's jobs table: the domain's JobStore port, in SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from plumbing import errors
+from plumbing.database import Database, GroupCommit
+from services.operator_engine.domain.changes import now
+from services.operator_engine.domain.ports import StoredJob
+from services.operator_engine.persistence.models import EngineJob
+
+
+class JobTable:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        # Submissions that arrive together (a SubmitJobs batch) share one INSERT.
+        self._inserts: GroupCommit[tuple[dict[str, Any], bytes], bool] = GroupCommit(db, _insert_jobs)
+
+    async def insert(self, spec: dict[str, Any], workflow: bytes) -> bool:
+        return await self._inserts.submit((spec, workflow))
+
+    async def unfinished(self) -> list[StoredJob]:
+        return await self._db.run(
+            lambda s: [
+                StoredJob(r.job_id, r.workflow, r.spec, r.status, r.stage, r.stop_requested)
+                for r in s.scalars(
+                    select(EngineJob)
+                    .where(EngineJob.stage != "done", EngineJob.deleted.is_(False))
+                    .order_by(EngineJob.created_at)
+                )
+            ]
+        )
+
+    async def status_of(self, job_id: str) -> int | None:
+        return await self._db.run(lambda s: s.scalar(select(EngineJob.status).where(EngineJob.job_id == job_id)))
+
+    async def mark_stop_requested(self, job_id: str) -> None:
+        await self._update(job_id, stop_requested=True)
+
+    async def mark_deleted(self, job_id: str) -> None:
+        await self._update(job_id, deleted=True)
+
+    async def _update(self, job_id: str, **values: object) -> None:
+        statement = update(EngineJob).where(EngineJob.job_id == job_id).values(**values)
+        await self._db.run(lambda s: s.execute(statement))
+
+    async def close(self) -> None:
+        await self._inserts.close()
+
+
+def _insert_jobs(session: Session, jobs: Sequence[tuple[dict[str, Any], bytes]]) -> list[bool]:
+    """Stores new jobs in one statement; says per job whether it was new.
+    A job id already stored (or earlier in the batch) with the same workflow
+    is a harmless resubmission; with another workflow it is refused."""
+    known = {
+        row.job_id: (row.workflow, row.environment_id)
+        for row in session.execute(
+            select(EngineJob.job_id, EngineJob.workflow, EngineJob.environment_id).where(
+                EngineJob.job_id.in_([spec["job_id"] for spec, _ in jobs])
+            )
+        )
+    }
+    created, rows = [], []
+    for spec, workflow in jobs:
+        job_id = spec["job_id"]
+        if job_id in known:
+            if known[job_id] != (workflow, spec["environment_id"]):
+                raise errors.AlreadyExists(f"job {job_id} already exists here with a different workflow", "job_exists")
+            created.append(False)
+            continue
+        known[job_id] = (workflow, spec["environment_id"])
+        rows.append(
+            {
+                "job_id": job_id,
+                "environment_id": spec["environment_id"],
+                "workflow": workflow,
+                "spec": spec,
+                "created_at": now(),
+            }
+        )
+        created.append(True)
+    if rows:
+        session.execute(insert(EngineJob), rows)
+    return created
