@@ -16,6 +16,7 @@ from services.operator_engine.api.servicers import EngineServicer, JobAgentServi
 from services.operator_engine.backends.local.backend import LocalBackend
 from services.operator_engine.backends.local.pod_launcher import make_launcher
 from services.operator_engine.backends.noop import NoopBackend
+from services.operator_engine.domain import stages
 from services.operator_engine.domain.jobs import EnvironmentSpec
 from services.operator_engine.domain.orchestrator import Orchestrator
 from services.operator_engine.persistence.event_log import EventLog
@@ -69,8 +70,7 @@ async def start(config: EngineSettings) -> RunningServer:
         backend,
         environment,
         workspaces=Path(workspaces),
-        configure_timeout_s=config.configure_timeout_s,
-        publish_timeout_s=config.publish_timeout_s,
+        pipeline=stages.pipeline(config.configure_timeout_s, config.publish_timeout_s),
         queue_timeout_s=config.queue_timeout_s,
     )
     if isinstance(backend, NoopBackend):

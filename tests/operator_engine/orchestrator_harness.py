@@ -9,6 +9,7 @@ from pathlib import Path
 
 from plumbing.database import Database, sqlite_url
 from services.operator_engine.backends.noop import NoopBackend
+from services.operator_engine.domain import stages
 from services.operator_engine.domain.jobs import EnvironmentSpec
 from services.operator_engine.domain.orchestrator import Orchestrator
 from services.operator_engine.persistence.event_log import EventLog
@@ -58,8 +59,7 @@ async def orchestrator_on(
         pods,
         ENVIRONMENT,
         tmp_path / "ws",
-        configure_timeout_s=10,
-        publish_timeout_s=10,
+        pipeline=stages.pipeline(configure_timeout_s=10, publish_timeout_s=10),
         queue_timeout_s=60,
     )
     pods.agent = orchestrator

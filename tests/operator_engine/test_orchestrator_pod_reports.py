@@ -32,13 +32,9 @@ class LingeringPods(NoopBackend):
             self.still_ending.discard(stage)
         return StageExit(0)
 
-    async def configure(self, job, timeout_s):  # type: ignore[no-untyped-def]
-        await super().configure(job, timeout_s)
-        return await self._linger("configure")
-
-    async def publish(self, job, timeout_s):  # type: ignore[no-untyped-def]
-        await super().publish(job, timeout_s)
-        return await self._linger("publish")
+    async def run_pod(self, stage, job):  # type: ignore[no-untyped-def]
+        await super().run_pod(stage, job)
+        return await self._linger(stage.name)
 
 
 async def test_a_job_moves_on_when_its_pods_report_and_ending_pods_stop_with_the_engine(tmp_path):

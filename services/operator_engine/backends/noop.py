@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from plumbing.statuses import Status
-from services.operator_engine.domain.jobs import AlgorithmResult, Capacity, JobSpec, StageExit
+from services.operator_engine.domain.jobs import Capacity, JobSpec, StageExit
 from services.operator_engine.domain.orchestrator import Orchestrator
+from services.operator_engine.domain.stages import Stage
 
 
 class NoopBackend:
@@ -33,18 +33,18 @@ class NoopBackend:
     async def prepare(self, job: JobSpec) -> None:
         return None  # no stage writes anything
 
-    async def configure(self, job: JobSpec, timeout_s: float) -> StageExit:
+    async def run_pod(self, stage: Stage, job: JobSpec) -> StageExit:
+        """The pod reports its stage's success at once: its status, or empty results."""
         agent = self._agent()
-        await agent.report_progress(agent.authorize_pod(job.job_id, job.token), Status.PROVISIONING_SUCCESS, "", "")
+        run = agent.authorize_pod(job.job_id, job.token)
+        if stage.succeeded is not None:
+            await agent.report_progress(run, stage.succeeded, "", "")
+        if stage.reports_results:
+            agent.record_results(run, {"storage": "none"}, "")
         return StageExit(0)
 
-    async def algorithm(self, job: JobSpec, capacity: Capacity) -> AlgorithmResult:
-        return AlgorithmResult(exit_code=0, description="exit code 0")
-
-    async def publish(self, job: JobSpec, timeout_s: float) -> StageExit:
-        agent = self._agent()
-        agent.record_results(agent.authorize_pod(job.job_id, job.token), {"storage": "none"}, "")
-        return StageExit(0)
+    async def run_algorithm(self, job: JobSpec, capacity: Capacity) -> StageExit:
+        return StageExit(0, detail="exit code 0")
 
     async def remove(self, job_id: str, workspace: Path) -> None:
         return None

@@ -32,23 +32,16 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class StageExit:
-    """How a pod stage's process ended."""
+    """How a stage's process (a pod, or the algorithm) ended."""
 
-    exit_code: int | None
+    exit_code: int | None  # None: it never exited by itself (killed, or the launcher failed)
     timed_out: bool = False
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class AlgorithmResult:
-    exit_code: int | None
+    detail: str = ""  # what the backend can say about it: "killed by SIGKILL", "OOM-killed", ...
     signal: int | None = None
     oom_killed: bool = False
-    timed_out: bool = False
     stopped: bool = False
     disk_quota_exceeded: bool = False
     duration_s: float = 0.0
-    description: str = ""
 
     @property
     def succeeded(self) -> bool:
@@ -57,6 +50,7 @@ class AlgorithmResult:
         )
 
     def to_json(self) -> dict[str, object]:
+        """The algorithm's outcome, as the job's state changes carry it."""
         return {
             "exit_code": self.exit_code,
             "signal": self.signal,

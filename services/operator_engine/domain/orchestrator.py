@@ -1,10 +1,11 @@
-"""The stage orchestrator: configure -> algorithm -> publish, for any backend.
+"""The stage orchestrator: runs each job's stages (stages.py) on any backend.
 
-One asyncio task per running job walks the stages. Each stage has its own
-timeout, a stop cancels the task in whatever stage it is (the backend kills
-what it started), and every state change goes through `_emit`, which checks
-the state machine and appends to the durable event log before anything else
-can see it. Jobs beyond the environment's max_jobs wait in a FIFO queue.
+One asyncio task per running job walks the stage table with one loop. Each
+stage has its own timeout, a stop cancels the task in whatever stage it is
+(the backend kills what it started), and every state change goes through
+`_emit`, which checks the state machine and appends to the durable event log
+before anything else can see it. Jobs beyond the environment's max_jobs
+wait in a FIFO queue.
 """
 
 from __future__ import annotations
@@ -15,29 +16,20 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from plumbing import errors
 from plumbing.statuses import FAILURES, EndReason, Status, check_transition, is_terminal
+from services.operator_engine.domain import stages
 from services.operator_engine.domain.changes import StateChange
 from services.operator_engine.domain.jobs import Capacity, EnvironmentSpec, JobSpec, StageExit
 from services.operator_engine.domain.ports import Backend, EventLog, JobStore
+from services.operator_engine.domain.stages import JobEnd, Stage, StageEnd
 
 log = logging.getLogger("c2d.engine")
-
-# What a pod may report in each stage; anything else is refused.
-POD_REPORTS = {
-    "configure": {
-        Status.PROVISIONING_SUCCESS,
-        Status.DATA_PROVISIONING_FAILED,
-        Status.ALGORITHM_PROVISIONING_FAILED,
-        Status.DISK_QUOTA_EXCEEDED,
-    },
-    "publish": {Status.RESULTS_FETCH_FAILED, Status.RESULTS_UPLOAD_FAILED},
-}
 
 
 @dataclass
@@ -52,8 +44,10 @@ class Run:
     results: dict[str, Any] | None = None
     results_did: str = ""
     outcome: dict[str, Any] | None = None  # how the algorithm ended, once it has
-    # Set when the current stage's pod reported how its stage ended (see _pod_stage).
+    # Set when the current stage's pod reported how its stage ended (see _pod_stage);
+    # `succeeded` says whether that report was its success.
     reported: asyncio.Event = field(default_factory=asyncio.Event)
+    succeeded: bool = False
 
 
 class Orchestrator:
@@ -64,8 +58,7 @@ class Orchestrator:
         backend: Backend,
         environment: EnvironmentSpec,
         workspaces: Path,
-        configure_timeout_s: float,
-        publish_timeout_s: float,
+        pipeline: Sequence[Stage],
         queue_timeout_s: float,
     ) -> None:
         self.jobs = jobs
@@ -73,9 +66,11 @@ class Orchestrator:
         self.backend = backend
         self.environment = environment
         self.workspaces = workspaces
-        self.configure_timeout_s = configure_timeout_s
-        self.publish_timeout_s = publish_timeout_s
+        self.pipeline = tuple(pipeline)
         self.queue_timeout_s = queue_timeout_s
+        self._stage_named = {stage.name: stage for stage in self.pipeline}
+        # The engine announces these itself; a pod repeating them is harmless.
+        self._announced_by_engine = {stage.running for stage in self.pipeline if stage.program}
         self._runs: dict[str, Run] = {}
         self._queue: collections.deque[str] = collections.deque()
         self._running: set[str] = set()
@@ -101,9 +96,9 @@ class Orchestrator:
         """Reconciles jobs a previous engine process left unfinished.
 
         Decided by the last status the log recorded (the stage is stored with
-        it, in the same transaction): configure and publish are idempotent and
-        run again; an algorithm whose process died with the engine cannot be
-        resumed, so that job fails; queued jobs keep their place.
+        it, in the same transaction): a stage that can run again (configure,
+        publish) does; one that cannot (an algorithm whose process died with
+        the engine) fails its job; queued jobs keep their place.
         """
         for stored in await self.jobs.unfinished():
             job_id = stored.job_id
@@ -112,16 +107,11 @@ class Orchestrator:
             run = Run(spec=spec, workflow=stored.workflow, status=Status(stored.status), stage=stored.stage)
             self._runs[job_id] = run
             self.backend.reclaim(spec)
+            interrupted = self._stage_named.get(run.stage)
             if stored.stop_requested:
-                await self._end(run, Status.FINISHED, EndReason.STOPPED, "stopped", "stopped by its owner")
-            elif run.status == Status.RUNNING_ALGORITHM:
-                await self._end(
-                    run,
-                    Status.ALGORITHM_FAILED,
-                    EndReason.FAILED,
-                    "engine_restarted",
-                    "engine restarted during algorithm",
-                )
+                await self._end(run, stages.STOPPED)
+            elif interrupted and run.status == interrupted.running and not interrupted.rerun_after_restart:
+                await self._end(run, stages.engine_restarted(interrupted))
             elif run.status == Status.WARMING_UP:
                 self._queue.append(job_id)
             else:
@@ -182,7 +172,7 @@ class Orchestrator:
             await asyncio.gather(run.task, return_exceptions=True)
         else:
             self._queue.remove(job_id)
-            await self._end(run, Status.FINISHED, EndReason.STOPPED)
+            await self._end(run, stages.STOPPED)
         return status
 
     async def delete(self, job_id: str) -> None:
@@ -208,27 +198,31 @@ class Orchestrator:
         return run
 
     async def report_progress(self, run: Run, status: Status, code: str, message: str) -> None:
-        if status == run.status or status in (Status.CONFIGURING_VOLUMES, Status.PUBLISHING_RESULTS):
-            return  # the engine announced these itself; a pod repeating them is harmless
-        if status not in POD_REPORTS.get(run.stage, ()):
+        if status == run.status or status in self._announced_by_engine:
+            return
+        stage = self._stage_named.get(run.stage)
+        if stage is None or status not in stage.reports:
             raise errors.FailedPrecondition(
                 f"a pod cannot report status {int(status)} during the {run.stage} stage",
                 "report_out_of_stage",
             )
         if status in FAILURES:
-            await self._end(run, status, EndReason.FAILED, code or "stage_failed", message)
-        else:
+            await self._end(run, stages.reported_failure(status, code, message))
+        else:  # its stage's success (Stage.reports holds nothing else)
             await self._emit(run, status)
-        if status == Status.PROVISIONING_SUCCESS or status in FAILURES:
-            run.reported.set()  # how the stage ended: the pod has nothing left to do
+            run.succeeded = True
+        run.reported.set()  # how the stage ended: the pod has nothing left to do
 
     def record_results(self, run: Run, results: dict[str, Any], results_did: str) -> None:
-        if run.stage != "publish":
+        stage = self._stage_named.get(run.stage)
+        if stage is None or not stage.reports_results:
+            publishing = " or ".join(stage.name for stage in self.pipeline if stage.reports_results)
             raise errors.FailedPrecondition(
-                f"results can only be reported during the publish stage, not {run.stage}",
+                f"results can only be reported during the {publishing} stage, not {run.stage}",
                 "report_out_of_stage",
             )
         run.results, run.results_did = results, results_did
+        run.succeeded = True
         run.reported.set()
 
     def workflow_of(self, run: Run) -> bytes:
@@ -261,145 +255,68 @@ class Orchestrator:
         run.task = asyncio.create_task(self._execute(run), name=f"job-{run.spec.job_id}")
 
     async def _execute(self, run: Run) -> None:
-        # Driven by the status, so a job resumed after a restart picks up where it was.
         job = run.spec
         try:
             if run.status == Status.WARMING_UP:
                 await self._emit(run, Status.STARTED)
-            if run.status == Status.STARTED:
-                await self._emit(run, Status.CONFIGURING_VOLUMES, stage="configure")
-            if run.status == Status.CONFIGURING_VOLUMES and not await self._configure(run):
-                return
-            if run.status == Status.PROVISIONING_SUCCESS:
-                await self._emit(run, Status.RUNNING_ALGORITHM, stage="algorithm")
-                if not await self._algorithm(run):
+            # Driven by the status, so a job resumed after a restart picks up where it was.
+            first, announced = stages.resume_at(self.pipeline, run.status)
+            for stage in self.pipeline[first:]:
+                if not announced:
+                    await self._emit(run, stage.running, stage=stage.name, outcome=run.outcome)
+                announced = False
+                ended = await self._run_stage(run, stage)
+                if is_terminal(run.status):
+                    return  # its pod reported a failure, which ended the job
+                end = stages.verdict(stage, ended)
+                if end is not None:
+                    await self._end(run, end, outcome=run.outcome if stage.is_algorithm else None)
                     return
-            if run.status == Status.RUNNING_ALGORITHM:
-                await self._emit(run, Status.PUBLISHING_RESULTS, stage="publish", outcome=run.outcome)
-            await self._publish(run)
+            await self._end(run, stages.COMPLETED, results=run.results, results_did=run.results_did)
         except asyncio.CancelledError:
             if run.stop_requested and not is_terminal(run.status):
-                await self._end(
-                    run, Status.FINISHED, EndReason.STOPPED, "stopped", "stopped by its owner", outcome=run.outcome
-                )
+                await self._end(run, stages.STOPPED, outcome=run.outcome)
             if not run.stop_requested:
                 raise
         except Exception:
             log.exception("job %s: engine error", job.job_id)
             if not is_terminal(run.status):
-                await self._end(
-                    run, Status.FINISHED, EndReason.FAILED, "engine_error", "the engine failed; see its log"
-                )
+                await self._end(run, stages.ENGINE_ERROR)
         finally:
             self._running.discard(job.job_id)
             if is_terminal(run.status):
                 self._runs.pop(job.job_id, None)
             self._fill()
 
-    async def _configure(self, run: Run) -> bool:
+    async def _run_stage(self, run: Run, stage: Stage) -> StageEnd:
         job = run.spec
-        await self.backend.prepare(job)
-        exit_ = await self._pod_stage(run, self.backend.configure(job, self.configure_timeout_s))
-        if is_terminal(run.status):
-            return False
-        if exit_ is None:
-            return True  # it reported success
-        if exit_.timed_out:
-            await self._end(
-                run,
-                Status.DATA_PROVISIONING_FAILED,
-                EndReason.TIMED_OUT,
-                "configure_timed_out",
-                f"configuring the job took longer than {self.configure_timeout_s:g} s",
-            )
-            return False
-        if run.status != Status.PROVISIONING_SUCCESS:
-            await self._end(
-                run,
-                Status.DATA_PROVISIONING_FAILED,
-                EndReason.FAILED,
-                "configure_crashed",
-                f"pod_config ended without reporting success (exit code {exit_.exit_code}) {exit_.detail}".strip(),
-            )
-            return False
-        return True
+        run.succeeded = False
+        if stage.starts_clean:
+            await self.backend.prepare(job)
+        exit_ = await (self._algorithm(run) if stage.is_algorithm else self._pod_stage(run, stage))
+        return StageEnd(exit_, run.succeeded, stage.timeout_for(job), self.environment.disk_bytes)
 
-    async def _algorithm(self, run: Run) -> bool:
+    async def _algorithm(self, run: Run) -> StageExit:
         env = self.environment
         capacity = Capacity(env.cpu_cores, env.memory_bytes, env.disk_bytes, env.log_max_bytes)
         started = time.monotonic()
         try:
-            result = await self.backend.algorithm(run.spec, capacity)
+            exit_ = await self.backend.run_algorithm(run.spec, capacity)
         except asyncio.CancelledError:
             # The backend killed it; the stop is part of how the algorithm ended.
             run.outcome = {"stopped": True, "duration_seconds": time.monotonic() - started}
             raise
-        outcome = result.to_json()
-        if result.succeeded:
-            run.outcome = outcome
-            return True
-        if result.disk_quota_exceeded:
-            await self._end(
-                run,
-                Status.DISK_QUOTA_EXCEEDED,
-                EndReason.FAILED,
-                "disk_quota_exceeded",
-                f"the job wrote more than its {env.disk_bytes} byte disk quota",
-                outcome=outcome,
-            )
-        elif result.timed_out:
-            await self._end(
-                run,
-                Status.ALGORITHM_FAILED,
-                EndReason.TIMED_OUT,
-                "algorithm_timed_out",
-                f"algorithm timed out after {run.spec.algorithm_timeout_s:g} s",
-                outcome=outcome,
-            )
-        else:
-            await self._end(
-                run,
-                Status.ALGORITHM_FAILED,
-                EndReason.FAILED,
-                "algorithm_failed",
-                f"algorithm failed: {result.description}",
-                outcome=outcome,
-            )
-        return False
+        run.outcome = exit_.to_json()
+        return exit_
 
-    async def _publish(self, run: Run) -> None:
-        exit_ = await self._pod_stage(run, self.backend.publish(run.spec, self.publish_timeout_s))
-        if is_terminal(run.status):
-            return
-        if exit_ is None:
-            await self._end(run, Status.FINISHED, EndReason.COMPLETED, results=run.results, results_did=run.results_did)
-        elif exit_.timed_out:
-            await self._end(
-                run,
-                Status.RESULTS_UPLOAD_FAILED,
-                EndReason.TIMED_OUT,
-                "publish_timed_out",
-                f"publishing took longer than {self.publish_timeout_s:g} s",
-            )
-        elif exit_.exit_code != 0 or run.results is None:
-            await self._end(
-                run,
-                Status.RESULTS_UPLOAD_FAILED,
-                EndReason.FAILED,
-                "publish_crashed",
-                f"pod_publish ended without reporting results (exit code {exit_.exit_code}) {exit_.detail}".strip(),
-            )
-        else:
-            await self._end(run, Status.FINISHED, EndReason.COMPLETED, results=run.results, results_did=run.results_did)
-
-    async def _pod_stage(self, run: Run, stage: Awaitable[StageExit]) -> StageExit | None:
+    async def _pod_stage(self, run: Run, stage: Stage) -> StageExit | None:
         """Runs a pod stage until its pod exits or reports how the stage ended,
         whichever comes first; None when the report came first. The pod then
         has nothing left to do but end, and its exit (interpreter teardown,
         reaping: several ms) is awaited in the background, still under the
         stage's timeout, while the job moves on."""
         run.reported.clear()
-        pod = asyncio.ensure_future(stage)
+        pod = asyncio.ensure_future(self.backend.run_pod(stage, run.spec))
         reported = asyncio.ensure_future(run.reported.wait())
         try:
             await asyncio.wait({pod, reported}, return_when=asyncio.FIRST_COMPLETED)
@@ -454,16 +371,8 @@ class Orchestrator:
         # job's in-memory status disagreeing.
         await asyncio.shield(self.events.append(change, stage))
 
-    async def _end(
-        self,
-        run: Run,
-        status: Status,
-        end_reason: EndReason,
-        code: str = "",
-        message: str = "",
-        **extra: Any,
-    ) -> None:
-        await self._emit(run, status, end_reason=end_reason, code=code, message=message, **extra)
+    async def _end(self, run: Run, end: JobEnd, **extra: Any) -> None:
+        await self._emit(run, end.status, end_reason=end.end_reason, code=end.error_code, message=end.message, **extra)
         if run.task is None or run.task is not asyncio.current_task():
             self._runs.pop(run.spec.job_id, None)
 
@@ -473,13 +382,7 @@ class Orchestrator:
             limit = time.monotonic() - self.queue_timeout_s
             for job_id in [j for j in self._queue if self._runs[j].queued_at < limit]:
                 self._queue.remove(job_id)
-                await self._end(
-                    self._runs[job_id],
-                    Status.FINISHED,
-                    EndReason.EXPIRED_IN_QUEUE,
-                    "expired_in_queue",
-                    f"the job waited more than {self.queue_timeout_s:g} s for room in its environment",
-                )
+                await self._end(self._runs[job_id], stages.expired_in_queue(self.queue_timeout_s))
 
 
 _SPEC_FIELDS = (

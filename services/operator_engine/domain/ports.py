@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from services.operator_engine.domain.changes import StateChange
-from services.operator_engine.domain.jobs import AlgorithmResult, Capacity, JobSpec, StageExit
+from services.operator_engine.domain.jobs import Capacity, JobSpec, StageExit
+from services.operator_engine.domain.stages import Stage
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class EventLog(Protocol):
 
 
 class Backend(Protocol):
-    """Where a job's stages run (processes on this host, or pods)."""
+    """Where a job's stages run (processes on this host, or pods). The stage
+    table (stages.py) says what each runs: a pod program, or the algorithm."""
 
     name: str
     sandboxed: bool
@@ -72,16 +74,16 @@ class Backend(Protocol):
         """At start-up: frees what a run of the job left when the previous engine died."""
 
     async def prepare(self, job: JobSpec) -> None:
-        """Gives the job an empty workspace (a retried configure starts clean)."""
+        """Gives the job an empty workspace (for a stage that starts clean)."""
 
-    async def configure(self, job: JobSpec, timeout_s: float) -> StageExit:
-        """Runs pod_config; it reports its status through JobAgentService."""
+    async def run_pod(self, stage: Stage, job: JobSpec) -> StageExit:
+        """Runs the stage's pod program (stage.program) until it exits or
+        stage.timeout_s passes (then it is killed: timed_out). The pod reports
+        through JobAgentService as it goes. Cancellation kills it at once."""
 
-    async def algorithm(self, job: JobSpec, capacity: Capacity) -> AlgorithmResult:
-        """Runs the algorithm; cancellation kills it at once."""
-
-    async def publish(self, job: JobSpec, timeout_s: float) -> StageExit:
-        """Runs pod_publish; it reports results through JobAgentService."""
+    async def run_algorithm(self, job: JobSpec, capacity: Capacity) -> StageExit:
+        """Runs the algorithm within the capacity and its own timeout
+        (job.algorithm_timeout_s); cancellation kills it at once."""
 
     async def remove(self, job_id: str, workspace: Path) -> None:
         """Deletes what the job left (its workspace)."""

@@ -22,7 +22,8 @@ from pathlib import Path
 from plumbing import errors
 from services.operator_engine.backends.local import cgroups, runtimes, sandbox
 from services.operator_engine.backends.local.pod_launcher import Launcher, SubprocessLauncher
-from services.operator_engine.domain.jobs import AlgorithmResult, Capacity, JobSpec, StageExit
+from services.operator_engine.domain.jobs import Capacity, JobSpec, StageExit
+from services.operator_engine.domain.stages import Stage
 
 # The algorithm's view of its workspace (DESIGN.md: inside a job).
 ALGORITHM_DATA = "/data"
@@ -79,13 +80,7 @@ class LocalBackend:
     async def prepare(self, job: JobSpec) -> None:
         await asyncio.to_thread(_fresh_workspace, job)  # file system calls stay off the event loop
 
-    async def configure(self, job: JobSpec, timeout_s: float) -> StageExit:
-        return await self._pod("pod_config", job, timeout_s, job.admin_dir / "configure.log")
-
-    async def publish(self, job: JobSpec, timeout_s: float) -> StageExit:
-        return await self._pod("pod_publish", job, timeout_s, job.admin_dir / "publish.log")
-
-    async def _pod(self, program: str, job: JobSpec, timeout_s: float, log_path: Path) -> StageExit:
+    async def run_pod(self, stage: Stage, job: JobSpec) -> StageExit:
         env = {
             **self._pod_environment,
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -95,9 +90,10 @@ class LocalBackend:
             "C2D_DATA_ROOT": str(job.data_root),
             "C2D_ADMIN_DIR": str(job.admin_dir),
         }
-        process = await self._launcher.start(program, env, log_path)
+        # The admin log of the stage (configure.log, publish.log): the operator's, not a result.
+        process = await self._launcher.start(stage.program, env, job.admin_dir / f"{stage.name}.log")
         try:
-            ended = await asyncio.wait_for(process.wait(), timeout_s)
+            ended = await asyncio.wait_for(process.wait(), stage.timeout_for(job))
         except TimeoutError:
             await process.kill()
             return StageExit(None, timed_out=True)
@@ -106,7 +102,7 @@ class LocalBackend:
             raise
         return StageExit(ended.returncode, detail=ended.detail)
 
-    async def algorithm(self, job: JobSpec, capacity: Capacity) -> AlgorithmResult:
+    async def run_algorithm(self, job: JobSpec, capacity: Capacity) -> StageExit:
         argv = runtimes.resolve_command({"entrypoint": job.entrypoint, "image": job.image})
         root = ALGORITHM_DATA if self.sandboxed else str(job.data_root)
         env = {
@@ -148,15 +144,15 @@ class LocalBackend:
         releasing = asyncio.create_task(run.wait(), name=f"release-{job.job_id}")
         self._releasing.add(releasing)
         releasing.add_done_callback(self._releasing.discard)
-        return AlgorithmResult(
+        return StageExit(
             exit_code=outcome.exit_code,
+            timed_out=outcome.timed_out,
+            detail=outcome.describe(),
             signal=outcome.signal,
             oom_killed=outcome.oom_killed,
-            timed_out=outcome.timed_out,
             stopped=outcome.stopped,
             disk_quota_exceeded=outcome.disk_quota_exceeded,
             duration_s=outcome.duration_s,
-            description=outcome.describe(),
         )
 
     async def remove(self, job_id: str, workspace: Path) -> None:
