@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
-from plumbing.grpc_errors import error_code
+from plumbing.grpc_errors import bad_request_fields, error_code
 from tests.operator_engine.engine_harness import engine_running, workflow
 
 
@@ -24,6 +24,7 @@ async def test_bad_submissions_are_refused_before_anything_runs(data_dir, postgr
         assert no_algo.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "$ALGO" in no_algo.details()
         assert error_code(no_algo) == "ENTRYPOINT_INVALID"
+        assert bad_request_fields(no_algo) == ["workflow.container.entrypoint"]
 
         unknown_env = await refused(engine.submit(workflow("print(1)"), "unknown-env", environment_id="gpu-a100"))
         assert unknown_env.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -40,14 +41,27 @@ async def test_bad_submissions_are_refused_before_anything_runs(data_dir, postgr
         )
         assert bad_image.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "unsupported image" in bad_image.details() and "supported images are" in bad_image.details()
+        assert (error_code(bad_image), bad_request_fields(bad_image)) == (
+            "CONTAINER_INVALID",
+            ["workflow.container.image"],
+        )
 
         bad_command = await refused(engine.submit(workflow("print(1)", entrypoint="ruby $ALGO"), "bad-command"))
         assert bad_command.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "'ruby' is not available for image 'python'" in bad_command.details()
+        assert bad_request_fields(bad_command) == ["workflow.container.entrypoint"]
 
         bad_id = await refused(engine.submit(workflow("print(1)"), "../../etc"))
         assert bad_id.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "letters, digits" in bad_id.details()
+        assert bad_request_fields(bad_id) == ["job_id"]
+
+        no_environment = await refused(engine.submit(workflow("print(1)"), "no-environment", environment_id=""))
+        assert no_environment.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (error_code(no_environment), bad_request_fields(no_environment)) == (
+            "ENVIRONMENT_MISSING",
+            ["environment_id"],
+        )
 
         no_dataset = workflow("print(1)")
         del no_dataset.datasets[:]
@@ -61,7 +75,15 @@ async def test_bad_submissions_are_refused_before_anything_runs(data_dir, postgr
         first = await call.read()
         call.cancel()
         assert first.HasField("heartbeat") and first.heartbeat.latest_sequence == 0
-        for job_id in ("no-algo", "unknown-env", "too-long", "bad-image", "bad-command", "no-dataset"):
+        for job_id in (
+            "no-algo",
+            "unknown-env",
+            "too-long",
+            "bad-image",
+            "bad-command",
+            "no-environment",
+            "no-dataset",
+        ):
             unknown = await refused(engine.stop(job_id))
             assert unknown.code() == grpc.StatusCode.NOT_FOUND
 
@@ -145,9 +167,11 @@ async def test_submit_jobs_answers_each_job_on_its_own(data_dir, postgres_url, t
 
         empty = await refused(engine.stub.SubmitJobs(engine_pb2.SubmitJobsRequest(), metadata=engine.metadata))
         assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT and error_code(empty) == "JOBS_MISSING"
+        assert bad_request_fields(empty) == ["jobs"]
         flood = engine_pb2.SubmitJobsRequest(jobs=[job(f"j{i}", workflow("print(1)")) for i in range(1001)])
         too_many = await refused(engine.stub.SubmitJobs(flood, metadata=engine.metadata))
         assert (
             too_many.code() == grpc.StatusCode.INVALID_ARGUMENT
             and "at most 1000; split the batch" in too_many.details()
         )
+        assert (error_code(too_many), bad_request_fields(too_many)) == ("TOO_MANY_JOBS", ["jobs"])

@@ -28,7 +28,7 @@ LOG_POLL_S = 0.1
 def check_job_id(job_id: str) -> str:
     if not JOB_ID.match(job_id):
         raise errors.InvalidArgument(
-            f"job_id {job_id!r} is not valid: use 1-64 letters, digits, '-' or '_'", "job_id_invalid"
+            f"job_id {job_id!r} is not valid: use 1-64 letters, digits, '-' or '_'", "job_id_invalid", field="job_id"
         )
     return job_id
 
@@ -37,7 +37,7 @@ def _job_of(request: engine_pb2.SubmitJobRequest) -> tuple[dict[str, Any], bytes
     """A submitted job's spec fields and serialized workflow, once validated."""
     check_job_id(request.job_id)
     if not request.environment_id:
-        raise errors.InvalidArgument("environment_id is required", "environment_missing")
+        raise errors.InvalidArgument("environment_id is required", "environment_missing", field="environment_id")
     workflow = check_workflow(request.workflow)
     fields = {
         "job_id": request.job_id,
@@ -72,10 +72,12 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
 
     async def SubmitJobs(self, request, context):  # type: ignore[override]
         if not request.jobs:
-            raise errors.InvalidArgument("name at least one job to submit", "jobs_missing")
+            raise errors.InvalidArgument("name at least one job to submit", "jobs_missing", field="jobs")
         if len(request.jobs) > MAX_SUBMIT_BATCH:
             raise errors.InvalidArgument(
-                f"{len(request.jobs)} jobs in one call: at most {MAX_SUBMIT_BATCH}; split the batch", "too_many_jobs"
+                f"{len(request.jobs)} jobs in one call: at most {MAX_SUBMIT_BATCH}; split the batch",
+                "too_many_jobs",
+                field="jobs",
             )
 
         async def one(job: engine_pb2.SubmitJobRequest) -> engine_pb2.SubmitJobResult:
@@ -178,7 +180,9 @@ class JobAgentServicer(job_agent_pb2_grpc.JobAgentServiceServicer):
         try:
             status = Status(request.status)
         except ValueError:
-            raise errors.InvalidArgument(f"status {request.status} is not a job status", "status_invalid") from None
+            raise errors.InvalidArgument(
+                f"status {request.status} is not a job status", "status_invalid", field="status"
+            ) from None
         await self._orchestrator.report_progress(run, status, request.error_code, request.message)
         return job_agent_pb2.ReportProgressResponse()
 

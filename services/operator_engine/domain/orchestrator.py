@@ -135,6 +135,7 @@ class Orchestrator:
             raise errors.InvalidArgument(
                 "the algorithm's entrypoint must contain $ALGO, which is replaced by the algorithm's path",
                 "entrypoint_invalid",
+                field="workflow.container.entrypoint",
             )
         self.backend.validate(spec_fields["entrypoint"], spec_fields["image"])
         requested = spec_fields["algorithm_timeout_s"]

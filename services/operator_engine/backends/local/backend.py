@@ -66,11 +66,13 @@ class LocalBackend:
             )
         try:
             runtimes.resolve({"entrypoint": entrypoint, "image": image})
-        except ValueError as exc:
-            if "not installed" in str(exc):
-                raise errors.FailedPrecondition(str(exc), "runtime_missing") from None
+        except runtimes.RuntimeMissing as exc:
+            raise errors.FailedPrecondition(str(exc), "runtime_missing") from None
+        except runtimes.ContainerRefused as exc:
             raise errors.InvalidArgument(
-                f"the algorithm's container cannot run here: {exc}", "container_invalid"
+                f"the algorithm's container cannot run here: {exc}",
+                "container_invalid",
+                field=f"workflow.container.{exc.part}",
             ) from None
 
     def reclaim(self, job: JobSpec) -> None:

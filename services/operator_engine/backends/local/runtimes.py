@@ -38,6 +38,19 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+
+class ContainerRefused(ValueError):
+    """A container this host cannot run; `part` names what is at fault: entrypoint or image."""
+
+    def __init__(self, message: str, part: str) -> None:
+        super().__init__(message)
+        self.part = part
+
+
+class RuntimeMissing(ValueError):
+    """The container is fine, but its runtime is not installed on this host."""
+
+
 ALGORITHM_PATH = "/data/transformations/algorithm"
 PYTHON = "/usr/bin/python3"
 NODE = "/usr/bin/node"
@@ -101,7 +114,7 @@ def runtime_for_image(image: str) -> Runtime:
         return _RUNTIMES["node"]
     if last in _SHELL_IMAGES:
         return _RUNTIMES["shell"]
-    raise ValueError(f"unsupported image {image!r}: supported images are {SUPPORTED_IMAGES}")
+    raise ContainerRefused(f"unsupported image {image!r}: supported images are {SUPPORTED_IMAGES}", "image")
 
 
 def _host_program(runtime: Runtime, word: str) -> str | None:
@@ -118,7 +131,7 @@ def resolve(container: Mapping[str, str]) -> ResolvedCommand:
     image = str(container.get("image") or "")
     tag = str(container.get("tag") or "")
     if "$ALGO" not in entrypoint and "${ALGO}" not in entrypoint:
-        raise ValueError("entrypoint must contain $ALGO")
+        raise ContainerRefused("entrypoint must contain $ALGO", "entrypoint")
     runtime = runtime_for_image(image)
     words = shlex.split(entrypoint.replace("${ALGO}", "$ALGO"))
     words = [w.replace("$ALGO", ALGORITHM_PATH) for w in words]
@@ -127,12 +140,13 @@ def resolve(container: Mapping[str, str]) -> ResolvedCommand:
     else:
         program = _host_program(runtime, words[0])
         if program is None:
-            raise ValueError(
-                f"entrypoint command {words[0]!r} is not available for image {image!r} (runtime {runtime.name})"
+            raise ContainerRefused(
+                f"entrypoint command {words[0]!r} is not available for image {image!r} (runtime {runtime.name})",
+                "entrypoint",
             )
         words[0] = program
     if not os.access(words[0], os.X_OK):
-        raise ValueError(f"runtime {runtime.name}: {words[0]} is not installed on this host")
+        raise RuntimeMissing(f"runtime {runtime.name}: {words[0]} is not installed on this host")
     return ResolvedCommand(tuple(words), runtime.name, image, tag)
 
 
