@@ -62,7 +62,7 @@ async def test_jobs_beyond_max_jobs_wait_until_a_slot_frees(data_dir, postgres_u
         dropped = await engine.submit(workflow("print(1)\n"))
         assert (await engine.stop(dropped)).status == 1
         history = await engine.history(dropped)
-        assert [(c.status, c.end_reason) for c in history] == [(70, EndReason.STOPPED)]
+        assert [(c.status, c.end_reason, c.error_code) for c in history] == [(70, EndReason.STOPPED, "stopped")]
         assert (await engine.load()) == (2, 1)
 
         release(engine.data(held[0]))
