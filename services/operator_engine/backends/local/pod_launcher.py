@@ -35,8 +35,9 @@ helper kills every child's group and exits; it also has a parent-death
 signal, and each child one on the helper.
 
 `SubprocessLauncher` is the plain alternative: a fresh interpreter per stage
-(`python -m services.operator_engine.backends.local.pod_launcher <program>`,
-C2D_ENGINE_POD_LAUNCHER=subprocess).
+(`python -m services.operator_engine.backends.local.pod_launcher <program>
+<module:function>`, C2D_ENGINE_POD_LAUNCHER=subprocess; the engine resolved
+the entry point, so the pod does not scan the installed packages again).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import functools
 import json
 import logging
 import os
+import pkgutil
 import select
 import signal
 import sys
@@ -126,6 +128,7 @@ class SubprocessLauncher:
                 "-m",
                 __name__,
                 program,
+                programs()[program].value,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
@@ -468,7 +471,7 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:  # one pod in this interpreter (SubprocessLauncher)
-        pods.main(sys.argv[1], load(sys.argv[1]))
+    if len(sys.argv) > 1:  # one pod in this interpreter (SubprocessLauncher): its name and entry point
+        pods.main(sys.argv[1], pkgutil.resolve_name(sys.argv[2]))
     else:
         serve()
