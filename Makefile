@@ -1,6 +1,6 @@
 # The README's two commands are `make demo` and `make test`; the rest serves them.
 # Every install comes from the lock files: uv.lock (Python, `uv sync --frozen`)
-# and package-lock.json (buf, `npm ci`). `make lock` updates uv.lock on purpose.
+# and package-lock.json (buf, `npm ci`; sdk/typescript has its own). `make lock` updates uv.lock on purpose.
 PYTHON ?= python3
 UV_VERSION := 0.13.9
 VENV := .venv
@@ -10,7 +10,7 @@ UV := $(BIN)/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(PYTHON)
 
-.PHONY: demo test install lock proto proto-check contracts-release lint format up
+.PHONY: demo test install lock proto proto-check contracts-release lint format up sdk-ts sdk-ts-build
 
 # uv itself lives in the project's venv, at a pinned version.
 $(UV):
@@ -45,6 +45,22 @@ proto: $(BUF) install
 	$(BUF) generate
 	find gen -type d -exec touch {}/__init__.py \;
 
+# The TypeScript SDK: its tools and dependencies from its own lock file.
+TS_SDK := sdk/typescript
+TS_DEPS := $(TS_SDK)/node_modules/.package-lock.json
+$(TS_DEPS): $(TS_SDK)/package.json $(TS_SDK)/package-lock.json
+	cd $(TS_SDK) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Compile it to $(TS_SDK)/dist (the tests run its scripts from there).
+sdk-ts-build: $(TS_DEPS)
+	cd $(TS_SDK) && npm run --silent build
+
+# Regenerate $(TS_SDK)/src/gen from protos/ (buf with the SDK's locked protoc-gen-es), then compile.
+sdk-ts: $(BUF) $(TS_DEPS)
+	$(BUF) generate --template buf.gen.ts.yaml
+	$(MAKE) --no-print-directory sdk-ts-build
+
 # The released contracts `buf breaking` compares against; updated only on purpose.
 RELEASED := contracts/released-v1.binpb
 contracts-release: $(BUF)
@@ -64,8 +80,10 @@ format: install $(BUF)
 	$(BIN)/ruff format .
 	$(BUF) format -w
 
-# Fails when protos/ and gen/ disagree, or the contracts break lint rules.
-proto-check: proto
+# Fails when protos/ and the generated code (Python and TypeScript) disagree,
+# or the contracts break lint rules.
+GENERATED := gen $(TS_SDK)/src/gen
+proto-check: proto sdk-ts
 	$(BUF) lint
-	git diff --exit-code --stat -- gen
-	test -z "$$(git status --porcelain -- gen)"
+	git diff --exit-code --stat -- $(GENERATED)
+	test -z "$$(git status --porcelain -- $(GENERATED))"
