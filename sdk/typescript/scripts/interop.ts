@@ -7,18 +7,29 @@
  *     -> {"address", "fields", "message", "signature", "signed": <the request, signed, as proto3 JSON>}
  * - {"op": "recover", "method", "request": <proto3 JSON with its signature>}
  *     -> {"address"} (whose key signed it)
+ * - {"op": "verifyStatement", "signedResults": <SignedResults as proto3 JSON>, "signingPublicKey"}
+ *     -> {"statement"} or {"error"}
+ * - {"op": "checkChunks", "file": {"path", "size", "sha256"}, "chunks": [{"offset", "base64"}]}
+ *     -> {"received": <base64>} or {"error"}
  * - {"op": "signedMethods"} -> the names of the RPCs the SDK signs
+ * - {"op": "call", "provider", "privateKey", "method", "args": [...]}: a ProviderClient method
+ *     -> {"result": <its answer as JSON>} or {"refusal": {"status", "reason", "domain", "fieldViolations"}}
  * A case that fails answers {"error": "<Error name>: <message>"}.
  */
 import { fromJson, toJson, type DescMessage, type JsonValue as ProtoJson } from "@bufbuild/protobuf";
 
 import {
+  C2dError,
+  ProviderClient,
   SIGNED_METHODS,
+  SignedResultsSchema,
   Signer,
   canonicalMessage,
+  checkedChunks,
   recoverSigner,
   requestSchemaOf,
   signedFields,
+  verifyResultsStatement,
   type JsonValue,
   type SignedRequest,
 } from "../src/index.js";
@@ -54,11 +65,51 @@ async function answer(question: Case): Promise<unknown> {
       const fields = signedFields(schema, request);
       return { address: recoverSigner(method, fields, signature.nonce, signature.signature) };
     }
+    case "verifyStatement": {
+      const signed = fromJson(SignedResultsSchema, question.signedResults as ProtoJson);
+      const statement = verifyResultsStatement(signed, String(question.signingPublicKey));
+      return { statement: { ...statement, files: statement.files.map((f) => ({ ...f, size: f.size.toString() })) } };
+    }
+    case "checkChunks": {
+      const file = question.file as { path: string; size: string; sha256: string };
+      const chunks = (question.chunks as { offset: string; base64: string }[]).map((chunk) => ({
+        offset: BigInt(chunk.offset),
+        data: Buffer.from(chunk.base64, "base64"),
+      }));
+      const received: Uint8Array[] = [];
+      const signed = { index: 0, kind: "RESULT_KIND_OUTPUT", ...file, size: BigInt(file.size) };
+      for await (const data of checkedChunks(signed, iterate(chunks))) {
+        received.push(data);
+      }
+      return { received: Buffer.concat(received).toString("base64") };
+    }
     case "signedMethods":
       return [...SIGNED_METHODS.keys()];
+    case "call": {
+      const client = ProviderClient.connect(String(question.provider), new Signer(String(question.privateKey)));
+      const method = String(question.method) as "jobDetails" | "startCompute";
+      const call = client[method] as (...args: unknown[]) => Promise<unknown>;
+      try {
+        return { result: JSON.parse(JSON.stringify(await call.apply(client, question.args as unknown[]), bigints)) };
+      } catch (error) {
+        if (!(error instanceof C2dError)) {
+          throw error;
+        }
+        const { status, reason, domain, fieldViolations } = error;
+        return { refusal: { status, reason, domain, fieldViolations, message: error.message } };
+      }
+    }
     default:
       throw new RangeError(`unknown op ${JSON.stringify(question.op)}`);
   }
+}
+
+function bigints(_key: string, value: unknown): unknown {
+  return typeof value === "bigint" ? value.toString() : value;
+}
+
+async function* iterate<T>(items: T[]): AsyncGenerator<T> {
+  yield* items;
 }
 
 async function readStdin(): Promise<string> {

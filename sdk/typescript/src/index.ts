@@ -1,9 +1,22 @@
 /**
  * c2d's TypeScript SDK: a provider's consumer API over gRPC, every request
- * signed as the provider verifies it. The generated messages and services
- * are under `gen/` (buf + protoc-gen-es, `make sdk-ts`).
+ * signed as the provider verifies it, results checked against the
+ * provider's signature. The generated messages and services are under
+ * `gen/` (buf + protoc-gen-es, `make sdk-ts`).
  */
 export { canonicalJson, type JsonValue } from "./canonical.js";
+export {
+  ProviderClient,
+  type AssetRef,
+  type ClientOptions,
+  type ComputeRequest,
+  type DownloadedResult,
+  type ProviderInfo,
+  type RawAlgorithm,
+  type ResultSelector,
+} from "./client.js";
+export { C2dError, IntegrityError, asC2dError, type FieldViolation } from "./errors.js";
+export { checkedChunks, verifyResultsStatement, type ResultsStatement, type SignedResultFile } from "./results.js";
 export {
   MESSAGE_PREFIX,
   SIGNED_METHODS,
