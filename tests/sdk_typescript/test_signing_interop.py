@@ -9,12 +9,12 @@ import asyncio
 import json
 
 import pytest
-from eth_account import Account
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2, ledger_pb2, provider_pb2
+from plumbing.ethereum import Account
 from services.provider.domain import identity
 from services.provider.domain.errors import Refusal
 from tests.sdk_typescript.node import interop
@@ -83,13 +83,33 @@ CASES: list[tuple[str, str, int, Message]] = [
     ),
 ]
 
-# CASES[0] as the provider's code signed it when this was written: a change
-# to the scheme on either side shows up here, even one both sides make together.
+# The worked example of docs/signing.md (its test key, nonce and request),
+# as the provider's code signs it: a change to the scheme on either side
+# shows up here, even one both sides make together.
+WORKED_EXAMPLE = (
+    "StartCompute",
+    "0x4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318",
+    1_733_490_000_000_000,
+    provider_pb2.StartComputeRequest(
+        spec=provider_pb2.ComputeSpec(
+            dataset=provider_pb2.AssetOrder(did="did:op:" + "a1" * 32, service_id="compute", order_id="order-1"),
+            algorithm_asset=provider_pb2.AssetOrder(did="did:op:" + "b2" * 32, service_id="access", order_id="order-2"),
+            environment_id="local-cpu",
+            algorithm_parameters_json='{"city":"Zürich"}',
+            max_duration_seconds=600,
+        )
+    ),
+)
+CASES.append(WORKED_EXAMPLE)
 PINNED = {
-    "address": "0xdB00079cad3e665853Bf766eFe26F4C38cdbdCDA",
-    "message": 'c2d:v1:GetJobDetails:1767225600000000:{"job_id":"9a1f0c3e-job"}',
-    "signature": "0x7b1f954f20d4672ce6343cedf2ae50586593fbbaa576e5a56e0133d5150d82a1"
-    "24ba4bc479851190ca758d344867efc9d205068f346a725cb8643aa6ec7cc6a91b",
+    "address": "0x2c7536E3605D9C16a7a3D7b1898e529396a65c23",
+    "message": "c2d:v1:StartCompute:1733490000000000:"
+    '{"spec":{"algorithm_asset":{"did":"did:op:b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2",'
+    '"order_id":"order-2","service_id":"access"},"algorithm_parameters_json":"{\\"city\\":\\"Zürich\\"}",'
+    '"dataset":{"did":"did:op:a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1",'
+    '"order_id":"order-1","service_id":"compute"},"environment_id":"local-cpu","max_duration_seconds":"600"}}',
+    "signature": "0xf0758fdc44db75f3b91c956d567ca5d4842aadce05f335c86de6d42da139c60d"
+    "010418e0ee849c2d4817f4204362b2673dcb9fffc3752ec4fed626cb82a3c4b31b",
 }
 
 
@@ -161,8 +181,8 @@ def test_a_typescript_signature_is_bound_to_its_method(ts_signed):
     assert signer != arrived.signature.address
 
 
-def test_the_pinned_example_has_not_changed(ts_signed):
-    answer = ts_signed[0]
+def test_typescript_signs_the_worked_example_as_docs_signing_md_gives_it(ts_signed):
+    answer = ts_signed[CASES.index(WORKED_EXAMPLE)]
     assert {key: answer[key] for key in PINNED} == PINNED
 
 
