@@ -23,6 +23,7 @@ from services.provider.api.compute import ComputeServicer
 from services.provider.api.ledger import LedgerServicer
 from services.provider.api.results_assets import ResultsAssetServicer
 from services.provider.clients.operator import OperatorClient
+from services.provider.domain.file_locations import ResultsStorage
 from services.provider.domain.sealing import ProviderKeys
 from services.provider.domain.signed_requests import RequestVerifier, Settler
 from services.provider.persistence import request_settling
@@ -66,10 +67,13 @@ async def start(config: ProviderSettings) -> RunningServer:
     keys, fee_address = load_keys(Path(config.keys_file) if config.keys_file else data / "provider-keys.json")
     operator = OperatorClient(config.operator_address, auth.service_token())
     catalog = AssetCatalog(db)
-    results = storage.open_store(storage.configured())
-    compute = ComputeServicer(db, keys, fee_address, verifier, catalog, operator, results)
+    results_config = storage.configured()
+    results = storage.open_store(results_config)
+    # what no publisher's file may name (domain/file_locations.py)
+    results_storage = ResultsStorage(results_config.kind, results_config.s3_bucket)
+    compute = ComputeServicer(db, keys, fee_address, verifier, catalog, operator, results, results_storage)
     # AssetService plus the results-as-asset RPCs (api/results_assets.py)
-    assets = ResultsAssetServicer(db, keys, verifier, catalog, operator, results)
+    assets = ResultsAssetServicer(db, keys, verifier, catalog, operator, results, results_storage)
     running = await start_server(
         config.address,
         [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 import time
 from collections.abc import AsyncIterator
@@ -14,12 +15,13 @@ from dataclasses import dataclass
 import grpc
 
 from c2d.common.v1 import common_pb2
-from c2d.provider.v1 import provider_pb2
+from c2d.provider.v1 import asset_pb2, provider_pb2
 from cli import demo
 from cli.client import Client
 from cli.stack import Stack, start_stack
 from plumbing import settings
 from plumbing.statuses import is_terminal
+from services.provider.domain import sealing
 from tests.support.stacks import settings_for
 
 PUBLISHER_KEY = "0x" + "61" * 32
@@ -38,8 +40,9 @@ class Bench:
     other: Client
     base_url: str
 
-    async def dataset(self) -> str:
-        """A dataset whose compute service allows raw algorithms."""
+    async def dataset(self, holder: Client | None = None) -> str:
+        """A dataset whose compute service allows raw algorithms; `holder`
+        (the consumer unless named) holds its datatokens."""
         salt = f"data-{time.time_ns()}"
         did = self.publisher.did_for(salt)
         files = await self.publisher.encrypt([common_pb2.FileLocation(type="url", url=f"{self.base_url}/weather.csv")])
@@ -65,17 +68,24 @@ class Bench:
             salt,
         )
         token = await self.publisher.create_datatoken(did, "compute")
-        await self.publisher.mint(token, self.consumer.address, 5)
+        await self.publisher.mint(token, (holder or self.consumer).address, 5)
         return did
 
-    async def start(self, code: str, **spec: object) -> tuple[str, str]:
-        """Orders a fresh dataset and starts `code` on it; returns (job id, order id)."""
-        did = await self.dataset()
-        order = await self.consumer.order(did, "compute")
+    async def start(self, code: str, consumer: Client | None = None, **spec: object) -> tuple[str, str]:
+        """`consumer` (the bench's unless named) orders a fresh dataset and
+        starts `code` on it; returns (job id, order id)."""
+        consumer = consumer or self.consumer
+        did = await self.dataset(consumer)
+        order = await consumer.order(did, "compute")
+        return await self.start_on(did, order, code, consumer, **spec), order
+
+    async def start_on(self, did: str, order: str, code: str, consumer: Client | None = None, **spec: object) -> str:
+        """Starts `code` on dataset `did`, paid by `order`; returns the job id."""
+        consumer = consumer or self.consumer
         environments = (
-            await self.consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
+            await consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
         ).environments
-        response = await self.consumer.start(
+        response = await consumer.start(
             provider_pb2.ComputeSpec(
                 dataset=provider_pb2.AssetOrder(did=did, service_id="compute", order_id=order),
                 raw_algorithm=provider_pb2.RawAlgorithm(
@@ -86,21 +96,49 @@ class Bench:
                 **spec,  # type: ignore[arg-type]
             )
         )
-        return response.job_id, order
+        return response.job_id
 
     async def run(self, code: str, **spec: object) -> common_pb2.Job:
         """Runs `code` as a job to its end and returns the job's final record."""
         job_id, _ = await self.start(code, **spec)
         return await self.finished(job_id)
 
-    async def finished(self, job_id: str) -> common_pb2.Job:
+    async def finished(self, job_id: str, consumer: Client | None = None) -> common_pb2.Job:
+        consumer = consumer or self.consumer
+
         async def watch() -> None:
-            async for job in self.consumer.watch(job_id):
+            async for job in consumer.watch(job_id):
                 if is_terminal(job.status):
                     return
 
         await asyncio.wait_for(watch(), JOB_WAIT_S)
-        return (await self.consumer.details(job_id)).job
+        return (await consumer.details(job_id)).job
+
+
+async def download_asset_file(
+    client: Client, did: str, index: int, offset: int = 0, service_id: str = ""
+) -> tuple[common_pb2.ResultFile, bytes]:
+    """A results asset's file, through DownloadAssetFile signed by `client`: its entry and its bytes."""
+    request = client.signed(
+        "DownloadAssetFile",
+        asset_pb2.DownloadAssetFileRequest(did=did, index=index, offset=offset, service_id=service_id),
+    )
+    entry, chunks = common_pb2.ResultFile(), []
+    async for chunk in client.assets.DownloadAssetFile(request):
+        if chunk.HasField("file"):
+            entry = chunk.file
+        chunks.append(chunk.data)
+    return entry, b"".join(chunks)
+
+
+def provider_keys() -> sealing.ProviderKeys:
+    """The stack's provider keys, from its key file (what signs its grants)."""
+    return sealing.ProviderKeys.from_json((settings.data_dir() / "provider-keys.json").read_text())
+
+
+def request_key(*order_ids: str) -> str:
+    """How StartCompute keys the orders that pay for one job (a grant names it)."""
+    return hashlib.sha256(":".join(sorted(order_ids)).encode()).hexdigest()
 
 
 def publish_log(job_id: str) -> str:

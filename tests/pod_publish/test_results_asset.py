@@ -12,11 +12,10 @@ import pytest
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2, provider_pb2
-from plumbing import settings
 from plumbing.grpc_errors import error_code, reason_of
 from plumbing.statuses import Status
 from services.provider.domain import ddos, results_grants, sealing
-from tests.pod_publish.jobs import job_bench, s3_env
+from tests.pod_publish.jobs import download_asset_file, job_bench, provider_keys, request_key, s3_env
 
 ALGORITHM = r"""
 import os
@@ -36,30 +35,6 @@ print("grant seen" if seen else "grant not seen")
 """
 
 
-async def _download(
-    client, did: str, index: int, offset: int = 0, service_id: str = ""
-) -> tuple[common_pb2.ResultFile, bytes]:  # type: ignore[no-untyped-def]
-    request = client.signed(
-        "DownloadAssetFile",
-        asset_pb2.DownloadAssetFileRequest(did=did, index=index, offset=offset, service_id=service_id),
-    )
-    entry, chunks = common_pb2.ResultFile(), []
-    async for chunk in client.assets.DownloadAssetFile(request):
-        if chunk.HasField("file"):
-            entry = chunk.file
-        chunks.append(chunk.data)
-    return entry, b"".join(chunks)
-
-
-def _provider_keys() -> sealing.ProviderKeys:
-    return sealing.ProviderKeys.from_json((settings.data_dir() / "provider-keys.json").read_text())
-
-
-def _request_key(*order_ids: str) -> str:
-    # how StartCompute keys the orders that pay for one job
-    return hashlib.sha256(":".join(sorted(order_ids)).encode()).hexdigest()
-
-
 async def test_results_asset_is_owned_by_the_consumer_and_downloadable_by_its_owner_only(
     data_dir, postgres_url, seaweedfs, monkeypatch
 ):
@@ -73,37 +48,33 @@ async def test_results_asset_is_owned_by_the_consumer_and_downloadable_by_its_ow
         assert ddos.is_did(did)
         assert {f.path for f in job.results.files} == {"tables/mean.csv", "algorithm.log"}
 
-        # anyone may resolve it; it is the consumer's dataset and shows no location
+        # whoever holds the DID may resolve it: the consumer's dataset, with no location and
+        # nothing about the job; no listing shows it (tests/provider/test_forged_results.py)
         resolved = await bench.other.assets.GetAsset(asset_pb2.GetAssetRequest(did=did))
         assert resolved.owner == bench.consumer.address
         ddo = json.loads(resolved.ddo_json)
         assert ddo["id"] == did and ddo["metadata"]["type"] == "dataset"
-        assert ddo["metadata"]["additionalInformation"]["c2dResults"]["jobId"] == job_id
         assert [s["type"] for s in ddo["services"]] == ["access"]
         assert ddo["services"][0]["files"].startswith("0x")
-        assert (
-            "s3://" not in resolved.ddo_json
-            and bucket not in resolved.ddo_json
-            and job_id + "/" not in resolved.ddo_json
-        )
+        assert "s3://" not in resolved.ddo_json and bucket not in resolved.ddo_json and job_id not in resolved.ddo_json
         listed = await bench.consumer.assets.ListAssets(asset_pb2.ListAssetsRequest(owner=bench.consumer.address))
-        assert did in {a.did for a in listed.assets}
+        assert did not in {a.did for a in listed.assets}
 
         # the owner downloads every file, whole or from an offset; the bytes are the job's results
         for result in job.results.files:
-            entry, body = await _download(bench.consumer, did, result.index)
+            entry, body = await download_asset_file(bench.consumer, did, result.index)
             assert (entry.path, entry.size, entry.sha256) == (result.path, result.size, result.sha256)
             assert entry.location == ""
             assert hashlib.sha256(body).hexdigest() == result.sha256
         log = next(f for f in job.results.files if f.path == "algorithm.log")
-        assert (await _download(bench.consumer, did, log.index))[1] == b"grant not seen\n"
+        assert (await download_asset_file(bench.consumer, did, log.index))[1] == b"grant not seen\n"
         csv = next(f for f in job.results.files if f.path == "tables/mean.csv")
-        assert (await _download(bench.consumer, did, csv.index, offset=5))[1] == b"mean\nOslo,4.5\n"
+        assert (await download_asset_file(bench.consumer, did, csv.index, offset=5))[1] == b"mean\nOslo,4.5\n"
 
         # anyone else is refused, whatever they ask for
         for index in (0, 5):
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await _download(bench.other, did, index)
+                await download_asset_file(bench.other, did, index)
             assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
             assert error_code(refused.value) == "NOT_OWNER"
         with pytest.raises(grpc.aio.AioRpcError) as unsigned:
@@ -111,11 +82,11 @@ async def test_results_asset_is_owned_by_the_consumer_and_downloadable_by_its_ow
                 pass
         assert unsigned.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.aio.AioRpcError) as missing:
-            await _download(bench.consumer, did, 7)
+            await download_asset_file(bench.consumer, did, 7)
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
         # the grant of a finished job registers nothing any more
-        grant = results_grants.mint_grant(_provider_keys(), bench.consumer.address, _request_key(order_id))
+        grant = results_grants.mint_grant(provider_keys(), bench.consumer.address, request_key(order_id))
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await bench.consumer.assets.RegisterResultsAsset(
                 asset_pb2.RegisterResultsAssetRequest(job_id=job_id, grant=grant, results=job.results)
@@ -127,7 +98,7 @@ async def test_results_asset_is_owned_by_the_consumer_and_downloadable_by_its_ow
 async def test_register_results_asset_refuses_forged_and_foreign_grants(data_dir):
     async with job_bench() as bench:
         job_id, order_id = await bench.start("import time; time.sleep(60)\n", publish_results_as_asset=True)
-        keys = _provider_keys()
+        keys = provider_keys()
         register = bench.other.assets.RegisterResultsAsset
         manifest = common_pb2.ResultsManifest(
             files=[common_pb2.ResultFile(index=0, path="x", size=1, location="local:elsewhere/x")]
@@ -137,29 +108,29 @@ async def test_register_results_asset_refuses_forged_and_foreign_grants(data_dir
             "not a grant": ("garbage", grpc.StatusCode.UNAUTHENTICATED, "grant_invalid"),
             "signed by another key": (
                 results_grants.mint_grant(
-                    sealing.ProviderKeys.generate(), bench.consumer.address, _request_key(order_id)
+                    sealing.ProviderKeys.generate(), bench.consumer.address, request_key(order_id)
                 ),
                 grpc.StatusCode.UNAUTHENTICATED,
                 "grant_invalid",
             ),
             "another job's request": (
-                results_grants.mint_grant(keys, bench.consumer.address, _request_key("0xother")),
+                results_grants.mint_grant(keys, bench.consumer.address, request_key("0xother")),
                 grpc.StatusCode.PERMISSION_DENIED,
                 "grant_wrong_job",
             ),
             "another owner": (
-                results_grants.mint_grant(keys, bench.other.address, _request_key(order_id)),
+                results_grants.mint_grant(keys, bench.other.address, request_key(order_id)),
                 grpc.StatusCode.PERMISSION_DENIED,
                 "grant_wrong_job",
             ),
             "expired": (
-                results_grants.mint_grant(keys, bench.consumer.address, _request_key(order_id), now=0),
+                results_grants.mint_grant(keys, bench.consumer.address, request_key(order_id), now=0),
                 grpc.StatusCode.PERMISSION_DENIED,
                 "grant_expired",
             ),
             # the real grant, but locations outside the job's own results
             "foreign location": (
-                results_grants.mint_grant(keys, bench.consumer.address, _request_key(order_id)),
+                results_grants.mint_grant(keys, bench.consumer.address, request_key(order_id)),
                 grpc.StatusCode.PERMISSION_DENIED,
                 "location_foreign",
             ),
@@ -179,7 +150,7 @@ async def test_register_results_asset_refuses_forged_and_foreign_grants(data_dir
         # an ordinary dataset's files are never streamed, not even to its publisher
         dataset = await bench.dataset()
         with pytest.raises(grpc.aio.AioRpcError) as not_results:
-            await _download(bench.publisher, dataset, 0, service_id="compute")
+            await download_asset_file(bench.publisher, dataset, 0, service_id="compute")
         assert not_results.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert error_code(not_results.value) == "NOT_RESULTS_ASSET"
         await bench.consumer.compute.StopCompute(

@@ -8,12 +8,13 @@ from google.protobuf import json_format
 
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc
 from plumbing import errors
-from plumbing.assets import FILE_SOURCE_TYPES, SHA256_SYNTAX, is_sha256_hex
+from plumbing.assets import SHA256_SYNTAX, is_sha256_hex
 from plumbing.database import Database
 from services.provider.api.authentication import authenticate
-from services.provider.domain import ddos, sealing
+from services.provider.domain import ddos, file_locations, sealing
 from services.provider.domain import errors as codes
 from services.provider.domain.errors import Refusal
+from services.provider.domain.results_assets import RESULTS_KIND
 from services.provider.domain.signed_requests import RequestVerifier
 from services.provider.persistence import store
 from services.provider.persistence.catalog import AssetCatalog
@@ -24,24 +25,43 @@ MAX_PAGE = 1000
 
 class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
     def __init__(
-        self, db: Database, keys: sealing.ProviderKeys, verifier: RequestVerifier, assets: AssetCatalog
+        self,
+        db: Database,
+        keys: sealing.ProviderKeys,
+        verifier: RequestVerifier,
+        assets: AssetCatalog,
+        results_storage: file_locations.ResultsStorage,
     ) -> None:
         self._db = db
         self._keys = keys
         self._verifier = verifier
         self._assets = assets
+        self._results_storage = results_storage
+
+    def _stored_kind(self, ddo: ddos.Ddo, owner: str, did: str) -> str:
+        """The kind to store an asset as, once every service's files are ones
+        its publisher may name: RESULTS_KIND if they are results locations
+        this provider issued for it (a results asset), else its DDO's type."""
+        issued = False
+        for index, service in enumerate(ddo.services):
+            files = sealing.open_files(self._keys, service.files)  # refuses files not sealed for this provider
+            issued |= file_locations.check_asset_files(
+                self._keys,
+                files,
+                owner=owner,
+                did=did,
+                results=self._results_storage,
+                field=f"services[{index}].files",
+            )
+        return RESULTS_KIND if issued else ddo.metadata.type
 
     async def EncryptFiles(self, request, context):  # type: ignore[override]
         if not request.files:
             raise errors.InvalidArgument("name at least one file to encrypt", "files_missing", field="files")
         files = []
         for index, location in enumerate(request.files):
-            if location.type not in FILE_SOURCE_TYPES:
-                raise errors.InvalidArgument(
-                    f"files[{index}].type {location.type!r} is not one of {', '.join(FILE_SOURCE_TYPES)}",
-                    "file_type_invalid",
-                    field=f"files[{index}].type",
-                )
+            entry = json_format.MessageToDict(location, preserving_proto_field_name=True)
+            file_locations.check_publisher_file(entry, self._results_storage, f"files[{index}]")
             # pod_config verifies the bytes against it and refuses any other spelling: refuse it here, once
             if location.checksum and not is_sha256_hex(location.checksum):
                 raise errors.InvalidArgument(
@@ -49,7 +69,7 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
                     "file_checksum_invalid",
                     field=f"files[{index}].checksum",
                 )
-            files.append(json_format.MessageToDict(location, preserving_proto_field_name=True))
+            files.append(entry)
         return asset_pb2.EncryptFilesResponse(encrypted_files=sealing.seal_files(self._keys.public_key_hex, files))
 
     async def PublishAsset(self, request, context):  # type: ignore[override]
@@ -60,12 +80,10 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
             )
         did = ddos.derive_did(owner, request.salt)
         data, ddo = ddos.parse_ddo_json(request.ddo_json, owner, did)
-        for service in ddo.services:
-            sealing.open_files(self._keys, service.files)  # refuses files not sealed for this provider
         row = Asset(
             did=did,
             owner=owner,
-            asset_type=ddo.metadata.type,
+            asset_type=self._stored_kind(ddo, owner, did),
             name=ddo.metadata.name,
             ddo_json=json.dumps(data, sort_keys=True),
             created_at=store.utcnow(),
@@ -107,11 +125,12 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
         if asset.owner != caller:
             raise Refusal(codes.NOT_OWNER, f"only the owner {asset.owner} may update {request.did}")
         data, ddo = ddos.parse_ddo_json(request.ddo_json, asset.owner, request.did)
+        kind = self._stored_kind(ddo, asset.owner, request.did)
 
         def update(session) -> None:  # type: ignore[no-untyped-def]
             stored = store.read_asset(session, request.did)
             stored.ddo_json = json.dumps(data, sort_keys=True)
-            stored.name, stored.asset_type = ddo.metadata.name, ddo.metadata.type
+            stored.name, stored.asset_type = ddo.metadata.name, kind
 
         await self._db.run(update)
         return asset_pb2.UpdateAssetResponse()

@@ -24,9 +24,9 @@ from plumbing import errors, storage, untrusted
 from plumbing.database import Database
 from plumbing.statuses import is_terminal
 from services.provider.api.authentication import authenticate
-from services.provider.api.downloads import stream_result_file
+from services.provider.api.downloads import recorded_results, stream_result_file
 from services.provider.clients.operator import OperatorClient
-from services.provider.domain import compute_plan, ddos, identity, results_grants, sealing
+from services.provider.domain import compute_plan, ddos, file_locations, identity, results_grants, sealing
 from services.provider.domain import errors as codes
 from services.provider.domain.compute_plan import Plan
 from services.provider.domain.errors import Refusal
@@ -101,6 +101,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         assets: AssetCatalog,
         operator: OperatorClient,
         results: storage.ObjectStore,
+        results_storage: file_locations.ResultsStorage,
     ) -> None:
         self._db = db
         self._keys = keys
@@ -109,6 +110,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         self._assets = assets
         self._operator = operator
         self._results = results
+        self._results_storage = results_storage
         self._finished_jobs: collections.OrderedDict[str, tuple[float, provider_pb2.GetJobDetailsResponse]] = (
             collections.OrderedDict()
         )
@@ -144,7 +146,9 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             service = planned.asset.ddo.service(planned.choice.service_id)
             assert service is not None
             asset = common_pb2.WorkflowAsset(did=planned.did, ddo_json=planned.asset.ddo_json)
-            for entry in sealing.open_files(self._keys, service.files):
+            for index, entry in enumerate(sealing.open_files(self._keys, service.files)):
+                # checked at publishing too; again here for rows stored before that check, or around it
+                file_locations.check_publisher_file(entry, self._results_storage, f"{planned.did} files[{index}]")
                 asset.files.append(json_format.ParseDict(entry, common_pb2.FileLocation(), ignore_unknown_fields=True))
             if planned.asset.ddo.is_algorithm:
                 workflow.algorithm.CopyFrom(asset)
@@ -278,13 +282,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
 
     async def GetComputeResult(self, request, context):  # type: ignore[override]
         job = await self._owned_job("GetComputeResult", request)
-        files = {f.index: f for f in job.results.files}
-        if not job.HasField("results") or not is_terminal(job.status):
-            raise errors.FailedPrecondition(f"job {job.job_id} has no results yet (status {job.status})", "no_results")
-        if job.results.expired:
-            raise errors.FailedPrecondition(
-                f"the results of job {job.job_id} expired and were removed", "results_expired"
-            )
+        files = {f.index: f for f in recorded_results(job)}
         entry = files.get(request.index)
         if entry is None:
             raise errors.NotFound(

@@ -1,20 +1,32 @@
 """The one download streamer of GetComputeResult and DownloadAssetFile.
 
-Both answer a stream of responses of the same shape: the file's entry in
-the first, then the bytes from the requested offset with their offsets.
+Both serve only what the job's own record lists as its results, while it
+still has them (`recorded_results`), and answer a stream of responses of
+the same shape: the file's entry in the first, then the bytes from the
+requested offset with their offsets.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import TypeVar
 
 from c2d.common.v1 import common_pb2
 from plumbing import errors, storage
+from plumbing.statuses import is_terminal
 from services.provider.persistence import result_files
 
 Response = TypeVar("Response")  # GetComputeResultResponse, DownloadAssetFileResponse
+
+
+def recorded_results(job: common_pb2.Job) -> Sequence[common_pb2.ResultFile]:
+    """The result files the job's record lists, once it ended with results that were not removed."""
+    if not job.HasField("results") or not is_terminal(job.status):
+        raise errors.FailedPrecondition(f"job {job.job_id} has no results yet (status {job.status})", "no_results")
+    if job.results.expired:
+        raise errors.FailedPrecondition(f"the results of job {job.job_id} expired and were removed", "results_expired")
+    return job.results.files
 
 
 async def stream_result_file(

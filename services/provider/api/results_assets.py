@@ -2,12 +2,18 @@
 
 A job's pod_publish registers its results with the grant StartCompute put in
 the job's workflow (domain/results_grants.py says who may, and why); the
-asset is a dataset DDO owned by the job's owner whose files are the
-manifest's storage locations (domain/results_assets.py). Every location
-must be one this provider's results storage holds, under the job's own
-prefix (IPFS: content-addressed, checked by size), so a grant cannot turn
-arbitrary locations into an asset. Only the owner may download its files,
-through the provider (DownloadAssetFile); nobody sees the locations.
+asset is a dataset DDO owned by the job's owner whose files are results
+locations this provider issues, signed for the job, its owner and the asset
+(domain/results_assets.py, domain/file_locations.py). Every location must be
+one this provider's results storage holds, under the job's own prefix (IPFS:
+content-addressed, checked by size), so a grant cannot turn arbitrary
+locations into an asset.
+
+DownloadAssetFile serves a file to the asset's owner and the job's viewers
+only, and only if this provider issued its location for this asset and
+owner, the job is the owner's, and the location is one of the results the
+job's own record lists: a location sealed by anyone else, or issued for
+another job or asset, serves nothing. Nobody sees the locations.
 """
 
 from __future__ import annotations
@@ -17,8 +23,6 @@ import contextlib
 import json
 from typing import Any
 
-from google.protobuf import json_format
-
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2
 from plumbing import errors, storage
@@ -26,12 +30,13 @@ from plumbing.database import Database
 from plumbing.statuses import is_terminal
 from services.provider.api.assets import AssetServicer
 from services.provider.api.authentication import authenticate
-from services.provider.api.downloads import stream_result_file
+from services.provider.api.downloads import recorded_results, stream_result_file
 from services.provider.clients.operator import OperatorClient
-from services.provider.domain import ddos, identity, results_grants, sealing
+from services.provider.domain import ddos, file_locations, identity, results_grants, sealing
 from services.provider.domain import errors as codes
 from services.provider.domain.errors import Refusal
-from services.provider.domain.results_assets import RESULTS_FILE_TYPE, RESULTS_SERVICE, results_ddo, results_did
+from services.provider.domain.file_locations import RESULTS_FILE_TYPE
+from services.provider.domain.results_assets import RESULTS_KIND, RESULTS_SERVICE, results_ddo, results_did
 from services.provider.domain.signed_requests import RequestVerifier
 from services.provider.persistence import store
 from services.provider.persistence.catalog import AssetCatalog
@@ -49,8 +54,9 @@ class ResultsAssetServicer(AssetServicer):
         assets: AssetCatalog,
         operator: OperatorClient,
         results: storage.ObjectStore,
+        results_storage: file_locations.ResultsStorage,
     ) -> None:
-        super().__init__(db, keys, verifier, assets)
+        super().__init__(db, keys, verifier, assets, results_storage)
         self._operator = operator
         self._results = results
         self.service_endpoint = "grpc://127.0.0.1"  # server.py sets the bound address
@@ -75,19 +81,13 @@ class ResultsAssetServicer(AssetServicer):
         if await self._db.run(lambda s: store.read_asset(s, did)) is not None:
             return asset_pb2.RegisterResultsAssetResponse(did=did)  # a retry: same job, same asset
         ddo_dict = results_ddo(
-            job_id=job.job_id,
-            owner=job.owner,
-            dataset_dids=job.dataset_dids,
-            algorithm_did=job.algorithm_did,
-            files=files,
-            provider_public_key_hex=self._keys.public_key_hex,
-            service_endpoint=self.service_endpoint,
+            self._keys, job_id=job.job_id, owner=job.owner, files=files, service_endpoint=self.service_endpoint
         )
         data, ddo = ddos.parse_ddo_json(json.dumps(ddo_dict), job.owner, did)
         row = Asset(
             did=did,
             owner=job.owner,
-            asset_type=ddo.metadata.type,
+            asset_type=RESULTS_KIND,
             name=ddo.metadata.name,
             ddo_json=json.dumps(data, sort_keys=True),
             created_at=store.utcnow(),
@@ -139,7 +139,6 @@ class ResultsAssetServicer(AssetServicer):
                 )
             files.append(
                 {
-                    "type": RESULTS_FILE_TYPE,
                     "url": location,
                     "path": entry.path,
                     "size": entry.size,
@@ -156,7 +155,8 @@ class ResultsAssetServicer(AssetServicer):
             return location[len("local:") :].startswith(f"{job_id}/")
         if location.startswith("s3://"):
             bucket, key = storage.parse_s3_location(location)
-            return bucket == getattr(self._results, "bucket", None) and key.startswith(f"{job_id}/")
+            return self._results_storage.holds_bucket(bucket) and key.startswith(f"{job_id}/")
+        # content-addressed: DownloadAssetFile serves a CID only if the job's record lists it
         return location.startswith("ipfs://")
 
     # -- downloading ------------------------------------------------------------------
@@ -164,8 +164,6 @@ class ResultsAssetServicer(AssetServicer):
     async def DownloadAssetFile(self, request, context):  # type: ignore[override]
         caller = await authenticate(self._verifier, "DownloadAssetFile", request)
         asset = await self._assets.resolve(request.did)
-        if caller != identity.normalize_address(asset.owner):
-            raise Refusal(codes.NOT_OWNER, f"only the owner of {request.did} may download its files")
         service_id = request.service_id or RESULTS_SERVICE
         service = asset.ddo.service(service_id)
         if service is None:
@@ -176,16 +174,49 @@ class ResultsAssetServicer(AssetServicer):
                 f"{request.did} is not a results asset: only results assets' files can be downloaded",
                 "not_results_asset",
             )
-        if request.index >= len(files):
-            raise errors.NotFound(f"{request.did} has no file {request.index} (it has {len(files)})", "file_not_found")
-        found = files[request.index]
-        entry = json_format.ParseDict(
-            {k: v for k, v in found.items() if k not in ("type", "url")} | {"index": request.index},
-            common_pb2.ResultFile(),
+        is_owner = caller == identity.normalize_address(asset.owner)
+        not_yours = Refusal(
+            codes.NOT_OWNER, f"only the owner of {request.did} and its job's viewers may download its files"
         )
+        if request.index >= len(files):
+            if not is_owner:
+                raise not_yours  # a stranger learns nothing, not even how many files there are
+            raise errors.NotFound(f"{request.did} has no file {request.index} (it has {len(files)})", "file_not_found")
+        location = file_locations.open_results_location(
+            self._keys, files[request.index], owner=asset.owner, did=asset.did, field=f"file {request.index}"
+        )
+        job = await self._job_of(asset, location)
+        if not is_owner and (job is None or caller not in job.viewers):
+            raise not_yours
+        if job is None:
+            raise errors.FailedPrecondition(
+                f"the job behind {asset.did} was deleted, and its results with it", "results_expired"
+            )
+        recorded = next((f for f in recorded_results(job) if f.location == location.url), None)
+        if recorded is None:
+            raise errors.PermissionDenied(
+                f"file {request.index} of {request.did} is not one of its job's results", "results_location_foreign"
+            )
+        entry = common_pb2.ResultFile()
+        entry.CopyFrom(recorded)
+        entry.index, entry.location = request.index, ""  # the asset's numbering; nobody sees locations
         download = stream_result_file(
-            self._results, found["url"], entry, request.offset, asset_pb2.DownloadAssetFileResponse
+            self._results, location.url, entry, request.offset, asset_pb2.DownloadAssetFileResponse
         )
         async with contextlib.aclosing(download) as responses:  # closed at once if the consumer goes away
             async for response in responses:
                 yield response
+
+    async def _job_of(
+        self, asset: ddos.PublishedAsset, location: file_locations.ResultsLocation
+    ) -> common_pb2.Job | None:
+        """The job a results location was issued for, checked to be the asset's owner's (None: deleted)."""
+        try:
+            job = await self._operator.get_job(location.job_id)
+        except errors.NotFound:
+            return None
+        if identity.normalize_address(job.owner) != identity.normalize_address(asset.owner):
+            raise errors.PermissionDenied(
+                f"the results of {asset.did} belong to another owner's job", "results_location_foreign"
+            )
+        return job

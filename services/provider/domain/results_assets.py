@@ -1,22 +1,30 @@
 """Results as a new asset: the DDO a job's results are registered as.
 
 A dataset DDO owned by the job's owner, with one "access" service whose
-files (sealed for this provider, type "results") are the results manifest's
-storage locations. The DID is derived from the owner and the job id, so a
-retried registration returns the same DID. Only the owner may download its
-files, through the provider (DownloadAssetFile); nobody sees the locations.
-Who may register is the grant's business (results_grants.py).
+files are results locations this provider issued (file_locations.py:
+signed for the job, its owner and this DID, then sealed), so only the
+provider can read them and nobody can make one. The DID is derived from the
+owner and the job id, so a retried registration returns the same DID. Who
+may register is the grant's business (results_grants.py).
+
+Nothing about the job is public (DESIGN.md, "Who may see what"): the DDO
+names no job id, no input and no location, and a results asset is stored as
+kind RESULTS_KIND, which ListAssets never lists. The job id, its inputs and
+its results stay in the job record, for its owner and viewers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import ddos, sealing
+from . import ddos, file_locations, sealing
 
 RESULTS_SERVICE = "results"
-RESULTS_FILE_TYPE = "results"  # a location in this provider's results storage
+RESULTS_NAME = "Compute job results"
+# The kind a results asset is stored as, beside "dataset" and "algorithm":
+# its DDO says "dataset" (Ocean's shape), but no listing shows it.
+RESULTS_KIND = "results"
 
 
 def results_did(owner: str, job_id: str) -> str:
@@ -24,39 +32,25 @@ def results_did(owner: str, job_id: str) -> str:
 
 
 def results_ddo(
+    keys: sealing.ProviderKeys,
     *,
     job_id: str,
     owner: str,
-    dataset_dids: Sequence[str],
-    algorithm_did: str,
-    files: list[dict[str, Any]],
-    provider_public_key_hex: str,
+    files: Sequence[Mapping[str, Any]],
     service_endpoint: str,
 ) -> dict[str, Any]:
     """The results asset's DDO (without its id; see `results_did`)."""
     did = results_did(owner, job_id)
+    issued = file_locations.issue_results_locations(keys, job_id=job_id, owner=owner, did=did, files=files)
     return {
         "version": "4.1.0",
-        "metadata": {
-            "type": "dataset",
-            "name": f"Results of compute job {job_id}",
-            "author": owner,
-            "license": "proprietary",
-            "description": f"Results of {algorithm_did or 'a raw algorithm'} on {', '.join(dataset_dids)}",
-            "additionalInformation": {
-                "c2dResults": {
-                    "jobId": job_id,
-                    "datasetDids": list(dataset_dids),
-                    "algorithmDid": algorithm_did,
-                },
-            },
-        },
+        "metadata": {"type": "dataset", "name": RESULTS_NAME, "author": owner, "license": "proprietary"},
         "services": [
             {
                 "id": RESULTS_SERVICE,
                 "type": "access",
                 "timeout": 0,
-                "files": sealing.seal_files(provider_public_key_hex, files),
+                "files": sealing.seal_files(keys.public_key_hex, issued),
                 "datatokenAddress": ddos.datatoken_address(did, RESULTS_SERVICE),
                 "serviceEndpoint": service_endpoint,
             }

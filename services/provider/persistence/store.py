@@ -178,9 +178,13 @@ def read_asset(session: Session, did: str) -> Asset | None:
 
 
 def list_assets(session: Session, asset_type: str, owner: str, page_size: int, after_did: str) -> list[Asset]:
+    """Datasets and algorithms, by DID. Never results assets: those are their
+    job's, and nothing about a job is public (domain/results_assets.py)."""
     query = select(Asset)
     if asset_type:
         query = query.where(Asset.asset_type == asset_type)
+    else:
+        query = query.where(Asset.asset_type.in_(ddos.ASSET_TYPES))
     if owner:
         query = query.where(Asset.owner == owner)
     if after_did:
