@@ -34,6 +34,8 @@ from tests.storage.conftest import s3_config
 from tests.support.servers import SeaweedFS, free_ports
 
 MiB = 1 << 20
+# The engine's results bucket (C2D_STORAGE_S3_BUCKET): staging never reads from it.
+RESULTS_BUCKET = "c2d-results"
 
 
 def sha(data: bytes) -> str:
@@ -66,8 +68,8 @@ def bucket(seaweedfs: SeaweedFS) -> str:
 
 
 @pytest.fixture
-def s3_conf(seaweedfs: SeaweedFS, bucket: str) -> StorageConfig:
-    return s3_config(seaweedfs, bucket)
+def s3_conf(seaweedfs: SeaweedFS) -> StorageConfig:
+    return s3_config(seaweedfs, RESULTS_BUCKET)
 
 
 def put_s3(seaweedfs: SeaweedFS, bucket: str, key: str, data: bytes) -> None:
@@ -166,7 +168,7 @@ async def test_missing_s3_bucket_is_31(s3_conf: StorageConfig, tmp_path: Path) -
 
 async def test_s3_credentials_refused_is_31_without_secrets(seaweedfs: SeaweedFS, bucket: str, tmp_path: Path) -> None:
     put_s3(seaweedfs, bucket, "a.bin", b"abc")
-    wrong = s3_config(seaweedfs, bucket, s3_secret_key="not-the-secret")
+    wrong = s3_config(seaweedfs, RESULTS_BUCKET, s3_secret_key="not-the-secret")
     request = raw_algorithm_request(s3(bucket, "a.bin"))
 
     outcome, log = await run(request, tmp_path / "data", fetchers=default_fetchers(storage_config=wrong))
@@ -286,6 +288,43 @@ async def test_malformed_s3_location_is_invalid_source(s3_conf: StorageConfig, t
     assert (outcome.status, outcome.error_code) == (31, "invalid_source")
     assert outcome.reason.endswith("file 0: the S3 location is not s3://bucket/key")
     assert "only-a-bucket" not in outcome.reason
+
+
+async def test_no_dataset_is_read_from_the_results_bucket(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    # Another job's result, where pod_publish put it: a dataset naming it must not stage it
+    # (the provider refuses such a DDO at publishing; this is the check where it is used).
+    results = seaweedfs.make_bucket("results")
+    put_s3(seaweedfs, results, "victim-job/outputs/result.json", b'{"secret": 42}')
+    config = s3_config(seaweedfs, results)
+    root = tmp_path / "data"
+
+    outcome, log = await run(
+        raw_algorithm_request(s3(results, "victim-job/outputs/result.json")),
+        root,
+        fetchers=default_fetchers(storage_config=config),
+    )
+
+    assert (outcome.status, outcome.error_code) == (31, "invalid_source")
+    assert outcome.reason.endswith("file 0: the S3 location is in the results bucket, which no dataset may name")
+    assert results not in outcome.reason + log.text and "victim-job" not in outcome.reason + log.text
+    inputs = root / "inputs" / did_dir(DATASET_DID)
+    assert not inputs.exists() or os.listdir(inputs) == []  # not a byte of it staged
+
+
+async def test_results_and_local_locations_never_stage(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    config = s3_config(seaweedfs, RESULTS_BUCKET)
+    for number, (source, code) in enumerate(
+        [
+            (FileSource(type="results", url="local:victim-job/outputs/result.json"), "unknown_source_type"),
+            (FileSource(type="url", url="local:victim-job/outputs/result.json"), "invalid_source"),
+        ]
+    ):
+        root = tmp_path / f"data{number}"
+        outcome, _ = await run(raw_algorithm_request(source), root, fetchers=default_fetchers(storage_config=config))
+        assert (outcome.status, outcome.error_code) == (31, code), outcome.reason
+        assert "victim-job" not in outcome.reason
+        inputs = root / "inputs" / did_dir(DATASET_DID)
+        assert not inputs.exists() or os.listdir(inputs) == []  # not a byte of it staged
 
 
 async def test_s3_and_ipfs_are_unsupported_without_storage_configuration(tmp_path: Path) -> None:

@@ -664,6 +664,7 @@ class StorageFetcher:
     every chunk is charged to the shared budget before it is written, so
     concurrent downloads cannot overshoot the disk. Transient failures are
     retried from byte 0 with backoff. Reasons never name the bucket, key or CID.
+    No dataset is read from the results bucket (other jobs' results live there).
     """
 
     def __init__(self, config: StorageConfig) -> None:
@@ -704,6 +705,11 @@ class StorageFetcher:
             bucket, sep, key = source.url.removeprefix("s3://").partition("/")
             if not source.url.startswith("s3://") or not bucket or not sep or not key:
                 raise FetchError("invalid_source", "the S3 location is not s3://bucket/key")
+            if self._config.kind == "s3" and bucket == self._config.s3_bucket:
+                # other jobs' results: the provider refuses such a dataset at publishing, this again here
+                raise FetchError(
+                    "invalid_source", "the S3 location is in the results bucket, which no dataset may name"
+                )
             return functools.partial(storage.download_s3, self._config, bucket, key)
         try:
             cid = str(storage.parse_cid(source.cid))
