@@ -11,7 +11,10 @@ What the algorithm sees (``use_sandbox=True``)
     when that is set, and charged to the memory cgroup), and /data:
     inputs/, transformations/, ddos/ read-only, outputs/ and logs/ writable.
     No network at all (not even the host's 127.0.0.1) unless
-    ``allow_network``. The environment is exactly ``spec.env`` plus PATH and
+    ``allow_network``; then a network of its own (``network.py``: its own
+    namespace, slirp4netns, nftables rules the algorithm cannot touch), which
+    reaches public addresses and never the host, its loopback, private ranges
+    or metadata addresses. The environment is exactly ``spec.env`` plus PATH and
     HOME=/tmp (spec.env wins if it sets them).
 
 How it is started (race-free limits)
@@ -96,8 +99,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cgroups
+from . import cgroups, network
 from .cgroups import CgroupError, JobCgroup
+from .network import JobNetwork, NetworkUnavailable
 
 __all__ = [
     "CgroupError",
@@ -121,11 +125,11 @@ KILL_DEADLINE_S = 1.0
 # counted in pids.max besides the algorithm: the host-side watcher, and when sandboxed
 # the outer bwrap, the pid namespace's init and the in-sandbox watcher
 SANDBOX_HELPER_PROCESSES = 4
+NETWORK_HELPER_PROCESSES = 1  # slirp4netns, in the run's cgroups
 DIRECT_HELPER_PROCESSES = 1
 _ETC_ALWAYS = ("/etc/alternatives", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime")
+# with network; resolv.conf and hosts are the job network's own (network.py)
 _ETC_NETWORK = (
-    "/etc/resolv.conf",
-    "/etc/hosts",
     "/etc/host.conf",
     "/etc/nsswitch.conf",
     "/etc/gai.conf",
@@ -296,10 +300,16 @@ class SandboxCapabilities:
     cgroup_version: int | None  # 1, 2 or None
     limits_in_force: tuple[str, ...]
     problem: str | None = None  # why bwrap is not usable
+    network_problem: str | None = None  # why network-allowed jobs cannot get a network of their own
 
     def describe(self) -> str:
-        if self.bwrap:
-            box = f"bubblewrap {self.bwrap} (no network unless allowed)"
+        if self.bwrap and self.network_problem:
+            box = f"bubblewrap {self.bwrap} (no network; network-allowed jobs refused: {self.network_problem})"
+        elif self.bwrap:
+            box = (
+                f"bubblewrap {self.bwrap} (no network unless allowed, and then a network of its own: "
+                "no host, private or metadata address)"
+            )
         else:
             box = f"no sandbox ({self.problem or 'bubblewrap unavailable'})"
         groups = f"cgroup v{self.cgroup_version}" if self.cgroup_version else "no cgroups"
@@ -378,9 +388,13 @@ def detect_capabilities(*, bwrap: str | None = None) -> SandboxCapabilities:
     limits = _rlimit_names(os.geteuid())
     limits += [f"cgroup:{c}" for c in cgroups.CONTROLLERS if c in host.controllers]
     limits.append("disk:watch")
+    network_problem = None
     if usable:
         limits.append("net:none")
-    return SandboxCapabilities(usable, host.version, tuple(limits), problem)
+        network_problem = network.probe()
+        if network_problem is None:
+            limits.append("net:own")
+    return SandboxCapabilities(usable, host.version, tuple(limits), problem, network_problem)
 
 
 def disk_usage(*roots: Path) -> int:
@@ -455,7 +469,10 @@ class SandboxRun:
         self._cgroup = cg
         self._home: str | None = None
         self._log_fd = -1
+        self._network: JobNetwork | None = None
         try:
+            if spec.use_sandbox and spec.allow_network:
+                self._network = await self._open_network(cg)
             env = {"PATH": SANDBOX_PATH, "HOME": "/tmp", **spec.env}
             # bwrap --chdir and the shells export PWD; the algorithm gets exactly env
             keep_pwd = "PWD" in env
@@ -472,9 +489,11 @@ class SandboxRun:
                     "c2d-lifeline",
                     *spec.argv,
                 ]
+                if self._network is not None:  # bwrap starts inside the job's own namespace
+                    command = [*self._network.enter_command(), *command]
                 launch_env = {"PATH": _LAUNCH_PATH}  # nothing of the engine's environment
                 cwd = "/"
-                in_force.append("net:shared" if spec.allow_network else "net:none")
+                in_force.append("net:own" if spec.allow_network else "net:none")
             else:
                 self._home = tempfile.mkdtemp(prefix=f"c2d-home-{cgroups.cgroup_name(spec.job_id)}-")
                 env = {k: _to_host(v, workspace) for k, v in env.items()}
@@ -517,8 +536,12 @@ class SandboxRun:
                 start_new_session=True,
                 env=launch_env,
                 cwd=cwd,
+                pass_fds=self._network.etc_fds() if self._network else (),
             )
+            if self._network is not None:
+                self._network.sent()
         except BaseException:
+            await self._close_network()
             self._release_resources()
             raise
         self._proc = proc
@@ -535,6 +558,7 @@ class SandboxRun:
             except ProcessLookupError:
                 pass
             await proc.wait()
+            await self._close_network()
             self._release_resources()
             raise
         self._started = time.monotonic()
@@ -553,6 +577,8 @@ class SandboxRun:
         max_pids = None
         if lim.max_processes is not None:
             max_pids = lim.max_processes + (SANDBOX_HELPER_PROCESSES if sandboxed else DIRECT_HELPER_PROCESSES)
+            if sandboxed and self._spec.allow_network:
+                max_pids += NETWORK_HELPER_PROCESSES
         cg = None
         if host.controllers:
             cg = JobCgroup.create(
@@ -579,11 +605,18 @@ class SandboxRun:
                 in_force.append("rlimit:nproc")
         return rl, in_force, cg
 
+    async def _open_network(self, cg: JobCgroup | None) -> JobNetwork:
+        join_files = cg.join_files() if cg else []
+        try:
+            return await JobNetwork.open(join_files)
+        except NetworkUnavailable as exc:
+            raise SandboxUnavailable(f"the job's own network cannot be made: {exc}") from None
+
     def _bwrap_args(self, env: Mapping[str, str]) -> list[str]:
         spec, ws = self._spec, self._workspace
         args = ["--unshare-all", "--unshare-user"]
         if spec.allow_network:
-            args.append("--share-net")
+            args.append("--share-net")  # the job's own namespace, the one bwrap starts in
         # no nested user namespaces: they are the usual door to kernel privilege bugs
         args += [
             "--disable-userns",
@@ -598,9 +631,10 @@ class SandboxRun:
         for key, value in env.items():
             args += ["--setenv", key, value]
         args += _system_binds()
-        if spec.allow_network:
+        if self._network is not None:
             for etc in _ETC_NETWORK:
                 args += ["--ro-bind-try", etc, etc]
+            args += self._network.etc_args()
         args += ["--proc", "/proc", "--dev", "/dev"]
         if self._limits.memory_bytes is not None:  # /tmp is memory: never bigger than the limit
             args += ["--size", str(self._limits.memory_bytes)]
@@ -671,6 +705,7 @@ class SandboxRun:
             if not exited.done():  # cancelled from outside: never leave the tree running
                 await self._kill_tree(exited)
             self._cut_lifeline()
+            await self._close_network()
             await asyncio.to_thread(self._release_resources)
 
     def _cut_lifeline(self) -> None:
@@ -764,6 +799,11 @@ class SandboxRun:
             if await asyncio.to_thread(disk_usage, *self._rw_dirs()) > quota:
                 self._request_kill("disk")
                 return
+
+    async def _close_network(self) -> None:
+        if self._network is not None:  # before the cgroups go: slirp4netns is in them
+            await self._network.close()
+            self._network = None
 
     def _release_resources(self) -> None:
         if self._cgroup is not None:
