@@ -24,7 +24,7 @@ class NoopBackend:
     def describe(self) -> str:
         return "no-op backend: every stage succeeds at once (benchmarks and tests only)"
 
-    def validate(self, entrypoint: str, image: str) -> None:
+    def validate(self, entrypoint: str, image: str, allow_network: bool) -> None:
         return None
 
     def reclaim(self, job: JobSpec) -> None:

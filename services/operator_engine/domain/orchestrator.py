@@ -137,7 +137,7 @@ class Orchestrator:
                 "entrypoint_invalid",
                 field="workflow.container.entrypoint",
             )
-        self.backend.validate(spec_fields["entrypoint"], spec_fields["image"])
+        self.backend.validate(spec_fields["entrypoint"], spec_fields["image"], spec_fields["allow_network"])
         requested = spec_fields["algorithm_timeout_s"]
         if requested > self.environment.max_job_duration_s:
             raise errors.FailedPrecondition(

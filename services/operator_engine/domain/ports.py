@@ -67,8 +67,9 @@ class Backend(Protocol):
     def describe(self) -> str:
         """Which limits are in force, for the environment's description."""
 
-    def validate(self, entrypoint: str, image: str) -> None:
-        """Refuses (plumbing.errors) an algorithm container this backend cannot run."""
+    def validate(self, entrypoint: str, image: str, allow_network: bool) -> None:
+        """Refuses (plumbing.errors) an algorithm container this backend cannot run, or
+        network access it cannot give without exposing the host (DESIGN: who may see what)."""
 
     def reclaim(self, job: JobSpec) -> None:
         """At start-up: frees what a run of the job left when the previous engine died."""

@@ -56,13 +56,20 @@ class LocalBackend:
             return "local processes WITHOUT a sandbox (explicitly configured; never for untrusted code)"
         return "local bubblewrap sandbox; " + self._capabilities.describe()
 
-    def validate(self, entrypoint: str, image: str) -> None:
+    def validate(self, entrypoint: str, image: str, allow_network: bool) -> None:
         if self.sandboxed and not self._capabilities.bwrap:
             raise errors.FailedPrecondition(
                 f"this engine cannot sandbox algorithms ({self._capabilities.problem or 'bubblewrap unavailable'}), "
                 "so it refuses to run them: install bubblewrap, or run only trusted code in an environment "
                 "configured without a sandbox (C2D_ENGINE_SANDBOX=false)",
                 "sandbox_unavailable",
+            )
+        if self.sandboxed and allow_network and self._capabilities.network_problem:
+            raise errors.FailedPrecondition(
+                "this engine cannot give a job a network of its own "
+                f"({self._capabilities.network_problem}), so it refuses jobs that ask for network access: "
+                "install slirp4netns and nftables, or run the job without network access",
+                "network_unavailable",
             )
         try:
             runtimes.resolve({"entrypoint": entrypoint, "image": image})
