@@ -39,10 +39,13 @@ NETWORK = """
         report(dns="resolved")
     except OSError as e:
         report(dns=type(e).__name__)
+    report(interfaces=sorted(name for _, name in socket.if_nameindex()))
 """
 
 
-async def test_without_network_loopback_and_dns_fail_and_allow_network_is_honoured(data_dir, postgres_url, tmp_path):
+async def test_without_network_loopback_and_dns_fail_and_allow_network_gives_a_network_of_its_own(
+    data_dir, postgres_url, tmp_path
+):
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
@@ -52,8 +55,15 @@ async def test_without_network_loopback_and_dns_fail_and_allow_network_is_honour
             opened = await engine.submit(workflow(code, allow_network=True))
             assert_completed(await engine.ended(closed))
             assert_completed(await engine.ended(opened))
-            assert report_of(engine, closed) == {"connect": "ConnectionRefusedError", "dns": "gaierror"}
-            assert report_of(engine, opened)["connect"] == "connected"
+            assert report_of(engine, closed) == {
+                "connect": "ConnectionRefusedError",
+                "dns": "gaierror",
+                "interfaces": ["lo"],
+            }
+            # a network of its own (test_job_network.py): an interface out, and the host's
+            # loopback listener is not on it
+            assert report_of(engine, opened)["interfaces"] == ["lo", "tap0"]
+            assert report_of(engine, opened)["connect"] == "ConnectionRefusedError"
             environment = await engine.environment()
             assert "no network unless allowed" in environment.description
 

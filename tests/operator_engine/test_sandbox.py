@@ -85,19 +85,6 @@ async def test_without_network_host_loopback_and_dns_are_unreachable(tmp_path):
             listener.accept()
 
 
-async def test_with_allow_network_the_same_connection_reaches_the_host(tmp_path):
-    with listening_socket() as listener:
-        job = make_job(tmp_path, py(CONNECT_AND_RESOLVE.format(port=listener.getsockname()[1])))
-        run, outcome = await run_to_end(job, allow_network=True)
-        assert outcome.exit_code == 0, job.log.read_text()
-        assert "net:shared" in run.limits_in_force
-        assert job.report()["connect"] == "connected"
-        assert job.report()["dns_localhost"] == "resolved"  # /etc/hosts is provided with network
-        listener.settimeout(5)
-        conn, _ = listener.accept()
-        conn.close()
-
-
 # --- filesystem ----------------------------------------------------------------
 
 
