@@ -3,8 +3,9 @@
 For /bin/true, the time from the call that starts it to its exit (true runs
 for well under a millisecond, so this is start-to-first-instruction plus
 exec and exit), as a bare asyncio subprocess and through SandboxRun with and
-without bubblewrap and cgroup limits. Medians over N runs. Not a test: a
-figure to report, not to assert on a shared machine.
+without bubblewrap and cgroup limits, and with a network of its own. Medians
+over N runs. Not a test: a figure to report, not to assert on a shared
+machine.
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ async def bare() -> float:
     return time.monotonic() - t0
 
 
-async def through_sandbox(ws: Path, use_sandbox: bool, limits: SandboxLimits) -> tuple[float, float]:
+async def through_sandbox(
+    ws: Path, use_sandbox: bool, limits: SandboxLimits, allow_network: bool = False
+) -> tuple[float, float]:
     t0 = time.monotonic()
-    run = await SandboxRun.start(SandboxSpec("bench", ws, ("/bin/true",), {}, limits=limits, use_sandbox=use_sandbox))
+    spec = SandboxSpec(
+        "bench", ws, ("/bin/true",), {}, limits=limits, use_sandbox=use_sandbox, allow_network=allow_network
+    )
+    run = await SandboxRun.start(spec)
     outcome = await run.wait()
     done = time.monotonic()
     assert outcome.exit_code == 0, outcome
@@ -52,12 +58,14 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
         rows = {"bare asyncio subprocess": [await bare() for _ in range(N)]}
-        for label, sandboxed, limits in [
-            ("SandboxRun, no sandbox, no limits", False, plain),
-            ("SandboxRun, bwrap, no limits", True, plain),
-            ("SandboxRun, bwrap, rlimits + cgroups + disk watch", True, limited),
+        for label, sandboxed, limits, allow_network in [
+            ("SandboxRun, no sandbox, no limits", False, plain, False),
+            ("SandboxRun, bwrap, no limits", True, plain, False),
+            ("SandboxRun, bwrap, rlimits + cgroups + disk watch", True, limited, False),
+            # a network of its own: namespace + nft rules, slirp4netns ready, nsenter
+            ("SandboxRun, bwrap, limits + own network", True, limited, True),
         ]:
-            pairs = [await through_sandbox(ws, sandboxed, limits) for _ in range(N)]
+            pairs = [await through_sandbox(ws, sandboxed, limits, allow_network) for _ in range(N)]
             rows[label] = [p[0] for p in pairs]
             rows[label + " (incl. cleanup)"] = [p[1] for p in pairs]
     base = statistics.median(rows["bare asyncio subprocess"])
