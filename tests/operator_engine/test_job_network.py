@@ -29,8 +29,10 @@ from pathlib import Path
 import pytest
 
 from cli.stack import start_stack
+from plumbing import errors
 from plumbing.statuses import EndReason, Status
 from services.operator_engine.backends.local import network
+from services.operator_engine.backends.local.backend import LocalBackend
 from services.operator_engine.backends.local.sandbox import SandboxLimits, SandboxRun, detect_capabilities
 from tests.operator_engine.engine_harness import EngineClient, workflow
 from tests.operator_engine.helpers import ALGO, PYTHON, Job, make_job, processes_of, py
@@ -544,3 +546,18 @@ def _within(address: str, network_: str) -> bool:
     ip_ = ipaddress.ip_address(address)
     net = ipaddress.ip_network(network_, strict=False)
     return ip_.version == net.version and ip_ in net
+
+
+@pytest.mark.parametrize("allow_network", [True, False])
+def test_without_an_own_network_a_network_allowed_job_is_refused_at_submit(allow_network):
+    host = detect_capabilities()
+    without = dataclasses.replace(host, network_problem="slirp4netns not found (Debian package slirp4netns)")
+    backend = LocalBackend("127.0.0.1:1", {}, use_sandbox=True, capabilities=without)
+    if not allow_network:
+        backend.validate("python3 $ALGO", "python", allow_network)  # the rest runs as before
+        return
+    with pytest.raises(errors.FailedPrecondition) as refused:
+        backend.validate("python3 $ALGO", "python", allow_network)
+    assert refused.value.code == "network_unavailable"
+    assert "slirp4netns not found" in str(refused.value)
+    assert "network-allowed jobs refused: slirp4netns not found" in without.describe()

@@ -39,11 +39,12 @@ class LocalBackend:
         pod_environment: Mapping[str, str],
         use_sandbox: bool,
         launcher: Launcher | None = None,
+        capabilities: sandbox.SandboxCapabilities | None = None,  # default: what this host has
     ) -> None:
         self.agent_address = agent_address
         self._pod_environment = dict(pod_environment)
         self.sandboxed = use_sandbox
-        self._capabilities = sandbox.detect_capabilities()
+        self._capabilities = capabilities or sandbox.detect_capabilities()
         self._launcher = launcher or SubprocessLauncher()
         self._releasing: set[asyncio.Task[sandbox.SandboxOutcome]] = set()  # finished runs' cgroup removal
 
