@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import sys
 import textwrap
 import uuid
 from dataclasses import dataclass
@@ -69,6 +71,30 @@ def make_job(root: Path, algorithm: str) -> Job:
     (ws / "ddos" / DATASET_DID).write_text("{}")
     (ws / "transformations" / "algorithm").write_text(algorithm)
     return Job(job_id, ws, uuid.uuid4().hex)
+
+
+async def engines_that_die(script: str, jobs: list[Job], delays: list[float]) -> list[int]:
+    """Runs `script` (an engine that starts the job's run, then dies at a point the delay
+    chooses) once per job, as `python -c script REPO job_id workspace env delay python algo`;
+    the dead engines' pids, once each has exited 0."""
+    repo = str(Path(__file__).resolve().parents[2])
+    engines = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            script,
+            repo,
+            job.job_id,
+            str(job.workspace),
+            json.dumps(job.env()),
+            str(delay),
+            PYTHON,
+            ALGO,
+        )
+        for job, delay in zip(jobs, delays, strict=True)
+    ]
+    assert [await e.wait() for e in engines] == [0] * len(engines)
+    return [e.pid for e in engines]
 
 
 def processes_of(job: Job, *, algorithm_only: bool = False) -> list[int]:

@@ -35,10 +35,9 @@ from services.operator_engine.backends.local import network
 from services.operator_engine.backends.local.backend import LocalBackend
 from services.operator_engine.backends.local.sandbox import SandboxLimits, SandboxRun, detect_capabilities
 from tests.operator_engine.engine_harness import EngineClient, workflow
-from tests.operator_engine.helpers import ALGO, PYTHON, Job, make_job, processes_of, py
+from tests.operator_engine.helpers import Job, engines_that_die, make_job, processes_of, py
 from tests.support.stacks import settings_for
 
-REPO = Path(__file__).resolve().parents[2]
 POSTGRES_PORT = 5432
 TEST_HOSTS = {
     "public": "198.51.100.10",  # TEST-NET-2: stands in for any public address
@@ -500,23 +499,8 @@ async def test_engine_death_leaves_no_network_behind(tmp_path):
     # start-up of a network-allowed run: ~20 ms to the namespace, ~40 ms to slirp4netns ready
     delays = [0.005, 0.02, 0.04, 0.06, 0.1, -1]
     jobs = [make_job(tmp_path, py(SITS_ON_THE_NETWORK)) for _ in delays]
-    engines = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-c",
-            DYING_ENGINE,
-            str(REPO),
-            job.job_id,
-            str(job.workspace),
-            json.dumps(job.env()),
-            str(delay),
-            PYTHON,
-            ALGO,
-        )
-        for job, delay in zip(jobs, delays, strict=True)
-    ]
-    assert [await e.wait() for e in engines] == [0] * len(delays)
-    await wait_for(lambda: all(network_processes(e.pid) == {} for e in engines))
+    engines = await engines_that_die(DYING_ENGINE, jobs, delays)
+    await wait_for(lambda: all(network_processes(pid) == {} for pid in engines))
     await wait_for(lambda: all(processes_of(job) == [] for job in jobs))
     reported = [job for job in jobs if "netns" in report_so_far(job)]
     assert jobs[-1] in reported

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -21,7 +20,16 @@ from services.operator_engine.backends.local.sandbox import (
     SandboxUnavailable,
     detect_capabilities,
 )
-from tests.operator_engine.helpers import ALGO, DATASET_DID, PYTHON, Job, make_job, processes_of, py, sh
+from tests.operator_engine.helpers import (
+    ALGO,
+    DATASET_DID,
+    Job,
+    engines_that_die,
+    make_job,
+    processes_of,
+    py,
+    sh,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TRUNCATION_MARKER = b"[c2d] algorithm.log truncated"
@@ -500,22 +508,7 @@ async def test_engine_death_takes_the_sandbox_down_and_its_cgroup_is_reclaimed(t
     jobs = [make_job(tmp_path, "import time; time.sleep(60)\n") for _ in delays]
     dirs = [d for job in jobs for d in job_cgroup_dirs(job)]
     try:
-        engines = [
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                DYING_ENGINE,
-                str(REPO),
-                job.job_id,
-                str(job.workspace),
-                json.dumps(job.env()),
-                str(delay),
-                PYTHON,
-                ALGO,
-            )
-            for job, delay in zip(jobs, delays, strict=True)
-        ]
-        assert [await e.wait() for e in engines] == [0] * len(delays)
+        await engines_that_die(DYING_ENGINE, jobs, delays)
         await wait_for(lambda: all(processes_of(job) == [] for job in jobs), timeout=5.0)
         job = jobs[-1]
         stale = job_cgroup_dirs(job)
