@@ -1,6 +1,37 @@
-"""A Kubernetes cluster for tests (in progress): the checks of deploy/'s manifests.
+"""A Kubernetes cluster for tests: an emulated API server (a kubelet that runs pods locally comes next).
 
+No real API server runs on these machines (../shared/INFRA.md), so the
+kubernetes backend is tested against these, through the official client over
+real HTTP::
+
+    from testkit import kube
+
+    with kube.ApiServer() as api, kube.Kubelet(api, tmp_path) as kubelet:
+        client = api.api_client()                       # or api.configuration()
+        kubelet.plan(kube.OOMKilled(), labels={"c2d.dev/stage": "algorithm"})
+        ...                                             # the backend runs jobs
+        kube.count(api.calls(user_agent="c2d"))         # its API calls, by verb and resource
+
+The modules, each with its own docstring:
+
+server.py      ``ApiServer``: the emulator on a free local port, in its own thread;
+               ``apply``, ``token_for`` (RBAC-checked clients), ``expire_watches``
+               (410 Gone on demand), ``calls``/``mark``/``count`` (what was asked).
+emulator.py    ``KubernetesApiEmulator``: kmock's emulator with resourceVersions,
+               selectors, resumable and expiring watches, timeouts, cascading
+               deletion, graceful pod deletion, status subresources, PUT and
+               the three patch formats, custom resources from CRDs, pods/log, RBAC.
+kubelet.py     ``Kubelet``: watches pods, schedules them, runs them as local
+               processes and reports their phases as a node does.
+scenarios.py   What the kubelet plays instead of running a pod: ``Exit``,
+               ``OOMKilled``, ``Waiting`` (``IMAGE_PULL_BACKOFF``...), ``Hang``,
+               ``NodeLost``, ``Deleted``, ``Unschedulable``.
+containers.py  The pod -> local process mapping (command, env, volumes, mounts).
 manifests.py   deploy/ manifests: loaded, and validated as the suite requires.
-validation.py, rbac.py
-               The API server's rules for objects and for who may do what.
+selectors.py, patches.py, validation.py, rbac.py, logs.py
+               The API server's rules, one concern each.
 """
+
+from testkit.kube.server import ApiCall, ApiServer, count
+
+__all__ = ["ApiCall", "ApiServer", "count"]
