@@ -1,4 +1,4 @@
-"""A Kubernetes cluster for tests: an emulated API server (a kubelet that runs pods locally comes next).
+"""A Kubernetes cluster for tests: an emulated API server and a kubelet that runs pods locally.
 
 No real API server runs on these machines (../shared/INFRA.md), so the
 kubernetes backend is tested against these, through the official client over
@@ -32,6 +32,34 @@ selectors.py, patches.py, validation.py, rbac.py, logs.py
                The API server's rules, one concern each.
 """
 
+from testkit.kube.kubelet import Kubelet
+from testkit.kube.scenarios import (
+    IMAGE_PULL_BACKOFF,
+    Deleted,
+    Exit,
+    Hang,
+    NodeLost,
+    OOMKilled,
+    Run,
+    Scenario,
+    Unschedulable,
+    Waiting,
+)
 from testkit.kube.server import ApiCall, ApiServer, count
 
-__all__ = ["ApiCall", "ApiServer", "count"]
+__all__ = [
+    "IMAGE_PULL_BACKOFF",
+    "ApiCall",
+    "ApiServer",
+    "Deleted",
+    "Exit",
+    "Hang",
+    "Kubelet",
+    "NodeLost",
+    "OOMKilled",
+    "Run",
+    "Scenario",
+    "Unschedulable",
+    "Waiting",
+    "count",
+]

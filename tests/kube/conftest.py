@@ -1,4 +1,4 @@
-"""An emulated API server per test, with clients for it."""
+"""An emulated API server (and a test kubelet) per test, with clients for it."""
 
 from __future__ import annotations
 
@@ -24,3 +24,9 @@ def core(api: kube.ApiServer) -> kubernetes.client.CoreV1Api:
 @pytest.fixture
 def custom(api: kube.ApiServer) -> kubernetes.client.CustomObjectsApi:
     return kubernetes.client.CustomObjectsApi(api.api_client())
+
+
+@pytest.fixture
+def kubelet(api: kube.ApiServer, tmp_path) -> Iterator[kube.Kubelet]:
+    with kube.Kubelet(api, tmp_path / "node") as node:
+        yield node
