@@ -224,6 +224,8 @@ class Kubelet:
                 self._workers.pop(uid, None)
             elif worker is None and self._is_ours(pod):
                 worker = self._workers[uid] = PodWorker(self, pod)
+                if pod["metadata"].get("deletionTimestamp"):
+                    worker.request_deletion(pod)  # bound here before this kubelet started: let it go
                 worker.start()
                 return
         if worker is None:
@@ -285,6 +287,8 @@ class PodWorker(threading.Thread):
             self._kill(0)
 
     def _live(self) -> None:
+        if self.deleting is not None:
+            return self._confirm_deletion()
         scenario = self.kubelet.scenario_for(self.pod)
         if not self.pod["spec"].get("nodeName") and not self._schedule(scenario):
             return
