@@ -30,6 +30,18 @@ containers.py  The pod -> local process mapping (command, env, volumes, mounts).
 manifests.py   deploy/ manifests: loaded, and validated as the suite requires.
 selectors.py, patches.py, validation.py, rbac.py, logs.py
                The API server's rules, one concern each.
+
+What the official client (37.x) does, seen here:
+
+- ``watch.Watch().stream(..., deserialize=False)`` fails with
+  ``KeyError('raw_object')`` on an ERROR event (a 410): keep the default and
+  read ``event["raw_object"]``. With ``timeout_seconds`` it raises the 410 as
+  an ``ApiException`` at once; without, it retries once from its last version.
+- Typed methods check dict bodies with pydantic before sending: an unknown
+  field never reaches the server. A dict PATCH on a built-in kind goes as a
+  strategic merge patch, on a custom object as a merge patch.
+- Answers that do not fit the declared model (a binding's Status, a
+  delete that returns the object) read best with ``_preload_content=False``.
 """
 
 from testkit.kube.kubelet import Kubelet
