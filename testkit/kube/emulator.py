@@ -85,6 +85,7 @@ import random
 import re
 import string
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -245,7 +246,9 @@ class KubernetesApiEmulator(kmock.KubernetesEmulator):
         # Not KubernetesEmulator's own: its fallbacks change objects before any reaction
         # runs and know no resourceVersion. The scaffold's discovery and errors stay.
         kmock.KubernetesScaffold.__attrs_post_init__(self)
-        self.resources.load_bundled()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # kmock 0.8 reads it with importlib's read_binary
+            self.resources.load_bundled()
         # The emulation answers outside kmock's rendering (which keeps a reaction's last
         # status and headers for its next answer): its reaction only signals that it is due.
         self.fallback[lambda request: self._is_resource_path(request.url.path)] << _Emulate
