@@ -98,13 +98,15 @@ def test_a_termination_message_file_is_reported(core, kubelet):
     assert terminated(end)["message"] == "stage_failed\n"
 
 
-def test_pod_config_image_runs_the_real_program(core, kubelet):
-    core.create_namespaced_pod(NS, pod("configure", None, image="ghcr.io/c2d/pod-config:dev"))
+@pytest.mark.parametrize("program", ["pod_config", "pod_publish"])
+def test_the_pod_program_images_run_the_real_programs(core, kubelet, program):
+    image = f"ghcr.io/c2d/{program.replace('_', '-')}:dev"
+    core.create_namespaced_pod(NS, pod("stage", None, image=image))
 
-    end = wait_for_pod(core, "configure", finished, timeout=60)[-1][1]
+    end = wait_for_pod(core, "stage", finished, timeout=60)[-1][1]
 
     assert terminated(end)["exitCode"] == 2  # it starts, and finds no job in its environment
-    assert "pod_config: environment variable 'C2D_JOB_ID' is required" in core.read_namespaced_pod_log("configure", NS)
+    assert f"{program}: environment variable 'C2D_JOB_ID' is required" in core.read_namespaced_pod_log("stage", NS)
 
 
 def test_a_missing_secret_key_and_an_invalid_image_never_start(core, kubelet):
