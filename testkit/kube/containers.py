@@ -174,8 +174,8 @@ def environment(pod: Mapping[str, Any], container: Mapping[str, Any], read: Obje
         obj = read(plural, namespace, ref.get("name", ""))
         if obj is None and not ref.get("optional"):
             raise NotStartable("CreateContainerConfigError", f'{plural[:-1]} "{ref.get("name")}" not found')
-        for key, value in _decoded(plural, obj or {}).items():
-            env[source.get("prefix", "") + key] = value.decode()
+        for key, raw in _decoded(plural, obj or {}).items():
+            env[source.get("prefix", "") + key] = raw.decode()
     for variable in container.get("env") or []:
         source = variable.get("valueFrom")
         if source is None:

@@ -86,7 +86,7 @@ import re
 import string
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,7 +174,7 @@ class Target:
 
 @dataclass(frozen=True)
 class Reply:
-    """An answer: a JSON object, bytes, or an async iterator of watch events or log chunks (a stream)."""
+    """An answer: a JSON object, bytes, or an async generator of watch events or log chunks (a stream)."""
 
     body: Any
     status: int = 200
@@ -292,13 +292,14 @@ class KubernetesApiEmulator(kmock.KubernetesEmulator):
 
     async def _respond(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         reply = await self._serve(request)
-        if not isinstance(reply.body, AsyncIterator):
+        if not isinstance(reply.body, AsyncGenerator):
             if isinstance(reply.body, bytes):
                 return aiohttp.web.Response(body=reply.body, status=reply.status, content_type=reply.content_type)
             return aiohttp.web.json_response(reply.body, status=reply.status)
         response = aiohttp.web.StreamResponse(status=reply.status, headers={"Content-Type": reply.content_type})
         try:
             # kmock keeps the aiohttp request there; the headers go now: a client waits for them before reading
+            assert request._raw_request is not None
             await response.prepare(request._raw_request)
             async for item in reply.body:
                 await response.write(item if isinstance(item, bytes) else json.dumps(item).encode() + b"\n")
@@ -602,8 +603,8 @@ class KubernetesApiEmulator(kmock.KubernetesEmulator):
                 return
             for change in changes:
                 since = change.rv
-                if event := self._event(change, target, scope):
-                    yield event
+                if update := self._event(change, target, scope):
+                    yield update
             timed_out = deadline is not None and loop.time() >= deadline
             if self._closing or timed_out:
                 if timed_out and params.get("allowWatchBookmarks") in _TRUE:

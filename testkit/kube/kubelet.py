@@ -63,7 +63,8 @@ USER_AGENT = "testkit-kubelet"
 GPU = "nvidia.com/gpu"
 MAX_GRACE_S = 2.0
 WATCH_TIMEOUT_S = 30
-_SIMULATED = (scenarios.Exit, scenarios.OOMKilled, scenarios.Hang, scenarios.NodeLost, scenarios.Deleted)
+# The scenarios that end on their own after a while (Hang waits for a deadline or a deletion).
+_TIMED = (scenarios.Exit, scenarios.OOMKilled, scenarios.NodeLost, scenarios.Deleted)
 
 
 def now() -> str:
@@ -294,6 +295,7 @@ class PodWorker(threading.Thread):
             return
         self.started_at = now()
         self._status(phase="Pending", container=self._container_status({"waiting": {"reason": "ContainerCreating"}}))
+        local: containers.LocalContainer | None = None
         try:
             if isinstance(scenario, scenarios.Run):
                 local = containers.prepare(self.pod, self.kubelet.root, self._read)
@@ -312,7 +314,7 @@ class PodWorker(threading.Thread):
         self.log = self.kubelet.api.pod_logs.started(
             self.namespace, self.name, self.pod["metadata"]["uid"], self.container["name"], log_file
         )
-        if isinstance(scenario, scenarios.Run):
+        if local is not None:
             self.process = local.start(log_file)
             threading.Thread(target=self._await_exit, daemon=True).start()
         elif isinstance(scenario, (scenarios.Exit, scenarios.OOMKilled, scenarios.Hang)):
@@ -320,7 +322,7 @@ class PodWorker(threading.Thread):
         self._status(
             phase="Running", ready=True, container=self._container_status({"running": {"startedAt": now()}}, ready=True)
         )
-        self._supervise(scenario, log_file, local.termination_message if isinstance(scenario, scenarios.Run) else None)
+        self._supervise(scenario, log_file, local.termination_message if local is not None else None)
 
     def _await_exit(self) -> None:
         assert self.process is not None
@@ -420,7 +422,7 @@ class PodWorker(threading.Thread):
     def _supervise(self, scenario: Scenario, log_file: Path, message_file: Path | None) -> None:
         started = time.monotonic()
         deadline_s = self.pod["spec"].get("activeDeadlineSeconds")
-        ends_after = getattr(scenario, "after_s", None) if isinstance(scenario, _SIMULATED) else None
+        ends_after = scenario.after_s if isinstance(scenario, _TIMED) else None
         while True:
             elapsed = time.monotonic() - started
             if self.deleting is not None:
@@ -520,13 +522,13 @@ class PodWorker(threading.Thread):
         if self.log is not None:
             self.log.finished.set()  # a follower has read it all once it reaches the end
         succeeded = code == 0 and pod_reason is None
-        extra = {}
+        why = {}
         if pod_reason == "DeadlineExceeded":
-            extra = {"reason": pod_reason, "message": "Pod was active on the node longer than the specified deadline"}
+            why = {"reason": pod_reason, "message": "Pod was active on the node longer than the specified deadline"}
         self._status(
             phase="Succeeded" if succeeded else "Failed",
             container=self._container_status({"terminated": state}),
-            **extra,
+            why=why,
         )
 
     def _termination_message(self, code: int, log_file: Path, message_file: Path | None) -> str:
@@ -560,7 +562,10 @@ class PodWorker(threading.Thread):
             condition["reason"] = reason
         return condition
 
-    def _status(self, *, phase: str, container: dict[str, Any], ready: bool = False, **extra: str) -> None:
+    def _status(
+        self, *, phase: str, container: dict[str, Any], ready: bool = False, why: Mapping[str, str] | None = None
+    ) -> None:
+        """The pod's whole status; ``why`` is the pod-level reason and message of a failure."""
         not_ready = None if ready else ("PodCompleted" if phase == "Succeeded" else "ContainersNotReady")
         self._patch(
             {
@@ -577,7 +582,7 @@ class PodWorker(threading.Thread):
                     self._condition("Ready", ready, not_ready),
                 ],
                 "containerStatuses": [container],
-                **extra,
+                **(why or {}),
             }
         )
 

@@ -64,7 +64,9 @@ _EXISTS_REQUIREMENT = re.compile(r"(?P<neg>!?)\s*(?P<key>[^\s!=<>(),]+)")
 
 def _split(text: str) -> list[str]:
     """Splits on the commas that are not inside parentheses."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "," and depth == 0:
             parts.append("".join(current).strip())

@@ -82,7 +82,7 @@ class ApiServer:
             ),
             *(doc for path in crds for doc in manifests.load(path)),
         ]
-        self._settings = {"history_window": history_window, "strict_schemas": strict_schemas}
+        self._history_window, self._strict_schemas = history_window, strict_schemas
         self.pod_logs = PodLogs()
         self.url = ""
         self._thread: threading.Thread | None = None
@@ -117,7 +117,9 @@ class ApiServer:
         try:
             self._loop = asyncio.get_running_loop()
             self._stopping = asyncio.Event()
-            emulator = KubernetesApiEmulator(pod_logs=self.pod_logs, **self._settings)
+            emulator = KubernetesApiEmulator(
+                pod_logs=self.pod_logs, history_window=self._history_window, strict_schemas=self._strict_schemas
+            )
             async with emulator, kmock.Server(emulator, host="127.0.0.1") as server:
                 for obj in self._seed:
                     await emulator.create_object(obj)
