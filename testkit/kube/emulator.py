@@ -514,8 +514,16 @@ class KubernetesApiEmulator(kmock.KubernetesEmulator):
             self._horizon = self._changes[dropped - 1].rv
             del self._changes[:dropped]
         self._state.notify_all()
-        if type_ != "ADDED" or _owner_uids(new):
+        if self._may_free(type_, old, new):
             self._request_gc()
+
+    @staticmethod
+    def _may_free(type_: str, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+        """Whether the change can leave something for the garbage collector (a status update cannot)."""
+        if type_ == "DELETED":
+            return True
+        fields = ("ownerReferences", "finalizers", "deletionTimestamp")
+        return any(_meta(new).get(field) != _meta(old or {}).get(field) for field in fields)
 
     def expire_watches(self) -> None:
         """Makes every resourceVersion handed out so far too old: open watches end with 410, resuming fails."""
