@@ -15,8 +15,9 @@ real HTTP::
 The modules, each with its own docstring:
 
 server.py      ``ApiServer``: the emulator on a free local port, in its own thread;
-               ``apply``, ``token_for`` (RBAC-checked clients), ``expire_watches``
-               (410 Gone on demand), ``calls``/``mark``/``count`` (what was asked).
+               ``apply``, ``token_for`` (RBAC-checked clients), ``write_kubeconfig``,
+               ``expire_watches`` (410 Gone on demand), ``calls``/``mark``/``count``
+               (what was asked), ``run`` (a kmock reaction, on the emulator's loop).
 emulator.py    ``KubernetesApiEmulator``: kmock's emulator with resourceVersions,
                selectors, resumable and expiring watches, timeouts, cascading
                deletion, graceful pod deletion, status subresources, PUT and

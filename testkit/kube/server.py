@@ -14,7 +14,8 @@ At start it holds the namespaces ``default`` and ``c2d``, a StorageClass
 ComputeJob CRD of deploy/base). ``api.apply(objects)`` creates more as the
 administrator, without an API call being recorded (RBAC objects, nodes...).
 ``api.token_for("c2d", "c2d-operator-engine")`` issues a bearer token whose
-requests the stored RBAC objects authorize (``api_client(token=...)``).
+requests the stored RBAC objects authorize (``api_client(token=...)``, or
+``write_kubeconfig(path, token)`` for a program that takes a kubeconfig).
 
 ``api.emulator`` is the KubernetesApiEmulator (emulator.py); touch it only
 through ``api.run(fn)``, which calls ``fn(emulator)`` on its loop (e.g. to
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 
 import kmock
 import kubernetes.client
+import yaml
 
 from testkit.kube import manifests, rbac
 from testkit.kube.emulator import KubernetesApiEmulator
@@ -178,6 +180,22 @@ class ApiServer:
             configuration.api_key = {"BearerToken": token}
             configuration.api_key_prefix = {"BearerToken": "Bearer"}
         return configuration
+
+    def write_kubeconfig(self, path: Path, token: str | None = None, namespace: str = "c2d") -> Path:
+        """A kubeconfig for this server (and token), for a program configured with a kubeconfig path."""
+        user: dict[str, Any] = {"token": token} if token else {}
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "testkit", "cluster": {"server": self.url}}],
+            "users": [{"name": "testkit", "user": user}],
+            "contexts": [
+                {"name": "testkit", "context": {"cluster": "testkit", "user": "testkit", "namespace": namespace}}
+            ],
+            "current-context": "testkit",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
 
     def api_client(self, token: str | None = None, user_agent: str | None = None) -> kubernetes.client.ApiClient:
         client = kubernetes.client.ApiClient(self.configuration(token))

@@ -10,6 +10,7 @@ import urllib.request
 
 import kmock
 import kubernetes.client
+import kubernetes.config
 import pytest
 from kubernetes import watch
 from kubernetes.client.rest import ApiException
@@ -561,6 +562,16 @@ def test_service_account_requests_are_held_to_the_engine_role(api):
     assert authorization.create_self_subject_access_review(review).status.allowed is True
     stranger = kubernetes.client.CoreV1Api(api.api_client(token="not-issued"))
     assert api_error(stranger.list_namespaced_pod, NS).status == 401
+
+
+def test_a_kubeconfig_carries_the_server_and_the_token(api, tmp_path):
+    api.apply(manifests.load(manifests.DEPLOY_BASE / "engine-rbac.yaml"))
+    path = api.write_kubeconfig(tmp_path / "config", token=api.token_for("c2d", "c2d-operator-engine"))
+    client = kubernetes.config.new_client_from_config(str(path))
+    engine = kubernetes.client.CoreV1Api(client)
+
+    assert engine.list_namespaced_pod(NS).items == []
+    assert api_error(engine.list_namespaced_secret, NS).status == 403
 
 
 # -- the record and the rest -----------------------------------------------------------------------------
