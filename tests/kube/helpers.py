@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,25 +52,42 @@ def wait_for_pod(
     name: str,
     until: Callable[[str, Pod], bool],
     *,
+    since: str | None = None,
     namespace: str = "c2d",
     timeout: float = 20,
 ) -> list[tuple[str, Pod]]:
-    """The pod's events (type, raw pod), from its current state, up to the first one ``until`` accepts."""
+    """The pod's events (type, raw pod) up to the first one ``until`` accepts: from its current state,
+    or (to wait for a deletion that may be over already) every change after resourceVersion ``since``."""
     seen: list[tuple[str, Pod]] = []
+    version = since
+    if version is None:
+        listed = json.loads(
+            core.list_namespaced_pod(namespace, field_selector=f"metadata.name={name}", _preload_content=False).data
+        )
+        version = listed["metadata"]["resourceVersion"]
+        for item in listed["items"]:
+            seen.append(("ADDED", item))
+            if until("ADDED", item):
+                return seen
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stream = watch.Watch().stream(
             core.list_namespaced_pod,
             namespace,
             field_selector=f"metadata.name={name}",
+            resource_version=version,
             timeout_seconds=max(1, int(deadline - time.monotonic())),
             _request_timeout=timeout + 5,
         )
         for event in stream:
+            version = event["raw_object"]["metadata"]["resourceVersion"]
             seen.append((event["type"], event["raw_object"]))
             if until(event["type"], event["raw_object"]):
                 return seen
-    raise AssertionError(f"pod {name} never got there; its events: {[(t, phase(p)) for t, p in seen]}")
+    pods = {p.metadata.name: p.status.phase for p in core.list_namespaced_pod(namespace).items}
+    raise AssertionError(
+        f"pod {name} never got there; its events: {[(t, phase(p)) for t, p in seen]}; pods now: {pods}"
+    )
 
 
 def phase(pod: Pod) -> str:

@@ -147,8 +147,8 @@ def test_deleting_a_running_pod_stops_its_process_then_removes_it(core, kubelet)
     while not heartbeat.exists() and time.monotonic() < deadline:
         time.sleep(0.02)  # Running means started, not yet beating
 
-    core.delete_namespaced_pod("loop", NS)
-    seen = wait_for_pod(core, "loop", lambda type_, _: type_ == "DELETED")
+    marked = core.delete_namespaced_pod("loop", NS)
+    seen = wait_for_pod(core, "loop", lambda type_, _: type_ == "DELETED", since=marked.metadata.resource_version)
 
     last_state = next(p for type_, p in reversed(seen) if type_ == "MODIFIED" and terminated(p))
     assert terminated(last_state)["exitCode"] == 143 and phase(last_state) == "Failed"
@@ -196,8 +196,8 @@ def test_image_pull_failure_stays_pending_with_its_reasons(core, kubelet):
 
     reasons = [waiting_reason(p) for _, p in seen if waiting_reason(p)]
     assert reasons[-2:] == ["ErrImagePull", "ImagePullBackOff"] and phase(seen[-1][1]) == "Pending"
-    core.delete_namespaced_pod("pull", NS)
-    wait_for_pod(core, "pull", lambda type_, _: type_ == "DELETED")
+    marked = core.delete_namespaced_pod("pull", NS)
+    wait_for_pod(core, "pull", lambda type_, _: type_ == "DELETED", since=marked.metadata.resource_version)
 
 
 def test_a_hanging_pod_ends_at_its_deadline(core, kubelet):
@@ -212,9 +212,9 @@ def test_a_hanging_pod_ends_at_its_deadline(core, kubelet):
 
 def test_a_lost_node_fails_the_pod_then_it_is_removed(core, kubelet):
     kubelet.plan(kube.NodeLost(after_s=0.2), name="lost")
-    core.create_namespaced_pod(NS, pod("lost", ["true"]))
+    created = core.create_namespaced_pod(NS, pod("lost", ["true"]))
 
-    seen = wait_for_pod(core, "lost", lambda type_, _: type_ == "DELETED")
+    seen = wait_for_pod(core, "lost", lambda type_, _: type_ == "DELETED", since=created.metadata.resource_version)
 
     failed = next(p for _, p in seen if phase(p) == "Failed")
     disruption = next(c for c in failed["status"]["conditions"] if c["type"] == "DisruptionTarget")
@@ -224,9 +224,9 @@ def test_a_lost_node_fails_the_pod_then_it_is_removed(core, kubelet):
 
 def test_a_pod_deleted_by_someone_mid_run(core, kubelet):
     kubelet.plan(kube.Deleted(after_s=0.2), name="evicted")
-    core.create_namespaced_pod(NS, pod("evicted", ["true"]))
+    created = core.create_namespaced_pod(NS, pod("evicted", ["true"]))
 
-    seen = wait_for_pod(core, "evicted", lambda type_, _: type_ == "DELETED")
+    seen = wait_for_pod(core, "evicted", lambda type_, _: type_ == "DELETED", since=created.metadata.resource_version)
 
     marked = next(p for _, p in seen if p["metadata"].get("deletionTimestamp"))
     assert phase(marked) == "Running"
