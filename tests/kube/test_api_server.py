@@ -289,7 +289,7 @@ def test_watch_timeout_ends_the_stream_with_a_bookmark(core):
         )
     )
 
-    assert 0.9 <= time.monotonic() - started < 3
+    assert 0.9 <= time.monotonic() - started < 5  # ended by the server, long before _request_timeout
     assert [event["type"] for event in seen] == ["BOOKMARK"]
     assert int(seen[0]["raw_object"]["metadata"]["resourceVersion"]) > int(version)
 
@@ -300,7 +300,7 @@ def test_request_timeout_bounds_a_quiet_watch_on_the_client(core):
 
     with pytest.raises(Exception, match="[Rr]ead timed out"):
         list(watch.Watch().stream(core.list_namespaced_pod, NS, resource_version=version, _request_timeout=(5, 1)))
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 5
 
 
 def test_an_open_watch_gets_410_when_the_server_expires_versions(api, core):
