@@ -270,7 +270,7 @@ class KubernetesApiEmulator(kmock.KubernetesEmulator):
             params=dict(raw_request.query),
             headers=dict(raw_request.headers),
             body=body,
-            data=json.loads(body) if body else None,
+            data=await raw_request.json() if body else None,
             raw_request=raw_request,
         )
         self._requests.append(request)

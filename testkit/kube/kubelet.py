@@ -37,7 +37,6 @@ Every call it makes carries the User-Agent ``testkit-kubelet``, so
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import signal
@@ -187,7 +186,7 @@ class Kubelet:
         while not self._stopping.is_set():
             try:
                 if version is None:
-                    listed = json.loads(self.core.list_pod_for_all_namespaces(_preload_content=False).data)
+                    listed = self.core.list_pod_for_all_namespaces(_preload_content=False).json()
                     version = listed["metadata"]["resourceVersion"]
                     for pod in listed["items"]:
                         self._observe("ADDED", pod)
@@ -607,7 +606,7 @@ class PodWorker(threading.Thread):
             "persistentvolumeclaims": self.kubelet.core.read_namespaced_persistent_volume_claim,
         }[plural]
         try:
-            return json.loads(reader(name, namespace, _preload_content=False).data)
+            return reader(name, namespace, _preload_content=False).json()
         except ApiException as exc:
             if exc.status == 404:
                 return None
