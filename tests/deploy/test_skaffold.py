@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.deploy import checks
@@ -111,3 +113,21 @@ def test_a_copied_file_left_out_of_the_context_is_named(broken):
     assert checks.dockerignore_problems(broken, checks.load_yaml(broken / "skaffold.yaml")) == [
         "Dockerfile copies plumbing, which .dockerignore leaves out of the context"
     ]
+
+
+def readme_minikube_section() -> str:
+    readme = (checks.REPO_ROOT / "README.md").read_text()
+    return readme.split("## Run on minikube", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_minikube_section_matches_the_files(skaffold):
+    section = readme_minikube_section()
+    for path in sorted(set(re.findall(r"`(deploy/[^`\s]*)`", section))):
+        assert (checks.REPO_ROOT / path).exists(), f"the README names {path}, which does not exist"
+    profiles = {p["name"] for p in skaffold["profiles"]}
+    assert set(re.findall(r"skaffold \w+ -p (\w+)", section)) <= profiles
+    assert (
+        "`skaffold dev`" in section and "minikube start" in section and "grpcurl -plaintext localhost:50051" in section
+    )
+    engine_variables = set(re.findall(r"`(C2D_ENGINE_K8S_\w+)`", section))
+    assert engine_variables and engine_variables <= set(checks.ENGINE_K8S_VARIABLES)
