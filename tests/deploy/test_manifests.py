@@ -210,3 +210,29 @@ def test_an_internal_port_opened_to_everyone_is_named(broken):
         "the operator-service on 50052 is open to outside the namespace",
         "the operator-service on 50052 is open to a pod labelled {'app.kubernetes.io/component': 'algorithm'}",
     ]
+
+
+def test_the_clusters_seaweedfs_serves_the_results_bucket_to_the_servers_keys(rendered, tmp_path):
+    assert checks.seaweedfs_problems(rendered["deploy/overlays/minikube-s3"], tmp_path) == []
+
+
+def test_seaweedfs_without_the_bucket_or_with_other_keys_than_the_servers_is_named(broken, tmp_path):
+    component = broken / "deploy" / "components" / "s3-results"
+    edit(component / "seaweedfs.yaml", "            - -bucket=c2d-results\n", "")
+    assert checks.seaweedfs_problems(render_broken(broken, "deploy/overlays/minikube-s3"), tmp_path / "a") == [
+        "SeaweedFS has no bucket 'c2d-results' with the Secret's keys"
+    ]
+    edit(
+        component / "seaweedfs.yaml",
+        "            - -s3.port=8333\n",
+        "            - -s3.port=8333\n            - -bucket=c2d-results\n",
+    )
+    edit(
+        component / "kustomization.yaml",
+        "C2D_STORAGE_S3_SECRET_KEY=c2d-dev-secret-not-secret",
+        "C2D_STORAGE_S3_SECRET_KEY=c2d-dev-secret-not-secret\n      - AWS_SECRET_ACCESS_KEY=another",
+    )
+    edit(component / "seaweedfs.yaml", "key: C2D_STORAGE_S3_SECRET_KEY", "key: AWS_SECRET_ACCESS_KEY")
+    assert checks.seaweedfs_problems(render_broken(broken, "deploy/overlays/minikube-s3"), tmp_path / "b") == [
+        "SeaweedFS refused the servers' keys (AccessDenied)"
+    ]
