@@ -123,7 +123,7 @@ def test_the_security_context_field_by_field(rendered):
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
-def test_a_writable_root_a_root_user_or_a_missing_limit_is_named(broken, skaffold):
+def test_a_writable_root_a_root_user_or_a_missing_limit_is_named(broken):
     edit(broken / "deploy" / "base" / "restricted.yaml", "    readOnlyRootFilesystem: true\n", "")
     edit(broken / "deploy" / "overlays" / "minikube" / "postgres.yaml", "runAsUser: 999", "runAsUser: 0")
     edit(broken / "deploy" / "overlays" / "minikube" / "postgres.yaml", "              memory: 1Gi\n", "")
