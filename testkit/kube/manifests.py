@@ -35,9 +35,27 @@ def load(path: Path) -> list[dict[str, Any]]:
         return [doc for doc in yaml.safe_load_all(stream) if doc]
 
 
+def is_object(doc: Any) -> bool:
+    """A Kubernetes object, not kustomize's own configuration (a Kustomization, a
+    Component, a JSON patch list)."""
+    return (
+        isinstance(doc, dict)
+        and "kind" in doc
+        and not str(doc.get("apiVersion", "")).startswith("kustomize.config.k8s.io/")
+    )
+
+
 def files(root: Path = DEPLOY) -> list[Path]:
-    """Every manifest file under root; kustomization files configure kustomize and are not objects."""
-    return sorted(path for path in root.rglob("*") if path.suffix in (".yaml", ".yml") and path.stem != "kustomization")
+    """Every file under root that holds Kubernetes objects."""
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.suffix in (".yaml", ".yml") and any(is_object(doc) for doc in load(path))
+    )
+
+
+def objects(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in load(path) if is_object(doc)]
 
 
 def custom_schemas(root: Path = DEPLOY) -> dict[tuple[str, str], CustomResourceSchema]:
