@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eth_utils.address import to_checksum_address
 from nacl.public import PublicKey, SealedBox
 
 from .errors import InvalidDescription
-from .signing import canonical_json
+from .signing import canonical_json, checksum_address
 
 DID_PREFIX = "did:op:"
 DDO_VERSION = "4.1.0"
@@ -50,12 +49,12 @@ SERVICE_OF_TYPE = {"dataset": "compute", "algorithm": "access"}
 
 def derive_did(owner: str, salt: str) -> str:
     """The DID an owner's asset gets: did:op: + sha256 of ``<checksummed owner>:<salt>``."""
-    return DID_PREFIX + hashlib.sha256(f"{to_checksum_address(owner)}:{salt}".encode()).hexdigest()
+    return DID_PREFIX + hashlib.sha256(f"{checksum_address(owner)}:{salt}".encode()).hexdigest()
 
 
 def datatoken_address(did: str, service_id: str) -> str:
     """The embedded ledger's datatoken address of an asset's service (derived, so a DDO can name it)."""
-    return to_checksum_address("0x" + hashlib.sha256(f"{did}:{service_id}".encode()).hexdigest()[:40])
+    return checksum_address("0x" + hashlib.sha256(f"{did}:{service_id}".encode()).hexdigest()[:40])
 
 
 def files_checksum(sha256_hexes: Sequence[str]) -> str:
