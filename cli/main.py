@@ -16,7 +16,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from c2d_sdk import C2DError, IntegrityError, InvalidDescription, Refused, Unreachable
@@ -140,14 +139,14 @@ def main() -> None:
     """The entry point: runs the command and turns every failure into a message and an exit code."""
     try:
         code = app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.ClickException as exc:  # usage errors: typer printed nothing yet
-        exc.show()
-        code = EXIT_USAGE
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         print("c2d: interrupted", file=sys.stderr)
         code = 130
+    except typer.exceptions.TyperException as exc:  # usage errors (typer's click), not shown yet
+        exc.show()  # type: ignore[attr-defined]
+        code = EXIT_USAGE
     except Unreachable as exc:
         print(
             f"c2d: {exc.message}\n"
