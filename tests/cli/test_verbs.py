@@ -62,7 +62,9 @@ def assets(cli: Cli) -> dict[str, str]:
     for name, code in (("count", COUNT), ("fail", FAIL), ("slow", SLOW)):
         dids[name] = cli.json("asset", "publish", str(write_algorithm(cli.cwd, name, code)))["did"]
     (cli.cwd / "weather.csv").write_text(CSV)
-    (cli.cwd / "dataset.yaml").write_text("type: dataset\nname: City temperatures\nlicense: CC0\nfiles: [weather.csv]\n")
+    (cli.cwd / "dataset.yaml").write_text(
+        "type: dataset\nname: City temperatures\nlicense: CC0\nfiles: [weather.csv]\n"
+    )
     trusts = [arg for name in ("count", "fail", "slow") for arg in ("--trust", dids[name])]
     dids["dataset"] = cli.json("asset", "publish", "dataset.yaml", *trusts)["did"]
     for did in dids.values():
@@ -108,7 +110,9 @@ def test_publish_prints_the_did_and_the_algorithm_checksums(cli: Cli, assets):
     assert set(published) == {"did", "type", "service_id", "datatoken", "files_checksum", "container_checksum"}
     assert published["type"] == "algorithm" and published["service_id"] == "access"
     # filesChecksum: sha256 of the files' sha256 hex, concatenated
-    assert published["files_checksum"] == hashlib.sha256(hashlib.sha256(COUNT.encode()).hexdigest().encode()).hexdigest()
+    assert (
+        published["files_checksum"] == hashlib.sha256(hashlib.sha256(COUNT.encode()).hexdigest().encode()).hexdigest()
+    )
     quiet = cli("asset", "publish", str(cli.cwd / "again.json"), "-q")
     assert quiet.returncode == 0 and re.fullmatch(r"did:op:[0-9a-f]{64}\n", quiet.stdout)
 
