@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from cli import demo
 from tests.cli.conftest import Cli
@@ -19,9 +20,9 @@ def test_demo_against_a_running_up_then_the_cli_reads_its_job(cli: Cli):
     job_id = re.search(r"job (\S+) started", answer.stdout).group(1)
 
     saved = re.search(r"saved to (\S+)", answer.stdout).group(1)
-    assert json.loads(open(saved).read()) == demo.EXPECTED
+    assert json.loads(Path(saved).read_text()) == demo.EXPECTED
     log = re.search(r"the algorithm's log saved to (\S+)", answer.stdout).group(1)
-    assert open(log).read() == "processed 4 rows\n"
+    assert Path(log).read_text() == "processed 4 rows\n"
 
     jobs = cli.json("jobs", "ls")["jobs"]
     assert [j["status"] for j in jobs if j["job_id"] == job_id] == [70]

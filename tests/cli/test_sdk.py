@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from c2d_sdk import AsyncClient, Client, ComputeRequest, IntegrityError, InvalidDescription, Refused, Signer, results
+from c2d_sdk import AsyncClient, Client, IntegrityError, InvalidDescription, Refused, Signer, results
 from tests.cli.conftest import BIN, RunningUp
 
 ROOT = Path(__file__).resolve().parents[2]
