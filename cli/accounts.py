@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from c2d_sdk import Signer
+from plumbing import untrusted
 
 
 class NoAccount(Exception):
@@ -63,7 +64,7 @@ def _published_file() -> Path:
 def files_checksums() -> dict[str, str]:
     """DID -> files checksum of the algorithms this account published."""
     try:
-        return dict(json.loads(_published_file().read_text()))
+        return dict(untrusted.parse_json(_published_file().read_text(), str(_published_file())))
     except (OSError, ValueError):
         return {}
 

@@ -27,6 +27,7 @@ from c2d.provider.v1 import asset_pb2, ledger_pb2, provider_pb2
 from c2d_sdk import AsyncClient, ComputeRequest, Signer
 from c2d_sdk.assets import datatoken_address
 from cli import accounts, output
+from plumbing import untrusted
 
 T = TypeVar("T")
 EXIT_JOB_FAILED = 1
@@ -306,8 +307,8 @@ def _parameters(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise UsageProblem(f"--param {pair!r}: expected key=value")
         try:
-            parameters[key] = json.loads(value)
-        except ValueError:
+            parameters[key] = untrusted.parse_json(value, f"--param {key}")
+        except ValueError:  # not JSON: the text itself
             parameters[key] = value
     return parameters
 
@@ -522,8 +523,8 @@ def sign(
     else:
         text = request_json
     try:
-        request = json_format.Parse(text or "{}", cls())
-    except json_format.ParseError as exc:
+        request = json_format.ParseDict(untrusted.parse_json(text or "{}", "JSON"), cls())
+    except (ValueError, json_format.ParseError) as exc:
         raise UsageProblem(f"that is not a {cls.__name__} as JSON: {exc}") from None
     accounts.load().sign(name, request)
     output.emit_json(json_format.MessageToDict(request, preserving_proto_field_name=True))

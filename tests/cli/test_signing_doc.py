@@ -7,13 +7,12 @@ import json
 import re
 from pathlib import Path
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
 from google.protobuf import json_format
 
 from c2d.provider.v1 import asset_pb2, ledger_pb2, provider_pb2
 from c2d_sdk import Signer
 from c2d_sdk.signing import canonical_message, eip191_digest, signed_fields
+from plumbing.ethereum import Account, encode_defunct
 from services.provider.domain import identity
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "signing.md").read_text()

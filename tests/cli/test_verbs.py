@@ -11,8 +11,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from eth_account import Account
 
+from plumbing.ethereum import Account
 from tests.cli.conftest import Cli
 
 CSV = "city,temperature\nOslo,4.5\nLisbon,18.25\nNairobi,21.0\n"
