@@ -65,15 +65,14 @@ def test_the_command_line_section_and_grpcurl(cli: Cli, readme_dir: Path):
     assert f'"data": "{log}"' in answer.stdout  # StreamJobLogs through grpcurl: the same bytes, base64
 
 
-def test_the_python_section(cli: Cli, readme_dir: Path):
-    answer = subprocess.run(
-        [sys.executable, "-c", as_here(block("python"), cli)],
-        cwd=readme_dir,
-        env=cli.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+def run_python(code: str, cli: Cli, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", as_here(code, cli)], cwd=cwd, env=cli.env, capture_output=True, text=True, timeout=300
     )
+
+
+def test_the_python_section(cli: Cli, readme_dir: Path):
+    answer = run_python(block("python"), cli, readme_dir)
     assert answer.returncode == 0, answer.stderr
     assert "70 Job finished" in answer.stdout and "mean of 4 rows in celsius" in answer.stdout
     assert json.loads((readme_dir / "python-results" / "result.json").read_text()) == {"mean": 11.25, "unit": "celsius"}
@@ -82,14 +81,7 @@ def test_the_python_section(cli: Cli, readme_dir: Path):
 def test_the_sdk_readme_example(cli: Cli, tmp_path):
     sdk_readme = (Path(__file__).resolve().parents[2] / "sdk" / "python" / "README.md").read_text()
     example = re.search(r"<!-- sdk-example:async -->\n```python\n(.*?)```", sdk_readme, re.S).group(1)
-    answer = subprocess.run(
-        [sys.executable, "-c", as_here(example, cli)],
-        cwd=tmp_path,
-        env=cli.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    answer = run_python(example, cli, tmp_path)
     assert answer.returncode == 0, answer.stderr
     assert "status 70 Job finished" in answer.stdout and "3 lines" in answer.stdout
     assert (tmp_path / "results" / "algorithm.log").read_text() == "3 lines\n"

@@ -250,3 +250,17 @@ def test_another_accounts_job_is_refused_with_exit_1(cli: Cli, assets, tmp_path)
     refused = stranger("compute", "result", job_id, "-o", str(tmp_path / uuid.uuid4().hex))
     assert refused.returncode in (1, 2), refused.stderr
     assert "refused" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_result_changed_after_signing_is_not_saved_and_exits_1(cli: Cli, assets, up, tmp_path):
+    started = cli("compute", "start", "--dataset", assets["dataset"], "--algorithm", assets["count"], "--wait", "-q")
+    assert started.returncode == 0, started.stderr
+    job_id = started.stdout.strip()
+    stored = up.home / "data" / "c2d" / "results" / job_id / "outputs" / "result.json"
+    original = stored.read_bytes()
+    stored.write_bytes(original.replace(b"3", b"4"))  # same size, other bytes: only the sha256 can tell
+    answer = cli("compute", "result", job_id, "-o", str(tmp_path / "out"))
+    assert answer.returncode == 1
+    assert "not the signed" in answer.stderr and "Traceback" not in answer.stderr
+    assert not (tmp_path / "out" / "result.json").exists()
+    assert not list((tmp_path / "out").glob("*.part"))
