@@ -188,7 +188,7 @@ async def demo_main(address: str, consumer_key: str, out_dir: Path, say=print) -
 
     stack = None
     if provider_running(address):
-        say(f"using the provider running on {address}")
+        say(f"using the provider already running on {address}")
     else:
         say(f"no provider on {address}: starting one for the demo (data in {settings.data_dir()})")
         stack = await start_stack(*from_environment())
