@@ -170,7 +170,8 @@ async def run_demo(provider_address: str, out_dir: Path, say=print, consumer_key
             if "algorithm.log" in saved:
                 say(f"the algorithm's log saved to {saved['algorithm.log']}")
             say(f"job took {elapsed:.3f} s from StartCompute to status 70; result {'correct' if ok else 'WRONG'}")
-            return {**outcome, "ok": ok, "result": result, "saved": str(saved["result.json"])}
+            log = str(saved.get("algorithm.log", ""))
+            return {**outcome, "ok": ok, "result": result, "saved": str(saved["result.json"]), "log": log}
     finally:
         files.cleanup()
 
@@ -182,8 +183,9 @@ def provider_running(address: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
-async def demo_main(address: str, consumer_key: str, out_dir: Path, say=print) -> int:  # type: ignore[no-untyped-def]
-    """`c2d demo`: against the provider at ``address``, or a stack of its own when none answers there."""
+async def demo_main(address: str, consumer_key: str, out_dir: Path, say=print) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """`c2d demo`: against the provider at ``address``, or a stack of its own when none answers there;
+    returns what run_demo says happened."""
     from cli.stack import from_environment, start_stack
 
     stack = None
@@ -204,4 +206,4 @@ async def demo_main(address: str, consumer_key: str, out_dir: Path, say=print) -
     finally:
         if stack is not None:
             await stack.stop()
-    return 0 if outcome["ok"] else 1
+    return outcome

@@ -93,15 +93,21 @@ def demo(
         Path | None,
         typer.Option("-o", "--output", help="where the result goes (default: <data dir>/results-downloaded)"),
     ] = None,
+    as_json: verbs.JsonFlag = False,
 ) -> None:
     """Publish a sample dataset and algorithm, run a job on them as your account, download the result and log."""
     from cli.demo import demo_main
 
     configure_logging(os.environ.get("C2D_LOG_LEVEL", "WARNING"))
     consumer = accounts.load_or_create()
-    print(f"c2d demo: your account {consumer.address} is the consumer (key in {accounts.key_file()})")
+    say = (lambda *_: None) if as_json else print
+    say(f"c2d demo: your account {consumer.address} is the consumer (key in {accounts.key_file()})")
     target = out_dir or settings.data_dir() / "results-downloaded"
-    raise typer.Exit(asyncio.run(demo_main(verbs.provider_address(ctx), consumer.private_key, target)))
+    outcome = asyncio.run(demo_main(verbs.provider_address(ctx), consumer.private_key, target, say))
+    if as_json:
+        keys = ("job_id", "ok", "status", "statuses", "seconds", "error", "result", "saved", "log")
+        verbs.output.emit_json({"consumer": consumer.address, **{key: outcome.get(key) for key in keys}})
+    raise typer.Exit(EXIT_OK if outcome["ok"] else EXIT_FAILED)
 
 
 @app.command("config")

@@ -29,3 +29,13 @@ def test_demo_against_a_running_up_then_the_cli_reads_its_job(cli: Cli):
     assert cli("compute", "logs", job_id).stdout == "processed 4 rows\n"
     files = cli.json("compute", "result", job_id, "-o", str(cli.cwd / "demo-result"))["files"]
     assert {f["path"] for f in files} == {"result.json", "algorithm.log"}
+
+
+def test_demo_json_says_what_happened(cli: Cli):
+    answer = cli("demo", "--json", timeout=300)
+    assert answer.returncode == 0, answer.stderr
+    outcome = json.loads(answer.stdout)  # one JSON document, nothing else on stdout
+    assert outcome["ok"] is True and outcome["status"] == 70 and outcome["statuses"][-1] == 70
+    assert outcome["consumer"] == cli.json("account", "show")["address"]
+    assert outcome["result"] == demo.EXPECTED
+    assert Path(outcome["log"]).parent == Path(outcome["saved"]).parent  # the log beside the result
