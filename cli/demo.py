@@ -1,9 +1,13 @@
 """`c2d demo`: one real job through every component.
 
-Publishes a small CSV dataset and a Python algorithm (files served by a local
-HTTP server, their URLs encrypted for the provider), gives the consumer
-datatokens, orders, starts the job, prints each status as it arrives, and
-downloads and checks the result.
+Publishes a small CSV dataset and a Python algorithm from descriptions, as
+`c2d asset publish` does (their files inline, sealed for the provider), gives
+the consumer datatokens, starts the job (ordering both assets), prints each
+status as it arrives, and downloads the result and the algorithm's log,
+checked against the provider-signed manifest.
+
+serve_files and _service are the tests' helpers (an HTTP file server, a
+DDO service entry).
 """
 
 from __future__ import annotations
@@ -12,17 +16,16 @@ import asyncio
 import hashlib
 import http.server
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-import grpc
-
 from c2d.common.v1 import common_pb2
-from c2d.provider.v1 import provider_pb2
-from cli.client import Client, connect, load_or_create_key
-from plumbing import assets, settings, untrusted
+from c2d_sdk import AsyncClient, ComputeRequest
+from cli.client import connect, load_or_create_key
+from plumbing import settings, untrusted
 from plumbing.statuses import TEXT, Status
 from services.provider.domain import ddos
 
@@ -83,99 +86,69 @@ def _service(service_id: str, kind: str, files: str, did: str, compute: dict[str
     return service
 
 
-async def run_demo(provider_address: str, out_dir: Path, say=print) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Runs the demo job against a provider; returns what happened."""
-    http_server, base = serve_files({"/weather.csv": CSV.encode(), "/mean.py": ALGORITHM.encode()})
+def descriptions() -> dict[str, dict[str, Any]]:
+    """The demo's algorithm and dataset, as `c2d asset publish` reads them (files beside them)."""
+    container = {"entrypoint": "python3 $ALGO", "image": "python", "tag": "3.11", "checksum": IMAGE_DIGEST}
+    return {
+        "algorithm": {
+            "type": "algorithm",
+            "name": "Mean temperature",
+            "author": "c2d demo",
+            "license": "MIT",
+            "language": "python",
+            "files": ["mean.py"],
+            "container": container,
+            "timeout": 3600,
+        },
+        "dataset": {
+            "type": "dataset",
+            "name": "City temperatures",
+            "author": "c2d demo",
+            "license": "CC0",
+            "files": ["weather.csv"],
+            "timeout": 3600,
+            "compute": {"allow_raw_algorithm": False, "allow_network": False},
+        },
+    }
+
+
+async def run_demo(provider_address: str, out_dir: Path, say=print, consumer_key: str | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Runs the demo job against a provider; returns what happened.
+
+    The files travel inline, sealed in the DDOs (a local file in a description),
+    so any running stack stages them: no server of the demo's to allow.
+    The consumer is ``consumer_key``'s account (default: one kept in the data directory)."""
     data = settings.data_dir()
+    consumer_key = consumer_key or load_or_create_key(data / "consumer.key")
+    files = tempfile.TemporaryDirectory(prefix="c2d-demo-")
+    base = Path(files.name)
+    (base / "mean.py").write_text(ALGORITHM)
+    (base / "weather.csv").write_text(CSV)
     try:
         async with connect(provider_address) as channel:
-            publisher = Client(channel, load_or_create_key(data / "demo-publisher.key"))
-            consumer = Client(channel, load_or_create_key(data / "consumer.key"))
-            salt = str(time.time_ns())
+            publisher = AsyncClient(channel, load_or_create_key(data / "demo-publisher.key"))
+            consumer = AsyncClient(channel, consumer_key)
+            described = descriptions()
+            algorithm = await publisher.publish_asset(described["algorithm"], base)
+            trusted = {"did": algorithm.did, "files_checksum": algorithm.files_checksum}
+            described["dataset"]["compute"]["trusted_algorithms"] = [trusted]
+            dataset = await publisher.publish_asset(described["dataset"], base)
+            say(f"published dataset {dataset.did}\npublished algorithm {algorithm.did}")
+            for asset in (dataset, algorithm):
+                await publisher.mint(asset.datatoken, consumer.address, 1)
+            say(f"consumer {consumer.address} holds a datatoken of each")
 
-            algo_did = publisher.did_for("algo-" + salt)
-            algo_files = await publisher.encrypt([common_pb2.FileLocation(type="url", url=f"{base}/mean.py")])
-            container = {"entrypoint": "python3 $ALGO", "image": "python", "tag": "3.11", "checksum": IMAGE_DIGEST}
-            await publisher.publish(
-                {
-                    "version": "4.1.0",
-                    "metadata": {
-                        "type": "algorithm",
-                        "name": "Mean temperature",
-                        "author": "c2d demo",
-                        "license": "MIT",
-                        "algorithm": {"language": "python", "version": "1.0", "container": container},
-                    },
-                    "services": [_service("access", "access", algo_files, algo_did)],
-                },
-                "algo-" + salt,
-            )
-
-            dataset_did = publisher.did_for("data-" + salt)
-            dataset_files = await publisher.encrypt([common_pb2.FileLocation(type="url", url=f"{base}/weather.csv")])
-            trusted = {
-                "did": algo_did,
-                "filesChecksum": assets.files_checksum([hashlib.sha256(ALGORITHM.encode()).hexdigest()]),
-                "containerSectionChecksum": assets.container_checksum(container),
-            }
-            await publisher.publish(
-                {
-                    "version": "4.1.0",
-                    "metadata": {
-                        "type": "dataset",
-                        "name": "City temperatures",
-                        "author": "c2d demo",
-                        "license": "CC0",
-                    },
-                    "services": [
-                        _service(
-                            "compute",
-                            "compute",
-                            dataset_files,
-                            dataset_did,
-                            {
-                                "allowRawAlgorithm": False,
-                                "allowNetworkAccess": False,
-                                "publisherTrustedAlgorithms": [trusted],
-                                "publisherTrustedAlgorithmPublishers": [],
-                            },
-                        )
-                    ],
-                },
-                "data-" + salt,
-            )
-            say(f"published dataset {dataset_did}\npublished algorithm {algo_did}")
-
-            for did, service_id in ((dataset_did, "compute"), (algo_did, "access")):
-                token = await publisher.create_datatoken(did, service_id)
-                await publisher.mint(token, consumer.address, 1)
-            dataset_order = await consumer.order(dataset_did, "compute")
-            algo_order = await consumer.order(algo_did, "access")
-            say(f"consumer {consumer.address} ordered both assets")
-
-            environments = (
-                await consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
-            ).environments
-            environment = next(e for e in environments if e.available)
             started = time.monotonic()
-            response = await consumer.start(
-                provider_pb2.ComputeSpec(
-                    dataset=provider_pb2.AssetOrder(did=dataset_did, service_id="compute", order_id=dataset_order),
-                    algorithm_asset=provider_pb2.AssetOrder(did=algo_did, service_id="access", order_id=algo_order),
-                    environment_id=environment.id,
-                )
-            )
+            response = await consumer.start_compute(ComputeRequest(datasets=[dataset.did], algorithm=algorithm.did))
             job_id = response.job_id
-            say(f"job {job_id} started in environment {environment.id}")
-            statuses = []
-            job = response.job
+            say(f"job {job_id} started in environment {response.job.environment_id} (both assets ordered)")
+            statuses: list[int] = []
             async for job in consumer.watch(job_id):
                 if not statuses or statuses[-1] != job.status:
                     statuses.append(job.status)
                     say(f"  {time.monotonic() - started:7.3f} s  status {job.status:>2}  {TEXT[Status(job.status)]}")
             elapsed = time.monotonic() - started
-            details = await consumer.details(job_id)
-            job = details.job
+            job = await consumer.job(job_id)
             outcome = {
                 "job_id": job_id,
                 "statuses": statuses,
@@ -187,19 +160,20 @@ async def run_demo(provider_address: str, out_dir: Path, say=print) -> dict[str,
             if job.status != Status.FINISHED or job.end_reason != common_pb2.END_REASON_COMPLETED:
                 say(f"job ended with status {job.status}: {job.error_message or job.status_text}")
                 return {**outcome, "ok": False}
-            entry = next(f for f in job.results.files if f.path == "result.json")
-            _, body = await consumer.result(job_id, entry.index)
-            # one small file, once, at the end of the demo: no need for a thread
-            out_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
-            saved = out_dir / f"{job_id}-result.json"
-            saved.write_bytes(body)
-            result = untrusted.parse_json(body, "result.json")
-            ok = result == EXPECTED and hashlib.sha256(body).hexdigest() == entry.sha256
-            say(f"result {result} saved to {saved}")
+            # checked against the provider-signed manifest as they arrive
+            downloaded = await consumer.download_results(job_id, out_dir / job_id)
+            saved = {file.path: file.saved_to for file in downloaded}
+            # what a job wrote is hostile input; one small file, read once
+            result = untrusted.parse_json(saved["result.json"].read_bytes(), "result.json")
+            ok = result == EXPECTED
+            say(f"result {result} saved to {saved['result.json']}")
+            if "algorithm.log" in saved:
+                say(f"the algorithm's log saved to {saved['algorithm.log']}")
             say(f"job took {elapsed:.3f} s from StartCompute to status 70; result {'correct' if ok else 'WRONG'}")
-            return {**outcome, "ok": ok, "result": result, "saved": str(saved)}
+            log = str(saved.get("algorithm.log", ""))
+            return {**outcome, "ok": ok, "result": result, "saved": str(saved["result.json"]), "log": log}
     finally:
-        http_server.shutdown()
+        files.cleanup()
 
 
 def provider_running(address: str) -> bool:
@@ -209,42 +183,27 @@ def provider_running(address: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
-async def demo_main() -> int:
-    import os
-
+async def demo_main(address: str, consumer_key: str, out_dir: Path, say=print) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """`c2d demo`: against the provider at ``address``, or a stack of its own when none answers there;
+    returns what run_demo says happened."""
     from cli.stack import from_environment, start_stack
 
-    provider, operator, engine = from_environment()
     stack = None
-    if provider_running(provider.address):
-        print(f"using the provider already running on {provider.address}")
-        address = provider.address
+    if provider_running(address):
+        say(f"using the provider already running on {address}")
     else:
-        # The demo's files are served from 127.0.0.1, which pod_config refuses
-        # by default (it guards the publisher's network): allow it for this run.
-        os.environ.setdefault("C2D_STAGING_ALLOW_HOSTS", "127.0.0.1")
-        stack = await start_stack(provider, operator, engine)
+        say(f"no provider on {address}: starting one for the demo (data in {settings.data_dir()})")
+        stack = await start_stack(*from_environment())
         address = stack.provider_address
-        await asyncio.sleep(0.2)
     try:
-        for _ in range(50):  # the operator learns the engine's environments from its first heartbeat
-            if await _environment_ready(address):
-                break
-            await asyncio.sleep(0.1)
-        outcome = await run_demo(address, settings.data_dir() / "results-downloaded")
+        async with AsyncClient(address) as probe:
+            # the operator learns the environments from the engine's first heartbeat
+            for _ in range(100):
+                if any(e.available for e in await probe.environments()):
+                    break
+                await asyncio.sleep(0.1)
+        outcome = await run_demo(address, out_dir, say, consumer_key)
     finally:
         if stack is not None:
             await stack.stop()
-    return 0 if outcome["ok"] else 1
-
-
-async def _environment_ready(address: str) -> bool:
-    from c2d.provider.v1 import provider_pb2_grpc
-
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = provider_pb2_grpc.ProviderServiceStub(channel)
-        try:
-            response = await stub.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest(), timeout=2)
-        except grpc.aio.AioRpcError:
-            return False
-        return any(e.available for e in response.environments)
+    return outcome

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -47,6 +48,72 @@ def from_environment() -> tuple[ProviderSettings, OperatorSettings, EngineSettin
         settings.load(OperatorSettings, "C2D_OPERATOR"),
         settings.load(EngineSettings, "C2D_ENGINE"),
     )
+
+
+# The setting that moves each server's port, for the messages that name it.
+ADDRESS_SETTINGS = {
+    "provider": "C2D_PROVIDER_ADDRESS",
+    "operator-service": "C2D_OPERATOR_ADDRESS",
+    "operator-engine": "C2D_ENGINE_ADDRESS",
+}
+DEFAULT_PORTS = {"provider": 50051, "operator-service": 50052, "operator-engine": 50053}
+
+
+def _bindable(address: str) -> bool:
+    """True if this process could listen on host:port now (as gRPC does: SO_REUSEADDR)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        family, kind, protocol, _, where = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(where)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def listen_problem(
+    provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings, fixed_ports: bool
+) -> str | None:
+    """What stops the servers from listening, said with the setting to change; None if nothing.
+    Checked before anything is created (the data directory included)."""
+    for name, address in listen_addresses(provider, operator, engine).items():
+        variable = ADDRESS_SETTINGS[name]
+        if fixed_ports and address.rsplit(":", 1)[-1] in ("", "0"):
+            return (
+                f"the {name}'s address {address!r} has no fixed port, and one process per server needs one: "
+                f"set {variable} to host:port (e.g. 127.0.0.1:{DEFAULT_PORTS[name]})"
+            )
+        if not _bindable(address):
+            return (
+                f"the {name} cannot listen on {address}: the port is in use (another `c2d up`?) or the host is "
+                f"not this machine's. Stop what holds it, or set {variable} to another host:port."
+            )
+    return None
+
+
+async def run_in_process(provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings) -> int:
+    """The three servers in this process until SIGINT or SIGTERM."""
+    from plumbing.server import freeze_startup_heap
+
+    running = await start_stack(provider, operator, engine)
+    freeze_startup_heap()
+    print(
+        "c2d is up:\n"
+        f"  provider          127.0.0.1:{running.provider.port}\n"
+        f"  operator-service  127.0.0.1:{running.operator.port}\n"
+        f"  operator-engine   127.0.0.1:{running.engine.port}\n"
+        "Ctrl-C stops it.",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.stop()
+    return 0
 
 
 def sandbox_warning(engine: EngineSettings) -> str | None:

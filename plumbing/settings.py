@@ -28,8 +28,14 @@ def setting(default: Any, doc: str) -> Any:
 
 
 def data_dir() -> Path:
-    """Where the embedded default keeps its databases, workspaces and results."""
-    return Path(os.environ.get("C2D_DATA_DIR", Path.cwd() / ".c2d")).resolve()
+    """Where the embedded default keeps its databases, keys, workspaces and results:
+    C2D_DATA_DIR, else the user's data directory ($XDG_DATA_HOME/c2d, ~/.local/share/c2d),
+    the same from any working directory (a provider's keys must not change with the cwd)."""
+    explicit = os.environ.get("C2D_DATA_DIR")
+    if explicit:
+        return Path(explicit).resolve()
+    user_data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return (Path(user_data) / "c2d").resolve()
 
 
 def _parse(raw: str, kind: Any, name: str) -> Any:

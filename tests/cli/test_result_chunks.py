@@ -8,7 +8,7 @@ from google.protobuf.message import DecodeError
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2
-from cli.client import split_result_chunk
+from c2d_sdk.results import split_result_chunk
 
 ENTRY = common_pb2.ResultFile(index=3, path="out/table.csv", size=123456, sha256="ab" * 32)
 

@@ -38,6 +38,7 @@ def up(tmp_path):  # type: ignore[no-untyped-def]
         "C2D_OPERATOR_ADDRESS": f"127.0.0.1:{operator}",
         "C2D_ENGINE_ADDRESS": f"127.0.0.1:{engine}",
         "C2D_LOG_LEVEL": "WARNING",
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),  # the demo's account, not the user's
     }
     env.pop("C2D_SERVICE_TOKEN", None)  # the servers share the data dir's token
     process = subprocess.Popen(
