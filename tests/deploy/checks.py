@@ -716,24 +716,48 @@ def image_code(dockerfile: Dockerfile, service: str, destination: Path) -> Path:
     return destination
 
 
-def _uv(*args: str, env: dict[str, str] | None = None) -> None:
-    done = subprocess.run([tool("uv"), "--quiet", *args], cwd=REPO_ROOT, capture_output=True, text=True, env=env)
+def uv_context(dockerfile: Dockerfile, destination: Path) -> Path:
+    """The build context the `uv` stage sees: only what its COPY lines take from
+    the repository (so a file the lock needs and the Dockerfile forgets fails here too)."""
+    for instruction, arguments in dockerfile.stages["uv"].instructions:
+        if instruction != "COPY" or arguments.startswith("--from"):
+            continue
+        *sources, target = arguments.split()
+        for source in sources:
+            inside = destination / target if target.endswith("/") and target != "./" else destination
+            inside.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / source, inside / Path(source).name)
+    return destination
+
+
+def _uv(*args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+    done = subprocess.run([tool("uv"), "--quiet", *args], cwd=cwd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise AssertionError(f"uv {' '.join(args)} failed: {done.stderr.strip()}")
 
 
-def pod_venv(prune_file: Path, destination: Path) -> Path:
-    """The pods' venv as deploy/Dockerfile's pod-venv stage makes it: the
-    lock's export less the pruned packages, installed with their hashes (from
-    uv's cache: nothing is downloaded)."""
+def pod_venv(prune_file: Path, destination: Path, context: Path) -> Path:
+    """The pods' venv as deploy/Dockerfile's pod-venv stage makes it, in the
+    `uv` stage's context: the lock's export less the pruned packages,
+    installed with their hashes (from uv's cache: nothing is downloaded)."""
     pruned = [
         f"--prune={line.strip()}"
         for line in prune_file.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     requirements = destination.with_suffix(".txt")
-    _uv("export", "--frozen", "--no-dev", "--no-emit-project", *pruned, "--output-file", str(requirements))
-    _uv("venv", "--python", sys.executable, str(destination))
+    _uv(
+        "export",
+        "--frozen",
+        "--no-dev",
+        "--no-emit-project",
+        "--no-emit-workspace",
+        *pruned,
+        "--output-file",
+        str(requirements),
+        cwd=context,
+    )
+    _uv("venv", "--python", sys.executable, str(destination), cwd=context)
     _uv(
         "pip",
         "sync",
@@ -742,16 +766,29 @@ def pod_venv(prune_file: Path, destination: Path) -> Path:
         str(destination / "bin" / "python"),
         "--require-hashes",
         str(requirements),
+        cwd=context,
     )
     return destination
 
 
-def server_venv(destination: Path) -> Path:
-    """The servers' venv as the server-venv stage makes it (uv sync --frozen --no-dev --no-install-project)."""
+def server_venv(destination: Path, context: Path) -> Path:
+    """The servers' venv as the server-venv stage makes it, in the `uv` stage's
+    context (uv sync --frozen --no-dev --no-install-project --no-install-workspace)."""
     import os
 
     env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(destination)}
-    _uv("sync", "--frozen", "--no-dev", "--no-install-project", "--offline", "--python", sys.executable, env=env)
+    _uv(
+        "sync",
+        "--frozen",
+        "--no-dev",
+        "--no-install-project",
+        "--no-install-workspace",
+        "--offline",
+        "--python",
+        sys.executable,
+        cwd=context,
+        env=env,
+    )
     return destination
 
 

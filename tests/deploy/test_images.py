@@ -43,7 +43,7 @@ def test_an_install_outside_the_lock_another_uv_a_root_user_or_tools_in_a_final_
     dockerfile = broken / "deploy" / "Dockerfile"
     edit(
         dockerfile,
-        "RUN uv sync --frozen --no-dev --no-install-project",
+        "RUN uv sync --frozen --no-dev --no-install-project --no-install-workspace",
         "RUN pip install --no-cache-dir grpcio==1.85.4",
     )
     edit(dockerfile, "ARG UV_VERSION=0.13.9", "ARG UV_VERSION=0.4.0")
@@ -64,8 +64,11 @@ def test_an_install_outside_the_lock_another_uv_a_root_user_or_tools_in_a_final_
 
 
 @pytest.fixture(scope="module")
-def pod_venv(tmp_path_factory):
-    return checks.pod_venv(checks.REPO_ROOT / "deploy" / "pod-prune.txt", tmp_path_factory.mktemp("pod") / "venv")
+def pod_venv(tmp_path_factory, dockerfile):
+    context = checks.uv_context(dockerfile, tmp_path_factory.mktemp("pod-context"))
+    return checks.pod_venv(
+        checks.REPO_ROOT / "deploy" / "pod-prune.txt", tmp_path_factory.mktemp("pod") / "venv", context
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +94,7 @@ def test_a_pod_image_starts_its_program_with_only_what_it_imports(pod_venv, dock
 def test_a_pod_image_without_a_package_its_program_imports_fails_to_start(tmp_path, dockerfile):
     prune = tmp_path / "pod-prune.txt"
     prune.write_text((checks.REPO_ROOT / "deploy" / "pod-prune.txt").read_text() + "minio\n")
-    venv = checks.pod_venv(prune, tmp_path / "venv")
+    venv = checks.pod_venv(prune, tmp_path / "venv", checks.uv_context(dockerfile, tmp_path / "context"))
     started = checks.run_in_image(
         venv, checks.image_code(dockerfile, "pod_publish", tmp_path / "app"), "-m", "services.pod_publish"
     )
@@ -101,8 +104,9 @@ def test_a_pod_image_without_a_package_its_program_imports_fails_to_start(tmp_pa
 
 
 @pytest.fixture(scope="module")
-def server_venv(tmp_path_factory):
-    return checks.server_venv(tmp_path_factory.mktemp("server") / "venv")
+def server_venv(tmp_path_factory, dockerfile):
+    context = checks.uv_context(dockerfile, tmp_path_factory.mktemp("server-context"))
+    return checks.server_venv(tmp_path_factory.mktemp("server") / "venv", context)
 
 
 @pytest.mark.parametrize("service", sorted(SERVER_MODULES))
