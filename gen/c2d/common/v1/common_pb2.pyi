@@ -239,7 +239,7 @@ class AlgorithmContainer(_message.Message):
     def __init__(self, entrypoint: _Optional[str] = ..., image: _Optional[str] = ..., tag: _Optional[str] = ..., checksum: _Optional[str] = ...) -> None: ...
 
 class Workflow(_message.Message):
-    __slots__ = ("datasets", "algorithm", "raw_algorithm", "container", "algorithm_files_checksum", "algo_custom_data_json", "allow_network", "max_duration_seconds", "pack_outputs", "publish_results_as_asset", "owner", "results_asset_grant", "provider_address")
+    __slots__ = ("datasets", "algorithm", "raw_algorithm", "container", "algorithm_files_checksum", "algo_custom_data_json", "allow_network", "max_duration_seconds", "pack_outputs", "publish_results_as_asset", "owner", "results_asset_grant", "provider_address", "trace_parent")
     DATASETS_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     RAW_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +253,7 @@ class Workflow(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     RESULTS_ASSET_GRANT_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_PARENT_FIELD_NUMBER: _ClassVar[int]
     datasets: _containers.RepeatedCompositeFieldContainer[WorkflowAsset]
     algorithm: WorkflowAsset
     raw_algorithm: str
@@ -266,4 +267,5 @@ class Workflow(_message.Message):
     owner: str
     results_asset_grant: str
     provider_address: str
-    def __init__(self, datasets: _Optional[_Iterable[_Union[WorkflowAsset, _Mapping]]] = ..., algorithm: _Optional[_Union[WorkflowAsset, _Mapping]] = ..., raw_algorithm: _Optional[str] = ..., container: _Optional[_Union[AlgorithmContainer, _Mapping]] = ..., algorithm_files_checksum: _Optional[str] = ..., algo_custom_data_json: _Optional[str] = ..., allow_network: _Optional[bool] = ..., max_duration_seconds: _Optional[int] = ..., pack_outputs: _Optional[bool] = ..., publish_results_as_asset: _Optional[bool] = ..., owner: _Optional[str] = ..., results_asset_grant: _Optional[str] = ..., provider_address: _Optional[str] = ...) -> None: ...
+    trace_parent: str
+    def __init__(self, datasets: _Optional[_Iterable[_Union[WorkflowAsset, _Mapping]]] = ..., algorithm: _Optional[_Union[WorkflowAsset, _Mapping]] = ..., raw_algorithm: _Optional[str] = ..., container: _Optional[_Union[AlgorithmContainer, _Mapping]] = ..., algorithm_files_checksum: _Optional[str] = ..., algo_custom_data_json: _Optional[str] = ..., allow_network: _Optional[bool] = ..., max_duration_seconds: _Optional[int] = ..., pack_outputs: _Optional[bool] = ..., publish_results_as_asset: _Optional[bool] = ..., owner: _Optional[str] = ..., results_asset_grant: _Optional[str] = ..., provider_address: _Optional[str] = ..., trace_parent: _Optional[str] = ...) -> None: ...

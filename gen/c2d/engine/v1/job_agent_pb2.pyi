@@ -23,16 +23,18 @@ class GetWorkflowResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., workflow: _Optional[_Union[_common_pb2.Workflow, _Mapping]] = ..., environment: _Optional[_Union[_common_pb2.Environment, _Mapping]] = ...) -> None: ...
 
 class ReportProgressRequest(_message.Message):
-    __slots__ = ("job_id", "status", "error_code", "message")
+    __slots__ = ("job_id", "status", "error_code", "message", "staged_bytes")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STAGED_BYTES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     status: _common_pb2.JobStatus
     error_code: str
     message: str
-    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.JobStatus, str]] = ..., error_code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    staged_bytes: int
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.JobStatus, str]] = ..., error_code: _Optional[str] = ..., message: _Optional[str] = ..., staged_bytes: _Optional[int] = ...) -> None: ...
 
 class ReportProgressResponse(_message.Message):
     __slots__ = ()
