@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from plumbing import settings
+from plumbing import settings, tracing
 
 AUTHORIZATION = "authorization"
 
@@ -100,12 +100,17 @@ def mutual_tls() -> MutualTls | None:
 
 def internal_channel(address: str, blocking: bool = False) -> Any:
     """A channel to an internal service (asyncio, or blocking when asked):
-    mutual TLS when configured, else plaintext."""
-    channels: Any = grpc if blocking else grpc.aio
+    mutual TLS when configured, else plaintext. An asyncio channel sends the
+    trace context along when tracing is on (plumbing.tracing)."""
     tls = mutual_tls()
+    if blocking:
+        if tls is None:
+            return grpc.insecure_channel(address)
+        return grpc.secure_channel(address, tls.channel_credentials())
+    interceptors = tracing.client_interceptors() or None
     if tls is None:
-        return channels.insecure_channel(address)
-    return channels.secure_channel(address, tls.channel_credentials())
+        return grpc.aio.insecure_channel(address, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, tls.channel_credentials(), interceptors=interceptors)
 
 
 def internal_port(

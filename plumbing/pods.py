@@ -6,6 +6,10 @@ as `python -m services.pod_...` it opens that channel itself; forked by the
 local backend's launcher (services/operator_engine/backends/local/pod_launcher.py)
 it may be handed a channel its process connected while it waited for a job,
 so the connection is not on the job's clock.
+
+A pod's log lines carry its job id, and it joins its job's trace: the engine
+hands it the job's W3C trace context in TRACEPARENT (the OpenTelemetry
+convention for a process's environment).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
-from plumbing import auth, server
+from plumbing import auth, logs, server, tracing
 
 
 @dataclass(frozen=True)
@@ -29,11 +33,18 @@ class Pod:
     token: str
     agent_address: str
     data_root: Path
+    trace_parent: str = ""  # the job's trace context (W3C traceparent), when it has one
 
     @classmethod
     def from_environment(cls) -> Pod:
         env = os.environ
-        return cls(env["C2D_JOB_ID"], env["C2D_JOB_TOKEN"], env["C2D_AGENT_ADDRESS"], Path(env["C2D_DATA_ROOT"]))
+        return cls(
+            env["C2D_JOB_ID"],
+            env["C2D_JOB_TOKEN"],
+            env["C2D_AGENT_ADDRESS"],
+            Path(env["C2D_DATA_ROOT"]),
+            env.get("TRACEPARENT", ""),
+        )
 
 
 # A pod program: does the job's stage over the agent channel; its exit code.
@@ -53,13 +64,17 @@ class JobAgent:
         request = job_agent_pb2.GetWorkflowRequest(job_id=self._job_id)
         return await self._stub.GetWorkflow(request, metadata=self._metadata)
 
-    async def report_progress(self, status: int, error_code: str = "", message: str = "") -> None:
-        """The stage's status (an Ocean number), and why when it failed."""
+    async def report_progress(
+        self, status: int, error_code: str = "", message: str = "", staged_bytes: int = 0
+    ) -> None:
+        """The stage's status (an Ocean number), and why when it failed;
+        with pod_config's success, the bytes it staged."""
         request = job_agent_pb2.ReportProgressRequest(
             job_id=self._job_id,
             status=status,  # type: ignore[arg-type]
             error_code=error_code,
             message=message,
+            staged_bytes=staged_bytes,
         )
         await self._stub.ReportProgress(request, metadata=self._metadata)
 
@@ -81,17 +96,24 @@ async def run(name: str, program: Program, channel: Any = None) -> int:
     except KeyError as missing:
         print(f"{name}: environment variable {missing} is required", file=sys.stderr)
         return 2
-    if channel is not None:
-        return await program(pod, channel)
-    async with auth.internal_channel(pod.agent_address) as fresh:
-        return await program(pod, fresh)
+    logs.bind(job_id=pod.job_id)
+    try:
+        with tracing.joined(pod.trace_parent), tracing.tracer.start_as_current_span(name):
+            if channel is not None:
+                return await program(pod, channel)
+            async with auth.internal_channel(pod.agent_address) as fresh:
+                return await program(pod, fresh)
+    finally:
+        tracing.flush()  # the process ends right after: its spans go now or never
 
 
-def configure_logging() -> None:
-    server.configure_logging(os.environ.get("C2D_LOG_LEVEL", "INFO"))
+def configure_logging(name: str) -> None:
+    """The pod's logging (JSON in its admin log file, unless C2D_LOG_FORMAT
+    says otherwise) and tracing; `name` is the component on its lines."""
+    server.configure_observability(name)
 
 
 def main(name: str, program: Program) -> None:
     """`python -m services.<name>`."""
-    configure_logging()
+    configure_logging(name)
     sys.exit(asyncio.run(run(name, program)))

@@ -5,6 +5,11 @@ grpc.health.v1 and server reflection (so `grpcurl -plaintext HOST:PORT list`
 works) and stops gracefully on SIGTERM/SIGINT. Every servicer's RPCs are
 error-mapped (plumbing.grpc_errors), and a request that cannot be decoded is
 answered INVALID_ARGUMENT rather than gRPC's UNKNOWN.
+
+Every RPC is also observed (`_observed`), in the same wrapping rather than by
+an interceptor: counted and timed by status code when the server has
+metrics, in a server span when tracing is on (plumbing.tracing), and with
+its log lines tagged with the request's job id and the caller's trace id.
 """
 
 from __future__ import annotations
@@ -15,15 +20,21 @@ import functools
 import gc
 import logging
 import signal
+import time
+import types
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
+from plumbing import logs, metrics, tracing
 from plumbing.grpc_errors import UndecodableRequest, error_mapped
 
 log = logging.getLogger("c2d.server")
@@ -44,12 +55,20 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    metrics_endpoint: metrics.MetricsEndpoint | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """Where /metrics answers; None when the server serves no metrics."""
+        return self.metrics_endpoint.port if self.metrics_endpoint else None
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         for callback in reversed(self.on_stop):
             await callback()
+        if self.metrics_endpoint is not None:
+            await asyncio.to_thread(self.metrics_endpoint.close)
 
 
 # glibc's mallopt parameters
@@ -79,14 +98,19 @@ async def start_server(
     registrations: Sequence[Registration],
     interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
+    server_metrics: metrics.Metrics | None = None,
+    metrics_address: str = "",
 ) -> RunningServer:
+    """Serves the registrations on `address`; with `metrics_address`, also
+    `server_metrics` (every RPC counted and timed) on http://metrics_address/metrics."""
     reuse_freed_memory()
     server = grpc.aio.server(
         interceptors=list(interceptors),
         options=[("grpc.so_reuseport", 0)],
     )
+    rpc_metrics = server_metrics.rpc if server_metrics is not None and metrics_address else None
     for reg in registrations:
-        reg.add(error_mapped(reg.servicer, reg.name), _DecodingGuard(server))
+        reg.add(_observed(error_mapped(reg.servicer, reg.name), reg.name, rpc_metrics), _DecodingGuard(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [reg.name for reg in registrations]
@@ -98,9 +122,117 @@ async def start_server(
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
+    endpoint = None
+    if server_metrics is not None and metrics_address:
+        try:
+            endpoint = metrics.serve(metrics_address, server_metrics)
+        except BaseException:
+            await server.stop(None)
+            raise
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer)
+    return RunningServer(server, port, health_servicer, metrics_endpoint=endpoint)
+
+
+# -- every RPC observed --------------------------------------------------------------
+
+
+def _observed(mapped: Any, service_name: str, rpc_metrics: metrics.RpcMetrics | None) -> Any:
+    """The error-mapped servicer with each RPC observed: its log lines tagged
+    with the job id its request names (when it has a job_id field) and the
+    caller's trace, a server span when tracing is on, and its status code
+    and duration counted when the server has metrics."""
+    service = descriptor_pool.Default().FindServiceByName(service_name)
+    observed = types.SimpleNamespace()
+    for method in service.methods:
+        watch = _Watch(
+            f"{service_name}/{method.name}",
+            {"rpc.system": "grpc", "rpc.service": service_name, "rpc.method": method.name},
+            rpc_metrics.method(service_name, method.name) if rpc_metrics else None,
+            "job_id" in method.input_type.fields_by_name,
+        )
+        wrap = _observe_stream if method.server_streaming else _observe_unary
+        setattr(observed, method.name, wrap(getattr(mapped, method.name), watch))
+    return observed
+
+
+@dataclass(frozen=True, slots=True)
+class _Watch:
+    """What is observed of one method, decided once at registration."""
+
+    span_name: str
+    span_attributes: dict[str, str]
+    metrics: metrics.MethodMetrics | None
+    has_job_id: bool
+
+    def enter(self, request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
+        """Tags the call's task with its job and trace; what `leave` undoes."""
+        job_token = (
+            logs.bind_job(request.job_id) if self.has_job_id and type(request) is not UndecodableRequest else None
+        )
+        parent = tracing.context_from_metadata(context.invocation_metadata())
+        if tracing.enabled():
+            span = tracing.tracer.start_span(
+                self.span_name, context=parent, kind=trace.SpanKind.SERVER, attributes=self.span_attributes
+            )
+            return job_token, (span, otel_context.attach(trace.set_span_in_context(span, parent)))
+        return job_token, (None, otel_context.attach(parent) if parent is not None else None)
+
+    def leave(self, tokens: tuple[Any, Any], context: grpc.aio.ServicerContext, code: Any, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.record(code, time.perf_counter() - started)
+        job_token, (span, trace_token) = tokens
+        if span is not None:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code is not grpc.StatusCode.OK:
+                span.set_status(trace.StatusCode.ERROR, f"{code.name}: {context.details() or ''}")
+            span.end()
+        if trace_token is not None:
+            otel_context.detach(trace_token)
+        if job_token is not None:
+            logs.unbind_job(job_token)
+
+
+def _final_code(context: grpc.aio.ServicerContext, raised: BaseException | None) -> grpc.StatusCode:
+    if isinstance(raised, (asyncio.CancelledError, GeneratorExit)):  # the client went away
+        return grpc.StatusCode.CANCELLED
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return grpc.StatusCode.OK if raised is None else grpc.StatusCode.UNKNOWN
+
+
+def _observe_unary(behaviour: Callable[..., Awaitable[Any]], watch: _Watch) -> Callable[..., Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        tokens = watch.enter(request, context)
+        raised: BaseException | None = None
+        try:
+            return await behaviour(request, context)
+        except BaseException as exc:
+            raised = exc
+            raise
+        finally:
+            watch.leave(tokens, context, _final_code(context, raised), started)
+
+    return handler
+
+
+def _observe_stream(behaviour: Callable[..., Any], watch: _Watch) -> Callable[..., Any]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        tokens = watch.enter(request, context)
+        raised: BaseException | None = None
+        try:
+            async for item in behaviour(request, context):
+                yield item
+        except BaseException as exc:
+            raised = exc
+            raise
+        finally:
+            watch.leave(tokens, context, _final_code(context, raised), started)
+
+    return handler
 
 
 class _DecodingGuard:
@@ -176,8 +308,8 @@ async def serve_until_signalled(running: RunningServer, name: str) -> None:
     await running.stop()
 
 
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def configure_observability(component: str, default_level: str = "INFO") -> None:
+    """A server's or pod's process: its logging (plumbing.logs: C2D_LOG_FORMAT,
+    C2D_LOG_LEVEL) and, when the OTEL_* variables turn it on, its tracing."""
+    logs.configure(component, default_level)
+    tracing.configure(f"c2d-{component}")
