@@ -97,6 +97,7 @@ class Engine:
         root.mkdir(parents=True, exist_ok=True)
         self.config = EngineSettings(
             address="127.0.0.1:0",
+            metrics_address="127.0.0.1:0",  # RPCs measured, as `c2d up` runs them
             database_url=f"sqlite:///{root}/engine-{launcher}.db",
             workspaces_dir=str(root / f"workspaces-{launcher}"),
             max_jobs=max_jobs,

@@ -21,7 +21,7 @@ import typer
 from c2d_sdk import C2DError, IntegrityError, InvalidDescription, Refused, Unreachable
 from cli import accounts, verbs
 from plumbing import settings
-from plumbing.server import configure_logging
+from plumbing.server import configure_observability
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 # Refusals that mean the request itself named something wrong: a usage error.
@@ -75,7 +75,7 @@ def up(
     """Run the provider, operator-service and operator-engine on this machine until Ctrl-C."""
     from cli import stack
 
-    configure_logging(os.environ.get("C2D_LOG_LEVEL", "WARNING"))
+    configure_observability("c2d", default_level="WARNING")
     servers = stack.from_environment()
     problem = stack.listen_problem(*servers, fixed_ports=processes)
     if problem:
@@ -98,7 +98,7 @@ def demo(
     """Publish a sample dataset and algorithm, run a job on them as your account, download the result and log."""
     from cli.demo import demo_main
 
-    configure_logging(os.environ.get("C2D_LOG_LEVEL", "WARNING"))
+    configure_observability("c2d", default_level="WARNING")
     consumer = accounts.load_or_create()
     say = (lambda *_: None) if as_json else print
     say(f"c2d demo: your account {consumer.address} is the consumer (key in {accounts.key_file()})")

@@ -62,6 +62,12 @@ _DIRECT = (
         EVERY_PROCESS,
     ),
     (
+        "C2D_LOG_FORMAT",
+        "auto",
+        "json (one object a line), text, or auto: text when stderr is a terminal, else json",
+        EVERY_PROCESS,
+    ),
+    (
         "C2D_SERVICE_TOKEN",
         "",
         "the token internal calls carry (empty: one kept in <data dir>/service-token)",
@@ -92,6 +98,7 @@ _POD = (
     ("C2D_DATA_ROOT", "the job's /data directory"),
     ("C2D_ADMIN_DIR", "where the pod writes the operator's logs"),
 )
+# TRACEPARENT (the job's trace context) is OpenTelemetry's name, not a C2D_ one: README, Metrics, logs and traces.
 
 SETTINGS_CLASSES = (
     (ProviderSettings, "C2D_PROVIDER", "provider"),

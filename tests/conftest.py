@@ -5,6 +5,11 @@ import pytest
 
 pytest_plugins = ["tests.support.servers", "tests.support.stacks"]
 
+# The servers a test starts as processes serve their metrics on free ports: the
+# defaults (9551-9553) are `c2d up`'s, and test runs share this machine.
+for _server in ("PROVIDER", "OPERATOR", "ENGINE"):
+    os.environ.setdefault(f"C2D_{_server}_METRICS_ADDRESS", "127.0.0.1:0")
+
 
 def pytest_sessionfinish(session, exitstatus):
     """In CI a skipped test is a test that did not run: fail the run."""

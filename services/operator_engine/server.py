@@ -9,9 +9,15 @@ import os
 from pathlib import Path
 
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_pb2_grpc
-from plumbing import auth, settings
+from plumbing import auth, logs, metrics, settings
 from plumbing.database import Database, sqlite_url
-from plumbing.server import Registration, RunningServer, configure_logging, serve_until_signalled, start_server
+from plumbing.server import (
+    Registration,
+    RunningServer,
+    configure_observability,
+    serve_until_signalled,
+    start_server,
+)
 from services.operator_engine.api.servicers import EngineServicer, JobAgentServicer
 from services.operator_engine.backends.local.backend import LocalBackend
 from services.operator_engine.backends.local.pod_launcher import make_launcher
@@ -19,6 +25,7 @@ from services.operator_engine.backends.noop import NoopBackend
 from services.operator_engine.domain import stages
 from services.operator_engine.domain.jobs import EnvironmentSpec
 from services.operator_engine.domain.orchestrator import Orchestrator
+from services.operator_engine.metrics import EngineMetrics, MeasuredEventLog
 from services.operator_engine.persistence.event_log import EventLog
 from services.operator_engine.persistence.jobs import JobTable
 from services.operator_engine.persistence.models import Base
@@ -27,11 +34,20 @@ from services.operator_engine.settings import EngineSettings
 log = logging.getLogger("c2d.engine")
 ENGINE_SERVICE = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
 JOB_AGENT_SERVICE = job_agent_pb2.DESCRIPTOR.services_by_name["JobAgentService"].full_name
-# Settings a pod inherits from the engine (storage, staging limits, log level).
-POD_ENV_PREFIXES = ("C2D_STORAGE_", "C2D_STAGING_", "C2D_PROVIDER_ADDRESS", "C2D_LOG_LEVEL", "C2D_DATA_DIR", "C2D_TLS_")
+# Settings a pod inherits from the engine (storage, staging limits, logging, tracing).
+POD_ENV_PREFIXES = (
+    "C2D_STORAGE_",
+    "C2D_STAGING_",
+    "C2D_PROVIDER_ADDRESS",
+    "C2D_LOG_",
+    "C2D_DATA_DIR",
+    "C2D_TLS_",
+    "OTEL_",
+)
 
 
 async def start(config: EngineSettings) -> RunningServer:
+    logs.bind(component="operator-engine")
     data = settings.data_dir()
     db = Database(config.database_url or sqlite_url(data / "engine.db"), Base.metadata)
     db.create_schema()
@@ -64,9 +80,11 @@ async def start(config: EngineSettings) -> RunningServer:
         price_per_minute=config.price_per_minute,
         log_max_bytes=config.log_max_bytes,
     )
+    server_metrics = metrics.Metrics("operator-engine")
+    engine_metrics = EngineMetrics(server_metrics, events)
     orchestrator = Orchestrator(
         JobTable(db),
-        events,
+        MeasuredEventLog(events, engine_metrics),
         backend,
         environment,
         workspaces=Path(workspaces),
@@ -75,8 +93,9 @@ async def start(config: EngineSettings) -> RunningServer:
     )
     if isinstance(backend, NoopBackend):
         backend.agent = orchestrator
+    engine_metrics.watch(orchestrator)
     engine = EngineServicer(orchestrator, events, config.engine_id, config.heartbeat_s)
-    agent = JobAgentServicer(orchestrator, engine.environments)
+    agent = JobAgentServicer(orchestrator, engine.environments, count_staged_bytes=engine_metrics.staged_bytes.inc)
     # Pods call JobAgentService on this port too: under mutual TLS they
     # present the engine's certificate (they inherit C2D_TLS_*).
     interceptors, credentials = auth.internal_port(auth.service_token(), [ENGINE_SERVICE])
@@ -88,6 +107,8 @@ async def start(config: EngineSettings) -> RunningServer:
         ],
         interceptors=interceptors,
         credentials=credentials,
+        server_metrics=server_metrics,
+        metrics_address=config.metrics_address,
     )
     if isinstance(backend, LocalBackend) and not config.agent_address:
         # Port 0 (tests) is only known now; pods reach the engine on the same host.
@@ -115,7 +136,7 @@ def _described(env: EnvironmentSpec, backend_description: str) -> EnvironmentSpe
 
 def main() -> None:
     config = settings.load(EngineSettings, "C2D_ENGINE")
-    configure_logging(os.environ.get("C2D_LOG_LEVEL", "INFO"))
+    configure_observability("operator-engine")
 
     async def run() -> None:
         running = await start(config)

@@ -10,6 +10,9 @@ from plumbing.settings import setting
 @dataclass(frozen=True)
 class EngineSettings:
     address: str = setting("127.0.0.1:50053", "host:port the engine listens on")
+    metrics_address: str = setting(
+        "127.0.0.1:9553", "host:port of the engine's Prometheus /metrics (empty: no metrics, RPCs not measured)"
+    )
     engine_id: str = setting("local", "this engine's id, unique among the service's engines")
     database_url: str = setting("", "SQLAlchemy URL of the engine's store (default: SQLite in the data dir)")
     backend: str = setting("local", "where stages run: local or noop")

@@ -4,12 +4,18 @@ on it, a client and a link per engine, the storage-expiry sweeper, gRPC."""
 from __future__ import annotations
 
 import asyncio
-import os
 
 from c2d.operator.v1 import operator_pb2, operator_pb2_grpc
-from plumbing import auth, settings, storage
+from plumbing import auth, logs, metrics, settings, storage
 from plumbing.database import Database, sqlite_url
-from plumbing.server import Registration, RunningServer, configure_logging, serve_until_signalled, start_server
+from plumbing.server import (
+    Registration,
+    RunningServer,
+    configure_observability,
+    serve_until_signalled,
+    start_server,
+)
+from services.operator_service import metrics as operator_metrics
 from services.operator_service.api.servicer import OperatorServicer
 from services.operator_service.clients.engines import EngineClient
 from services.operator_service.domain.engine_links import EngineLink
@@ -34,6 +40,7 @@ def parse_engines(entries: tuple[str, ...]) -> dict[str, str]:
 
 
 async def start(config: OperatorSettings) -> RunningServer:
+    logs.bind(component="operator-service")
     db = Database(config.database_url or sqlite_url(settings.data_dir() / "operator.db"), Base.metadata)
     await asyncio.to_thread(migrations.upgrade, db.engine)
     store = Store(db)
@@ -56,12 +63,16 @@ async def start(config: OperatorSettings) -> RunningServer:
     remover = ResultsRemover(storage.configured())
     sweeper = ExpirySweeper(store, remover, config.sweep_interval_s)
     servicer = OperatorServicer(db, links, broker, remove_results=remover.remove)
+    server_metrics = metrics.Metrics("operator-service")
+    operator_metrics.register(server_metrics, db, links)
     interceptors, credentials = auth.internal_port(token, [OPERATOR_SERVICE])
     running = await start_server(
         config.address,
         [Registration(OPERATOR_SERVICE, operator_pb2_grpc.add_OperatorServiceServicer_to_server, servicer)],
         interceptors=interceptors,
         credentials=credentials,
+        server_metrics=server_metrics,
+        metrics_address=config.metrics_address,
     )
     for link in links.values():
         await link.start()
@@ -80,7 +91,7 @@ async def start(config: OperatorSettings) -> RunningServer:
 
 def main() -> None:
     config = settings.load(OperatorSettings, "C2D_OPERATOR")
-    configure_logging(os.environ.get("C2D_LOG_LEVEL", "INFO"))
+    configure_observability("operator-service")
 
     async def run() -> None:
         await serve_until_signalled(await start(config), "operator-service")

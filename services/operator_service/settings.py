@@ -10,6 +10,10 @@ from plumbing.settings import setting
 @dataclass(frozen=True)
 class OperatorSettings:
     address: str = setting("127.0.0.1:50052", "host:port the operator-service listens on")
+    metrics_address: str = setting(
+        "127.0.0.1:9552",
+        "host:port of the operator-service's Prometheus /metrics (empty: no metrics, RPCs not measured)",
+    )
     database_url: str = setting("", "SQLAlchemy URL (default: SQLite in the data dir); PostgreSQL in production")
     engines: tuple[str, ...] = setting(("local=127.0.0.1:50053",), "engines as id=host:port, comma separated")
     engine_liveness_s: float = setting(

@@ -8,13 +8,13 @@ import os
 from pathlib import Path
 
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc, ledger_pb2, ledger_pb2_grpc, provider_pb2, provider_pb2_grpc
-from plumbing import auth, settings, storage
+from plumbing import auth, logs, metrics, settings, storage
 from plumbing.database import Database, sqlite_url
 from plumbing.ethereum import Account
 from plumbing.server import (
     Registration,
     RunningServer,
-    configure_logging,
+    configure_observability,
     local_address,
     serve_until_signalled,
     start_server,
@@ -26,6 +26,7 @@ from services.provider.clients.operator import OperatorClient
 from services.provider.domain.file_locations import ResultsStorage
 from services.provider.domain.sealing import ProviderKeys
 from services.provider.domain.signed_requests import RequestVerifier, Settler
+from services.provider.metrics import CountedSettler
 from services.provider.persistence import request_settling
 from services.provider.persistence.catalog import AssetCatalog
 from services.provider.persistence.models import Base
@@ -57,13 +58,15 @@ def _write_secret(path: Path, text: str) -> None:
 
 
 async def start(config: ProviderSettings) -> RunningServer:
+    logs.bind(component="provider")
     data = settings.data_dir()
     db = Database(config.database_url or sqlite_url(data / "provider.db"), Base.metadata)
     db.create_schema()
     settler: Settler = (
         request_settling.WorkerSettler(db.url) if config.signature_worker else request_settling.ThreadSettler(db)
     )
-    verifier = RequestVerifier(settler)
+    server_metrics = metrics.Metrics("provider")
+    verifier = RequestVerifier(CountedSettler(settler, server_metrics))
     keys, fee_address = load_keys(Path(config.keys_file) if config.keys_file else data / "provider-keys.json")
     operator = OperatorClient(config.operator_address, auth.service_token())
     catalog = AssetCatalog(db)
@@ -87,6 +90,8 @@ async def start(config: ProviderSettings) -> RunningServer:
                 LedgerServicer(db, verifier, catalog, fee_address, config.order_timeout_s),
             ),
         ],
+        server_metrics=server_metrics,
+        metrics_address=config.metrics_address,
     )
 
     # Results as an asset: where pods on this host reach us (port 0 is known only now)
@@ -104,7 +109,7 @@ async def start(config: ProviderSettings) -> RunningServer:
 
 def main() -> None:
     config = settings.load(ProviderSettings, "C2D_PROVIDER")
-    configure_logging(os.environ.get("C2D_LOG_LEVEL", "INFO"))
+    configure_observability("provider")
 
     async def run() -> None:
         await serve_until_signalled(await start(config), "provider")

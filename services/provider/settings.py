@@ -10,6 +10,9 @@ from plumbing.settings import setting
 @dataclass(frozen=True)
 class ProviderSettings:
     address: str = setting("127.0.0.1:50051", "host:port the provider listens on")
+    metrics_address: str = setting(
+        "127.0.0.1:9551", "host:port of the provider's Prometheus /metrics (empty: no metrics, RPCs not measured)"
+    )
     database_url: str = setting("", "SQLAlchemy URL (default: SQLite in the data dir)")
     operator_address: str = setting("127.0.0.1:50052", "the operator-service")
     keys_file: str = setting("", "the provider's key file (default: <data dir>/provider-keys.json, created if missing)")

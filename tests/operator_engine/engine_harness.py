@@ -160,6 +160,7 @@ async def engine_running(database_url: str, workspaces: Path, **settings: object
     """The engine in this process, on a free port, with the local backend."""
     config = EngineSettings(
         address="127.0.0.1:0",
+        metrics_address="127.0.0.1:0",
         database_url=database_url,
         workspaces_dir=str(workspaces),
         heartbeat_s=0.5,

@@ -53,13 +53,13 @@ def create_request(
 
 
 def engine_settings(database_url: str, address: str = "127.0.0.1:0", **overrides: object) -> EngineSettings:
-    values: dict[str, object] = {"max_jobs": 1000, "heartbeat_s": 0.2}
+    values: dict[str, object] = {"max_jobs": 1000, "heartbeat_s": 0.2, "metrics_address": "127.0.0.1:0"}
     values.update(overrides)
     return EngineSettings(address=address, database_url=database_url, backend="noop", **values)  # type: ignore[arg-type]
 
 
 def operator_settings(database_url: str, engine_port: int, **overrides: object) -> OperatorSettings:
-    values: dict[str, object] = {"engine_liveness_s": 5.0, "reconnect_max_s": 0.5}
+    values: dict[str, object] = {"engine_liveness_s": 5.0, "reconnect_max_s": 0.5, "metrics_address": "127.0.0.1:0"}
     values.update(overrides)
     return OperatorSettings(
         address="127.0.0.1:0",

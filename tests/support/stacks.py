@@ -56,13 +56,24 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
+# Each server's /metrics on a free port (RunningServer.metrics_port says which).
+ANY_PORT = "127.0.0.1:0"
+
+
 def settings_for(
     database_url: str = "", backend: str = "local", **engine: object
 ) -> tuple[ProviderSettings, OperatorSettings, EngineSettings]:
     return (
-        ProviderSettings(address="127.0.0.1:0", database_url=database_url),
-        OperatorSettings(address="127.0.0.1:0", database_url=database_url, engine_liveness_s=5.0),
-        EngineSettings(address="127.0.0.1:0", database_url=database_url, backend=backend, heartbeat_s=0.5, **engine),  # type: ignore[arg-type]
+        ProviderSettings(address=ANY_PORT, metrics_address=ANY_PORT, database_url=database_url),
+        OperatorSettings(address=ANY_PORT, metrics_address=ANY_PORT, database_url=database_url, engine_liveness_s=5.0),
+        EngineSettings(
+            address=ANY_PORT,
+            metrics_address=ANY_PORT,
+            database_url=database_url,
+            backend=backend,
+            heartbeat_s=0.5,
+            **engine,  # type: ignore[arg-type]
+        ),
     )
 
 

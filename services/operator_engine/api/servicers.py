@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_pb2_grpc
-from plumbing import auth, errors, untrusted
+from plumbing import auth, errors, tracing, untrusted
 from plumbing.statuses import Status
 from plumbing.workflows import check_workflow
 from services.operator_engine.api import convert
@@ -48,6 +48,7 @@ def _job_of(request: engine_pb2.SubmitJobRequest) -> tuple[dict[str, Any], bytes
         "algorithm_timeout_s": float(workflow.max_duration_seconds),
         "dataset_dids": [d.did for d in workflow.datasets],
         "algorithm_did": workflow.algorithm.did if workflow.HasField("algorithm") else "",
+        "trace_parent": tracing.canonical(workflow.trace_parent),
     }
     return fields, workflow.SerializeToString(deterministic=True)
 
@@ -157,9 +158,12 @@ def _read_from(path, offset: int) -> bytes:  # type: ignore[no-untyped-def]
 class JobAgentServicer(job_agent_pb2_grpc.JobAgentServiceServicer):
     """Pods authenticate with their own job's token, nothing else."""
 
-    def __init__(self, orchestrator: Orchestrator, environments) -> None:  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self, orchestrator: Orchestrator, environments, count_staged_bytes: Callable[[int], object] = lambda n: None
+    ) -> None:
         self._orchestrator = orchestrator
         self._environments = environments
+        self._count_staged_bytes = count_staged_bytes
 
     def _run(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         job_id = check_job_id(request.job_id)
@@ -184,6 +188,8 @@ class JobAgentServicer(job_agent_pb2_grpc.JobAgentServiceServicer):
                 f"status {request.status} is not a job status", "status_invalid", field="status"
             ) from None
         await self._orchestrator.report_progress(run, status, request.error_code, request.message)
+        if status == Status.PROVISIONING_SUCCESS:
+            self._count_staged_bytes(request.staged_bytes)
         return job_agent_pb2.ReportProgressResponse()
 
     async def ReportResults(self, request, context):  # type: ignore[override]

@@ -20,6 +20,7 @@ class JobSpec:
     algorithm_timeout_s: float
     dataset_dids: tuple[str, ...]
     algorithm_did: str
+    trace_parent: str = ""  # the job's W3C trace context, from its workflow: its stages and pods join it
 
     @property
     def data_root(self) -> Path:

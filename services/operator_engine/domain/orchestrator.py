@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from plumbing import errors
+from plumbing import errors, logs, tracing
 from plumbing.statuses import FAILURES, EndReason, Status, check_transition, is_terminal
 from services.operator_engine.domain import stages
 from services.operator_engine.domain.changes import StateChange
@@ -257,6 +257,9 @@ class Orchestrator:
 
     async def _execute(self, run: Run) -> None:
         job = run.spec
+        # This task's log lines (and its stages' spans) belong to the job and its trace.
+        logs.bind(job_id=job.job_id)
+        tracing.join(job.trace_parent)
         try:
             if run.status == Status.WARMING_UP:
                 await self._emit(run, Status.STARTED)
@@ -401,6 +404,7 @@ _SPEC_FIELDS = (
 def _spec_to_json(fields: dict[str, Any]) -> dict[str, Any]:
     data = {name: fields[name] for name in _SPEC_FIELDS}
     data["dataset_dids"] = list(data["dataset_dids"])
+    data["trace_parent"] = fields.get("trace_parent", "")  # a job may come without a trace
     return data
 
 
@@ -416,4 +420,5 @@ def _spec_from_json(data: dict[str, Any], token: str, workspace: Path) -> JobSpe
         algorithm_timeout_s=float(data["algorithm_timeout_s"]),
         dataset_dids=tuple(data["dataset_dids"]),
         algorithm_did=data["algorithm_did"],
+        trace_parent=data.get("trace_parent", ""),  # absent from jobs stored before traces
     )

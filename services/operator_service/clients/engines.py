@@ -105,7 +105,7 @@ class StateStream:
         if response is grpc.aio.EOF:
             return None
         if response.HasField("heartbeat"):
-            return Heartbeat(tuple(response.heartbeat.environments))
+            return Heartbeat(tuple(response.heartbeat.environments), response.heartbeat.latest_sequence)
         return [incoming(change) for change in response.changes.changes]
 
     def cancel(self) -> None:

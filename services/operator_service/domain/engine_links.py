@@ -76,6 +76,9 @@ class EngineLink:
         self._queue_timeout_s = queue_timeout_s
         self._dispatch_timeout_s = dispatch_timeout_s
         self.last_heartbeat = 0.0
+        # The state stream's progress: the engine's last recorded change, and the last one applied here.
+        self.last_emitted = 0
+        self.last_applied = 0
         # The environments of the latest heartbeat: CreateJob checks them without a query.
         self.environments: list[common_pb2.Environment] = []
         self._dispatch_wanted = asyncio.Event()
@@ -132,6 +135,7 @@ class EngineLink:
 
     async def _follow_once(self) -> None:
         after = await self._store.register_engine(self.engine_id, self.address)
+        self.last_applied = after
         stream = self._client.state_changes(after)
         pending: asyncio.Queue[list[IncomingChange] | None] = asyncio.Queue()
         applier = asyncio.create_task(self._apply_from(pending))
@@ -149,8 +153,10 @@ class EngineLink:
                 if applier.done():
                     applier.result()  # raises the applier's failure
                 if isinstance(message, Heartbeat):
+                    self.last_emitted = max(self.last_emitted, message.latest_sequence)
                     await self._heartbeat(message)
                 else:
+                    self.last_emitted = max(self.last_emitted, message[-1].sequence)
                     pending.put_nowait(message)
         finally:
             stream.cancel()
@@ -170,6 +176,7 @@ class EngineLink:
                     break
                 batch.extend(more)
             applied = await self._store.apply_changes(self.engine_id, batch)
+            self.last_applied = batch[-1].sequence
             self.last_heartbeat = time.monotonic()
             self._broker.publish(applied)
 

@@ -62,6 +62,7 @@ class Heartbeat:
     """The engine is alive and offers these environments."""
 
     environments: tuple[common_pb2.Environment, ...]
+    latest_sequence: int = 0  # the last state change the engine has recorded
 
 
 @dataclass(frozen=True)

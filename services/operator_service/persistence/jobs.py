@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, inspect, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, inspect, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -159,6 +159,11 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
             "page_token_invalid",
             field="page_token",
         ) from None
+
+
+def count_by_status(session: Session) -> dict[int, int]:
+    """How many jobs there are in each status (ix_jobs_status_created serves it)."""
+    return {status: count for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status))}
 
 
 def read_events(session: Session, job_ids: Sequence[str], after_sequence: int) -> list[JobEvent]:

@@ -47,4 +47,5 @@ def staging_request(workflow: common_pb2.Workflow) -> staging.StagingRequest:
 
 
 async def report_outcome(agent: pods.JobAgent, outcome: staging.StagingOutcome) -> None:
-    await agent.report_progress(outcome.status, outcome.error_code, outcome.reason)
+    staged_bytes = sum(f.size for f in outcome.files) if outcome.ok else 0
+    await agent.report_progress(outcome.status, outcome.error_code, outcome.reason, staged_bytes)

@@ -16,6 +16,7 @@ from google.protobuf import json_format
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc
+from plumbing import tracing
 from services.pod_publish.domain.publishing import AssetRegistrationFailed
 
 log = logging.getLogger("c2d.pod_publish")
@@ -32,7 +33,7 @@ async def register_results_asset(workflow: common_pb2.Workflow, job_id: str, man
         raise AssetRegistrationFailed("the workflow carries no results-asset grant from the provider")
     results = json_format.ParseDict(manifest, common_pb2.ResultsManifest())
     request = asset_pb2.RegisterResultsAssetRequest(job_id=job_id, grant=workflow.results_asset_grant, results=results)
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with grpc.aio.insecure_channel(address, interceptors=tracing.client_interceptors() or None) as channel:
         assets = asset_pb2_grpc.AssetServiceStub(channel)
         for attempt in range(REGISTER_ATTEMPTS):
             try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +21,7 @@ from google.protobuf import json_format
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2, provider_pb2_grpc
-from plumbing import errors, storage, untrusted
+from plumbing import errors, logs, storage, tracing, untrusted
 from plumbing.database import Database
 from plumbing.statuses import is_terminal
 from services.provider.api.authentication import authenticate
@@ -36,6 +37,8 @@ from services.provider.persistence.catalog import AssetCatalog
 
 FINISHED_JOB_TTL_S = 2.0
 FINISHED_JOBS_CACHED = 4096
+
+log = logging.getLogger("c2d.provider")
 
 
 def _not_found(job_id: str) -> errors.NotFound:
@@ -182,6 +185,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         consumer = plan.consumer
         order_ids, request_key = compute_plan.claimed_orders(plan)
         workflow = workflow_of(plan, request.spec)
+        workflow.trace_parent = tracing.traceparent()  # the job's stages and pods join this request's trace
         if workflow.publish_results_as_asset:
             # pod_publish registers the results asset with this single-job grant
             workflow.results_asset_grant = results_grants.mint_grant(self._keys, consumer, request_key)
@@ -208,6 +212,8 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             await self._db.run(lambda s: store.release_orders(s, order_ids, request_key))
             raise
         await self._db.run(lambda s: store.record_job(s, order_ids, job.job_id))
+        logs.bind(job_id=job.job_id)
+        log.info("job %s started for %s", job.job_id, consumer)
         return provider_pb2.StartComputeResponse(job_id=job.job_id, job=job)
 
     # -- the job's owner only -------------------------------------------------------

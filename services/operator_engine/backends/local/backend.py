@@ -99,6 +99,7 @@ class LocalBackend:
             "C2D_AGENT_ADDRESS": self.agent_address,
             "C2D_DATA_ROOT": str(job.data_root),
             "C2D_ADMIN_DIR": str(job.admin_dir),
+            "TRACEPARENT": job.trace_parent,  # the pod joins the job's trace (plumbing/pods.py)
         }
         # The admin log of the stage (configure.log, publish.log): the operator's, not a result.
         process = await self._launcher.start(stage.program, env, job.admin_dir / f"{stage.name}.log")

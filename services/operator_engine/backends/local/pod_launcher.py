@@ -309,7 +309,7 @@ def _child(name: str, requests: int, helper_pid: int, program: pods.Program) -> 
         os.environ.clear()
         os.environ.update(job["env"])
         sys.argv = [programs()[name].module]  # as running the program's module would see it
-        pods.configure_logging()
+        pods.configure_logging(name)
         usable = (
             ahead is not None
             and pods.channel_key() == ahead_key
