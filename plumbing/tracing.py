@@ -107,11 +107,11 @@ def client_interceptors() -> list[Any]:
 
 
 def context_from_metadata(metadata: Sequence[tuple[str, Any]] | None) -> otel_context.Context | None:
-    """The trace context a client sent in a call's metadata; None without a traceparent."""
-    for key, value in metadata or ():
-        if key == TRACEPARENT:
-            return propagate.extract({TRACEPARENT: value if isinstance(value, str) else value.decode()})
-    return None
+    """The trace context a client sent in a call's metadata (its traceparent,
+    and tracestate and baggage with it); None when it sent no traceparent."""
+    if not any(key == TRACEPARENT for key, _ in metadata or ()):
+        return None  # the common case, found without building a carrier
+    return propagate.extract({key: value for key, value in metadata or () if isinstance(value, str)})
 
 
 def traceparent() -> str:

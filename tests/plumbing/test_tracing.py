@@ -4,6 +4,7 @@ contexts a job carries."""
 from __future__ import annotations
 
 import pytest
+from opentelemetry import trace
 
 from plumbing import tracing
 
@@ -35,8 +36,9 @@ def test_a_stored_traceparent_is_kept_in_canonical_form_and_a_malformed_one_drop
 
 def test_a_client_traceparent_in_metadata_becomes_the_current_trace():
     assert tracing.context_from_metadata((("authorization", "Bearer t"),)) is None
-    context = tracing.context_from_metadata((("traceparent", PARENT.encode()),))
+    context = tracing.context_from_metadata((("user-agent", "grpc"), ("traceparent", PARENT)))
     assert context is not None
+    assert format(trace.get_current_span(context).get_span_context().trace_id, "032x") == PARENT.split("-")[1]
     assert tracing.traceparent() == ""
     with tracing.joined(PARENT):
         assert tracing.traceparent() == PARENT  # passed on as received while nothing records spans
