@@ -1,11 +1,15 @@
 """Every server's /metrics, moved by a real job on the local backend: the RPC
 counters by status code, signature checks, jobs by status, the stages, the
-bytes staged and published, the queue and the state stream."""
+bytes staged and published, the queue and the state stream; and every series
+the Grafana dashboard in deploy/ queries is one they serve."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
+from pathlib import Path
 
 import grpc
 
@@ -16,6 +20,7 @@ from services.operator_service import metrics as operator_metrics
 from tests.observability.scraping import rpcs, scrape, value
 from tests.provider.market import open_market, refused
 
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "c2d-dashboard.json"
 PROVIDER = "c2d.provider.v1.ProviderService"
 OPERATOR = "c2d.operator.v1.OperatorService"
 ENGINE = "c2d.engine.v1.EngineService"
@@ -105,3 +110,14 @@ async def test_a_job_moves_every_servers_metrics(data_dir):
         assert value(engine, "c2d_engine_queued_jobs", environment=market.environment_id) == 0
         assert value(engine, "c2d_engine_running_jobs", environment=market.environment_id) == 0
         assert value(engine, "c2d_engine_last_sequence") == emitted
+
+        served = {name for samples in (provider, operator, engine) for name, _labels in samples}
+        assert dashboard_metrics() <= served, dashboard_metrics() - served
+
+
+def dashboard_metrics() -> set[str]:
+    """Every series the Grafana dashboard in deploy/ queries."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert exprs
+    return {name for expr in exprs for name in re.findall(r"\b(?:c2d|grpc_server|process)_[a-z_]+\b", expr)}
