@@ -24,7 +24,7 @@ from typing import Any
 
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
-from plumbing import auth, logs, server, tracing
+from plumbing import auth, logs, tracing
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,10 @@ async def run(name: str, program: Program, channel: Any = None) -> int:
 
 def configure_logging(name: str) -> None:
     """The pod's logging (JSON in its admin log file, unless C2D_LOG_FORMAT
-    says otherwise) and tracing; `name` is the component on its lines."""
-    server.configure_observability(name)
+    says otherwise) and tracing; `name` is the component on its lines. Not
+    plumbing.server's: a pod image has no Prometheus client."""
+    logs.configure(name)
+    tracing.configure(f"c2d-{name}")
 
 
 def main(name: str, program: Program) -> None:

@@ -442,12 +442,26 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return True
 
 
-def _peer_matches(rule_peer: dict[str, Any], peer: Peer) -> bool:
+def _peer_matches(rule_peer: dict[str, Any], peer: Peer, namespace: dict[str, str]) -> bool:
     if "ipBlock" in rule_peer:
         return peer.labels is None
     if "namespaceSelector" in rule_peer:  # a namespaceSelector reaches beyond the namespace
-        return peer.labels is None or _selects(rule_peer.get("podSelector", {}), peer.labels)
+        if peer.labels is None:
+            return True
+        # a pod of this namespace, when the selector picks this namespace (its labels: `namespace`)
+        return _selects(rule_peer["namespaceSelector"], namespace) and _selects(
+            rule_peer.get("podSelector", {}), peer.labels
+        )
     return peer.labels is not None and _selects(rule_peer.get("podSelector", {}), peer.labels)
+
+
+def _namespace_labels(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The labels of the namespace the objects are deployed in, as the API server sets them."""
+    namespace = next((o for o in objects if o["kind"] == "Namespace"), None)
+    if namespace is None:
+        return {}
+    name = namespace["metadata"]["name"]
+    return {**namespace["metadata"].get("labels", {}), "kubernetes.io/metadata.name": name}
 
 
 def ingress_allowed(objects: list[dict[str, Any]], target: dict[str, str], port: int, peer: Peer) -> bool:
@@ -461,13 +475,14 @@ def ingress_allowed(objects: list[dict[str, Any]], target: dict[str, str], port:
     ]
     if not policies:
         return True  # a pod no policy selects is not isolated
+    namespace = _namespace_labels(objects)
     for policy in policies:
         for rule in policy["spec"].get("ingress", ()):
             ports = rule.get("ports")
             if ports and not any(p.get("port") == port for p in ports):
                 continue
             peers = rule.get("from")
-            if not peers or any(_peer_matches(p, peer) for p in peers):
+            if not peers or any(_peer_matches(p, peer, namespace) for p in peers):
                 return True
     return False
 
