@@ -136,6 +136,8 @@ async def start_server(
 
 # -- every RPC observed --------------------------------------------------------------
 
+MAX_JOB_ID = 64
+
 
 def _observed(mapped: Any, service_name: str, rpc_metrics: metrics.RpcMetrics | None) -> Any:
     """The error-mapped servicer with each RPC observed: its log lines tagged
@@ -167,9 +169,9 @@ class _Watch:
 
     def enter(self, request: Any, context: grpc.aio.ServicerContext) -> tuple[Any, Any]:
         """Tags the call's task with its job and trace; what `leave` undoes."""
-        job_token = (
-            logs.bind_job(request.job_id) if self.has_job_id and type(request) is not UndecodableRequest else None
-        )
+        names_job = self.has_job_id and type(request) is not UndecodableRequest
+        # Cut to the longest id a service issues: a client's id is not validated yet.
+        job_token = logs.bind_job(request.job_id[:MAX_JOB_ID]) if names_job else None
         parent = tracing.context_from_metadata(context.invocation_metadata())
         if tracing.enabled():
             span = tracing.tracer.start_span(
