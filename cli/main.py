@@ -10,7 +10,6 @@ error is one message that says what to do.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from importlib import metadata
 from pathlib import Path

@@ -98,7 +98,6 @@ _POD = (
     ("C2D_DATA_ROOT", "the job's /data directory"),
     ("C2D_ADMIN_DIR", "where the pod writes the operator's logs"),
 )
-# TRACEPARENT (the job's trace context) is OpenTelemetry's name, not a C2D_ one: README, Metrics, logs and traces.
 
 SETTINGS_CLASSES = (
     (ProviderSettings, "C2D_PROVIDER", "provider"),
