@@ -16,9 +16,9 @@ def job(row: Job) -> common_pb2.Job:
         dataset_dids=row.dataset_dids,
         algorithm_did=row.algorithm_did,
         environment_id=row.environment_id,
-        status=row.status,  # type: ignore[arg-type]
+        status=common_pb2.JobStatus.ValueType(row.status),
         status_text=TEXT[Status(row.status)],
-        end_reason=row.end_reason,  # type: ignore[arg-type]
+        end_reason=common_pb2.EndReason.ValueType(row.end_reason),
         error_code=row.error_code,
         error_message=row.error_message,
         results_did=row.results_did,

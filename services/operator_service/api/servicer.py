@@ -6,13 +6,16 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Literal
 
 from google.protobuf import json_format
+from sqlalchemy.orm import Session
 
 from c2d.common.v1 import common_pb2
 from c2d.operator.v1 import operator_pb2, operator_pb2_grpc
 from plumbing import errors, untrusted
 from plumbing.database import Database, GroupCommit
+from plumbing.rpc_types import StreamContext, UnaryContext
 from plumbing.statuses import TEXT, EndReason, Status, is_terminal
 from plumbing.workflows import check_workflow
 from services.operator_service.api import convert
@@ -36,7 +39,7 @@ def _job_id(value: str, field: str = "job_id") -> str:
         ) from None
 
 
-def _time(request, name: str) -> datetime | None:  # type: ignore[no-untyped-def]
+def _time(request: operator_pb2.ListJobsRequest, name: Literal["created_after", "created_before"]) -> datetime | None:
     if not request.HasField(name):
         return None
     try:
@@ -80,10 +83,18 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 return env
         return None
 
-    async def ListEnvironments(self, request, context):  # type: ignore[override]
+    async def ListEnvironments(
+        self,
+        request: operator_pb2.ListEnvironmentsRequest,
+        context: UnaryContext[operator_pb2.ListEnvironmentsRequest, operator_pb2.ListEnvironmentsResponse],
+    ) -> operator_pb2.ListEnvironmentsResponse:
         return operator_pb2.ListEnvironmentsResponse(environments=await self._environments())
 
-    async def CreateJob(self, request, context):  # type: ignore[override]
+    async def CreateJob(
+        self,
+        request: operator_pb2.CreateJobRequest,
+        context: UnaryContext[operator_pb2.CreateJobRequest, operator_pb2.CreateJobResponse],
+    ) -> operator_pb2.CreateJobResponse:
         if not request.request_id:
             raise errors.InvalidArgument(
                 "request_id is required (the idempotency key)", "request_id_missing", field="request_id"
@@ -131,10 +142,18 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             raise errors.NotFound(f"job {job_id} does not exist", "job_not_found")
         return job
 
-    async def GetJob(self, request, context):  # type: ignore[override]
+    async def GetJob(
+        self,
+        request: operator_pb2.GetJobRequest,
+        context: UnaryContext[operator_pb2.GetJobRequest, operator_pb2.GetJobResponse],
+    ) -> operator_pb2.GetJobResponse:
         return operator_pb2.GetJobResponse(job=convert.job(await self._read(_job_id(request.job_id))))
 
-    async def ListJobs(self, request, context):  # type: ignore[override]
+    async def ListJobs(
+        self,
+        request: operator_pb2.ListJobsRequest,
+        context: UnaryContext[operator_pb2.ListJobsRequest, operator_pb2.ListJobsResponse],
+    ) -> operator_pb2.ListJobsResponse:
         page_size = request.page_size or DEFAULT_PAGE
         if page_size > MAX_PAGE:
             raise errors.InvalidArgument(
@@ -159,7 +178,11 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         rows, token = await self._db.run(lambda s: store.list_jobs(s, filters, page_size, request.page_token))
         return operator_pb2.ListJobsResponse(jobs=[convert.job(r) for r in rows], next_page_token=token)
 
-    async def WatchJobs(self, request, context) -> AsyncIterator[operator_pb2.WatchJobsResponse]:  # type: ignore[override]
+    async def WatchJobs(
+        self,
+        request: operator_pb2.WatchJobsRequest,
+        context: StreamContext[operator_pb2.WatchJobsRequest, operator_pb2.WatchJobsResponse],
+    ) -> AsyncIterator[operator_pb2.WatchJobsResponse]:
         if not request.job_ids:
             raise errors.InvalidArgument("name at least one job to watch", "job_ids_missing", field="job_ids")
         untrusted.int64(request.after_sequence, "after_sequence")
@@ -178,9 +201,10 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 events = await self._db.run(lambda s: store.read_events(s, job_ids, request.after_sequence))
                 for event in events:
                     snapshot = convert.job(current[event.job_id])
-                    snapshot.status, snapshot.sequence = event.status, event.sequence  # type: ignore[assignment]
+                    snapshot.status = common_pb2.JobStatus.ValueType(event.status)
+                    snapshot.sequence = event.sequence
                     snapshot.status_text = TEXT[Status(event.status)]
-                    snapshot.end_reason = event.end_reason  # type: ignore[assignment]
+                    snapshot.end_reason = common_pb2.EndReason.ValueType(event.end_reason)
                     snapshot.error_code, snapshot.error_message = event.error_code, event.error_message
                     yield operator_pb2.WatchJobsResponse(job=snapshot)
                     sent[event.job_id] = event.sequence
@@ -210,8 +234,15 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         finally:
             self._broker.unsubscribe(job_ids, queue)
 
-    async def StopJob(self, request, context):  # type: ignore[override]
-        job = await self._read(_job_id(request.job_id))
+    async def StopJob(
+        self,
+        request: operator_pb2.StopJobRequest,
+        context: UnaryContext[operator_pb2.StopJobRequest, operator_pb2.StopJobResponse],
+    ) -> operator_pb2.StopJobResponse:
+        return await self._stop(_job_id(request.job_id))
+
+    async def _stop(self, job_id: str) -> operator_pb2.StopJobResponse:
+        job = await self._read(job_id)
         if is_terminal(job.status):
             raise errors.FailedPrecondition(
                 f"job {job.job_id} already ended with status {job.status} ({TEXT[Status(job.status)]})",
@@ -219,7 +250,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             )
         if not job.dispatched:
 
-            def end(session) -> Job | None:  # type: ignore[no-untyped-def]
+            def end(session: Session) -> Job | None:
                 locked = store.read_job(session, job.job_id, lock=True)
                 if locked is not None and not locked.dispatched and not is_terminal(locked.status):
                     store.end_job(session, locked, EndReason.STOPPED, "stopped", "stopped by its owner")
@@ -246,17 +277,21 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
             self._broker.unsubscribe([job.job_id], queue)
         return operator_pb2.StopJobResponse(job=convert.job(await self._read(job.job_id)))
 
-    async def DeleteJob(self, request, context):  # type: ignore[override]
+    async def DeleteJob(
+        self,
+        request: operator_pb2.DeleteJobRequest,
+        context: UnaryContext[operator_pb2.DeleteJobRequest, operator_pb2.DeleteJobResponse],
+    ) -> operator_pb2.DeleteJobResponse:
         job = await self._read(_job_id(request.job_id))
         link = self._links.get(job.engine_id)
         if job.dispatched and link is not None:
             await link.delete(job.job_id)
         elif not is_terminal(job.status):
-            await self.StopJob(operator_pb2.StopJobRequest(job_id=job.job_id), context)
+            await self._stop(job.job_id)
         if self._remove_results is not None and job.results:
             await self._remove_results(job)
 
-        def mark(session) -> None:  # type: ignore[no-untyped-def]
+        def mark(session: Session) -> None:
             row = store.read_job(session, job.job_id, lock=True)
             if row is not None:
                 if self._remove_results is not None:
@@ -266,7 +301,11 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         await self._db.run(mark)
         return operator_pb2.DeleteJobResponse()
 
-    async def StreamJobLogs(self, request, context):  # type: ignore[override]
+    async def StreamJobLogs(
+        self,
+        request: operator_pb2.StreamJobLogsRequest,
+        context: StreamContext[operator_pb2.StreamJobLogsRequest, operator_pb2.StreamJobLogsResponse],
+    ) -> AsyncIterator[operator_pb2.StreamJobLogsResponse]:
         untrusted.int64(request.offset, "offset")
         job = await self._read(_job_id(request.job_id))
         if not job.dispatched:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, inspect, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import ColumnElement, bindparam, delete, func, insert, inspect, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from plumbing import errors, untrusted
@@ -91,8 +90,8 @@ def create_jobs(session: Session, jobs: Sequence[Job]) -> list[tuple[Job, bool]]
     return results
 
 
-def _dialect_insert(session: Session):  # type: ignore[no-untyped-def]
-    return postgresql_insert if _is_postgresql(session) else sqlite_insert
+def _dialect_insert(session: Session) -> Callable[[Any], postgresql.Insert | sqlite.Insert]:
+    return postgresql.insert if _is_postgresql(session) else sqlite.insert
 
 
 def _is_postgresql(session: Session) -> bool:
@@ -111,7 +110,7 @@ def list_jobs(session: Session, filters: JobFilter, page_size: int, page_token: 
 
     For an address, the jobs it owns and those it may view are two indexed
     queries merged here: one query with an OR of the two scans the table."""
-    conditions = [Job.deleted_at.is_(None)]
+    conditions: list[ColumnElement[bool]] = [Job.deleted_at.is_(None)]
     if filters.statuses:
         conditions.append(Job.status.in_(filters.statuses))
     if filters.environment_id:
@@ -389,8 +388,8 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
     }
     # Detached, the rows are plain objects: the changes below are written by
     # the two statements that follow, never by an ORM flush.
-    for job in jobs.values():
-        session.expunge(job)
+    for row in jobs.values():
+        session.expunge(row)
     applied: list[tuple[Job, dict[str, Any]]] = []
     for change in fresh:
         job = jobs.get(change.job_id)
@@ -436,10 +435,9 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
         touched[job.job_id] = job
     if touched:
         # One shape for every row: one executemany, one round trip.
-        table = Job.__table__
         session.connection().execute(
-            update(table)
-            .where(table.c.job_id == bindparam("target_job_id"))
+            update(Job)
+            .where(Job.job_id == bindparam("target_job_id"))
             .values({column: bindparam(column) for column in APPLIED_COLUMNS}),
             [
                 {"target_job_id": job.job_id, **{column: getattr(job, column) for column in APPLIED_COLUMNS}}
@@ -517,6 +515,5 @@ def _insert_events(session: Session, rows: list[dict[str, Any]]) -> list[int]:
     """Inserts history rows in one statement; returns their sequences, in order."""
     if not rows:
         return []
-    table = JobEvent.__table__
-    statement = insert(table).returning(table.c.sequence, sort_by_parameter_order=True)
+    statement = insert(JobEvent).returning(JobEvent.sequence, sort_by_parameter_order=True)
     return list(session.connection().execute(statement, rows).scalars())
