@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,10 +13,11 @@ import grpc
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_pb2_grpc
 from plumbing import auth, errors, tracing, untrusted
+from plumbing.rpc_types import StreamContext, UnaryContext
 from plumbing.statuses import Status
 from plumbing.workflows import check_workflow
 from services.operator_engine.api import convert
-from services.operator_engine.domain.orchestrator import Orchestrator
+from services.operator_engine.domain.orchestrator import Orchestrator, Run
 from services.operator_engine.persistence.event_log import EventLog
 
 # Job ids become directory names: only these characters, never "..".
@@ -64,14 +66,26 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         o = self._orchestrator
         return [convert.environment(o.environment, self._engine_id, o.running_jobs, o.queued_jobs, o.backend.sandboxed)]
 
-    async def ListEnvironments(self, request, context):  # type: ignore[override]
+    async def ListEnvironments(
+        self,
+        request: engine_pb2.ListEnvironmentsRequest,
+        context: UnaryContext[engine_pb2.ListEnvironmentsRequest, engine_pb2.ListEnvironmentsResponse],
+    ) -> engine_pb2.ListEnvironmentsResponse:
         return engine_pb2.ListEnvironmentsResponse(engine_id=self._engine_id, environments=self.environments())
 
-    async def SubmitJob(self, request, context):  # type: ignore[override]
+    async def SubmitJob(
+        self,
+        request: engine_pb2.SubmitJobRequest,
+        context: UnaryContext[engine_pb2.SubmitJobRequest, engine_pb2.SubmitJobResponse],
+    ) -> engine_pb2.SubmitJobResponse:
         created = await self._orchestrator.submit(*_job_of(request))
         return engine_pb2.SubmitJobResponse(created=created)
 
-    async def SubmitJobs(self, request, context):  # type: ignore[override]
+    async def SubmitJobs(
+        self,
+        request: engine_pb2.SubmitJobsRequest,
+        context: UnaryContext[engine_pb2.SubmitJobsRequest, engine_pb2.SubmitJobsResponse],
+    ) -> engine_pb2.SubmitJobsResponse:
         if not request.jobs:
             raise errors.InvalidArgument("name at least one job to submit", "jobs_missing", field="jobs")
         if len(request.jobs) > MAX_SUBMIT_BATCH:
@@ -94,15 +108,27 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         results = await asyncio.gather(*(one(job) for job in request.jobs))
         return engine_pb2.SubmitJobsResponse(results=results)
 
-    async def StopJob(self, request, context):  # type: ignore[override]
+    async def StopJob(
+        self,
+        request: engine_pb2.StopJobRequest,
+        context: UnaryContext[engine_pb2.StopJobRequest, engine_pb2.StopJobResponse],
+    ) -> engine_pb2.StopJobResponse:
         status = await self._orchestrator.stop(check_job_id(request.job_id))
-        return engine_pb2.StopJobResponse(status=int(status))  # type: ignore[arg-type]
+        return engine_pb2.StopJobResponse(status=common_pb2.JobStatus.ValueType(status))
 
-    async def DeleteJob(self, request, context):  # type: ignore[override]
+    async def DeleteJob(
+        self,
+        request: engine_pb2.DeleteJobRequest,
+        context: UnaryContext[engine_pb2.DeleteJobRequest, engine_pb2.DeleteJobResponse],
+    ) -> engine_pb2.DeleteJobResponse:
         await self._orchestrator.delete(check_job_id(request.job_id))
         return engine_pb2.DeleteJobResponse()
 
-    async def StreamStateChanges(self, request, context) -> AsyncIterator[engine_pb2.StreamStateChangesResponse]:  # type: ignore[override]
+    async def StreamStateChanges(
+        self,
+        request: engine_pb2.StreamStateChangesRequest,
+        context: StreamContext[engine_pb2.StreamStateChangesRequest, engine_pb2.StreamStateChangesResponse],
+    ) -> AsyncIterator[engine_pb2.StreamStateChangesResponse]:
         after = untrusted.int64(request.after_sequence, "after_sequence")
         if after > self._events.latest:
             raise errors.FailedPrecondition(
@@ -127,7 +153,11 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             )
         )
 
-    async def StreamJobLogs(self, request, context):  # type: ignore[override]
+    async def StreamJobLogs(
+        self,
+        request: engine_pb2.StreamJobLogsRequest,
+        context: StreamContext[engine_pb2.StreamJobLogsRequest, engine_pb2.StreamJobLogsResponse],
+    ) -> AsyncIterator[engine_pb2.StreamJobLogsResponse]:
         job_id = check_job_id(request.job_id)
         if not self._orchestrator.is_active(job_id):
             await self._orchestrator.status_of(job_id)  # raises NOT_FOUND for unknown jobs
@@ -146,7 +176,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             await asyncio.sleep(LOG_POLL_S)
 
 
-def _read_from(path, offset: int) -> bytes:  # type: ignore[no-untyped-def]
+def _read_from(path: Path, offset: int) -> bytes:
     try:
         with open(path, "rb") as f:
             f.seek(offset)
@@ -155,31 +185,47 @@ def _read_from(path, offset: int) -> bytes:  # type: ignore[no-untyped-def]
         return b""
 
 
+_AgentRequest = (
+    job_agent_pb2.GetWorkflowRequest | job_agent_pb2.ReportProgressRequest | job_agent_pb2.ReportResultsRequest
+)
+
+
 class JobAgentServicer(job_agent_pb2_grpc.JobAgentServiceServicer):
     """Pods authenticate with their own job's token, nothing else."""
 
-    def __init__(  # type: ignore[no-untyped-def]
-        self, orchestrator: Orchestrator, environments, count_staged_bytes: Callable[[int], object] = lambda n: None
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        environments: Callable[[], list[common_pb2.Environment]],
+        count_staged_bytes: Callable[[int], object] = lambda n: None,
     ) -> None:
         self._orchestrator = orchestrator
         self._environments = environments
         self._count_staged_bytes = count_staged_bytes
 
-    def _run(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    def _run(self, request: _AgentRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Run:
         job_id = check_job_id(request.job_id)
         token = auth.presented_token(context.invocation_metadata())
         if not token:
             raise errors.Unauthenticated("missing job token (authorization: Bearer <C2D_JOB_TOKEN>)")
         return self._orchestrator.authorize_pod(job_id, token)
 
-    async def GetWorkflow(self, request, context):  # type: ignore[override]
+    async def GetWorkflow(
+        self,
+        request: job_agent_pb2.GetWorkflowRequest,
+        context: UnaryContext[job_agent_pb2.GetWorkflowRequest, job_agent_pb2.GetWorkflowResponse],
+    ) -> job_agent_pb2.GetWorkflowResponse:
         run = self._run(request, context)
         workflow = common_pb2.Workflow.FromString(self._orchestrator.workflow_of(run))
         return job_agent_pb2.GetWorkflowResponse(
             job_id=request.job_id, workflow=workflow, environment=self._environments()[0]
         )
 
-    async def ReportProgress(self, request, context):  # type: ignore[override]
+    async def ReportProgress(
+        self,
+        request: job_agent_pb2.ReportProgressRequest,
+        context: UnaryContext[job_agent_pb2.ReportProgressRequest, job_agent_pb2.ReportProgressResponse],
+    ) -> job_agent_pb2.ReportProgressResponse:
         run = self._run(request, context)
         try:
             status = Status(request.status)
@@ -192,7 +238,11 @@ class JobAgentServicer(job_agent_pb2_grpc.JobAgentServiceServicer):
             self._count_staged_bytes(request.staged_bytes)
         return job_agent_pb2.ReportProgressResponse()
 
-    async def ReportResults(self, request, context):  # type: ignore[override]
+    async def ReportResults(
+        self,
+        request: job_agent_pb2.ReportResultsRequest,
+        context: UnaryContext[job_agent_pb2.ReportResultsRequest, job_agent_pb2.ReportResultsResponse],
+    ) -> job_agent_pb2.ReportResultsResponse:
         run = self._run(request, context)
         self._orchestrator.record_results(run, convert.manifest_to_json(request.results), request.results_did)
         return job_agent_pb2.ReportResultsResponse()

@@ -119,16 +119,15 @@ def _write_batch(session: Session, batch: list[tuple[StateChange, str | None]]) 
             values["results"] = change.results
         if change.results_did:
             values["results_did"] = change.results_did
-    session.connection().execute(insert(EngineEvent.__table__), events)
+    session.connection().execute(insert(EngineEvent), events)
     # Jobs whose updates set the same columns share one executemany.
-    table = EngineJob.__table__
     shapes: dict[tuple[str, ...], list[dict[str, object]]] = {}
     for job_id, values in jobs.items():
         shapes.setdefault(tuple(sorted(values)), []).append({"target_job_id": job_id, **values})
     for columns, rows in shapes.items():
         statement = (
-            update(table)
-            .where(table.c.job_id == bindparam("target_job_id"))
+            update(EngineJob)
+            .where(EngineJob.job_id == bindparam("target_job_id"))
             .values({column: bindparam(column) for column in columns})
         )
         session.connection().execute(statement, rows)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import json
 import logging
 import os
@@ -73,7 +74,7 @@ def programs() -> dict[str, metadata.EntryPoint]:
 
 
 def load(name: str) -> pods.Program:
-    return programs()[name].load()  # type: ignore[no-any-return]
+    return programs()[name].load()
 
 
 def _check_known(program: str) -> None:
@@ -351,7 +352,7 @@ def serve() -> None:
     helper_pid = os.getpid()
     # Imported once here, so each child starts with them loaded (_strptime: datetime
     # imports it on first use, which pod_publish's manifest makes).
-    import _strptime  # noqa: F401
+    importlib.import_module("_strptime")
 
     mains = {name: load(name) for name in programs()}
     protocol_out = os.dup(1)

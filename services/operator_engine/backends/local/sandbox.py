@@ -188,7 +188,7 @@ _LIFELINE_SANDBOX = (
     '>/dev/null 2>&1 & {unset_pwd}exec "$@" 3<&-'
 )
 _LAUNCH_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-_SIGNAL_NOTES = {
+_SIGNAL_NOTES: dict[int, str] = {
     signal.SIGXCPU: "CPU time limit exceeded",
     signal.SIGXFSZ: "file size limit exceeded",
 }
@@ -433,6 +433,22 @@ class SandboxRun:
     pid: int
     limits_in_force: tuple[str, ...]  # what this run is actually held to
     log_path: Path
+    # Set by start() (the constructor is closed: a run exists only once started).
+    _spec: SandboxSpec
+    _limits: SandboxLimits
+    _workspace: Path
+    _cgroup: JobCgroup | None
+    _home: str | None
+    _log_fd: int
+    _network: JobNetwork | None
+    _proc: asyncio.subprocess.Process
+    _started: float
+    _reason: str | None  # "timeout" | "stopped" | "disk": the first one wins
+    _settled: bool  # the reason can no longer change
+    _kill_requested: asyncio.Event
+    _log_truncated: bool
+    _ended: asyncio.Future[SandboxOutcome]
+    _task: asyncio.Task[SandboxOutcome]
 
     def __init__(self) -> None:
         raise TypeError("use await SandboxRun.start(spec)")
@@ -467,9 +483,9 @@ class SandboxRun:
 
         rlimits, in_force, cg = self._plan_limits()
         self._cgroup = cg
-        self._home: str | None = None
+        self._home = None
         self._log_fd = -1
-        self._network: JobNetwork | None = None
+        self._network = None
         try:
             if spec.use_sandbox and spec.allow_network:
                 self._network = await self._open_network(cg)
@@ -562,11 +578,11 @@ class SandboxRun:
             self._release_resources()
             raise
         self._started = time.monotonic()
-        self._reason: str | None = None  # "timeout" | "stopped" | "disk": the first one wins
-        self._settled = False  # the reason can no longer change
+        self._reason = None
+        self._settled = False
         self._kill_requested = asyncio.Event()
         self._log_truncated = False
-        self._ended: asyncio.Future[SandboxOutcome] = asyncio.get_running_loop().create_future()
+        self._ended = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._supervise(), name=f"sandbox-{spec.job_id}")
         return self
 
