@@ -48,8 +48,8 @@ def state_change(change: StateChange) -> engine_pb2.StateChange:
     message = engine_pb2.StateChange(
         sequence=change.sequence,
         job_id=change.job_id,
-        status=change.status,  # type: ignore[arg-type]
-        end_reason=change.end_reason,  # type: ignore[arg-type]
+        status=common_pb2.JobStatus.ValueType(change.status),
+        end_reason=common_pb2.EndReason.ValueType(change.end_reason),
         error_code=change.error_code,
         error_message=change.error_message,
         results_did=change.results_did,
