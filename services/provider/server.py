@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from types import ModuleType
 
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc, ledger_pb2, ledger_pb2_grpc, provider_pb2, provider_pb2_grpc
 from plumbing import auth, logs, metrics, settings, storage
@@ -33,7 +34,7 @@ from services.provider.persistence.models import Base
 from services.provider.settings import ProviderSettings
 
 
-def _name(module, service: str) -> str:  # type: ignore[no-untyped-def]
+def _name(module: ModuleType, service: str) -> str:
     return module.DESCRIPTOR.services_by_name[service].full_name
 
 

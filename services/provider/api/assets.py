@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 from google.protobuf import json_format
+from sqlalchemy.orm import Session
 
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc
 from plumbing import errors
 from plumbing.assets import SHA256_SYNTAX, is_sha256_hex
 from plumbing.database import Database
+from plumbing.rpc_types import UnaryContext
 from services.provider.api.authentication import authenticate
 from services.provider.domain import ddos, file_locations, sealing
 from services.provider.domain import errors as codes
@@ -55,7 +57,11 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
             )
         return RESULTS_KIND if issued else ddo.metadata.type
 
-    async def EncryptFiles(self, request, context):  # type: ignore[override]
+    async def EncryptFiles(
+        self,
+        request: asset_pb2.EncryptFilesRequest,
+        context: UnaryContext[asset_pb2.EncryptFilesRequest, asset_pb2.EncryptFilesResponse],
+    ) -> asset_pb2.EncryptFilesResponse:
         if not request.files:
             raise errors.InvalidArgument("name at least one file to encrypt", "files_missing", field="files")
         files = []
@@ -72,7 +78,11 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
             files.append(entry)
         return asset_pb2.EncryptFilesResponse(encrypted_files=sealing.seal_files(self._keys.public_key_hex, files))
 
-    async def PublishAsset(self, request, context):  # type: ignore[override]
+    async def PublishAsset(
+        self,
+        request: asset_pb2.PublishAssetRequest,
+        context: UnaryContext[asset_pb2.PublishAssetRequest, asset_pb2.PublishAssetResponse],
+    ) -> asset_pb2.PublishAssetResponse:
         owner = await authenticate(self._verifier, "PublishAsset", request)
         if not request.salt:
             raise errors.InvalidArgument(
@@ -91,11 +101,19 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
         await self._db.run(lambda s: store.create_asset(s, row))
         return asset_pb2.PublishAssetResponse(did=did)
 
-    async def GetAsset(self, request, context):  # type: ignore[override]
+    async def GetAsset(
+        self,
+        request: asset_pb2.GetAssetRequest,
+        context: UnaryContext[asset_pb2.GetAssetRequest, asset_pb2.GetAssetResponse],
+    ) -> asset_pb2.GetAssetResponse:
         asset = await self._assets.resolve(request.did)
         return asset_pb2.GetAssetResponse(ddo_json=asset.ddo_json, owner=asset.owner)
 
-    async def ListAssets(self, request, context):  # type: ignore[override]
+    async def ListAssets(
+        self,
+        request: asset_pb2.ListAssetsRequest,
+        context: UnaryContext[asset_pb2.ListAssetsRequest, asset_pb2.ListAssetsResponse],
+    ) -> asset_pb2.ListAssetsResponse:
         page_size = request.page_size or 100
         if page_size > MAX_PAGE:
             raise errors.InvalidArgument(
@@ -119,7 +137,11 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
             next_page_token=token,
         )
 
-    async def UpdateAsset(self, request, context):  # type: ignore[override]
+    async def UpdateAsset(
+        self,
+        request: asset_pb2.UpdateAssetRequest,
+        context: UnaryContext[asset_pb2.UpdateAssetRequest, asset_pb2.UpdateAssetResponse],
+    ) -> asset_pb2.UpdateAssetResponse:
         caller = await authenticate(self._verifier, "UpdateAsset", request)
         asset = await self._assets.resolve(request.did)
         if asset.owner != caller:
@@ -127,8 +149,9 @@ class AssetServicer(asset_pb2_grpc.AssetServiceServicer):
         data, ddo = ddos.parse_ddo_json(request.ddo_json, asset.owner, request.did)
         kind = self._stored_kind(ddo, asset.owner, request.did)
 
-        def update(session) -> None:  # type: ignore[no-untyped-def]
+        def update(session: Session) -> None:
             stored = store.read_asset(session, request.did)
+            assert stored is not None  # resolved above, and assets are never deleted
             stored.ddo_json = json.dumps(data, sort_keys=True)
             stored.name, stored.asset_type = ddo.metadata.name, kind
 

@@ -17,10 +17,11 @@ from services.provider.domain.signed_requests import RequestVerifier, SignedRequ
 
 async def authenticate(verifier: RequestVerifier, method: str, request: Message) -> str:
     """Returns the caller's checksummed address, or raises a Refusal."""
-    if not request.HasField("signature"):  # type: ignore[arg-type]
+    if not request.HasField("signature"):
         raise errors.Unauthenticated(
             f"{method} must be signed: set signature {{address, nonce, signature}}", "signature_missing"
         )
+    # Every signed request message has this field (mypy sees only Message, which has none).
     signature = request.signature  # type: ignore[attr-defined]
     address = identity.normalize_address(signature.address)
     nonce = untrusted.int64(signature.nonce, "signature.nonce")  # the nonces table holds signed 64 bits

@@ -18,11 +18,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf import json_format
+from sqlalchemy.orm import Session
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2, provider_pb2_grpc
 from plumbing import errors, logs, storage, tracing, untrusted
 from plumbing.database import Database
+from plumbing.rpc_types import StreamContext, UnaryContext
 from plumbing.statuses import is_terminal
 from services.provider.api.authentication import authenticate
 from services.provider.api.downloads import recorded_results, stream_result_file
@@ -123,18 +125,32 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
 
     # -- identity and environments ------------------------------------------------
 
-    async def GetNonce(self, request, context):  # type: ignore[override]
+    async def GetNonce(
+        self,
+        request: provider_pb2.GetNonceRequest,
+        context: UnaryContext[provider_pb2.GetNonceRequest, provider_pb2.GetNonceResponse],
+    ) -> provider_pb2.GetNonceResponse:
         address = identity.normalize_address(request.address)
         return provider_pb2.GetNonceResponse(nonce=await self._db.run(lambda s: store.read_nonce(s, address)))
 
-    async def GetProviderInfo(self, request, context):  # type: ignore[override]
+    async def GetProviderInfo(
+        self,
+        request: provider_pb2.GetProviderInfoRequest,
+        context: UnaryContext[provider_pb2.GetProviderInfoRequest, provider_pb2.GetProviderInfoResponse],
+    ) -> provider_pb2.GetProviderInfoResponse:
         return provider_pb2.GetProviderInfoResponse(
             fee_address=self._fee_address,
             encryption_public_key=self._keys.public_key_hex,
             signing_public_key=self._keys.verify_key_hex,
         )
 
-    async def ListComputeEnvironments(self, request, context):  # type: ignore[override]
+    async def ListComputeEnvironments(
+        self,
+        request: provider_pb2.ListComputeEnvironmentsRequest,
+        context: UnaryContext[
+            provider_pb2.ListComputeEnvironmentsRequest, provider_pb2.ListComputeEnvironmentsResponse
+        ],
+    ) -> provider_pb2.ListComputeEnvironmentsResponse:
         return provider_pb2.ListComputeEnvironmentsResponse(environments=await self._operator.list_environments())
 
     # -- starting ------------------------------------------------------------------
@@ -158,10 +174,14 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             else:
                 workflow.datasets.append(asset)
 
-    async def InitializeCompute(self, request, context):  # type: ignore[override]
+    async def InitializeCompute(
+        self,
+        request: provider_pb2.InitializeComputeRequest,
+        context: UnaryContext[provider_pb2.InitializeComputeRequest, provider_pb2.InitializeComputeResponse],
+    ) -> provider_pb2.InitializeComputeResponse:
         plan = await self._plan("InitializeCompute", request)
 
-        def requirements(session) -> list[provider_pb2.OrderRequirement]:  # type: ignore[no-untyped-def]
+        def requirements(session: Session) -> list[provider_pb2.OrderRequirement]:
             result = []
             for planned in plan.assets:
                 order = planned.choice
@@ -180,7 +200,11 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
 
         return provider_pb2.InitializeComputeResponse(orders=await self._db.run(requirements))
 
-    async def StartCompute(self, request, context):  # type: ignore[override]
+    async def StartCompute(
+        self,
+        request: provider_pb2.StartComputeRequest,
+        context: UnaryContext[provider_pb2.StartComputeRequest, provider_pb2.StartComputeResponse],
+    ) -> provider_pb2.StartComputeResponse:
         plan = await self._plan("StartCompute", request)
         consumer = plan.consumer
         order_ids, request_key = compute_plan.claimed_orders(plan)
@@ -191,7 +215,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             workflow.results_asset_grant = results_grants.mint_grant(self._keys, consumer, request_key)
             workflow.provider_address = self.reachable_address
 
-        def claim(session) -> None:  # type: ignore[no-untyped-def]
+        def claim(session: Session) -> None:
             for planned in plan.assets:
                 order = planned.choice
                 found = store.read_order(session, order.order_id)
@@ -245,7 +269,11 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             statement_json=text, signature=signature, public_key=self._keys.verify_key_hex
         )
 
-    async def GetJobDetails(self, request, context):  # type: ignore[override]
+    async def GetJobDetails(
+        self,
+        request: provider_pb2.GetJobDetailsRequest,
+        context: UnaryContext[provider_pb2.GetJobDetailsRequest, provider_pb2.GetJobDetailsResponse],
+    ) -> provider_pb2.GetJobDetailsResponse:
         """A finished job's answer comes from a short-lived cache, statement
         signed once: it changes only when the job is deleted (through us:
         evicted) or its results expire (seen within FINISHED_JOB_TTL_S), and
@@ -264,29 +292,49 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
                 self._finished_jobs.popitem(last=False)
         return details
 
-    async def WatchJob(self, request, context) -> AsyncIterator[provider_pb2.WatchJobResponse]:  # type: ignore[override]
+    async def WatchJob(
+        self,
+        request: provider_pb2.WatchJobRequest,
+        context: StreamContext[provider_pb2.WatchJobRequest, provider_pb2.WatchJobResponse],
+    ) -> AsyncIterator[provider_pb2.WatchJobResponse]:
         job = await self._owned_job("WatchJob", request)
         after = untrusted.int64(request.after_sequence, "after_sequence")
         async with contextlib.aclosing(self._operator.watch_job(job.job_id, after)) as updates:
             async for update in updates:
                 yield provider_pb2.WatchJobResponse(job=update)
 
-    async def ListJobs(self, request, context):  # type: ignore[override]
+    async def ListJobs(
+        self,
+        request: provider_pb2.ListJobsRequest,
+        context: UnaryContext[provider_pb2.ListJobsRequest, provider_pb2.ListJobsResponse],
+    ) -> provider_pb2.ListJobsResponse:
         caller = await authenticate(self._verifier, "ListJobs", request)
         response = await self._operator.list_jobs(caller, request.statuses, request.page_size, request.page_token)
         return provider_pb2.ListJobsResponse(jobs=response.jobs, next_page_token=response.next_page_token)
 
-    async def StopCompute(self, request, context):  # type: ignore[override]
+    async def StopCompute(
+        self,
+        request: provider_pb2.StopComputeRequest,
+        context: UnaryContext[provider_pb2.StopComputeRequest, provider_pb2.StopComputeResponse],
+    ) -> provider_pb2.StopComputeResponse:
         job = await self._owned_job("StopCompute", request, owner_only=True)
         return provider_pb2.StopComputeResponse(job=await self._operator.stop_job(job.job_id))
 
-    async def DeleteCompute(self, request, context):  # type: ignore[override]
+    async def DeleteCompute(
+        self,
+        request: provider_pb2.DeleteComputeRequest,
+        context: UnaryContext[provider_pb2.DeleteComputeRequest, provider_pb2.DeleteComputeResponse],
+    ) -> provider_pb2.DeleteComputeResponse:
         job = await self._owned_job("DeleteCompute", request, owner_only=True)
         await self._operator.delete_job(job.job_id)
         self._finished_jobs.pop(job.job_id, None)  # after the delete: a read in between may have cached it
         return provider_pb2.DeleteComputeResponse()
 
-    async def GetComputeResult(self, request, context):  # type: ignore[override]
+    async def GetComputeResult(
+        self,
+        request: provider_pb2.GetComputeResultRequest,
+        context: StreamContext[provider_pb2.GetComputeResultRequest, provider_pb2.GetComputeResultResponse],
+    ) -> AsyncIterator[provider_pb2.GetComputeResultResponse]:
         job = await self._owned_job("GetComputeResult", request)
         files = {f.index: f for f in recorded_results(job)}
         entry = files.get(request.index)
@@ -301,7 +349,11 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             async for response in responses:
                 yield response
 
-    async def StreamJobLogs(self, request, context):  # type: ignore[override]
+    async def StreamJobLogs(
+        self,
+        request: provider_pb2.StreamJobLogsRequest,
+        context: StreamContext[provider_pb2.StreamJobLogsRequest, provider_pb2.StreamJobLogsResponse],
+    ) -> AsyncIterator[provider_pb2.StreamJobLogsResponse]:
         job = await self._owned_job("StreamJobLogs", request)
         async with contextlib.aclosing(
             self._operator.stream_job_logs(job.job_id, request.follow, untrusted.int64(request.offset, "offset"))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session
+
 from c2d.provider.v1 import ledger_pb2, ledger_pb2_grpc
 from plumbing import errors
 from plumbing.database import Database
+from plumbing.rpc_types import UnaryContext
 from services.provider.api.authentication import authenticate
 from services.provider.domain import errors as codes
 from services.provider.domain import identity
@@ -41,7 +44,11 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self._fee_address = fee_address
         self._order_timeout_s = order_timeout_s
 
-    async def CreateDatatoken(self, request, context):  # type: ignore[override]
+    async def CreateDatatoken(
+        self,
+        request: ledger_pb2.CreateDatatokenRequest,
+        context: UnaryContext[ledger_pb2.CreateDatatokenRequest, ledger_pb2.CreateDatatokenResponse],
+    ) -> ledger_pb2.CreateDatatokenResponse:
         caller = await authenticate(self._verifier, "CreateDatatoken", request)
         asset = await self._assets.resolve(request.did)
         if asset.owner != caller:
@@ -54,13 +61,15 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         )
         return ledger_pb2.CreateDatatokenResponse(datatoken_address=address)
 
-    async def Mint(self, request, context):  # type: ignore[override]
+    async def Mint(
+        self, request: ledger_pb2.MintRequest, context: UnaryContext[ledger_pb2.MintRequest, ledger_pb2.MintResponse]
+    ) -> ledger_pb2.MintResponse:
         caller = await authenticate(self._verifier, "Mint", request)
         receiver = identity.normalize_address(request.to_address)
         if request.amount <= 0:
             raise errors.InvalidArgument("amount must be at least 1", "amount_invalid", field="amount")
 
-        def mint(session) -> int:  # type: ignore[no-untyped-def]
+        def mint(session: Session) -> int:
             token = store.read_datatoken(session, request.datatoken_address)
             if token is None:
                 raise errors.NotFound(f"datatoken {request.datatoken_address} does not exist", "datatoken_not_found")
@@ -70,19 +79,27 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
         return ledger_pb2.MintResponse(balance=await self._db.run(mint))
 
-    async def GetBalance(self, request, context):  # type: ignore[override]
+    async def GetBalance(
+        self,
+        request: ledger_pb2.GetBalanceRequest,
+        context: UnaryContext[ledger_pb2.GetBalanceRequest, ledger_pb2.GetBalanceResponse],
+    ) -> ledger_pb2.GetBalanceResponse:
         holder = identity.normalize_address(request.address)
         amount = await self._db.run(lambda s: store.balance(s, request.datatoken_address, holder))
         return ledger_pb2.GetBalanceResponse(balance=amount)
 
-    async def StartOrder(self, request, context):  # type: ignore[override]
+    async def StartOrder(
+        self,
+        request: ledger_pb2.StartOrderRequest,
+        context: UnaryContext[ledger_pb2.StartOrderRequest, ledger_pb2.StartOrderResponse],
+    ) -> ledger_pb2.StartOrderResponse:
         consumer = await authenticate(self._verifier, "StartOrder", request)
         service = (await self._assets.resolve(request.did)).ddo.service(request.service_id)
         if service is None:
             raise Refusal(codes.SERVICE_NOT_FOUND, f"{request.did} has no service {request.service_id!r}")
         valid_s = self._order_timeout_s or service.timeout
 
-        def order(session) -> Order:  # type: ignore[no-untyped-def]
+        def order(session: Session) -> Order:
             token = store.datatoken_for(session, request.did, request.service_id)
             if token is None:
                 raise Refusal(
@@ -93,7 +110,11 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
 
         return ledger_pb2.StartOrderResponse(order=order_message(await self._db.run(order)))
 
-    async def GetOrder(self, request, context):  # type: ignore[override]
+    async def GetOrder(
+        self,
+        request: ledger_pb2.GetOrderRequest,
+        context: UnaryContext[ledger_pb2.GetOrderRequest, ledger_pb2.GetOrderResponse],
+    ) -> ledger_pb2.GetOrderResponse:
         order = await self._db.run(lambda s: store.read_order(s, request.order_id))
         if order is None:
             raise errors.NotFound(f"order {request.order_id} does not exist", "order_not_found")

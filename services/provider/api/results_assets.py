@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2
 from plumbing import errors, storage
 from plumbing.database import Database
+from plumbing.rpc_types import StreamContext, UnaryContext
 from plumbing.statuses import is_terminal
 from services.provider.api.assets import AssetServicer
 from services.provider.api.authentication import authenticate
@@ -63,7 +65,11 @@ class ResultsAssetServicer(AssetServicer):
 
     # -- registering ------------------------------------------------------------------
 
-    async def RegisterResultsAsset(self, request, context):  # type: ignore[override]
+    async def RegisterResultsAsset(
+        self,
+        request: asset_pb2.RegisterResultsAssetRequest,
+        context: UnaryContext[asset_pb2.RegisterResultsAssetRequest, asset_pb2.RegisterResultsAssetResponse],
+    ) -> asset_pb2.RegisterResultsAssetResponse:
         if not request.job_id:
             raise errors.InvalidArgument("job_id is required", "job_id_missing", field="job_id")
         grant = results_grants.open_grant(self._keys, request.grant)
@@ -161,7 +167,11 @@ class ResultsAssetServicer(AssetServicer):
 
     # -- downloading ------------------------------------------------------------------
 
-    async def DownloadAssetFile(self, request, context):  # type: ignore[override]
+    async def DownloadAssetFile(
+        self,
+        request: asset_pb2.DownloadAssetFileRequest,
+        context: StreamContext[asset_pb2.DownloadAssetFileRequest, asset_pb2.DownloadAssetFileResponse],
+    ) -> AsyncIterator[asset_pb2.DownloadAssetFileResponse]:
         caller = await authenticate(self._verifier, "DownloadAssetFile", request)
         asset = await self._assets.resolve(request.did)
         service_id = request.service_id or RESULTS_SERVICE

@@ -57,7 +57,7 @@ class OperatorClient:
         return (await self._call(self._stub.CreateJob, request)).job
 
     async def list_jobs(
-        self, owner: str, statuses: Iterable[common_pb2.JobStatus], page_size: int, page_token: str
+        self, owner: str, statuses: Iterable[common_pb2.JobStatus.ValueType], page_size: int, page_token: str
     ) -> operator_pb2.ListJobsResponse:
         request = operator_pb2.ListJobsRequest(
             owner=owner, statuses=statuses, page_size=page_size, page_token=page_token

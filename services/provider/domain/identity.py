@@ -222,7 +222,7 @@ def signed_fields(request: Message) -> dict[str, Any]:
         if field.is_repeated or field.type not in _PLAIN_TYPES:
             copy = type(request)()
             copy.CopyFrom(request)
-            copy.ClearField("signature")  # type: ignore[arg-type]
+            copy.ClearField("signature")
             return json_format.MessageToDict(copy, preserving_proto_field_name=True)
         fields[field.name] = value
     return fields

@@ -80,8 +80,8 @@ class ProviderKeys:
         return cls(bytes(PrivateKey.generate()), bytes(SigningKey.generate()))
 
     @classmethod
-    def from_hex(cls, box_secret_key_hex: str, signing_seed_hex: str) -> ProviderKeys:
-        """Keys from their hex secrets (raises ValueError on malformed hex)."""
+    def from_hex(cls, box_secret_key_hex: object, signing_seed_hex: object) -> ProviderKeys:
+        """Keys from their hex secrets (raises ValueError on anything but 32 bytes of hex)."""
         return cls(
             _hex32(box_secret_key_hex, "box_secret_key"),
             _hex32(signing_seed_hex, "signing_seed"),
@@ -130,7 +130,7 @@ class ProviderKeys:
             raise ValueError("provider key file must be a JSON object")
         if data.get("version") != KEY_FILE_VERSION:
             raise ValueError(f"provider key file version must be {KEY_FILE_VERSION}")
-        keys = cls.from_hex(data.get("box_secret_key"), data.get("signing_seed"))  # type: ignore[arg-type]
+        keys = cls.from_hex(data.get("box_secret_key"), data.get("signing_seed"))
         # A public key that does not match its secret means a hand-edited or
         # mixed-up file; refusing beats publishing the wrong key.
         if "box_public_key" in data and data["box_public_key"] != keys.public_key_hex:

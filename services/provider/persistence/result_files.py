@@ -25,6 +25,11 @@ RESULT_CHUNK = (4 << 20) - (64 << 10)
 READ_AHEAD = 2
 
 
+def _settle(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
+
+
 async def stream_chunks(
     store: storage.ObjectStore, location: str, offset: int
 ) -> AsyncGenerator[tuple[bytes, int], None]:
@@ -59,7 +64,7 @@ async def stream_chunks(
         except BaseException as exc:  # noqa: BLE001 - raised again in the consumer's task
             hand_over(exc)
         finally:
-            loop.call_soon_threadsafe(lambda: reader_done.done() or reader_done.set_result(None))
+            loop.call_soon_threadsafe(_settle, reader_done)
 
     threading.Thread(target=read_ahead, name="result-read-ahead", daemon=True).start()
     try:

@@ -13,9 +13,9 @@ import weakref
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import Update, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -108,15 +108,15 @@ def spend_nonces(session: Session, spends: Sequence[tuple[str, int]]) -> list[Re
 # an address is counted again only once it may have filled that room. Nonces
 # stored meanwhile by another process only make a cut come later (the floor
 # refuses a cut nonce whenever the cut is made).
-_room: weakref.WeakKeyDictionary[Engine, dict[str, int]] = weakref.WeakKeyDictionary()
+_room: weakref.WeakKeyDictionary[Engine | Connection, dict[str, int]] = weakref.WeakKeyDictionary()
 _ROOM_ADDRESSES = 1 << 16  # forgotten all at once past this: they are counted again
 
 
 def _cut_back_crowded(session: Session, spenders: Sequence[str], outcomes: Sequence[Refusal | None]) -> None:
     engine = session.get_bind()
-    room = _room.get(engine)  # type: ignore[arg-type]
+    room = _room.get(engine)
     if room is None or len(room) > _ROOM_ADDRESSES:
-        room = _room[engine] = {}  # type: ignore[index]
+        room = _room[engine] = {}
     for address, outcome in zip(spenders, outcomes, strict=False):
         if outcome is None:
             room[address] = room.get(address, 0) - 1  # an address not counted yet has no room
@@ -135,6 +135,8 @@ def _cut_back_crowded(session: Session, spenders: Sequence[str], outcomes: Seque
             .offset(NONCE_WINDOW)
             .limit(1)
         )
+        if oldest_kept is None:  # another transaction cut them back since the count: counted again next time
+            continue
         session.execute(delete(UsedNonce).where(UsedNonce.address == address, UsedNonce.nonce <= oldest_kept))
         _raise_floor(session, address, oldest_kept)
         room[address] = NONCE_WINDOW
@@ -155,8 +157,10 @@ _INSERT_UNUSED = {
 
 
 def _raise_floor(session: Session, address: str, floor: int) -> None:
-    result = session.execute(update(Nonce).where(Nonce.address == address, Nonce.nonce < floor).values(nonce=floor))
-    if result.rowcount == 0 and session.get(Nonce, address) is None:  # type: ignore[attr-defined]
+    raised = _matched_rows(
+        session, update(Nonce).where(Nonce.address == address, Nonce.nonce < floor).values(nonce=floor)
+    )
+    if raised == 0 and session.get(Nonce, address) is None:
         try:
             with session.begin_nested():
                 session.add(Nonce(address=address, nonce=floor))
@@ -212,17 +216,26 @@ def datatoken_for(session: Session, did: str, service_id: str) -> Datatoken | No
     return session.scalar(select(Datatoken).where(Datatoken.did == did, Datatoken.service_id == service_id))
 
 
+def _matched_rows(session: Session, statement: Update) -> int:
+    """Runs an UPDATE and returns how many rows it matched. (Its result is a
+    CursorResult; SQLAlchemy types Session.execute's as a plain Result.)"""
+    result = session.execute(statement)
+    assert isinstance(result, CursorResult)
+    return result.rowcount
+
+
 def balance(session: Session, datatoken: str, holder: str) -> int:
     return session.scalar(select(Balance.amount).where(Balance.datatoken == datatoken, Balance.holder == holder)) or 0
 
 
 def credit(session: Session, datatoken: str, holder: str, amount: int) -> int:
-    updated = session.execute(
+    updated = _matched_rows(
+        session,
         update(Balance)
         .where(Balance.datatoken == datatoken, Balance.holder == holder)
-        .values(amount=Balance.amount + amount)
+        .values(amount=Balance.amount + amount),
     )
-    if updated.rowcount == 0:  # type: ignore[attr-defined]
+    if updated == 0:
         try:
             with session.begin_nested():
                 session.execute(insert(Balance).values(datatoken=datatoken, holder=holder, amount=amount))
@@ -233,12 +246,13 @@ def credit(session: Session, datatoken: str, holder: str, amount: int) -> int:
 
 def debit(session: Session, datatoken: str, holder: str, amount: int) -> None:
     """Takes `amount` from the holder or refuses; never goes below zero."""
-    updated = session.execute(
+    updated = _matched_rows(
+        session,
         update(Balance)
         .where(Balance.datatoken == datatoken, Balance.holder == holder, Balance.amount >= amount)
-        .values(amount=Balance.amount - amount)
+        .values(amount=Balance.amount - amount),
     )
-    if updated.rowcount != 1:  # type: ignore[attr-defined]
+    if updated != 1:
         raise Refusal(
             codes.INSUFFICIENT_BALANCE,
             f"{holder} holds {balance(session, datatoken, holder)} of datatoken {datatoken}, needs {amount}",
@@ -295,13 +309,14 @@ def claim_orders(session: Session, order_ids: Sequence[str], request_key: str) -
     The guarded UPDATE is what makes 50 racing requests on one order start one
     job: only one request's claim can succeed."""
     for order_id in order_ids:
-        result = session.execute(
+        claimed = _matched_rows(
+            session,
             update(Order)
             .where(Order.order_id == order_id)
             .where((Order.claimed_by_request.is_(None)) | (Order.claimed_by_request == request_key))
-            .values(claimed_by_request=request_key)
+            .values(claimed_by_request=request_key),
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if claimed != 1:
             raise Refusal(codes.ORDER_USED, f"order {order_id} was already used by another job; order again")
 
 
