@@ -18,14 +18,17 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 from plumbing import settings, tracing
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 AUTHORIZATION = "authorization"
 
@@ -132,7 +135,11 @@ class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
         self._token = token
         self._prefixes = tuple(f"/{name}/" for name in protected_services)
 
-    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[override]
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Request, _Response] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
         method = handler_call_details.method
         if method.startswith(self._prefixes):
             presented = presented_token(handler_call_details.invocation_metadata)
@@ -141,13 +148,15 @@ class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):
         return await continuation(handler_call_details)
 
 
-def _refusal(_details, handler):  # type: ignore[no-untyped-def]
+def _refusal(
+    _details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler[_Request, _Response] | None
+) -> grpc.RpcMethodHandler[_Request, _Response]:
     message = "missing or wrong service credential (authorization: Bearer <C2D_SERVICE_TOKEN>)"
 
-    async def unary(request, context):  # type: ignore[no-untyped-def]
+    async def unary(request: _Request, context: grpc.aio.ServicerContext[_Request, _Response]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    async def stream(request, context):  # type: ignore[no-untyped-def]
+    async def stream(request: _Request, context: grpc.aio.ServicerContext[_Request, _Response]) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover - makes this an async generator
 

@@ -18,8 +18,10 @@ from typing import Generic, TypeVar
 
 from sqlalchemy import MetaData, create_engine, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -63,7 +65,7 @@ class Database:
         self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets readers (other processes, `c2d` tools) read while a job writes.
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -78,11 +80,13 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 IDLE_PING_S = 5.0
 
 
-def _checked_in(_dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
+def _checked_in(_dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
     record.info["idle_since"] = time.monotonic()
 
 
-def _ping_if_idle(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-untyped-def]
+def _ping_if_idle(
+    dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
     if time.monotonic() - record.info.get("idle_since", time.monotonic()) < IDLE_PING_S:
         return
     try:
@@ -150,7 +154,7 @@ class GroupCommit(Generic[Item, T]):
             results = await self._db.run(lambda s: self._write(s, items))
         except Exception as exc:  # noqa: BLE001 - sorted out item by item below
             if len(batch) == 1:
-                _settle(batch[0][1], exception=exc)
+                _fail(batch[0][1], exc)
                 return
             for one in batch:
                 await self._commit([one])
@@ -158,13 +162,14 @@ class GroupCommit(Generic[Item, T]):
         if self._committed is not None:
             self._committed(results)
         for (_, future), result in zip(batch, results, strict=False):
-            _settle(future, result=result)
+            _settle(future, result)
 
 
-def _settle(future: asyncio.Future[T], result: object = None, exception: BaseException | None = None) -> None:
-    if future.done():  # its caller was cancelled; the write stands
-        return
-    if exception is not None:
+def _settle(future: asyncio.Future[T], result: T) -> None:
+    if not future.done():  # else its caller was cancelled; the write stands
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[T], exception: BaseException) -> None:
+    if not future.done():  # else its caller was cancelled
         future.set_exception(exception)
-    else:
-        future.set_result(result)  # type: ignore[arg-type]

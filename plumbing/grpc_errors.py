@@ -81,6 +81,7 @@ def error_domain(service_name: str) -> str:
 
 
 def _details(error: grpc.RpcError) -> list[any_pb2.Any]:
+    # An AioRpcError has all from_call reads (code, details, trailing metadata); the stubs ask for a grpc.Call.
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     return list(status.details) if status is not None else []
 

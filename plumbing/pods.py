@@ -71,7 +71,7 @@ class JobAgent:
         with pod_config's success, the bytes it staged."""
         request = job_agent_pb2.ReportProgressRequest(
             job_id=self._job_id,
-            status=status,  # type: ignore[arg-type]
+            status=common_pb2.JobStatus.ValueType(status),
             error_code=error_code,
             message=message,
             staged_bytes=staged_bytes,

@@ -12,9 +12,12 @@ import dataclasses
 import os
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # a settings class is a dataclass
 
 
 class SettingsError(ValueError):
@@ -65,7 +68,7 @@ def load(cls: type[T], prefix: str, environ: typing.Mapping[str, str] | None = N
     environ = os.environ if environ is None else environ
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for field in dataclasses.fields(cls):
         name = f"{prefix}_{field.name}".upper()
         if name in environ:
             values[field.name] = _parse(environ[name], hints[field.name], name)

@@ -151,7 +151,7 @@ class S3Store:
                 self.client.put_object(
                     self.bucket,
                     key,
-                    reader,  # type: ignore[arg-type]
+                    reader,  # type: ignore[arg-type]  # minio only calls read(n), as on the BinaryIO it is typed to take
                     length=size,
                     content_type=content_type,
                     part_size=self.config.part_size,
@@ -198,7 +198,7 @@ class S3Store:
 
         return ChunkStream(self._chunks(response, chunk_size, bucket, key), release)
 
-    def _chunks(self, response, chunk_size: int, bucket: str, key: str) -> Iterator[bytes]:
+    def _chunks(self, response: urllib3.BaseHTTPResponse, chunk_size: int, bucket: str, key: str) -> Iterator[bytes]:
         try:
             yield from response.stream(chunk_size)
         except (urllib3.exceptions.HTTPError, OSError) as e:
