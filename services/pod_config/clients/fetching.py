@@ -33,11 +33,11 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from multidict import CIMultiDict
 from yarl import URL
@@ -222,7 +222,7 @@ async def vet_host(host: str, port: int, limits: StagingLimits) -> list[Pin]:
             raise _Transient(
                 "dns", f"could not resolve the file's host name within {limits.connect_timeout_s:g} s"
             ) from exc
-        infos = [(fam, sockaddr[0]) for fam, _, _, _, sockaddr in raw]
+        infos = [(fam, str(sockaddr[0])) for fam, _, _, _, sockaddr in raw]
         if not infos:
             raise _Transient("dns", "could not resolve the file's host name")
     for _, ip in infos:
@@ -385,9 +385,9 @@ def _content_range_start(value: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _source_headers(headers: dict[str, str] | object) -> CIMultiDict[str]:
+def _source_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in dict(headers).items():  # type: ignore[call-overload]
+    for name, value in headers.items():
         if not isinstance(name, str) or not isinstance(value, str) or not _HEADER_NAME_RE.fullmatch(name):
             raise FetchError("invalid_source", "the file's HTTP headers are not valid")
         if any(c in value for c in "\r\n\0"):
@@ -577,6 +577,10 @@ class _Exchange:
                 resp.close()
             conn.close()
 
+    @overload
+    def _hold(self, sock: socket.socket) -> socket.socket: ...
+    @overload
+    def _hold(self, sock: None) -> None: ...
     def _hold(self, sock: socket.socket | None) -> socket.socket | None:
         """Make `sock` the one stop() shuts down (None: close the one held)."""
         with self._lock:
