@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -179,7 +180,7 @@ async def run_processes(
     provider: ProviderSettings,
     operator: OperatorSettings,
     engine: EngineSettings,
-    say=print,  # type: ignore[no-untyped-def]
+    say: Callable[[str], object] = print,
 ) -> int:
     """Runs each server as its own process (its own interpreter and GIL) until
     SIGINT or SIGTERM, or until one of them exits, which stops the others."""
@@ -231,7 +232,8 @@ async def _serving(address: str, process: asyncio.subprocess.Process, internal: 
         health = health_pb2_grpc.HealthStub(channel)
         while process.returncode is None and time.monotonic() < deadline:
             try:
-                answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                # typeshed's HealthStub declares none of the methods grpc_health gives it
+                answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)  # type: ignore[attr-defined]
                 if answer.status == health_pb2.HealthCheckResponse.SERVING:
                     return True
             except grpc.aio.AioRpcError:
