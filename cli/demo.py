@@ -19,6 +19,7 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -112,7 +113,9 @@ def descriptions() -> dict[str, dict[str, Any]]:
     }
 
 
-async def run_demo(provider_address: str, out_dir: Path, say=print, consumer_key: str | None = None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+async def run_demo(
+    provider_address: str, out_dir: Path, say: Callable[[str], object] = print, consumer_key: str | None = None
+) -> dict[str, Any]:
     """Runs the demo job against a provider; returns what happened.
 
     The files travel inline, sealed in the DDOs (a local file in a description),
@@ -183,7 +186,9 @@ def provider_running(address: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
-async def demo_main(address: str, consumer_key: str, out_dir: Path, say=print) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+async def demo_main(
+    address: str, consumer_key: str, out_dir: Path, say: Callable[[str], object] = print
+) -> dict[str, Any]:
     """`c2d demo`: against the provider at ``address``, or a stack of its own when none answers there;
     returns what run_demo says happened."""
     from cli.stack import from_environment, start_stack

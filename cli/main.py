@@ -150,7 +150,7 @@ def main() -> None:
         print("c2d: interrupted", file=sys.stderr)
         code = 130
     except typer.exceptions.TyperException as exc:  # usage errors (typer's click), not shown yet
-        exc.show()  # type: ignore[attr-defined]
+        exc.show()  # type: ignore[attr-defined]  # they are typer's ClickExceptions, which add show()
         code = EXIT_USAGE
     except Unreachable as exc:
         print(

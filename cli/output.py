@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf import json_format
 
@@ -17,17 +17,18 @@ def emit_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def _time(job: common_pb2.Job, name: str) -> str | None:
-    return getattr(job, name).ToJsonString() if job.HasField(name) else None  # type: ignore[arg-type]
+def _time(job: common_pb2.Job, name: Literal["created_at", "started_at", "finished_at"]) -> str | None:
+    return getattr(job, name).ToJsonString() if job.HasField(name) else None
 
 
 def _end_reason(value: int) -> str:
-    name = common_pb2.EndReason.Name(value) if value in common_pb2.EndReason.values() else ""
+    known = value in common_pb2.EndReason.values()
+    name = common_pb2.EndReason.Name(common_pb2.EndReason.ValueType(value)) if known else ""
     return name.removeprefix("END_REASON_").lower().replace("unspecified", "")
 
 
 def _kind(value: int | str) -> str:
-    name = common_pb2.ResultKind.Name(value) if isinstance(value, int) else value
+    name = common_pb2.ResultKind.Name(common_pb2.ResultKind.ValueType(value)) if isinstance(value, int) else value
     return {"RESULT_KIND_ALGORITHM_LOG": "log"}.get(name, "output")
 
 
