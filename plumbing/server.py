@@ -111,8 +111,9 @@ async def start_server(
     rpc_metrics = server_metrics.rpc if server_metrics is not None and metrics_address else None
     for reg in registrations:
         # The guard stands in for the server: add_*_to_server only registers handlers on it.
-        reg.add(  # type: ignore[arg-type]
-            _observed(error_mapped(reg.servicer, reg.name), reg.name, rpc_metrics), _DecodingGuard(server)
+        reg.add(
+            _observed(error_mapped(reg.servicer, reg.name), reg.name, rpc_metrics),
+            _DecodingGuard(server),  # type: ignore[arg-type]
         )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -106,7 +106,7 @@ def client_interceptors() -> list[Any]:
     return list(aio_client_interceptors())
 
 
-def context_from_metadata(metadata: Sequence[tuple[str, Any]] | None) -> otel_context.Context | None:
+def context_from_metadata(metadata: Collection[tuple[str, Any]] | None) -> otel_context.Context | None:
     """The trace context a client sent in a call's metadata (its traceparent,
     and tracestate and baggage with it); None when it sent no traceparent."""
     if not any(key == TRACEPARENT for key, _ in metadata or ()):
