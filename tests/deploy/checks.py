@@ -754,7 +754,9 @@ def _uv(*args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
 def pod_venv(prune_file: Path, destination: Path, context: Path) -> Path:
     """The pods' venv as deploy/Dockerfile's pod-venv stage makes it, in the
     `uv` stage's context: the lock's export less the pruned packages,
-    installed with their hashes (from uv's cache: nothing is downloaded)."""
+    installed with their hashes. Not --offline: `uv pip sync` resolves against
+    the index pages, which uv's cache holds only after a `uv lock` on this
+    machine (the wheels come from the cache all the same)."""
     pruned = [
         f"--prune={line.strip()}"
         for line in prune_file.read_text().splitlines()
@@ -776,7 +778,6 @@ def pod_venv(prune_file: Path, destination: Path, context: Path) -> Path:
     _uv(
         "pip",
         "sync",
-        "--offline",
         "--python",
         str(destination / "bin" / "python"),
         "--require-hashes",

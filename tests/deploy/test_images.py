@@ -1,7 +1,7 @@
 """deploy/Dockerfile: lint-clean, installs from uv.lock, runs non-root, and
 each image carries what its program imports. No Docker engine runs here, so
 the images' venvs and code are rebuilt in a temporary folder as the
-Dockerfile's stages build them (uv from its cache, nothing downloaded) and the
+Dockerfile's stages build them (uv from the lock, wheels from its cache) and the
 programs are started there."""
 
 from __future__ import annotations
