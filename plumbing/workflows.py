@@ -1,6 +1,9 @@
-"""Checks on a c2d.common.v1.Workflow that every service receiving one makes."""
+"""Checks on a c2d.common.v1.Workflow that every service receiving one makes,
+and what of one may be kept at rest once the stages that read its secrets are over."""
 
 from __future__ import annotations
+
+import enum
 
 from c2d.common.v1 import common_pb2
 from plumbing import errors
@@ -12,3 +15,35 @@ def check_workflow(workflow: common_pb2.Workflow) -> common_pb2.Workflow:
     if not workflow.HasField("algorithm") and not workflow.raw_algorithm:
         raise errors.InvalidArgument("the workflow has no algorithm", "workflow_invalid")
     return workflow
+
+
+class Secret(enum.Enum):
+    """The parts of a workflow that must not outlive the stage that reads them
+    (DESIGN, who may see what): stored decrypted only while a stage still needs them."""
+
+    LOCATIONS = "locations"  # the decrypted file locations and their request headers: pod_config
+    GRANT = "grant"  # the provider's results-asset grant: pod_publish
+
+
+EVERY_SECRET = frozenset(Secret)
+# What a redacted file location keeps: what it was and what it must hash to (audit, display).
+_KEPT_LOCATION_FIELDS = ("type", "checksum")
+
+
+def redacted(workflow: bytes, keep: frozenset[Secret]) -> bytes:
+    """The serialized workflow without the secrets that are not in `keep`.
+    DIDs, DDOs, checksums, the container and the consumer's parameters stay."""
+    if keep >= EVERY_SECRET:
+        return workflow
+    message = common_pb2.Workflow.FromString(workflow)
+    if Secret.LOCATIONS not in keep:
+        assets = [*message.datasets, *([message.algorithm] if message.HasField("algorithm") else [])]
+        for asset in assets:
+            for location in asset.files:
+                kept = {name: getattr(location, name) for name in _KEPT_LOCATION_FIELDS}
+                location.Clear()
+                for name, value in kept.items():
+                    setattr(location, name, value)
+    if Secret.GRANT not in keep:
+        message.ClearField("results_asset_grant")
+    return message.SerializeToString(deterministic=True)

@@ -81,8 +81,8 @@ class MeasuredEventLog:
         self._open: dict[str, _OpenStage] = {}  # job id -> its running stage
         self._started: dict[str, float] = {}  # job id -> when it left the queue
 
-    async def append(self, change: StateChange, stage: str | None = None) -> int:
-        sequence = await self._inner.append(change, stage)
+    async def append(self, change: StateChange, stage: str | None = None, workflow: bytes | None = None) -> int:
+        sequence = await self._inner.append(change, stage, workflow)
         now = time.monotonic()
         job_id = change.job_id
         if change.status == Status.STARTED:

@@ -23,6 +23,7 @@ from typing import Any
 
 from plumbing import errors, logs, tracing
 from plumbing.statuses import FAILURES, EndReason, Status, check_transition, is_terminal
+from plumbing.workflows import EVERY_SECRET, Secret, redacted
 from services.operator_engine.domain import stages
 from services.operator_engine.domain.changes import StateChange
 from services.operator_engine.domain.jobs import Capacity, EnvironmentSpec, JobSpec, StageExit
@@ -37,6 +38,8 @@ class Run:
     spec: JobSpec
     workflow: bytes
     status: Status = Status.WARMING_UP
+    # What of the workflow's secrets it still holds (stored and here): only what a stage still to run reads.
+    secrets_kept: frozenset[Secret] = EVERY_SECRET
     stage: str = "queued"
     queued_at: float = field(default_factory=time.monotonic)
     stop_requested: bool = False
@@ -371,9 +374,15 @@ class Orchestrator:
         run.status = status
         if stage is not None:
             run.stage = stage
+        # Secrets no stage still to run reads leave the store with the change that ends their stage.
+        needed = stages.secrets_needed(self.pipeline, status)
+        workflow = None
+        if needed != run.secrets_kept:
+            workflow = redacted(run.workflow, needed)
+            run.workflow, run.secrets_kept = workflow, needed
         # Shielded: a stop arriving mid-append must not leave the log and the
         # job's in-memory status disagreeing.
-        await asyncio.shield(self.events.append(change, stage))
+        await asyncio.shield(self.events.append(change, stage, workflow))
 
     async def _end(self, run: Run, end: JobEnd, **extra: Any) -> None:
         await self._emit(run, end.status, end_reason=end.end_reason, code=end.error_code, message=end.message, **extra)

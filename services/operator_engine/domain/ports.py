@@ -53,8 +53,9 @@ class JobStore(Protocol):
 class EventLog(Protocol):
     """The engine's numbered log of state changes (what the state stream serves)."""
 
-    async def append(self, change: StateChange, stage: str | None = None) -> int:
-        """Records the change durably, with the job's new stage if it changes; its sequence."""
+    async def append(self, change: StateChange, stage: str | None = None, workflow: bytes | None = None) -> int:
+        """Records the change durably, with the job's new stage and what it keeps
+        of its workflow if they change, in the same transaction; its sequence."""
 
 
 class Backend(Protocol):

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from plumbing.statuses import FAILURES, EndReason, Status
+from plumbing.statuses import FAILURES, EndReason, Status, is_terminal
+from plumbing.workflows import Secret
 from services.operator_engine.domain.jobs import JobSpec, StageExit
 
 
@@ -50,6 +51,7 @@ class Stage:
     reports_results: bool = False  # its pod reports the job's results, which is its success
     starts_clean: bool = False  # runs in an emptied workspace (a retried configure starts over)
     rerun_after_restart: bool = True  # idempotent: an engine restart runs it again
+    reads: frozenset[Secret] = frozenset()  # the workflow's secrets its pod reads: kept until it is over
 
     def __post_init__(self) -> None:
         # A pod reports how its stage failed or that it succeeded, nothing else; and
@@ -90,6 +92,7 @@ def pipeline(configure_timeout_s: float, publish_timeout_s: float) -> tuple[Stag
             ),
             succeeded=Status.PROVISIONING_SUCCESS,
             starts_clean=True,
+            reads=frozenset({Secret.LOCATIONS}),
         ),
         Stage(
             name="algorithm",
@@ -113,6 +116,7 @@ def pipeline(configure_timeout_s: float, publish_timeout_s: float) -> tuple[Stag
             ),
             reports=frozenset({Status.RESULTS_FETCH_FAILED, Status.RESULTS_UPLOAD_FAILED}),
             reports_results=True,
+            reads=frozenset({Secret.GRANT}),
         ),
     )
 
@@ -184,3 +188,13 @@ def resume_at(stages: Sequence[Stage], status: Status) -> tuple[int, bool]:
         if status == stage.succeeded:
             return index + 1, False
     return 0, False
+
+
+def secrets_needed(stages: Sequence[Stage], status: Status) -> frozenset[Secret]:
+    """The workflow's secrets that the stages a job at `status` may still run
+    read, counting a stage that runs again after an engine restart; none once
+    the job has ended."""
+    if is_terminal(status):
+        return frozenset()
+    first, _ = resume_at(stages, status)
+    return frozenset().union(*(stage.reads for stage in stages[first:]))

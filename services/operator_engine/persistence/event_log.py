@@ -27,14 +27,19 @@ from services.operator_engine.persistence.models import EngineEvent, EngineJob
 TAIL = 20_000
 
 
+@dataclasses.dataclass(frozen=True)
+class _Append:
+    change: StateChange
+    stage: str | None
+    workflow: bytes | None
+
+
 class EventLog:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._latest = 0
         self._tail: collections.deque[StateChange] = collections.deque(maxlen=TAIL)
-        self._appends: GroupCommit[tuple[StateChange, str | None], StateChange] = GroupCommit(
-            db, self._write, committed=self._committed
-        )
+        self._appends: GroupCommit[_Append, StateChange] = GroupCommit(db, self._write, committed=self._committed)
         self._appended = asyncio.Condition()
 
     @property
@@ -49,22 +54,25 @@ class EventLog:
     async def close(self) -> None:
         await self._appends.close()
 
-    async def append(self, change: StateChange, stage: str | None = None) -> int:
+    async def append(self, change: StateChange, stage: str | None = None, workflow: bytes | None = None) -> int:
         """Records the change durably and returns its sequence.
 
         `stage` (the job's new stage, if it changes) is stored in the same
-        transaction, so recovery never sees a status and a stage that disagree.
+        transaction, so recovery never sees a status and a stage that disagree;
+        so is `workflow` (what the job keeps of it, once a stage that read
+        secrets is over), so no secret outlives the change that ends its use.
         """
-        return (await self._appends.submit((change, stage))).sequence
+        return (await self._appends.submit(_Append(change, stage, workflow))).sequence
 
-    def _write(self, session: Session, batch: Sequence[tuple[StateChange, str | None]]) -> list[StateChange]:
+    def _write(self, session: Session, batch: Sequence[_Append]) -> list[StateChange]:
         # Runs in the database thread, one batch at a time: _latest cannot move meanwhile.
         first = self._latest + 1
         sequenced = [
-            (dataclasses.replace(change, sequence=first + i), stage) for i, (change, stage) in enumerate(batch)
+            dataclasses.replace(append, change=dataclasses.replace(append.change, sequence=first + i))
+            for i, append in enumerate(batch)
         ]
         _write_batch(session, sequenced)
-        return [change for change, _ in sequenced]
+        return [append.change for append in sequenced]
 
     def _committed(self, changes: Sequence[StateChange]) -> None:
         self._tail.extend(changes)
@@ -99,13 +107,14 @@ class EventLog:
         return True
 
 
-def _write_batch(session: Session, batch: list[tuple[StateChange, str | None]]) -> None:
+def _write_batch(session: Session, batch: list[_Append]) -> None:
     """One multi-row INSERT for the events and one UPDATE per job touched:
     the ORM's unit of work per row was most of the engine's time."""
     recorded = now()
     events = []
     jobs: dict[str, dict[str, object]] = {}
-    for change, stage in batch:
+    for append in batch:
+        change, stage = append.change, append.stage
         events.append(
             {"sequence": change.sequence, "job_id": change.job_id, "change": change.to_json(), "recorded_at": recorded}
         )
@@ -119,6 +128,8 @@ def _write_batch(session: Session, batch: list[tuple[StateChange, str | None]]) 
             values["results"] = change.results
         if change.results_did:
             values["results_did"] = change.results_did
+        if append.workflow is not None:
+            values["workflow"] = append.workflow
     session.connection().execute(insert(EngineEvent), events)
     # Jobs whose updates set the same columns share one executemany.
     shapes: dict[tuple[str, ...], list[dict[str, object]]] = {}

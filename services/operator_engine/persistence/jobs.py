@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,9 @@ from plumbing.database import Database, GroupCommit
 from services.operator_engine.domain.changes import now
 from services.operator_engine.domain.ports import StoredJob
 from services.operator_engine.persistence.models import EngineJob
+
+# The spec key of the SHA-256 of the workflow as submitted, which resubmissions are compared with.
+WORKFLOW_DIGEST = "workflow_sha256"
 
 
 class JobTable:
@@ -56,11 +60,13 @@ class JobTable:
 def _insert_jobs(session: Session, jobs: Sequence[tuple[dict[str, Any], bytes]]) -> list[bool]:
     """Stores new jobs in one statement; says per job whether it was new.
     A job id already stored (or earlier in the batch) with the same workflow
-    is a harmless resubmission; with another workflow it is refused."""
+    is a harmless resubmission; with another workflow it is refused. "The
+    same" is judged by the digest of the workflow as submitted, kept in the
+    spec: the stored workflow loses its secrets once no stage needs them."""
     known = {
-        row.job_id: (row.workflow, row.environment_id)
+        row.job_id: (_submitted_digest(row.spec, row.workflow), row.environment_id)
         for row in session.execute(
-            select(EngineJob.job_id, EngineJob.workflow, EngineJob.environment_id).where(
+            select(EngineJob.job_id, EngineJob.workflow, EngineJob.spec, EngineJob.environment_id).where(
                 EngineJob.job_id.in_([spec["job_id"] for spec, _ in jobs])
             )
         )
@@ -68,18 +74,19 @@ def _insert_jobs(session: Session, jobs: Sequence[tuple[dict[str, Any], bytes]])
     created, rows = [], []
     for spec, workflow in jobs:
         job_id = spec["job_id"]
+        digest = hashlib.sha256(workflow).hexdigest()
         if job_id in known:
-            if known[job_id] != (workflow, spec["environment_id"]):
+            if known[job_id] != (digest, spec["environment_id"]):
                 raise errors.AlreadyExists(f"job {job_id} already exists here with a different workflow", "job_exists")
             created.append(False)
             continue
-        known[job_id] = (workflow, spec["environment_id"])
+        known[job_id] = (digest, spec["environment_id"])
         rows.append(
             {
                 "job_id": job_id,
                 "environment_id": spec["environment_id"],
                 "workflow": workflow,
-                "spec": spec,
+                "spec": {**spec, WORKFLOW_DIGEST: digest},
                 "created_at": now(),
             }
         )
@@ -87,3 +94,8 @@ def _insert_jobs(session: Session, jobs: Sequence[tuple[dict[str, Any], bytes]])
     if rows:
         session.execute(insert(EngineJob), rows)
     return created
+
+
+def _submitted_digest(spec: dict[str, Any], workflow: bytes) -> str:
+    # Jobs stored before the digest was kept still hold their workflow as submitted.
+    return spec.get(WORKFLOW_DIGEST) or hashlib.sha256(workflow).hexdigest()

@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, bindparam, delete, func, insert, inspect, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from plumbing import errors, untrusted
+from plumbing import errors, untrusted, workflows
 from plumbing.statuses import EndReason, Status, can_transition, end_reason_for, is_terminal
 from services.operator_service.domain.ports import IncomingChange, JobToSubmit, Refusal, SequenceGap, Settlement
 from services.operator_service.persistence.models import Engine, Job, JobEvent, JobViewer
@@ -180,6 +180,7 @@ def end_job(session: Session, job: Job, end_reason: EndReason, code: str, messag
     with session.no_autoflush:
         row = _transition(job, Status.FINISHED, end_reason, code, message, "", 0, utcnow())
         [job.sequence] = _insert_events(session, [row])
+    job.workflow = workflows.redacted(job.workflow, frozenset())  # it will never be sent now
 
 
 # -- storage expiry -------------------------------------------------------------
@@ -297,7 +298,21 @@ def finish_dispatch(session: Session, claim: str, job_ids: Sequence[str], refusa
                 .values(dispatched=dispatched, dispatch_claim=None, dispatch_claimed_at=None)
                 .execution_options(synchronize_session=False)
             )
+    _forget_secrets(session, accepted)
     return Settlement(refused=refused, withdrawn=withdrawn)
+
+
+def _forget_secrets(session: Session, job_ids: Sequence[str]) -> None:
+    """Keeps only what the record shows of the workflows of jobs their engine
+    took: a job is never sent again once dispatched, and the engine keeps the
+    secrets for as long as its stages need them."""
+    if not job_ids:
+        return
+    rows = session.execute(select(Job.job_id, Job.workflow).where(Job.job_id.in_(job_ids))).all()
+    session.connection().execute(
+        update(Job).where(Job.job_id == bindparam("target_job_id")).values(workflow=bindparam("kept")),
+        [{"target_job_id": job_id, "kept": workflows.redacted(workflow, frozenset())} for job_id, workflow in rows],
+    )
 
 
 def release_claim(session: Session, claim: str, job_ids: Sequence[str]) -> None:
