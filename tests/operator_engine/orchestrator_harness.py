@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+from c2d.common.v1 import common_pb2
 from plumbing.database import Database, sqlite_url
 from services.operator_engine.backends.noop import NoopBackend
 from services.operator_engine.domain import stages
@@ -28,6 +29,12 @@ ENVIRONMENT = EnvironmentSpec(
     price_per_minute="0",
     log_max_bytes=1 << 20,
 )
+
+# A job's serialized workflow: the orchestrator redacts it as its stages end.
+WORKFLOW = common_pb2.Workflow(
+    datasets=[common_pb2.WorkflowAsset(did="did:op:x", files=[common_pb2.FileLocation(type="url", url="http://x/")])],
+    raw_algorithm="print(1)",
+).SerializeToString(deterministic=True)
 
 
 def spec(job_id: str) -> dict[str, object]:

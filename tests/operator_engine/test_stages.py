@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from plumbing.statuses import EndReason, Status
+from plumbing.workflows import Secret
 from services.operator_engine.domain import stages
 from services.operator_engine.domain.jobs import JobSpec, StageExit
 from services.operator_engine.domain.stages import Failure, JobEnd, Stage, StageEnd
@@ -203,3 +204,25 @@ def test_a_stage_table_row_that_cannot_work_is_refused() -> None:
         )
     with pytest.raises(ValueError, match="succeeds by its pod's report"):
         Stage("publish", Status.PUBLISHING_RESULTS, "pod_publish", Status.RESULTS_UPLOAD_FAILED, fail, fail)
+
+
+@pytest.mark.parametrize(
+    ("status", "needed"),
+    [
+        # pod_config has yet to run, or runs again after a restart: the locations; pod_publish: the grant
+        (Status.WARMING_UP, {Secret.LOCATIONS, Secret.GRANT}),
+        (Status.STARTED, {Secret.LOCATIONS, Secret.GRANT}),
+        (Status.CONFIGURING_VOLUMES, {Secret.LOCATIONS, Secret.GRANT}),
+        # staging is over: only pod_publish's grant is still needed
+        (Status.PROVISIONING_SUCCESS, {Secret.GRANT}),
+        (Status.RUNNING_ALGORITHM, {Secret.GRANT}),
+        (Status.PUBLISHING_RESULTS, {Secret.GRANT}),
+        # ended, however: nothing
+        (Status.DATA_PROVISIONING_FAILED, set()),
+        (Status.ALGORITHM_FAILED, set()),
+        (Status.RESULTS_UPLOAD_FAILED, set()),
+        (Status.FINISHED, set()),
+    ],
+)
+def test_the_secrets_a_job_still_needs(status, needed):
+    assert stages.secrets_needed(stages.pipeline(2, 600), status) == needed

@@ -18,6 +18,8 @@ from tests.operator_service.helpers import ENVIRONMENT, NOOP_PATH, engine_settin
 def _job(job_id: str, raw_algorithm: str = "print('hello')") -> JobToSubmit:
     flow = workflow()
     flow.raw_algorithm = raw_algorithm
+    # A location with a header, which the engine forgets once staging ends.
+    flow.datasets[0].files.add(type="url", url="https://files.example/data.csv", headers={"Authorization": "Bearer x"})
     return JobToSubmit(job_id, ENVIRONMENT, flow.SerializeToString(deterministic=True))
 
 
@@ -37,6 +39,15 @@ async def test_the_engine_takes_a_resubmitted_batch_as_a_no_op(data_dir, postgre
             return query(postgres_url, "SELECT count(*) FROM engine_jobs WHERE status = 70") == [(3,)]
 
         await eventually(finished, "the three jobs to finish", timeout=60)
+        # Their stored workflows lost the location since: a round that lost its answer
+        # may still resubmit them, and that is still a no-op, and another workflow still refused.
+        assert query(
+            postgres_url,
+            "SELECT count(*) FROM engine_jobs WHERE position('files.example' in encode(workflow, 'escape')) > 0",
+        ) == [(0,)]
+        assert await client.submit_jobs(jobs, timeout=30) == []
+        [refusal] = await client.submit_jobs([_job(jobs[1].job_id, "print('other')")], timeout=30)
+        assert (refusal.job_id, refusal.error_code) == (jobs[1].job_id, "job_exists")
     finally:
         await client.close()
         await engine.stop(1)
