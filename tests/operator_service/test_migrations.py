@@ -10,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.orm import Session
 
+from c2d.common.v1 import common_pb2
 from services.operator_service.persistence import jobs as store
 from services.operator_service.persistence import migrations
 from services.operator_service.persistence.models import Base
@@ -118,6 +119,48 @@ def test_a_database_at_the_previous_revision_upgrades_with_its_data(database):
         # Its viewer was carried into job_viewers: ListJobs finds the job for it.
         listed, _ = store.list_jobs(session, store.JobFilter(owner="0xviewer"), 10, "")
         assert [j.job_id for j in listed] == [JOB["job_id"]]
+
+
+def _workflow(url: str) -> bytes:
+    return common_pb2.Workflow(
+        datasets=[
+            common_pb2.WorkflowAsset(
+                did="did:op:1",
+                files=[common_pb2.FileLocation(type="url", url=url, headers={"Authorization": "Bearer t0ken"})],
+            )
+        ],
+        raw_algorithm="print(1)",
+        results_asset_grant="c2dgrant1.secret.grant",
+    ).SerializeToString(deterministic=True)
+
+
+def test_the_secrets_of_jobs_stored_before_leave_them_unless_still_waiting_for_their_engine(database):
+    migrations.upgrade(database, "0004")
+    rows = {
+        "ended": {"status": 70, "dispatched": True},
+        "running": {"status": 40, "dispatched": True},
+        "expired-undispatched": {"status": 70, "dispatched": False},
+        "waiting": {"status": 1, "dispatched": False},
+    }
+    columns = ", ".join(JOB)
+    values = ", ".join(f":{name}" for name in JOB)
+    with database.begin() as connection:
+        for name, fields in rows.items():
+            job = {**JOB, **fields, "job_id": name, "request_id": name, "workflow": _workflow(f"https://x/{name}")}
+            connection.execute(sqlalchemy.text(f"INSERT INTO jobs ({columns}) VALUES ({values})"), job)
+
+    migrations.upgrade(database)
+
+    with database.connect() as connection:
+        stored = dict(connection.execute(sqlalchemy.text("SELECT job_id, workflow FROM jobs")).all())
+    # A job still waiting for its engine keeps what its engine will need.
+    assert bytes(stored.pop("waiting")) == _workflow("https://x/waiting")
+    for name, raw in stored.items():
+        kept = common_pb2.Workflow.FromString(bytes(raw))
+        for secret in (b"https://x/", b"t0ken", b"c2dgrant1"):
+            assert secret not in bytes(raw), (name, secret)
+        assert [d.did for d in kept.datasets] == ["did:op:1"] and kept.raw_algorithm == "print(1)"
+        assert kept.datasets[0].files[0].type == "url"
 
 
 def test_a_skeleton_database_without_version_table_is_adopted(database):
