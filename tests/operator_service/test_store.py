@@ -14,6 +14,7 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy.engine.default import CacheStats
 from sqlalchemy.orm import Session
 
+from c2d.common.v1 import common_pb2
 from plumbing.database import Database
 from plumbing.statuses import EndReason, Status
 from services.operator_service.domain.ports import Refusal
@@ -198,10 +199,29 @@ def test_illegal_and_unknown_changes_are_refused_but_consumed(db):
 STALE_AFTER = timedelta(seconds=60)  # twice a 30 s SubmitJobs timeout, as the links use
 
 
+def _workflow(i: int) -> bytes:
+    """A workflow with a secret location, its header and a grant, all named by `i`."""
+    location = common_pb2.FileLocation(type="url", url=f"https://x/secret-{i}", headers={"Authorization": f"t0ken-{i}"})
+    return common_pb2.Workflow(
+        datasets=[common_pb2.WorkflowAsset(did="did:op:1", files=[location])],
+        raw_algorithm=f"print({i})",
+        results_asset_grant=f"c2dgrant1.grant-{i}",
+    ).SerializeToString(deterministic=True)
+
+
+def _secrets_kept(db: Database, job_ids: list[str]) -> dict[str, bool]:
+    """Per job: whether its stored workflow still holds its location, header or grant."""
+    rows = db.transaction(lambda s: s.execute(select(Job.job_id, Job.workflow).where(Job.job_id.in_(job_ids))).all())
+    return {
+        job_id: any(secret in workflow for secret in (b"https://x/", b"t0ken-", b"c2dgrant1."))
+        for job_id, workflow in rows
+    }
+
+
 def _waiting_jobs(db: Database, count: int, engine_id: str = "local") -> list[str]:
     """Jobs waiting for their engine, oldest first."""
     rows = [
-        _job(dispatched=False, engine_id=engine_id, created_at=T0 + timedelta(seconds=i), workflow=b"w%d" % i)
+        _job(dispatched=False, engine_id=engine_id, created_at=T0 + timedelta(seconds=i), workflow=_workflow(i))
         for i in range(count)
     ]
     return [job.job_id for job, _ in db.transaction(lambda s: store.create_jobs(s, rows))]
@@ -229,7 +249,7 @@ def test_a_claim_holds_its_jobs_until_it_is_stale_then_another_round_takes_them(
 
     first = db.transaction(lambda s: store.claim_waiting(s, "local", "first", T0, T0 - STALE_AFTER, 100))
     assert [(job.job_id, job.environment_id, job.workflow) for job in first] == [
-        (job_id, "cpu", b"w%d" % i) for i, job_id in enumerate(waiting)
+        (job_id, "cpu", _workflow(i)) for i, job_id in enumerate(waiting)
     ]
     assert _claim(db, "second", T0 + STALE_AFTER) == []  # a round may still be calling the engine
     # "first" never settled (its replica died after the commit): the jobs are taken over, not lost.
@@ -238,9 +258,11 @@ def test_a_claim_holds_its_jobs_until_it_is_stale_then_another_round_takes_them(
     # The dead round's settlement, had it come, would change nothing: the jobs are no longer its own.
     assert db.transaction(lambda s: store.finish_dispatch(s, "first", waiting, [])) == store.Settlement([], [])
     assert set(_dispatch_state(db, waiting).values()) == {(1, 0, "", False, "second")}
+    assert set(_secrets_kept(db, waiting).values()) == {True}  # not dispatched yet: still to be sent
 
     db.transaction(lambda s: store.finish_dispatch(s, "second", waiting, []))
     assert set(_dispatch_state(db, waiting).values()) == {(1, 0, "", True, None)}
+    assert set(_secrets_kept(db, waiting).values()) == {False}  # the engine has them now
     assert _claim(db, "third", T0 + 10 * STALE_AFTER) == []  # dispatched: never claimed again
 
 
@@ -282,6 +304,10 @@ def test_settling_dispatches_the_taken_ends_the_refused_and_withdraws_the_ended(
         reported: (10, 0, "", True, None),
     }
     assert _history(db, refused) == [(1, 0), (70, 0)]
+    # Taken or ended, none of them is ever sent again: the store keeps no secret of theirs.
+    assert _secrets_kept(db, [taken, refused, stopped, reported]) == dict.fromkeys(
+        [taken, refused, stopped, reported], False
+    )
 
 
 def test_a_released_claim_is_claimable_at_once_and_only_its_own_round_releases_it(db):
@@ -309,6 +335,7 @@ def test_queue_expiry_passes_over_jobs_a_fresh_claim_holds(db):
     assert {state[:3] for state in _dispatch_state(db, [claimed, unclaimed]).values()} == {
         (70, int(EndReason.EXPIRED_IN_QUEUE), "expired_in_queue")
     }
+    assert _secrets_kept(db, [claimed, unclaimed]) == {claimed: False, unclaimed: False}
 
 
 def test_replicas_claiming_at_once_never_share_a_job(db):
