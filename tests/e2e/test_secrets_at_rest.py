@@ -32,6 +32,7 @@ from plumbing import settings
 from plumbing.statuses import Status, is_terminal
 from services.operator_engine import server as engine_server
 from tests.pod_publish.jobs import CONSUMER_KEY, JOB_WAIT_S, PUBLISHER_KEY
+from tests.support.raw_rows import public_tables, tables_holding
 from tests.support.servers import free_ports
 from tests.support.stacks import settings_for
 
@@ -94,24 +95,6 @@ def guarded_files(path_query: str, authorization: str) -> Iterator[tuple[type[_G
     finally:
         handler.release.set()
         server.shutdown()
-
-
-def rows_holding(database_url: str, needles: dict[str, str]) -> dict[str, set[str]]:
-    """For each needle, the tables with a row that holds it, as text or (in a
-    bytea column, which PostgreSQL prints as hex) as its UTF-8 bytes."""
-    dsn = database_url.replace("postgresql+psycopg2://", "postgresql://", 1)
-    found: dict[str, set[str]] = {name: set() for name in needles}
-    with contextlib.closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")
-        tables = [name for (name,) in cur.fetchall()]
-        assert {"jobs", "engine_jobs", "engine_events", "job_events"} <= set(tables), tables
-        for table in tables:
-            cur.execute(f'SELECT CAST(t AS text) FROM "{table}" AS t')  # every column of the row
-            for (row,) in cur.fetchall():
-                for name, needle in needles.items():
-                    if needle in row or needle.encode().hex() in row:
-                        found[name].add(table)
-    return found
 
 
 async def _environment_ready(consumer: Client) -> str:
@@ -177,7 +160,7 @@ async def test_no_location_header_or_grant_at_rest_after_a_job_restarted_mid_sta
 
                 # Mid-staging the engine holds what pod_config needs (which also shows the
                 # scan below finds these values when they are there), and the grant.
-                staging = rows_holding(postgres_url, secrets)
+                staging = tables_holding(postgres_url, secrets)
                 assert all("engine_jobs" in tables for tables in staging.values()), staging
                 grant = await asyncio.to_thread(grant_of, postgres_url, started.job_id)
                 assert grant.startswith("c2dgrant1.")
@@ -201,7 +184,11 @@ async def test_no_location_header_or_grant_at_rest_after_a_job_restarted_mid_sta
         finally:
             await stack.stop()
 
-    left = await asyncio.to_thread(rows_holding, postgres_url, {**secrets, "grant": grant})
+    # The operator-service's, the engine's and the provider's tables all live in this database.
+    assert {"jobs", "job_events", "engine_jobs", "engine_events"} <= await asyncio.to_thread(
+        public_tables, postgres_url
+    )
+    left = await asyncio.to_thread(tables_holding, postgres_url, {**secrets, "grant": grant})
     assert left == {name: set() for name in left}, f"secrets still at rest after the job ended: {left}"
     # Nor in any file the services keep (logs, the job's admin logs, the engine's workspace).
     for path in settings.data_dir().rglob("*"):

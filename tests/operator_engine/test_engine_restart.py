@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 
 import sqlalchemy
 
@@ -23,6 +24,7 @@ from tests.operator_engine.engine_harness import (
 )
 from tests.operator_engine.test_engine_adversarial import no_cgroup_left
 from tests.operator_engine.test_engine_stop import stalled_dataset
+from tests.support.raw_rows import tables_holding
 from tests.support.servers import free_ports
 
 COPY_INPUT = """\
@@ -90,10 +92,16 @@ async def test_kill_during_configure_reruns_configure(data_dir, postgres_url, tm
         proc = EngineProcess(free_ports(1)[0], postgres_url, tmp_path / "ws")
         try:
             engine = await proc.start(log)
-            job_id = await engine.submit(workflow(COPY_INPUT, dataset=stalled_dataset(stall)))
+            # The location and its header are secrets: kept while configure may (re)run, not after.
+            secrets = {"query": f"sig-{uuid.uuid4().hex}", "header": f"t0ken-{uuid.uuid4().hex}"}
+            location = stalled_dataset(stall)
+            location.url += f"?sig={secrets['query']}"
+            location.headers["Authorization"] = f"Bearer {secrets['header']}"
+            job_id = await engine.submit(workflow(COPY_INPUT, dataset=location))
             await wait_until(lambda: stall.open_connections >= 1, what="pod_config connected")
             before = await engine.logged_so_far()
             assert before[-1].status == Status.CONFIGURING_VOLUMES
+            assert tables_holding(postgres_url, secrets) == {key: {"engine_jobs"} for key in secrets}
             proc.kill9()
             await engine.close()
             await wait_until(lambda: stall.open_connections == 0, what="pod_config died with the engine")
@@ -107,6 +115,7 @@ async def test_kill_during_configure_reruns_configure(data_dir, postgres_url, tm
             assert stall.connections >= 2  # configure ran again
             assert (engine.data(job_id) / "outputs" / "copy").read_text() == "the dataset\n"
             assert nothing_running(postgres_url) == []
+            assert tables_holding(postgres_url, secrets) == {key: set() for key in secrets}
             await engine.close()
         finally:
             proc.terminate()
@@ -150,10 +159,16 @@ async def test_kill_during_publish_reruns_publish(data_dir, postgres_url, tmp_pa
         proc = EngineProcess(free_ports(1)[0], postgres_url, tmp_path / "ws")
         try:
             engine = await proc.start(log, C2D_STORAGE_KIND="ipfs", C2D_STORAGE_IPFS_API=stall.url)
-            job_id = await engine.submit(workflow("open('/data/outputs/result.txt', 'w').write('42')\n"))
+            # The grant is pod_publish's: kept while publish may (re)run, not after; the location is gone.
+            grant = f"c2dgrant1.{uuid.uuid4().hex}"
+            flow = workflow("open('/data/outputs/result.txt', 'w').write('42')\n")
+            flow.results_asset_grant = grant
+            job_id = await engine.submit(flow)
             await wait_until(lambda: stall.open_connections >= 1, what="pod_publish connected")
             before = await engine.logged_so_far()
             assert before[-1].status == Status.PUBLISHING_RESULTS
+            secrets = {"grant": grant, "raw file": "the dataset\n"}
+            assert tables_holding(postgres_url, secrets) == {"grant": {"engine_jobs"}, "raw file": set()}
             proc.kill9()
             await engine.close()
             await wait_until(lambda: stall.open_connections == 0, what="pod_publish died with the engine")
@@ -165,6 +180,7 @@ async def test_kill_during_publish_reruns_publish(data_dir, postgres_url, tmp_pa
             assert after[-1].end_reason == EndReason.COMPLETED
             assert "result.txt" in {f.path for f in after[-1].results.files}
             assert nothing_running(postgres_url) == []
+            assert tables_holding(postgres_url, secrets) == {key: set() for key in secrets}
 
             # A client that saw everything resumes at the end: nothing is replayed.
             call = engine.changes(after=after[-1].sequence)
