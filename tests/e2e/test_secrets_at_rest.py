@@ -5,7 +5,8 @@ secret path and query, fetched with a secret bearer header, and whose results
 become an asset (so its workflow carries the provider's grant). The engine is
 restarted while the job stages. Once the job has ended, no column of any
 table of the database the three services share holds the URL, the header's
-value or the grant: read raw, with SQL, every row of every table as text.
+value or the grant: read raw, with SQL, every row of every table as text;
+nor does any log line or file the services keep.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import http.server
+import logging
 import threading
 import time
 import uuid
@@ -108,7 +110,8 @@ async def _environment_ready(consumer: Client) -> str:
     raise AssertionError("the engine's environment never became available")
 
 
-async def test_no_location_header_or_grant_at_rest_after_a_job_restarted_mid_staging(data_dir, postgres_url):
+async def test_no_location_header_or_grant_at_rest_after_a_job_restarted_mid_staging(data_dir, postgres_url, caplog):
+    caplog.set_level(logging.INFO)  # what the three servers log, in this process
     marker = uuid.uuid4().hex
     secrets = {
         "url path": f"vault-{marker[:12]}",
@@ -190,6 +193,9 @@ async def test_no_location_header_or_grant_at_rest_after_a_job_restarted_mid_sta
     )
     left = await asyncio.to_thread(tables_holding, postgres_url, {**secrets, "grant": grant})
     assert left == {name: set() for name in left}, f"secrets still at rest after the job ended: {left}"
+    for name, value in {**secrets, "grant": grant}.items():
+        assert value not in caplog.text, f"{name} in the servers' log"
+    assert "resuming after an engine restart" in caplog.text  # the log was captured
     # Nor in any file the services keep (logs, the job's admin logs, the engine's workspace).
     for path in settings.data_dir().rglob("*"):
         if path.is_file() and not path.is_symlink():

@@ -17,7 +17,10 @@ class EngineJob(Base):
 
     job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     environment_id: Mapped[str] = mapped_column(String(128))
-    # The serialized c2d.common.v1.Workflow: handed to pods as is.
+    # The serialized c2d.common.v1.Workflow handed to pods, holding only the secrets
+    # a stage still to run reads (stages.secrets_needed): the locations and headers
+    # until configure is over, the grant until publish is. spec["workflow_sha256"]
+    # is the digest of the workflow as submitted.
     workflow: Mapped[bytes] = mapped_column(LargeBinary)
     status: Mapped[int] = mapped_column(Integer, default=1)
     # queued, configure, algorithm, publish, done: where recovery resumes.

@@ -49,7 +49,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    # The serialized c2d.common.v1.Workflow (decrypted file locations: publisher-side only).
+    # The serialized c2d.common.v1.Workflow. Its secrets (decrypted file locations,
+    # their headers, the results-asset grant) are kept only until the engine takes
+    # the job or it ends undispatched: then only what the record shows stays.
     workflow: Mapped[bytes] = mapped_column(LargeBinary)
     dataset_dids: Mapped[list[str]] = mapped_column(JSON)
     algorithm_did: Mapped[str] = mapped_column(String(128))
