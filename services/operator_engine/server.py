@@ -82,8 +82,10 @@ async def start(config: EngineSettings) -> RunningServer:
     )
     server_metrics = metrics.Metrics("operator-engine")
     engine_metrics = EngineMetrics(server_metrics, events)
+    jobs = JobTable(db)
+    await jobs.forget_secrets_stored_before()
     orchestrator = Orchestrator(
-        JobTable(db),
+        jobs,
         MeasuredEventLog(events, engine_metrics),
         backend,
         environment,

@@ -6,11 +6,12 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from plumbing import errors
 from plumbing.database import Database, GroupCommit
+from plumbing.workflows import redacted
 from services.operator_engine.domain.changes import now
 from services.operator_engine.domain.ports import StoredJob
 from services.operator_engine.persistence.models import EngineJob
@@ -56,6 +57,15 @@ class JobTable:
     async def close(self) -> None:
         await self._inserts.close()
 
+    async def forget_secrets_stored_before(self, batch: int = 500) -> int:
+        """Brings jobs stored before workflows were redacted (no submitted digest
+        in their spec) in line, at start-up: each gets its digest, and an ended
+        one loses its workflow's secrets. Returns how many it changed."""
+        changed = 0
+        while count := await self._db.run(lambda s: _forget_secrets_stored_before(s, batch)):
+            changed += count
+        return changed
+
 
 def _insert_jobs(session: Session, jobs: Sequence[tuple[dict[str, Any], bytes]]) -> list[bool]:
     """Stores new jobs in one statement; says per job whether it was new.
@@ -99,3 +109,28 @@ def _insert_jobs(session: Session, jobs: Sequence[tuple[dict[str, Any], bytes]])
 def _submitted_digest(spec: dict[str, Any], workflow: bytes) -> str:
     # Jobs stored before the digest was kept still hold their workflow as submitted.
     return spec.get(WORKFLOW_DIGEST) or hashlib.sha256(workflow).hexdigest()
+
+
+def _forget_secrets_stored_before(session: Session, batch: int) -> int:
+    rows = session.execute(
+        select(EngineJob.job_id, EngineJob.workflow, EngineJob.spec, EngineJob.stage)
+        .where(EngineJob.spec[WORKFLOW_DIGEST].as_string().is_(None))
+        .order_by(EngineJob.job_id)
+        .limit(batch)
+    ).all()
+    if rows:
+        session.connection().execute(
+            update(EngineJob)
+            .where(EngineJob.job_id == bindparam("target_job_id"))
+            .values(workflow=bindparam("kept"), spec=bindparam("with_digest")),
+            [
+                {
+                    "target_job_id": row.job_id,
+                    # Unredacted until now: the stored workflow is the one submitted.
+                    "with_digest": {**row.spec, WORKFLOW_DIGEST: hashlib.sha256(row.workflow).hexdigest()},
+                    "kept": redacted(row.workflow, frozenset()) if row.stage == "done" else row.workflow,
+                }
+                for row in rows
+            ],
+        )
+    return len(rows)
