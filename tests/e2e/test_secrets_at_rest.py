@@ -17,7 +17,6 @@ import dataclasses
 import http.server
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -26,14 +25,12 @@ import grpc
 import psycopg2
 
 from c2d.common.v1 import common_pb2
-from c2d.provider.v1 import provider_pb2
-from cli import demo
 from cli.client import Client
 from cli.stack import start_stack
 from plumbing import settings
-from plumbing.statuses import Status, is_terminal
+from plumbing.statuses import Status
 from services.operator_engine import server as engine_server
-from tests.pod_publish.jobs import CONSUMER_KEY, JOB_WAIT_S, PUBLISHER_KEY
+from tests.pod_publish.jobs import CONSUMER_KEY, JOB_WAIT_S, OTHER_KEY, PUBLISHER_KEY, Bench, environment_ready
 from tests.support.raw_rows import public_tables, tables_holding
 from tests.support.servers import free_ports
 from tests.support.stacks import settings_for
@@ -99,17 +96,6 @@ def guarded_files(path_query: str, authorization: str) -> Iterator[tuple[type[_G
         server.shutdown()
 
 
-async def _environment_ready(consumer: Client) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        request = provider_pb2.ListComputeEnvironmentsRequest()
-        available = [e for e in (await consumer.compute.ListComputeEnvironments(request)).environments if e.available]
-        if available:
-            return available[0].id
-        await asyncio.sleep(0.1)
-    raise AssertionError("the engine's environment never became available")
-
-
 async def test_no_location_header_or_grant_at_rest_after_a_job_restarted_mid_staging(data_dir, postgres_url, caplog):
     caplog.set_level(logging.INFO)  # what the three servers log, in this process
     marker = uuid.uuid4().hex
@@ -126,63 +112,33 @@ async def test_no_location_header_or_grant_at_rest_after_a_job_restarted_mid_sta
         stack = await start_stack(provider, operator, engine)
         try:
             async with grpc.aio.insecure_channel(stack.provider_address) as channel:
-                publisher, consumer = Client(channel, PUBLISHER_KEY), Client(channel, CONSUMER_KEY)
-                environment_id = await _environment_ready(consumer)
-                did = publisher.did_for("secret-dataset")
+                publisher, consumer, other = (Client(channel, key) for key in (PUBLISHER_KEY, CONSUMER_KEY, OTHER_KEY))
+                bench = Bench(stack, channel, publisher, consumer, other, base)
+                await environment_ready(bench.consumer)
                 location = common_pb2.FileLocation(
                     type="url", url=base + path_query, headers={"Authorization": f"Bearer {secrets['header value']}"}
                 )
-                compute = {
-                    "allowRawAlgorithm": True,
-                    "allowNetworkAccess": False,
-                    "publisherTrustedAlgorithms": [],
-                    "publisherTrustedAlgorithmPublishers": [],
-                }
-                ddo = {
-                    "version": "4.1.0",
-                    "metadata": {"type": "dataset", "name": "secret", "author": "tests", "license": "CC0"},
-                    "services": [
-                        demo._service("compute", "compute", await publisher.encrypt([location]), did, compute)
-                    ],
-                }
-                await publisher.publish(ddo, "secret-dataset")
-                await publisher.mint(await publisher.create_datatoken(did, "compute"), consumer.address, 2)
-                order = await consumer.order(did, "compute")
-                started = await consumer.start(
-                    provider_pb2.ComputeSpec(
-                        dataset=provider_pb2.AssetOrder(did=did, service_id="compute", order_id=order),
-                        raw_algorithm=provider_pb2.RawAlgorithm(
-                            code=COPY_INPUT,
-                            container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python"),
-                        ),
-                        environment_id=environment_id,
-                        publish_results_as_asset=True,
-                    )
-                )
+                did = await bench.dataset(location=location)
+                order = await bench.consumer.order(did, "compute")
+                job_id = await bench.start_on(did, order, COPY_INPUT, publish_results_as_asset=True)
                 assert await asyncio.to_thread(files.arrived.wait, JOB_WAIT_S), "pod_config never fetched the file"
 
                 # Mid-staging the engine holds what pod_config needs (which also shows the
                 # scan below finds these values when they are there), and the grant.
-                staging = tables_holding(postgres_url, secrets)
+                staging = await asyncio.to_thread(tables_holding, postgres_url, secrets)
                 assert all("engine_jobs" in tables for tables in staging.values()), staging
-                grant = await asyncio.to_thread(grant_of, postgres_url, started.job_id)
+                grant = await asyncio.to_thread(grant_of, postgres_url, job_id)
                 assert grant.startswith("c2dgrant1.")
 
                 await stack.engine.stop(1)  # its pod_config dies with it, mid-fetch
                 stack.engine = await engine_server.start(engine)
                 files.release.set()
 
-                async def watch() -> None:
-                    async for job in consumer.watch(started.job_id):
-                        if is_terminal(job.status):
-                            return
-
-                await asyncio.wait_for(watch(), JOB_WAIT_S)
-                job = (await consumer.details(started.job_id)).job
+                job = await bench.finished(job_id)
                 assert job.status == Status.FINISHED and job.end_reason == common_pb2.END_REASON_COMPLETED, job
                 assert job.results_did, "the grant registered no results asset"
                 copy = next(f for f in job.results.files if f.path == "copy.csv")
-                assert (await consumer.result(job.job_id, copy.index))[1] == DATASET
+                assert (await bench.consumer.result(job_id, copy.index))[1] == DATASET
                 assert len(files.requested) >= 2, "the restarted engine did not stage the job again"
         finally:
             await stack.stop()

@@ -40,12 +40,14 @@ class Bench:
     other: Client
     base_url: str
 
-    async def dataset(self, holder: Client | None = None) -> str:
+    async def dataset(self, holder: Client | None = None, location: common_pb2.FileLocation | None = None) -> str:
         """A dataset whose compute service allows raw algorithms; `holder`
-        (the consumer unless named) holds its datatokens."""
+        (the consumer unless named) holds its datatokens; its file is at
+        `location` (the bench's weather.csv unless named)."""
         salt = f"data-{time.time_ns()}"
         did = self.publisher.did_for(salt)
-        files = await self.publisher.encrypt([common_pb2.FileLocation(type="url", url=f"{self.base_url}/weather.csv")])
+        location = location or common_pb2.FileLocation(type="url", url=f"{self.base_url}/weather.csv")
+        files = await self.publisher.encrypt([location])
         await self.publisher.publish(
             {
                 "version": "4.1.0",
@@ -155,7 +157,7 @@ async def final_publish_log(job_id: str, timeout_s: float = 30.0) -> str:
     return text
 
 
-async def _environment_ready(consumer: Client) -> None:
+async def environment_ready(consumer: Client) -> None:
     for _ in range(600):
         envs = (
             await consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
@@ -175,7 +177,7 @@ async def job_bench(database_url: str = "", **engine: object) -> AsyncIterator[B
         try:
             async with grpc.aio.insecure_channel(stack.provider_address) as channel:
                 consumer = Client(channel, CONSUMER_KEY)
-                await _environment_ready(consumer)
+                await environment_ready(consumer)
                 yield Bench(stack, channel, Client(channel, PUBLISHER_KEY), consumer, Client(channel, OTHER_KEY), base)
         finally:
             await stack.stop()
