@@ -26,24 +26,22 @@ class Secret(enum.Enum):
 
 
 EVERY_SECRET = frozenset(Secret)
-# What a redacted file location keeps: what it was and what it must hash to (audit, display).
-_KEPT_LOCATION_FIELDS = ("type", "checksum")
 
 
 def redacted(workflow: bytes, keep: frozenset[Secret]) -> bytes:
     """The serialized workflow without the secrets that are not in `keep`.
-    DIDs, DDOs, checksums, the container and the consumer's parameters stay."""
+    DIDs, DDOs, the container and the consumer's parameters stay, and of each
+    file location what it was and what it must hash to (type and checksum)."""
     if keep >= EVERY_SECRET:
         return workflow
     message = common_pb2.Workflow.FromString(workflow)
     if Secret.LOCATIONS not in keep:
         assets = [*message.datasets, *([message.algorithm] if message.HasField("algorithm") else [])]
         for asset in assets:
-            for location in asset.files:
-                kept = {name: getattr(location, name) for name in _KEPT_LOCATION_FIELDS}
-                location.Clear()
-                for name, value in kept.items():
-                    setattr(location, name, value)
+            kept = [(location.type, location.checksum) for location in asset.files]
+            del asset.files[:]
+            for type_, checksum in kept:
+                asset.files.add(type=type_, checksum=checksum)
     if Secret.GRANT not in keep:
         message.ClearField("results_asset_grant")
     return message.SerializeToString(deterministic=True)
