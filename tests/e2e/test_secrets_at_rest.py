@@ -140,6 +140,8 @@ async def test_no_location_header_or_grant_at_rest_after_a_job_restarted_mid_sta
                 copy = next(f for f in job.results.files if f.path == "copy.csv")
                 assert (await bench.consumer.result(job_id, copy.index))[1] == DATASET
                 assert len(files.requested) >= 2, "the restarted engine did not stage the job again"
+                answered = job.SerializeToString() + (await bench.consumer.details(job_id)).SerializeToString()
+                assert not [name for name, value in secrets.items() if value.encode() in answered]
         finally:
             await stack.stop()
 
