@@ -36,6 +36,7 @@ from services.provider.domain.errors import Refusal
 from services.provider.domain.signed_requests import RequestVerifier
 from services.provider.persistence import store
 from services.provider.persistence.catalog import AssetCatalog
+from services.provider.persistence.models import Order
 
 FINISHED_JOB_TTL_S = 2.0
 FINISHED_JOBS_CACHED = 4096
@@ -174,6 +175,27 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
             else:
                 workflow.datasets.append(asset)
 
+    async def _releases_of(self, order_ids: list[str]) -> dict[str, int]:
+        """How often each order was given back, after giving back those of a
+        job that released them (it ended before its algorithm, through no
+        fault of the consumer): the request key follows, so a retry with such
+        orders starts a new job and one with spent orders returns their job."""
+        orders = await self._db.run(lambda s: store.read_orders(s, order_ids))
+        for job_id in {order.used_by_job_id for order in orders if order.used_by_job_id}:
+            try:
+                job = await self._operator.get_job(job_id)
+            except errors.NotFound:
+                continue  # deleted: its orders stay spent
+            if job.orders_released:
+                log.info("job %s released its orders; they start a new job", job_id)
+
+                def release(session: Session, job_id: str = job_id) -> list[Order]:
+                    store.release_spent_orders(session, job_id)
+                    return store.read_orders(session, order_ids)
+
+                orders = await self._db.run(release)
+        return {order.order_id: order.releases for order in orders}
+
     async def InitializeCompute(
         self,
         request: provider_pb2.InitializeComputeRequest,
@@ -207,7 +229,8 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
     ) -> provider_pb2.StartComputeResponse:
         plan = await self._plan("StartCompute", request)
         consumer = plan.consumer
-        order_ids, request_key = compute_plan.claimed_orders(plan)
+        order_ids = compute_plan.claimed_orders(plan)
+        request_key = compute_plan.request_key(order_ids, await self._releases_of(order_ids))
         workflow = workflow_of(plan, request.spec)
         workflow.trace_parent = tracing.traceparent()  # the job's stages and pods join this request's trace
         if workflow.publish_results_as_asset:
