@@ -115,10 +115,12 @@ class Market:
         timeout: int = 3600,
         credentials: dict[str, Any] | None = None,
         extra_services: list[dict[str, Any]] = (),
+        file_url: str = "",
     ) -> str:
         salt = "data-" + self.salt()
         did = self.publisher.did_for(salt)
-        files = await self.publisher.encrypt([common_pb2.FileLocation(type="url", url=self.base_url + SECRET_PATH)])
+        url = file_url or self.base_url + SECRET_PATH
+        files = await self.publisher.encrypt([common_pb2.FileLocation(type="url", url=url)])
         service = demo._service(
             "compute",
             "compute",
@@ -227,8 +229,10 @@ async def wait_for_environment(client: Client) -> str:
 
 
 @contextlib.asynccontextmanager
-async def open_market(database_url: str = "", backend: str = "noop", **provider: Any) -> AsyncIterator[Market]:
-    settings = settings_for(database_url, backend=backend)
+async def open_market(
+    database_url: str = "", backend: str = "noop", engine: dict[str, Any] | None = None, **provider: Any
+) -> AsyncIterator[Market]:
+    settings = settings_for(database_url, backend=backend, **(engine or {}))
     if provider:
         import dataclasses
 
