@@ -130,7 +130,6 @@ def end_reason_for(status: int, requested: EndReason = EndReason.NONE) -> EndRea
     return EndReason.NONE
 
 
-
 # Codes of a job that ended (70, failed) before its algorithm for the
 # engine's own reasons; an engine's refusal of a job may be the consumer's
 # doing (its raw algorithm's container), so it is not here.

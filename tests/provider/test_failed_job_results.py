@@ -68,7 +68,10 @@ async def test_a_failed_a_timed_out_and_a_disk_filling_algorithm_publish_their_l
         assert Status.PUBLISHING_RESULTS not in seen, seen  # published unannounced: no status moves back
         assert failed.results.partial
         kinds = {f.path: f.kind for f in failed.results.files}
-        assert kinds == {"partial.txt": common_pb2.RESULT_KIND_OUTPUT, "algorithm.log": common_pb2.RESULT_KIND_ALGORITHM_LOG}
+        assert kinds == {
+            "partial.txt": common_pb2.RESULT_KIND_OUTPUT,
+            "algorithm.log": common_pb2.RESULT_KIND_ALGORITHM_LOG,
+        }
         assert "giving up" in await result_text(market, failed, "algorithm.log")
         assert await result_text(market, failed, "partial.txt") == "half done"
         assert not failed.orders_released

@@ -36,9 +36,7 @@ async def files() -> AsyncIterator[FileServer]:
 async def ordered_spec(market: Market, dataset_url: str = "", code: str = demo.ALGORITHM) -> provider_pb2.ComputeSpec:
     algorithm = await market.publish_algorithm(code)
     dataset = await market.publish_dataset(trusted=[market.trust(algorithm, code)], file_url=dataset_url)
-    return market.spec(
-        dataset, await market.buy(dataset, "compute"), algorithm, await market.buy(algorithm, "access")
-    )
+    return market.spec(dataset, await market.buy(dataset, "compute"), algorithm, await market.buy(algorithm, "access"))
 
 
 async def test_a_publisher_outage_releases_the_orders_and_the_retry_starts_a_new_job(

@@ -8,7 +8,6 @@ from c2d.common.v1 import common_pb2
 from plumbing.statuses import TEXT, Status, releases_orders
 from services.operator_service.persistence.models import Job
 
-
 ORDERS_RELEASED = "orders released: a new StartCompute with the same orders starts a new job"
 
 
