@@ -68,6 +68,7 @@ __all__ = [
     "current_file_context",
     "default_fetchers",
     "set_file_context",
+    "source_of",
     "staging_limits",
     "vet_host",
 ]
@@ -258,6 +259,34 @@ class StagingLimits:
             raise ValueError("parallelism must be >= 1")
         if self.retry_after_cap_s < 0:
             raise ValueError("retry_after_cap_s must be >= 0")
+
+
+class FileLocation(Protocol):
+    """A file location as the workflow carries it (c2d.common.v1.FileLocation)."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def cid(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+    @property
+    def checksum(self) -> str: ...
+
+
+def source_of(location: FileLocation) -> FileSource:
+    return FileSource(
+        type=location.type,
+        url=location.url,
+        headers=dict(location.headers),
+        cid=location.cid,
+        content=location.content,
+        checksum=location.checksum,
+    )
 
 
 # --------------------------------------------------------------------------- the SSRF guard

@@ -66,13 +66,16 @@ class Market:
         publisher: Client | None = None,
         parameters: list[dict[str, Any]] | None = None,
         container: dict[str, Any] | None = None,
+        file_url: str = "",
     ) -> str:
+        """A published algorithm; its file is `code`, served by the market, or at `file_url`."""
         publisher = publisher or self.publisher
         salt = "algo-" + self.salt()
         did = publisher.did_for(salt)
         path = f"/algo-{salt}.py"
         _Files.files[path] = code.encode()
-        files = await publisher.encrypt([common_pb2.FileLocation(type="url", url=self.base_url + path)])
+        url = file_url or self.base_url + path
+        files = await publisher.encrypt([common_pb2.FileLocation(type="url", url=url)])
         algorithm: dict[str, Any] = {"language": "python", "version": "1.0", "container": container or CONTAINER}
         if parameters is not None:
             algorithm["consumerParameters"] = parameters
