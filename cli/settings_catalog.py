@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from plumbing import auth, settings
+from plumbing.fetching import StagingSettings
 from plumbing.storage.base import StorageConfig
 from services.operator_engine.settings import EngineSettings
 from services.operator_service.settings import OperatorSettings
-from services.pod_config.program import StagingSettings
 from services.provider.settings import ProviderSettings
 
 
@@ -103,7 +103,11 @@ SETTINGS_CLASSES = (
     (ProviderSettings, "C2D_PROVIDER", "provider"),
     (OperatorSettings, "C2D_OPERATOR", "operator-service"),
     (EngineSettings, "C2D_ENGINE", "operator-engine"),
-    (StagingSettings, "C2D_STAGING", "pod_config (staging; the engine passes them on)"),
+    (
+        StagingSettings,
+        "C2D_STAGING",
+        "pod_config (staging) and the provider (trusted algorithms)",
+    ),
 )
 
 

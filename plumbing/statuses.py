@@ -128,3 +128,28 @@ def end_reason_for(status: int, requested: EndReason = EndReason.NONE) -> EndRea
     if status == Status.FINISHED:
         return EndReason.COMPLETED
     return EndReason.NONE
+
+
+# Codes of a job that ended (70, failed) before its algorithm for the
+# engine's own reasons; an engine's refusal of a job may be the consumer's
+# doing (its raw algorithm's container), so it is not here.
+ENGINE_FAULTS = frozenset({"engine_error", "engine_restarted"})
+
+
+def releases_orders(status: int, end_reason: int, error_code: str, algorithm_ran: bool, raw_algorithm: bool) -> bool:
+    """Whether a job's orders go back to its consumer: it ended before its
+    algorithm started, for a reason the consumer did not cause (a publisher's
+    file unreachable or mismatched, the engine lost or failing, the job
+    expired in its queue). A job its owner stopped, or whose algorithm ran,
+    keeps them spent. A raw algorithm is the consumer's own file, so its
+    staging failure (32) is the consumer's; so is a full disk (42: the
+    consumer chose the environment)."""
+    if not is_terminal(status) or algorithm_ran or end_reason == EndReason.STOPPED:
+        return False
+    if status == Status.DATA_PROVISIONING_FAILED:
+        return True  # the datasets' files, or pod_config itself: never the consumer's
+    if status == Status.ALGORITHM_PROVISIONING_FAILED:
+        return not raw_algorithm
+    if status != Status.FINISHED:
+        return False
+    return end_reason == EndReason.EXPIRED_IN_QUEUE or (end_reason == EndReason.FAILED and error_code in ENGINE_FAULTS)

@@ -10,45 +10,14 @@ staging domain.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from plumbing import pods, settings, storage
-from plumbing.settings import setting
-from services.pod_config.clients import agent, fetching
+from plumbing import fetching, pods, settings, storage
+from plumbing.fetching import StagingSettings, staging_limits
+from services.pod_config.clients import agent
 from services.pod_config.domain import staging
 
 log = logging.getLogger("c2d.pod_config")
-
-# The disk a job gets when its environment names none.
-UNBOUNDED_DISK_BYTES = 1 << 40
-
-
-@dataclass(frozen=True)
-class StagingSettings:
-    max_file_bytes: int = setting(0, "largest single file in bytes (0 = the environment's disk)")
-    connect_timeout_s: float = setting(10.0, "TCP/TLS connect timeout per download")
-    idle_timeout_s: float = setting(30.0, "a download receiving nothing for this long fails")
-    max_retries: int = setting(3, "retries of transient failures (reset, 5xx, 429)")
-    max_redirects: int = setting(5, "HTTP redirects followed")
-    parallelism: int = setting(4, "files downloaded at once")
-    allow_hosts: tuple[str, ...] = setting((), "hosts or CIDRs exempt from the private-address guard")
-    blocked_cidrs: tuple[str, ...] = setting((), "extra ranges to refuse, e.g. the cluster's service range")
-
-
-def staging_limits(config: StagingSettings, disk_bytes: int) -> staging.StagingLimits:
-    disk = disk_bytes or UNBOUNDED_DISK_BYTES
-    return staging.StagingLimits(
-        max_file_bytes=config.max_file_bytes or disk,
-        max_total_bytes=disk,
-        connect_timeout_s=config.connect_timeout_s,
-        idle_timeout_s=config.idle_timeout_s,
-        max_retries=config.max_retries,
-        max_redirects=config.max_redirects,
-        parallelism=config.parallelism,
-        allow_hosts=config.allow_hosts,
-        blocked_cidrs=config.blocked_cidrs,
-    )
 
 
 async def run(pod: pods.Pod, channel: Any) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc, ledger_pb2, ledger_pb2_grpc, provider_pb2, provider_pb2_grpc
-from plumbing import auth, logs, metrics, settings, storage
+from plumbing import auth, fetching, logs, metrics, settings, storage
 from plumbing.database import Database, sqlite_url
 from plumbing.ethereum import Account
 from plumbing.server import (
@@ -23,6 +23,7 @@ from plumbing.server import (
 from services.provider.api.compute import ComputeServicer
 from services.provider.api.ledger import LedgerServicer
 from services.provider.api.results_assets import ResultsAssetServicer
+from services.provider.clients.algorithm_files import AlgorithmFiles
 from services.provider.clients.operator import OperatorClient
 from services.provider.domain.file_locations import ResultsStorage
 from services.provider.domain.sealing import ProviderKeys
@@ -75,7 +76,17 @@ async def start(config: ProviderSettings) -> RunningServer:
     results = storage.open_store(results_config)
     # what no publisher's file may name (domain/file_locations.py)
     results_storage = ResultsStorage(results_config.kind, results_config.s3_bucket)
-    compute = ComputeServicer(db, keys, fee_address, verifier, catalog, operator, results, results_storage)
+    # a trusted algorithm's files, fetched as pod_config fetches them (the same C2D_STAGING_* settings)
+    algorithm_files = AlgorithmFiles(
+        fetching.default_fetchers(storage_config=results_config),
+        fetching.staging_limits(
+            settings.load(fetching.StagingSettings, "C2D_STAGING"), config.algorithm_check_max_bytes
+        ),
+        config.algorithm_check_cache_s,
+    )
+    compute = ComputeServicer(
+        db, keys, fee_address, verifier, catalog, operator, results, results_storage, algorithm_files
+    )
     # AssetService plus the results-as-asset RPCs (api/results_assets.py)
     assets = ResultsAssetServicer(db, keys, verifier, catalog, operator, results, results_storage)
     running = await start_server(

@@ -20,3 +20,11 @@ class ProviderSettings:
     signature_worker: bool = setting(
         True, "check signatures and spend nonces in a worker process (false: in a thread of the provider's)"
     )
+    algorithm_check_max_bytes: int = setting(
+        64 << 20,
+        "largest total size of a trusted algorithm's files the provider fetches to check their filesChecksum"
+        " at InitializeCompute (fetched as pod_config fetches, C2D_STAGING_* settings)",
+    )
+    algorithm_check_cache_s: float = setting(
+        60.0, "how long a trusted algorithm's checked filesChecksum is remembered (per algorithm and sealed files)"
+    )

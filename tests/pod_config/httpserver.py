@@ -58,7 +58,8 @@ class FileServer:
         r.add_get("/headers", self.headers)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)
+        # self.port once started: a server stopped and started again is back where it was
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=ssl_context)
         self.scheme = "https" if ssl_context else "http"
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

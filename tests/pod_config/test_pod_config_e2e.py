@@ -21,6 +21,7 @@ from c2d.provider.v1 import provider_pb2
 from cli import demo
 from cli.client import Client, load_or_create_key
 from plumbing import assets
+from services.operator_service.api.convert import ORDERS_RELEASED
 from tests.support.stacks import running_stack
 
 DEADLINE_S = 120  # a loaded 2-core machine: generous
@@ -180,7 +181,10 @@ async def test_staging_failures_reach_postgresql_with_reasons_and_never_the_url(
     assert history == [1, 10, 20, 31]
     assert message == f"data provisioning failed: dataset {dataset_404} file 0: HTTP 404"
     assert event_messages[-1] == message
-    assert (job_a.status, job_a.error_message, job_a.error_code) == (31, message, "dataset_fetch_failed")
+    # the consumer is also told that the job gave its orders back (the publisher's file failed, not them)
+    released = f"{message}; {ORDERS_RELEASED}"
+    assert (job_a.status, job_a.error_message, job_a.error_code) == (31, released, "dataset_fetch_failed")
+    assert job_a.orders_released
 
     # The algorithm's files differ from what the dataset trusts: 32.
     history, message, _ = _stored(postgres_url, job_mismatch)

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
-from services.pod_config.clients import fetching
+from plumbing import fetching
 from services.pod_config.clients.fetching import address_refusal, default_fetchers, vet_host
 from services.pod_config.domain.staging import FetchError, FileSource, StagingRequest, stage
 from tests.pod_config.helpers import (

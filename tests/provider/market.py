@@ -66,13 +66,16 @@ class Market:
         publisher: Client | None = None,
         parameters: list[dict[str, Any]] | None = None,
         container: dict[str, Any] | None = None,
+        file_url: str = "",
     ) -> str:
+        """A published algorithm; its file is `code`, served by the market, or at `file_url`."""
         publisher = publisher or self.publisher
         salt = "algo-" + self.salt()
         did = publisher.did_for(salt)
         path = f"/algo-{salt}.py"
         _Files.files[path] = code.encode()
-        files = await publisher.encrypt([common_pb2.FileLocation(type="url", url=self.base_url + path)])
+        url = file_url or self.base_url + path
+        files = await publisher.encrypt([common_pb2.FileLocation(type="url", url=url)])
         algorithm: dict[str, Any] = {"language": "python", "version": "1.0", "container": container or CONTAINER}
         if parameters is not None:
             algorithm["consumerParameters"] = parameters
@@ -115,10 +118,12 @@ class Market:
         timeout: int = 3600,
         credentials: dict[str, Any] | None = None,
         extra_services: list[dict[str, Any]] = (),
+        file_url: str = "",
     ) -> str:
         salt = "data-" + self.salt()
         did = self.publisher.did_for(salt)
-        files = await self.publisher.encrypt([common_pb2.FileLocation(type="url", url=self.base_url + SECRET_PATH)])
+        url = file_url or self.base_url + SECRET_PATH
+        files = await self.publisher.encrypt([common_pb2.FileLocation(type="url", url=url)])
         service = demo._service(
             "compute",
             "compute",
@@ -227,8 +232,10 @@ async def wait_for_environment(client: Client) -> str:
 
 
 @contextlib.asynccontextmanager
-async def open_market(database_url: str = "", backend: str = "noop", **provider: Any) -> AsyncIterator[Market]:
-    settings = settings_for(database_url, backend=backend)
+async def open_market(
+    database_url: str = "", backend: str = "noop", engine: dict[str, Any] | None = None, **provider: Any
+) -> AsyncIterator[Market]:
+    settings = settings_for(database_url, backend=backend, **(engine or {}))
     if provider:
         import dataclasses
 

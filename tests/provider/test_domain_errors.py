@@ -27,6 +27,7 @@ EXPECTED = [
     ("not_trusted_publisher", "permission_denied"),
     ("algorithm_checksum_mismatch", "permission_denied"),
     ("container_checksum_mismatch", "permission_denied"),
+    ("algorithm_files_unreachable", "failed_precondition"),
     ("no_raw_algo_allowed", "permission_denied"),
     ("network_access_not_allowed", "permission_denied"),
     ("consumer_parameters_invalid", "invalid_argument"),

@@ -51,6 +51,9 @@ class Run:
     # `succeeded` says whether that report was its success.
     reported: asyncio.Event = field(default_factory=asyncio.Event)
     succeeded: bool = False
+    # How the job ends once it published what its failed stage left (see
+    # Stage.publishes_on_failure); until then its status stays where it failed.
+    failing: JobEnd | None = None
 
 
 class Orchestrator:
@@ -72,6 +75,7 @@ class Orchestrator:
         self.pipeline = tuple(pipeline)
         self.queue_timeout_s = queue_timeout_s
         self._stage_named = {stage.name: stage for stage in self.pipeline}
+        self._publishing = stages.publishing_stage(self.pipeline)
         # The engine announces these itself; a pod repeating them is harmless.
         self._announced_by_engine = {stage.running for stage in self.pipeline if stage.program}
         self._runs: dict[str, Run] = {}
@@ -210,7 +214,10 @@ class Orchestrator:
                 f"a pod cannot report status {int(status)} during the {run.stage} stage",
                 "report_out_of_stage",
             )
-        if status in FAILURES:
+        if run.failing is not None:
+            # publishing what a failed job left: the job ends as it failed, whatever this says
+            log.warning("job %s: publishing its partial results failed: %s %s", run.spec.job_id, code, message)
+        elif status in FAILURES:
             await self._end(run, stages.reported_failure(status, code, message))
         else:  # its stage's success (Stage.reports holds nothing else)
             await self._emit(run, status)
@@ -225,6 +232,10 @@ class Orchestrator:
                 f"results can only be reported during the {publishing} stage, not {run.stage}",
                 "report_out_of_stage",
             )
+        # a failed job's results are what it left; only the engine says so
+        results = {key: value for key, value in results.items() if key != "partial"}
+        if run.failing is not None:
+            results["partial"] = True
         run.results, run.results_did = results, results_did
         run.succeeded = True
         run.reported.set()
@@ -277,12 +288,21 @@ class Orchestrator:
                     return  # its pod reported a failure, which ended the job
                 end = stages.verdict(stage, ended)
                 if end is not None:
-                    await self._end(run, end, outcome=run.outcome if stage.is_algorithm else None)
+                    if stage.publishes_on_failure:
+                        await self._publish_what_is_left(run, end)
+                    await self._end(
+                        run,
+                        end,
+                        outcome=run.outcome if stage.is_algorithm else None,
+                        results=run.results,
+                        results_did=run.results_did,
+                    )
                     return
             await self._end(run, stages.COMPLETED, results=run.results, results_did=run.results_did)
         except asyncio.CancelledError:
             if run.stop_requested and not is_terminal(run.status):
-                await self._end(run, stages.STOPPED, outcome=run.outcome)
+                # a job stopped while publishing what it left had failed already
+                await self._end(run, run.failing or stages.STOPPED, outcome=run.outcome)
             if not run.stop_requested:
                 raise
         except Exception:
@@ -294,6 +314,16 @@ class Orchestrator:
             if is_terminal(run.status):
                 self._runs.pop(job.job_id, None)
             self._fill()
+
+    async def _publish_what_is_left(self, run: Run, end: JobEnd) -> None:
+        """Runs the results stage for a job whose stage failed, unannounced:
+        its status stays where it failed until it ends with `end`. Its pod's
+        results are kept, marked partial; its failure changes nothing."""
+        run.failing = end
+        run.stage = self._publishing.name  # in memory only: a restart meanwhile ends the job as the stage it was in
+        ended = await self._run_stage(run, self._publishing)
+        if not ended.reported:
+            log.warning("job %s: its partial results were not published (%s)", run.spec.job_id, ended.exit)
 
     async def _run_stage(self, run: Run, stage: Stage) -> StageEnd:
         job = run.spec

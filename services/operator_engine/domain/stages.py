@@ -52,6 +52,11 @@ class Stage:
     starts_clean: bool = False  # runs in an emptied workspace (a retried configure starts over)
     rerun_after_restart: bool = True  # idempotent: an engine restart runs it again
     reads: frozenset[Secret] = frozenset()  # the workflow's secrets its pod reads: kept until it is over
+    # When it fails (its failure status, a timeout or a full disk), the job still
+    # runs the results stage before it ends, as Ocean's does: the algorithm's log
+    # and whatever outputs exist are published, marked partial, and the job keeps
+    # its failure status.
+    publishes_on_failure: bool = False
 
     def __post_init__(self) -> None:
         # A pod reports how its stage failed or that it succeeded, nothing else; and
@@ -103,6 +108,7 @@ def pipeline(configure_timeout_s: float, publish_timeout_s: float) -> tuple[Stag
             crashed=Failure("algorithm_failed", "algorithm failed: {detail}"),
             # Its process died with the engine, and what it did cannot be known.
             rerun_after_restart=False,
+            publishes_on_failure=True,
         ),
         Stage(
             name="publish",
@@ -153,6 +159,11 @@ def verdict(stage: Stage, end: StageEnd) -> JobEnd | None:
     if stage.is_algorithm and exit_.succeeded:
         return None
     return _failed(stage.failure, EndReason.FAILED, stage.crashed, **facts)
+
+
+def publishing_stage(stages: Sequence[Stage]) -> Stage:
+    """The stage whose pod reports the job's results."""
+    return next(stage for stage in stages if stage.reports_results)
 
 
 def _failed(status: Status, reason: EndReason, failure: Failure, **facts: object) -> JobEnd:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from google.protobuf import json_format
 
 from c2d.common.v1 import common_pb2
-from plumbing.statuses import TEXT, Status
+from plumbing.statuses import TEXT, Status, releases_orders
 from services.operator_service.persistence.models import Job
+
+ORDERS_RELEASED = "orders released: a new StartCompute with the same orders starts a new job"
 
 
 def job(row: Job) -> common_pb2.Job:
+    released = releases_orders(row.status, row.end_reason, row.error_code, bool(row.outcome), not row.algorithm_did)
     message = common_pb2.Job(
         job_id=row.job_id,
         owner=row.owner,
@@ -20,7 +23,9 @@ def job(row: Job) -> common_pb2.Job:
         status_text=TEXT[Status(row.status)],
         end_reason=common_pb2.EndReason.ValueType(row.end_reason),
         error_code=row.error_code,
-        error_message=row.error_message,
+        # said where a consumer reads why the job ended
+        error_message=f"{row.error_message}; {ORDERS_RELEASED}" if released else row.error_message,
+        orders_released=released,
         results_did=row.results_did,
         viewers=row.viewers or [],
         sequence=row.sequence,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from c2d.common.v1 import common_pb2
-from plumbing import pods, untrusted
+from plumbing import fetching, pods, untrusted
 from services.pod_config.domain import staging
 
 
@@ -28,12 +28,7 @@ def staging_request(workflow: common_pb2.Workflow) -> staging.StagingRequest:
     def asset(message: common_pb2.WorkflowAsset) -> staging.AssetToStage:
         return staging.AssetToStage(
             did=message.did,
-            files=tuple(
-                staging.FileSource(
-                    type=f.type, url=f.url, headers=dict(f.headers), cid=f.cid, content=f.content, checksum=f.checksum
-                )
-                for f in message.files
-            ),
+            files=tuple(fetching.source_of(f) for f in message.files),
             ddo_json=message.ddo_json,
         )
 

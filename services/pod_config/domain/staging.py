@@ -33,19 +33,27 @@ Error codes (`StagingOutcome.error_code`):
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import errno
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from plumbing import assets
+from plumbing import assets, fetching
+from plumbing.fetching import (
+    ByteBudget,
+    Fetcher,
+    FetchError,
+    FileContext,
+    FileMeter,
+    FileSource,
+    StagingLimits,
+    current_file_context,
+)
 from plumbing.statuses import Status
 
 __all__ = [
@@ -69,21 +77,6 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class FileSource:
-    type: str  # "url" | "s3" | "ipfs" | "raw"
-    url: str = ""  # http(s)://... for "url"; "s3://bucket/key" for "s3"
-    headers: Mapping[str, str] = field(default_factory=dict)  # extra HTTP headers from the DDO
-    cid: str = ""  # for "ipfs"
-    content: str = ""  # for "raw" (the consumer's inline code)
-    checksum: str = ""  # optional expected sha256 of the bytes, 64 lowercase hex
-
-    def __repr__(self) -> str:
-        # The location and headers are the publisher's secrets: keep them out of
-        # tracebacks and debug output.
-        return f"FileSource(type={self.type!r}, checksum={self.checksum!r})"
-
-
-@dataclass(frozen=True)
 class AssetToStage:
     did: str  # "did:op:<64 hex>"
     files: tuple[FileSource, ...]
@@ -97,33 +90,6 @@ class StagingRequest:
     raw_algorithm: str = ""  # the consumer's raw code (exclusive with algorithm)
     algorithm_files_checksum: str = ""  # the dataset's trusted-algorithm filesChecksum; "" = not pinned
     algo_custom_data: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class StagingLimits:
-    max_file_bytes: int
-    max_total_bytes: int  # the environment's disk
-    connect_timeout_s: float = 10
-    idle_timeout_s: float = 30  # no byte received for that long
-    max_retries: int = 3
-    backoff_base_s: float = 0.2
-    max_redirects: int = 5
-    parallelism: int = 4
-    allow_hosts: tuple[str, ...] = ()  # hostnames or CIDRs that bypass the SSRF guard
-    blocked_cidrs: tuple[str, ...] = ()  # extra ranges to refuse, e.g. the cluster service range
-    retry_after_cap_s: float = 30  # a server's Retry-After is honoured up to this
-
-    def __post_init__(self) -> None:
-        if self.max_file_bytes < 0 or self.max_total_bytes < 0:
-            raise ValueError("byte limits must be >= 0")
-        if self.connect_timeout_s <= 0 or self.idle_timeout_s <= 0:
-            raise ValueError("timeouts must be > 0")
-        if self.max_retries < 0 or self.max_redirects < 0 or self.backoff_base_s < 0:
-            raise ValueError("max_retries, max_redirects and backoff_base_s must be >= 0")
-        if self.parallelism < 1:
-            raise ValueError("parallelism must be >= 1")
-        if self.retry_after_cap_s < 0:
-            raise ValueError("retry_after_cap_s must be >= 0")
 
 
 # --------------------------------------------------------------------------- outputs
@@ -148,116 +114,6 @@ class StagingOutcome:
     @property
     def ok(self) -> bool:
         return self.status == Status.PROVISIONING_SUCCESS
-
-
-# --------------------------------------------------------------------------- fetcher contract
-
-
-class FetchError(Exception):
-    """A fetch failed. `message` is shown to the consumer: it must not contain the
-    file's location or header values (say "HTTP 404", not the URL)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class ByteBudget:
-    """Bytes left on the job's disk, shared by every concurrent download.
-
-    Fetchers charge each chunk *before* writing it, so concurrent downloads can
-    never overshoot the total together. Downloads that run in worker threads
-    (S3, IPFS) charge from those threads, hence the lock.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._lock = threading.Lock()
-
-    @property
-    def remaining(self) -> int:
-        return self.limit - self.used
-
-    def charge(self, n: int) -> None:
-        with self._lock:
-            if self.used + n > self.limit:
-                raise FetchError(
-                    "disk_quota_exceeded",
-                    f"the job's files would exceed the environment's disk of {self.limit} bytes",
-                )
-            self.used += n
-
-    def refund(self, n: int) -> None:
-        # A download restarted from byte 0 gives back what it had charged.
-        with self._lock:
-            self.used = max(0, self.used - n)
-
-
-class FileMeter:
-    """One download's bytes, held against the per-file limit and the shared budget.
-
-    `add(n)` is called before a chunk is written; it raises FetchError
-    ("file_too_large" or "disk_quota_exceeded") instead of letting the chunk
-    through. `reset()` gives every charged byte back (a restart from byte 0,
-    or an abandoned download).
-    """
-
-    def __init__(self, limits: StagingLimits, budget: ByteBudget) -> None:
-        self._limits = limits
-        self._budget = budget
-        self.size = 0  # bytes accepted (and charged) so far
-
-    def check_declared(self, remaining: int) -> None:
-        """Refuse early on a declared length (Content-Length, object size); `add` still counts."""
-        total = self.size + remaining
-        if total > self._limits.max_file_bytes:
-            raise FetchError(
-                "file_too_large",
-                f"the file is {total} bytes, over the limit of {self._limits.max_file_bytes} bytes",
-            )
-        if remaining > self._budget.remaining:
-            raise FetchError(
-                "disk_quota_exceeded",
-                f"the file's {total} bytes would exceed the environment's disk of {self._budget.limit} bytes",
-            )
-
-    def add(self, n: int) -> None:
-        if self.size + n > self._limits.max_file_bytes:
-            raise FetchError("file_too_large", f"the file is over the limit of {self._limits.max_file_bytes} bytes")
-        self._budget.charge(n)
-        self.size += n
-
-    def reset(self) -> None:
-        self._budget.refund(self.size)
-        self.size = 0
-
-
-class Fetcher(Protocol):
-    async def fetch(self, source: FileSource, dest: Path, limits: StagingLimits, budget: ByteBudget) -> tuple[int, str]:
-        """Stream `source` into `dest` (bounded memory; `dest` is a temporary
-        name the caller renames), charging every byte to `budget` and refusing
-        more than `limits.max_file_bytes`. Return (size, sha256 hex) of the bytes
-        written. Raise FetchError(code, message) on failure."""
-        ...
-
-
-@dataclass(frozen=True)
-class FileContext:
-    """Which file a fetcher is working on, so it can log retries usefully."""
-
-    label: str  # e.g. "dataset did:op:... file 0"; never a location
-    log: logging.Logger
-
-
-_FILE_CONTEXT: contextvars.ContextVar[FileContext | None] = contextvars.ContextVar("c2d_pod_config_file", default=None)
-
-
-def current_file_context() -> FileContext:
-    """The file being staged by the current task (set by `stage()`)."""
-    ctx = _FILE_CONTEXT.get()
-    return ctx or FileContext("file", logging.getLogger("c2d.pod_config"))
 
 
 # --------------------------------------------------------------------------- staging
@@ -449,7 +305,7 @@ class _Stager:
 
     async def _stage_file(self, job: _FileJob) -> StagedFile:
         async with self.semaphore:
-            _FILE_CONTEXT.set(FileContext(job.label, self.log))
+            fetching.set_file_context(FileContext(job.label, self.log))
             started = time.monotonic()
             fetcher = self.fetchers[job.source.type]
             try:

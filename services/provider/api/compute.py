@@ -22,12 +22,13 @@ from sqlalchemy.orm import Session
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2, provider_pb2_grpc
-from plumbing import errors, logs, storage, tracing, untrusted
+from plumbing import errors, fetching, logs, storage, tracing, untrusted
 from plumbing.database import Database
 from plumbing.rpc_types import StreamContext, UnaryContext
 from plumbing.statuses import is_terminal
 from services.provider.api.authentication import authenticate
 from services.provider.api.downloads import recorded_results, stream_result_file
+from services.provider.clients.algorithm_files import AlgorithmFiles, FetchError
 from services.provider.clients.operator import OperatorClient
 from services.provider.domain import compute_plan, ddos, file_locations, identity, results_grants, sealing
 from services.provider.domain import errors as codes
@@ -36,6 +37,7 @@ from services.provider.domain.errors import Refusal
 from services.provider.domain.signed_requests import RequestVerifier
 from services.provider.persistence import store
 from services.provider.persistence.catalog import AssetCatalog
+from services.provider.persistence.models import Order
 
 FINISHED_JOB_TTL_S = 2.0
 FINISHED_JOBS_CACHED = 4096
@@ -107,8 +109,10 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         operator: OperatorClient,
         results: storage.ObjectStore,
         results_storage: file_locations.ResultsStorage,
+        algorithm_files: AlgorithmFiles,
     ) -> None:
         self._db = db
+        self._algorithm_files = algorithm_files
         self._keys = keys
         self._fee_address = fee_address
         self._verifier = verifier
@@ -159,20 +163,76 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         consumer = await authenticate(self._verifier, method, request)
         return await compute_plan.plan_compute(compute_request(request.spec), consumer, self._assets, self._operator)
 
+    def _files_of(self, planned: compute_plan.PlannedAsset) -> list[common_pb2.FileLocation]:
+        """The asset's file locations, decrypted (publisher-side only)."""
+        service = planned.asset.ddo.service(planned.choice.service_id)
+        assert service is not None
+        files = []
+        for index, entry in enumerate(sealing.open_files(self._keys, service.files)):
+            # checked at publishing too; again here for rows stored before that check, or around it
+            file_locations.check_publisher_file(entry, self._results_storage, f"{planned.did} files[{index}]")
+            files.append(json_format.ParseDict(entry, common_pb2.FileLocation(), ignore_unknown_fields=True))
+        return files
+
     def _stage_assets(self, plan: Plan, workflow: common_pb2.Workflow) -> None:
         """Decrypts the file locations into the workflow (publisher-side only)."""
         for planned in plan.assets:
-            service = planned.asset.ddo.service(planned.choice.service_id)
-            assert service is not None
             asset = common_pb2.WorkflowAsset(did=planned.did, ddo_json=planned.asset.ddo_json)
-            for index, entry in enumerate(sealing.open_files(self._keys, service.files)):
-                # checked at publishing too; again here for rows stored before that check, or around it
-                file_locations.check_publisher_file(entry, self._results_storage, f"{planned.did} files[{index}]")
-                asset.files.append(json_format.ParseDict(entry, common_pb2.FileLocation(), ignore_unknown_fields=True))
+            asset.files.extend(self._files_of(planned))
             if planned.asset.ddo.is_algorithm:
                 workflow.algorithm.CopyFrom(asset)
             else:
                 workflow.datasets.append(asset)
+
+    async def _releases_of(self, order_ids: list[str]) -> dict[str, int]:
+        """How often each order was given back, after giving back those of a
+        job that released them (it ended before its algorithm, through no
+        fault of the consumer): the request key follows, so a retry with such
+        orders starts a new job and one with spent orders returns their job."""
+        orders = await self._db.run(lambda s: store.read_orders(s, order_ids))
+        for job_id in {order.used_by_job_id for order in orders if order.used_by_job_id}:
+            try:
+                job = await self._operator.get_job(job_id)
+            except errors.NotFound:
+                continue  # deleted: its orders stay spent
+            if job.orders_released:
+                log.info("job %s released its orders; they start a new job", job_id)
+
+                def release(session: Session, job_id: str = job_id) -> list[Order]:
+                    store.release_spent_orders(session, job_id)
+                    return store.read_orders(session, order_ids)
+
+                orders = await self._db.run(release)
+        return {order.order_id: order.releases for order in orders}
+
+    async def _check_algorithm_files(self, plan: Plan) -> None:
+        """Fetches a trusted algorithm's files and refuses them if they are not
+        what the datasets pin, before the consumer pays (as Ocean's provider
+        does); pod_config checks them again when it stages the job."""
+        algorithm = next((p for p in plan.assets if p.asset.ddo.is_algorithm), None)
+        if algorithm is None or not plan.algorithm_files_checksum:
+            return
+        files = self._files_of(algorithm)
+        service = algorithm.asset.ddo.service(algorithm.choice.service_id)
+        assert service is not None
+        try:
+            actual = await self._algorithm_files.files_checksum(
+                f"{algorithm.did}\n{service.files}", [fetching.source_of(f) for f in files]
+            )
+        except FetchError as error:  # its message names no location (plumbing/fetching.py)
+            raise Refusal(
+                codes.ALGORITHM_FILES_UNREACHABLE,
+                f"the files of algorithm {algorithm.did} could not be fetched to check their filesChecksum"
+                f" ({error.code}: {error.message}); try again later",
+            ) from None
+        if actual is not None and actual != plan.algorithm_files_checksum:
+            raise Refusal(
+                codes.ALGORITHM_CHECKSUM_MISMATCH,
+                f"the files of algorithm {algorithm.did} are not the ones the dataset trusts: their filesChecksum"
+                f" is {actual}, the dataset pins {plan.algorithm_files_checksum}; the algorithm changed since it"
+                " was trusted, so no job of it can run here",
+                kind=codes.FAILED_PRECONDITION,
+            )
 
     async def InitializeCompute(
         self,
@@ -180,6 +240,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         context: UnaryContext[provider_pb2.InitializeComputeRequest, provider_pb2.InitializeComputeResponse],
     ) -> provider_pb2.InitializeComputeResponse:
         plan = await self._plan("InitializeCompute", request)
+        await self._check_algorithm_files(plan)
 
         def requirements(session: Session) -> list[provider_pb2.OrderRequirement]:
             result = []
@@ -207,7 +268,8 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
     ) -> provider_pb2.StartComputeResponse:
         plan = await self._plan("StartCompute", request)
         consumer = plan.consumer
-        order_ids, request_key = compute_plan.claimed_orders(plan)
+        order_ids = compute_plan.claimed_orders(plan)
+        request_key = compute_plan.request_key(order_ids, await self._releases_of(order_ids))
         workflow = workflow_of(plan, request.spec)
         workflow.trace_parent = tracing.traceparent()  # the job's stages and pods join this request's trace
         if workflow.publish_results_as_asset:

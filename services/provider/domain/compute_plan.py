@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -220,14 +220,21 @@ async def _check_environment(request: ComputeRequest, environments: EnvironmentD
         )
 
 
-def claimed_orders(plan: Plan) -> tuple[list[str], str]:
-    """The plan's order ids, one per asset, and the request key derived from
-    them: the operator-service's idempotency key, so a retried request
-    returns the same job and two requests never share an order."""
+def claimed_orders(plan: Plan) -> list[str]:
+    """The plan's order ids, one per asset."""
     order_ids = [planned.choice.order_id for planned in plan.assets]
     missing = next((planned.choice.did for planned in plan.assets if not planned.choice.order_id), None)
     if missing is not None:
         raise Refusal(codes.ORDER_MISSING, f"no order_id for {missing}; order it first (StartOrder)")
     if len(set(order_ids)) != len(order_ids):
         raise Refusal(codes.ORDER_INVALID, "each asset needs its own order")
-    return order_ids, hashlib.sha256(":".join(sorted(order_ids)).encode()).hexdigest()
+    return order_ids
+
+
+def request_key(order_ids: Sequence[str], releases: Mapping[str, int]) -> str:
+    """The request key derived from the orders: the operator-service's
+    idempotency key, so a retried request returns the same job and two
+    requests never share an order. An order given back by a job that never
+    ran (`releases`) makes a new key: the next request starts a new job."""
+    parts = sorted(f"{order_id}#{releases[order_id]}" if releases.get(order_id) else order_id for order_id in order_ids)
+    return hashlib.sha256(":".join(parts).encode()).hexdigest()

@@ -87,4 +87,7 @@ class Order(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # Set atomically when a StartCompute claims the order: one job per order.
     claimed_by_request: Mapped[str | None] = mapped_column(String(80), nullable=True)
-    used_by_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    used_by_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # How often a job that never ran its algorithm gave the order back: part of
+    # the request key, so the next StartCompute with it starts a new job.
+    releases: Mapped[int] = mapped_column(Integer, default=0)

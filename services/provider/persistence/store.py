@@ -332,6 +332,21 @@ def record_job(session: Session, order_ids: Sequence[str], job_id: str) -> None:
     session.execute(update(Order).where(Order.order_id.in_(order_ids)).values(used_by_job_id=job_id))
 
 
+def read_orders(session: Session, order_ids: Sequence[str]) -> list[Order]:
+    return list(session.scalars(select(Order).where(Order.order_id.in_(order_ids))))
+
+
+def release_spent_orders(session: Session, job_id: str) -> None:
+    """Gives back the orders a job that released them had used (see
+    plumbing.statuses.releases_orders). Guarded by the job: of racing retries,
+    one releases them, once."""
+    session.execute(
+        update(Order)
+        .where(Order.used_by_job_id == job_id)
+        .values(claimed_by_request=None, used_by_job_id=None, releases=Order.releases + 1)
+    )
+
+
 def read_jobs_of_claimed_orders(session: Session, request_key: str) -> list[str | None]:
     """The job each order claimed under `request_key` started (None: not recorded yet)."""
     return list(session.scalars(select(Order.used_by_job_id).where(Order.claimed_by_request == request_key)))

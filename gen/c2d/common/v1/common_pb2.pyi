@@ -211,10 +211,15 @@ class ResultsManifest(_message.Message):
     PUBLISHED_AT_FIELD_NUMBER: _builtins.int
     EXPIRED_FIELD_NUMBER: _builtins.int
     SKIPPED_PATHS_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
     storage: _builtins.str
     """The storage backend that holds them: "local", "s3" or "ipfs"."""
     expired: _builtins.bool
     """True once the storage expiry removed the files."""
+    partial: _builtins.bool
+    """True when the job failed (its algorithm failed, ran out of disk or time)
+    and these are what it left: algorithm.log and whatever outputs exist.
+    """
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResultFile]:
         """The files, by index."""
@@ -238,10 +243,11 @@ class ResultsManifest(_message.Message):
         published_at: _timestamp_pb2.Timestamp | None = ...,
         expired: _builtins.bool = ...,
         skipped_paths: _abc.Iterable[_builtins.str] | None = ...,
+        partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["published_at", b"published_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expired", b"expired", "files", b"files", "published_at", b"published_at", "skipped_paths", b"skipped_paths", "storage", b"storage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expired", b"expired", "files", b"files", "partial", b"partial", "published_at", b"published_at", "skipped_paths", b"skipped_paths", "storage", b"storage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -320,6 +326,7 @@ class Job(_message.Message):
     RESULTS_DID_FIELD_NUMBER: _builtins.int
     VIEWERS_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    ORDERS_RELEASED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job's id (a UUID)."""
     owner: _builtins.str
@@ -342,6 +349,12 @@ class Job(_message.Message):
     """The DID of the results registered as a new asset, when asked for."""
     sequence: _builtins.int
     """The operator-service's sequence of the job's latest state change."""
+    orders_released: _builtins.bool
+    """True when the job ended before its algorithm started, for a reason the
+    consumer did not cause (a publisher's file unreachable or mismatched, the
+    engine lost, the job expired in its queue): its orders are not spent, and
+    a new StartCompute with them starts a new job.
+    """
     @_builtins.property
     def dataset_dids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The datasets' DIDs, main dataset first."""
@@ -391,10 +404,11 @@ class Job(_message.Message):
         results_did: _builtins.str = ...,
         viewers: _abc.Iterable[_builtins.str] | None = ...,
         sequence: _builtins.int = ...,
+        orders_released: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["algorithm_outcome", b"algorithm_outcome", "created_at", b"created_at", "finished_at", b"finished_at", "results", b"results", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm_did", b"algorithm_did", "algorithm_outcome", b"algorithm_outcome", "created_at", b"created_at", "dataset_dids", b"dataset_dids", "end_reason", b"end_reason", "environment_id", b"environment_id", "error_code", b"error_code", "error_message", b"error_message", "finished_at", b"finished_at", "job_id", b"job_id", "owner", b"owner", "results", b"results", "results_did", b"results_did", "sequence", b"sequence", "started_at", b"started_at", "status", b"status", "status_text", b"status_text", "viewers", b"viewers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm_did", b"algorithm_did", "algorithm_outcome", b"algorithm_outcome", "created_at", b"created_at", "dataset_dids", b"dataset_dids", "end_reason", b"end_reason", "environment_id", b"environment_id", "error_code", b"error_code", "error_message", b"error_message", "finished_at", b"finished_at", "job_id", b"job_id", "orders_released", b"orders_released", "owner", b"owner", "results", b"results", "results_did", b"results_did", "sequence", b"sequence", "started_at", b"started_at", "status", b"status", "status_text", b"status_text", "viewers", b"viewers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
