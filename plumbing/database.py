@@ -16,12 +16,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import Column, MetaData, Table, create_engine, event, inspect, literal
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -50,7 +51,21 @@ class Database:
         self._executor = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="db")
 
     def create_schema(self) -> None:
+        """Creates what is missing: tables, and in tables a database made by an
+        earlier release already has, the columns and indexes added since (the
+        provider and the engine have no Alembic history; additive changes only)."""
         self.metadata.create_all(self.engine)
+        inspector = inspect(self.engine)
+        with self.engine.begin() as connection:
+            for table in self.metadata.sorted_tables:
+                present = {column["name"] for column in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present:
+                        connection.exec_driver_sql(_add_column(table, column, self.engine))
+                indexed = {index["name"] for index in inspector.get_indexes(table.name)}
+                for index in table.indexes:
+                    if index.name not in indexed:
+                        index.create(connection)
 
     def transaction(self, fn: Callable[[Session], T]) -> T:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
@@ -63,6 +78,19 @@ class Database:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
         self.engine.dispose()
+
+
+def _add_column(table: Table, column: Column[object], engine: Engine) -> str:
+    preparer = engine.dialect.identifier_preparer
+    ddl = f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN {preparer.format_column(column)}"
+    ddl += f" {column.type.compile(engine.dialect)}"
+    default = column.default.arg if isinstance(column.default, ScalarElementColumnDefault) else None
+    if default is not None:
+        value = literal(default, column.type).compile(engine, compile_kwargs={"literal_binds": True})
+        ddl += f" DEFAULT {value}"
+    if not column.nullable and default is not None:
+        ddl += " NOT NULL"  # rows already there take the default
+    return ddl
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
