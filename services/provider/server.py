@@ -75,7 +75,8 @@ async def start(config: ProviderSettings) -> RunningServer:
     results = storage.open_store(results_config)
     # what no publisher's file may name (domain/file_locations.py)
     results_storage = ResultsStorage(results_config.kind, results_config.s3_bucket)
-    compute = ComputeServicer(db, keys, fee_address, verifier, catalog, operator, results, results_storage)
+    links = storage.ResultLinks(results_config, config.result_link_ttl_s)
+    compute = ComputeServicer(db, keys, fee_address, verifier, catalog, operator, results, results_storage, links)
     # AssetService plus the results-as-asset RPCs (api/results_assets.py)
     assets = ResultsAssetServicer(db, keys, verifier, catalog, operator, results, results_storage)
     running = await start_server(

@@ -20,3 +20,6 @@ class ProviderSettings:
     signature_worker: bool = setting(
         True, "check signatures and spend nonces in a worker process (false: in a thread of the provider's)"
     )
+    result_link_ttl_s: int = setting(
+        300, "how long a result link (GetComputeResultLink: an S3 presigned GET) works, in seconds (1 to 604800)"
+    )
