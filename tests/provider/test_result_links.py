@@ -36,9 +36,11 @@ from cli.main import EXIT_FAILED
 from plumbing import storage
 from plumbing.statuses import Status
 from services.provider.domain import sealing
+from tests.observability.scraping import rpcs, scrape
 from tests.pod_publish.jobs import CONSUMER_KEY, bucket_keys, job_bench, s3_env
 from tests.provider.market import assert_refusal, refused
 
+PROVIDER = "c2d.provider.v1.ProviderService"
 SECRET = b"the owner's model weights\n" * 1000
 WRITE_RESULT = f"""
 import os
@@ -122,10 +124,13 @@ async def test_an_s3_link_reads_exactly_the_owners_file_and_only_for_the_owner(
         replayed = await refused(bench.consumer.compute.GetComputeResultLink(request))
         assert_refusal(replayed, grpc.StatusCode.PERMISSION_DENIED, "nonce_invalid", "already used")
 
-        # The SDK takes the link, and checks the bytes against the signed manifest.
+        # The SDK takes the link (the provider streams nothing), and checks the bytes
+        # against the signed manifest.
+        streamed = rpcs(await scrape(bench.stack.provider.metrics_port), PROVIDER, "GetComputeResult", "OK")
         saved = await bench.consumer.download_results(job.job_id, tmp_path / "out")
         assert (tmp_path / "out" / "weights.bin").read_bytes() == SECRET
         assert {f.path for f in saved} == {"weights.bin", "algorithm.log"}
+        assert rpcs(await scrape(bench.stack.provider.metrics_port), PROVIDER, "GetComputeResult", "OK") == streamed
 
 
 async def test_an_s3_link_expires(data_dir, seaweedfs, monkeypatch):
