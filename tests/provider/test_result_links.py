@@ -39,6 +39,7 @@ from services.provider.domain import sealing
 from tests.observability.scraping import rpcs, scrape
 from tests.pod_publish.jobs import CONSUMER_KEY, bucket_keys, job_bench, s3_env
 from tests.provider.market import assert_refusal, refused
+from tests.support.servers import free_ports
 
 PROVIDER = "c2d.provider.v1.ProviderService"
 SECRET = b"the owner's model weights\n" * 1000
@@ -280,3 +281,21 @@ def test_a_link_is_signed_only_for_the_results_bucket_and_a_sane_lifetime():
     cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
     no_gateway = ipfs.link(f"ipfs://{cid}")
     assert (no_gateway.url, no_gateway.cid) == ("", cid) and "gateway" in no_gateway.no_link_reason
+
+
+async def test_a_link_whose_storage_does_not_answer_falls_back_to_streaming(data_dir, seaweedfs, monkeypatch, tmp_path):
+    # e.g. a cluster's S3 service the consumer cannot reach: the provider can
+    bucket = seaweedfs.make_bucket("fallback")
+    s3_env(monkeypatch, seaweedfs, bucket)
+    [closed_port] = free_ports(1)
+    monkeypatch.setenv("C2D_STORAGE_S3_PUBLIC_ENDPOINT", f"127.0.0.1:{closed_port}")
+    async with job_bench() as bench:
+        job = await bench.run(WRITE_RESULT)
+        assert job.status == Status.FINISHED, job.error_message
+        answer = await link(bench.consumer, job.job_id, weights_entry(job).index)
+        assert answer.url.startswith(f"http://127.0.0.1:{closed_port}/")
+        before = rpcs(await scrape(bench.stack.provider.metrics_port), PROVIDER, "GetComputeResult", "OK")
+        await bench.consumer.download_results(job.job_id, tmp_path / "out")
+        assert (tmp_path / "out" / "weights.bin").read_bytes() == SECRET
+        after = rpcs(await scrape(bench.stack.provider.metrics_port), PROVIDER, "GetComputeResult", "OK")
+        assert after == before + 2  # both files streamed through the provider

@@ -341,7 +341,9 @@ export class ProviderClient {
         }
       }
     }
-    return url === "" ? this.resultChunks(jobId, file.index) : linkChunks(url, file);
+    const response = url === "" ? undefined : await openLink(url, file);
+    // no link, or its storage did not answer (an endpoint only the provider reaches): stream
+    return response === undefined ? this.resultChunks(jobId, file.index) : linkChunks(response);
   }
 
   private async *resultChunks(jobId: string, index: number): AsyncGenerator<{ offset: bigint; data: Uint8Array }> {
@@ -356,18 +358,19 @@ export class ProviderClient {
 }
 
 /**
- * The bytes at a result's link, with their offsets. Whatever answers is not
- * trusted: checkedChunks holds them to the signed size and sha256.
+ * The answer of a result's link; undefined when its storage does not answer
+ * at all, a LinkError when it refuses (expired, altered). Whatever answers is
+ * not trusted: checkedChunks holds the bytes to the signed size and sha256.
  */
-async function* linkChunks(url: string, file: SignedResultFile): AsyncGenerator<{ offset: bigint; data: Uint8Array }> {
+async function openLink(url: string, file: SignedResultFile): Promise<Response | undefined> {
   if (!/^https?:\/\//.test(url)) {
     throw new LinkError(`the provider offered a link that is not http(s): ${url.slice(0, 40)}`);
   }
   let response: Response;
   try {
     response = await fetch(url, { redirect: "follow" });
-  } catch (error) {
-    throw new LinkError(`${file.path}: the result link's storage is unreachable: ${String(error)}`);
+  } catch {
+    return undefined;
   }
   if (!response.ok || response.body === null) {
     const body = await response.text();
@@ -376,8 +379,13 @@ async function* linkChunks(url: string, file: SignedResultFile): AsyncGenerator<
       `${file.path}: the result link was refused (HTTP ${response.status}: ${why}); links are short-lived: ask for a new one`,
     );
   }
+  return response;
+}
+
+/** A link's answer as chunks with their offsets. */
+async function* linkChunks(response: Response): AsyncGenerator<{ offset: bigint; data: Uint8Array }> {
   let offset = 0n;
-  for await (const data of response.body) {
+  for await (const data of response.body ?? []) {
     yield { offset, data };
     offset += BigInt(data.length);
   }

@@ -438,14 +438,18 @@ class AsyncClient:
     async def verified_chunks(
         self, job_id: str, entry: results.SignedFile, direct: bool = True
     ) -> AsyncIterator[memoryview]:
-        """A result file's bytes: through its link when the provider offers one (and ``direct``), else
-        streamed through the provider. Each chunk is valid until the next is asked for. Ends with an
-        IntegrityError, before the last chunk is taken as complete, unless the bytes are exactly the
-        size and sha256 of ``entry`` (from ``signed_manifest``)."""
+        """A result file's bytes: through its link when the provider offers one (and ``direct``) and
+        its storage answers, else streamed through the provider. Each chunk is valid until the next
+        is asked for. Ends with an IntegrityError, before the last chunk is taken as complete, unless
+        the bytes are exactly the size and sha256 of ``entry`` (from ``signed_manifest``)."""
         url = await self._link_url(job_id, entry.index) if direct else ""
+        chunks: AsyncIterator[memoryview] | None = None
         if url:
-            chunks = links.link_chunks(url, entry.size, entry.path)
-        else:
+            try:
+                chunks = await links.open_link(url, entry.size, entry.path)
+            except errors.Unreachable:
+                url = ""  # e.g. a storage endpoint only the cluster reaches: the provider still can
+        if chunks is None:
             chunks = (data async for _, _, data in self.result_chunks(job_id, entry.index))
         route = "read through its link" if url else "streamed through the provider"
         digest, count = hashlib.sha256(), 0

@@ -56,14 +56,27 @@ def _open(url: str, timeout: float) -> HTTPResponse:
         raise Unreachable(f"the result link's storage is unreachable: {reason}") from None
 
 
-async def link_chunks(url: str, size: int, what: str, timeout: float = TIMEOUT_S) -> AsyncIterator[memoryview]:
-    """The bytes at ``url``, in chunks, at most ``size`` of them (``what`` names the file in errors).
+async def open_link(url: str, size: int, what: str, timeout: float = TIMEOUT_S) -> AsyncIterator[memoryview]:
+    """The bytes at ``url`` in chunks, at most ``size`` of them (``what`` names the file in errors).
 
-    A reader thread fills one buffer while the caller uses the other: each
-    chunk is valid until the next one is asked for.
+    Raises Unreachable here, before any byte, when the link's storage does not
+    answer, and C2DError when it refuses the link. A reader thread fills one
+    buffer while the caller uses the other: each chunk is valid until the
+    next one is asked for.
     """
     loop = asyncio.get_running_loop()
     response = await loop.run_in_executor(None, _open, url, timeout)
+    return _chunks(response, size, what)
+
+
+async def link_chunks(url: str, size: int, what: str, timeout: float = TIMEOUT_S) -> AsyncIterator[memoryview]:
+    """open_link's chunks, as one iterator."""
+    async for chunk in await open_link(url, size, what, timeout):
+        yield chunk
+
+
+async def _chunks(response: HTTPResponse, size: int, what: str) -> AsyncIterator[memoryview]:
+    loop = asyncio.get_running_loop()
     buffers = (bytearray(CHUNK), bytearray(CHUNK))
     pending: asyncio.Future[int] | None = None
     try:
