@@ -461,8 +461,8 @@ class AsyncClient:
             yield data
         if count != entry.size or digest.hexdigest() != entry.sha256:
             raise errors.IntegrityError(
-                f"{entry.path} ({route}): {count} bytes with sha256 {digest.hexdigest()}, but the provider "
-                f"signed {entry.size} bytes with sha256 {entry.sha256}; the stored file was altered"
+                f"{entry.path} ({route}): its sha256 {digest.hexdigest()} is not the signed {entry.sha256} "
+                f"({count} bytes, {entry.size} signed): the stored file was altered; nothing saved"
             )
 
     async def download_results(
