@@ -299,3 +299,15 @@ async def test_a_link_whose_storage_does_not_answer_falls_back_to_streaming(data
         assert (tmp_path / "out" / "weights.bin").read_bytes() == SECRET
         after = rpcs(await scrape(bench.stack.provider.metrics_port), PROVIDER, "GetComputeResult", "OK")
         assert after == before + 2  # both files streamed through the provider
+
+
+def test_c2d_config_lists_the_link_settings():
+    from cli import settings_catalog
+
+    listed = {s.name: s for s in settings_catalog.catalogue()}
+    assert listed["C2D_PROVIDER_RESULT_LINK_TTL_S"].default == "300"
+    assert "empty: s3_endpoint" in listed["C2D_STORAGE_S3_PUBLIC_ENDPOINT"].meaning
+    assert "gateway" in listed["C2D_STORAGE_IPFS_GATEWAY"].meaning
+    assert storage.StorageConfig.from_env(
+        {"C2D_STORAGE_S3_PUBLIC_ENDPOINT": "https://files.example.org", "C2D_STORAGE_IPFS_GATEWAY": "https://ipfs.io"}
+    ) == storage.StorageConfig(s3_public_endpoint="https://files.example.org", ipfs_gateway="https://ipfs.io")
