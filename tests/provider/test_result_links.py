@@ -61,6 +61,15 @@ def http_get(url: str) -> tuple[int, bytes]:
         return refusal.code, refusal.read()
 
 
+def http_call(url: str, method: str, data: bytes | None) -> tuple[int, bytes]:
+    """(status, body) of another method on the same URL."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, method=method), timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as refusal:
+        return refusal.code, refusal.read()
+
+
 def weights_entry(job) -> object:  # type: ignore[no-untyped-def]
     return next(f for f in job.results.files if f.path == "weights.bin")
 
@@ -110,6 +119,11 @@ async def test_an_s3_link_reads_exactly_the_owners_file_and_only_for_the_owner(
         status, body = http_get(altered)
         assert status == 403 and b"SignatureDoesNotMatch" in body, (status, body[:200])
         assert b"wrote the weights" not in body
+        # The link is a GET of that object, nothing else: overwriting or deleting through it is refused.
+        for method, data in (("PUT", b"overwritten"), ("DELETE", None)):
+            status, body = http_call(answer.url, method, data)
+            assert status == 403, (method, status, body[:200])
+        assert http_get(answer.url) == (200, SECRET)
         # ... and so does asking for a longer life.
         longer = answer.url.replace("X-Amz-Expires=300", "X-Amz-Expires=604800")
         assert longer != answer.url and http_get(longer)[0] == 403
