@@ -87,7 +87,11 @@ _STORAGE_MEANINGS = {
     "s3_bucket": "S3 bucket of the results",
     "s3_secure": "talk HTTPS to S3",
     "s3_region": "S3 region (empty: the server's default)",
+    "s3_public_endpoint": "where consumers reach S3 for result links (host:port or http(s)://host:port; "
+    "empty: s3_endpoint); read by the provider",
     "ipfs_api": "Kubo RPC base URL, e.g. http://127.0.0.1:5001",
+    "ipfs_gateway": "IPFS HTTP gateway consumers can reach, e.g. https://ipfs.io (empty: result links give "
+    "only the CID); read by the provider",
     "part_size": "multipart upload part size in bytes",
 }
 

@@ -409,9 +409,15 @@ def compute_result(
     ctx: typer.Context,
     job_id: str,
     out_dir: Annotated[Path | None, typer.Option("-o", "--output", help="where to save them (default: ./JOB)")] = None,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="stream through the provider even when it offers a direct link")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Download a job's results and the algorithm's log, each checked against the provider-signed sha256."""
+    """Download a job's results and the algorithm's log, each checked against the provider-signed sha256.
+
+    Each file is read straight from the results storage through a short-lived link when the provider
+    offers one (S3, an IPFS gateway), else streamed through the provider."""
     target = out_dir or Path(job_id)
     with Progress(
         "[progress.description]{task.description}",
@@ -425,7 +431,10 @@ def compute_result(
         files = run(
             ctx,
             lambda client: client.download_results(
-                job_id, target, lambda done, total: progress.update(task, completed=done, total=total)
+                job_id,
+                target,
+                lambda done, total: progress.update(task, completed=done, total=total),
+                direct=not stream,
             ),
         )
     if as_json:

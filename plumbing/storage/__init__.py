@@ -16,6 +16,7 @@ from plumbing.storage.base import (
     check_key,
 )
 from plumbing.storage.ipfs import IpfsStore, download_ipfs, parse_cid, verify_cid
+from plumbing.storage.links import Link, ResultLinks
 from plumbing.storage.local import LocalStore
 from plumbing.storage.s3 import S3Store, download_s3, parse_s3_location
 
@@ -45,9 +46,11 @@ def kind_of(location: str) -> str:
 __all__ = [
     "KINDS",
     "IpfsStore",
+    "Link",
     "LocalStore",
     "ObjectNotFound",
     "ObjectStore",
+    "ResultLinks",
     "S3Store",
     "StorageConfig",
     "StorageError",

@@ -65,7 +65,11 @@ class StorageConfig:
     s3_bucket: str = ""
     s3_secure: bool = False
     s3_region: str = ""
+    # where consumers reach the same S3 server (result links are signed for
+    # this host): host:port or http(s)://host:port; empty = s3_endpoint
+    s3_public_endpoint: str = ""
     ipfs_api: str = ""  # Kubo RPC base URL, e.g. http://127.0.0.1:5001
+    ipfs_gateway: str = ""  # HTTP gateway base URL consumers can reach, e.g. https://ipfs.io
     part_size: int = 64 << 20
 
     ENV_PREFIX = "C2D_STORAGE_"
@@ -73,7 +77,8 @@ class StorageConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StorageConfig:
         """Reads C2D_STORAGE_KIND, _LOCAL_ROOT, _S3_ENDPOINT, _S3_ACCESS_KEY,
-        _S3_SECRET_KEY, _S3_BUCKET, _S3_SECURE, _S3_REGION, _IPFS_API, _PART_SIZE."""
+        _S3_SECRET_KEY, _S3_BUCKET, _S3_SECURE, _S3_REGION, _S3_PUBLIC_ENDPOINT,
+        _IPFS_API, _IPFS_GATEWAY, _PART_SIZE."""
         env = os.environ if env is None else env
         p = cls.ENV_PREFIX
 
@@ -90,7 +95,9 @@ class StorageConfig:
             s3_bucket=get("S3_BUCKET"),
             s3_secure=_env_bool(get("S3_SECURE", "false")),
             s3_region=get("S3_REGION"),
+            s3_public_endpoint=get("S3_PUBLIC_ENDPOINT"),
             ipfs_api=get("IPFS_API"),
+            ipfs_gateway=get("IPFS_GATEWAY"),
             part_size=int(get("PART_SIZE", str(64 << 20))),
         )
 

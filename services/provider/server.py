@@ -84,8 +84,9 @@ async def start(config: ProviderSettings) -> RunningServer:
         ),
         config.algorithm_check_cache_s,
     )
+    links = storage.ResultLinks(results_config, config.result_link_ttl_s)
     compute = ComputeServicer(
-        db, keys, fee_address, verifier, catalog, operator, results, results_storage, algorithm_files
+        db, keys, fee_address, verifier, catalog, operator, results, results_storage, algorithm_files, links
     )
     # AssetService plus the results-as-asset RPCs (api/results_assets.py)
     assets = ResultsAssetServicer(db, keys, verifier, catalog, operator, results, results_storage)

@@ -28,3 +28,6 @@ class ProviderSettings:
     algorithm_check_cache_s: float = setting(
         60.0, "how long a trusted algorithm's checked filesChecksum is remembered (per algorithm and sealed files)"
     )
+    result_link_ttl_s: int = setting(
+        300, "how long a result link (GetComputeResultLink: an S3 presigned GET) works, in seconds (1 to 604800)"
+    )

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -169,11 +170,16 @@ async def environment_ready(consumer: Client) -> None:
 
 
 @contextlib.asynccontextmanager
-async def job_bench(database_url: str = "", **engine: object) -> AsyncIterator[Bench]:
-    """A running stack and its clients; set C2D_STORAGE_* before entering."""
+async def job_bench(
+    database_url: str = "", provider: Mapping[str, object] | None = None, **engine: object
+) -> AsyncIterator[Bench]:
+    """A running stack and its clients; set C2D_STORAGE_* before entering.
+    `provider` overrides provider settings, `engine` the engine's."""
     server, base = demo.serve_files({"/weather.csv": demo.CSV.encode()})
     try:
-        stack = await start_stack(*settings_for(database_url, **engine))
+        provider_settings, operator_settings, engine_settings = settings_for(database_url, **engine)
+        provider_settings = dataclasses.replace(provider_settings, **(provider or {}))  # type: ignore[arg-type]
+        stack = await start_stack(provider_settings, operator_settings, engine_settings)
         try:
             async with grpc.aio.insecure_channel(stack.provider_address) as channel:
                 consumer = Client(channel, CONSUMER_KEY)

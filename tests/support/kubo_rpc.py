@@ -155,7 +155,16 @@ class Handler(BaseHTTPRequestHandler):
         while length > 0:
             length -= len(self.rfile.read(min(length, 1 << 16)))
 
-    def do_GET(self) -> None:  # Kubo's RPC refuses GET
+    def do_GET(self) -> None:
+        # Kubo's RPC refuses GET; its path gateway (in Kubo on a port of its
+        # own, here on this one) serves /ipfs/<cid> to plain GETs
+        path = urlsplit(self.path).path
+        if path.startswith("/ipfs/"):
+            try:
+                self._cat({"arg": path})
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+            return
         self._send(405, b"405 - Method Not Allowed\n", "text/plain")
 
     def do_POST(self) -> None:

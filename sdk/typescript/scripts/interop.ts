@@ -87,7 +87,7 @@ async function answer(question: Case): Promise<unknown> {
       return [...SIGNED_METHODS.keys()];
     case "call": {
       const client = ProviderClient.connect(String(question.provider), new Signer(String(question.privateKey)));
-      const method = String(question.method) as "jobDetails" | "startCompute";
+      const method = String(question.method) as "jobDetails" | "startCompute" | "downloadResult" | "resultLink";
       const call = client[method] as (...args: unknown[]) => Promise<unknown>;
       try {
         return { result: JSON.parse(JSON.stringify(await call.apply(client, question.args as unknown[]), bigints)) };

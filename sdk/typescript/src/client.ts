@@ -12,13 +12,14 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
-import { asC2dError } from "./errors.js";
+import { C2dError, LinkError, asC2dError } from "./errors.js";
 import type { AlgorithmContainer, Environment, Job, JobStatus } from "./gen/c2d/common/v1/common_pb.js";
 import { AssetService } from "./gen/c2d/provider/v1/asset_pb.js";
 import { LedgerService, StartOrderRequestSchema, type Order } from "./gen/c2d/provider/v1/ledger_pb.js";
 import {
   ComputeSpecSchema,
   DeleteComputeRequestSchema,
+  GetComputeResultLinkRequestSchema,
   GetComputeResultRequestSchema,
   GetJobDetailsRequestSchema,
   InitializeComputeRequestSchema,
@@ -29,6 +30,7 @@ import {
   StreamJobLogsRequestSchema,
   WatchJobRequestSchema,
   type ComputeSpec,
+  type GetComputeResultLinkResponse,
   type GetJobDetailsResponse,
   type OrderRequirement,
 } from "./gen/c2d/provider/v1/provider_pb.js";
@@ -83,6 +85,16 @@ export interface DownloadedResult {
 
 /** Which result file: by its index in the manifest, or by its path. */
 export type ResultSelector = { index: number } | { path: string };
+
+/** How to read a result file. */
+export interface DownloadOptions {
+  /**
+   * Read it straight from its storage through the short-lived link the
+   * provider offers (S3, an IPFS gateway); false, or no link offered:
+   * stream it through the provider. Default true.
+   */
+  direct?: boolean;
+}
 
 export interface ClientOptions {
   /**
@@ -260,16 +272,23 @@ export class ProviderClient {
   }
 
   /**
-   * Downloads one result file to `destination`. The bytes go to
+   * Downloads one result file to `destination`, through its link when the
+   * provider offers one (see DownloadOptions). The bytes go to
    * `<destination>.part` first and take its name only once their size and
    * sha256 match the provider-signed statement (an IntegrityError otherwise,
    * and nothing is left behind).
    */
-  async downloadResult(jobId: string, which: ResultSelector, destination: string): Promise<DownloadedResult> {
+  async downloadResult(
+    jobId: string,
+    which: ResultSelector,
+    destination: string,
+    options: DownloadOptions = {},
+  ): Promise<DownloadedResult> {
     const file = pick(await this.verifiedResults(jobId), which);
     const partial = `${destination}.part`;
     try {
-      await pipeline(checkedChunks(file, this.resultChunks(jobId, file.index)), createWriteStream(partial));
+      const chunks = await this.fileChunks(jobId, file, options);
+      await pipeline(checkedChunks(file, chunks), createWriteStream(partial));
       await rename(partial, destination);
     } catch (error) {
       await rm(partial, { force: true });
@@ -279,13 +298,52 @@ export class ProviderClient {
   }
 
   /** One result file in memory, checked as downloadResult checks it. */
-  async resultBytes(jobId: string, which: ResultSelector): Promise<{ file: SignedResultFile; data: Buffer }> {
+  async resultBytes(
+    jobId: string,
+    which: ResultSelector,
+    options: DownloadOptions = {},
+  ): Promise<{ file: SignedResultFile; data: Buffer }> {
     const file = pick(await this.verifiedResults(jobId), which);
     const chunks: Uint8Array[] = [];
-    for await (const chunk of checkedChunks(file, this.resultChunks(jobId, file.index))) {
+    for await (const chunk of checkedChunks(file, await this.fileChunks(jobId, file, options))) {
       chunks.push(chunk);
     }
     return { file, data: Buffer.concat(chunks) };
+  }
+
+  /**
+   * A short-lived link that reads one result file straight from its storage
+   * (`url` empty when the storage offers none), with the file's entry and
+   * the provider-signed results statement.
+   */
+  async resultLink(jobId: string, index: number): Promise<GetComputeResultLinkResponse> {
+    const request = this.signer.sign(
+      "GetComputeResultLink",
+      create(GetComputeResultLinkRequestSchema, { jobId, index }),
+    );
+    return rpc(this.compute.getComputeResultLink(request));
+  }
+
+  /** The file's chunks: through its link when there is one (and `direct`), else streamed. */
+  private async fileChunks(
+    jobId: string,
+    file: SignedResultFile,
+    options: DownloadOptions,
+  ): Promise<AsyncIterable<{ offset: bigint; data: Uint8Array }>> {
+    let url = "";
+    if (options.direct ?? true) {
+      try {
+        url = (await this.resultLink(jobId, file.index)).url;
+      } catch (error) {
+        // a provider from before GetComputeResultLink: stream
+        if (!(error instanceof C2dError && error.status === "UNIMPLEMENTED")) {
+          throw error;
+        }
+      }
+    }
+    const response = url === "" ? undefined : await openLink(url, file);
+    // no link, or its storage did not answer (an endpoint only the provider reaches): stream
+    return response === undefined ? this.resultChunks(jobId, file.index) : linkChunks(response);
   }
 
   private async *resultChunks(jobId: string, index: number): AsyncGenerator<{ offset: bigint; data: Uint8Array }> {
@@ -296,6 +354,40 @@ export class ProviderClient {
   private async providerSigningKey(): Promise<string> {
     this.signingPublicKey ??= (await this.providerInfo()).signingPublicKey;
     return this.signingPublicKey;
+  }
+}
+
+/**
+ * The answer of a result's link; undefined when its storage does not answer
+ * at all, a LinkError when it refuses (expired, altered). Whatever answers is
+ * not trusted: checkedChunks holds the bytes to the signed size and sha256.
+ */
+async function openLink(url: string, file: SignedResultFile): Promise<Response | undefined> {
+  if (!/^https?:\/\//.test(url)) {
+    throw new LinkError(`the provider offered a link that is not http(s): ${url.slice(0, 40)}`);
+  }
+  let response: Response;
+  try {
+    response = await fetch(url, { redirect: "follow" });
+  } catch {
+    return undefined;
+  }
+  if (!response.ok || response.body === null) {
+    const body = await response.text();
+    const why = /<Message>([^<]*)<\/Message>/.exec(body)?.[1] ?? response.statusText;
+    throw new LinkError(
+      `${file.path}: the result link was refused (HTTP ${response.status}: ${why}); links are short-lived: ask for a new one`,
+    );
+  }
+  return response;
+}
+
+/** A link's answer as chunks with their offsets. */
+async function* linkChunks(response: Response): AsyncGenerator<{ offset: bigint; data: Uint8Array }> {
+  let offset = 0n;
+  for await (const data of response.body ?? []) {
+    yield { offset, data };
+    offset += BigInt(data.length);
   }
 }
 

@@ -51,6 +51,14 @@ export class IntegrityError extends Error {
   }
 }
 
+/** A result's link did not answer with the file (refused, expired, unreachable). */
+export class LinkError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "LinkError";
+  }
+}
+
 /** `error` as a C2dError when it is an RPC's failure; anything else unchanged. */
 export function asC2dError(error: unknown): unknown {
   return error instanceof ConnectError ? new C2dError(error) : error;

@@ -11,11 +11,12 @@ export {
   type ClientOptions,
   type ComputeRequest,
   type DownloadedResult,
+  type DownloadOptions,
   type ProviderInfo,
   type RawAlgorithm,
   type ResultSelector,
 } from "./client.js";
-export { C2dError, IntegrityError, asC2dError, type FieldViolation } from "./errors.js";
+export { C2dError, IntegrityError, LinkError, asC2dError, type FieldViolation } from "./errors.js";
 export { checkedChunks, verifyResultsStatement, type ResultsStatement, type SignedResultFile } from "./results.js";
 export {
   MESSAGE_PREFIX,

@@ -27,7 +27,7 @@ from plumbing.database import Database
 from plumbing.rpc_types import StreamContext, UnaryContext
 from plumbing.statuses import is_terminal
 from services.provider.api.authentication import authenticate
-from services.provider.api.downloads import recorded_results, stream_result_file
+from services.provider.api.downloads import result_entry, stream_result_file
 from services.provider.clients.algorithm_files import AlgorithmFiles, FetchError
 from services.provider.clients.operator import OperatorClient
 from services.provider.domain import compute_plan, ddos, file_locations, identity, results_grants, sealing
@@ -110,6 +110,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         results: storage.ObjectStore,
         results_storage: file_locations.ResultsStorage,
         algorithm_files: AlgorithmFiles,
+        links: storage.ResultLinks,
     ) -> None:
         self._db = db
         self._algorithm_files = algorithm_files
@@ -120,6 +121,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         self._operator = operator
         self._results = results
         self._results_storage = results_storage
+        self._links = links
         self._finished_jobs: collections.OrderedDict[str, tuple[float, provider_pb2.GetJobDetailsResponse]] = (
             collections.OrderedDict()
         )
@@ -398,18 +400,39 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         context: StreamContext[provider_pb2.GetComputeResultRequest, provider_pb2.GetComputeResultResponse],
     ) -> AsyncIterator[provider_pb2.GetComputeResultResponse]:
         job = await self._owned_job("GetComputeResult", request)
-        files = {f.index: f for f in recorded_results(job)}
-        entry = files.get(request.index)
-        if entry is None:
-            raise errors.NotFound(
-                f"job {job.job_id} has no result file {request.index} (it has {len(files)})", "result_not_found"
-            )
+        entry = result_entry(job, request.index)
         download = stream_result_file(
             self._results, entry.location, entry, request.offset, provider_pb2.GetComputeResultResponse
         )
         async with contextlib.aclosing(download) as responses:  # closed at once if the consumer goes away
             async for response in responses:
                 yield response
+
+    async def GetComputeResultLink(
+        self,
+        request: provider_pb2.GetComputeResultLinkRequest,
+        context: UnaryContext[provider_pb2.GetComputeResultLinkRequest, provider_pb2.GetComputeResultLinkResponse],
+    ) -> provider_pb2.GetComputeResultLinkResponse:
+        job = await self._owned_job("GetComputeResultLink", request)
+        entry = result_entry(job, request.index)
+        try:
+            link = self._links.link(entry.location)
+        except storage.StorageError as exc:
+            raise errors.FailedPrecondition(
+                f"result file {entry.index} of job {job.job_id} has no link ({exc.message}): stream it with "
+                "GetComputeResult",
+                "result_link_unavailable",
+            ) from None
+        response = provider_pb2.GetComputeResultLinkResponse(
+            file=entry,
+            signed_results=self._signed_results(job),
+            url=link.url,
+            cid=link.cid,
+            no_link_reason=link.no_link_reason,
+        )
+        if link.expires_at is not None:
+            response.expires_at.FromDatetime(link.expires_at)
+        return response
 
     async def StreamJobLogs(
         self,

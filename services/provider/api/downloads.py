@@ -29,6 +29,15 @@ def recorded_results(job: common_pb2.Job) -> Sequence[common_pb2.ResultFile]:
     return job.results.files
 
 
+def result_entry(job: common_pb2.Job, index: int) -> common_pb2.ResultFile:
+    """The job's result file `index`, or NOT_FOUND."""
+    files = {f.index: f for f in recorded_results(job)}
+    entry = files.get(index)
+    if entry is None:
+        raise errors.NotFound(f"job {job.job_id} has no result file {index} (it has {len(files)})", "result_not_found")
+    return entry
+
+
 async def stream_result_file(
     store: storage.ObjectStore,
     location: str,

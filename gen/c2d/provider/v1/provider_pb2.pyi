@@ -8,6 +8,7 @@ from c2d.provider.v1 import auth_pb2 as _auth_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -812,6 +813,93 @@ class GetComputeResultResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetComputeResultResponse: _TypeAlias = GetComputeResultResponse  # noqa: Y015
+
+@_typing.final
+class GetComputeResultLinkRequest(_message.Message):
+    """GetComputeResultLinkRequest asks for a link to one result file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """The job's id."""
+    index: _builtins.int
+    """The file's index in the manifest."""
+    @_builtins.property
+    def signature(self) -> _auth_pb2.ConsumerSignature:
+        """The owner's (or a viewer's) signature."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        signature: _auth_pb2.ConsumerSignature | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "job_id", b"job_id", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetComputeResultLinkRequest: _TypeAlias = GetComputeResultLinkRequest  # noqa: Y015
+
+@_typing.final
+class GetComputeResultLinkResponse(_message.Message):
+    """GetComputeResultLinkResponse says where to read the file, and what its
+    bytes must be.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_FIELD_NUMBER: _builtins.int
+    SIGNED_RESULTS_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    CID_FIELD_NUMBER: _builtins.int
+    NO_LINK_REASON_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """A URL that reads exactly this file with a plain HTTP GET and carries no
+    credential for anything else (an S3 presigned GET, an IPFS gateway URL);
+    empty when the storage offers none: stream it with GetComputeResult.
+    """
+    cid: _builtins.str
+    """The file's IPFS CID (CIDv1), when it is stored on IPFS."""
+    no_link_reason: _builtins.str
+    """Why url is empty (e.g. local storage), for people."""
+    @_builtins.property
+    def file(self) -> _common_pb2.ResultFile:
+        """The file's entry as the job's manifest records it (size and sha256)."""
+
+    @_builtins.property
+    def signed_results(self) -> Global___SignedResults:
+        """The provider-signed results statement: check the bytes read through the
+        link against the size and sha256 it gives for this file.
+        """
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When url stops working; unset when it does not expire (IPFS)."""
+
+    def __init__(
+        self,
+        *,
+        file: _common_pb2.ResultFile | None = ...,
+        signed_results: Global___SignedResults | None = ...,
+        url: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        cid: _builtins.str = ...,
+        no_link_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "file", b"file", "signed_results", b"signed_results"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cid", b"cid", "expires_at", b"expires_at", "file", b"file", "no_link_reason", b"no_link_reason", "signed_results", b"signed_results", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetComputeResultLinkResponse: _TypeAlias = GetComputeResultLinkResponse  # noqa: Y015
 
 @_typing.final
 class StreamJobLogsRequest(_message.Message):

@@ -90,6 +90,11 @@ class ProviderServiceStub:
                 request_serializer=c2d_dot_provider_dot_v1_dot_provider__pb2.GetComputeResultRequest.SerializeToString,
                 response_deserializer=c2d_dot_provider_dot_v1_dot_provider__pb2.GetComputeResultResponse.FromString,
                 _registered_method=True)
+        self.GetComputeResultLink = channel.unary_unary(
+                '/c2d.provider.v1.ProviderService/GetComputeResultLink',
+                request_serializer=c2d_dot_provider_dot_v1_dot_provider__pb2.GetComputeResultLinkRequest.SerializeToString,
+                response_deserializer=c2d_dot_provider_dot_v1_dot_provider__pb2.GetComputeResultLinkResponse.FromString,
+                _registered_method=True)
         self.StreamJobLogs = channel.unary_stream(
                 '/c2d.provider.v1.ProviderService/StreamJobLogs',
                 request_serializer=c2d_dot_provider_dot_v1_dot_provider__pb2.StreamJobLogsRequest.SerializeToString,
@@ -178,6 +183,15 @@ class ProviderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetComputeResultLink(self, request, context):
+        """GetComputeResultLink returns a short-lived link that reads one result file
+        straight from its storage, when the storage offers one (else stream it
+        with GetComputeResult). Checked like GetComputeResult: owner or viewer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamJobLogs(self, request, context):
         """StreamJobLogs streams the algorithm's log.
         """
@@ -242,6 +256,11 @@ def add_ProviderServiceServicer_to_server(servicer, server):
                     servicer.GetComputeResult,
                     request_deserializer=c2d_dot_provider_dot_v1_dot_provider__pb2.GetComputeResultRequest.FromString,
                     response_serializer=c2d_dot_provider_dot_v1_dot_provider__pb2.GetComputeResultResponse.SerializeToString,
+            ),
+            'GetComputeResultLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetComputeResultLink,
+                    request_deserializer=c2d_dot_provider_dot_v1_dot_provider__pb2.GetComputeResultLinkRequest.FromString,
+                    response_serializer=c2d_dot_provider_dot_v1_dot_provider__pb2.GetComputeResultLinkResponse.SerializeToString,
             ),
             'StreamJobLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamJobLogs,
@@ -547,6 +566,33 @@ class ProviderService:
             '/c2d.provider.v1.ProviderService/GetComputeResult',
             c2d_dot_provider_dot_v1_dot_provider__pb2.GetComputeResultRequest.SerializeToString,
             c2d_dot_provider_dot_v1_dot_provider__pb2.GetComputeResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetComputeResultLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/c2d.provider.v1.ProviderService/GetComputeResultLink',
+            c2d_dot_provider_dot_v1_dot_provider__pb2.GetComputeResultLinkRequest.SerializeToString,
+            c2d_dot_provider_dot_v1_dot_provider__pb2.GetComputeResultLinkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,11 @@ class ProviderServiceStub:
     """DeleteCompute deletes a job and its results."""
     GetComputeResult: _aio.UnaryStreamMultiCallable[_provider_pb2.GetComputeResultRequest, _provider_pb2.GetComputeResultResponse]
     """GetComputeResult streams one result file in chunks, from an offset."""
+    GetComputeResultLink: _aio.UnaryUnaryMultiCallable[_provider_pb2.GetComputeResultLinkRequest, _provider_pb2.GetComputeResultLinkResponse]
+    """GetComputeResultLink returns a short-lived link that reads one result file
+    straight from its storage, when the storage offers one (else stream it
+    with GetComputeResult). Checked like GetComputeResult: owner or viewer.
+    """
     StreamJobLogs: _aio.UnaryStreamMultiCallable[_provider_pb2.StreamJobLogsRequest, _provider_pb2.StreamJobLogsResponse]
     """StreamJobLogs streams the algorithm's log."""
 
@@ -131,6 +136,17 @@ class ProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_provider_pb2.GetComputeResultRequest, _abc.AsyncIterator[_provider_pb2.GetComputeResultResponse]],
     ) -> _abc.AsyncIterator[_provider_pb2.GetComputeResultResponse]:
         """GetComputeResult streams one result file in chunks, from an offset."""
+
+    @_abc_1.abstractmethod
+    def GetComputeResultLink(
+        self,
+        request: _provider_pb2.GetComputeResultLinkRequest,
+        context: _aio.ServicerContext[_provider_pb2.GetComputeResultLinkRequest, _abc.Awaitable[_provider_pb2.GetComputeResultLinkResponse]],
+    ) -> _abc.Awaitable[_provider_pb2.GetComputeResultLinkResponse]:
+        """GetComputeResultLink returns a short-lived link that reads one result file
+        straight from its storage, when the storage offers one (else stream it
+        with GetComputeResult). Checked like GetComputeResult: owner or viewer.
+        """
 
     @_abc_1.abstractmethod
     def StreamJobLogs(

@@ -22,7 +22,7 @@ import grpc
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc, ledger_pb2, ledger_pb2_grpc, provider_pb2, provider_pb2_grpc
 
-from . import assets, errors, results
+from . import assets, errors, links, results
 from .signing import Signer
 
 T = TypeVar("T")
@@ -416,15 +416,67 @@ class AsyncClient:
         info = await self.provider_info()
         return results.verified_manifest(details.signed_results, info.signing_public_key)
 
+    async def result_link(self, job_id: str, index: int) -> provider_pb2.GetComputeResultLinkResponse:
+        """A short-lived link that reads a result file straight from its storage (``url`` empty when the
+        storage offers none), with the file's entry and the provider-signed results statement."""
+        request = provider_pb2.GetComputeResultLinkRequest(job_id=job_id, index=index)
+        return await self._call(self.compute.GetComputeResultLink, self.signed("GetComputeResultLink", request))
+
+    async def _link_url(self, job_id: str, index: int) -> str:
+        """The file's link, or "" when there is none (local storage; a provider without the RPC)."""
+        try:
+            return (await self.result_link(job_id, index)).url
+        except grpc.RpcError as exc:  # a raw_errors client
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+                return ""
+            raise
+        except errors.Refused as exc:
+            if exc.code == grpc.StatusCode.UNIMPLEMENTED.name:
+                return ""
+            raise
+
+    async def verified_chunks(
+        self, job_id: str, entry: results.SignedFile, direct: bool = True
+    ) -> AsyncIterator[memoryview]:
+        """A result file's bytes: through its link when the provider offers one (and ``direct``) and
+        its storage answers, else streamed through the provider. Each chunk is valid until the next
+        is asked for. Ends with an IntegrityError, before the last chunk is taken as complete, unless
+        the bytes are exactly the size and sha256 of ``entry`` (from ``signed_manifest``)."""
+        url = await self._link_url(job_id, entry.index) if direct else ""
+        chunks: AsyncIterator[memoryview] | None = None
+        if url:
+            try:
+                chunks = await links.open_link(url, entry.size, entry.path)
+            except errors.Unreachable:
+                url = ""  # e.g. a storage endpoint only the cluster reaches: the provider still can
+        if chunks is None:
+            chunks = (data async for _, _, data in self.result_chunks(job_id, entry.index))
+        route = "read through its link" if url else "streamed through the provider"
+        digest, count = hashlib.sha256(), 0
+        async for data in chunks:
+            count += len(data)
+            if count > entry.size:
+                raise errors.IntegrityError(f"{entry.path}: more than the {entry.size} bytes the provider signed")
+            digest.update(data)
+            yield data
+        if count != entry.size or digest.hexdigest() != entry.sha256:
+            raise errors.IntegrityError(
+                f"{entry.path} ({route}): its sha256 {digest.hexdigest()} is not the signed {entry.sha256} "
+                f"({count} bytes, {entry.size} signed): the stored file was altered; nothing saved"
+            )
+
     async def download_results(
         self,
         job_id: str,
         out_dir: Path,
         progress: ProgressCallback | None = None,
         kinds: Sequence[str] = ("RESULT_KIND_OUTPUT", "RESULT_KIND_ALGORITHM_LOG"),
+        direct: bool = True,
     ) -> list[DownloadedFile]:
         """Saves the job's result files under ``out_dir`` (their result paths kept), each checked
-        against the sha256 of the provider-signed manifest; raises IntegrityError on a mismatch."""
+        against the size and sha256 of the provider-signed manifest; raises IntegrityError on a
+        mismatch, and nothing of that file is saved. Each file is read through its link when the
+        provider offers one (``direct``), else streamed through the provider."""
         manifest = [f for f in await self.signed_manifest(job_id) if f.kind in kinds]
         total = sum(f.size for f in manifest)
         done = 0
@@ -433,19 +485,16 @@ class AsyncClient:
             target = _inside(out_dir, entry.path)
             partial = target.with_name(target.name + ".part")
             target.parent.mkdir(parents=True, exist_ok=True)
-            digest = hashlib.sha256()
-            with partial.open("wb") as sink:
-                async for _, _, data in self.result_chunks(job_id, entry.index):
-                    sink.write(data)
-                    digest.update(data)
-                    done += len(data)
-                    if progress is not None:
-                        progress(done, total)
-            if digest.hexdigest() != entry.sha256:
-                partial.unlink()
-                raise errors.IntegrityError(
-                    f"{entry.path}: its sha256 {digest.hexdigest()} is not the signed {entry.sha256}; nothing saved"
-                )
+            try:
+                with partial.open("wb") as sink:
+                    async for data in self.verified_chunks(job_id, entry, direct):
+                        sink.write(data)
+                        done += len(data)
+                        if progress is not None:
+                            progress(done, total)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
             partial.replace(target)
             saved.append(DownloadedFile(entry.index, entry.path, target, entry.size, entry.sha256, entry.kind))
         return saved

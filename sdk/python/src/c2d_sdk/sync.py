@@ -147,7 +147,10 @@ class Client:
     def signed_manifest(self, job_id: str) -> list[results.SignedFile]:
         return self._run(self._client.signed_manifest(job_id))
 
+    def result_link(self, job_id: str, index: int) -> provider_pb2.GetComputeResultLinkResponse:
+        return self._run(self._client.result_link(job_id, index))
+
     def download_results(
-        self, job_id: str, out_dir: Path, progress: ProgressCallback | None = None
+        self, job_id: str, out_dir: Path, progress: ProgressCallback | None = None, direct: bool = True
     ) -> list[DownloadedFile]:
-        return self._run(self._client.download_results(job_id, out_dir, progress))
+        return self._run(self._client.download_results(job_id, out_dir, progress, direct=direct))
