@@ -127,9 +127,7 @@ def _open_fd(root: Path | int, relpath: str, flags: int) -> int:
             os.close(root_fd)
 
 
-def open_file(
-    root: Path | int, relpath: str, *, max_bytes: int | None = None, single_link: bool = False
-) -> BinaryIO:
+def open_file(root: Path | int, relpath: str, *, max_bytes: int | None = None, single_link: bool = False) -> BinaryIO:
     """`root/relpath` opened for reading, never through a link, checked to be a regular file.
 
     `root` is a directory path or descriptor. `single_link`: refuse a file with
@@ -174,9 +172,9 @@ def _kind(mode: int) -> str:
 
 @dataclass
 class Walked:
-    """What `walk_files` found: regular files (relative paths, sorted) and what it left out."""
+    """What `walk_files` found: regular files (sorted by relative path) and what it left out."""
 
-    files: list[str] = field(default_factory=list)
+    files: list[tuple[str, int]] = field(default_factory=list)  # (relative path, size) of each regular file
     skipped: dict[str, str] = field(default_factory=dict)  # relative path -> why
 
 
@@ -215,7 +213,7 @@ def walk_files(
             if single_link and st.st_nlink > 1:
                 walked.skipped[rel] = f"a hard link ({st.st_nlink} names for one file)"
             else:
-                walked.files.append(rel)
+                walked.files.append((rel, st.st_size))
         else:
             walked.skipped[rel] = _kind(st.st_mode)
     walked.files.sort()

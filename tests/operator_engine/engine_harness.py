@@ -150,6 +150,10 @@ class EngineClient:
     def data(self, job_id: str) -> Path:
         return self.workspaces / job_id / "data"
 
+    def algorithm_log(self, job_id: str) -> Path:
+        """The engine's algorithm.log of the job (in admin/, out of the algorithm's reach)."""
+        return self.workspaces / job_id / "admin" / "algorithm.log"
+
     def admin_log(self, job_id: str, name: str) -> str:
         path = self.workspaces / job_id / "admin" / name
         return path.read_text() if path.exists() else ""

@@ -110,7 +110,7 @@ def test_walk_lists_regular_files_and_says_what_it_skipped(root: Path, secret: P
     (out / "hard1").write_text("h")
     os.link(out / "hard1", out / "hard2")
     walked = job_files.walk_files(root, "outputs")
-    assert walked.files == ["a.txt", "sub/deeper/b.txt"]
+    assert walked.files == [("a.txt", 1), ("sub/deeper/b.txt", 1)]
     assert walked.skipped == {
         "link": "symbolic link",
         "dirlink": "symbolic link",

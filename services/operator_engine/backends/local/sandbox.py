@@ -68,8 +68,11 @@ Limits
       to bound single files tighter. Exceeding it and exiting between two
       polls is caught by a final check.
     * ``log_max_bytes``: stdout and stderr share one pipe that the engine
-      copies to logs/algorithm.log (so it can be followed while it grows);
+      copies to algorithm.log (so it can be followed while it grows);
       past the cap the rest is drained and dropped, after one marker line.
+      That file (``spec.log_path``) is outside the workspace: the algorithm
+      has no path to it, so it cannot swap it for a link to a host file that
+      the log's readers would then serve.
     * ``wall_timeout_s``: the whole tree is killed; ``timed_out``.
 
 Exit status: bwrap reports an algorithm killed by signal N as exit code
@@ -239,10 +242,15 @@ class SandboxSpec:
     allow_network: bool = False
     limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(wall_timeout_s=3600.0))
     use_sandbox: bool = True
+    # where the engine writes algorithm.log: outside the workspace, so the algorithm cannot
+    # replace it (with a link to a host file, say); default: admin/ beside the workspace
+    log_path: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.argv:
             raise ValueError("argv must not be empty")
+        if self.log_path is not None and self.workspace.resolve() in self.log_path.resolve().parents:
+            raise ValueError("log_path must be outside the workspace: the algorithm could replace it")
         for key, value in self.env.items():
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise ValueError(f"invalid environment variable {key!r}")
@@ -539,7 +547,8 @@ class SandboxRun:
                 in_force.append("disk:watch")
             self.limits_in_force = tuple(in_force)
 
-            self.log_path = workspace / "logs" / LOG_NAME
+            self.log_path = spec.log_path or workspace.parent / "admin" / LOG_NAME
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_fd = os.open(
                 self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
             )
