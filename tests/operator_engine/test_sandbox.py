@@ -19,6 +19,7 @@ from services.operator_engine.backends.local.sandbox import (
     SandboxRun,
     SandboxUnavailable,
     detect_capabilities,
+    host_uid,
 )
 from tests.operator_engine.helpers import (
     ALGO,
@@ -445,7 +446,58 @@ async def test_no_privileges_and_no_nested_user_namespaces(tmp_path):
     )
     _, outcome = await run_to_end(job, argv=("/bin/sh", ALGO))
     assert outcome.exit_code == 0, job.log.read_text()
-    assert job.log.read_text().splitlines() == ["userns: refused", "caps: " + "0" * 16, "uid: 0"]
+    assert job.log.read_text().splitlines() == ["userns: refused", "caps: " + "0" * 16, "uid: 1000"]
+
+
+async def test_the_algorithm_is_not_root_on_the_host_either(tmp_path):
+    """`id -u` is not 0 inside, and the host sees the job's own unprivileged uid (a root
+    engine drops to it before making the user namespace), owner of what it writes."""
+    job = make_job(
+        tmp_path,
+        sh("""
+        echo "uid: $(id -u) gid: $(id -g) groups: $(id -G)"
+        echo written >/data/outputs/mine
+        while [ ! -e /data/outputs/go ]; do sleep 0.02; done
+    """),
+    )
+    run = await SandboxRun.start(job.spec(argv=("/bin/sh", ALGO)))
+    await wait_for((job.outputs / "mine").exists)
+    pids = processes_of(job, algorithm_only=True)
+    assert pids
+    host_ids = set()
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:  # a `sleep` of the loop that has just ended
+            continue
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        gid_line = next(line for line in status.splitlines() if line.startswith("Gid:"))
+        host_ids.add((tuple(map(int, uid_line.split()[1:])), tuple(map(int, gid_line.split()[1:]))))
+    expected = host_uid(job.job_id) if os.geteuid() == 0 else os.geteuid()
+    assert host_ids == {((expected,) * 4, (expected,) * 4)}  # real, effective, saved, filesystem
+    assert expected != 0
+    assert (job.outputs / "mine").stat().st_uid == expected
+    (job.outputs / "go").touch()
+    outcome = await run.wait()
+    assert outcome.exit_code == 0, job.log.read_text()
+    assert job.log.read_text().splitlines() == ["uid: 1000 gid: 1000 groups: 1000"]
+    if os.geteuid() == 0:
+        assert "uid:job" in run.limits_in_force
+
+
+async def test_the_algorithm_sees_only_its_own_processes_in_proc(tmp_path):
+    job = make_job(
+        tmp_path,
+        sh("""
+        ls /proc | grep -E '^[0-9]+$' | wc -l
+        cat /proc/1/comm
+    """),
+    )
+    _, outcome = await run_to_end(job, argv=("/bin/sh", ALGO))
+    assert outcome.exit_code == 0, job.log.read_text()
+    count, init = job.log.read_text().split()
+    assert int(count) <= 6  # bwrap's init, the lifeline watcher, the shell and its commands
+    assert init == "bwrap"
 
 
 # --- stopping ------------------------------------------------------------------

@@ -91,6 +91,7 @@ if no cgroup is usable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import resource
 import shutil
@@ -98,6 +99,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +193,22 @@ _LIFELINE_SANDBOX = (
     '>/dev/null 2>&1 & {unset_pwd}exec "$@" 3<&-'
 )
 _LAUNCH_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# Never root, inside the sandbox or out. The algorithm is uid/gid SANDBOX_INNER_ID in its
+# user namespace; on a root engine that maps to a host uid of its own per job (not 0, in
+# no group, owning nothing on the host but the job's outputs/ and logs/), from this range.
+SANDBOX_INNER_ID = 1000
+SANDBOX_HOST_IDS = range(2_000_000_000, 2_001_000_000)
+# Root engine: the sandbox's user namespace must belong to the job's host uid, so bwrap runs
+# as that uid, and may not be able to reach the workspace (its parents are often 0700). This
+# stage, as root in a mount namespace of its own (vanishing with the run), binds the workspace
+# on /tmp first; bwrap then binds /data's parts from there (its own /tmp is a fresh tmpfs).
+# Arguments: the workspace, the host uid, the command.
+_DROP_TO_JOB_UID = r"""
+mount --bind "$1" /tmp || exit 125
+uid=$2; shift 2
+exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --pdeathsig KILL -- "$@"
+"""
+_STAGED = "/tmp"  # where _DROP_TO_JOB_UID shows the workspace to bwrap
 _SIGNAL_NOTES: dict[int, str] = {
     signal.SIGXCPU: "CPU time limit exceeded",
     signal.SIGXFSZ: "file size limit exceeded",
@@ -324,6 +342,33 @@ class SandboxCapabilities:
         return f"{box}; {groups}; limits: {', '.join(self.limits_in_force) or 'none'}"
 
 
+def host_uid(job_id: str) -> int:
+    """The host uid (and gid) a root engine runs the job's algorithm as."""
+    return SANDBOX_HOST_IDS[zlib.crc32(job_id.encode()) % len(SANDBOX_HOST_IDS)]
+
+
+def _util(name: str) -> str:
+    path = shutil.which(name, path=_LAUNCH_PATH)
+    if path is None:
+        raise SandboxUnavailable(f"{name} not found (Debian package util-linux): needed to run as an unprivileged uid")
+    return path
+
+
+@functools.cache
+def _drops_privileges() -> bool:
+    """Root (with the job uids mapped in its user namespace: not so in a sandbox's own) drops
+    to the job's uid; any other engine already runs the sandbox as an unprivileged uid."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/self/uid_map") as f:
+            extents = [tuple(map(int, line.split())) for line in f]
+    except OSError:
+        return False
+    first, last = SANDBOX_HOST_IDS[0], SANDBOX_HOST_IDS[-1]
+    return any(inside <= first and last < inside + count for inside, _outside, count in extents)
+
+
 def _resolve_bwrap(bwrap: str | None) -> str | None:
     if bwrap is None:
         return shutil.which("bwrap")
@@ -354,7 +399,16 @@ def _probe_bwrap(path: str) -> str | None:
 
 
 def _run_probe(path: str) -> str | None:
+    drop = []
+    if _drops_privileges():  # as the sandboxes will run: a user namespace of an unprivileged uid
+        setpriv = shutil.which("setpriv", path=_LAUNCH_PATH)
+        unshare, mount = shutil.which("unshare", path=_LAUNCH_PATH), shutil.which("mount", path=_LAUNCH_PATH)
+        if not (setpriv and unshare and mount):
+            return "setpriv, unshare and mount (util-linux) are needed to run sandboxes as an unprivileged uid"
+        uid = str(SANDBOX_HOST_IDS[0])
+        drop = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
     argv = [
+        *drop,
         path,
         "--unshare-all",
         "--unshare-user",
@@ -488,6 +542,11 @@ class SandboxRun:
                 raise SandboxUnavailable(f"bubblewrap cannot create a sandbox: {problem}")
         for d in RO_DIRS + RW_DIRS:
             (workspace / d).mkdir(parents=True, exist_ok=True)
+        if spec.use_sandbox and _drops_privileges():
+            uid = host_uid(spec.job_id)
+            workspace.chmod(0o755)  # the job's uid passes through it (bound on /tmp, see _DROP_TO_JOB_UID)
+            for d in RW_DIRS:  # made by the engine and pod_config: no link of the job's here yet
+                os.chown(workspace / d, uid, uid, follow_symlinks=False)
 
         rlimits, in_force, cg = self._plan_limits()
         self._cgroup = cg
@@ -513,6 +572,22 @@ class SandboxRun:
                     "c2d-lifeline",
                     *spec.argv,
                 ]
+                if _drops_privileges():
+                    command = [
+                        _util("unshare"),
+                        "--mount",
+                        "--propagation",
+                        "private",
+                        "--",
+                        "/bin/sh",
+                        "-c",
+                        _DROP_TO_JOB_UID,
+                        "c2d-drop",
+                        str(workspace),
+                        str(host_uid(spec.job_id)),
+                        *command,
+                    ]
+                    in_force.append("uid:job")
                 if self._network is not None:  # bwrap starts inside the job's own namespace
                     command = [*self._network.enter_command(), *command]
                 launch_env = {"PATH": _LAUNCH_PATH}  # nothing of the engine's environment
@@ -651,6 +726,10 @@ class SandboxRun:
             "ALL",
             "--hostname",
             "c2d",
+            "--uid",
+            str(SANDBOX_INNER_ID),
+            "--gid",
+            str(SANDBOX_INNER_ID),
             "--clearenv",
         ]
         for key, value in env.items():
@@ -664,10 +743,11 @@ class SandboxRun:
         if self._limits.memory_bytes is not None:  # /tmp is memory: never bigger than the limit
             args += ["--size", str(self._limits.memory_bytes)]
         args += ["--tmpfs", "/tmp", "--dir", DATA]
+        source = Path(_STAGED) if _drops_privileges() else ws
         for d in RO_DIRS:
-            args += ["--ro-bind", str(ws / d), f"{DATA}/{d}"]
+            args += ["--ro-bind", str(source / d), f"{DATA}/{d}"]
         for d in RW_DIRS:
-            args += ["--bind", str(ws / d), f"{DATA}/{d}"]
+            args += ["--bind", str(source / d), f"{DATA}/{d}"]
         args += ["--remount-ro", "/", "--chdir", DATA]
         return args
 
