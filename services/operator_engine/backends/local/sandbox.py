@@ -2,8 +2,11 @@
 
 What the algorithm sees (``use_sandbox=True``)
     New user, pid, net, ipc, uts and cgroup namespaces (and no way to make
-    more user namespaces), no capabilities, its own session. It is uid 0
-    inside, mapped to the engine's uid outside (root here). A read-only root
+    more user namespaces), no capabilities, its own session. It is uid and
+    gid 1000 inside, and never root outside either: a root engine drops to
+    a host uid of the job's own (``host_uid``) before bwrap makes the user
+    namespace, and that uid owns only the job's outputs/ and logs/; another
+    engine's sandbox has the engine's own (unprivileged) uid. A read-only root
     holding only /usr (and the /bin, /lib… links to it), a few harmless /etc
     files (ld.so cache, alternatives,
     localtime; with network also resolv.conf, hosts, nsswitch.conf, ssl certs),
