@@ -379,7 +379,7 @@ async def test_stdout_and_stderr_land_in_the_log_and_can_be_followed_live(tmp_pa
         import os, sys, time
         print("to stdout", flush=True)
         print("to stderr", file=sys.stderr, flush=True)
-        while not os.path.exists("/data/outputs/go"):
+        while "go" not in os.listdir("/data/outputs"):  # a listing sees what the host adds (gate())
             time.sleep(0.02)
         print("done")
     """),
@@ -457,7 +457,7 @@ async def test_the_algorithm_is_not_root_on_the_host_either(tmp_path):
         sh("""
         echo "uid: $(id -u) gid: $(id -g) groups: $(id -G)"
         echo written >/data/outputs/mine
-        while [ ! -e /data/outputs/go ]; do sleep 0.02; done
+        until ls /data/outputs | grep -qx go; do sleep 0.02; done
     """),
     )
     run = await SandboxRun.start(job.spec(argv=("/bin/sh", ALGO)))
@@ -483,6 +483,18 @@ async def test_the_algorithm_is_not_root_on_the_host_either(tmp_path):
     assert job.log.read_text().splitlines() == ["uid: 1000 gid: 1000 groups: 1000"]
     if os.geteuid() == 0:
         assert "uid:job" in run.limits_in_force
+
+
+async def test_the_algorithm_finds_no_host_path_in_its_mount_table(tmp_path):
+    """/proc/self/mountinfo would tell an attacker where the data directory and the
+    workspaces are (where to point a link): it shows none of it."""
+    job = make_job(tmp_path, sh("cat /proc/self/mountinfo /proc/self/mounts"))
+    _, outcome = await run_to_end(job, argv=("/bin/sh", ALGO))
+    assert outcome.exit_code == 0, job.log.read_text()
+    table = job.log.read_text()
+    assert " /data/inputs " in table and " /data/outputs " in table
+    for host_path in (str(tmp_path), str(job.workspace), str(job.log.parent), "/tmp/pytest"):
+        assert host_path not in table
 
 
 async def test_the_algorithm_sees_only_its_own_processes_in_proc(tmp_path):

@@ -96,6 +96,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import resource
 import shutil
 import signal
@@ -203,15 +204,30 @@ SANDBOX_INNER_ID = 1000
 SANDBOX_HOST_IDS = range(2_000_000_000, 2_001_000_000)
 # Root engine: the sandbox's user namespace must belong to the job's host uid, so bwrap runs
 # as that uid, and may not be able to reach the workspace (its parents are often 0700). This
-# stage, as root in a mount namespace of its own (vanishing with the run), binds the workspace
-# on /tmp first; bwrap then binds /data's parts from there (its own /tmp is a fresh tmpfs).
-# Arguments: the workspace, the host uid, the command.
+# stage, as root in a mount namespace of its own (vanishing with the run), shows the /data
+# parts to bwrap on a fresh tmpfs at /tmp (bwrap's own /tmp is another fresh tmpfs), each as
+# an overlay mount: an overlay's root is its own, so the sandbox's /proc/self/mountinfo shows
+# "/" and options relative to the workspace where a bind mount would show the host path of
+# the data directory. Read-only parts over an empty second layer; outputs/ and logs/ are the
+# upper layers, written in place (their work dirs, and the empty layer, are in the scratch
+# dir beside the engine's log, where the algorithm has no path).
+# Arguments: the workspace, the scratch dir relative to it, the host uid, the command.
 _DROP_TO_JOB_UID = r"""
-mount --bind "$1" /tmp || exit 125
-uid=$2; shift 2
+cd "$1" || exit 125
+s=$2; uid=$3; shift 3
+mount -t tmpfs -o mode=0755,size=64k c2d-data /tmp || exit 125
+for d in inputs transformations ddos; do
+  mkdir "/tmp/$d" && mount -t overlay "c2d-$d" -o "ro,lowerdir=$d:$s/empty" "/tmp/$d" || exit 125
+done
+for d in outputs logs; do
+  mkdir "/tmp/$d" "$s/work-$d" || exit 125
+  mount -t overlay "c2d-$d" -o "lowerdir=$s/empty,upperdir=$d,workdir=$s/work-$d" "/tmp/$d" || exit 125
+done
 exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --pdeathsig KILL -- "$@"
 """
-_STAGED = "/tmp"  # where _DROP_TO_JOB_UID shows the workspace to bwrap
+_STAGED = "/tmp"  # where _DROP_TO_JOB_UID shows the /data parts to bwrap
+_SCRATCH = ".sandbox"  # beside algorithm.log: _DROP_TO_JOB_UID's empty layer and work dirs
+_PLAIN_RELATIVE = re.compile(r"^[A-Za-z0-9._/-]+$")  # safe in an overlay's options
 _SIGNAL_NOTES: dict[int, str] = {
     signal.SIGXCPU: "CPU time limit exceeded",
     signal.SIGXFSZ: "file size limit exceeded",
@@ -504,6 +520,7 @@ class SandboxRun:
     _workspace: Path
     _cgroup: JobCgroup | None
     _home: str | None
+    _scratch: Path | None  # the overlay layers of a root engine (_DROP_TO_JOB_UID)
     _log_fd: int
     _network: JobNetwork | None
     _proc: asyncio.subprocess.Process
@@ -554,7 +571,9 @@ class SandboxRun:
         rlimits, in_force, cg = self._plan_limits()
         self._cgroup = cg
         self._home = None
+        self._scratch = None
         self._log_fd = -1
+        self.log_path = spec.log_path or workspace.parent / "admin" / LOG_NAME
         self._network = None
         try:
             if spec.use_sandbox and spec.allow_network:
@@ -587,6 +606,7 @@ class SandboxRun:
                         _DROP_TO_JOB_UID,
                         "c2d-drop",
                         str(workspace),
+                        self._scratch_for_overlays(),
                         str(host_uid(spec.job_id)),
                         *command,
                     ]
@@ -625,7 +645,6 @@ class SandboxRun:
                 in_force.append("disk:watch")
             self.limits_in_force = tuple(in_force)
 
-            self.log_path = spec.log_path or workspace.parent / "admin" / LOG_NAME
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_fd = os.open(
                 self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
@@ -707,6 +726,17 @@ class SandboxRun:
             if os.geteuid() != 0:
                 in_force.append("rlimit:nproc")
         return rl, in_force, cg
+
+    def _scratch_for_overlays(self) -> str:
+        """A fresh scratch dir for _DROP_TO_JOB_UID, beside the log; its path from the workspace."""
+        scratch = self.log_path.parent / f"{_SCRATCH}-{cgroups.cgroup_name(self._spec.job_id)}"
+        shutil.rmtree(scratch, ignore_errors=True)  # a previous run's overlay work dirs
+        (scratch / "empty").mkdir(parents=True)
+        self._scratch = scratch
+        relative = os.path.relpath(scratch, self._workspace)
+        if not _PLAIN_RELATIVE.match(relative):
+            raise SandboxUnavailable(f"the log's directory {self.log_path.parent} cannot name an overlay layer")
+        return relative
 
     async def _open_network(self, cg: JobCgroup | None) -> JobNetwork:
         join_files = cg.join_files() if cg else []
@@ -926,3 +956,6 @@ class SandboxRun:
         if self._home:
             shutil.rmtree(self._home, ignore_errors=True)
             self._home = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
