@@ -234,6 +234,10 @@ def _entries(
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
+            if stat.S_ISLNK(st.st_mode):  # say where it pointed: what the job tried is worth a log line
+                walked.skipped[rel] = f"symlink to {os.readlink(name, dir_fd=dir_fd)!r}"
+                yield rel, None
+                continue
             if not stat.S_ISDIR(st.st_mode):
                 yield rel, st
                 continue

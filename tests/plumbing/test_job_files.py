@@ -112,8 +112,8 @@ def test_walk_lists_regular_files_and_says_what_it_skipped(root: Path, secret: P
     walked = job_files.walk_files(root, "outputs")
     assert walked.files == [("a.txt", 1), ("sub/deeper/b.txt", 1)]
     assert walked.skipped == {
-        "link": "symbolic link",
-        "dirlink": "symbolic link",
+        "link": f"symlink to {str(secret)!r}",
+        "dirlink": f"symlink to {str(secret.parent)!r}",
         "sub/fifo": "FIFO",
         "hard1": "a hard link (2 names for one file)",
         "hard2": "a hard link (2 names for one file)",
