@@ -204,25 +204,19 @@ SANDBOX_INNER_ID = 1000
 SANDBOX_HOST_IDS = range(2_000_000_000, 2_001_000_000)
 # Root engine: the sandbox's user namespace must belong to the job's host uid, so bwrap runs
 # as that uid, and may not be able to reach the workspace (its parents are often 0700). This
-# stage, as root in a mount namespace of its own (vanishing with the run), shows the /data
-# parts to bwrap on a fresh tmpfs at /tmp (bwrap's own /tmp is another fresh tmpfs), each as
-# an overlay mount: an overlay's root is its own, so the sandbox's /proc/self/mountinfo shows
-# "/" and options relative to the workspace where a bind mount would show the host path of
-# the data directory. Read-only parts over an empty second layer; outputs/ and logs/ are the
-# upper layers, written in place (their work dirs, and the empty layer, are in the scratch
-# dir beside the engine's log, where the algorithm has no path).
+# stage, as root in a mount namespace of its own (vanishing with the run), shows the workspace
+# to bwrap at /tmp (bwrap's own /tmp is a fresh tmpfs) as one overlay mount whose upper layer
+# is the workspace itself, written in place; bwrap binds its parts from there, read-only or
+# not. An overlay's root is its own: the sandbox's /proc/self/mountinfo shows "/inputs" and
+# options relative to the workspace, where a bind mount would show the host path of the data
+# directory. Its empty lower layer and work dir are in a scratch dir beside the engine's log,
+# where the algorithm has no path. (An overlay keeps a name it looked up and found missing as
+# missing if the file then appears underneath: nothing but the algorithm writes during a run.)
 # Arguments: the workspace, the scratch dir relative to it, the host uid, the command.
 _DROP_TO_JOB_UID = r"""
 cd "$1" || exit 125
 s=$2; uid=$3; shift 3
-mount -t tmpfs -o mode=0755,size=64k c2d-data /tmp || exit 125
-for d in inputs transformations ddos; do
-  mkdir "/tmp/$d" && mount -t overlay "c2d-$d" -o "ro,lowerdir=$d:$s/empty" "/tmp/$d" || exit 125
-done
-for d in outputs logs; do
-  mkdir "/tmp/$d" "$s/work-$d" || exit 125
-  mount -t overlay "c2d-$d" -o "lowerdir=$s/empty,upperdir=$d,workdir=$s/work-$d" "/tmp/$d" || exit 125
-done
+mount -t overlay c2d-data -o "lowerdir=$s/empty,upperdir=.,workdir=$s/work" /tmp || exit 125
 exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --pdeathsig KILL -- "$@"
 """
 _STAGED = "/tmp"  # where _DROP_TO_JOB_UID shows the /data parts to bwrap
@@ -732,6 +726,7 @@ class SandboxRun:
         scratch = self.log_path.parent / f"{_SCRATCH}-{cgroups.cgroup_name(self._spec.job_id)}"
         shutil.rmtree(scratch, ignore_errors=True)  # a previous run's overlay work dirs
         (scratch / "empty").mkdir(parents=True)
+        (scratch / "work").mkdir()
         self._scratch = scratch
         relative = os.path.relpath(scratch, self._workspace)
         if not _PLAIN_RELATIVE.match(relative):
