@@ -59,9 +59,9 @@ Limits
       helpers (outer bwrap, the namespace's init, the lifeline watcher). Without a pids
       cgroup it falls back to RLIMIT_NPROC, which counts every process of the
       host uid, and which the kernel does not enforce at all for root (kuid 0;
-      the user namespace does not change that). The engine runs as root here,
-      so without the pids cgroup there is no process limit, and it is not
-      listed in force.
+      the user namespace does not change that). A root engine's sandboxes run
+      as the job's own uid, so it holds there; an unsandboxed run as root has
+      no process limit without the pids cgroup, and it is not listed in force.
     * ``max_file_bytes``: RLIMIT_FSIZE. Core dumps are always off (RLIMIT_CORE 0)
       so no image of the algorithm's memory reaches a host core handler.
     * ``disk_quota_bytes``: outputs/ + logs/ are walked every 100 ms (sizes or
@@ -717,7 +717,7 @@ class SandboxRun:
             in_force.append("rlimit:fsize")
         if max_pids is not None and "cgroup:pids" not in applied:
             rl.append((resource.RLIMIT_NPROC, max_pids, max_pids))
-            if os.geteuid() != 0:
+            if os.geteuid() != 0 or (sandboxed and _drops_privileges()):  # root is exempt; the job's uid is not
                 in_force.append("rlimit:nproc")
         return rl, in_force, cg
 
