@@ -497,6 +497,32 @@ async def test_the_algorithm_finds_no_host_path_in_its_mount_table(tmp_path):
         assert host_path not in table
 
 
+async def test_the_read_only_parts_cannot_be_remounted_writable(tmp_path):
+    """inputs/ and outputs/ are two views of one overlay of the workspace: the read-only
+    view stays read-only whatever the algorithm tries."""
+    job = make_job(
+        tmp_path,
+        sh(f"""
+        mount -o remount,rw /data/inputs 2>/dev/null && echo "remount: done" || echo "remount: refused"
+        mount -o remount,rw,bind /data/inputs 2>/dev/null && echo "bind remount: done" || echo "bind remount: refused"
+        (echo pwned >>/data/inputs/{DATASET_DID}/0) 2>/dev/null && echo "write: done" || echo "write: refused"
+        (echo pwned >/data/inputs/new) 2>/dev/null && echo "create: done" || echo "create: refused"
+        ln /data/inputs/{DATASET_DID}/0 /data/outputs/alias 2>/dev/null && echo "link: done" || echo "link: refused"
+    """),
+    )
+    _, outcome = await run_to_end(job, argv=("/bin/sh", ALGO))
+    assert outcome.exit_code == 0, job.log.read_text()
+    assert job.log.read_text().splitlines() == [
+        "remount: refused",
+        "bind remount: refused",
+        "write: refused",
+        "create: refused",
+        "link: refused",
+    ]
+    assert not (job.workspace / "inputs" / "new").exists()
+    assert (job.workspace / "inputs" / DATASET_DID / "0").read_text() == "the dataset\n"
+
+
 async def test_the_algorithm_sees_only_its_own_processes_in_proc(tmp_path):
     job = make_job(
         tmp_path,
