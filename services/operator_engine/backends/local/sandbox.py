@@ -412,16 +412,7 @@ def _probe_bwrap(path: str) -> str | None:
 
 
 def _run_probe(path: str) -> str | None:
-    drop = []
-    if _drops_privileges():  # as the sandboxes will run: a user namespace of an unprivileged uid
-        setpriv = shutil.which("setpriv", path=_LAUNCH_PATH)
-        unshare, mount = shutil.which("unshare", path=_LAUNCH_PATH), shutil.which("mount", path=_LAUNCH_PATH)
-        if not (setpriv and unshare and mount):
-            return "setpriv, unshare and mount (util-linux) are needed to run sandboxes as an unprivileged uid"
-        uid = str(SANDBOX_HOST_IDS[0])
-        drop = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
-    argv = [
-        *drop,
+    bwrap = [
         path,
         "--unshare-all",
         "--unshare-user",
@@ -436,6 +427,22 @@ def _run_probe(path: str) -> str | None:
         "--",
         "/bin/true",
     ]
+    if not _drops_privileges():
+        return _probe_run(path, bwrap)
+    # as the sandboxes will run: the drop stage (a mount namespace, the overlay, setpriv) first
+    missing = [tool for tool in ("unshare", "mount", "setpriv") if not shutil.which(tool, path=_LAUNCH_PATH)]
+    if missing:
+        return f"{', '.join(missing)} not found (Debian package util-linux): needed to run as an unprivileged uid"
+    with tempfile.TemporaryDirectory(prefix="c2d-probe-") as tmp:
+        workspace, scratch = Path(tmp, "data"), Path(tmp, _SCRATCH)
+        for d in (workspace, scratch / "empty", scratch / "work"):
+            d.mkdir(parents=True)
+        workspace.chmod(0o755)
+        drop = [*_drop_command(workspace, os.path.relpath(scratch, workspace), SANDBOX_HOST_IDS[0])]
+        return _probe_run(path, [*drop, *bwrap])
+
+
+def _probe_run(path: str, argv: list[str]) -> str | None:
     try:
         done = subprocess.run(  # noqa: PLW1510 - the exit code is the answer
             argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10, env={"PATH": _LAUNCH_PATH}
@@ -445,6 +452,24 @@ def _run_probe(path: str) -> str | None:
     if done.returncode != 0:
         return f"{path} failed: {done.stderr.decode(errors='replace').strip() or done.returncode}"
     return None
+
+
+def _drop_command(workspace: Path, scratch: str, uid: int) -> list[str]:
+    """The prefix of bwrap's command that runs it as `uid` (_DROP_TO_JOB_UID)."""
+    return [
+        _util("unshare"),
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        _DROP_TO_JOB_UID,
+        "c2d-drop",
+        str(workspace),
+        scratch,
+        str(uid),
+    ]
 
 
 def _rlimit_names(euid: int) -> list[str]:
@@ -590,18 +615,7 @@ class SandboxRun:
                 ]
                 if _drops_privileges():
                     command = [
-                        _util("unshare"),
-                        "--mount",
-                        "--propagation",
-                        "private",
-                        "--",
-                        "/bin/sh",
-                        "-c",
-                        _DROP_TO_JOB_UID,
-                        "c2d-drop",
-                        str(workspace),
-                        self._scratch_for_overlays(),
-                        str(host_uid(spec.job_id)),
+                        *_drop_command(workspace, self._scratch_for_overlays(), host_uid(spec.job_id)),
                         *command,
                     ]
                     in_force.append("uid:job")
