@@ -34,6 +34,7 @@ class Pod:
     agent_address: str
     data_root: Path
     trace_parent: str = ""  # the job's trace context (W3C traceparent), when it has one
+    admin_dir: Path | None = None  # the engine's side of the job (algorithm.log), out of the algorithm's reach
 
     @classmethod
     def from_environment(cls) -> Pod:
@@ -44,6 +45,7 @@ class Pod:
             env["C2D_AGENT_ADDRESS"],
             Path(env["C2D_DATA_ROOT"]),
             env.get("TRACEPARENT", ""),
+            Path(env["C2D_ADMIN_DIR"]) if env.get("C2D_ADMIN_DIR") else None,
         )
 
 

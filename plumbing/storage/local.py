@@ -7,7 +7,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
+from plumbing import job_files
 from plumbing.storage.base import (
     ChunkStream,
     ObjectNotFound,
@@ -70,16 +72,10 @@ class LocalStore:
         return StoredObject(location=PREFIX + key, size=size, sha256=digest.hexdigest())
 
     def read(self, location: str, offset: int = 0, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        key = self._key_of(location)
-        path = self._path(key)
+        key = check_key(self._key_of(location))
         if offset < 0:
             raise StorageError(f"negative offset {offset} for {location}")
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by the returned ChunkStream
-        except FileNotFoundError as e:
-            raise ObjectNotFound(f"no object at {location}") from e
-        except OSError as e:
-            raise StorageError(f"cannot read {location}: {e.strerror}") from e
+        f = self._open(key, location)
         size = os.fstat(f.fileno()).st_size
         if offset > size:
             f.close()
@@ -87,12 +83,20 @@ class LocalStore:
         f.seek(offset)
         return ChunkStream(iter(lambda: f.read(chunk_size), b""), f.close)
 
-    def size(self, location: str) -> int:
-        path = self._path(self._key_of(location))
+    def _open(self, key: str, location: str) -> BinaryIO:
+        # Results are served as what pod_publish stored: a regular file reached through no
+        # link, whatever was planted under the root since (plumbing.job_files).
         try:
-            return path.stat().st_size
+            return job_files.open_file(self.root, key)
         except FileNotFoundError as e:
             raise ObjectNotFound(f"no object at {location}") from e
+        except OSError as e:
+            raise StorageError(f"cannot read {location}: {e.strerror}") from e
+
+    def size(self, location: str) -> int:
+        key = check_key(self._key_of(location))
+        with self._open(key, location) as f:
+            return os.fstat(f.fileno()).st_size
 
     def delete(self, location: str) -> None:
         path = self._path(self._key_of(location))

@@ -32,8 +32,10 @@ async def run(pod: pods.Pod, channel: Any) -> int:
         if workflow.publish_results_as_asset
         else None
     )
+    # algorithm.log is the engine's (C2D_ADMIN_DIR); without one, where the DESIGN's layout puts it
+    log_dir = pod.admin_dir or pod.data_root / "logs"
     outcome = await publishing.publish_results(
-        pod.data_root, pod.job_id, workflow.pack_outputs, storage.configured(), register
+        pod.data_root, log_dir, pod.job_id, workflow.pack_outputs, storage.configured(), register
     )
     step = time.monotonic()
     await agent.report_outcome(job_agent, outcome)

@@ -150,6 +150,10 @@ class EngineClient:
     def data(self, job_id: str) -> Path:
         return self.workspaces / job_id / "data"
 
+    def algorithm_log(self, job_id: str) -> Path:
+        """The engine's algorithm.log of the job (in admin/, out of the algorithm's reach)."""
+        return self.workspaces / job_id / "admin" / "algorithm.log"
+
     def admin_log(self, job_id: str, name: str) -> str:
         path = self.workspaces / job_id / "admin" / name
         return path.read_text() if path.exists() else ""
@@ -193,8 +197,10 @@ def release(job_data: Path, name: str = "go") -> None:
 
 
 def gate(name: str = "go") -> str:
-    """Python lines that block the algorithm until the test calls release()."""
-    return f"import os, time\nwhile not os.path.exists('/data/inputs/{name}'):\n    time.sleep(0.05)\n"
+    """Python lines that block the algorithm until the test calls release(). By listing the
+    directory: /data's parts are overlay mounts, which keep a name looked up and missing as
+    missing when the file then appears underneath (a listing reads afresh)."""
+    return f"import os, time\nwhile {name!r} not in os.listdir('/data/inputs'):\n    time.sleep(0.05)\n"
 
 
 class StallingServer:

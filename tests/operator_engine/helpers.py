@@ -30,7 +30,8 @@ class Job:
 
     @property
     def log(self) -> Path:
-        return self.workspace / "logs" / "algorithm.log"
+        """Where the engine writes algorithm.log: outside the workspace (out of the algorithm's reach)."""
+        return self.workspace.with_name(f"{self.job_id}-admin") / "algorithm.log"
 
     def report(self) -> dict:
         return json.loads((self.outputs / "report.json").read_text())
@@ -56,6 +57,7 @@ class Job:
             argv=argv,
             env=kwargs.pop("env", None) or self.env(),
             limits=limits or SandboxLimits(wall_timeout_s=20),
+            log_path=kwargs.pop("log_path", self.log),
             **kwargs,
         )
 

@@ -185,7 +185,7 @@ async def test_a_4_gib_allocation_is_killed_out_of_memory(data_dir, postgres_url
         assert "out of memory" in end.error_message
         assert end.error_message.startswith("algorithm failed: ")
         assert end.algorithm_outcome.oom_killed
-        assert "allocated 4096 MiB" not in (engine.data(job_id) / "logs" / "algorithm.log").read_text()
+        assert "allocated 4096 MiB" not in (engine.algorithm_log(job_id)).read_text()
 
 
 async def test_an_infinite_loop_times_out_at_the_requested_duration(data_dir, postgres_url, tmp_path):
@@ -233,4 +233,4 @@ async def test_a_non_zero_exit_ends_with_41_and_the_exit_code_recorded(data_dir,
         assert end.error_code == "algorithm_failed"
         assert end.error_message == "algorithm failed: exit code 3"
         assert end.HasField("algorithm_outcome") and end.algorithm_outcome.exit_code == 3
-        assert "giving up" in (engine.data(job_id) / "logs" / "algorithm.log").read_text()
+        assert "giving up" in (engine.algorithm_log(job_id)).read_text()

@@ -128,7 +128,7 @@ async def test_kill_during_algorithm_fails_that_job_and_resumes_the_queue(data_d
         engine = await proc.start(log)
         running = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
         queued = await engine.submit(workflow("print('queued job ran')\n"))
-        await wait_for_file_text(engine.data(running) / "logs" / "algorithm.log", "started")
+        await wait_for_file_text(engine.algorithm_log(running), "started")
         before = await engine.logged_so_far()
         proc.kill9()
         await engine.close()

@@ -49,7 +49,7 @@ async def test_stop_during_configure_kills_pod_config(data_dir, postgres_url, tm
 async def test_stop_during_algorithm_kills_the_sandbox(data_dir, postgres_url, tmp_path):
     async with engine_running(postgres_url, tmp_path / "ws") as engine:
         job_id = await engine.submit(workflow("import time\nprint('started', flush=True)\ntime.sleep(600)\n"))
-        await wait_for_file_text(engine.data(job_id) / "logs" / "algorithm.log", "started")
+        await wait_for_file_text(engine.algorithm_log(job_id), "started")
         end = await stop_and_check(engine, job_id, Status.RUNNING_ALGORITHM)
         assert end.algorithm_outcome.stopped
         assert no_cgroup_left(job_id)

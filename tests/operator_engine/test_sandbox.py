@@ -19,6 +19,7 @@ from services.operator_engine.backends.local.sandbox import (
     SandboxRun,
     SandboxUnavailable,
     detect_capabilities,
+    host_uid,
 )
 from tests.operator_engine.helpers import (
     ALGO,
@@ -378,7 +379,7 @@ async def test_stdout_and_stderr_land_in_the_log_and_can_be_followed_live(tmp_pa
         import os, sys, time
         print("to stdout", flush=True)
         print("to stderr", file=sys.stderr, flush=True)
-        while not os.path.exists("/data/outputs/go"):
+        while "go" not in os.listdir("/data/outputs"):  # a listing sees what the host adds (gate())
             time.sleep(0.02)
         print("done")
     """),
@@ -445,7 +446,96 @@ async def test_no_privileges_and_no_nested_user_namespaces(tmp_path):
     )
     _, outcome = await run_to_end(job, argv=("/bin/sh", ALGO))
     assert outcome.exit_code == 0, job.log.read_text()
-    assert job.log.read_text().splitlines() == ["userns: refused", "caps: " + "0" * 16, "uid: 0"]
+    assert job.log.read_text().splitlines() == ["userns: refused", "caps: " + "0" * 16, "uid: 1000"]
+
+
+async def test_the_algorithm_is_not_root_on_the_host_either(tmp_path):
+    """`id -u` is not 0 inside, and the host sees the job's own unprivileged uid (a root
+    engine drops to it before making the user namespace), owner of what it writes."""
+    job = make_job(
+        tmp_path,
+        sh("""
+        echo "uid: $(id -u) gid: $(id -g) groups: $(id -G)"
+        echo written >/data/outputs/mine
+        until ls /data/outputs | grep -qx go; do sleep 0.02; done
+    """),
+    )
+    run = await SandboxRun.start(job.spec(argv=("/bin/sh", ALGO)))
+    await wait_for((job.outputs / "mine").exists)
+    pids = processes_of(job, algorithm_only=True)
+    assert pids
+    host_ids = set()
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:  # a `sleep` of the loop that has just ended
+            continue
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        gid_line = next(line for line in status.splitlines() if line.startswith("Gid:"))
+        host_ids.add((tuple(map(int, uid_line.split()[1:])), tuple(map(int, gid_line.split()[1:]))))
+    expected = host_uid(job.job_id) if os.geteuid() == 0 else os.geteuid()
+    assert host_ids == {((expected,) * 4, (expected,) * 4)}  # real, effective, saved, filesystem
+    assert expected != 0
+    assert (job.outputs / "mine").stat().st_uid == expected
+    (job.outputs / "go").touch()
+    outcome = await run.wait()
+    assert outcome.exit_code == 0, job.log.read_text()
+    assert job.log.read_text().splitlines() == ["uid: 1000 gid: 1000 groups: 1000"]
+    if os.geteuid() == 0:
+        assert "uid:job" in run.limits_in_force
+
+
+async def test_the_algorithm_finds_no_host_path_in_its_mount_table(tmp_path):
+    """/proc/self/mountinfo would tell an attacker where the data directory and the
+    workspaces are (where to point a link): it shows none of it."""
+    job = make_job(tmp_path, sh("cat /proc/self/mountinfo /proc/self/mounts"))
+    _, outcome = await run_to_end(job, argv=("/bin/sh", ALGO))
+    assert outcome.exit_code == 0, job.log.read_text()
+    table = job.log.read_text()
+    assert " /data/inputs " in table and " /data/outputs " in table
+    for host_path in (str(tmp_path), str(job.workspace), str(job.log.parent), "/tmp/pytest"):
+        assert host_path not in table
+
+
+async def test_the_read_only_parts_cannot_be_remounted_writable(tmp_path):
+    """inputs/ and outputs/ are two views of one overlay of the workspace: the read-only
+    view stays read-only whatever the algorithm tries."""
+    job = make_job(
+        tmp_path,
+        sh(f"""
+        mount -o remount,rw /data/inputs 2>/dev/null && echo "remount: done" || echo "remount: refused"
+        mount -o remount,rw,bind /data/inputs 2>/dev/null && echo "bind remount: done" || echo "bind remount: refused"
+        (echo pwned >>/data/inputs/{DATASET_DID}/0) 2>/dev/null && echo "write: done" || echo "write: refused"
+        (echo pwned >/data/inputs/new) 2>/dev/null && echo "create: done" || echo "create: refused"
+        ln /data/inputs/{DATASET_DID}/0 /data/outputs/alias 2>/dev/null && echo "link: done" || echo "link: refused"
+    """),
+    )
+    _, outcome = await run_to_end(job, argv=("/bin/sh", ALGO))
+    assert outcome.exit_code == 0, job.log.read_text()
+    assert job.log.read_text().splitlines() == [
+        "remount: refused",
+        "bind remount: refused",
+        "write: refused",
+        "create: refused",
+        "link: refused",
+    ]
+    assert not (job.workspace / "inputs" / "new").exists()
+    assert (job.workspace / "inputs" / DATASET_DID / "0").read_text() == "the dataset\n"
+
+
+async def test_the_algorithm_sees_only_its_own_processes_in_proc(tmp_path):
+    job = make_job(
+        tmp_path,
+        sh("""
+        ls /proc | grep -E '^[0-9]+$' | wc -l
+        cat /proc/1/comm
+    """),
+    )
+    _, outcome = await run_to_end(job, argv=("/bin/sh", ALGO))
+    assert outcome.exit_code == 0, job.log.read_text()
+    count, init = job.log.read_text().split()
+    assert int(count) <= 6  # bwrap's init, the lifeline watcher, the shell and its commands
+    assert init == "bwrap"
 
 
 # --- stopping ------------------------------------------------------------------

@@ -90,7 +90,7 @@ async def test_publish_log_records_each_step_with_sizes_and_durations(data_dir, 
     assert re.search(rf"fetched the workflow in {seconds}", text)
     assert re.search(rf"collected 4 files \(\d+ bytes, 5 skipped\) in {seconds}; publishing to s3 storage", text)
     assert "skipped outputs/hostname-link: symlink to '/etc/hostname'; not followed, not published" in text
-    assert "skipped outputs/a/pipe: not a regular file; not followed, not published" in text
+    assert "skipped outputs/a/pipe: FIFO; not followed, not published" in text
     assert re.search(rf"uploaded result \d \(a/b/deep.json, 8 bytes\) in {seconds}", text)
     assert re.search(rf"uploaded result \d \(top.txt, 9 bytes\) in {seconds}", text)
     assert re.search(rf"uploaded 4 files in {seconds}", text)

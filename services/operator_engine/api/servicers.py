@@ -12,11 +12,12 @@ import grpc
 
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_pb2_grpc
-from plumbing import auth, errors, tracing, untrusted
+from plumbing import auth, errors, job_files, tracing, untrusted
 from plumbing.rpc_types import StreamContext, UnaryContext
 from plumbing.statuses import Status
 from plumbing.workflows import check_workflow
 from services.operator_engine.api import convert
+from services.operator_engine.domain.jobs import ALGORITHM_LOG
 from services.operator_engine.domain.orchestrator import Orchestrator, Run
 from services.operator_engine.persistence.event_log import EventLog
 
@@ -161,12 +162,14 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         job_id = check_job_id(request.job_id)
         if not self._orchestrator.is_active(job_id):
             await self._orchestrator.status_of(job_id)  # raises NOT_FOUND for unknown jobs
-        path = self._orchestrator.workspace_of(job_id) / "data" / "logs" / "algorithm.log"
+        # The engine's copy of the algorithm's output (admin/, out of the algorithm's reach),
+        # still opened as a job file: no link is followed, only a regular file is read.
+        workspace = self._orchestrator.workspace_of(job_id)
         offset = untrusted.int64(request.offset, "offset")
         while True:
             # Sampled before the read: once the job has ended, that read gets the log's last bytes.
             following = request.follow and self._orchestrator.is_active(job_id)
-            data = await asyncio.to_thread(_read_from, path, offset)
+            data = await asyncio.to_thread(_read_from, workspace, offset)
             if data:
                 yield engine_pb2.StreamJobLogsResponse(data=data, offset=offset)
                 offset += len(data)
@@ -176,13 +179,15 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             await asyncio.sleep(LOG_POLL_S)
 
 
-def _read_from(path: Path, offset: int) -> bytes:
+def _read_from(workspace: Path, offset: int) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with job_files.open_file(workspace, ALGORITHM_LOG) as f:
             f.seek(offset)
             return f.read(LOG_CHUNK)
     except FileNotFoundError:
         return b""
+    except job_files.NotAllowed as exc:
+        raise errors.FailedPrecondition(f"the job's log cannot be served: {exc.strerror}", "log_unreadable") from None
 
 
 _AgentRequest = (

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+ADMIN_DIR = "admin"  # in a job's workspace: the operator's logs, and the engine's algorithm.log
+# The algorithm's stdout and stderr as the engine wrote them, relative to the workspace:
+# outside data/, so the algorithm never has a path to it.
+ALGORITHM_LOG = f"{ADMIN_DIR}/algorithm.log"
+
 
 @dataclass(frozen=True)
 class JobSpec:
@@ -28,7 +33,7 @@ class JobSpec:
 
     @property
     def admin_dir(self) -> Path:
-        return self.workspace / "admin"
+        return self.workspace / ADMIN_DIR
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,14 @@
 """What pod_publish publishes, and how: the domain of the publish stage.
 
-Everything under outputs/ (recursively, relative paths kept) and
-logs/algorithm.log are the consumer's results; the operator's admin logs live
-elsewhere and are never among them. Only regular files are published: a
-symlink is never followed (it could point at the publisher's files outside
-the job) and a FIFO or device never read; each one is logged and listed in
-the manifest's skipped_paths. A file that cannot be uploaded after retries
+Everything under outputs/ (recursively, relative paths kept) and the
+algorithm.log the engine wrote from the algorithm's stdout and stderr (in
+the job's admin directory, where the algorithm cannot write) are the
+consumer's results; the operator's admin logs are never among them. Only
+regular files with one name are published, each opened through
+plumbing.job_files: no symlink is followed on any component (it could point
+at the publisher's files outside the job), no FIFO or device is read, no
+hard link published; each one is logged and listed in the manifest's
+skipped_paths. A file that cannot be uploaded after retries
 fails the whole publication, and what was already uploaded is removed:
 nothing is silently dropped, nothing half-published remains.
 
@@ -22,7 +25,6 @@ import dataclasses
 import logging
 import mimetypes
 import os
-import stat
 import tarfile
 import tempfile
 import threading
@@ -34,13 +36,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from plumbing import storage
+from plumbing import job_files, storage
 from plumbing.statuses import Status
 from plumbing.storage import ObjectStore, StorageConfig, StorageError, StoredObject
 from plumbing.storage.s3 import MIN_PART_SIZE
 
 log = logging.getLogger("c2d.pod_publish")
 OUTPUT, ALGORITHM_LOG = "RESULT_KIND_OUTPUT", "RESULT_KIND_ALGORITHM_LOG"
+LOG_NAME = "algorithm.log"
 # Files uploaded at once: overlaps hashing, reading and the network; each
 # upload holds about one S3 part in memory (twice, briefly, while signing).
 UPLOAD_WORKERS = 2
@@ -54,7 +57,9 @@ MAX_PARTS = 10_000  # S3's limit per multipart upload
 @dataclass(frozen=True)
 class ResultSource:
     path: str  # relative to outputs/, or "algorithm.log"
-    file: Path
+    root: Path  # the directory `relpath` is opened under, never through a link (plumbing.job_files)
+    relpath: str
+    size: int  # as collected; the upload checks what it reads
     kind: str
 
 
@@ -65,11 +70,11 @@ class Collected:
 
     @property
     def total_bytes(self) -> int:
-        return sum(s.file.stat().st_size for s in self.sources)
+        return sum(s.size for s in self.sources)
 
     @property
     def largest_file(self) -> int:
-        return max((s.file.stat().st_size for s in self.sources), default=0)
+        return max((s.size for s in self.sources), default=0)
 
 
 class PublishFailed(Exception):
@@ -78,54 +83,47 @@ class PublishFailed(Exception):
         self.path = path
 
 
-def _walk_outputs(outputs: Path) -> tuple[list[Path], list[str]]:
-    """Regular files under outputs/ (sorted) and what was skipped, never following links."""
-    found: list[Path] = []
-    skipped: list[str] = []
-    if not outputs.is_dir() or outputs.is_symlink():
-        return found, skipped
-    for directory, dirs, files in os.walk(outputs, followlinks=False):
-        base = Path(directory)
-        for name in sorted(dirs):
-            if (base / name).is_symlink():  # os.walk lists it but does not descend
-                skipped.append((base / name).relative_to(outputs).as_posix())
-        for name in files:
-            path = base / name
-            mode = path.lstat().st_mode
-            if stat.S_ISREG(mode):
-                found.append(path)
-            else:
-                skipped.append(path.relative_to(outputs).as_posix())
-    for rel in sorted(skipped):
-        target = outputs / rel
-        what = f"symlink to {os.readlink(target)!r}" if target.is_symlink() else "not a regular file"
-        log.warning("skipped outputs/%s: %s; not followed, not published", rel, what)
-    return sorted(found, key=lambda p: p.as_posix()), sorted(skipped)
+def _walk_outputs(data_root: Path) -> job_files.Walked:
+    """Regular files under outputs/ and what was skipped, never following links (logged)."""
+    walked = job_files.walk_files(data_root, "outputs")
+    for rel, why in sorted(walked.skipped.items()):
+        log.warning("skipped outputs/%s: %s; not followed, not published", rel, why)
+    return walked
 
 
-def collect(data_root: Path, pack: bool, scratch: Path) -> Collected:
-    outputs = data_root / "outputs"
-    found, skipped = _walk_outputs(outputs)
+def collect(data_root: Path, pack: bool, scratch: Path, log_dir: Path) -> Collected:
+    """The results: outputs/ of the job's /data, and the algorithm.log the engine wrote in
+    `log_dir` (outside anything the algorithm could write)."""
+    walked = _walk_outputs(data_root)
     sources: list[ResultSource]
     if pack:
         started = time.monotonic()
         archive = scratch / "outputs.tar"
         with tarfile.open(archive, "w") as tar:
-            for path in found:
-                tar.add(path, arcname=path.relative_to(outputs).as_posix(), recursive=False)
+            for rel, _size in walked.files:
+                _add_to_tar(tar, data_root, rel)
+        size = archive.stat().st_size
         log.info(
-            "packed %d files into outputs.tar (%d bytes) in %.3f s",
-            len(found),
-            archive.stat().st_size,
-            time.monotonic() - started,
+            "packed %d files into outputs.tar (%d bytes) in %.3f s", len(walked.files), size, time.monotonic() - started
         )
-        sources = [ResultSource("outputs.tar", archive, OUTPUT)]
+        sources = [ResultSource("outputs.tar", scratch, "outputs.tar", size, OUTPUT)]
     else:
-        sources = [ResultSource(p.relative_to(outputs).as_posix(), p, OUTPUT) for p in found]
-    algorithm_log = data_root / "logs" / "algorithm.log"
-    if algorithm_log.is_file() and not algorithm_log.is_symlink():
-        sources.append(ResultSource("algorithm.log", algorithm_log, ALGORITHM_LOG))
-    return Collected(sources, skipped)
+        sources = [ResultSource(rel, data_root, f"outputs/{rel}", size, OUTPUT) for rel, size in walked.files]
+    try:
+        with job_files.open_file(log_dir, LOG_NAME) as f:
+            sources.append(ResultSource(LOG_NAME, log_dir, LOG_NAME, os.fstat(f.fileno()).st_size, ALGORITHM_LOG))
+    except FileNotFoundError:
+        pass  # the algorithm never ran (or wrote nothing the engine kept)
+    return Collected(sources, sorted(walked.skipped))
+
+
+def _add_to_tar(tar: tarfile.TarFile, data_root: Path, rel: str) -> None:
+    # from the descriptor, as a plain file entry: nothing of the name is trusted again
+    with job_files.open_file(data_root, f"outputs/{rel}", single_link=True) as f:
+        st = os.fstat(f.fileno())
+        info = tarfile.TarInfo(rel)
+        info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), 0o644
+        tar.addfile(info, f)
 
 
 def part_size_for(configured: int, largest_file: int) -> int:
@@ -219,14 +217,15 @@ def _upload_one(
 def _upload(store: ObjectStore, key: str, source: ResultSource, content_type: str, retries: int) -> StoredObject:
     for attempt in range(retries + 1):
         try:
-            return store.put_file(key, source.file, content_type)
+            with job_files.open_file(source.root, source.relpath, single_link=source.kind == OUTPUT) as f:
+                return store.put_file(key, job_files.fd_path(f), content_type)
         except StorageError as exc:
             if not exc.transient or attempt == retries:
                 raise PublishFailed(source.path, str(exc)) from None
             log.info("upload of %s failed (%s); retry %d", source.path, exc, attempt + 1)
             time.sleep(0.2 * 2**attempt)
-        except OSError as exc:
-            raise PublishFailed(source.path, os.strerror(exc.errno or 0) or str(exc)) from None
+        except OSError as exc:  # job_files.NotAllowed too: replaced by a link since it was collected
+            raise PublishFailed(source.path, exc.strerror or str(exc)) from None
     raise AssertionError("unreachable")
 
 
@@ -262,7 +261,12 @@ def _failed(error_code: str, message: str) -> PublishOutcome:
 
 
 async def publish_results(
-    data_root: Path, job_id: str, pack: bool, config: StorageConfig, register: Registrar | None = None
+    data_root: Path,
+    log_dir: Path,
+    job_id: str,
+    pack: bool,
+    config: StorageConfig,
+    register: Registrar | None = None,
 ) -> PublishOutcome:
     """Publishes the job's results to the configured storage and, with `register`, as an asset.
 
@@ -272,7 +276,7 @@ async def publish_results(
     try:
         with tempfile.TemporaryDirectory(prefix="c2d-publish-") as scratch:
             step = time.monotonic()
-            collected = collect(data_root, pack, Path(scratch))
+            collected = collect(data_root, pack, Path(scratch), log_dir)
             config = dataclasses.replace(config, part_size=part_size_for(config.part_size, collected.largest_file))
             store = storage.open_store(config)
             log.info(

@@ -22,7 +22,7 @@ from pathlib import Path
 from plumbing import errors
 from services.operator_engine.backends.local import cgroups, runtimes, sandbox
 from services.operator_engine.backends.local.pod_launcher import Launcher, SubprocessLauncher
-from services.operator_engine.domain.jobs import Capacity, JobSpec, StageExit
+from services.operator_engine.domain.jobs import ALGORITHM_LOG, Capacity, JobSpec, StageExit
 from services.operator_engine.domain.stages import Stage
 
 # The algorithm's view of its workspace (DESIGN.md: inside a job).
@@ -144,6 +144,7 @@ class LocalBackend:
                 log_max_bytes=capacity.log_max_bytes,
             ),
             use_sandbox=self.sandboxed,
+            log_path=job.workspace / ALGORITHM_LOG,
         )
         run = await sandbox.SandboxRun.start(spec)
         try:

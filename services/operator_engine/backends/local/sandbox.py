@@ -2,8 +2,11 @@
 
 What the algorithm sees (``use_sandbox=True``)
     New user, pid, net, ipc, uts and cgroup namespaces (and no way to make
-    more user namespaces), no capabilities, its own session. It is uid 0
-    inside, mapped to the engine's uid outside (root here). A read-only root
+    more user namespaces), no capabilities, its own session. It is uid and
+    gid 1000 inside, and never root outside either: a root engine drops to
+    a host uid of the job's own (``host_uid``) before bwrap makes the user
+    namespace, and that uid owns only the job's outputs/ and logs/; another
+    engine's sandbox has the engine's own (unprivileged) uid. A read-only root
     holding only /usr (and the /bin, /lib… links to it), a few harmless /etc
     files (ld.so cache, alternatives,
     localtime; with network also resolv.conf, hosts, nsswitch.conf, ssl certs),
@@ -56,9 +59,9 @@ Limits
       helpers (outer bwrap, the namespace's init, the lifeline watcher). Without a pids
       cgroup it falls back to RLIMIT_NPROC, which counts every process of the
       host uid, and which the kernel does not enforce at all for root (kuid 0;
-      the user namespace does not change that). The engine runs as root here,
-      so without the pids cgroup there is no process limit, and it is not
-      listed in force.
+      the user namespace does not change that). A root engine's sandboxes run
+      as the job's own uid, so it holds there; an unsandboxed run as root has
+      no process limit without the pids cgroup, and it is not listed in force.
     * ``max_file_bytes``: RLIMIT_FSIZE. Core dumps are always off (RLIMIT_CORE 0)
       so no image of the algorithm's memory reaches a host core handler.
     * ``disk_quota_bytes``: outputs/ + logs/ are walked every 100 ms (sizes or
@@ -68,8 +71,11 @@ Limits
       to bound single files tighter. Exceeding it and exiting between two
       polls is caught by a final check.
     * ``log_max_bytes``: stdout and stderr share one pipe that the engine
-      copies to logs/algorithm.log (so it can be followed while it grows);
+      copies to algorithm.log (so it can be followed while it grows);
       past the cap the rest is drained and dropped, after one marker line.
+      That file (``spec.log_path``) is outside the workspace: the algorithm
+      has no path to it, so it cannot swap it for a link to a host file that
+      the log's readers would then serve.
     * ``wall_timeout_s``: the whole tree is killed; ``timed_out``.
 
 Exit status: bwrap reports an algorithm killed by signal N as exit code
@@ -88,13 +94,16 @@ if no cgroup is usable.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import re
 import resource
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +197,31 @@ _LIFELINE_SANDBOX = (
     '>/dev/null 2>&1 & {unset_pwd}exec "$@" 3<&-'
 )
 _LAUNCH_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# Never root, inside the sandbox or out. The algorithm is uid/gid SANDBOX_INNER_ID in its
+# user namespace; on a root engine that maps to a host uid of its own per job (not 0, in
+# no group, owning nothing on the host but the job's outputs/ and logs/), from this range.
+SANDBOX_INNER_ID = 1000
+SANDBOX_HOST_IDS = range(2_000_000_000, 2_001_000_000)
+# Root engine: the sandbox's user namespace must belong to the job's host uid, so bwrap runs
+# as that uid, and may not be able to reach the workspace (its parents are often 0700). This
+# stage, as root in a mount namespace of its own (vanishing with the run), shows the workspace
+# to bwrap at /tmp (bwrap's own /tmp is a fresh tmpfs) as one overlay mount whose upper layer
+# is the workspace itself, written in place; bwrap binds its parts from there, read-only or
+# not. An overlay's root is its own: the sandbox's /proc/self/mountinfo shows "/inputs" and
+# options relative to the workspace, where a bind mount would show the host path of the data
+# directory. Its empty lower layer and work dir are in a scratch dir beside the engine's log,
+# where the algorithm has no path. (An overlay keeps a name it looked up and found missing as
+# missing if the file then appears underneath: nothing but the algorithm writes during a run.)
+# Arguments: the workspace, the scratch dir relative to it, the host uid, the command.
+_DROP_TO_JOB_UID = r"""
+cd "$1" || exit 125
+s=$2; uid=$3; shift 3
+mount -t overlay c2d-data -o "lowerdir=$s/empty,upperdir=.,workdir=$s/work" /tmp || exit 125
+exec setpriv --reuid="$uid" --regid="$uid" --clear-groups --pdeathsig KILL -- "$@"
+"""
+_STAGED = "/tmp"  # where _DROP_TO_JOB_UID shows the /data parts to bwrap
+_SCRATCH = ".sandbox"  # beside algorithm.log: _DROP_TO_JOB_UID's empty layer and work dirs
+_PLAIN_RELATIVE = re.compile(r"^[A-Za-z0-9._/-]+$")  # safe in an overlay's options
 _SIGNAL_NOTES: dict[int, str] = {
     signal.SIGXCPU: "CPU time limit exceeded",
     signal.SIGXFSZ: "file size limit exceeded",
@@ -239,10 +273,15 @@ class SandboxSpec:
     allow_network: bool = False
     limits: SandboxLimits = field(default_factory=lambda: SandboxLimits(wall_timeout_s=3600.0))
     use_sandbox: bool = True
+    # where the engine writes algorithm.log: outside the workspace, so the algorithm cannot
+    # replace it (with a link to a host file, say); default: admin/ beside the workspace
+    log_path: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.argv:
             raise ValueError("argv must not be empty")
+        if self.log_path is not None and self.workspace.resolve() in self.log_path.resolve().parents:
+            raise ValueError("log_path must be outside the workspace: the algorithm could replace it")
         for key, value in self.env.items():
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise ValueError(f"invalid environment variable {key!r}")
@@ -316,6 +355,33 @@ class SandboxCapabilities:
         return f"{box}; {groups}; limits: {', '.join(self.limits_in_force) or 'none'}"
 
 
+def host_uid(job_id: str) -> int:
+    """The host uid (and gid) a root engine runs the job's algorithm as."""
+    return SANDBOX_HOST_IDS[zlib.crc32(job_id.encode()) % len(SANDBOX_HOST_IDS)]
+
+
+def _util(name: str) -> str:
+    path = shutil.which(name, path=_LAUNCH_PATH)
+    if path is None:
+        raise SandboxUnavailable(f"{name} not found (Debian package util-linux): needed to run as an unprivileged uid")
+    return path
+
+
+@functools.cache
+def _drops_privileges() -> bool:
+    """Root (with the job uids mapped in its user namespace: not so in a sandbox's own) drops
+    to the job's uid; any other engine already runs the sandbox as an unprivileged uid."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        with open("/proc/self/uid_map") as f:
+            extents = [tuple(map(int, line.split())) for line in f]
+    except OSError:
+        return False
+    first, last = SANDBOX_HOST_IDS[0], SANDBOX_HOST_IDS[-1]
+    return any(inside <= first and last < inside + count for inside, _outside, count in extents)
+
+
 def _resolve_bwrap(bwrap: str | None) -> str | None:
     if bwrap is None:
         return shutil.which("bwrap")
@@ -346,7 +412,7 @@ def _probe_bwrap(path: str) -> str | None:
 
 
 def _run_probe(path: str) -> str | None:
-    argv = [
+    bwrap = [
         path,
         "--unshare-all",
         "--unshare-user",
@@ -361,6 +427,22 @@ def _run_probe(path: str) -> str | None:
         "--",
         "/bin/true",
     ]
+    if not _drops_privileges():
+        return _probe_run(path, bwrap)
+    # as the sandboxes will run: the drop stage (a mount namespace, the overlay, setpriv) first
+    missing = [tool for tool in ("unshare", "mount", "setpriv") if not shutil.which(tool, path=_LAUNCH_PATH)]
+    if missing:
+        return f"{', '.join(missing)} not found (Debian package util-linux): needed to run as an unprivileged uid"
+    with tempfile.TemporaryDirectory(prefix="c2d-probe-") as tmp:
+        workspace, scratch = Path(tmp, "data"), Path(tmp, _SCRATCH)
+        for d in (workspace, scratch / "empty", scratch / "work"):
+            d.mkdir(parents=True)
+        workspace.chmod(0o755)
+        drop = [*_drop_command(workspace, os.path.relpath(scratch, workspace), SANDBOX_HOST_IDS[0])]
+        return _probe_run(path, [*drop, *bwrap])
+
+
+def _probe_run(path: str, argv: list[str]) -> str | None:
     try:
         done = subprocess.run(  # noqa: PLW1510 - the exit code is the answer
             argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10, env={"PATH": _LAUNCH_PATH}
@@ -370,6 +452,24 @@ def _run_probe(path: str) -> str | None:
     if done.returncode != 0:
         return f"{path} failed: {done.stderr.decode(errors='replace').strip() or done.returncode}"
     return None
+
+
+def _drop_command(workspace: Path, scratch: str, uid: int) -> list[str]:
+    """The prefix of bwrap's command that runs it as `uid` (_DROP_TO_JOB_UID)."""
+    return [
+        _util("unshare"),
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-c",
+        _DROP_TO_JOB_UID,
+        "c2d-drop",
+        str(workspace),
+        scratch,
+        str(uid),
+    ]
 
 
 def _rlimit_names(euid: int) -> list[str]:
@@ -439,6 +539,7 @@ class SandboxRun:
     _workspace: Path
     _cgroup: JobCgroup | None
     _home: str | None
+    _scratch: Path | None  # the overlay layers of a root engine (_DROP_TO_JOB_UID)
     _log_fd: int
     _network: JobNetwork | None
     _proc: asyncio.subprocess.Process
@@ -480,11 +581,18 @@ class SandboxRun:
                 raise SandboxUnavailable(f"bubblewrap cannot create a sandbox: {problem}")
         for d in RO_DIRS + RW_DIRS:
             (workspace / d).mkdir(parents=True, exist_ok=True)
+        if spec.use_sandbox and _drops_privileges():
+            uid = host_uid(spec.job_id)
+            workspace.chmod(0o755)  # the job's uid passes through it (bound on /tmp, see _DROP_TO_JOB_UID)
+            for d in RW_DIRS:  # made by the engine and pod_config: no link of the job's here yet
+                os.chown(workspace / d, uid, uid, follow_symlinks=False)
 
         rlimits, in_force, cg = self._plan_limits()
         self._cgroup = cg
         self._home = None
+        self._scratch = None
         self._log_fd = -1
+        self.log_path = spec.log_path or workspace.parent / "admin" / LOG_NAME
         self._network = None
         try:
             if spec.use_sandbox and spec.allow_network:
@@ -505,6 +613,12 @@ class SandboxRun:
                     "c2d-lifeline",
                     *spec.argv,
                 ]
+                if _drops_privileges():
+                    command = [
+                        *_drop_command(workspace, self._scratch_for_overlays(), host_uid(spec.job_id)),
+                        *command,
+                    ]
+                    in_force.append("uid:job")
                 if self._network is not None:  # bwrap starts inside the job's own namespace
                     command = [*self._network.enter_command(), *command]
                 launch_env = {"PATH": _LAUNCH_PATH}  # nothing of the engine's environment
@@ -539,7 +653,7 @@ class SandboxRun:
                 in_force.append("disk:watch")
             self.limits_in_force = tuple(in_force)
 
-            self.log_path = workspace / "logs" / LOG_NAME
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_fd = os.open(
                 self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
             )
@@ -617,9 +731,21 @@ class SandboxRun:
             in_force.append("rlimit:fsize")
         if max_pids is not None and "cgroup:pids" not in applied:
             rl.append((resource.RLIMIT_NPROC, max_pids, max_pids))
-            if os.geteuid() != 0:
+            if os.geteuid() != 0 or (sandboxed and _drops_privileges()):  # root is exempt; the job's uid is not
                 in_force.append("rlimit:nproc")
         return rl, in_force, cg
+
+    def _scratch_for_overlays(self) -> str:
+        """A fresh scratch dir for _DROP_TO_JOB_UID, beside the log; its path from the workspace."""
+        scratch = self.log_path.parent / f"{_SCRATCH}-{cgroups.cgroup_name(self._spec.job_id)}"
+        shutil.rmtree(scratch, ignore_errors=True)  # a previous run's overlay work dirs
+        (scratch / "empty").mkdir(parents=True)
+        (scratch / "work").mkdir()
+        self._scratch = scratch
+        relative = os.path.relpath(scratch, self._workspace)
+        if not _PLAIN_RELATIVE.match(relative):
+            raise SandboxUnavailable(f"the log's directory {self.log_path.parent} cannot name an overlay layer")
+        return relative
 
     async def _open_network(self, cg: JobCgroup | None) -> JobNetwork:
         join_files = cg.join_files() if cg else []
@@ -642,6 +768,10 @@ class SandboxRun:
             "ALL",
             "--hostname",
             "c2d",
+            "--uid",
+            str(SANDBOX_INNER_ID),
+            "--gid",
+            str(SANDBOX_INNER_ID),
             "--clearenv",
         ]
         for key, value in env.items():
@@ -655,10 +785,11 @@ class SandboxRun:
         if self._limits.memory_bytes is not None:  # /tmp is memory: never bigger than the limit
             args += ["--size", str(self._limits.memory_bytes)]
         args += ["--tmpfs", "/tmp", "--dir", DATA]
+        source = Path(_STAGED) if _drops_privileges() else ws
         for d in RO_DIRS:
-            args += ["--ro-bind", str(ws / d), f"{DATA}/{d}"]
+            args += ["--ro-bind", str(source / d), f"{DATA}/{d}"]
         for d in RW_DIRS:
-            args += ["--bind", str(ws / d), f"{DATA}/{d}"]
+            args += ["--bind", str(source / d), f"{DATA}/{d}"]
         args += ["--remount-ro", "/", "--chdir", DATA]
         return args
 
@@ -834,3 +965,6 @@ class SandboxRun:
         if self._home:
             shutil.rmtree(self._home, ignore_errors=True)
             self._home = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
