@@ -40,11 +40,24 @@ class Pod:
         env = os.environ
         return cls(
             env["C2D_JOB_ID"],
-            env["C2D_JOB_TOKEN"],
+            _token(env),
             env["C2D_AGENT_ADDRESS"],
             Path(env["C2D_DATA_ROOT"]),
             env.get("TRACEPARENT", ""),
         )
+
+
+# The token file a Kubernetes pod reads its token from (a Secret volume): never
+# an environment variable there, which `kubectl describe` and /proc/*/environ show.
+MAX_TOKEN_BYTES = 4096
+
+
+def _token(env: os._Environ[str]) -> str:
+    path = env.get("C2D_JOB_TOKEN_FILE")
+    if path is None:
+        return env["C2D_JOB_TOKEN"]
+    with open(path, "rb") as f:
+        return f.read(MAX_TOKEN_BYTES).decode().strip()
 
 
 # A pod program: does the job's stage over the agent channel; its exit code.

@@ -46,6 +46,8 @@ def _job_of(request: engine_pb2.SubmitJobRequest) -> tuple[dict[str, Any], bytes
         "environment_id": request.environment_id,
         "entrypoint": workflow.container.entrypoint,
         "image": workflow.container.image,
+        "image_tag": workflow.container.tag,
+        "image_checksum": workflow.container.checksum,
         "allow_network": workflow.allow_network,
         "algorithm_timeout_s": float(workflow.max_duration_seconds),
         "dataset_dids": [d.did for d in workflow.datasets],

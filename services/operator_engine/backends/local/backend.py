@@ -57,7 +57,7 @@ class LocalBackend:
             return "local processes WITHOUT a sandbox (explicitly configured; never for untrusted code)"
         return "local bubblewrap sandbox; " + self._capabilities.describe()
 
-    def validate(self, entrypoint: str, image: str, allow_network: bool) -> None:
+    def validate(self, entrypoint: str, image: str, allow_network: bool, tag: str = "", checksum: str = "") -> None:
         if self.sandboxed and not self._capabilities.bwrap:
             raise errors.FailedPrecondition(
                 f"this engine cannot sandbox algorithms ({self._capabilities.problem or 'bubblewrap unavailable'}), "
@@ -165,6 +165,9 @@ class LocalBackend:
             disk_quota_exceeded=outcome.disk_quota_exceeded,
             duration_s=outcome.duration_s,
         )
+
+    def release(self, job: JobSpec) -> None:
+        return None  # nothing outlives its stage here
 
     async def remove(self, job_id: str, workspace: Path) -> None:
         await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
