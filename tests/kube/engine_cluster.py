@@ -29,6 +29,16 @@ class Cluster:
     kubelet: kube.Kubelet
     kubeconfig: Path
 
+    def pod_phase(self, name: str) -> str:
+        client = self.api.api_client()
+        try:
+            pods = kubernetes.client.CoreV1Api(client).list_namespaced_pod(
+                NAMESPACE, field_selector=f"metadata.name={name}"
+            )
+            return pods.items[0].status.phase if pods.items and pods.items[0].status else ""
+        finally:
+            client.close()
+
     def owned_by_jobs(self) -> list[str]:
         """What any job still owns in the namespace (kind/name), as the administrator sees it."""
         client = self.api.api_client()

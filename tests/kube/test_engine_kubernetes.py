@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from testkit.kube import manifests
-from tests.kube.engine_cluster import cluster, created_objects, k8s_engine
-from tests.operator_engine.engine_harness import wait_until, workflow
+from c2d.common.v1 import common_pb2
+from services.operator_engine.backends.kubernetes.objects import object_name
+from services.operator_engine.backends.kubernetes.wiring import USER_AGENT
+from testkit import kube
+from testkit.kube import count, manifests
+from tests.kube.engine_cluster import NAMESPACE, cluster, created_objects, k8s_engine
+from tests.operator_engine.engine_harness import gate, release, wait_until, workflow
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,3 +42,89 @@ async def test_a_job_reaches_70_with_valid_objects_and_leaves_nothing(data_dir, 
             log = (engine.data(job_id) / "logs" / "algorithm.log").read_text()
             assert "hello from the pod" in log
             await wait_until(lambda: not c.owned_by_jobs(), what="the job's objects removed")
+
+
+def plan_for(c, job_id: str, stage: str, scenario) -> None:  # type: ignore[no-untyped-def]
+    c.kubelet.plan(scenario, name=f"{object_name(job_id)}-{stage}")
+
+
+async def test_failing_pods_end_their_jobs_with_the_right_status_and_reason(data_dir, postgres_url, tmp_path):
+    cases = {
+        "pull": (
+            "algorithm",
+            kube.IMAGE_PULL_BACKOFF,
+            41,
+            "algorithm_failed",
+            "ErrImagePull",
+        ),  # fails at the first pull error
+        "oom": ("algorithm", kube.OOMKilled(after_s=0.2), 41, "algorithm_failed", "OOMKilled: exit code 137"),
+        "exit": ("algorithm", kube.Exit(3, after_s=0.2), 41, "algorithm_failed", "algorithm failed: exit code 3"),
+        "deleted": ("algorithm", kube.Deleted(after_s=0.3), 41, "algorithm_failed", "its pod was deleted while it ran"),
+        "node": ("algorithm", kube.NodeLost(after_s=0.3), 41, "algorithm_failed", "its node was lost"),
+        "config": ("configure", kube.Exit(1, after_s=0.1), 31, "configure_crashed", "exit code 1"),
+        "badref": (
+            "algorithm",
+            kube.Waiting("InvalidImageName", "invalid reference format"),
+            41,
+            "algorithm_failed",
+            "InvalidImageName",
+        ),
+    }
+    with cluster(tmp_path) as c:
+        for case, (stage, scenario, *_) in cases.items():
+            plan_for(c, f"fail-{case}", stage, scenario)
+        c.kubelet.plan(kube.Hang(), name=f"{object_name('fail-deadline')}-algorithm")
+        async with k8s_engine(c, postgres_url, tmp_path / "ws", max_jobs=8) as engine:
+            for case in cases:
+                await engine.submit(workflow("print('hi')"), job_id=f"fail-{case}")
+            await engine.submit(workflow("print('hi')", max_duration_s=1), job_id="fail-deadline")
+            for case, (_, _, status, code, message) in cases.items():
+                ended = await engine.ended(f"fail-{case}")
+                assert (ended.status, ended.error_code) == (status, code), (case, ended)
+                assert message in ended.error_message, (case, ended.error_message)
+                assert ended.end_reason == common_pb2.END_REASON_FAILED
+            oom = await engine.ended("fail-oom")
+            assert oom.algorithm_outcome.oom_killed and oom.algorithm_outcome.exit_code == 137
+            deadline = await engine.ended("fail-deadline")
+            assert (deadline.status, deadline.error_code) == (41, "algorithm_timed_out")
+            assert deadline.end_reason == common_pb2.END_REASON_TIMED_OUT
+            await wait_until(lambda: not c.owned_by_jobs(), what="the jobs' objects removed")
+
+
+async def test_a_stop_in_each_stage_deletes_its_pod_and_ends_the_job_stopped(data_dir, postgres_url, tmp_path):
+    stages = {"configure": 20, "algorithm": 40, "publish": 60}
+    with cluster(tmp_path) as c:
+        for stage in stages:
+            plan_for(c, f"stop-{stage}", stage, kube.Hang())
+        async with k8s_engine(c, postgres_url, tmp_path / "ws", max_jobs=4) as engine:
+            for stage in stages:
+                await engine.submit(workflow("print('hi')"), job_id=f"stop-{stage}")
+            for stage, status in stages.items():
+                job_id = f"stop-{stage}"
+                await engine.reached(job_id, status)
+                await wait_until(
+                    lambda job_id=job_id, stage=stage: c.pod_phase(f"{object_name(job_id)}-{stage}") == "Running",
+                    what=f"the {stage} pod running",
+                )
+                mark = c.api.mark()
+                await engine.stop(job_id)
+                ended = await engine.ended(job_id)
+                assert (ended.status, ended.end_reason) == (70, common_pb2.END_REASON_STOPPED)
+                deletes = [call.name for call in c.api.calls(mark, user_agent=USER_AGENT) if call.verb == "delete"]
+                assert f"{object_name(job_id)}-{stage}" in deletes
+            await wait_until(lambda: not c.owned_by_jobs(), what="the jobs' objects removed")
+
+
+async def test_a_watch_that_gets_410_gone_lists_again_and_misses_nothing(data_dir, postgres_url, tmp_path):
+    with cluster(tmp_path) as c:
+        async with k8s_engine(c, postgres_url, tmp_path / "ws") as engine:
+            job_id = await engine.submit(workflow(gate() + "print('released')\n"), job_id="gone")
+            await engine.reached(job_id, 40)
+            lists = lambda: count(c.api.calls(user_agent=USER_AGENT))["list", "pods"]  # noqa: E731
+            assert lists() == 1
+            c.api.expire_watches()
+            await wait_until(lambda: lists() == 2, what="the pod list after 410 Gone")
+            release(c.kubelet.claim_path(NAMESPACE, object_name(job_id)))
+            ended = await engine.ended(job_id)
+            assert ended.status == 70, ended
+            assert "released" in (engine.data(job_id) / "logs" / "algorithm.log").read_text()

@@ -23,7 +23,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import kubernetes.client
 from kubernetes.client.rest import ApiException
@@ -32,7 +32,7 @@ from plumbing import errors
 from plumbing.statuses import EndReason, Status, is_terminal
 from services.operator_engine.backends.kubernetes import objects, outcomes
 from services.operator_engine.backends.kubernetes.objects import ClusterConfig, JobObjects
-from services.operator_engine.backends.kubernetes.watch import Pod, PodWatch
+from services.operator_engine.backends.kubernetes.watch import Pod, PodWatch, raw
 from services.operator_engine.domain.changes import StateChange
 from services.operator_engine.domain.jobs import Capacity, JobSpec, StageExit
 from services.operator_engine.domain.stages import Stage
@@ -136,7 +136,7 @@ class KubernetesBackend:
         wanted = self.config.gpus
         if not wanted:
             return
-        nodes = (await self._call(self.core.list_node, _preload_content=False)).json()["items"]
+        nodes = raw(await self._call(self.core.list_node, _preload_content=False))["items"]
         most = max(
             (int(((n.get("status") or {}).get("allocatable") or {}).get(objects.GPU, 0)) for n in nodes), default=0
         )
@@ -247,7 +247,7 @@ class KubernetesBackend:
                     objects.PLURAL,
                     body,
                 )
-                return dict(created)
+                return cast(dict[str, Any], created)
             except ApiException as exc:
                 if exc.status != 409:
                     raise
@@ -258,7 +258,8 @@ class KubernetesBackend:
     async def _owner_of(self, job: JobSpec) -> dict[str, Any]:
         owner = self._owners.get(job.job_id)
         if owner is None:  # after a restart: the ComputeJob the previous engine created
-            owner = dict(
+            owner = cast(
+                dict[str, Any],
                 await self._call(
                     self.custom.get_namespaced_custom_object,
                     objects.GROUP,
@@ -266,7 +267,7 @@ class KubernetesBackend:
                     self.config.namespace,
                     objects.PLURAL,
                     objects.object_name(job.job_id),
-                )
+                ),
             )
             self._owners[job.job_id] = owner
         if self._tokens.get(job.job_id) != job.token:  # a restarted engine gave the job a new token
@@ -377,7 +378,7 @@ class KubernetesBackend:
             if exc.status not in (400, 404):  # never started, or gone
                 log.warning("job %s: could not read the algorithm's log: %s", job.job_id, exc.reason)
             return
-        await asyncio.to_thread(_write_log, job.data_root / "logs" / "algorithm.log", response.data[:limit])
+        await asyncio.to_thread(_write_log, job.data_root / "logs" / "algorithm.log", cast(Any, response).data[:limit])
 
     # -- the end ----------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import kubernetes.client
 import urllib3
@@ -24,6 +24,11 @@ from kubernetes.client.rest import ApiException
 
 log = logging.getLogger("c2d.engine.kubernetes")
 Pod = dict[str, Any]
+
+
+def raw(response: object) -> Any:
+    """The JSON of an answer read with _preload_content=False (typed as the model it would be)."""
+    return cast(Any, response).json()
 
 
 class PodWatch:
@@ -59,9 +64,11 @@ class PodWatch:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _list(self) -> str:
-        listed = self.core.list_namespaced_pod(
-            self.namespace, label_selector=self.selector, _preload_content=False, _request_timeout=30
-        ).json()
+        listed = raw(
+            self.core.list_namespaced_pod(
+                self.namespace, label_selector=self.selector, _preload_content=False, _request_timeout=30
+            )
+        )
         self.lists += 1
         self._post(self._on_list, listed["items"])
         self._loop.call_soon_threadsafe(self.listed.set)
