@@ -15,12 +15,13 @@ convention for a process's environment).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
@@ -95,6 +96,23 @@ class JobAgent:
         """The published results' manifest, and the results asset's DID when one was registered."""
         request = job_agent_pb2.ReportResultsRequest(job_id=self._job_id, results=results, results_did=results_did)
         await self._stub.ReportResults(request, metadata=self._metadata)
+
+    async def fetch_algorithm_log(self, path: Path) -> int:
+        """The algorithm's log as the engine holds it, written to `path` (replacing whatever
+        is there, never through a link the algorithm left); the bytes written."""
+        request = job_agent_pb2.GetAlgorithmLogRequest(job_id=self._job_id)
+        written = 0
+        with await asyncio.to_thread(_fresh_file, path) as f:
+            async for chunk in self._stub.GetAlgorithmLog(request, metadata=self._metadata):
+                f.write(chunk.data)
+                written += len(chunk.data)
+        return written
+
+
+def _fresh_file(path: Path) -> BinaryIO:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # whatever the algorithm left under that name, a link included
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb")
 
 
 def channel_key() -> tuple[str, ...]:

@@ -5,14 +5,17 @@ engine in this process configured through a kubeconfig."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import kubernetes.client
 
+from c2d.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.operator_engine.backends.kubernetes.objects import JOB_LABEL
 from testkit import kube
 from testkit.kube import manifests
@@ -79,6 +82,18 @@ def cluster(root: Path, *, gpus: int = 0, rbac: bool = True, **server: Any) -> I
             yield Cluster(api, kubelet, kubeconfig)
 
 
+async def wait_for_environment(address: str) -> None:
+    """Until the provider lists the engine's environment (with the engine's first heartbeat)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = provider_pb2_grpc.ProviderServiceStub(channel)
+        for _ in range(200):
+            envs = (await stub.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())).environments
+            if any(e.available for e in envs):
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("the engine's environment never became available")
+
+
 def engine_settings(c: Cluster, **settings: Any) -> dict[str, Any]:
     return {
         "backend": "kubernetes",
@@ -109,4 +124,14 @@ def created_objects(c: Cluster, since: int = 0) -> list[dict[str, Any]]:
             and isinstance(request.data, dict)
         ):
             bodies.append(request.data)
+    return bodies
+
+
+def status_patches(c: Cluster, since: int = 0) -> list[dict[str, Any]]:
+    """The statuses the engine wrote to ComputeJobs (patches of computejobs/status), in order."""
+    bodies = []
+    for request in c.api.emulator.requests[since:]:
+        described = c.api.emulator.describe(request)
+        if described and described[:3] == ("patch", "c2d.dev", "computejobs/status"):
+            bodies.append(request.data["status"])
     return bodies

@@ -3,15 +3,29 @@ outcomes, stops and cleanup, against the emulated API server and test kubelet.""
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 import pytest
 
 from c2d.common.v1 import common_pb2
+from cli import demo
 from services.operator_engine.backends.kubernetes.objects import object_name
 from services.operator_engine.backends.kubernetes.wiring import USER_AGENT
 from testkit import kube
 from testkit.kube import count, manifests
-from tests.kube.engine_cluster import NAMESPACE, cluster, created_objects, k8s_engine
+from tests.kube.engine_cluster import (
+    NAMESPACE,
+    cluster,
+    created_objects,
+    engine_settings,
+    k8s_engine,
+    status_patches,
+    wait_for_environment,
+)
+from tests.kube.helpers import compute_job
 from tests.operator_engine.engine_harness import gate, release, wait_until, workflow
+from tests.support.stacks import running_stack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -128,3 +142,32 @@ async def test_a_watch_that_gets_410_gone_lists_again_and_misses_nothing(data_di
             ended = await engine.ended(job_id)
             assert ended.status == 70, ended
             assert "released" in (engine.data(job_id) / "logs" / "algorithm.log").read_text()
+
+
+async def test_the_demo_job_reaches_70_through_the_provider_on_kubernetes(data_dir, postgres_url, tmp_path):
+    with cluster(tmp_path) as c:
+        stacks = running_stack(postgres_url, **engine_settings(c))
+        async with contextlib.aclosing(stacks):  # the engine stops before the cluster, even on a failure
+            stack = await anext(stacks)
+            await wait_for_environment(stack.provider_address)
+            outcome = await demo.run_demo(stack.provider_address, tmp_path / "out", say=lambda *_: None)
+            assert outcome["ok"], outcome
+            assert outcome["statuses"][-1] == 70 and outcome["result"] == demo.EXPECTED
+            # The algorithm's log, copied from its pod, is among the results.
+            assert Path(outcome["log"]).read_text() == "processed 4 rows\n"
+            # kubectl get computejobs -w: the job's statuses as it went, ending with its end.
+            shown = status_patches(c)
+            assert [s["status"] for s in shown][-1] == 70
+            assert shown[-1] == {
+                "status": 70,
+                "statusText": "Job finished",
+                "stage": "done",
+                "endReason": "Completed",
+                "errorCode": "",
+                "message": "",
+            }
+            assert {s["stage"] for s in shown[:-1]} <= {"configure", "algorithm", "publish"}
+            schemas = manifests.custom_schemas()
+            for status in shown:
+                manifests.validate({**compute_job("x"), "status": status}, schemas)
+            await wait_until(lambda: not c.owned_by_jobs(), what="the job's objects removed")

@@ -188,7 +188,10 @@ def _read_from(path: Path, offset: int) -> bytes:
 
 
 _AgentRequest = (
-    job_agent_pb2.GetWorkflowRequest | job_agent_pb2.ReportProgressRequest | job_agent_pb2.ReportResultsRequest
+    job_agent_pb2.GetWorkflowRequest
+    | job_agent_pb2.ReportProgressRequest
+    | job_agent_pb2.ReportResultsRequest
+    | job_agent_pb2.GetAlgorithmLogRequest
 )
 
 
@@ -248,3 +251,15 @@ class JobAgentServicer(job_agent_pb2_grpc.JobAgentServiceServicer):
         run = self._run(request, context)
         self._orchestrator.record_results(run, convert.manifest_to_json(request.results), request.results_did)
         return job_agent_pb2.ReportResultsResponse()
+
+    async def GetAlgorithmLog(
+        self,
+        request: job_agent_pb2.GetAlgorithmLogRequest,
+        context: StreamContext[job_agent_pb2.GetAlgorithmLogRequest, job_agent_pb2.GetAlgorithmLogResponse],
+    ) -> AsyncIterator[job_agent_pb2.GetAlgorithmLogResponse]:
+        self._run(request, context)
+        path = self._orchestrator.workspace_of(request.job_id) / "data" / "logs" / "algorithm.log"
+        offset = 0
+        while data := await asyncio.to_thread(_read_from, path, offset):
+            yield job_agent_pb2.GetAlgorithmLogResponse(data=data)
+            offset += len(data)

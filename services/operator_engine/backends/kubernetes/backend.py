@@ -42,6 +42,31 @@ T = TypeVar("T")
 # Beyond a stage's timeout, how long the engine waits for the pod's own deadline to show.
 DEADLINE_GRACE_S = 30.0
 REQUEST_TIMEOUT_S = 30
+LOG_DRAIN_S = 10.0
+LOG_READ_TIMEOUT_S = 24 * 3600.0  # a quiet algorithm is no reason to stop following; its end closes the stream
+
+
+@dataclasses.dataclass
+class LogCopy:
+    """The algorithm's log, followed from its pod into the engine's copy (StreamJobLogs reads it)."""
+
+    path: Path
+    limit: int
+    task: asyncio.Future[None] | None = None
+    response: Any = None
+
+    async def finish(self) -> None:
+        """Waits for the copy to reach the log's end (the container has ended), briefly."""
+        if self.task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), LOG_DRAIN_S)
+        except TimeoutError:
+            log.warning("the algorithm's log did not end %g s after its pod: copy cut short", LOG_DRAIN_S)
+            if self.response is not None:
+                self.response.close()
+        except Exception:
+            log.exception("copying the algorithm's log failed")
 
 
 class ClusterUnfit(RuntimeError):
@@ -78,6 +103,7 @@ class KubernetesBackend:
         self._writers: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._reclaimed: set[str] = set()
+        self._logs_wanted: dict[str, LogCopy] = {}  # algorithm pod -> where its log goes
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -187,6 +213,9 @@ class KubernetesBackend:
                 self._settle(name, "MODIFIED", pod)
 
     def _settle(self, name: str, type_: str, pod: Pod) -> None:
+        copy = self._logs_wanted.get(name)
+        if copy is not None and copy.task is None and outcomes.has_started(pod):
+            copy.task = asyncio.create_task(asyncio.to_thread(self._follow_log, name, copy))
         waiter = self._waiters.get(name)
         if waiter is None or waiter.done():
             return
@@ -316,8 +345,13 @@ class KubernetesBackend:
         owner = await self._owner_of(job)
         name = job_objects.pod_name("algorithm")
         started = time.monotonic()
-        exit_ = await self._run(name, job_objects.algorithm_pod(owner, capacity), job.algorithm_timeout_s)
-        await self._copy_log(name, job, capacity.log_max_bytes)
+        # Its log is followed into the engine's copy from the moment its container starts.
+        self._logs_wanted[name] = LogCopy(job.data_root / "logs" / "algorithm.log", capacity.log_max_bytes)
+        try:
+            exit_ = await self._run(name, job_objects.algorithm_pod(owner, capacity), job.algorithm_timeout_s)
+        finally:
+            copy = self._logs_wanted.pop(name)
+        await copy.finish()
         return StageExit(
             exit_.exit_code,
             timed_out=exit_.timed_out,
@@ -364,21 +398,30 @@ class KubernetesBackend:
             if exc.status != 404:
                 log.warning("could not delete pod %s: %s", name, exc.reason)
 
-    async def _copy_log(self, name: str, job: JobSpec, limit: int) -> None:
-        """The algorithm's stdout and stderr, from the pod, before anything removes it."""
+    def _follow_log(self, name: str, copy: LogCopy) -> None:
+        """In a worker thread: the pod's log as it is written (pods/log, follow), up to the cap."""
         try:
-            response = await self._call(
-                self.core.read_namespaced_pod_log,
+            response: Any = self.core.read_namespaced_pod_log(
                 name,
                 self.config.namespace,
-                limit_bytes=limit,
+                follow=True,
+                limit_bytes=copy.limit,
                 _preload_content=False,
+                _request_timeout=(REQUEST_TIMEOUT_S, LOG_READ_TIMEOUT_S),
             )
         except ApiException as exc:
-            if exc.status not in (400, 404):  # never started, or gone
-                log.warning("job %s: could not read the algorithm's log: %s", job.job_id, exc.reason)
+            log.warning("could not follow the log of pod %s: %s", name, exc.reason)
             return
-        await asyncio.to_thread(_write_log, job.data_root / "logs" / "algorithm.log", cast(Any, response).data[:limit])
+        copy.response = response
+        written = 0
+        with copy.path.open("wb") as f:
+            for chunk in response.stream(64 * 1024):
+                f.write(chunk[: copy.limit - written])
+                f.flush()
+                written += len(chunk)
+                if written >= copy.limit:
+                    break
+        response.release_conn()
 
     # -- the end ----------------------------------------------------------------------------------
 

@@ -301,6 +301,8 @@ class JobObjects:
             "TRACEPARENT": self.job.trace_parent,
             "TMPDIR": "/scratch",
         }
+        if stage == "publish":
+            env["C2D_FETCH_ALGORITHM_LOG"] = "1"  # the engine's copy of the algorithm's log joins the results
         container = {
             "name": stage,
             "image": image,

@@ -71,3 +71,9 @@ def stage_exit(event: str, pod: Mapping[str, Any], deleting: bool = False) -> St
 def termination_message(pod: Mapping[str, Any]) -> str:
     """The container's termination message (its log's tail when it failed: FallbackToLogsOnError)."""
     return str((_container_state(pod).get("terminated") or {}).get("message", ""))
+
+
+def has_started(pod: Mapping[str, Any]) -> bool:
+    """Its container runs or ran: it has a log to follow."""
+    state = _container_state(pod)
+    return "running" in state or "terminated" in state
