@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import sys
 from pathlib import Path
 
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_pb2_grpc
@@ -19,7 +20,7 @@ from plumbing.server import (
     start_server,
 )
 from services.operator_engine.api.servicers import EngineServicer, JobAgentServicer
-from services.operator_engine.backends.kubernetes.backend import KubernetesBackend
+from services.operator_engine.backends.kubernetes.backend import ClusterUnfit, KubernetesBackend
 from services.operator_engine.backends.kubernetes.wiring import MirroredEventLog, make_backend
 from services.operator_engine.backends.local.backend import LocalBackend
 from services.operator_engine.backends.local.pod_launcher import make_launcher
@@ -158,7 +159,11 @@ def main() -> None:
         running = await start(config)
         await serve_until_signalled(running, "operator-engine")
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except ClusterUnfit as exc:  # a configuration to fix, not a crash: the reason, without a traceback
+        log.error("operator-engine refuses to start: %s", exc)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

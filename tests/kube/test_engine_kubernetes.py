@@ -6,10 +6,13 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import grpc
 import pytest
 
 from c2d.common.v1 import common_pb2
 from cli import demo
+from plumbing.grpc_errors import bad_request_fields
+from services.operator_engine.backends.kubernetes.backend import ClusterUnfit
 from services.operator_engine.backends.kubernetes.objects import object_name
 from services.operator_engine.backends.kubernetes.wiring import USER_AGENT
 from testkit import kube
@@ -171,3 +174,37 @@ async def test_the_demo_job_reaches_70_through_the_provider_on_kubernetes(data_d
             for status in shown:
                 manifests.validate({**compute_job("x"), "status": status}, schemas)
             await wait_until(lambda: not c.owned_by_jobs(), what="the job's objects removed")
+
+
+@pytest.mark.parametrize(
+    ("settings", "rbac", "message"),
+    [
+        ({"gpus": 1}, True, "asks for 1 GPU(s) per job but no node of the cluster offers that many nvidia.com/gpu"),
+        ({"k8s_storage_class": "fast-ssd"}, True, "storage class 'fast-ssd' does not exist on the cluster"),
+        ({"k8s_storage_class": ""}, False, "the engine cannot create objects in namespace 'c2d' (403"),
+        ({}, False, "the engine may not read storage class 'standard' (403"),
+        ({"k8s_namespace": "elsewhere"}, True, "the engine cannot create objects in namespace 'elsewhere'"),
+        ({"k8s_node_selector": "gpu"}, True, "C2D_ENGINE_K8S_NODE_SELECTOR='gpu' is not JSON"),
+    ],
+)
+async def test_an_engine_the_cluster_cannot_serve_refuses_to_start(
+    data_dir, postgres_url, tmp_path, settings, rbac, message
+):
+    with cluster(tmp_path, rbac=rbac) as c:
+        with pytest.raises(ClusterUnfit) as refused:
+            async with k8s_engine(c, postgres_url, tmp_path / "ws", **settings):
+                pass
+        assert message in str(refused.value)
+        assert not c.owned_by_jobs()
+
+
+async def test_an_invalid_image_reference_is_refused_at_submit(data_dir, postgres_url, tmp_path):
+    with cluster(tmp_path) as c:
+        async with k8s_engine(c, postgres_url, tmp_path / "ws") as engine:
+            for image, field in (("Not/Valid", "image"), ("python@sha256:nothex", "image")):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await engine.submit(workflow("print(1)", image=image))
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "cannot run on Kubernetes" in str(refused.value.details())
+                assert bad_request_fields(refused.value) == [f"workflow.container.{field}"]
+            assert not c.owned_by_jobs()

@@ -156,13 +156,16 @@ class KubernetesBackend:
                     f"storage class {name!r} does not exist on the cluster: set C2D_ENGINE_K8S_STORAGE_CLASS to "
                     "one `kubectl get storageclass` lists, or empty for the cluster's default"
                 ) from None
-            raise
+            raise _refused(exc, f"read storage class {name!r}") from None
 
     async def _check_gpus(self) -> None:
         wanted = self.config.gpus
         if not wanted:
             return
-        nodes = raw(await self._call(self.core.list_node, _preload_content=False))["items"]
+        try:
+            nodes = raw(await self._call(self.core.list_node, _preload_content=False))["items"]
+        except ApiException as exc:
+            raise _refused(exc, "list the cluster's nodes (to find GPUs)") from None
         most = max(
             (int(((n.get("status") or {}).get("allocatable") or {}).get(objects.GPU, 0)) for n in nodes), default=0
         )
@@ -480,6 +483,16 @@ class KubernetesBackend:
     async def remove(self, job_id: str, workspace: Path) -> None:
         await self._delete_owner(objects.object_name(job_id))
         await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
+
+
+def _refused(exc: ApiException, what: str) -> Exception:
+    """A start-up check the API refused: ClusterUnfit when the engine's identity lacks a right."""
+    if exc.status in (401, 403):
+        return ClusterUnfit(
+            f"the engine may not {what} ({exc.status} {exc.reason}): apply the ClusterRole and "
+            "ClusterRoleBinding of deploy/base/engine-rbac.yaml for the engine's ServiceAccount"
+        )
+    return exc
 
 
 def _fresh_workspace(job: JobSpec) -> None:

@@ -67,10 +67,11 @@ class ImageRefused(ValueError):
 
 def image_reference(image: str, tag: str = "", checksum: str = "") -> str:
     """`image@sha256:...` when the DDO pins a digest, else `image:tag` (or the image as given)."""
-    name, inline_tag = image, ""
+    name, inline_tag, checksum_part = image, "", "checksum"
     if "@" in name:
         name, inline_digest = name.split("@", 1)
-        checksum = checksum or inline_digest
+        if not checksum:
+            checksum, checksum_part = inline_digest, "image"
     last = name.rsplit("/", 1)[-1]
     if ":" in last:
         name, inline_tag = name[: len(name) - len(last)] + last.split(":", 1)[0], last.split(":", 1)[1]
@@ -79,7 +80,9 @@ def image_reference(image: str, tag: str = "", checksum: str = "") -> str:
         raise ImageRefused(f"{image!r} is not a valid image name (e.g. docker.io/library/python)", "image")
     if checksum:
         if not _DIGEST.fullmatch(checksum):
-            raise ImageRefused(f"checksum {checksum!r} is not an image digest (sha256: and 64 hex digits)", "checksum")
+            raise ImageRefused(
+                f"checksum {checksum!r} is not an image digest (sha256: and 64 hex digits)", checksum_part
+            )
         return f"{name}@{checksum}"
     if tag and not _TAG.fullmatch(tag):
         raise ImageRefused(f"tag {tag!r} is not a valid image tag", "tag")
