@@ -132,8 +132,12 @@ async def start(config: EngineSettings) -> RunningServer:
             raise
     orchestrator.environment = _described(environment, orchestrator.backend.describe())
     await orchestrator.start()
+    if isinstance(backend, KubernetesBackend):
+        await backend.sweep_orphans(orchestrator.is_active)
 
     async def shutdown() -> None:
+        if isinstance(backend, KubernetesBackend):
+            backend.detach()
         await orchestrator.close()
         await backend.close()
         await events.close()

@@ -7,13 +7,14 @@ import contextlib
 from pathlib import Path
 
 import grpc
+import kubernetes.client
 import pytest
 
 from c2d.common.v1 import common_pb2
 from cli import demo
 from plumbing.grpc_errors import bad_request_fields
 from services.operator_engine.backends.kubernetes.backend import ClusterUnfit
-from services.operator_engine.backends.kubernetes.objects import object_name
+from services.operator_engine.backends.kubernetes.objects import JOB_ID_ANNOTATION, object_name
 from services.operator_engine.backends.kubernetes.wiring import USER_AGENT
 from testkit import kube
 from testkit.kube import count, manifests
@@ -26,7 +27,8 @@ from tests.kube.engine_cluster import (
     status_patches,
     wait_for_environment,
 )
-from tests.kube.helpers import compute_job
+from tests.kube.helpers import compute_job, owner_reference, pod
+from tests.kube.test_manifests import ENGINE_CALLS
 from tests.operator_engine.engine_harness import gate, release, wait_until, workflow
 from tests.support.stacks import running_stack
 
@@ -59,6 +61,16 @@ async def test_a_job_reaches_70_with_valid_objects_and_leaves_nothing(data_dir, 
             log = (engine.data(job_id) / "logs" / "algorithm.log").read_text()
             assert "hello from the pod" in log
             await wait_until(lambda: not c.owned_by_jobs(), what="the job's objects removed")
+
+
+def orphan_labels(job_id: str) -> dict[str, str]:
+    """The labels the engine (id "local", the default) puts on its job's pods."""
+    return {
+        "app.kubernetes.io/managed-by": "c2d-operator-engine",
+        "c2d.dev/engine": "local",
+        "c2d.dev/job": object_name(job_id),
+        "c2d.dev/stage": "algorithm",
+    }
 
 
 def plan_for(c, job_id: str, stage: str, scenario) -> None:  # type: ignore[no-untyped-def]
@@ -208,3 +220,51 @@ async def test_an_invalid_image_reference_is_refused_at_submit(data_dir, postgre
                 assert "cannot run on Kubernetes" in str(refused.value.details())
                 assert bad_request_fields(refused.value) == [f"workflow.container.{field}"]
             assert not c.owned_by_jobs()
+
+
+async def test_a_restarted_engine_follows_surviving_pods_fails_lost_ones_and_deletes_orphans(
+    data_dir, postgres_url, tmp_path
+):
+    with cluster(tmp_path) as c:
+        core = kubernetes.client.CoreV1Api(c.api.api_client())
+        async with k8s_engine(c, postgres_url, tmp_path / "ws") as engine:
+            for job_id in ("survive", "vanish"):
+                await engine.submit(workflow(gate() + "print('after the restart')\n"), job_id=job_id)
+            for job_id in ("survive", "vanish"):
+                await engine.reached(job_id, 40)
+        # The engine is gone; its algorithm pods run on. Meanwhile one of them is deleted,
+        # and a pod of a job no engine knows appears.
+        assert c.pod_phase(f"{object_name('survive')}-algorithm") == "Running"
+        core.delete_namespaced_pod(f"{object_name('vanish')}-algorithm", NAMESPACE, grace_period_seconds=0)
+        c.kubelet.plan(kube.Hang(), name=f"{object_name('stranger')}-algorithm")
+        orphan_job = compute_job(object_name("stranger"), "stranger")
+        orphan_job["metadata"]["namespace"] = NAMESPACE
+        (owner,) = c.api.apply([orphan_job])
+        stranger = pod(f"{object_name('stranger')}-algorithm", ["sleep", "60"], labels=dict(orphan_labels("stranger")))
+        stranger["metadata"] |= {
+            "namespace": NAMESPACE,
+            "annotations": {JOB_ID_ANNOTATION: "stranger"},
+            "ownerReferences": [owner_reference(owner)],
+        }
+        c.api.apply([stranger])
+        await wait_until(lambda: c.pod_phase(f"{object_name('vanish')}-algorithm") == "", what="the pod deleted")
+
+        async with k8s_engine(c, postgres_url, tmp_path / "ws") as engine:
+            await wait_until(
+                lambda: not any("stranger" in name for name in c.owned_by_jobs()), what="the orphan deleted"
+            )
+            vanished = await engine.ended("vanish")
+            assert (vanished.status, vanished.error_code) == (41, "engine_restarted")
+            assert vanished.error_message == "engine restarted during algorithm"
+            release(c.kubelet.claim_path(NAMESPACE, object_name("survive")))
+            survived = await engine.ended("survive")
+            assert survived.status == 70, survived
+            statuses = [ch.status for ch in await engine.history("survive")]
+            assert statuses == [10, 20, 30, 40, 60, 70]  # the algorithm was followed, not run again
+            assert "after the restart" in (engine.data("survive") / "logs" / "algorithm.log").read_text()
+            await wait_until(lambda: not c.owned_by_jobs(), what="every job's objects removed")
+            # The engine's Role grants what it used here, no more (computejobs/finalizers: for the
+            # admission plugin that checks blockOwnerDeletion, which the emulator does not run).
+            calls = c.api.calls(user_agent=USER_AGENT)
+            namespaced = {(call.group, call.resource, call.verb) for call in calls if call.namespace}
+            assert namespaced | {("c2d.dev", "computejobs/finalizers", "update")} == ENGINE_CALLS

@@ -30,6 +30,9 @@ class NoopBackend:
     def reclaim(self, job: JobSpec) -> None:
         return None
 
+    def outlived_restart(self, job: JobSpec, stage: Stage) -> bool:
+        return False  # its processes die with the engine
+
     async def prepare(self, job: JobSpec) -> None:
         return None  # no stage writes anything
 

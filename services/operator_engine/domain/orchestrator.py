@@ -117,7 +117,12 @@ class Orchestrator:
             interrupted = self._stage_named.get(run.stage)
             if stored.stop_requested:
                 await self._end(run, stages.STOPPED)
-            elif interrupted and run.status == interrupted.running and not interrupted.rerun_after_restart:
+            elif (
+                interrupted
+                and run.status == interrupted.running
+                and not interrupted.rerun_after_restart
+                and not self.backend.outlived_restart(spec, interrupted)
+            ):
                 await self._end(run, stages.engine_restarted(interrupted))
             elif run.status == Status.WARMING_UP:
                 self._queue.append(job_id)

@@ -75,6 +75,10 @@ class Backend(Protocol):
     def reclaim(self, job: JobSpec) -> None:
         """At start-up: frees what a run of the job left when the previous engine died."""
 
+    def outlived_restart(self, job: JobSpec, stage: Stage) -> bool:
+        """At start-up: the stage's run survived the previous engine (a pod still
+        running), so it can be followed to its end instead of failing the job."""
+
     async def prepare(self, job: JobSpec) -> None:
         """Gives the job an empty workspace (for a stage that starts clean)."""
 

@@ -16,6 +16,7 @@ The official client blocks: every call runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import logging
@@ -104,6 +105,8 @@ class KubernetesBackend:
         self._background: set[asyncio.Task[None]] = set()
         self._reclaimed: set[str] = set()
         self._logs_wanted: dict[str, LogCopy] = {}  # algorithm pod -> where its log goes
+        self._detached = False
+        self._gone_waiters: dict[str, asyncio.Future[None]] = {}  # pods awaited to disappear
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -202,18 +205,25 @@ class KubernetesBackend:
         name = pod["metadata"]["name"]
         if type_ == "DELETED":
             self._pods.pop(name, None)
+            self._freed(name)
         else:
             self._pods[name] = pod
         self._settle(name, type_, pod)
 
     def _on_list(self, pods: list[Pod]) -> None:
         self._pods = {pod["metadata"]["name"]: pod for pod in pods}
+        for name in [n for n in self._gone_waiters if n not in self._pods]:
+            self._freed(name)
         for name in list(self._waiters):
             pod = self._pods.get(name)
             if pod is None:  # gone while no watch ran
                 self._settle(name, "DELETED", {"metadata": {"name": name}})
             else:
                 self._settle(name, "MODIFIED", pod)
+
+    def _freed(self, name: str) -> None:
+        if (gone := self._gone_waiters.get(name)) is not None and not gone.done():
+            gone.set_result(None)
 
     def _settle(self, name: str, type_: str, pod: Pod) -> None:
         copy = self._logs_wanted.get(name)
@@ -243,6 +253,34 @@ class KubernetesBackend:
 
     def reclaim(self, job: JobSpec) -> None:
         self._reclaimed.add(job.job_id)
+
+    def outlived_restart(self, job: JobSpec, stage: Stage) -> bool:
+        pod = self._pods.get(JobObjects(self.config, job).pod_name(stage.name or "algorithm"))
+        return pod is not None and outcomes.stage_exit("MODIFIED", pod) is None
+
+    def detach(self) -> None:
+        """The engine is shutting down, not stopping jobs: the stages it cancels keep their
+        pods, which the next engine follows (outlived_restart)."""
+        self._detached = True
+
+    async def sweep_orphans(self, is_active: Callable[[str], bool]) -> list[str]:
+        """At start-up, after recovery: deletes (with everything it owns) the ComputeJob of
+        every pod whose job this engine does not hold; the job ids swept."""
+        orphans = sorted(
+            {
+                job_id
+                for pod in self._pods.values()
+                if not is_active(job_id := pod["metadata"].get("annotations", {}).get(objects.JOB_ID_ANNOTATION, ""))
+            }
+        )
+        for job_id in orphans:
+            log.warning("job %s: its pods outlived the job (not in this engine's log); deleting them", job_id)
+            if job_id:
+                await self._delete_owner(objects.object_name(job_id))
+        for name, pod in list(self._pods.items()):
+            if pod["metadata"].get("annotations", {}).get(objects.JOB_ID_ANNOTATION, "") in orphans:
+                await self._delete_pod(name)  # a pod without an owner is not collected
+        return orphans
 
     async def prepare(self, job: JobSpec) -> None:
         await asyncio.to_thread(_fresh_workspace, job)
@@ -307,7 +345,7 @@ class KubernetesBackend:
                 self.core.patch_namespaced_secret,
                 objects.object_name(job.job_id),
                 self.config.namespace,
-                {"stringData": {objects.TOKEN_KEY: job.token}},
+                {"data": {objects.TOKEN_KEY: base64.b64encode(job.token.encode()).decode()}},
                 _preload_content=False,
             )
             self._tokens[job.job_id] = job.token
@@ -337,6 +375,9 @@ class KubernetesBackend:
         owner = await self._owner_of(job)
         timeout_s = stage.timeout_for(job)
         name = job_objects.pod_name(stage.name)
+        if name in self._pods:  # an earlier engine's, with the token it gave: this run starts over
+            await self._delete_pod(name)
+            await self._gone(name)
         exit_ = await self._run(name, job_objects.pod_program(owner, stage.name, timeout_s), timeout_s)
         # The termination message is the tail of a failed pod's log: the operator's, kept past the pod.
         if message := outcomes.termination_message(self._pods.get(name, {})):
@@ -383,10 +424,21 @@ class KubernetesBackend:
             await self._delete_pod(name)
             return StageExit(None, timed_out=True, detail=f"the pod did not end within {timeout_s:g} s")
         except asyncio.CancelledError:
-            await self._delete_pod(name)
+            if not self._detached:  # a stop; an engine shutting down leaves the pod to its successor
+                await self._delete_pod(name)
             raise
         finally:
             self._waiters.pop(name, None)
+
+    async def _gone(self, name: str) -> None:
+        """Until the watch saw the pod go (its name is then free again)."""
+        if name not in self._pods:
+            return
+        gone = self._gone_waiters.setdefault(name, asyncio.get_running_loop().create_future())
+        try:
+            await asyncio.wait_for(asyncio.shield(gone), REQUEST_TIMEOUT_S)
+        finally:
+            self._gone_waiters.pop(name, None)
 
     async def _delete_pod(self, name: str) -> None:
         try:

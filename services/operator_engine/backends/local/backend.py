@@ -87,6 +87,9 @@ class LocalBackend:
         # Only this job's cgroups: other engines on the host may be creating theirs.
         cgroups.sweep_empty(cgroups.detect(), prefix=cgroups.cgroup_name(job.job_id))
 
+    def outlived_restart(self, job: JobSpec, stage: Stage) -> bool:
+        return False  # its processes die with the engine
+
     async def prepare(self, job: JobSpec) -> None:
         await asyncio.to_thread(_fresh_workspace, job)  # file system calls stay off the event loop
 
