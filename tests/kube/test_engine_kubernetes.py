@@ -11,6 +11,7 @@ import kubernetes.client
 import pytest
 
 from c2d.common.v1 import common_pb2
+from c2d.engine.v1 import engine_pb2
 from cli import demo
 from plumbing.grpc_errors import bad_request_fields
 from services.operator_engine.backends.kubernetes.backend import ClusterUnfit
@@ -268,3 +269,26 @@ async def test_a_restarted_engine_follows_surviving_pods_fails_lost_ones_and_del
             calls = c.api.calls(user_agent=USER_AGENT)
             namespaced = {(call.group, call.resource, call.verb) for call in calls if call.namespace}
             assert namespaced | {("c2d.dev", "computejobs/finalizers", "update")} == ENGINE_CALLS
+
+
+async def test_stream_job_logs_follows_the_algorithm_pod_while_it_runs(data_dir, postgres_url, tmp_path):
+    code = "import sys\nprint('first line', flush=True)\n" + gate() + "print('last line')\n"
+    with cluster(tmp_path) as c:
+        async with k8s_engine(c, postgres_url, tmp_path / "ws") as engine:
+            job_id = await engine.submit(workflow(code), job_id="follow")
+            await engine.reached(job_id, 40)
+            call = engine.stub.StreamJobLogs(
+                engine_pb2.StreamJobLogsRequest(job_id=job_id, follow=True), metadata=engine.metadata
+            )
+            received = b""
+            async for chunk in call:
+                received += chunk.data
+                if b"first line" in received:
+                    break
+            assert received.startswith(b"first line")  # while the pod runs, before its end
+            assert (await engine.history(job_id, lambda ch: ch.status == 40))[-1].status == 40
+            release(c.kubelet.claim_path(NAMESPACE, object_name(job_id)))
+            async for chunk in call:
+                received += chunk.data
+            assert received == b"first line\nlast line\n"
+            assert (await engine.ended(job_id)).status == 70
