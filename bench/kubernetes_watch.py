@@ -43,7 +43,6 @@ sys.path.insert(0, str(ROOT))
 from bench.control_plane import AppliedClock, percentile, wait_count
 from plumbing import auth
 from services.operator_engine import server as engine_server
-from services.operator_engine.backends.kubernetes.backend import KubernetesBackend
 from services.operator_engine.backends.kubernetes.wiring import USER_AGENT
 from services.operator_engine.settings import EngineSettings
 from services.operator_service import server as operator_server
