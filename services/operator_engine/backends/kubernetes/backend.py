@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import logging
 import shutil
 import time
@@ -44,6 +46,8 @@ T = TypeVar("T")
 DEADLINE_GRACE_S = 30.0
 REQUEST_TIMEOUT_S = 30
 LOG_DRAIN_S = 10.0
+API_THREADS = 16
+LOG_FOLLOWERS = 1024  # threads made as needed: one per running algorithm
 LOG_READ_TIMEOUT_S = 24 * 3600.0  # a quiet algorithm is no reason to stop following; its end closes the stream
 
 
@@ -106,6 +110,10 @@ class KubernetesBackend:
         self._reclaimed: set[str] = set()
         self._logs_wanted: dict[str, LogCopy] = {}  # algorithm pod -> where its log goes
         self._detached = False
+        # API calls get threads of their own: the loop's default pool is small (cores + 4),
+        # and a log follower holds a thread as long as its algorithm runs (it gets its own).
+        self._api_threads = concurrent.futures.ThreadPoolExecutor(API_THREADS, thread_name_prefix="k8s-api")
+        self._log_threads = concurrent.futures.ThreadPoolExecutor(LOG_FOLLOWERS, thread_name_prefix="k8s-log")
         self._gone_waiters: dict[str, asyncio.Future[None]] = {}  # pods awaited to disappear
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -136,6 +144,8 @@ class KubernetesBackend:
         await asyncio.gather(*self._writers.values(), *self._background, return_exceptions=True)
         if self.watch is not None:
             self.watch.stop()
+        self._api_threads.shutdown(wait=False)
+        self._log_threads.shutdown(wait=False)
 
     def describe(self) -> str:
         gpus = f", {self.config.gpus} GPU(s) per job" if self.config.gpus else ""
@@ -145,7 +155,8 @@ class KubernetesBackend:
         )
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await asyncio.to_thread(fn, *args, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
+        call = functools.partial(fn, *args, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._api_threads, call)
 
     async def _check_storage_class(self) -> None:
         name = self.config.storage_class
@@ -228,7 +239,8 @@ class KubernetesBackend:
     def _settle(self, name: str, type_: str, pod: Pod) -> None:
         copy = self._logs_wanted.get(name)
         if copy is not None and copy.task is None and outcomes.has_started(pod):
-            copy.task = asyncio.create_task(asyncio.to_thread(self._follow_log, name, copy))
+            loop = asyncio.get_running_loop()
+            copy.task = loop.run_in_executor(self._log_threads, self._follow_log, name, copy)
         waiter = self._waiters.get(name)
         if waiter is None or waiter.done():
             return
