@@ -27,7 +27,7 @@ def config(**changes) -> ClusterConfig:  # type: ignore[no-untyped-def]
         pod_config_image="c2d-pod-config:dev",
         pod_publish_image="c2d-pod-publish:dev",
         blocked_cidrs=BLOCKED,
-        pod_environment={"C2D_STORAGE_KIND": "local"},
+        pod_environment={"C2D_STORAGE_KIND": "local", "C2D_STORAGE_S3_SECRET_KEY": "s3-secret-value"},
         **changes,
     )
 
@@ -151,8 +151,8 @@ def test_pod_programs_get_the_token_as_a_read_only_file_never_as_a_variable(stag
     pod = JobObjects(config(), job()).pod_program(OWNER, stage, 600.2)
     spec = pod["spec"]
     (container,) = spec["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
-    assert TOKEN not in env.values() and "C2D_JOB_TOKEN" not in env
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert TOKEN not in repr(pod) and "C2D_JOB_TOKEN" not in env
     assert env["C2D_JOB_TOKEN_FILE"] == "/var/run/c2d/token"
     assert env["C2D_STORAGE_KIND"] == "local" and env["C2D_AGENT_ADDRESS"] == "c2d-operator-engine:50053"
     token_volume = next(v for v in spec["volumes"] if v["name"] == "token")
@@ -232,3 +232,18 @@ def test_names_are_dns_labels_and_distinct_for_distinct_ids():
     names = {objects.object_name(job_id) for job_id in ("Job_1", "job-1", "JOB_1", "a" * 64)}
     assert len(names) == 4
     assert all(len(n) <= 63 and n == n.lower() and n[0].isalnum() for n in names)
+
+
+@pytest.mark.parametrize("stage", ["configure", "publish"])
+def test_credentials_the_pod_programs_inherit_come_from_the_job_secret(stage):
+    o = JobObjects(config(), job())
+    pod = o.pod_program(OWNER, stage, 600)
+    assert "s3-secret-value" not in repr(pod)
+    (container,) = pod["spec"]["containers"]
+    variable = next(e for e in container["env"] if e["name"] == "C2D_STORAGE_S3_SECRET_KEY")
+    assert variable == {
+        "name": "C2D_STORAGE_S3_SECRET_KEY",
+        "valueFrom": {"secretKeyRef": {"name": o.name, "key": "C2D_STORAGE_S3_SECRET_KEY"}},
+    }
+    assert o.secret(OWNER)["stringData"] == {"token": TOKEN, "C2D_STORAGE_S3_SECRET_KEY": "s3-secret-value"}
+    assert "s3-secret-value" not in repr(o.algorithm_pod(OWNER, CAPACITY))

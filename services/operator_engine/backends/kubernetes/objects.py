@@ -54,6 +54,7 @@ _REPOSITORY = re.compile(
 )
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_CREDENTIAL_WORDS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "_KEY", "CREDENTIAL")
 _LABEL_VALUE = re.compile(r"[^a-z0-9-]+")
 
 
@@ -98,6 +99,12 @@ def algorithm_command(entrypoint: str) -> list[str]:
     if not any("$ALGO" in word for word in words):
         raise ImageRefused("the entrypoint must contain $ALGO", "entrypoint")
     return [word.replace("$ALGO", ALGORITHM_PATH) for word in words]
+
+
+def is_credential(setting: str) -> bool:
+    """A setting the pod programs inherit that is a secret: it reaches them from the
+    job's Secret, never as a value in the pod's spec (which many may read)."""
+    return any(word in setting for word in _CREDENTIAL_WORDS)
 
 
 def object_name(job_id: str) -> str:
@@ -271,8 +278,12 @@ class JobObjects:
             "metadata": self._metadata(self.name, owner),
             "type": "Opaque",
             "immutable": False,  # rewritten with a new token when an engine restart re-runs a stage
-            "stringData": {TOKEN_KEY: self.job.token},
+            # The token, and the pod programs' settings that are credentials (S3 keys...).
+            "stringData": {TOKEN_KEY: self.job.token, **self._credentials()},
         }
+
+    def _credentials(self) -> dict[str, str]:
+        return {name: value for name, value in self.config.pod_environment.items() if is_credential(name)}
 
     def algorithm_policy(self, owner: Mapping[str, Any]) -> dict[str, Any]:
         """No ingress, and no egress at all; a network-allowed job reaches only
@@ -309,7 +320,12 @@ class JobObjects:
         container = {
             "name": stage,
             "image": image,
-            "env": [{"name": key, "value": value} for key, value in env.items()],
+            "env": [
+                {"name": key, "valueFrom": {"secretKeyRef": {"name": self.name, "key": key}}}
+                if key in self._credentials()
+                else {"name": key, "value": value}
+                for key, value in env.items()
+            ],
             "resources": _resources("500m", str(512 << 20)),
             "volumeMounts": [
                 {"name": "data", "mountPath": DATA},
