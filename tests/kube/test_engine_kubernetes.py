@@ -292,3 +292,23 @@ async def test_stream_job_logs_follows_the_algorithm_pod_while_it_runs(data_dir,
                 received += chunk.data
             assert received == b"first line\nlast line\n"
             assert (await engine.ended(job_id)).status == 70
+
+
+async def test_a_link_the_algorithm_plants_as_its_log_is_replaced_not_followed(data_dir, postgres_url, tmp_path):
+    # The algorithm may write /data/logs; pod_publish later writes the engine's copy of the
+    # log there with the whole volume mounted. A link must not carry that write elsewhere.
+    code = (
+        "import os\nprint('the real log', flush=True)\n"
+        "os.symlink('/data/outputs/planted.txt', '/data/logs/algorithm.log')\n"
+    )
+    with cluster(tmp_path) as c:
+        async with k8s_engine(c, postgres_url, tmp_path / "ws") as engine:
+            job_id = await engine.submit(workflow(code), job_id="planted")
+            ended = await engine.ended(job_id)
+            assert ended.status == 70, ended
+            paths = [f.path for f in ended.results.files]
+            assert "planted.txt" not in paths
+            assert not (c.kubelet.claim_path(NAMESPACE, object_name(job_id)) / "outputs" / "planted.txt").exists()
+            log = c.kubelet.claim_path(NAMESPACE, object_name(job_id)) / "logs" / "algorithm.log"
+            assert not log.is_symlink() and log.read_text() == "the real log\n"
+            assert "algorithm.log" in paths
