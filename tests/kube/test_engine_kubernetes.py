@@ -4,6 +4,7 @@ outcomes, stops and cleanup, against the emulated API server and test kubelet.""
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import grpc
@@ -312,3 +313,23 @@ async def test_a_link_the_algorithm_plants_as_its_log_is_replaced_not_followed(d
             log = c.kubelet.claim_path(NAMESPACE, object_name(job_id)) / "logs" / "algorithm.log"
             assert not log.is_symlink() and log.read_text() == "the real log\n"
             assert "algorithm.log" in paths
+
+
+async def test_more_running_algorithms_than_the_loops_default_threads_do_not_starve_the_engine(
+    data_dir, postgres_url, tmp_path
+):
+    # Each running algorithm's log is followed by a thread for as long as it runs: more of
+    # them than asyncio's default pool holds (cores + 4) must leave the engine's calls free.
+    jobs = [f"many-{n}" for n in range((os.cpu_count() or 1) + 6)]
+    with cluster(tmp_path) as c:
+        async with k8s_engine(c, postgres_url, tmp_path / "ws", max_jobs=len(jobs)) as engine:
+            for job_id in jobs:
+                await engine.submit(workflow(gate() + "print('done')\n"), job_id=job_id)
+            await wait_until(
+                lambda: all(c.pod_phase(f"{object_name(j)}-algorithm") == "Running" for j in jobs),
+                what="every algorithm pod running at once",
+            )
+            for job_id in jobs:
+                release(c.kubelet.claim_path(NAMESPACE, object_name(job_id)))
+            for job_id in jobs:
+                assert (await engine.ended(job_id)).status == 70
