@@ -47,6 +47,7 @@ DEADLINE_GRACE_S = 30.0
 REQUEST_TIMEOUT_S = 30
 LOG_DRAIN_S = 10.0
 API_THREADS = 16
+STATUS_COALESCE_S = 0.1  # a ComputeJob's status may lag the job's by this much, for fewer writes
 LOG_FOLLOWERS = 1024  # threads made as needed: one per running algorithm
 LOG_READ_TIMEOUT_S = 24 * 3600.0  # a quiet algorithm is no reason to stop following; its end closes the stream
 
@@ -515,6 +516,7 @@ class KubernetesBackend:
             writer.add_done_callback(done)
 
     async def _write_status(self, job_id: str) -> None:
+        await asyncio.sleep(STATUS_COALESCE_S)  # changes in quick succession (30 then 40): one write
         while (body := self._desired.pop(job_id, None)) is not None and (owner := self._owners.get(job_id)):
             try:
                 await self._call(
