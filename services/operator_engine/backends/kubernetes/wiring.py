@@ -88,7 +88,7 @@ class MirroredEventLog:
     def __init__(self, events: EventLog, backend: KubernetesBackend) -> None:
         self._events, self._backend = events, backend
 
-    async def append(self, change: StateChange, stage: str | None = None) -> int:
-        sequence = await self._events.append(change, stage)
+    async def append(self, change: StateChange, stage: str | None = None, workflow: bytes | None = None) -> int:
+        sequence = await self._events.append(change, stage, workflow)
         self._backend.mirror(change, stage)
         return sequence
