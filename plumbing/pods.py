@@ -15,12 +15,13 @@ convention for a process's environment).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
@@ -41,12 +42,25 @@ class Pod:
         env = os.environ
         return cls(
             env["C2D_JOB_ID"],
-            env["C2D_JOB_TOKEN"],
+            _token(env),
             env["C2D_AGENT_ADDRESS"],
             Path(env["C2D_DATA_ROOT"]),
             env.get("TRACEPARENT", ""),
             Path(env["C2D_ADMIN_DIR"]) if env.get("C2D_ADMIN_DIR") else None,
         )
+
+
+# The token file a Kubernetes pod reads its token from (a Secret volume): never
+# an environment variable there, which `kubectl describe` and /proc/*/environ show.
+MAX_TOKEN_BYTES = 4096
+
+
+def _token(env: os._Environ[str]) -> str:
+    path = env.get("C2D_JOB_TOKEN_FILE")
+    if path is None:
+        return env["C2D_JOB_TOKEN"]
+    with open(path, "rb") as f:
+        return f.read(MAX_TOKEN_BYTES).decode().strip()
 
 
 # A pod program: does the job's stage over the agent channel; its exit code.
@@ -84,6 +98,23 @@ class JobAgent:
         """The published results' manifest, and the results asset's DID when one was registered."""
         request = job_agent_pb2.ReportResultsRequest(job_id=self._job_id, results=results, results_did=results_did)
         await self._stub.ReportResults(request, metadata=self._metadata)
+
+    async def fetch_algorithm_log(self, path: Path) -> int:
+        """The algorithm's log as the engine holds it, written to `path` (replacing whatever
+        is there, never through a link the algorithm left); the bytes written."""
+        request = job_agent_pb2.GetAlgorithmLogRequest(job_id=self._job_id)
+        written = 0
+        with await asyncio.to_thread(_fresh_file, path) as f:
+            async for chunk in self._stub.GetAlgorithmLog(request, metadata=self._metadata):
+                f.write(chunk.data)
+                written += len(chunk.data)
+        return written
+
+
+def _fresh_file(path: Path) -> BinaryIO:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # whatever the algorithm left under that name, a link included
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb")
 
 
 def channel_key() -> tuple[str, ...]:

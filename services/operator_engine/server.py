@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import sys
 from pathlib import Path
 
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_pb2_grpc
@@ -19,12 +20,15 @@ from plumbing.server import (
     start_server,
 )
 from services.operator_engine.api.servicers import EngineServicer, JobAgentServicer
+from services.operator_engine.backends.kubernetes.backend import ClusterUnfit, KubernetesBackend
+from services.operator_engine.backends.kubernetes.wiring import MirroredEventLog, make_backend
 from services.operator_engine.backends.local.backend import LocalBackend
 from services.operator_engine.backends.local.pod_launcher import make_launcher
 from services.operator_engine.backends.noop import NoopBackend
 from services.operator_engine.domain import stages
 from services.operator_engine.domain.jobs import EnvironmentSpec
 from services.operator_engine.domain.orchestrator import Orchestrator
+from services.operator_engine.domain.ports import EventLog as EventLogPort
 from services.operator_engine.metrics import EngineMetrics, MeasuredEventLog
 from services.operator_engine.persistence.event_log import EventLog
 from services.operator_engine.persistence.jobs import JobTable
@@ -56,17 +60,21 @@ async def start(config: EngineSettings) -> RunningServer:
     workspaces = os.path.abspath(config.workspaces_dir or str(data / "workspaces"))  # noqa: ASYNC240 - no I/O
     os.makedirs(workspaces, exist_ok=True)
 
-    backend: NoopBackend | LocalBackend
+    backend: NoopBackend | LocalBackend | KubernetesBackend
+    pod_env = {k: v for k, v in os.environ.items() if k.startswith(POD_ENV_PREFIXES)}
+    event_log: EventLogPort = events
     if config.backend == "noop":
         backend = NoopBackend()
+    elif config.backend == "kubernetes":
+        backend = make_backend(config, pod_env)
+        event_log = MirroredEventLog(events, backend)
     elif config.backend == "local":
-        pod_env = {k: v for k, v in os.environ.items() if k.startswith(POD_ENV_PREFIXES)}
         pod_env.setdefault("C2D_DATA_DIR", str(data))
         backend = LocalBackend(
             config.agent_address, pod_env, use_sandbox=config.sandbox, launcher=make_launcher(config.pod_launcher)
         )
     else:
-        raise ValueError(f"C2D_ENGINE_BACKEND={config.backend!r}: expected local or noop")
+        raise ValueError(f"C2D_ENGINE_BACKEND={config.backend!r}: expected local, kubernetes or noop")
 
     environment = EnvironmentSpec(
         id=config.environment_id,
@@ -79,6 +87,7 @@ async def start(config: EngineSettings) -> RunningServer:
         storage_expiry_s=config.storage_expiry_s,
         price_per_minute=config.price_per_minute,
         log_max_bytes=config.log_max_bytes,
+        gpus=config.gpus,
     )
     server_metrics = metrics.Metrics("operator-engine")
     engine_metrics = EngineMetrics(server_metrics, events)
@@ -86,7 +95,7 @@ async def start(config: EngineSettings) -> RunningServer:
     await jobs.forget_secrets_stored_before()
     orchestrator = Orchestrator(
         jobs,
-        MeasuredEventLog(events, engine_metrics),
+        MeasuredEventLog(event_log, engine_metrics),
         backend,
         environment,
         workspaces=Path(workspaces),
@@ -115,10 +124,20 @@ async def start(config: EngineSettings) -> RunningServer:
     if isinstance(backend, LocalBackend) and not config.agent_address:
         # Port 0 (tests) is only known now; pods reach the engine on the same host.
         backend.agent_address = f"{config.address.rsplit(':', 1)[0]}:{running.port}"
+    if isinstance(backend, KubernetesBackend):
+        try:  # the cluster is checked, and the pod watch started, before any job resumes
+            await backend.start(config.agent_address or f"{config.address.rsplit(':', 1)[0]}:{running.port}")
+        except BaseException:
+            await running.stop(0)
+            raise
     orchestrator.environment = _described(environment, orchestrator.backend.describe())
     await orchestrator.start()
+    if isinstance(backend, KubernetesBackend):
+        await backend.sweep_orphans(orchestrator.is_active)
 
     async def shutdown() -> None:
+        if isinstance(backend, KubernetesBackend):
+            backend.detach()
         await orchestrator.close()
         await backend.close()
         await events.close()
@@ -144,7 +163,11 @@ def main() -> None:
         running = await start(config)
         await serve_until_signalled(running, "operator-engine")
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except ClusterUnfit as exc:  # a configuration to fix, not a crash: the reason, without a traceback
+        log.error("operator-engine refuses to start: %s", exc)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

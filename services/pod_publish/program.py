@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from typing import Any
 
@@ -27,6 +28,10 @@ async def run(pod: pods.Pod, channel: Any) -> int:
     job_agent = pods.JobAgent(pod, channel)
     workflow = (await job_agent.workflow()).workflow
     log.info("fetched the workflow in %.3f s", time.monotonic() - started)
+    if os.environ.get("C2D_FETCH_ALGORITHM_LOG") == "1":
+        # On Kubernetes the engine holds the algorithm's log (copied from its pod): it joins the results.
+        size = await job_agent.fetch_algorithm_log(pod.data_root / "logs" / "algorithm.log")
+        log.info("fetched the algorithm's log (%d bytes)", size)
     register = (
         functools.partial(provider.register_results_asset, workflow, pod.job_id)
         if workflow.publish_results_as_asset

@@ -47,6 +47,8 @@ def _job_of(request: engine_pb2.SubmitJobRequest) -> tuple[dict[str, Any], bytes
         "environment_id": request.environment_id,
         "entrypoint": workflow.container.entrypoint,
         "image": workflow.container.image,
+        "image_tag": workflow.container.tag,
+        "image_checksum": workflow.container.checksum,
         "allow_network": workflow.allow_network,
         "algorithm_timeout_s": float(workflow.max_duration_seconds),
         "dataset_dids": [d.did for d in workflow.datasets],
@@ -191,7 +193,10 @@ def _read_from(workspace: Path, offset: int) -> bytes:
 
 
 _AgentRequest = (
-    job_agent_pb2.GetWorkflowRequest | job_agent_pb2.ReportProgressRequest | job_agent_pb2.ReportResultsRequest
+    job_agent_pb2.GetWorkflowRequest
+    | job_agent_pb2.ReportProgressRequest
+    | job_agent_pb2.ReportResultsRequest
+    | job_agent_pb2.GetAlgorithmLogRequest
 )
 
 
@@ -251,3 +256,15 @@ class JobAgentServicer(job_agent_pb2_grpc.JobAgentServiceServicer):
         run = self._run(request, context)
         self._orchestrator.record_results(run, convert.manifest_to_json(request.results), request.results_did)
         return job_agent_pb2.ReportResultsResponse()
+
+    async def GetAlgorithmLog(
+        self,
+        request: job_agent_pb2.GetAlgorithmLogRequest,
+        context: StreamContext[job_agent_pb2.GetAlgorithmLogRequest, job_agent_pb2.GetAlgorithmLogResponse],
+    ) -> AsyncIterator[job_agent_pb2.GetAlgorithmLogResponse]:
+        self._run(request, context)
+        path = self._orchestrator.workspace_of(request.job_id) / "data" / "logs" / "algorithm.log"
+        offset = 0
+        while data := await asyncio.to_thread(_read_from, path, offset):
+            yield job_agent_pb2.GetAlgorithmLogResponse(data=data)
+            offset += len(data)

@@ -24,11 +24,14 @@ class NoopBackend:
     def describe(self) -> str:
         return "no-op backend: every stage succeeds at once (benchmarks and tests only)"
 
-    def validate(self, entrypoint: str, image: str, allow_network: bool) -> None:
+    def validate(self, entrypoint: str, image: str, allow_network: bool, tag: str = "", checksum: str = "") -> None:
         return None
 
     def reclaim(self, job: JobSpec) -> None:
         return None
+
+    def outlived_restart(self, job: JobSpec, stage: Stage) -> bool:
+        return False  # its processes die with the engine
 
     async def prepare(self, job: JobSpec) -> None:
         return None  # no stage writes anything
@@ -45,6 +48,9 @@ class NoopBackend:
 
     async def run_algorithm(self, job: JobSpec, capacity: Capacity) -> StageExit:
         return StageExit(0, detail="exit code 0")
+
+    def release(self, job: JobSpec) -> None:
+        return None  # nothing outlives its stage here
 
     async def remove(self, job_id: str, workspace: Path) -> None:
         return None

@@ -25,6 +25,8 @@ class JobSpec:
     algorithm_timeout_s: float
     dataset_dids: tuple[str, ...]
     algorithm_did: str
+    image_tag: str = ""  # the algorithm image's tag and digest (sha256:...), as its DDO gives them
+    image_checksum: str = ""
     trace_parent: str = ""  # the job's W3C trace context, from its workflow: its stages and pods join it
 
     @property

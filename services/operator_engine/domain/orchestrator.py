@@ -117,7 +117,12 @@ class Orchestrator:
             interrupted = self._stage_named.get(run.stage)
             if stored.stop_requested:
                 await self._end(run, stages.STOPPED)
-            elif interrupted and run.status == interrupted.running and not interrupted.rerun_after_restart:
+            elif (
+                interrupted
+                and run.status == interrupted.running
+                and not interrupted.rerun_after_restart
+                and not self.backend.outlived_restart(spec, interrupted)
+            ):
                 await self._end(run, stages.engine_restarted(interrupted))
             elif run.status == Status.WARMING_UP:
                 self._queue.append(job_id)
@@ -144,7 +149,13 @@ class Orchestrator:
                 "entrypoint_invalid",
                 field="workflow.container.entrypoint",
             )
-        self.backend.validate(spec_fields["entrypoint"], spec_fields["image"], spec_fields["allow_network"])
+        self.backend.validate(
+            spec_fields["entrypoint"],
+            spec_fields["image"],
+            spec_fields["allow_network"],
+            tag=spec_fields.get("image_tag", ""),
+            checksum=spec_fields.get("image_checksum", ""),
+        )
         requested = spec_fields["algorithm_timeout_s"]
         if requested > self.environment.max_job_duration_s:
             raise errors.FailedPrecondition(
@@ -416,6 +427,7 @@ class Orchestrator:
 
     async def _end(self, run: Run, end: JobEnd, **extra: Any) -> None:
         await self._emit(run, end.status, end_reason=end.end_reason, code=end.error_code, message=end.message, **extra)
+        self.backend.release(run.spec)
         if run.task is None or run.task is not asyncio.current_task():
             self._runs.pop(run.spec.job_id, None)
 
@@ -437,11 +449,13 @@ _SPEC_FIELDS = (
     "algorithm_timeout_s",
     "dataset_dids",
     "algorithm_did",
+    "image_tag",
+    "image_checksum",
 )
 
 
 def _spec_to_json(fields: dict[str, Any]) -> dict[str, Any]:
-    data = {name: fields[name] for name in _SPEC_FIELDS}
+    data = {name: fields.get(name, "") for name in _SPEC_FIELDS}
     data["dataset_dids"] = list(data["dataset_dids"])
     data["trace_parent"] = fields.get("trace_parent", "")  # a job may come without a trace
     return data
@@ -459,5 +473,7 @@ def _spec_from_json(data: dict[str, Any], token: str, workspace: Path) -> JobSpe
         algorithm_timeout_s=float(data["algorithm_timeout_s"]),
         dataset_dids=tuple(data["dataset_dids"]),
         algorithm_did=data["algorithm_did"],
+        image_tag=data.get("image_tag", ""),  # absent from jobs stored before the kubernetes backend
+        image_checksum=data.get("image_checksum", ""),
         trace_parent=data.get("trace_parent", ""),  # absent from jobs stored before traces
     )

@@ -68,12 +68,16 @@ class Backend(Protocol):
     def describe(self) -> str:
         """Which limits are in force, for the environment's description."""
 
-    def validate(self, entrypoint: str, image: str, allow_network: bool) -> None:
+    def validate(self, entrypoint: str, image: str, allow_network: bool, tag: str = "", checksum: str = "") -> None:
         """Refuses (plumbing.errors) an algorithm container this backend cannot run, or
         network access it cannot give without exposing the host (DESIGN: who may see what)."""
 
     def reclaim(self, job: JobSpec) -> None:
         """At start-up: frees what a run of the job left when the previous engine died."""
+
+    def outlived_restart(self, job: JobSpec, stage: Stage) -> bool:
+        """At start-up: the stage's run survived the previous engine (a pod still
+        running), so it can be followed to its end instead of failing the job."""
 
     async def prepare(self, job: JobSpec) -> None:
         """Gives the job an empty workspace (for a stage that starts clean)."""
@@ -86,6 +90,10 @@ class Backend(Protocol):
     async def run_algorithm(self, job: JobSpec, capacity: Capacity) -> StageExit:
         """Runs the algorithm within the capacity and its own timeout
         (job.algorithm_timeout_s); cancellation kills it at once."""
+
+    def release(self, job: JobSpec) -> None:
+        """The job ended: frees what it holds while it runs (pods, volumes), in the
+        background; its results and workspace stay until remove()."""
 
     async def remove(self, job_id: str, workspace: Path) -> None:
         """Deletes what the job left (its workspace)."""

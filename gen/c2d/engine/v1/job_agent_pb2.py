@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from c2d.common.v1 import common_pb2 as c2d_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x32\x64/engine/v1/job_agent.proto\x12\rc2d.engine.v1\x1a\x1a\x63\x32\x64/common/v1/common.proto\"+\n\x12GetWorkflowRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"\x9f\x01\n\x13GetWorkflowResponse\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x33\n\x08workflow\x18\x02 \x01(\x0b\x32\x17.c2d.common.v1.WorkflowR\x08workflow\x12<\n\x0b\x65nvironment\x18\x03 \x01(\x0b\x32\x1a.c2d.common.v1.EnvironmentR\x0b\x65nvironment\"\xbc\x01\n\x15ReportProgressRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32\x18.c2d.common.v1.JobStatusR\x06status\x12\x1d\n\nerror_code\x18\x03 \x01(\tR\terrorCode\x12\x18\n\x07message\x18\x04 \x01(\tR\x07message\x12!\n\x0cstaged_bytes\x18\x05 \x01(\x04R\x0bstagedBytes\"\x18\n\x16ReportProgressResponse\"\x88\x01\n\x14ReportResultsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x38\n\x07results\x18\x02 \x01(\x0b\x32\x1e.c2d.common.v1.ResultsManifestR\x07results\x12\x1f\n\x0bresults_did\x18\x03 \x01(\tR\nresultsDid\"\x17\n\x15ReportResultsResponse2\xa2\x02\n\x0fJobAgentService\x12T\n\x0bGetWorkflow\x12!.c2d.engine.v1.GetWorkflowRequest\x1a\".c2d.engine.v1.GetWorkflowResponse\x12]\n\x0eReportProgress\x12$.c2d.engine.v1.ReportProgressRequest\x1a%.c2d.engine.v1.ReportProgressResponse\x12Z\n\rReportResults\x12#.c2d.engine.v1.ReportResultsRequest\x1a$.c2d.engine.v1.ReportResultsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x32\x64/engine/v1/job_agent.proto\x12\rc2d.engine.v1\x1a\x1a\x63\x32\x64/common/v1/common.proto\"+\n\x12GetWorkflowRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"\x9f\x01\n\x13GetWorkflowResponse\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x33\n\x08workflow\x18\x02 \x01(\x0b\x32\x17.c2d.common.v1.WorkflowR\x08workflow\x12<\n\x0b\x65nvironment\x18\x03 \x01(\x0b\x32\x1a.c2d.common.v1.EnvironmentR\x0b\x65nvironment\"\xbc\x01\n\x15ReportProgressRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32\x18.c2d.common.v1.JobStatusR\x06status\x12\x1d\n\nerror_code\x18\x03 \x01(\tR\terrorCode\x12\x18\n\x07message\x18\x04 \x01(\tR\x07message\x12!\n\x0cstaged_bytes\x18\x05 \x01(\x04R\x0bstagedBytes\"\x18\n\x16ReportProgressResponse\"\x88\x01\n\x14ReportResultsRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x38\n\x07results\x18\x02 \x01(\x0b\x32\x1e.c2d.common.v1.ResultsManifestR\x07results\x12\x1f\n\x0bresults_did\x18\x03 \x01(\tR\nresultsDid\"\x17\n\x15ReportResultsResponse\"/\n\x16GetAlgorithmLogRequest\x12\x15\n\x06job_id\x18\x01 \x01(\tR\x05jobId\"-\n\x17GetAlgorithmLogResponse\x12\x12\n\x04\x64\x61ta\x18\x01 \x01(\x0cR\x04\x64\x61ta2\x86\x03\n\x0fJobAgentService\x12T\n\x0bGetWorkflow\x12!.c2d.engine.v1.GetWorkflowRequest\x1a\".c2d.engine.v1.GetWorkflowResponse\x12]\n\x0eReportProgress\x12$.c2d.engine.v1.ReportProgressRequest\x1a%.c2d.engine.v1.ReportProgressResponse\x12Z\n\rReportResults\x12#.c2d.engine.v1.ReportResultsRequest\x1a$.c2d.engine.v1.ReportResultsResponse\x12\x62\n\x0fGetAlgorithmLog\x12%.c2d.engine.v1.GetAlgorithmLogRequest\x1a&.c2d.engine.v1.GetAlgorithmLogResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +44,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTRESULTSREQUEST']._serialized_end=637
   _globals['_REPORTRESULTSRESPONSE']._serialized_start=639
   _globals['_REPORTRESULTSRESPONSE']._serialized_end=662
-  _globals['_JOBAGENTSERVICE']._serialized_start=665
-  _globals['_JOBAGENTSERVICE']._serialized_end=955
+  _globals['_GETALGORITHMLOGREQUEST']._serialized_start=664
+  _globals['_GETALGORITHMLOGREQUEST']._serialized_end=711
+  _globals['_GETALGORITHMLOGRESPONSE']._serialized_start=713
+  _globals['_GETALGORITHMLOGRESPONSE']._serialized_end=758
+  _globals['_JOBAGENTSERVICE']._serialized_start=761
+  _globals['_JOBAGENTSERVICE']._serialized_end=1151
 # @@protoc_insertion_point(module_scope)

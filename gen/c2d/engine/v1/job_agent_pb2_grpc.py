@@ -52,6 +52,11 @@ class JobAgentServiceStub:
                 request_serializer=c2d_dot_engine_dot_v1_dot_job__agent__pb2.ReportResultsRequest.SerializeToString,
                 response_deserializer=c2d_dot_engine_dot_v1_dot_job__agent__pb2.ReportResultsResponse.FromString,
                 _registered_method=True)
+        self.GetAlgorithmLog = channel.unary_stream(
+                '/c2d.engine.v1.JobAgentService/GetAlgorithmLog',
+                request_serializer=c2d_dot_engine_dot_v1_dot_job__agent__pb2.GetAlgorithmLogRequest.SerializeToString,
+                response_deserializer=c2d_dot_engine_dot_v1_dot_job__agent__pb2.GetAlgorithmLogResponse.FromString,
+                _registered_method=True)
 
 
 class JobAgentServiceServicer:
@@ -81,6 +86,15 @@ class JobAgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAlgorithmLog(self, request, context):
+        """GetAlgorithmLog streams the algorithm's log as the engine holds it. On
+        Kubernetes the engine copies it from the algorithm's pod, and pod_publish
+        writes it into /data/logs/algorithm.log before publishing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobAgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +112,11 @@ def add_JobAgentServiceServicer_to_server(servicer, server):
                     servicer.ReportResults,
                     request_deserializer=c2d_dot_engine_dot_v1_dot_job__agent__pb2.ReportResultsRequest.FromString,
                     response_serializer=c2d_dot_engine_dot_v1_dot_job__agent__pb2.ReportResultsResponse.SerializeToString,
+            ),
+            'GetAlgorithmLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetAlgorithmLog,
+                    request_deserializer=c2d_dot_engine_dot_v1_dot_job__agent__pb2.GetAlgorithmLogRequest.FromString,
+                    response_serializer=c2d_dot_engine_dot_v1_dot_job__agent__pb2.GetAlgorithmLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +203,33 @@ class JobAgentService:
             '/c2d.engine.v1.JobAgentService/ReportResults',
             c2d_dot_engine_dot_v1_dot_job__agent__pb2.ReportResultsRequest.SerializeToString,
             c2d_dot_engine_dot_v1_dot_job__agent__pb2.ReportResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAlgorithmLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/c2d.engine.v1.JobAgentService/GetAlgorithmLog',
+            c2d_dot_engine_dot_v1_dot_job__agent__pb2.GetAlgorithmLogRequest.SerializeToString,
+            c2d_dot_engine_dot_v1_dot_job__agent__pb2.GetAlgorithmLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,6 +25,11 @@ class JobAgentServiceStub:
     """ReportProgress reports a stage's status (20, 30, 31, 32, 60, 61, 62)."""
     ReportResults: _aio.UnaryUnaryMultiCallable[_job_agent_pb2.ReportResultsRequest, _job_agent_pb2.ReportResultsResponse]
     """ReportResults records the results manifest."""
+    GetAlgorithmLog: _aio.UnaryStreamMultiCallable[_job_agent_pb2.GetAlgorithmLogRequest, _job_agent_pb2.GetAlgorithmLogResponse]
+    """GetAlgorithmLog streams the algorithm's log as the engine holds it. On
+    Kubernetes the engine copies it from the algorithm's pod, and pod_publish
+    writes it into /data/logs/algorithm.log before publishing.
+    """
 
 class JobAgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """JobAgentService is how pod_config and pod_publish, which hold no database
@@ -55,5 +60,16 @@ class JobAgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_job_agent_pb2.ReportResultsRequest, _abc.Awaitable[_job_agent_pb2.ReportResultsResponse]],
     ) -> _abc.Awaitable[_job_agent_pb2.ReportResultsResponse]:
         """ReportResults records the results manifest."""
+
+    @_abc_1.abstractmethod
+    def GetAlgorithmLog(
+        self,
+        request: _job_agent_pb2.GetAlgorithmLogRequest,
+        context: _aio.ServicerContext[_job_agent_pb2.GetAlgorithmLogRequest, _abc.AsyncIterator[_job_agent_pb2.GetAlgorithmLogResponse]],
+    ) -> _abc.AsyncIterator[_job_agent_pb2.GetAlgorithmLogResponse]:
+        """GetAlgorithmLog streams the algorithm's log as the engine holds it. On
+        Kubernetes the engine copies it from the algorithm's pod, and pod_publish
+        writes it into /data/logs/algorithm.log before publishing.
+        """
 
 def add_JobAgentServiceServicer_to_server(servicer: JobAgentServiceServicer, server: _aio.Server) -> None: ...

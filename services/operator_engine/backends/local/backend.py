@@ -57,7 +57,7 @@ class LocalBackend:
             return "local processes WITHOUT a sandbox (explicitly configured; never for untrusted code)"
         return "local bubblewrap sandbox; " + self._capabilities.describe()
 
-    def validate(self, entrypoint: str, image: str, allow_network: bool) -> None:
+    def validate(self, entrypoint: str, image: str, allow_network: bool, tag: str = "", checksum: str = "") -> None:
         if self.sandboxed and not self._capabilities.bwrap:
             raise errors.FailedPrecondition(
                 f"this engine cannot sandbox algorithms ({self._capabilities.problem or 'bubblewrap unavailable'}), "
@@ -86,6 +86,9 @@ class LocalBackend:
     def reclaim(self, job: JobSpec) -> None:
         # Only this job's cgroups: other engines on the host may be creating theirs.
         cgroups.sweep_empty(cgroups.detect(), prefix=cgroups.cgroup_name(job.job_id))
+
+    def outlived_restart(self, job: JobSpec, stage: Stage) -> bool:
+        return False  # its processes die with the engine
 
     async def prepare(self, job: JobSpec) -> None:
         await asyncio.to_thread(_fresh_workspace, job)  # file system calls stay off the event loop
@@ -166,6 +169,9 @@ class LocalBackend:
             disk_quota_exceeded=outcome.disk_quota_exceeded,
             duration_s=outcome.duration_s,
         )
+
+    def release(self, job: JobSpec) -> None:
+        return None  # nothing outlives its stage here
 
     async def remove(self, job_id: str, workspace: Path) -> None:
         await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
