@@ -16,7 +16,7 @@ the status message shows a Python exception or stack trace.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import importlib
 import os
 import pkgutil
@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, example, given, reject, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
@@ -50,6 +51,7 @@ from services.operator_engine.domain.jobs import JobSpec, StageExit
 from services.operator_engine.domain.stages import Stage
 from tests.fuzz.values import Known, invalid_utf8_patch, messages
 from tests.provider import market as market_module
+from tests.support.stacks import fresh_postgres_database
 
 ROOT = Path(__file__).resolve().parents[2]
 DATABASE = DirectoryBasedExampleDatabase(str(ROOT / ".hypothesis" / "examples"))
@@ -71,6 +73,7 @@ def profile() -> settings:
 UNARY_DEADLINE_S = 15.0  # a hang, on this loaded machine, not a slow answer
 STREAM_BUDGET_S = 1.0  # follow streams never end: read this long, then leave
 HEALTH_DEADLINE_S = 10.0
+MAX_REQUEST_BYTES = 6 << 20  # over the servers' 4 MiB limit, under what is worth sending
 # Statuses that are never the answer to a client's mistake.
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS, grpc.StatusCode.UNAVAILABLE}
 # A Python exception, traceback or object repr in a message meant for a client.
@@ -360,6 +363,8 @@ class FuzzStack:
         assert server is not None, f"no server of the stack serves {rpc.service}"
         held_id, held_token = self.held_job() if rpc.service == JOB_AGENT else ("", "")
         raw = self.payload(rpc, case, held_id)
+        if len(raw) > MAX_REQUEST_BYTES:
+            reject()  # a few huge values together: gRPC's own limit answers, nothing of ours runs
         metadata = self.credentials(rpc, case, held_token)
         self.tally.cases[rpc.name] += 1
         code, details = self._send(self.channels[server], rpc, raw, metadata, case.shape)
@@ -422,5 +427,29 @@ class FuzzStack:
         return grpc.StatusCode.OK, ""
 
 
-def replace(case: Case, **changes: Any) -> Case:
-    return dataclasses.replace(case, **changes)
+def fuzz(stack: FuzzStack, rpc: Rpc, regressions: list[Case] = (), chosen: settings | None = None) -> None:  # type: ignore[assignment]
+    """Runs hypothesis on one RPC: its regression examples first, then the
+    profile's examples; raises the (shrunk) failure."""
+
+    def one(case: Case) -> None:
+        stack.check(rpc, case)
+
+    run = given(case=cases(rpc, stack.known))(one)
+    for case in regressions:
+        run = example(case=case)(run)
+    (chosen or profile())(run)()
+
+
+@contextlib.contextmanager
+def running_stack(data_dir: Path) -> Iterator[FuzzStack]:
+    """The fuzz stack on a fresh PostgreSQL database, its data under `data_dir`."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("C2D_DATA_DIR", str(data_dir))
+        env.delenv("C2D_SERVICE_TOKEN", raising=False)
+        env.setenv("C2D_STAGING_ALLOW_HOSTS", "127.0.0.1")
+        with fresh_postgres_database("c2d_fuzz") as url:
+            running = FuzzStack(url).start()
+            try:
+                yield running
+            finally:
+                running.stop()

@@ -57,7 +57,7 @@ EDGE_TEXT = [
 
 
 def _huge_text() -> st.SearchStrategy[str]:
-    return st.sampled_from([1 << 10, 1 << 16, 1 << 20, 3 << 20]).flatmap(
+    return st.sampled_from([1 << 10, 1 << 16, 1 << 20, 5 << 20]).flatmap(
         lambda n: st.sampled_from(["a", "é", "\x00", "{", "0"]).map(lambda c: c * (n // len(c.encode())))
     )
 
@@ -228,7 +228,7 @@ def _message(draw: st.DrawFn, descriptor: Descriptor, known: Known, depth: int) 
         if not draw(st.booleans()):
             continue
         if fd.is_repeated and not (fd.message_type and fd.message_type.GetOptions().map_entry):
-            many = st.integers(0, 4) | st.just(300 if fd.message_type is None else 40)
+            many = st.integers(0, 4) | st.just(300 if fd.message_type is None else 4)
             for _ in range(draw(many)):
                 value = draw(_value(fd, known, depth))
                 target = getattr(message, fd.name)
