@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import os
 import pkgutil
 import re
@@ -41,7 +42,9 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 
 import c2d
 from c2d.common.v1 import common_pb2
-from c2d.engine.v1 import engine_pb2
+from c2d.engine.v1 import engine_pb2, job_agent_pb2
+from c2d.operator.v1 import operator_pb2
+from c2d.provider.v1 import provider_pb2
 from c2d_sdk import Signer
 from c2d_sdk.signing import signed_fields
 from plumbing import auth
@@ -252,9 +255,38 @@ class FuzzStack:
                 order_ids=[dataset_order, algorithm_order],
                 environment_ids=[market.environment_id],
                 urls=[market.base_url + market_module.SECRET_PATH],
+                seeds=self._seeds(market.spec(dataset, dataset_order, algorithm, algorithm_order), market),
+                jsons={
+                    "ddo_json": [json.dumps((await market.publisher.get_asset(d)).ddo) for d in (dataset, algorithm)],
+                    "algorithm_parameters_json": ['{"window": 3, "unit": "C"}'],
+                },
             )
             self._ready.set()
             await self._stop.wait()
+
+    def _seeds(self, spec: provider_pb2.ComputeSpec, market: market_module.Market) -> dict[str, list[Message]]:
+        """Valid messages the fuzzer starts from (and damages a field or three of)."""
+        workflow = self.workflow(spec.dataset.did)
+        seeds: list[Message] = [
+            spec,
+            workflow,
+            engine_pb2.SubmitJobRequest(job_id="fuzz-seed", environment_id=market.environment_id, workflow=workflow),
+            operator_pb2.CreateJobRequest(
+                request_id="fuzz-seed",
+                owner=market.consumer.address,
+                environment_id=market.environment_id,
+                workflow=workflow,
+            ),
+            common_pb2.ResultsManifest(storage="local"),
+        ]
+        return {seed.DESCRIPTOR.full_name: [seed] for seed in seeds}
+
+    def workflow(self, dataset: str) -> common_pb2.Workflow:
+        return common_pb2.Workflow(
+            datasets=[common_pb2.WorkflowAsset(did=dataset)],
+            raw_algorithm="print(1)",
+            container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python"),
+        )
 
     def _map_services(self) -> None:
         services = {rpc.service for rpc in all_rpcs()}
@@ -299,11 +331,7 @@ class FuzzStack:
             request_serializer=engine_pb2.SubmitJobRequest.SerializeToString,
             response_deserializer=engine_pb2.SubmitJobResponse.FromString,
         )
-        workflow = common_pb2.Workflow(
-            datasets=[common_pb2.WorkflowAsset(did=self.known.dids[0])],
-            raw_algorithm="print(1)",
-            container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python"),
-        )
+        workflow = self.workflow(self.known.dids[0])
         request = engine_pb2.SubmitJobRequest(
             job_id=current, environment_id=self.known.environment_ids[0], workflow=workflow
         )
@@ -319,8 +347,6 @@ class FuzzStack:
         agent = self.channels["operator-engine"].unary_unary(
             "/c2d.engine.v1.JobAgentService/GetWorkflow", request_serializer=None, response_deserializer=None
         )
-        from c2d.engine.v1 import job_agent_pb2
-
         try:
             agent(
                 job_agent_pb2.GetWorkflowRequest(job_id=job_id).SerializeToString(),

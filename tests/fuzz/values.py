@@ -21,7 +21,7 @@ HEX = "0123456789abcdef"
 MAX_DEPTH = 3
 
 # The world the fuzzer knows: real DIDs, job ids, addresses of the fuzz stack.
-@dataclass
+@dataclass(repr=False)
 class Known:
     dids: list[str] = field(default_factory=lambda: ["did:op:" + "0" * 64])
     job_ids: list[str] = field(default_factory=lambda: ["job-0"])
@@ -30,6 +30,12 @@ class Known:
     environment_ids: list[str] = field(default_factory=lambda: ["local-cpu"])
     service_ids: list[str] = field(default_factory=lambda: ["compute", "access"])
     urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:1/x"])
+    # Valid values to start from and damage a little: messages by full name, JSON by field name.
+    seeds: dict[str, list[Message]] = field(default_factory=dict)
+    jsons: dict[str, list[str]] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # in every failure report: the stack's values, not the values drawn
+        return "Known(...)"
 
 
 EDGE_TEXT = [
@@ -126,6 +132,75 @@ def deep_json() -> st.SearchStrategy[str]:
     )
 
 
+HOSTILE_JSON: list[object] = [
+    None,
+    True,
+    -1,
+    0,
+    1 << 64,
+    -(1 << 63) - 1,
+    1.5,
+    1e308,
+    "",
+    "\x00",
+    "a\x00b",
+    "x" * 100_000,
+    "did:op:" + "0" * 64,
+    "../../etc/passwd",
+    [],
+    {},
+    [[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]],
+    {"a": {"b": {"c": {"d": {}}}}},
+    ["x"] * 1000,
+]
+
+
+def _paths(value: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    paths = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            paths += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            paths += _paths(item, (*prefix, index))
+    return paths
+
+
+def _replaced(document: object, path: tuple[object, ...], value: object) -> object:
+    if not path:
+        return value
+    copy = json.loads(json.dumps(document))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]  # type: ignore[index]
+    target[path[-1]] = value  # type: ignore[index]
+    return copy
+
+
+def json_mutations(valid: list[str]) -> st.SearchStrategy[str]:
+    """A valid document with one value (or key) replaced by a hostile one: past the parser, into the rules."""
+
+    def mutate(text: str) -> st.SearchStrategy[str]:
+        document = json.loads(text)
+        paths = _paths(document)
+        replace_value = st.tuples(st.sampled_from(paths), st.sampled_from(HOSTILE_JSON)).map(
+            lambda t: json.dumps(_replaced(document, t[0], t[1]))
+        )
+        dropped = st.sampled_from([p for p in paths if p]).map(lambda p: json.dumps(_dropped(document, p)))
+        return st.one_of(st.just(text), replace_value, dropped) if len(paths) > 1 else replace_value
+
+    return st.sampled_from(valid).flatmap(mutate)
+
+
+def _dropped(document: object, path: tuple[object, ...]) -> object:
+    copy = json.loads(json.dumps(document))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]  # type: ignore[index]
+    del target[path[-1]]  # type: ignore[union-attr]
+    return copy
+
+
 def addresses(known: Known) -> st.SearchStrategy[str]:
     return st.one_of(
         near(known.addresses),
@@ -162,7 +237,8 @@ def text_for(name: str, known: Known) -> st.SearchStrategy[str]:
     if name == "did" or name.endswith("_did") or name == "dids":
         return dids(known)
     if name.endswith("_json") or name == "page_token":
-        return deep_json()
+        valid = known.jsons.get(name)
+        return deep_json() | json_mutations(valid) if valid else deep_json()
     if name.endswith("job_id") or name == "job_ids":
         return st.one_of(near(known.job_ids), plain_text())
     if name.endswith("address") or name == "viewers":
@@ -222,35 +298,50 @@ def _message(draw: st.DrawFn, descriptor: Descriptor, known: Known, depth: int) 
     from google.protobuf import message_factory
 
     message = message_factory.GetMessageClass(descriptor)()
+    seeds = known.seeds.get(descriptor.full_name)
+    if seeds and draw(st.booleans()):
+        # A valid message with a few fields redrawn: past the first checks, into the rules.
+        message.CopyFrom(draw(st.sampled_from(seeds)))
+        for fd in draw(st.lists(st.sampled_from(list(descriptor.fields)), min_size=1, max_size=3, unique_by=lambda f: f.number)):
+            message.ClearField(fd.name)
+            _fill(draw, message, fd, known, depth)
+        return message
     for fd in descriptor.fields:
         if fd.message_type is not None and depth >= MAX_DEPTH:
             continue
-        if not draw(st.booleans()):
-            continue
-        if fd.is_repeated and not (fd.message_type and fd.message_type.GetOptions().map_entry):
-            many = st.integers(0, 4) | st.just(300 if fd.message_type is None else 4)
-            for _ in range(draw(many)):
-                value = draw(_value(fd, known, depth))
-                target = getattr(message, fd.name)
-                if fd.message_type is not None:
-                    target.add().CopyFrom(value)
-                else:
-                    target.append(value)
-        elif fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-            key_fd, value_fd = fd.message_type.fields_by_name["key"], fd.message_type.fields_by_name["value"]
-            target = getattr(message, fd.name)
-            for _ in range(draw(st.integers(0, 3))):
-                key = draw(_value(key_fd, known, depth))
-                value = draw(_value(value_fd, known, depth))
-                if value_fd.message_type is not None:
-                    target[key].CopyFrom(value)
-                else:
-                    target[key] = value
-        elif fd.message_type is not None:
-            getattr(message, fd.name).CopyFrom(draw(_value(fd, known, depth)))
-        else:
-            setattr(message, fd.name, draw(_value(fd, known, depth)))
+        if draw(st.booleans()):
+            _fill(draw, message, fd, known, depth)
     return message
+
+
+def _fill(draw: st.DrawFn, message: Message, fd: FieldDescriptor, known: Known, depth: int) -> None:
+    """Sets one field of `message` to drawn values."""
+    if fd.message_type is not None and depth >= MAX_DEPTH:
+        return
+    is_map = fd.message_type is not None and fd.message_type.GetOptions().map_entry
+    if fd.is_repeated and not is_map:
+        many = st.integers(0, 4) | st.just(300 if fd.message_type is None else 4)
+        target = getattr(message, fd.name)
+        for _ in range(draw(many)):
+            value = draw(_value(fd, known, depth))
+            if fd.message_type is not None:
+                target.add().CopyFrom(value)
+            else:
+                target.append(value)
+    elif is_map:
+        key_fd, value_fd = fd.message_type.fields_by_name["key"], fd.message_type.fields_by_name["value"]
+        target = getattr(message, fd.name)
+        for _ in range(draw(st.integers(0, 3))):
+            key = draw(_value(key_fd, known, depth))
+            value = draw(_value(value_fd, known, depth))
+            if value_fd.message_type is not None:
+                target[key].CopyFrom(value)
+            else:
+                target[key] = value
+    elif fd.message_type is not None:
+        getattr(message, fd.name).CopyFrom(draw(_value(fd, known, depth)))
+    else:
+        setattr(message, fd.name, draw(_value(fd, known, depth)))
 
 
 def messages(descriptor: Descriptor, known: Known, depth: int = 0) -> st.SearchStrategy[Message]:
