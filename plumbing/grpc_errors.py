@@ -162,15 +162,25 @@ def downstream_error(exc: grpc.aio.AioRpcError, service: str) -> errors.ServiceE
 @dataclass(frozen=True, slots=True)
 class UndecodableRequest:
     """Stands in for a request whose bytes are not a message of its method's
-    type (a string field that is not UTF-8, a truncated message). The request
+    type (a string field that is not UTF-8, a truncated message), or whose
+    text holds a NUL character. The request
     deserializers plumbing.server installs hand it on instead of raising:
     gRPC answers an exception raised there UNKNOWN. The error mapping answers
     it INVALID_ARGUMENT naming the method."""
 
     method: str
     reason: str
+    field: str = ""  # set when the message decoded but this text field holds a NUL character
 
     def error(self) -> errors.InvalidArgument:
+        if self.field:
+            return errors.InvalidArgument(
+                f"{self.field} holds a NUL character (\\x00), which no text field of {self.method} accepts; "
+                "remove it",
+                "text_has_nul",
+                field=self.field,
+                metadata={"method": self.method},
+            )
         return errors.InvalidArgument(
             f"the request to {self.method} could not be decoded ({self.reason}); "
             "send a serialized request message whose string fields hold UTF-8 text",

@@ -10,6 +10,11 @@ items are checked before the decoder sees the text, by a linear scan with no
 recursion: strings are blanked out by one regular expression (run in C), and
 the depth is the running sum of the brackets left.
 
+Text with a NUL character (\\x00) is refused where a request is decoded
+(`nul_field`, from plumbing.server): PostgreSQL's text cannot hold one, and
+psycopg2 raises ValueError on it deep in a query, which reached clients as
+INTERNAL (found by the fuzzer: ListAssets with type "\\x00").
+
 Numbers that a client sends as uint64 (offsets, sequences, nonces) go
 through `int64`: files, event logs and databases count in signed 64 bits,
 and a larger value otherwise fails deep inside them (OverflowError from
@@ -22,6 +27,9 @@ import json
 import re
 from itertools import accumulate
 from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from plumbing import errors
 
@@ -89,3 +97,36 @@ def int64(value: int, field: str) -> int:
             field=field,
         )
     return value
+
+
+def nul_field(message: Message, prefix: str = "") -> str:
+    """The path of the first string field (nested ones too, map keys and values)
+    that holds a NUL character, e.g. `spec.dataset.did`; "" if none does."""
+    for fd, value in message.ListFields():
+        name = prefix + fd.name
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            key_fd, value_fd = fd.message_type.fields_by_name["key"], fd.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                if key_fd.type == FieldDescriptor.TYPE_STRING and "\x00" in key:
+                    return name
+                found = _nul_in(value_fd, item, f"{name}[{key!r}]")
+                if found:
+                    return found
+        elif fd.is_repeated:
+            for index, item in enumerate(value):
+                found = _nul_in(fd, item, f"{name}[{index}]")
+                if found:
+                    return found
+        else:
+            found = _nul_in(fd, value, name)
+            if found:
+                return found
+    return ""
+
+
+def _nul_in(fd: FieldDescriptor, value: Any, name: str) -> str:
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        return name if "\x00" in value else ""
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        return nul_field(value, name + ".")
+    return ""

@@ -1,9 +1,31 @@
 """Requests the fuzzer found failing, by RPC name (Service/Method): each
 replays as an @example of its RPC before any new example, in CI and in
-bench/pressure.py."""
+bench/pressure.py. Each says what it was answered before its fix."""
 
 from __future__ import annotations
 
+from google.protobuf import timestamp_pb2
+
+from c2d.common.v1 import common_pb2
+from c2d.engine.v1 import job_agent_pb2
+from c2d.provider.v1 import asset_pb2
 from tests.fuzz.harness import Case
 
-REGRESSIONS: dict[str, list[Case]] = {}
+REGRESSIONS: dict[str, list[Case]] = {
+    # INTERNAL: PostgreSQL text cannot hold NUL, and psycopg2 raised ValueError in the query.
+    "AssetService/ListAssets": [
+        Case(asset_pb2.ListAssetsRequest(type="\x00")),
+        Case(asset_pb2.ListAssetsRequest(owner="0x\x00")),
+    ],
+    # INTERNAL: json_format could not write a Timestamp whose nanos are out of range.
+    "JobAgentService/ReportResults": [
+        Case(
+            job_agent_pb2.ReportResultsRequest(
+                results=common_pb2.ResultsManifest(
+                    storage="local", published_at=timestamp_pb2.Timestamp(nanos=-(1 << 31))
+                )
+            ),
+            held_job=True,
+        ),
+    ],
+}

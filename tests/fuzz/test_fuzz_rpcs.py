@@ -12,6 +12,8 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 
+from c2d.provider.v1 import provider_pb2
+from plumbing.grpc_errors import bad_request_fields, error_code
 from tests.fuzz.harness import JOB_AGENT, Case, FuzzStack, Rpc, all_rpcs, fuzz, running_stack
 from tests.fuzz.regressions import REGRESSIONS
 
@@ -53,3 +55,33 @@ def test_internal_rpcs_refuse_a_caller_without_credentials(stack, rpc):
         )
         assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), (credential, code)
 
+
+
+def _answer(stack: FuzzStack, name: str, case: Case) -> tuple[grpc.StatusCode, str, str, list[str]]:
+    rpc = next(rpc for rpc in RPCS if rpc.name == name)
+    held_id, held_token = stack.held_job() if rpc.service == JOB_AGENT else ("", "")
+    call = stack.channels[stack.served_by[rpc.service]].unary_unary(
+        rpc.path, request_serializer=None, response_deserializer=None
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        call(stack.payload(rpc, case, held_id), metadata=stack.credentials(rpc, case, held_token), timeout=30)
+    error = refused.value
+    return error.code(), error.details(), error_code(error), bad_request_fields(error)  # type: ignore[attr-defined]
+
+
+def test_text_with_a_nul_is_refused_naming_its_field(stack):
+    request = REGRESSIONS["AssetService/ListAssets"][1]
+    code, message, reason, fields = _answer(stack, "AssetService/ListAssets", request)
+    assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "TEXT_HAS_NUL", ["owner"]), message
+    assert "owner holds a NUL character" in message and "ListAssets" in message
+    nested = Case(provider_pb2.InitializeComputeRequest(spec=provider_pb2.ComputeSpec(viewers=["0x1", "a\x00"])))
+    code, message, reason, fields = _answer(stack, "ProviderService/InitializeCompute", nested)
+    assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "TEXT_HAS_NUL", ["spec.viewers[1]"]), message
+
+
+def test_a_manifest_with_an_impossible_time_is_refused_naming_the_results(stack):
+    code, message, reason, fields = _answer(
+        stack, "JobAgentService/ReportResults", REGRESSIONS["JobAgentService/ReportResults"][0]
+    )
+    assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "RESULTS_INVALID", ["results"]), message
+    assert "published_at" in message
