@@ -32,10 +32,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hypothesis import settings  # noqa: E402
+from hypothesis import settings
 
-from tests.fuzz.harness import all_rpcs, fuzz, profile, running_stack  # noqa: E402
-from tests.fuzz.regressions import REGRESSIONS  # noqa: E402
+from tests.fuzz.harness import all_rpcs, fuzz, profile, running_stack
+from tests.fuzz.regressions import REGRESSIONS
 
 Section = Callable[[argparse.Namespace], tuple[list[str], dict[str, Any]]]
 
@@ -50,7 +50,7 @@ def fuzz_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
         for rpc in rpcs:
             try:
                 fuzz(stack, rpc, REGRESSIONS.get(rpc.name, []), chosen)
-            except Exception as exc:  # noqa: BLE001 - a failure is reported, the next RPC still runs
+            except Exception as exc:
                 failed[rpc.name] = str(exc).splitlines()[0][:160]
         tally = stack.tally
     elapsed = time.perf_counter() - started

@@ -175,8 +175,7 @@ class UndecodableRequest:
     def error(self) -> errors.InvalidArgument:
         if self.field:
             return errors.InvalidArgument(
-                f"{self.field} holds a NUL character (\\x00), which no text field of {self.method} accepts; "
-                "remove it",
+                f"{self.field} holds a NUL character (\\x00), which no text field of {self.method} accepts; remove it",
                 "text_has_nul",
                 field=self.field,
                 metadata={"method": self.method},

@@ -232,7 +232,7 @@ class FuzzStack:
     def _run(self) -> None:
         try:
             asyncio.run(self._serve())
-        except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
+        except BaseException as exc:
             self._error = exc
             self._ready.set()
 
@@ -376,7 +376,7 @@ class FuzzStack:
         if rpc.signed and case.signer in self.signers:
             try:
                 signed_fields(request)
-            except Exception:  # noqa: BLE001 - a value JSON cannot hold (NaN): sent unsigned
+            except Exception:
                 pass
             else:
                 self.signers[case.signer].sign(rpc.method.name, request)
@@ -420,9 +420,7 @@ class FuzzStack:
         return problems
 
     @staticmethod
-    def _send(
-        channel: grpc.Channel, rpc: Rpc, raw: bytes, metadata: Any, shape: str
-    ) -> tuple[grpc.StatusCode, str]:
+    def _send(channel: grpc.Channel, rpc: Rpc, raw: bytes, metadata: Any, shape: str) -> tuple[grpc.StatusCode, str]:
         """The call's final status and message (OK when it ended well or was read long enough)."""
         if not rpc.streaming:
             call = channel.unary_unary(rpc.path, request_serializer=None, response_deserializer=None)

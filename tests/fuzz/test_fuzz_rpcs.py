@@ -14,7 +14,7 @@ from google.protobuf import message_factory
 
 from c2d.provider.v1 import provider_pb2
 from plumbing.grpc_errors import bad_request_fields, error_code
-from tests.fuzz.harness import JOB_AGENT, Case, FuzzStack, Rpc, all_rpcs, fuzz, running_stack
+from tests.fuzz.harness import JOB_AGENT, Case, FuzzStack, all_rpcs, fuzz, running_stack
 from tests.fuzz.regressions import REGRESSIONS
 
 RPCS = all_rpcs()
@@ -38,7 +38,9 @@ def test_fuzzed_requests_get_a_client_error_never_a_crash(stack, rpc):
     fuzz(stack, rpc, REGRESSIONS.get(rpc.name, []))
 
 
-@pytest.mark.parametrize("rpc", [rpc for rpc in RPCS if not rpc.service.startswith("c2d.provider.")], ids=lambda r: r.name)
+@pytest.mark.parametrize(
+    "rpc", [rpc for rpc in RPCS if not rpc.service.startswith("c2d.provider.")], ids=lambda r: r.name
+)
 def test_internal_rpcs_refuse_a_caller_without_credentials(stack, rpc):
     """Without a credential, or with a wrong one, and a request that names a real job."""
     request = message_factory.GetMessageClass(rpc.method.input_type)()
@@ -54,7 +56,6 @@ def test_internal_rpcs_refuse_a_caller_without_credentials(stack, rpc):
             "drain",
         )
         assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), (credential, code)
-
 
 
 def _answer(stack: FuzzStack, name: str, case: Case) -> tuple[grpc.StatusCode, str, str, list[str]]:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 HEX = "0123456789abcdef"
 MAX_DEPTH = 3
 
+
 # The world the fuzzer knows: real DIDs, job ids, addresses of the fuzz stack.
 @dataclass(repr=False)
 class Known:
@@ -302,7 +303,9 @@ def _message(draw: st.DrawFn, descriptor: Descriptor, known: Known, depth: int) 
     if seeds and draw(st.booleans()):
         # A valid message with a few fields redrawn: past the first checks, into the rules.
         message.CopyFrom(draw(st.sampled_from(seeds)))
-        for fd in draw(st.lists(st.sampled_from(list(descriptor.fields)), min_size=1, max_size=3, unique_by=lambda f: f.number)):
+        for fd in draw(
+            st.lists(st.sampled_from(list(descriptor.fields)), min_size=1, max_size=3, unique_by=lambda f: f.number)
+        ):
             message.ClearField(fd.name)
             _fill(draw, message, fd, known, depth)
         return message
