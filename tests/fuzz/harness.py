@@ -409,6 +409,8 @@ class FuzzStack:
             problems.append(f"answered {code.name}, never right for a client's request")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and not rpc.streaming:
             problems.append(f"no answer within {UNARY_DEADLINE_S} s (a hang)")
+        if "metadata size exceeds" in (details or ""):
+            problems.append("the status (message and details) is too big for a client to receive")
         leak = LEAK.search(details or "")
         if leak:
             problems.append(f"the message shows internals ({leak.group(0)!r})")

@@ -8,7 +8,7 @@ from google.protobuf import timestamp_pb2
 
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2
-from c2d.provider.v1 import asset_pb2
+from c2d.provider.v1 import asset_pb2, provider_pb2
 from tests.fuzz.harness import Case
 
 REGRESSIONS: dict[str, list[Case]] = {
@@ -17,6 +17,12 @@ REGRESSIONS: dict[str, list[Case]] = {
         Case(asset_pb2.ListAssetsRequest(type="\x00")),
         Case(asset_pb2.ListAssetsRequest(owner="0x\x00")),
     ],
+    # INTERNAL: the operator-service's refusal echoed the 5000-character id, its status outgrew the
+    # 8 KiB a client accepts in trailers, and reading the mangled status raised ValueError in the provider.
+    "ProviderService/StreamJobLogs": [Case(provider_pb2.StreamJobLogsRequest(job_id="a" * 5000))],
+    "ProviderService/GetJobDetails": [Case(provider_pb2.GetJobDetailsRequest(job_id="é" * 5000))],
+    # RESOURCE_EXHAUSTED "received metadata size exceeds soft limit": the refusal echoed the whole DID.
+    "AssetService/GetAsset": [Case(asset_pb2.GetAssetRequest(did="did:op:" + "f" * 10_000))],
     # INTERNAL: json_format could not write a Timestamp whose nanos are out of range.
     "JobAgentService/ReportResults": [
         Case(

@@ -86,3 +86,13 @@ def test_a_manifest_with_an_impossible_time_is_refused_naming_the_results(stack)
     )
     assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "RESULTS_INVALID", ["results"]), message
     assert "published_at" in message
+
+
+def test_a_refusal_that_quotes_a_huge_value_still_reaches_the_client_whole(stack):
+    """The operator-service's refusal quoted a 5000-character job id: its status outgrew the trailers a
+    client accepts. Now the provider passes on INVALID_ARGUMENT with a message cut to size."""
+    code, message, reason, fields = _answer(
+        stack, "ProviderService/GetJobDetails", REGRESSIONS["ProviderService/GetJobDetails"][0]
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and reason == "JOB_ID_INVALID" and fields == ["job_id"], message
+    assert "cut)" in message and len(message.encode()) <= 600
