@@ -51,7 +51,9 @@ def fuzz_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
             try:
                 fuzz(stack, rpc, REGRESSIONS.get(rpc.name, []), chosen)
             except Exception as exc:
-                failed[rpc.name] = str(exc).splitlines()[0][:160]
+                # What the harness saw first (hypothesis may report a flaky or grouped failure instead).
+                seen = stack.tally.failures.get(rpc.name) or [str(exc).splitlines()[0]]
+                failed[rpc.name] = seen[0][:200]
         tally = stack.tally
     elapsed = time.perf_counter() - started
     codes: Counter[str] = Counter()

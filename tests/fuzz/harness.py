@@ -414,7 +414,9 @@ class FuzzStack:
         leak = LEAK.search(details or "")
         if leak:
             problems.append(f"the message shows internals ({leak.group(0)!r})")
-        if case.credential != "right" and case.shape == "drain" and self.served_by.get(rpc.service) != "provider":
+        too_big = "Received message larger than max" in (details or "")  # gRPC refuses it before any of ours runs
+        credentialed = case.credential == "right" or case.shape != "drain" or too_big
+        if not credentialed and self.served_by.get(rpc.service) != "provider":
             # The service token is checked before anything else; a pod's job token after the request is read.
             refused = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
             if code not in refused and (rpc.service != JOB_AGENT or code == grpc.StatusCode.OK):
