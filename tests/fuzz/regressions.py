@@ -8,7 +8,7 @@ from google.protobuf import timestamp_pb2
 
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2
-from c2d.provider.v1 import asset_pb2, provider_pb2
+from c2d.provider.v1 import asset_pb2, ledger_pb2, provider_pb2
 from tests.fuzz.harness import Case
 
 REGRESSIONS: dict[str, list[Case]] = {
@@ -17,6 +17,7 @@ REGRESSIONS: dict[str, list[Case]] = {
         Case(asset_pb2.ListAssetsRequest(type="\x00")),
         Case(asset_pb2.ListAssetsRequest(owner="0x\x00")),
     ],
+    "LedgerService/GetOrder": [Case(ledger_pb2.GetOrderRequest(order_id="\x00"))],
     # INTERNAL: the operator-service's refusal echoed the 5000-character id, its status outgrew the
     # 8 KiB a client accepts in trailers, and reading the mangled status raised ValueError in the provider.
     "ProviderService/StreamJobLogs": [Case(provider_pb2.StreamJobLogsRequest(job_id="a" * 5000))],
