@@ -44,8 +44,8 @@ import c2d
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2, job_agent_pb2
 from c2d.operator.v1 import operator_pb2
-from c2d.provider.v1 import provider_pb2
-from c2d_sdk import Signer
+from c2d.provider.v1 import asset_pb2, provider_pb2
+from c2d_sdk import Signer, assets
 from c2d_sdk.signing import signed_fields
 from plumbing import auth
 from services.operator_engine import server as engine_server
@@ -243,6 +243,7 @@ class FuzzStack:
             job_id = await market.start_job()
             dataset, dataset_order, algorithm, algorithm_order = await market.ready_job()
             stack = market.stack
+            ddos = {did: json.dumps((await market.publisher.get_asset(did)).ddo) for did in (dataset, algorithm)}
             self.addresses = {
                 "provider": stack.provider_address,
                 "operator-service": f"127.0.0.1:{stack.operator.port}",
@@ -256,10 +257,21 @@ class FuzzStack:
                 environment_ids=[market.environment_id],
                 urls=[market.base_url + market_module.SECRET_PATH],
                 seeds=self._seeds(market.spec(dataset, dataset_order, algorithm, algorithm_order), market),
-                jsons={
-                    "ddo_json": [json.dumps((await market.publisher.get_asset(d)).ddo) for d in (dataset, algorithm)],
-                    "algorithm_parameters_json": ['{"window": 3, "unit": "C"}'],
-                },
+                jsons={"ddo_json": list(ddos.values()), "algorithm_parameters_json": ['{"window": 3, "unit": "C"}']},
+            )
+            # The publisher's own requests, valid but for the field or three the fuzzer redraws (signed as the
+            # publisher one time in five): a DDO reaches its rules, and what is stored of it the database.
+            salt = "fuzz-seed"
+            fresh = {**json.loads(ddos[dataset]), "id": assets.derive_did(market.publisher.address, salt)}
+            self.known.seeds.update(
+                {
+                    "c2d.provider.v1.UpdateAssetRequest": [
+                        asset_pb2.UpdateAssetRequest(did=did, ddo_json=ddo) for did, ddo in ddos.items()
+                    ],
+                    "c2d.provider.v1.PublishAssetRequest": [
+                        asset_pb2.PublishAssetRequest(ddo_json=json.dumps(fresh), salt=salt)
+                    ],
+                }
             )
             self._ready.set()
             await self._stop.wait()
