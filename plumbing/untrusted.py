@@ -11,7 +11,8 @@ recursion: strings are blanked out by one regular expression (run in C), and
 the depth is the running sum of the brackets left.
 
 Text with a NUL character (\\x00) is refused where a request is decoded
-(`nul_field`, from plumbing.server): PostgreSQL's text cannot hold one, and
+(`nul_field`, from plumbing.server), and so is a JSON string escaping one
+(\\u0000) in `parse_json`: PostgreSQL's text cannot hold one, and
 psycopg2 raises ValueError on it deep in a query, which reached clients as
 INTERNAL (found by the fuzzer: ListAssets with type "\\x00").
 
@@ -44,6 +45,8 @@ INT64_MAX = 2**63 - 1
 _STRING = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKET_OR_COMMA = re.compile(r"[^\[\]{},]++")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1, ",": 0}
+# \u0000 after an even number of backslashes (else it is a backslash and the text "u0000").
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def parse_json(
@@ -79,6 +82,12 @@ def parse_json(
         raise _refused(
             f"{field} holds about {items} JSON keys and items; at most {max_items} are accepted",
             "json_too_many_items",
+            field,
+        )
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise _refused(
+            f"{field} holds a NUL character (\\u0000) in a JSON string, which no text accepts; remove it",
+            "text_has_nul",
             field,
         )
     return json.loads(text)  # noqa: TID251 - this is the bounded parser

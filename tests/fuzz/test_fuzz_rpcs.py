@@ -6,13 +6,14 @@ default: a few examples per RPC) or long; failures shrink, and replay from
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import grpc
 import pytest
 from google.protobuf import message_factory
 
-from c2d.provider.v1 import provider_pb2
+from c2d.provider.v1 import asset_pb2, provider_pb2
 from plumbing.grpc_errors import bad_request_fields, error_code
 from tests.fuzz.harness import JOB_AGENT, Case, FuzzStack, all_rpcs, fuzz, running_stack
 from tests.fuzz.regressions import REGRESSIONS
@@ -96,3 +97,15 @@ def test_a_refusal_that_quotes_a_huge_value_still_reaches_the_client_whole(stack
     )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and reason == "JOB_ID_INVALID" and fields == ["job_id"], message
     assert "cut)" in message and len(message.encode()) <= 600
+
+
+def test_a_ddo_whose_text_escapes_a_nul_is_refused_naming_the_ddo(stack):
+    """Found by the fuzzer's JSON mutations: a DDO whose metadata.name is "a\\u0000b" reached PostgreSQL
+    and was answered INTERNAL."""
+    seed = stack.known.seeds["c2d.provider.v1.UpdateAssetRequest"][0]
+    ddo = json.loads(seed.ddo_json)
+    ddo["metadata"]["name"] = "a\x00b"
+    update = asset_pb2.UpdateAssetRequest(did=seed.did, ddo_json=json.dumps(ddo))
+    code, message, reason, fields = _answer(stack, "AssetService/UpdateAsset", Case(update, signer="publisher"))
+    assert (code, reason, fields) == (grpc.StatusCode.INVALID_ARGUMENT, "TEXT_HAS_NUL", ["ddo_json"]), message
+    assert "\\u0000" in message
