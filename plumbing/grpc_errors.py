@@ -64,6 +64,20 @@ ERROR_CLASS_BY_STATUS: dict[grpc.StatusCode, type[errors.ServiceError]] = {
     grpc.StatusCode.UNIMPLEMENTED: errors.Unimplemented,
 }
 DEFAULT_RETRY_S = 1.0
+# A status travels in the trailers, which clients cap at 8 KiB (16 KiB hard), message and
+# details together, non-ASCII message bytes percent-encoded (x3). Messages that quote a
+# client's value (a 5000-character job id) are cut to fit; the fuzzer found them as
+# RESOURCE_EXHAUSTED "metadata size exceeds", or INTERNAL one hop up.
+MAX_MESSAGE_BYTES = 600
+MAX_METADATA_BYTES = 200
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """`text` if its UTF-8 form fits `limit` bytes, else its start and a mark of the cut."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 24].decode("utf-8", "ignore") + f"... ({len(raw)} bytes, cut)"
 
 
 def reason_of(code: str) -> str:
@@ -82,7 +96,10 @@ def error_domain(service_name: str) -> str:
 
 def _details(error: grpc.RpcError) -> list[any_pb2.Any]:
     # An AioRpcError has all from_call reads (code, details, trailing metadata); the stubs ask for a grpc.Call.
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:  # details that contradict the code (gRPC replaced a status too big to receive)
+        return []
     return list(status.details) if status is not None else []
 
 
@@ -162,15 +179,24 @@ def downstream_error(exc: grpc.aio.AioRpcError, service: str) -> errors.ServiceE
 @dataclass(frozen=True, slots=True)
 class UndecodableRequest:
     """Stands in for a request whose bytes are not a message of its method's
-    type (a string field that is not UTF-8, a truncated message). The request
+    type (a string field that is not UTF-8, a truncated message), or whose
+    text holds a NUL character. The request
     deserializers plumbing.server installs hand it on instead of raising:
     gRPC answers an exception raised there UNKNOWN. The error mapping answers
     it INVALID_ARGUMENT naming the method."""
 
     method: str
     reason: str
+    field: str = ""  # set when the message decoded but this text field holds a NUL character
 
     def error(self) -> errors.InvalidArgument:
+        if self.field:
+            return errors.InvalidArgument(
+                f"{self.field} holds a NUL character (\\x00), which no text field of {self.method} accepts; remove it",
+                "text_has_nul",
+                field=self.field,
+                metadata={"method": self.method},
+            )
         return errors.InvalidArgument(
             f"the request to {self.method} could not be decoded ({self.reason}); "
             "send a serialized request message whose string fields hold UTF-8 text",
@@ -188,17 +214,24 @@ def status_of(exc: BaseException, domain: str) -> status_pb2.Status | None:
     status_code = _status_for(exc)
     if status_code is None:
         return None
-    message = getattr(exc, "message", None) or str(exc)
+    message = bounded(getattr(exc, "message", None) or str(exc))
     code = getattr(exc, "code", "") or ""
     details = []
     if code:
-        metadata = {str(k): str(v) for k, v in (getattr(exc, "metadata", None) or {}).items()}
+        metadata = {
+            bounded(str(k), MAX_METADATA_BYTES): bounded(str(v), MAX_METADATA_BYTES)
+            for k, v in (getattr(exc, "metadata", None) or {}).items()
+        }
         details.append(error_details_pb2.ErrorInfo(reason=reason_of(code), domain=domain, metadata=metadata))
     field = getattr(exc, "field", "")
     if field and status_code == grpc.StatusCode.INVALID_ARGUMENT:
         details.append(
             error_details_pb2.BadRequest(
-                field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=bounded(field, MAX_METADATA_BYTES), description=message
+                    )
+                ]
             )
         )
     if status_code == grpc.StatusCode.UNAVAILABLE:

@@ -34,7 +34,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from plumbing import logs, metrics, tracing
+from plumbing import logs, metrics, tracing, untrusted
 from plumbing.grpc_errors import UndecodableRequest, error_mapped
 
 log = logging.getLogger("c2d.server")
@@ -247,7 +247,8 @@ class _DecodingGuard:
     cannot be decoded (bytes that are not UTF-8 in a string field, a truncated
     message) on as an UndecodableRequest, which the error mapping answers
     INVALID_ARGUMENT naming the method. Raised from the deserializer, protobuf's
-    DecodeError reaches the client as UNKNOWN."""
+    DecodeError reaches the client as UNKNOWN. A request whose text holds a
+    NUL character is handed on the same way, naming the field."""
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
@@ -276,9 +277,12 @@ def _decoding_guarded(method: str, handler: Any) -> Any:
 
     def deserialize(raw: bytes) -> Any:
         try:
-            return decode(raw)
+            request = decode(raw)
         except DecodeError as exc:
             return UndecodableRequest(method, str(exc))
+        # A request with no zero byte has no NUL in its text: most are never walked.
+        field = untrusted.nul_field(request) if b"\x00" in raw else ""
+        return UndecodableRequest(method, "a NUL character", field) if field else request
 
     return handler._replace(request_deserializer=deserialize)
 

@@ -10,6 +10,12 @@ items are checked before the decoder sees the text, by a linear scan with no
 recursion: strings are blanked out by one regular expression (run in C), and
 the depth is the running sum of the brackets left.
 
+Text with a NUL character (\\x00) is refused where a request is decoded
+(`nul_field`, from plumbing.server), and so is a JSON string escaping one
+(\\u0000) in `parse_json`: PostgreSQL's text cannot hold one, and
+psycopg2 raises ValueError on it deep in a query, which reached clients as
+INTERNAL (found by the fuzzer: ListAssets with type "\\x00").
+
 Numbers that a client sends as uint64 (offsets, sequences, nonces) go
 through `int64`: files, event logs and databases count in signed 64 bits,
 and a larger value otherwise fails deep inside them (OverflowError from
@@ -22,6 +28,9 @@ import json
 import re
 from itertools import accumulate
 from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from plumbing import errors
 
@@ -36,6 +45,8 @@ INT64_MAX = 2**63 - 1
 _STRING = re.compile(r'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKET_OR_COMMA = re.compile(r"[^\[\]{},]++")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1, ",": 0}
+# \u0000 after an even number of backslashes (else it is a backslash and the text "u0000").
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def parse_json(
@@ -73,6 +84,12 @@ def parse_json(
             "json_too_many_items",
             field,
         )
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise _refused(
+            f"{field} holds a NUL character (\\u0000) in a JSON string, which no text accepts; remove it",
+            "text_has_nul",
+            field,
+        )
     return json.loads(text)  # noqa: TID251 - this is the bounded parser
 
 
@@ -89,3 +106,36 @@ def int64(value: int, field: str) -> int:
             field=field,
         )
     return value
+
+
+def nul_field(message: Message, prefix: str = "") -> str:
+    """The path of the first string field (nested ones too, map keys and values)
+    that holds a NUL character, e.g. `spec.dataset.did`; "" if none does."""
+    for fd, value in message.ListFields():
+        name = prefix + fd.name
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            key_fd, value_fd = fd.message_type.fields_by_name["key"], fd.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                if key_fd.type == FieldDescriptor.TYPE_STRING and "\x00" in key:
+                    return name
+                found = _nul_in(value_fd, item, f"{name}[{key!r}]")
+                if found:
+                    return found
+        elif fd.is_repeated:
+            for index, item in enumerate(value):
+                found = _nul_in(fd, item, f"{name}[{index}]")
+                if found:
+                    return found
+        else:
+            found = _nul_in(fd, value, name)
+            if found:
+                return found
+    return ""
+
+
+def _nul_in(fd: FieldDescriptor, value: Any, name: str) -> str:
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        return name if "\x00" in value else ""
+    if fd.type == FieldDescriptor.TYPE_MESSAGE:
+        return nul_field(value, name + ".")
+    return ""

@@ -8,6 +8,7 @@ from google.protobuf import json_format
 
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2
+from plumbing import errors
 from services.operator_engine.domain.changes import StateChange
 from services.operator_engine.domain.jobs import EnvironmentSpec
 
@@ -37,7 +38,12 @@ def environment(
 
 
 def manifest_to_json(manifest: common_pb2.ResultsManifest) -> dict[str, Any]:
-    return json_format.MessageToDict(manifest, preserving_proto_field_name=True)
+    try:
+        return json_format.MessageToDict(manifest, preserving_proto_field_name=True)
+    except json_format.Error as exc:  # e.g. a published_at whose nanos are out of range
+        raise errors.InvalidArgument(
+            f"the results manifest cannot be read: {exc}", "results_invalid", field="results"
+        ) from None
 
 
 def manifest_from_json(data: dict[str, Any]) -> common_pb2.ResultsManifest:

@@ -214,11 +214,11 @@ class JobAgentServicer(job_agent_pb2_grpc.JobAgentServiceServicer):
         self._count_staged_bytes = count_staged_bytes
 
     def _run(self, request: _AgentRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Run:
-        job_id = check_job_id(request.job_id)
+        # The credential first: a caller without one learns nothing, not even what a valid request is.
         token = auth.presented_token(context.invocation_metadata())
         if not token:
             raise errors.Unauthenticated("missing job token (authorization: Bearer <C2D_JOB_TOKEN>)")
-        return self._orchestrator.authorize_pod(job_id, token)
+        return self._orchestrator.authorize_pod(check_job_id(request.job_id), token)
 
     async def GetWorkflow(
         self,
