@@ -101,7 +101,10 @@ class EventLog:
         """Waits until an event after `sequence` exists, or the timeout."""
         async with self._appended:
             try:
-                await asyncio.wait_for(self._appended.wait_for(lambda: self._latest > sequence), timeout)
+                # in this task, not wait_for's inner one: on 3.11 a stream cancelled
+                # while that task re-took the lock raised "Lock is not acquired"
+                async with asyncio.timeout(timeout):
+                    await self._appended.wait_for(lambda: self._latest > sequence)
             except TimeoutError:
                 return False
         return True
