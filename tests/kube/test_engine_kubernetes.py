@@ -60,7 +60,7 @@ async def test_a_job_reaches_70_with_valid_objects_and_leaves_nothing(data_dir, 
             for obj in made:
                 manifests.validate(obj, schemas)
             assert "result.txt" in [f.path for f in changes[-1].results.files]
-            log = (engine.data(job_id) / "logs" / "algorithm.log").read_text()
+            log = engine.algorithm_log(job_id).read_text()
             assert "hello from the pod" in log
             await wait_until(lambda: not c.owned_by_jobs(), what="the job's objects removed")
 
@@ -158,7 +158,7 @@ async def test_a_watch_that_gets_410_gone_lists_again_and_misses_nothing(data_di
             release(c.kubelet.claim_path(NAMESPACE, object_name(job_id)))
             ended = await engine.ended(job_id)
             assert ended.status == 70, ended
-            assert "released" in (engine.data(job_id) / "logs" / "algorithm.log").read_text()
+            assert "released" in engine.algorithm_log(job_id).read_text()
 
 
 async def test_the_demo_job_reaches_70_through_the_provider_on_kubernetes(data_dir, postgres_url, tmp_path):
@@ -263,7 +263,7 @@ async def test_a_restarted_engine_follows_surviving_pods_fails_lost_ones_and_del
             assert survived.status == 70, survived
             statuses = [ch.status for ch in await engine.history("survive")]
             assert statuses == [10, 20, 30, 40, 60, 70]  # the algorithm was followed, not run again
-            assert "after the restart" in (engine.data("survive") / "logs" / "algorithm.log").read_text()
+            assert "after the restart" in engine.algorithm_log("survive").read_text()
             await wait_until(lambda: not c.owned_by_jobs(), what="every job's objects removed")
             # The engine's Role grants what it used here, no more (computejobs/finalizers: for the
             # admission plugin that checks blockOwnerDeletion, which the emulator does not run).

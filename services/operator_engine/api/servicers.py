@@ -263,8 +263,8 @@ class JobAgentServicer(job_agent_pb2_grpc.JobAgentServiceServicer):
         context: StreamContext[job_agent_pb2.GetAlgorithmLogRequest, job_agent_pb2.GetAlgorithmLogResponse],
     ) -> AsyncIterator[job_agent_pb2.GetAlgorithmLogResponse]:
         self._run(request, context)
-        path = self._orchestrator.workspace_of(request.job_id) / "data" / "logs" / "algorithm.log"
+        workspace = self._orchestrator.workspace_of(request.job_id)
         offset = 0
-        while data := await asyncio.to_thread(_read_from, path, offset):
+        while data := await asyncio.to_thread(_read_from, workspace, offset):
             yield job_agent_pb2.GetAlgorithmLogResponse(data=data)
             offset += len(data)

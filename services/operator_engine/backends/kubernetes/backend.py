@@ -37,7 +37,7 @@ from services.operator_engine.backends.kubernetes import objects, outcomes
 from services.operator_engine.backends.kubernetes.objects import ClusterConfig, JobObjects
 from services.operator_engine.backends.kubernetes.watch import Pod, PodWatch, raw
 from services.operator_engine.domain.changes import StateChange
-from services.operator_engine.domain.jobs import Capacity, JobSpec, StageExit
+from services.operator_engine.domain.jobs import ALGORITHM_LOG, Capacity, JobSpec, StageExit
 from services.operator_engine.domain.stages import Stage
 
 log = logging.getLogger("c2d.engine.kubernetes")
@@ -403,7 +403,7 @@ class KubernetesBackend:
         name = job_objects.pod_name("algorithm")
         started = time.monotonic()
         # Its log is followed into the engine's copy from the moment its container starts.
-        self._logs_wanted[name] = LogCopy(job.data_root / "logs" / "algorithm.log", capacity.log_max_bytes)
+        self._logs_wanted[name] = LogCopy(job.workspace / ALGORITHM_LOG, capacity.log_max_bytes)
         try:
             exit_ = await self._run(name, job_objects.algorithm_pod(owner, capacity), job.algorithm_timeout_s)
         finally:
@@ -562,11 +562,10 @@ def _refused(exc: ApiException, what: str) -> Exception:
 
 
 def _fresh_workspace(job: JobSpec) -> None:
-    """The engine's side of the job: its admin logs and the algorithm's log copy."""
+    """The engine's side of the job: its admin logs and the algorithm's log copy (admin/)."""
     if job.workspace.exists():
         shutil.rmtree(job.workspace)
     job.admin_dir.mkdir(parents=True)
-    (job.data_root / "logs").mkdir(parents=True)
 
 
 def _append(path: Path, text: str) -> None:
