@@ -124,6 +124,7 @@ async def start(config: EngineSettings) -> RunningServer:
         await events.close()
         db.close()
 
+    running.on_stopping.append(orchestrator.pause)
     running.on_stop.append(shutdown)
     return running
 
@@ -142,7 +143,7 @@ def main() -> None:
 
     async def run() -> None:
         running = await start(config)
-        await serve_until_signalled(running, "operator-engine")
+        await serve_until_signalled(running, "operator-engine", stop_within_s=config.stop_grace_s)
 
     asyncio.run(run())
 

@@ -83,6 +83,7 @@ class Orchestrator:
         self._running: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._ending_pods: set[asyncio.Future[StageExit]] = set()  # pods that reported, still exiting
+        self._paused = False  # stopping: nothing new starts
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -90,14 +91,22 @@ class Orchestrator:
         await self._recover()
         self._housekeeping = asyncio.create_task(self._expire_queued_forever())
 
-    async def close(self) -> None:
+    async def pause(self) -> None:
+        """The engine is stopping: no job starts any more, and the running ones
+        are interrupted where they are, with no status change, so that the next
+        engine process resumes them (_recover) and queued jobs keep their place.
+        A job started now could not even reach the engine: its port is closing."""
+        self._paused = True
         if self._housekeeping:
             self._housekeeping.cancel()
-        await self.jobs.close()
         tasks = [run.task for run in self._runs.values() if run.task] + list(self._ending_pods)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.pause()
+        await self.jobs.close()
 
     async def _recover(self) -> None:
         """Reconciles jobs a previous engine process left unfinished.
@@ -262,7 +271,7 @@ class Orchestrator:
     # -- the stages -------------------------------------------------------------
 
     def _fill(self) -> None:
-        while self._queue and len(self._running) < self.environment.max_jobs:
+        while not self._paused and self._queue and len(self._running) < self.environment.max_jobs:
             self._launch(self._runs[self._queue.popleft()])
 
     def _launch(self, run: Run) -> None:
