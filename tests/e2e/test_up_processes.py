@@ -1,22 +1,31 @@
 """`c2d up --processes`: each server in its own process, wired to the next;
-a real job runs through them; a signal stops them all, and so does the death
-of any one of them."""
+a real job runs through them; a signal stops them all; a server that dies is
+started again while its siblings, and the jobs the engine runs, go on."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from cli.stack import process_environments
+from plumbing.statuses import EndReason
 from services.operator_engine.settings import EngineSettings
 from services.operator_service.settings import OperatorSettings
 from services.provider.settings import ProviderSettings
+from tests.operator_engine.engine_harness import (
+    EngineClient,
+    gate,
+    release,
+    wait_for_file_text,
+    wait_until,
+    workflow,
+)
 from tests.support.servers import alive, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,16 +86,44 @@ def test_a_job_runs_through_one_process_per_server_and_a_signal_stops_them_all(u
     assert not any(alive(pid) for pid in servers)
 
 
-def test_when_one_server_dies_the_others_are_stopped(up):
-    process, _ = up
-    servers = server_pids(process)
-    os.kill(servers[1], signal.SIGKILL)  # the operator-service
-    assert process.wait(60) == 1
-    deadline = time.monotonic() + 30
-    while any(alive(pid) for pid in servers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in servers)
-    assert "the operator-service exited; stopping the others" in process.stdout.read()  # type: ignore[union-attr]
+async def test_a_crashed_provider_and_operator_service_are_restarted_and_a_running_job_goes_on(up, monkeypatch):
+    process, env = up
+    engine_pid, operator_pid, provider_pid = server_pids(process)
+    monkeypatch.setenv("C2D_DATA_DIR", env["C2D_DATA_DIR"])  # the stack's service token
+    engine = EngineClient(env["C2D_ENGINE_ADDRESS"], Path(env["C2D_DATA_DIR"]) / "workspaces")
+    try:
+        job_id = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
+        await wait_for_file_text(engine.data(job_id) / "logs" / "algorithm.log", "started")
+        os.kill(operator_pid, signal.SIGKILL)
+        os.kill(provider_pid, signal.SIGKILL)
+        await wait_until(lambda: not alive(operator_pid) and not alive(provider_pid), what="both died")
+        # Both come back (new processes) while the engine, and its job, never stopped.
+        await wait_until(lambda: len(server_pids(process)) == 3, what="both restarted")
+        assert server_pids(process)[0] == engine_pid
+        assert not {operator_pid, provider_pid} & set(server_pids(process))
+        release(engine.data(job_id))
+        history = await engine.history(job_id)
+        assert [c.status for c in history] == [10, 20, 30, 40, 60, 70]
+        assert history[-1].end_reason == EndReason.COMPLETED
+    finally:
+        await engine.close()
+    # The restarted servers serve a whole job (the operator-service resumed the engine's stream).
+    demo = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cli.main", "demo"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "status 70" in demo.stdout and "result correct" in demo.stdout
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.wait, 60) == 0
+    said = process.stdout.read()  # type: ignore[union-attr]
+    assert "the operator-service exited (code -9); starting it again" in said
+    assert "the provider exited (code -9); starting it again" in said
 
 
 def test_a_server_without_a_fixed_port_is_refused():

@@ -42,7 +42,11 @@ async def test_sigterm_during_configure_keeps_the_queue_queued_and_resumes_both(
     log = tmp_path / "engine.log"
     async with StallingServer() as stall:
         proc = EngineProcess(
-            free_ports(1)[0], postgres_url, tmp_path / "ws", C2D_ENGINE_MAX_JOBS="1", C2D_ENGINE_STOP_GRACE_S=str(GRACE_S)
+            free_ports(1)[0],
+            postgres_url,
+            tmp_path / "ws",
+            C2D_ENGINE_MAX_JOBS="1",
+            C2D_ENGINE_STOP_GRACE_S=str(GRACE_S),
         )
         try:
             engine = await proc.start(log)
