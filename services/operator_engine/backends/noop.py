@@ -27,6 +27,12 @@ class NoopBackend:
     def validate(self, entrypoint: str, image: str, allow_network: bool) -> None:
         return None
 
+    def detach(self) -> None:
+        pass
+
+    def reattachable(self, job: JobSpec) -> bool:
+        return False
+
     def reclaim(self, job: JobSpec) -> None:
         return None
 

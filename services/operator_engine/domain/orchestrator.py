@@ -97,6 +97,7 @@ class Orchestrator:
         engine process resumes them (_recover) and queued jobs keep their place.
         A job started now could not even reach the engine: its port is closing."""
         self._paused = True
+        self.backend.detach()
         if self._housekeeping:
             self._housekeeping.cancel()
         tasks = [run.task for run in self._runs.values() if run.task] + list(self._ending_pods)
@@ -113,8 +114,9 @@ class Orchestrator:
 
         Decided by the last status the log recorded (the stage is stored with
         it, in the same transaction): a stage that can run again (configure,
-        publish) does; one that cannot (an algorithm whose process died with
-        the engine) fails its job; queued jobs keep their place.
+        publish) does; an algorithm that went on without the engine (under its
+        monitor) is re-attached to; one that cannot be (its run was lost: a
+        host reboot) fails its job; queued jobs keep their place.
         """
         for stored in await self.jobs.unfinished():
             job_id = stored.job_id
@@ -126,7 +128,12 @@ class Orchestrator:
             interrupted = self._stage_named.get(run.stage)
             if stored.stop_requested:
                 await self._end(run, stages.STOPPED)
-            elif interrupted and run.status == interrupted.running and not interrupted.rerun_after_restart:
+            elif (
+                interrupted
+                and run.status == interrupted.running
+                and not interrupted.rerun_after_restart
+                and not (interrupted.is_algorithm and self.backend.reattachable(spec))
+            ):
                 await self._end(run, stages.engine_restarted(interrupted))
             elif run.status == Status.WARMING_UP:
                 self._queue.append(job_id)

@@ -72,6 +72,14 @@ class Backend(Protocol):
         """Refuses (plumbing.errors) an algorithm container this backend cannot run, or
         network access it cannot give without exposing the host (DESIGN: who may see what)."""
 
+    def detach(self) -> None:
+        """The engine is stopping: a cancelled algorithm is left running (where the
+        backend can keep it beyond the engine) for the next engine process to re-attach."""
+
+    def reattachable(self, job: JobSpec) -> bool:
+        """At start-up: whether the job's algorithm, started by a previous engine
+        process, still runs or left its outcome (run_algorithm then attaches to it)."""
+
     def reclaim(self, job: JobSpec) -> None:
         """At start-up: frees what a run of the job left when the previous engine died."""
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from plumbing import errors
 from services.operator_engine.backends.local import cgroups, runtimes, sandbox
+from services.operator_engine.backends.local.monitor import Monitored
 from services.operator_engine.backends.local.pod_launcher import Launcher, SubprocessLauncher
 from services.operator_engine.domain.jobs import Capacity, JobSpec, StageExit
 from services.operator_engine.domain.stages import Stage
@@ -46,7 +47,8 @@ class LocalBackend:
         self.sandboxed = use_sandbox
         self._capabilities = capabilities or sandbox.detect_capabilities()
         self._launcher = launcher or SubprocessLauncher()
-        self._releasing: set[asyncio.Task[sandbox.SandboxOutcome]] = set()  # finished runs' cgroup removal
+        self._releasing: set[asyncio.Task[None]] = set()  # finished runs' cgroup removal
+        self._detached = False  # the engine is stopping: algorithms go on under their monitors
 
     async def close(self) -> None:
         await asyncio.gather(*self._releasing, return_exceptions=True)
@@ -82,6 +84,12 @@ class LocalBackend:
                 "container_invalid",
                 field=f"workflow.container.{exc.part}",
             ) from None
+
+    def detach(self) -> None:
+        self._detached = True
+
+    def reattachable(self, job: JobSpec) -> bool:
+        return Monitored.find(_monitor_state(job)) is not None
 
     def reclaim(self, job: JobSpec) -> None:
         # Only this job's cgroups: other engines on the host may be creating theirs.
@@ -145,14 +153,18 @@ class LocalBackend:
             ),
             use_sandbox=self.sandboxed,
         )
-        run = await sandbox.SandboxRun.start(spec)
+        # A run a previous engine process started goes on under its monitor: attach to it.
+        run = Monitored.find(_monitor_state(job)) or Monitored.start(
+            spec, _monitor_state(job), job.admin_dir / "monitor.log"
+        )
         try:
             outcome = await run.outcome()
         except asyncio.CancelledError:
-            await run.stop()
+            if not self._detached:
+                await asyncio.shield(run.stop())
             raise
         # Its cgroups are removed while the job moves on to publishing; close() waits for that.
-        releasing = asyncio.create_task(run.wait(), name=f"release-{job.job_id}")
+        releasing = asyncio.create_task(run.reap(), name=f"release-{job.job_id}")
         self._releasing.add(releasing)
         releasing.add_done_callback(self._releasing.discard)
         return StageExit(
@@ -168,6 +180,10 @@ class LocalBackend:
 
     async def remove(self, job_id: str, workspace: Path) -> None:
         await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
+
+
+def _monitor_state(job: JobSpec) -> Path:
+    return job.admin_dir / "monitor"
 
 
 def _fresh_workspace(job: JobSpec) -> None:
