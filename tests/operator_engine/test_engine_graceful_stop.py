@@ -1,7 +1,8 @@
 """SIGTERM the engine (a real `python -m services.operator_engine` process) in
 each stage: it starts no new work while it stops, exits within its grace
-period, and after a restart every job resumes where it was, with no status
-change in between and nothing blamed on the data."""
+period, leaves algorithms running under their monitors, and after a restart
+every job resumes where it was, with no status change in between and nothing
+blamed on the data."""
 
 from __future__ import annotations
 
@@ -12,14 +13,19 @@ from plumbing.statuses import EndReason, Status
 from tests.operator_engine.engine_harness import (
     EngineProcess,
     StallingServer,
+    gate,
+    release,
+    wait_for_file_text,
     wait_until,
     workflow,
 )
+from tests.operator_engine.test_engine_adversarial import no_cgroup_left
 from tests.operator_engine.test_engine_restart import (
     COPY_INPUT,
     assert_no_gap_and_legal,
     changes_after,
     nothing_running,
+    processes_mentioning,
 )
 from tests.operator_engine.test_engine_stop import stalled_dataset
 from tests.support.servers import free_ports
@@ -101,3 +107,59 @@ async def test_sigterm_during_publish_reruns_publish(data_dir, postgres_url, tmp
             await engine.close()
         finally:
             proc.terminate()
+
+
+async def test_sigterm_during_algorithm_leaves_it_running_and_the_restarted_engine_reattaches(
+    data_dir, postgres_url, tmp_path
+):
+    log = tmp_path / "engine.log"
+    proc = EngineProcess(free_ports(1)[0], postgres_url, tmp_path / "ws", C2D_ENGINE_STOP_GRACE_S=str(GRACE_S))
+    try:
+        engine = await proc.start(log)
+        code = "print('started', flush=True)\n" + gate() + "print('released', flush=True)\n"
+        job_id = await engine.submit(workflow(code))
+        algorithm_log = engine.data(job_id) / "logs" / "algorithm.log"
+        await wait_for_file_text(algorithm_log, "started")
+        before = await engine.logged_so_far()
+        # An operator-service's state stream stays open: it must not hold the stop up.
+        stream = engine.changes(after=before[-1].sequence)
+        await stream.read()
+        took = await sigterm(proc)
+        stream.cancel()
+        await engine.close()
+        assert proc.process is not None and proc.process.returncode == 0, log.read_text()
+        assert took < GRACE_S + 2.0, took
+        assert processes_mentioning(engine.data(job_id))  # the algorithm goes on
+        release(engine.data(job_id))
+        await wait_for_file_text(algorithm_log, "released")
+
+        engine = await proc.start(log)
+        after = await changes_after(engine, before[-1].sequence, {job_id})
+        assert_no_gap_and_legal(before, after)
+        assert [c.status for c in after] == [60, 70]
+        assert after[0].algorithm_outcome.exit_code == 0 and not after[0].algorithm_outcome.stopped
+        await engine.close()
+    finally:
+        proc.terminate()
+
+
+async def test_a_reattached_algorithm_can_be_stopped(data_dir, postgres_url, tmp_path):
+    log = tmp_path / "engine.log"
+    proc = EngineProcess(free_ports(1)[0], postgres_url, tmp_path / "ws")
+    try:
+        engine = await proc.start(log)
+        job_id = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
+        await wait_for_file_text(engine.data(job_id) / "logs" / "algorithm.log", "started")
+        proc.kill9()
+        await engine.close()
+
+        engine = await proc.start(log)
+        assert (await engine.stop(job_id)).status == Status.RUNNING_ALGORITHM
+        end = await engine.ended(job_id)
+        assert (end.status, end.end_reason) == (Status.FINISHED, EndReason.STOPPED)
+        assert end.algorithm_outcome.stopped
+        await wait_until(lambda: not processes_mentioning(engine.data(job_id)), what="the sandbox was killed")
+        assert no_cgroup_left(job_id)
+        await engine.close()
+    finally:
+        proc.terminate()
