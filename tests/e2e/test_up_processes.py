@@ -9,8 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cli.stack import process_environments
@@ -21,6 +23,8 @@ from services.provider.settings import ProviderSettings
 from tests.operator_engine.engine_harness import (
     EngineClient,
     gate,
+    kill_runs_in,
+    processes_mentioning,
     release,
     wait_for_file_text,
     wait_until,
@@ -36,6 +40,26 @@ def server_pids(up: subprocess.Popen) -> list[int]:
         return [int(pid) for pid in f.read().split()]
 
 
+def start_up(env: dict[str, str]) -> subprocess.Popen[str]:
+    """`c2d up --processes`, once it says it is up."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "up", "--processes"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    while not any("stops them" in line for line in lines):
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            process.wait()
+            raise AssertionError("c2d up --processes ended before it was up:\n" + "".join(lines))
+        lines.append(line)
+    return process
+
+
 @pytest.fixture
 def up(tmp_path):  # type: ignore[no-untyped-def]
     provider, operator, engine = free_ports(3)
@@ -48,31 +72,26 @@ def up(tmp_path):  # type: ignore[no-untyped-def]
         "C2D_ENGINE_ADDRESS": f"127.0.0.1:{engine}",
         "C2D_LOG_LEVEL": "WARNING",
         "XDG_CONFIG_HOME": str(tmp_path / "config"),  # the demo's account, not the user's
+        "C2D_ENGINE_MAX_JOBS": "1",  # a second job waits in the queue
     }
     env.pop("C2D_SERVICE_TOKEN", None)  # the servers share the data dir's token
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "up", "--processes"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    processes = [start_up(env)]
     try:
-        lines = []
-        while not any("stops them" in line for line in lines):
-            line = process.stdout.readline()  # type: ignore[union-attr]
-            assert line, "c2d up --processes ended before it was up:\n" + "".join(lines)
-            lines.append(line)
-        yield process, env
+        yield processes, env
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        kill_runs_in(tmp_path / "data" / "workspaces")
 
 
 def test_a_job_runs_through_one_process_per_server_and_a_signal_stops_them_all(up):
-    process, env = up
+    (process,), env = up
     servers = server_pids(process)
     assert len(servers) == 3
     demo = subprocess.run(
@@ -87,7 +106,7 @@ def test_a_job_runs_through_one_process_per_server_and_a_signal_stops_them_all(u
 
 
 async def test_a_crashed_provider_and_operator_service_are_restarted_and_a_running_job_goes_on(up, monkeypatch):
-    process, env = up
+    (process,), env = up
     engine_pid, operator_pid, provider_pid = server_pids(process)
     monkeypatch.setenv("C2D_DATA_DIR", env["C2D_DATA_DIR"])  # the stack's service token
     engine = EngineClient(env["C2D_ENGINE_ADDRESS"], Path(env["C2D_DATA_DIR"]) / "workspaces")
@@ -124,6 +143,69 @@ async def test_a_crashed_provider_and_operator_service_are_restarted_and_a_runni
     said = process.stdout.read()  # type: ignore[union-attr]
     assert "the operator-service exited (code -9); starting it again" in said
     assert "the provider exited (code -9); starting it again" in said
+
+
+def engine_client(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> EngineClient:
+    """The stack's engine, called directly with the stack's service token."""
+    monkeypatch.setenv("C2D_DATA_DIR", env["C2D_DATA_DIR"])
+    return EngineClient(env["C2D_ENGINE_ADDRESS"], Path(env["C2D_DATA_DIR"]) / "workspaces")
+
+
+async def answering(engine: EngineClient) -> None:
+    """Waits until the (restarted) engine answers."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await engine.environment()
+            return
+        except grpc.aio.AioRpcError:
+            assert time.monotonic() < deadline, "the engine did not come back"
+            await asyncio.sleep(0.1)
+
+
+async def test_a_killed_engine_is_restarted_and_its_algorithm_and_queue_go_on(up, monkeypatch):
+    (process,), env = up
+    engine_pid = server_pids(process)[0]
+    engine = engine_client(env, monkeypatch)
+    try:
+        running = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
+        queued = await engine.submit(workflow("print('queued job ran')\n"))
+        await wait_for_file_text(engine.data(running) / "logs" / "algorithm.log", "started")
+        os.kill(engine_pid, signal.SIGKILL)
+        await wait_until(
+            lambda: engine_pid not in server_pids(process) and len(server_pids(process)) == 3,
+            what="the engine restarted",
+        )
+        await answering(engine)
+        release(engine.data(running))
+        for job_id in (running, queued):
+            assert [c.status for c in await engine.history(job_id)] == [10, 20, 30, 40, 60, 70]
+    finally:
+        await engine.close()
+
+
+async def test_a_stopped_stack_keeps_its_jobs_and_the_next_one_finishes_them(up, monkeypatch):
+    processes, env = up
+    engine = engine_client(env, monkeypatch)
+    try:
+        running = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
+        queued = await engine.submit(workflow("print('queued job ran')\n"))
+        await wait_for_file_text(engine.data(running) / "logs" / "algorithm.log", "started")
+        started = time.monotonic()
+        processes[0].send_signal(signal.SIGTERM)  # as Ctrl-C does
+        assert await asyncio.to_thread(processes[0].wait, 60) == 0
+        assert time.monotonic() - started < 20.0  # the engine's grace (10 s) bounds it
+        assert processes_mentioning(engine.data(running))  # the algorithm goes on meanwhile
+        assert not (engine.data(queued) / "logs").exists()  # and the queued job never started
+        await engine.close()
+
+        processes.append(await asyncio.to_thread(start_up, env))
+        engine = engine_client(env, monkeypatch)
+        release(engine.data(running))
+        for job_id in (running, queued):
+            assert [c.status for c in await engine.history(job_id)] == [10, 20, 30, 40, 60, 70]
+    finally:
+        await engine.close()
 
 
 def test_a_server_without_a_fixed_port_is_refused():

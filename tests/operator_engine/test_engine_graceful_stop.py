@@ -14,6 +14,7 @@ from tests.operator_engine.engine_harness import (
     EngineProcess,
     StallingServer,
     gate,
+    processes_mentioning,
     release,
     wait_for_file_text,
     wait_until,
@@ -25,7 +26,6 @@ from tests.operator_engine.test_engine_restart import (
     assert_no_gap_and_legal,
     changes_after,
     nothing_running,
-    processes_mentioning,
 )
 from tests.operator_engine.test_engine_stop import stalled_dataset
 from tests.support.servers import free_ports

@@ -20,6 +20,7 @@ from tests.operator_engine.engine_harness import (
     EngineProcess,
     StallingServer,
     gate,
+    processes_mentioning,
     release,
     wait_for_file_text,
     wait_until,
@@ -75,18 +76,6 @@ def nothing_running(database_url: str) -> list:  # type: ignore[type-arg]
         left = list(rows)
     engine.dispose()
     return left
-
-
-def processes_mentioning(path) -> list[int]:  # type: ignore[no-untyped-def]
-    needle, found = str(path).encode(), []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if needle in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
 
 
 async def test_kill_during_configure_reruns_configure(data_dir, postgres_url, tmp_path):
