@@ -21,7 +21,7 @@ from pathlib import Path
 
 from plumbing import errors
 from services.operator_engine.backends.local import cgroups, runtimes, sandbox
-from services.operator_engine.backends.local.monitor import Monitored
+from services.operator_engine.backends.local.monitor import Monitored, MonitorLauncher
 from services.operator_engine.backends.local.pod_launcher import Launcher, SubprocessLauncher
 from services.operator_engine.domain.jobs import Capacity, JobSpec, StageExit
 from services.operator_engine.domain.stages import Stage
@@ -49,10 +49,12 @@ class LocalBackend:
         self._launcher = launcher or SubprocessLauncher()
         self._releasing: set[asyncio.Task[None]] = set()  # finished runs' cgroup removal
         self._detached = False  # the engine is stopping: algorithms go on under their monitors
+        self._monitors = MonitorLauncher()
 
     async def close(self) -> None:
         await asyncio.gather(*self._releasing, return_exceptions=True)
         await self._launcher.close()
+        await asyncio.to_thread(self._monitors.close)
 
     def describe(self) -> str:
         if not self.sandboxed:
@@ -154,9 +156,7 @@ class LocalBackend:
             use_sandbox=self.sandboxed,
         )
         # A run a previous engine process started goes on under its monitor: attach to it.
-        run = Monitored.find(_monitor_state(job)) or Monitored.start(
-            spec, _monitor_state(job), job.admin_dir / "monitor.log"
-        )
+        run = Monitored.find(_monitor_state(job)) or self._monitors.start(spec, _monitor_state(job))
         try:
             outcome = await run.outcome()
         except asyncio.CancelledError:

@@ -1,8 +1,9 @@
 """The per-job monitor: one small process per algorithm run that owns its sandbox,
 so that the run outlives the engine (as podman's conmon and containerd's shim do).
 
-The engine starts `python -m ...monitor STATE_DIR` in a session of its own,
-with no parent-death signal. The monitor starts the SandboxRun (sandbox.py:
+The engine starts `python -m ...monitor` ahead, in a session of its own,
+with no parent-death signal, and hands it a run's STATE_DIR on its stdin
+(MonitorLauncher). The monitor then starts the SandboxRun (sandbox.py:
 the sandbox's parent-death signal and lifeline now follow the monitor, not the
 engine), keeps its log flowing into algorithm.log, enforces its timeout and
 quota, and when the run ends writes the outcome to STATE_DIR/outcome.json
@@ -122,29 +123,59 @@ def _report(state: Path, outcome: dict[str, Any]) -> None:
 # -- the engine's side ----------------------------------------------------------------------
 
 
+class MonitorLauncher:
+    """Starts runs under monitors, one of them always started ahead and idle, so a
+    run does not wait for an interpreter to start and import the sandbox."""
+
+    def __init__(self) -> None:
+        self._idle: subprocess.Popen[bytes] | None = None
+
+    def start(self, spec: SandboxSpec, state: Path) -> Monitored:
+        """The run's monitor is given `state` (the run's spec in it), the directory it
+        keeps the run's pid and outcome in; its log goes beside it (monitor.log)."""
+        state.mkdir(parents=True, exist_ok=True)
+        for name in (PID, OUTCOME):
+            (state / name).unlink(missing_ok=True)
+        _write_atomically(state / SPEC, json.dumps(_spec_to_json(spec)))
+        process = self._idle if self._idle is not None and self._idle.poll() is None else _spawn()
+        self._idle = _spawn()  # the next run's, starting while this one runs
+        assert process.stdin is not None
+        try:
+            process.stdin.write(f"{state}\n".encode())
+            process.stdin.close()
+        except BrokenPipeError:  # it died idle: a fresh one takes the run
+            process = _spawn()
+            assert process.stdin is not None
+            process.stdin.write(f"{state}\n".encode())
+            process.stdin.close()
+        return Monitored(state, process.pid, process)
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, None
+        if idle is not None and idle.stdin is not None:
+            idle.stdin.close()  # EOF: it exits
+            idle.wait()
+            if idle.stdout is not None:
+                idle.stdout.close()
+
+
+def _spawn() -> subprocess.Popen[bytes]:
+    # Not asyncio's subprocess: its transport kills a child still running when the
+    # engine's loop closes, and a monitor must outlive the engine.
+    return subprocess.Popen(
+        [sys.executable, "-m", __name__],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # no signal to the engine's process group reaches it
+    )
+
+
 class Monitored:
     """A run under its monitor, as the engine sees it: started now, or found after a restart."""
 
     def __init__(self, state: Path, pid: int, process: subprocess.Popen[bytes] | None = None) -> None:
         self.state, self.pid, self._process = state, pid, process
-
-    @classmethod
-    def start(cls, spec: SandboxSpec, state: Path, log: Path) -> Monitored:
-        state.mkdir(parents=True, exist_ok=True)
-        for name in (PID, OUTCOME):
-            (state / name).unlink(missing_ok=True)
-        _write_atomically(state / SPEC, json.dumps(_spec_to_json(spec)))
-        with open(log, "ab") as log_file:
-            # Not asyncio's subprocess: its transport kills a child still running when the
-            # engine's loop closes, and this one must outlive the engine.
-            process = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(state)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                start_new_session=True,  # no signal to the engine's group reaches it
-            )
-        return cls(state, process.pid, process)
 
     @classmethod
     def find(cls, state: Path) -> Monitored | None:
@@ -218,5 +249,21 @@ async def _exited(pid: int) -> None:
         os.close(pidfd)
 
 
+def _serve() -> None:
+    """Started ahead, idle: waits for its run's state directory on stdin (EOF: the
+    engine closed it or is gone, and it is not needed), then monitors that run."""
+    line = sys.stdin.readline().strip()
+    if not line:
+        return
+    state = Path(line)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)  # it no longer hears from the engine
+    log = os.open(state.parent / "monitor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+    os.dup2(log, 2)
+    for fd in (devnull, log):
+        os.close(fd)
+    asyncio.run(_monitor(state))
+
+
 if __name__ == "__main__":
-    asyncio.run(_monitor(Path(sys.argv[1])))
+    _serve()
