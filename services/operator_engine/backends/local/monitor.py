@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.operator_engine.backends.local import sandbox
 from services.operator_engine.backends.local.cgroups import CgroupError
 from services.operator_engine.backends.local.sandbox import (
     SandboxLimits,
@@ -252,6 +253,7 @@ async def _exited(pid: int) -> None:
 def _serve() -> None:
     """Started ahead, idle: waits for its run's state directory on stdin (EOF: the
     engine closed it or is gone, and it is not needed), then monitors that run."""
+    sandbox.probe()  # while idle, off the run's clock
     line = sys.stdin.readline().strip()
     if not line:
         return
