@@ -284,7 +284,7 @@ async def _keep_running(child: Child, stop: asyncio.Event, say: Callable[[str], 
         child.restarts += 1
         serving = await child.spawn()
         pid = child.process.pid if child.process else "?"
-        say(f"c2d: the {child.name} is {'back' if serving else 'not serving yet'} (pid {pid})")
+        say(f"c2d: the {child.name} {'is back' if serving else 'did not come up'} (pid {pid})")
 
 
 async def _serving(address: str, process: asyncio.subprocess.Process, internal: bool, timeout_s: float = 60.0) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cli.stack import process_environments
+from cli.stack import Child, _keep_running, process_environments
 from plumbing.statuses import EndReason
 from services.operator_engine.settings import EngineSettings
 from services.operator_service.settings import OperatorSettings
@@ -211,3 +211,18 @@ async def test_a_stopped_stack_keeps_its_jobs_and_the_next_one_finishes_them(up,
 def test_a_server_without_a_fixed_port_is_refused():
     with pytest.raises(ValueError, match="operator-service's address '127.0.0.1:0' has no fixed port"):
         process_environments(ProviderSettings(), OperatorSettings(address="127.0.0.1:0"), EngineSettings())
+
+
+async def test_a_server_that_keeps_dying_is_restarted_with_a_doubling_pause(tmp_path):
+    # A "server" that exits at once: python -m of a module that does not exist.
+    child = Child("provider", "c2d_no_such_module", dict(os.environ), f"127.0.0.1:{free_ports(1)[0]}", 5.0)
+    assert not await child.spawn()
+    said: list[str] = []
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_keep_running(child, stop, said.append))
+    await wait_until(lambda: child.restarts >= 3, timeout=30, what="three restarts")
+    stop.set()
+    await asyncio.wait_for(watcher, 10)
+    pauses = [line.split(" in ")[1] for line in said if "starting it again" in line]
+    assert pauses[:3] == ["0.5 s", "1 s", "2 s"]
+    assert "c2d: the provider exited (code 1); starting it again in 0.5 s" in said
