@@ -221,3 +221,31 @@ async def test_kill_during_publish_reruns_publish(data_dir, postgres_url, tmp_pa
             await engine.close()
         finally:
             proc.terminate()
+
+
+async def test_a_stop_recorded_before_a_kill_stops_the_algorithm_left_running(data_dir, postgres_url, tmp_path):
+    log = tmp_path / "engine.log"
+    proc = EngineProcess(free_ports(1)[0], postgres_url, tmp_path / "ws")
+    try:
+        engine = await proc.start(log)
+        job_id = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
+        await wait_for_file_text(engine.data(job_id) / "logs" / "algorithm.log", "started")
+        proc.kill9()
+        await engine.close()
+        # As StopJob records it before it kills: the engine died in between.
+        db = sqlalchemy.create_engine(postgres_url)
+        with db.begin() as conn:
+            conn.execute(
+                sqlalchemy.text("UPDATE engine_jobs SET stop_requested = true WHERE job_id = :j"), {"j": job_id}
+            )
+        db.dispose()
+        assert processes_mentioning(engine.data(job_id))
+
+        engine = await proc.start(log)
+        end = await engine.ended(job_id)
+        assert (end.status, end.end_reason) == (Status.FINISHED, EndReason.STOPPED)
+        await wait_until(lambda: not processes_mentioning(engine.data(job_id)), what="the algorithm was stopped")
+        assert no_cgroup_left(job_id)
+        await engine.close()
+    finally:
+        proc.terminate()

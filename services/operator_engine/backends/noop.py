@@ -33,6 +33,9 @@ class NoopBackend:
     def reattachable(self, job: JobSpec) -> bool:
         return False
 
+    async def abandon(self, job: JobSpec) -> None:
+        pass
+
     def reclaim(self, job: JobSpec) -> None:
         return None
 

@@ -127,6 +127,7 @@ class Orchestrator:
             self.backend.reclaim(spec)
             interrupted = self._stage_named.get(run.stage)
             if stored.stop_requested:
+                await self.backend.abandon(spec)  # what the stop had no time to kill
                 await self._end(run, stages.STOPPED)
             elif (
                 interrupted

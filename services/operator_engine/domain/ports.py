@@ -80,6 +80,10 @@ class Backend(Protocol):
         """At start-up: whether the job's algorithm, started by a previous engine
         process, still runs or left its outcome (run_algorithm then attaches to it)."""
 
+    async def abandon(self, job: JobSpec) -> None:
+        """At start-up: stops the job's algorithm a previous engine process left running
+        (its stop was asked for before that process could kill it)."""
+
     def reclaim(self, job: JobSpec) -> None:
         """At start-up: frees what a run of the job left when the previous engine died."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from plumbing import errors
 from services.operator_engine.backends.local import cgroups, runtimes, sandbox
-from services.operator_engine.backends.local.monitor import Monitored, MonitorLauncher
+from services.operator_engine.backends.local.monitor import Monitored, MonitorFailed, MonitorLauncher
 from services.operator_engine.backends.local.pod_launcher import Launcher, SubprocessLauncher
 from services.operator_engine.domain.jobs import Capacity, JobSpec, StageExit
 from services.operator_engine.domain.stages import Stage
@@ -92,6 +92,14 @@ class LocalBackend:
 
     def reattachable(self, job: JobSpec) -> bool:
         return Monitored.find(_monitor_state(job)) is not None
+
+    async def abandon(self, job: JobSpec) -> None:
+        left = Monitored.find(_monitor_state(job))
+        if left is not None:
+            try:
+                await left.stop()
+            except MonitorFailed:
+                pass  # it is gone either way
 
     def reclaim(self, job: JobSpec) -> None:
         # Only this job's cgroups: other engines on the host may be creating theirs.
