@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 from plumbing.statuses import EndReason, Status
 from tests.operator_engine.engine_harness import (
@@ -25,6 +26,7 @@ from tests.operator_engine.test_engine_restart import (
     COPY_INPUT,
     assert_no_gap_and_legal,
     changes_after,
+    killed_while_the_algorithm_waits,
     nothing_running,
 )
 from tests.operator_engine.test_engine_stop import stalled_dataset
@@ -33,15 +35,17 @@ from tests.support.servers import free_ports
 GRACE_S = 3.0
 
 
-async def sigterm(proc: EngineProcess) -> float:
-    """Sends SIGTERM and waits for the exit (this loop keeps serving the test's
-    servers meanwhile); returns how long it took."""
+async def sigterm(proc: EngineProcess, log: Path) -> None:
+    """Sends SIGTERM and checks the engine exits cleanly within its grace period (this
+    loop keeps serving the test's servers meanwhile)."""
     process = proc.process
     assert process is not None
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     await wait_until(lambda: process.poll() is not None, 60, "the engine exited after SIGTERM")
-    return time.monotonic() - started
+    took = time.monotonic() - started
+    assert process.returncode == 0, log.read_text()
+    assert took < GRACE_S + 2.0, took
 
 
 async def test_sigterm_during_configure_keeps_the_queue_queued_and_resumes_both(data_dir, postgres_url, tmp_path):
@@ -62,9 +66,7 @@ async def test_sigterm_during_configure_keeps_the_queue_queued_and_resumes_both(
             before = await engine.logged_so_far()
             assert before[-1].status == Status.CONFIGURING_VOLUMES
             await engine.close()
-            took = await sigterm(proc)
-            assert proc.process is not None and proc.process.returncode == 0, log.read_text()
-            assert took < GRACE_S + 2.0, took
+            await sigterm(proc, log)
             await wait_until(lambda: stall.open_connections == 0, what="pod_config stopped with the engine")
 
             stall.stalling = False
@@ -94,9 +96,7 @@ async def test_sigterm_during_publish_reruns_publish(data_dir, postgres_url, tmp
             before = await engine.logged_so_far()
             assert before[-1].status == Status.PUBLISHING_RESULTS
             await engine.close()
-            took = await sigterm(proc)
-            assert proc.process is not None and proc.process.returncode == 0, log.read_text()
-            assert took < GRACE_S + 2.0, took
+            await sigterm(proc, log)
             await wait_until(lambda: stall.open_connections == 0, what="pod_publish stopped with the engine")
 
             engine = await proc.start(log, C2D_STORAGE_KIND="local")
@@ -124,11 +124,9 @@ async def test_sigterm_during_algorithm_leaves_it_running_and_the_restarted_engi
         # An operator-service's state stream stays open: it must not hold the stop up.
         stream = engine.changes(after=before[-1].sequence)
         await stream.read()
-        took = await sigterm(proc)
+        await sigterm(proc, log)
         stream.cancel()
         await engine.close()
-        assert proc.process is not None and proc.process.returncode == 0, log.read_text()
-        assert took < GRACE_S + 2.0, took
         assert processes_mentioning(engine.data(job_id))  # the algorithm goes on
         release(engine.data(job_id))
         await wait_for_file_text(algorithm_log, "released")
@@ -147,12 +145,7 @@ async def test_a_reattached_algorithm_can_be_stopped(data_dir, postgres_url, tmp
     log = tmp_path / "engine.log"
     proc = EngineProcess(free_ports(1)[0], postgres_url, tmp_path / "ws")
     try:
-        engine = await proc.start(log)
-        job_id = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
-        await wait_for_file_text(engine.data(job_id) / "logs" / "algorithm.log", "started")
-        proc.kill9()
-        await engine.close()
-
+        job_id = await killed_while_the_algorithm_waits(proc, log)
         engine = await proc.start(log)
         assert (await engine.stop(job_id)).status == Status.RUNNING_ALGORITHM
         end = await engine.ended(job_id)

@@ -78,6 +78,17 @@ def nothing_running(database_url: str) -> list:  # type: ignore[type-arg]
     return left
 
 
+async def killed_while_the_algorithm_waits(proc: EngineProcess, log) -> str:  # type: ignore[no-untyped-def]
+    """Starts the engine and a job whose algorithm waits on its gate; kill -9s the engine
+    once the algorithm runs. The job's id."""
+    engine = await proc.start(log)
+    job_id = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
+    await wait_for_file_text(engine.data(job_id) / "logs" / "algorithm.log", "started")
+    proc.kill9()
+    await engine.close()
+    return job_id
+
+
 async def test_kill_during_configure_reruns_configure(data_dir, postgres_url, tmp_path):
     log = tmp_path / "engine.log"
     async with StallingServer() as stall:
@@ -227,11 +238,7 @@ async def test_a_stop_recorded_before_a_kill_stops_the_algorithm_left_running(da
     log = tmp_path / "engine.log"
     proc = EngineProcess(free_ports(1)[0], postgres_url, tmp_path / "ws")
     try:
-        engine = await proc.start(log)
-        job_id = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
-        await wait_for_file_text(engine.data(job_id) / "logs" / "algorithm.log", "started")
-        proc.kill9()
-        await engine.close()
+        job_id = await killed_while_the_algorithm_waits(proc, log)
         # As StopJob records it before it kills: the engine died in between.
         db = sqlalchemy.create_engine(postgres_url)
         with db.begin() as conn:
@@ -239,7 +246,7 @@ async def test_a_stop_recorded_before_a_kill_stops_the_algorithm_left_running(da
                 sqlalchemy.text("UPDATE engine_jobs SET stop_requested = true WHERE job_id = :j"), {"j": job_id}
             )
         db.dispose()
-        assert processes_mentioning(engine.data(job_id))
+        assert processes_mentioning(proc.workspaces / job_id / "data")
 
         engine = await proc.start(log)
         end = await engine.ended(job_id)
