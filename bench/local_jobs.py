@@ -13,7 +13,10 @@ pod_config and pod_publish, the algorithm in bubblewrap with cgroup limits):
    next to the bare run made the same way (M runs, max_jobs at a time, no
    engine, no sandbox): the most any engine could reach on this machine;
 3. the sandbox's start overhead alone (/bin/true through SandboxRun vs a bare
-   subprocess).
+   subprocess); and start -> outcome run in the engine's process against
+   under the per-job monitor the engine now uses (so a run outlives the
+   engine: backends/local/monitor.py), its idle monitor given a second to be
+   ready, as it is between two jobs.
 
 (1) and (2) run with both pod launchers, `forkserver` (the default: pods forked
 from a pre-imported helper) and `subprocess` (a fresh interpreter per stage, as
@@ -42,7 +45,8 @@ from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
 from plumbing import auth
 from services.operator_engine import server
-from services.operator_engine.backends.local.sandbox import SandboxLimits, detect_capabilities
+from services.operator_engine.backends.local.monitor import MonitorLauncher
+from services.operator_engine.backends.local.sandbox import SandboxLimits, SandboxRun, SandboxSpec, detect_capabilities
 from services.operator_engine.settings import EngineSettings
 
 ALGORITHM = """\
@@ -185,7 +189,7 @@ async def bare_burst(bare: BareRun, n: int, at_once: int) -> tuple[float, float]
     return n / (time.monotonic() - started), (machine_busy_s() - cpu) / n
 
 
-async def sandbox_overhead(n: int) -> tuple[float, float]:
+async def sandbox_overhead(n: int) -> tuple[float, float, float, float]:
     from tests.operator_engine.bench_sandbox_overhead import bare, through_sandbox
 
     detect_capabilities()
@@ -195,7 +199,40 @@ async def sandbox_overhead(n: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         plain = statistics.median([await bare() for _ in range(n)])
         boxed = statistics.median([(await through_sandbox(Path(tmp), True, limits))[0] for _ in range(n)])
-    return plain, boxed
+        in_engine = statistics.median([await to_outcome(Path(tmp), limits) for _ in range(n)])
+        monitored = statistics.median(await through_monitor(Path(tmp), limits, n))
+    return plain, boxed, in_engine, monitored
+
+
+async def to_outcome(root: Path, limits: SandboxLimits) -> float:
+    """/bin/true through SandboxRun in this process: from the start to its outcome (the
+    log drained, the leftovers killed), the baseline of through_monitor."""
+    spec = SandboxSpec("bench", root / "ws", ("/bin/true",), {}, limits=limits)
+    started = time.monotonic()
+    run = await SandboxRun.start(spec)
+    await run.outcome()
+    took = time.monotonic() - started
+    await run.wait()
+    return took
+
+
+async def through_monitor(root: Path, limits: SandboxLimits, n: int) -> list[float]:
+    """/bin/true through MonitorLauncher: from the start to the outcome the engine reads."""
+    monitors, times = MonitorLauncher(), []
+    try:
+        for i in range(n + 1):  # the first spawns its monitor cold: not counted
+            await asyncio.sleep(1.0)
+            spec = SandboxSpec("bench", root / "ws", ("/bin/true",), {}, limits=limits)
+            started = time.monotonic()
+            run = monitors.start(spec, root / f"run-{i}" / "monitor")
+            outcome = await run.outcome()
+            assert outcome.exit_code == 0, outcome
+            if i:
+                times.append(time.monotonic() - started)
+            await run.reap()
+    finally:
+        monitors.close()
+    return times
 
 
 def ms(seconds: float) -> float:
@@ -224,7 +261,7 @@ async def main() -> None:
         }
         rate = {launcher: jobs_per_s for launcher, (jobs_per_s, _) in bursts.items()}
         bare_rate, bare_cpu = await bare_burst(bare_run, burst, args.max_jobs)
-        plain_start, sandbox_start = await sandbox_overhead(sandbox_n)
+        plain_start, sandbox_start, in_engine, monitored_start = await sandbox_overhead(sandbox_n)
 
     print(f"trivial job (copy input to output), {os.cpu_count()} cores, SQLite store, local backend + bubblewrap")
     print(f"{'':44s} {'forkserver':>12s} {'subprocess':>12s}")
@@ -249,6 +286,10 @@ async def main() -> None:
         f"(start overhead {ms(sandbox_start - plain_start)} ms)"
     )
     print(
+        f"/bin/true, start -> outcome: in the engine's process {ms(in_engine)} ms, under its own monitor "
+        f"{ms(monitored_start)} ms (the monitor's cost {ms(monitored_start - in_engine)} ms)"
+    )
+    print(
         json.dumps(
             {
                 "e2e_p50_ms": ms(e2e["forkserver"]),
@@ -259,6 +300,7 @@ async def main() -> None:
                 "bare_burst_runs_per_s": round(bare_rate, 1),
                 "bare_machine_cpu_ms_per_run": ms(bare_cpu),
                 "sandbox_start_ms": ms(sandbox_start - plain_start),
+                "monitor_cost_ms": ms(monitored_start - in_engine),
                 "e2e_p50_ms_subprocess_pods": ms(e2e["subprocess"]),
                 "jobs_per_s_subprocess_pods": round(rate["subprocess"], 1),
                 "jobs_in_burst": burst,

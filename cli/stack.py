@@ -176,6 +176,41 @@ def process_environments(
     }
 
 
+# A child that died is started again after a pause that doubles from the first to the
+# last of these while it keeps dying; one that stayed up a minute starts over at the first.
+RESTART_BACKOFF_S = (0.5, 30.0)
+STEADY_S = 60.0
+
+
+@dataclass
+class Child:
+    """One server process of `c2d up --processes`, restarted when it dies."""
+
+    name: str
+    module: str
+    environment: dict[str, str]
+    address: str
+    stop_timeout_s: float  # from SIGTERM to SIGKILL
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+
+    async def spawn(self) -> bool:
+        """Starts it and waits until it serves; False if it ended first."""
+        self.process = await asyncio.create_subprocess_exec(sys.executable, "-m", self.module, env=self.environment)
+        return await _serving(local_address(self.address), self.process, internal=self.name != "provider")
+
+    async def stop(self) -> None:
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), self.stop_timeout_s)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
 async def run_processes(
     provider: ProviderSettings,
     operator: OperatorSettings,
@@ -183,7 +218,10 @@ async def run_processes(
     say: Callable[[str], object] = print,
 ) -> int:
     """Runs each server as its own process (its own interpreter and GIL) until
-    SIGINT or SIGTERM, or until one of them exits, which stops the others."""
+    SIGINT or SIGTERM. A server that dies is started again (with backoff),
+    and its siblings keep running: the engine's jobs go on through a crash of
+    the provider or the operator-service (which resumes the engine's state
+    stream where it left it), and a restarted engine resumes its jobs."""
     _prepare(engine)
     environments = process_environments(provider, operator, engine)
     addresses = listen_addresses(provider, operator, engine)
@@ -191,37 +229,62 @@ async def run_processes(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    started: list[tuple[str, asyncio.subprocess.Process]] = []
+    # The engine's own stop is bounded by its grace; a little more before the SIGKILL.
+    timeouts = {"operator-engine": engine.stop_grace_s + 5.0}
+    children = [
+        Child(name, module, environments[name], addresses[name], timeouts.get(name, 10.0))
+        for name, module in SERVER_MODULES
+    ]
+    started: list[Child] = []
+    watchers: list[asyncio.Task[None]] = []
     try:
-        for name, module in SERVER_MODULES:  # in the order each needs the one before
-            process = await asyncio.create_subprocess_exec(sys.executable, "-m", module, env=environments[name])
-            started.append((name, process))
-            if not await _serving(local_address(addresses[name]), process, internal=name != "provider"):
-                say(f"c2d: the {name} did not start (exit code {process.returncode}); see its log above")
+        for child in children:  # in the order each needs the one before
+            started.append(child)
+            if not await child.spawn():
+                returncode = child.process.returncode if child.process else None
+                say(f"c2d: the {child.name} did not start (exit code {returncode}); see its log above")
                 return 1
         say(
             f"c2d is up, one process per server (data in {settings.data_dir()}):\n"
-            + "".join(f"  {name:<17} {addresses[name]}  (pid {process.pid})\n" for name, process in started)
+            + "".join(f"  {c.name:<17} {c.address}  (pid {c.process.pid if c.process else '?'})\n" for c in children)
             + "Ctrl-C stops them."
         )
-        exits = [asyncio.ensure_future(process.wait()) for _, process in started]
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([*exits, stopping], return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        gone = [name for name, process in started if process.returncode is not None]
-        if gone:
-            say(f"c2d: the {', '.join(gone)} exited; stopping the others")
-            return 1
+        watchers = [asyncio.create_task(_keep_running(child, stop, say)) for child in children]
+        await stop.wait()
         return 0
     finally:
-        for _, process in reversed(started):  # the provider first, the engine last
-            if process.returncode is None:
-                process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), 30)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        # The provider first (no new requests come in), then the operator-service (no
+        # new dispatch), the engine last: it keeps queued jobs queued and its stages
+        # resumable, so nothing upstream sees it gone while it still had work coming.
+        for child in reversed(started):
+            await child.stop()
+
+
+async def _keep_running(child: Child, stop: asyncio.Event, say: Callable[[str], object]) -> None:
+    """Starts `child` again whenever it dies, until `stop` is set."""
+    pause = RESTART_BACKOFF_S[0]
+    while True:
+        assert child.process is not None
+        up_since = time.monotonic()
+        code = await child.process.wait()
+        if stop.is_set():
+            return
+        if time.monotonic() - up_since >= STEADY_S:
+            pause = RESTART_BACKOFF_S[0]
+        say(f"c2d: the {child.name} exited (code {code}); starting it again in {pause:g} s")
+        try:
+            await asyncio.wait_for(stop.wait(), pause)
+            return  # stopping meanwhile
+        except TimeoutError:
+            pass
+        pause = min(pause * 2, RESTART_BACKOFF_S[1])
+        child.restarts += 1
+        serving = await child.spawn()
+        pid = child.process.pid if child.process else "?"
+        say(f"c2d: the {child.name} {'is back' if serving else 'did not come up'} (pid {pid})")
 
 
 async def _serving(address: str, process: asyncio.subprocess.Process, internal: bool, timeout_s: float = 60.0) -> bool:

@@ -19,6 +19,7 @@ import ctypes
 import functools
 import gc
 import logging
+import os
 import signal
 import time
 import types
@@ -55,6 +56,9 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Run before the port closes, while in-flight calls can still finish (e.g. the
+    # engine stops starting jobs whose pods could no longer call it back).
+    on_stopping: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     metrics_endpoint: metrics.MetricsEndpoint | None = None
 
     @property
@@ -63,6 +67,8 @@ class RunningServer:
         return self.metrics_endpoint.port if self.metrics_endpoint else None
 
     async def stop(self, grace: float = 5.0) -> None:
+        for callback in self.on_stopping:
+            await callback()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         for callback in reversed(self.on_stop):
@@ -305,8 +311,11 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-async def serve_until_signalled(running: RunningServer, name: str) -> None:
-    """Blocks until SIGTERM or SIGINT, then drains in-flight calls and stops."""
+async def serve_until_signalled(running: RunningServer, name: str, stop_within_s: float | None = None) -> None:
+    """Blocks until SIGTERM or SIGINT, then drains in-flight calls and stops.
+    With `stop_within_s`, the process ends within that many seconds of the
+    signal whatever its cleanup still waits for (exit code 1 then): a
+    supervisor's stop timeout is not the place to find out."""
     freeze_startup_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -315,7 +324,16 @@ async def serve_until_signalled(running: RunningServer, name: str) -> None:
     log.info("%s listening on port %d", name, running.port)
     await stop.wait()
     log.info("%s stopping", name)
-    await running.stop()
+    if stop_within_s is None:
+        await running.stop()
+        return
+    try:
+        # Half the time for in-flight calls (long streams are cut then), the rest for cleanup.
+        await asyncio.wait_for(running.stop(stop_within_s / 2), stop_within_s)
+    except TimeoutError:
+        log.error("%s did not stop within %g s; exiting anyway", name, stop_within_s)
+        logging.shutdown()
+        os._exit(1)
 
 
 def configure_observability(component: str, default_level: str = "INFO") -> None:

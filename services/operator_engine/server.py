@@ -143,6 +143,7 @@ async def start(config: EngineSettings) -> RunningServer:
         await events.close()
         db.close()
 
+    running.on_stopping.append(orchestrator.pause)
     running.on_stop.append(shutdown)
     return running
 
@@ -161,7 +162,7 @@ def main() -> None:
 
     async def run() -> None:
         running = await start(config)
-        await serve_until_signalled(running, "operator-engine")
+        await serve_until_signalled(running, "operator-engine", stop_within_s=config.stop_grace_s)
 
     try:
         asyncio.run(run())

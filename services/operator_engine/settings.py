@@ -21,6 +21,11 @@ class EngineSettings:
     configure_timeout_s: float = setting(600.0, "timeout of the configure stage (pod_config)")
     publish_timeout_s: float = setting(600.0, "timeout of the publish stage (pod_publish)")
     queue_timeout_s: float = setting(3600.0, "a job waiting longer than this for room ends 'expired in queue'")
+    stop_grace_s: float = setting(
+        10.0,
+        "on SIGTERM the engine exits within this many seconds; queued jobs stay queued, running "
+        "stages resume after the restart",
+    )
     heartbeat_s: float = setting(2.0, "seconds between heartbeats on the state stream")
     environment_id: str = setting("local-cpu", "id of the engine's compute environment")
     cpu_cores: float = setting(1.0, "CPU cores per job")

@@ -1,9 +1,10 @@
 """`c2d up --processes`: each server in its own process, wired to the next;
-a real job runs through them; a signal stops them all, and so does the death
-of any one of them."""
+a real job runs through them; a signal stops them all; a server that dies is
+started again while its siblings, and the jobs the engine runs, go on."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,12 +12,24 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
-from cli.stack import process_environments
+from cli.stack import Child, _keep_running, process_environments
+from plumbing.statuses import EndReason
 from services.operator_engine.settings import EngineSettings
 from services.operator_service.settings import OperatorSettings
 from services.provider.settings import ProviderSettings
+from tests.operator_engine.engine_harness import (
+    EngineClient,
+    gate,
+    kill_runs_in,
+    processes_mentioning,
+    release,
+    wait_for_file_text,
+    wait_until,
+    workflow,
+)
 from tests.support.servers import alive, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,6 +38,26 @@ REPO = Path(__file__).resolve().parents[2]
 def server_pids(up: subprocess.Popen) -> list[int]:
     with open(f"/proc/{up.pid}/task/{up.pid}/children") as f:
         return [int(pid) for pid in f.read().split()]
+
+
+def start_up(env: dict[str, str]) -> subprocess.Popen[str]:
+    """`c2d up --processes`, once it says it is up."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "up", "--processes"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    while not any("stops them" in line for line in lines):
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            process.wait()
+            raise AssertionError("c2d up --processes ended before it was up:\n" + "".join(lines))
+        lines.append(line)
+    return process
 
 
 @pytest.fixture
@@ -39,31 +72,26 @@ def up(tmp_path):  # type: ignore[no-untyped-def]
         "C2D_ENGINE_ADDRESS": f"127.0.0.1:{engine}",
         "C2D_LOG_LEVEL": "WARNING",
         "XDG_CONFIG_HOME": str(tmp_path / "config"),  # the demo's account, not the user's
+        "C2D_ENGINE_MAX_JOBS": "1",  # a second job waits in the queue
     }
     env.pop("C2D_SERVICE_TOKEN", None)  # the servers share the data dir's token
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "up", "--processes"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    processes = [start_up(env)]
     try:
-        lines = []
-        while not any("stops them" in line for line in lines):
-            line = process.stdout.readline()  # type: ignore[union-attr]
-            assert line, "c2d up --processes ended before it was up:\n" + "".join(lines)
-            lines.append(line)
-        yield process, env
+        yield processes, env
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        kill_runs_in(tmp_path / "data" / "workspaces")
 
 
 def test_a_job_runs_through_one_process_per_server_and_a_signal_stops_them_all(up):
-    process, env = up
+    (process,), env = up
     servers = server_pids(process)
     assert len(servers) == 3
     demo = subprocess.run(
@@ -77,18 +105,127 @@ def test_a_job_runs_through_one_process_per_server_and_a_signal_stops_them_all(u
     assert not any(alive(pid) for pid in servers)
 
 
-def test_when_one_server_dies_the_others_are_stopped(up):
-    process, _ = up
-    servers = server_pids(process)
-    os.kill(servers[1], signal.SIGKILL)  # the operator-service
-    assert process.wait(60) == 1
-    deadline = time.monotonic() + 30
-    while any(alive(pid) for pid in servers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in servers)
-    assert "the operator-service exited; stopping the others" in process.stdout.read()  # type: ignore[union-attr]
+async def test_a_crashed_provider_and_operator_service_are_restarted_and_a_running_job_goes_on(up, monkeypatch):
+    (process,), env = up
+    engine_pid, operator_pid, provider_pid = server_pids(process)
+    monkeypatch.setenv("C2D_DATA_DIR", env["C2D_DATA_DIR"])  # the stack's service token
+    engine = EngineClient(env["C2D_ENGINE_ADDRESS"], Path(env["C2D_DATA_DIR"]) / "workspaces")
+    try:
+        job_id = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
+        await wait_for_file_text(engine.data(job_id) / "logs" / "algorithm.log", "started")
+        os.kill(operator_pid, signal.SIGKILL)
+        os.kill(provider_pid, signal.SIGKILL)
+        await wait_until(lambda: not alive(operator_pid) and not alive(provider_pid), what="both died")
+        # Both come back (new processes) while the engine, and its job, never stopped.
+        # (a killed child stays listed until it is reaped)
+        await wait_until(
+            lambda: len(server_pids(process)) == 3 and not {operator_pid, provider_pid} & set(server_pids(process)),
+            what="both restarted",
+        )
+        assert server_pids(process)[0] == engine_pid
+        release(engine.data(job_id))
+        history = await engine.history(job_id)
+        assert [c.status for c in history] == [10, 20, 30, 40, 60, 70]
+        assert history[-1].end_reason == EndReason.COMPLETED
+    finally:
+        await engine.close()
+    # The restarted servers serve a whole job (the operator-service resumed the engine's stream).
+    demo = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cli.main", "demo"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "status 70" in demo.stdout and "result correct" in demo.stdout
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.wait, 60) == 0
+    said = process.stdout.read()  # type: ignore[union-attr]
+    assert "the operator-service exited (code -9); starting it again" in said
+    assert "the provider exited (code -9); starting it again" in said
+
+
+def engine_client(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> EngineClient:
+    """The stack's engine, called directly with the stack's service token."""
+    monkeypatch.setenv("C2D_DATA_DIR", env["C2D_DATA_DIR"])
+    return EngineClient(env["C2D_ENGINE_ADDRESS"], Path(env["C2D_DATA_DIR"]) / "workspaces")
+
+
+async def answering(engine: EngineClient) -> None:
+    """Waits until the (restarted) engine answers."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await engine.environment()
+            return
+        except grpc.aio.AioRpcError:
+            assert time.monotonic() < deadline, "the engine did not come back"
+            await asyncio.sleep(0.1)
+
+
+async def test_a_killed_engine_is_restarted_and_its_algorithm_and_queue_go_on(up, monkeypatch):
+    (process,), env = up
+    engine_pid = server_pids(process)[0]
+    engine = engine_client(env, monkeypatch)
+    try:
+        running = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
+        queued = await engine.submit(workflow("print('queued job ran')\n"))
+        await wait_for_file_text(engine.data(running) / "logs" / "algorithm.log", "started")
+        os.kill(engine_pid, signal.SIGKILL)
+        await wait_until(
+            lambda: engine_pid not in server_pids(process) and len(server_pids(process)) == 3,
+            what="the engine restarted",
+        )
+        await answering(engine)
+        release(engine.data(running))
+        for job_id in (running, queued):
+            assert [c.status for c in await engine.history(job_id)] == [10, 20, 30, 40, 60, 70]
+    finally:
+        await engine.close()
+
+
+async def test_a_stopped_stack_keeps_its_jobs_and_the_next_one_finishes_them(up, monkeypatch):
+    processes, env = up
+    engine = engine_client(env, monkeypatch)
+    try:
+        running = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
+        queued = await engine.submit(workflow("print('queued job ran')\n"))
+        await wait_for_file_text(engine.data(running) / "logs" / "algorithm.log", "started")
+        started = time.monotonic()
+        processes[0].send_signal(signal.SIGTERM)  # as Ctrl-C does
+        assert await asyncio.to_thread(processes[0].wait, 60) == 0
+        assert time.monotonic() - started < 20.0  # the engine's grace (10 s) bounds it
+        assert processes_mentioning(engine.data(running))  # the algorithm goes on meanwhile
+        assert not (engine.data(queued) / "logs").exists()  # and the queued job never started
+        await engine.close()
+
+        processes.append(await asyncio.to_thread(start_up, env))
+        engine = engine_client(env, monkeypatch)
+        release(engine.data(running))
+        for job_id in (running, queued):
+            assert [c.status for c in await engine.history(job_id)] == [10, 20, 30, 40, 60, 70]
+    finally:
+        await engine.close()
 
 
 def test_a_server_without_a_fixed_port_is_refused():
     with pytest.raises(ValueError, match="operator-service's address '127.0.0.1:0' has no fixed port"):
         process_environments(ProviderSettings(), OperatorSettings(address="127.0.0.1:0"), EngineSettings())
+
+
+async def test_a_server_that_keeps_dying_is_restarted_with_a_doubling_pause(tmp_path):
+    # A "server" that exits at once: python -m of a module that does not exist.
+    child = Child("provider", "c2d_no_such_module", dict(os.environ), f"127.0.0.1:{free_ports(1)[0]}", 5.0)
+    assert not await child.spawn()
+    said: list[str] = []
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_keep_running(child, stop, said.append))
+    await wait_until(lambda: child.restarts >= 3, timeout=30, what="three restarts")
+    stop.set()
+    await asyncio.wait_for(watcher, 10)
+    pauses = [line.split(" in ")[1] for line in said if "starting it again" in line]
+    assert pauses[:3] == ["0.5 s", "1 s", "2 s"]
+    assert "c2d: the provider exited (code 1); starting it again in 0.5 s" in said

@@ -1,12 +1,14 @@
 """kill -9 the engine (a real `python -m services.operator_engine` process) in
 each stage and start it again: every job ends or resumes, none stays in a
-running state, the stage's processes died with the engine, and the state
+running state, the pods died with the engine while the algorithm goes on
+under its monitor (and the restarted engine re-attaches to it), and the state
 stream resumes after the last sequence a client saw, with no gap."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import uuid
 
 import sqlalchemy
@@ -18,6 +20,8 @@ from tests.operator_engine.engine_harness import (
     EngineProcess,
     StallingServer,
     gate,
+    processes_mentioning,
+    release,
     wait_for_file_text,
     wait_until,
     workflow,
@@ -74,16 +78,15 @@ def nothing_running(database_url: str) -> list:  # type: ignore[type-arg]
     return left
 
 
-def processes_mentioning(path) -> list[int]:  # type: ignore[no-untyped-def]
-    needle, found = str(path).encode(), []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if needle in f.read():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
+async def killed_while_the_algorithm_waits(proc: EngineProcess, log) -> str:  # type: ignore[no-untyped-def]
+    """Starts the engine and a job whose algorithm waits on its gate; kill -9s the engine
+    once the algorithm runs. The job's id."""
+    engine = await proc.start(log)
+    job_id = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
+    await wait_for_file_text(engine.data(job_id) / "logs" / "algorithm.log", "started")
+    proc.kill9()
+    await engine.close()
+    return job_id
 
 
 async def test_kill_during_configure_reruns_configure(data_dir, postgres_url, tmp_path):
@@ -121,7 +124,44 @@ async def test_kill_during_configure_reruns_configure(data_dir, postgres_url, tm
             proc.terminate()
 
 
-async def test_kill_during_algorithm_fails_that_job_and_resumes_the_queue(data_dir, postgres_url, tmp_path):
+async def test_kill_during_algorithm_leaves_it_running_and_the_restarted_engine_reattaches(
+    data_dir, postgres_url, tmp_path
+):
+    log = tmp_path / "engine.log"
+    proc = EngineProcess(free_ports(1)[0], postgres_url, tmp_path / "ws", C2D_ENGINE_MAX_JOBS="1")
+    try:
+        engine = await proc.start(log)
+        code = "print('started', flush=True)\n" + gate() + "print('released', flush=True)\n"
+        running = await engine.submit(workflow(code + "open('/data/outputs/r.txt', 'w').write('done')\n"))
+        queued = await engine.submit(workflow("print('queued job ran')\n"))
+        algorithm_log = engine.data(running) / "logs" / "algorithm.log"
+        await wait_for_file_text(algorithm_log, "started")
+        before = await engine.logged_so_far()
+        proc.kill9()
+        await engine.close()
+        # The sandbox outlives the engine, under its monitor, and its log keeps flowing.
+        assert processes_mentioning(engine.data(running))
+        release(engine.data(running))
+        await wait_for_file_text(algorithm_log, "released")
+
+        engine = await proc.start(log)
+        after = await changes_after(engine, before[-1].sequence, {running, queued})
+        assert_no_gap_and_legal(before, after)
+        assert [c.status for c in after if c.job_id == running] == [60, 70]
+        end = next(c for c in after if c.job_id == running and c.status == Status.PUBLISHING_RESULTS)
+        assert end.algorithm_outcome.exit_code == 0 and not end.algorithm_outcome.stopped
+        assert [c.status for c in after if c.job_id == queued] == [10, 20, 30, 40, 60, 70]
+        assert (engine.data(running) / "outputs" / "r.txt").read_text() == "done"
+        await wait_until(lambda: not processes_mentioning(engine.data(running)), what="the run's processes ended")
+        assert no_cgroup_left(running)
+        assert nothing_running(postgres_url) == []
+        await engine.close()
+    finally:
+        proc.terminate()
+
+
+async def test_a_run_lost_with_its_monitor_fails_as_engine_restarted(data_dir, postgres_url, tmp_path):
+    """What a host reboot does: the engine and the monitor die, and the sandbox with them."""
     log = tmp_path / "engine.log"
     proc = EngineProcess(free_ports(1)[0], postgres_url, tmp_path / "ws", C2D_ENGINE_MAX_JOBS="1")
     try:
@@ -130,9 +170,11 @@ async def test_kill_during_algorithm_fails_that_job_and_resumes_the_queue(data_d
         queued = await engine.submit(workflow("print('queued job ran')\n"))
         await wait_for_file_text(engine.algorithm_log(running), "started")
         before = await engine.logged_so_far()
+        monitor_pid = int((engine.workspaces / running / "admin" / "monitor" / "pid").read_text().split()[0])
         proc.kill9()
         await engine.close()
-        # The sandbox dies with the engine (its lifeline): nothing of the job keeps running.
+        os.kill(monitor_pid, signal.SIGKILL)
+        # The sandbox dies with its monitor (its lifeline): nothing of the job keeps running.
         await wait_until(lambda: not processes_mentioning(engine.data(running)), what="the sandbox died")
 
         engine = await proc.start(log)
@@ -190,3 +232,27 @@ async def test_kill_during_publish_reruns_publish(data_dir, postgres_url, tmp_pa
             await engine.close()
         finally:
             proc.terminate()
+
+
+async def test_a_stop_recorded_before_a_kill_stops_the_algorithm_left_running(data_dir, postgres_url, tmp_path):
+    log = tmp_path / "engine.log"
+    proc = EngineProcess(free_ports(1)[0], postgres_url, tmp_path / "ws")
+    try:
+        job_id = await killed_while_the_algorithm_waits(proc, log)
+        # As StopJob records it before it kills: the engine died in between.
+        db = sqlalchemy.create_engine(postgres_url)
+        with db.begin() as conn:
+            conn.execute(
+                sqlalchemy.text("UPDATE engine_jobs SET stop_requested = true WHERE job_id = :j"), {"j": job_id}
+            )
+        db.dispose()
+        assert processes_mentioning(proc.workspaces / job_id / "data")
+
+        engine = await proc.start(log)
+        end = await engine.ended(job_id)
+        assert (end.status, end.end_reason) == (Status.FINISHED, EndReason.STOPPED)
+        await wait_until(lambda: not processes_mentioning(engine.data(job_id)), what="the algorithm was stopped")
+        assert no_cgroup_left(job_id)
+        await engine.close()
+    finally:
+        proc.terminate()

@@ -27,6 +27,12 @@ class NoopBackend:
     def validate(self, entrypoint: str, image: str, allow_network: bool, tag: str = "", checksum: str = "") -> None:
         return None
 
+    def detach(self) -> None:
+        pass
+
+    async def abandon(self, job: JobSpec) -> None:
+        pass
+
     def reclaim(self, job: JobSpec) -> None:
         return None
 

@@ -83,6 +83,7 @@ class Orchestrator:
         self._running: set[str] = set()
         self._housekeeping: asyncio.Task[None] | None = None
         self._ending_pods: set[asyncio.Future[StageExit]] = set()  # pods that reported, still exiting
+        self._paused = False  # stopping: nothing new starts
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -90,22 +91,32 @@ class Orchestrator:
         await self._recover()
         self._housekeeping = asyncio.create_task(self._expire_queued_forever())
 
-    async def close(self) -> None:
+    async def pause(self) -> None:
+        """The engine is stopping: no job starts any more, and the running ones
+        are interrupted where they are, with no status change, so that the next
+        engine process resumes them (_recover) and queued jobs keep their place.
+        A job started now could not even reach the engine: its port is closing."""
+        self._paused = True
+        self.backend.detach()
         if self._housekeeping:
             self._housekeeping.cancel()
-        await self.jobs.close()
         tasks = [run.task for run in self._runs.values() if run.task] + list(self._ending_pods)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.pause()
+        await self.jobs.close()
 
     async def _recover(self) -> None:
         """Reconciles jobs a previous engine process left unfinished.
 
         Decided by the last status the log recorded (the stage is stored with
         it, in the same transaction): a stage that can run again (configure,
-        publish) does; one that cannot (an algorithm whose process died with
-        the engine) fails its job; queued jobs keep their place.
+        publish) does; an algorithm that went on without the engine (under its
+        monitor) is re-attached to; one that cannot be (its run was lost: a
+        host reboot) fails its job; queued jobs keep their place.
         """
         for stored in await self.jobs.unfinished():
             job_id = stored.job_id
@@ -116,6 +127,7 @@ class Orchestrator:
             self.backend.reclaim(spec)
             interrupted = self._stage_named.get(run.stage)
             if stored.stop_requested:
+                await self.backend.abandon(spec)  # what the stop had no time to kill
                 await self._end(run, stages.STOPPED)
             elif (
                 interrupted
@@ -273,7 +285,7 @@ class Orchestrator:
     # -- the stages -------------------------------------------------------------
 
     def _fill(self) -> None:
-        while self._queue and len(self._running) < self.environment.max_jobs:
+        while not self._paused and self._queue and len(self._running) < self.environment.max_jobs:
             self._launch(self._runs[self._queue.popleft()])
 
     def _launch(self, run: Run) -> None:

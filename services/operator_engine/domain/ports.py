@@ -72,12 +72,21 @@ class Backend(Protocol):
         """Refuses (plumbing.errors) an algorithm container this backend cannot run, or
         network access it cannot give without exposing the host (DESIGN: who may see what)."""
 
+    def detach(self) -> None:
+        """The engine is stopping: a cancelled algorithm is left running (where the
+        backend can keep it beyond the engine) for the next engine process to re-attach."""
+
+    async def abandon(self, job: JobSpec) -> None:
+        """At start-up: stops the job's algorithm a previous engine process left running
+        (its stop was asked for before that process could kill it)."""
+
     def reclaim(self, job: JobSpec) -> None:
         """At start-up: frees what a run of the job left when the previous engine died."""
 
     def outlived_restart(self, job: JobSpec, stage: Stage) -> bool:
-        """At start-up: the stage's run survived the previous engine (a pod still
-        running), so it can be followed to its end instead of failing the job."""
+        """At start-up: the stage's run survived the previous engine (a pod, or an
+        algorithm under its monitor, still running or with its outcome kept), so it
+        is followed to its end (run_algorithm attaches to it) instead of failing the job."""
 
     async def prepare(self, job: JobSpec) -> None:
         """Gives the job an empty workspace (for a stage that starts clean)."""

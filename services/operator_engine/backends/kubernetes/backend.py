@@ -271,6 +271,9 @@ class KubernetesBackend:
         pod = self._pods.get(JobObjects(self.config, job).pod_name(stage.name or "algorithm"))
         return pod is not None and outcomes.stage_exit("MODIFIED", pod) is None
 
+    async def abandon(self, job: JobSpec) -> None:
+        return None  # the job's end releases it: deleting its ComputeJob deletes the pods it owns
+
     def detach(self) -> None:
         """The engine is shutting down, not stopping jobs: the stages it cancels keep their
         pods, which the next engine follows (outlived_restart)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from plumbing import errors
 from services.operator_engine.backends.local import cgroups, runtimes, sandbox
+from services.operator_engine.backends.local.monitor import Monitored, MonitorFailed, MonitorLauncher
 from services.operator_engine.backends.local.pod_launcher import Launcher, SubprocessLauncher
 from services.operator_engine.domain.jobs import ALGORITHM_LOG, Capacity, JobSpec, StageExit
 from services.operator_engine.domain.stages import Stage
@@ -46,11 +47,14 @@ class LocalBackend:
         self.sandboxed = use_sandbox
         self._capabilities = capabilities or sandbox.detect_capabilities()
         self._launcher = launcher or SubprocessLauncher()
-        self._releasing: set[asyncio.Task[sandbox.SandboxOutcome]] = set()  # finished runs' cgroup removal
+        self._releasing: set[asyncio.Task[None]] = set()  # finished runs' cgroup removal
+        self._detached = False  # the engine is stopping: algorithms go on under their monitors
+        self._monitors = MonitorLauncher()
 
     async def close(self) -> None:
         await asyncio.gather(*self._releasing, return_exceptions=True)
         await self._launcher.close()
+        await asyncio.to_thread(self._monitors.close)
 
     def describe(self) -> str:
         if not self.sandboxed:
@@ -83,12 +87,24 @@ class LocalBackend:
                 field=f"workflow.container.{exc.part}",
             ) from None
 
+    def detach(self) -> None:
+        self._detached = True
+
+    async def abandon(self, job: JobSpec) -> None:
+        left = Monitored.find(_monitor_state(job))
+        if left is not None:
+            try:
+                await left.stop()
+            except MonitorFailed:
+                pass  # it is gone either way
+
     def reclaim(self, job: JobSpec) -> None:
         # Only this job's cgroups: other engines on the host may be creating theirs.
         cgroups.sweep_empty(cgroups.detect(), prefix=cgroups.cgroup_name(job.job_id))
 
     def outlived_restart(self, job: JobSpec, stage: Stage) -> bool:
-        return False  # its processes die with the engine
+        # an algorithm runs under its monitor, which outlives the engine; pods die with it
+        return stage.is_algorithm and Monitored.find(_monitor_state(job)) is not None
 
     async def prepare(self, job: JobSpec) -> None:
         await asyncio.to_thread(_fresh_workspace, job)  # file system calls stay off the event loop
@@ -149,14 +165,16 @@ class LocalBackend:
             use_sandbox=self.sandboxed,
             log_path=job.workspace / ALGORITHM_LOG,
         )
-        run = await sandbox.SandboxRun.start(spec)
+        # A run a previous engine process started goes on under its monitor: attach to it.
+        run = Monitored.find(_monitor_state(job)) or self._monitors.start(spec, _monitor_state(job))
         try:
             outcome = await run.outcome()
         except asyncio.CancelledError:
-            await run.stop()
+            if not self._detached:
+                await asyncio.shield(run.stop())
             raise
         # Its cgroups are removed while the job moves on to publishing; close() waits for that.
-        releasing = asyncio.create_task(run.wait(), name=f"release-{job.job_id}")
+        releasing = asyncio.create_task(run.reap(), name=f"release-{job.job_id}")
         self._releasing.add(releasing)
         releasing.add_done_callback(self._releasing.discard)
         return StageExit(
@@ -175,6 +193,10 @@ class LocalBackend:
 
     async def remove(self, job_id: str, workspace: Path) -> None:
         await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
+
+
+def _monitor_state(job: JobSpec) -> Path:
+    return job.admin_dir / "monitor"
 
 
 def _fresh_workspace(job: JobSpec) -> None:

@@ -411,6 +411,13 @@ def _probe_bwrap(path: str) -> str | None:
     return _PROBED[path]
 
 
+def probe(bwrap: str | None = None) -> None:
+    """Probes bubblewrap for this process ahead, so that start() need not (a helper started ahead)."""
+    path = _resolve_bwrap(bwrap)
+    if path is not None:
+        _probe_bwrap(path)
+
+
 def _run_probe(path: str) -> str | None:
     bwrap = [
         path,
