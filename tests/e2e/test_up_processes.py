@@ -112,7 +112,7 @@ async def test_a_crashed_provider_and_operator_service_are_restarted_and_a_runni
     engine = EngineClient(env["C2D_ENGINE_ADDRESS"], Path(env["C2D_DATA_DIR"]) / "workspaces")
     try:
         job_id = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
-        await wait_for_file_text(engine.data(job_id) / "logs" / "algorithm.log", "started")
+        await wait_for_file_text(engine.algorithm_log(job_id), "started")
         os.kill(operator_pid, signal.SIGKILL)
         os.kill(provider_pid, signal.SIGKILL)
         await wait_until(lambda: not alive(operator_pid) and not alive(provider_pid), what="both died")
@@ -173,7 +173,7 @@ async def test_a_killed_engine_is_restarted_and_its_algorithm_and_queue_go_on(up
     try:
         running = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
         queued = await engine.submit(workflow("print('queued job ran')\n"))
-        await wait_for_file_text(engine.data(running) / "logs" / "algorithm.log", "started")
+        await wait_for_file_text(engine.algorithm_log(running), "started")
         os.kill(engine_pid, signal.SIGKILL)
         await wait_until(
             lambda: engine_pid not in server_pids(process) and len(server_pids(process)) == 3,
@@ -193,7 +193,7 @@ async def test_a_stopped_stack_keeps_its_jobs_and_the_next_one_finishes_them(up,
     try:
         running = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
         queued = await engine.submit(workflow("print('queued job ran')\n"))
-        await wait_for_file_text(engine.data(running) / "logs" / "algorithm.log", "started")
+        await wait_for_file_text(engine.algorithm_log(running), "started")
         started = time.monotonic()
         processes[0].send_signal(signal.SIGTERM)  # as Ctrl-C does
         assert await asyncio.to_thread(processes[0].wait, 60) == 0

@@ -118,7 +118,7 @@ async def test_sigterm_during_algorithm_leaves_it_running_and_the_restarted_engi
         engine = await proc.start(log)
         code = "print('started', flush=True)\n" + gate() + "print('released', flush=True)\n"
         job_id = await engine.submit(workflow(code))
-        algorithm_log = engine.data(job_id) / "logs" / "algorithm.log"
+        algorithm_log = engine.algorithm_log(job_id)
         await wait_for_file_text(algorithm_log, "started")
         before = await engine.logged_so_far()
         # An operator-service's state stream stays open: it must not hold the stop up.

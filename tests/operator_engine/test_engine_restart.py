@@ -83,7 +83,7 @@ async def killed_while_the_algorithm_waits(proc: EngineProcess, log) -> str:  # 
     once the algorithm runs. The job's id."""
     engine = await proc.start(log)
     job_id = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
-    await wait_for_file_text(engine.data(job_id) / "logs" / "algorithm.log", "started")
+    await wait_for_file_text(engine.algorithm_log(job_id), "started")
     proc.kill9()
     await engine.close()
     return job_id
@@ -134,7 +134,7 @@ async def test_kill_during_algorithm_leaves_it_running_and_the_restarted_engine_
         code = "print('started', flush=True)\n" + gate() + "print('released', flush=True)\n"
         running = await engine.submit(workflow(code + "open('/data/outputs/r.txt', 'w').write('done')\n"))
         queued = await engine.submit(workflow("print('queued job ran')\n"))
-        algorithm_log = engine.data(running) / "logs" / "algorithm.log"
+        algorithm_log = engine.algorithm_log(running)
         await wait_for_file_text(algorithm_log, "started")
         before = await engine.logged_so_far()
         proc.kill9()

@@ -52,6 +52,7 @@ class MonitorFailed(RuntimeError):
 def _spec_to_json(spec: SandboxSpec) -> dict[str, Any]:
     data = dataclasses.asdict(spec)
     data["workspace"] = str(spec.workspace)
+    data["log_path"] = None if spec.log_path is None else str(spec.log_path)
     data["env"] = dict(spec.env)
     return data
 
@@ -61,6 +62,7 @@ def _spec_from_json(data: dict[str, Any]) -> SandboxSpec:
         **{
             **data,
             "workspace": Path(data["workspace"]),
+            "log_path": None if data["log_path"] is None else Path(data["log_path"]),
             "argv": tuple(data["argv"]),
             "limits": SandboxLimits(**data["limits"]),
         }
