@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-pytest_plugins = ["tests.support.servers", "tests.support.stacks"]
+pytest_plugins = ["testkit.fixtures"]
 
 # The servers a test starts as processes serve their metrics on free ports: the
 # defaults (9551-9553) are `c2d up`'s, and test runs share this machine.
