@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from testkit.servers import KuboRPC, SeaweedFS, run_kubo_rpc, run_seaweedfs
 from testkit.stacks import fresh_postgres_database
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A data directory per test process unless the run names one: parallel
+    workers must not share the user's (one SQLite database, one results tree)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if "C2D_DATA_DIR" not in os.environ:
+            patch.setenv("C2D_DATA_DIR", str(tmp_path_factory.mktemp("c2d-data")))
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +42,21 @@ def ipfs_rpc(ipfs_node: KuboRPC) -> str:
     return ipfs_node.url
 
 
+@contextlib.contextmanager
+def c2d_data_dir(path: Path) -> Iterator[str]:
+    """The environment of a stack whose data lives at path, restored afterwards."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("C2D_DATA_DIR", str(path))
+        patch.delenv("C2D_SERVICE_TOKEN", raising=False)
+        # Test files are served from 127.0.0.1, which pod_config refuses by default.
+        patch.setenv("C2D_STAGING_ALLOW_HOSTS", "127.0.0.1")
+        yield str(path)
+
+
 @pytest.fixture
-def data_dir(tmp_path, monkeypatch) -> Iterator[str]:
-    path = tmp_path / "c2d"
-    monkeypatch.setenv("C2D_DATA_DIR", str(path))
-    monkeypatch.delenv("C2D_SERVICE_TOKEN", raising=False)
-    # Test files are served from 127.0.0.1, which pod_config refuses by default.
-    monkeypatch.setenv("C2D_STAGING_ALLOW_HOSTS", "127.0.0.1")
-    yield str(path)
+def data_dir(tmp_path: Path) -> Iterator[str]:
+    with c2d_data_dir(tmp_path / "c2d") as path:
+        yield path
 
 
 @pytest.fixture
