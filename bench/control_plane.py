@@ -52,9 +52,7 @@ from plumbing import auth
 from plumbing.server import freeze_startup_heap
 from services.operator_service import server as operator_server
 from services.operator_service.domain import watching
-from testkit.servers import free_ports
-from testkit.stacks import fresh_postgres_database
-from tests.operator_service.helpers import (
+from testkit.control_plane import (
     ENVIRONMENT,
     Operator,
     OperatorProcess,
@@ -64,6 +62,8 @@ from tests.operator_service.helpers import (
     wait_available,
     workflow,
 )
+from testkit.servers import free_ports
+from testkit.stacks import fresh_postgres_database
 
 CHANGES_PER_JOB = 6  # the no-op backend's 10, 20, 30, 40, 60, 70
 LOW_RATE = 60.0  # changes/s: ten jobs a second

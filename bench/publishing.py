@@ -201,7 +201,7 @@ def child_download(how: str, target: str, what: str) -> None:
         response.release_conn()
     else:
         from cli.client import Client, connect
-        from tests.pod_publish.jobs import CONSUMER_KEY
+        from testkit.jobs import CONSUMER_KEY
 
         job_id, index = what.rsplit("/", 1)
 
@@ -233,7 +233,7 @@ def child_download(how: str, target: str, what: str) -> None:
 
 async def bench_download(env: dict[str, str], total: int, repeat: int) -> dict:
     from plumbing.statuses import Status
-    from tests.pod_publish.jobs import job_bench
+    from testkit.jobs import job_bench
 
     async with job_bench(disk_bytes=total + (256 * MiB)) as bench:
         job = await bench.run(BIG_RESULT.format(mib=total // MiB))

@@ -4,7 +4,7 @@ import pytest
 import pytest_asyncio
 
 from testkit.fixtures import c2d_data_dir
-from tests.provider.market import Market, open_market
+from testkit.market import Market, open_market
 
 
 @pytest.fixture

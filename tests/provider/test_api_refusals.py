@@ -17,7 +17,7 @@ from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2, ledger_pb2, provider_pb2
 from plumbing.grpc_errors import bad_request_fields, error_code, reason_of
 from services.provider.domain import errors as codes
-from tests.provider.market import (
+from testkit.market import (
     CONTAINER,
     WAIT_S,
     Market,

@@ -1,4 +1,4 @@
-"""Runs real jobs for the pod_publish tests: a stack (testkit/stacks.py)
+"""Runs real jobs for the pod_publish tests and bench/publishing.py: a stack (testkit/stacks.py)
 with the storage its C2D_STORAGE_* variables name, a dataset that allows raw
 algorithms, and a consumer who orders it and runs a given algorithm."""
 
