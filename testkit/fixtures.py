@@ -9,8 +9,26 @@ from pathlib import Path
 
 import pytest
 
+from testkit import grpc_servers
 from testkit.servers import KuboRPC, SeaweedFS, run_kubo_rpc, run_seaweedfs
 from testkit.stacks import fresh_postgres_database
+
+grpc_servers.track()
+
+
+@pytest.fixture(autouse=True)
+def no_grpc_server_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A gRPC server a test left serving past its event loop fails that test
+    (freeing it later would hang the whole run at exit)."""
+    yield
+    orphans = grpc_servers.orphans()
+    if orphans:
+        grpc_servers.keep(orphans)
+        pytest.fail(
+            f"{request.node.nodeid} left {len(orphans)} gRPC server(s) serving after its event loop closed: "
+            "stop each one (await server.stop(grace)) before the test's loop ends",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)
