@@ -6,7 +6,8 @@
 - ``testkit.fixtures``: the pytest fixtures over both (a plugin).
 - ``testkit.market`` (the provider with publisher and consumers),
   ``testkit.control_plane`` (engine and operator-services), ``testkit.jobs``
-  (real jobs on a storage): the harnesses the tests and bench/ share.
+  (real jobs on a storage): the harnesses the tests and bench/ share;
+  ``testkit.raw_rows``: a PostgreSQL database read raw.
 - ``testkit.kube``: a Kubernetes API server and a kubelet; it imports no
   service: what it emulates is what a service talks to.
 
