@@ -32,8 +32,10 @@ demo: install
 up: install
 	$(BIN)/c2d up
 
+# In parallel (pytest-xdist): the tests mostly wait on servers and processes.
+# A whole file per worker, so a module's stack and a session's servers start once per worker.
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist loadfile
 
 $(BUF): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error

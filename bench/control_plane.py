@@ -52,7 +52,7 @@ from plumbing import auth
 from plumbing.server import freeze_startup_heap
 from services.operator_service import server as operator_server
 from services.operator_service.domain import watching
-from tests.operator_service.helpers import (
+from testkit.control_plane import (
     ENVIRONMENT,
     Operator,
     OperatorProcess,
@@ -62,8 +62,8 @@ from tests.operator_service.helpers import (
     wait_available,
     workflow,
 )
-from tests.support.servers import free_ports
-from tests.support.stacks import fresh_postgres_database
+from testkit.servers import free_ports
+from testkit.stacks import fresh_postgres_database
 
 CHANGES_PER_JOB = 6  # the no-op backend's 10, 20, 30, 40, 60, 70
 LOW_RATE = 60.0  # changes/s: ten jobs a second

@@ -47,9 +47,9 @@ from services.operator_engine.backends.kubernetes.wiring import USER_AGENT
 from services.operator_engine.settings import EngineSettings
 from services.operator_service import server as operator_server
 from testkit import kube
+from testkit.control_plane import Operator, create_request, operator_settings, query, wait_available
 from testkit.kube import containers, kubelet, manifests
-from tests.operator_service.helpers import Operator, create_request, operator_settings, query, wait_available
-from tests.support.stacks import fresh_postgres_database
+from testkit.stacks import fresh_postgres_database
 
 POD_CHANGES_PER_JOB = 9  # each pod: Pending (ContainerCreating), Running, Succeeded
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"

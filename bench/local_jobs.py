@@ -190,7 +190,7 @@ async def bare_burst(bare: BareRun, n: int, at_once: int) -> tuple[float, float]
 
 
 async def sandbox_overhead(n: int) -> tuple[float, float, float, float]:
-    from tests.operator_engine.bench_sandbox_overhead import bare, through_sandbox
+    from bench.sandbox_overhead import bare, through_sandbox
 
     detect_capabilities()
     limits = SandboxLimits(

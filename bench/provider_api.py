@@ -52,9 +52,9 @@ from cli.stack import start_stack
 from services.operator_engine.settings import EngineSettings
 from services.operator_service.settings import OperatorSettings
 from services.provider.settings import ProviderSettings
-from tests.provider.market import wait_for_environment
-from tests.support.servers import free_ports
-from tests.support.stacks import fresh_postgres_database, settings_for
+from testkit.market import wait_for_environment
+from testkit.servers import free_ports
+from testkit.stacks import fresh_postgres_database, settings_for
 
 CLIENTS = 64
 ECHO = "/bench.Echo/Echo"

@@ -201,7 +201,7 @@ def child_download(how: str, target: str, what: str) -> None:
         response.release_conn()
     else:
         from cli.client import Client, connect
-        from tests.pod_publish.jobs import CONSUMER_KEY
+        from testkit.jobs import CONSUMER_KEY
 
         job_id, index = what.rsplit("/", 1)
 
@@ -233,7 +233,7 @@ def child_download(how: str, target: str, what: str) -> None:
 
 async def bench_download(env: dict[str, str], total: int, repeat: int) -> dict:
     from plumbing.statuses import Status
-    from tests.pod_publish.jobs import job_bench
+    from testkit.jobs import job_bench
 
     async with job_bench(disk_bytes=total + (256 * MiB)) as bench:
         job = await bench.run(BIG_RESULT.format(mib=total // MiB))
@@ -397,32 +397,31 @@ def main() -> None:
     repeat = args.repeat or (1 if args.quick else 2)
     sparse_gib = args.sparse_gib if args.sparse_gib is not None else (0 if args.quick else 6)
 
-    from tests.support.servers import _start_seaweedfs, _stop
+    from testkit.servers import run_seaweedfs
 
     base = Path(tempfile.mkdtemp(prefix="c2d-bench-publishing-"))
     os.environ["C2D_DATA_DIR"] = str(base / "c2d")
     os.environ["C2D_STAGING_ALLOW_HOSTS"] = "127.0.0.1"
     os.environ.pop("C2D_SERVICE_TOKEN", None)
-    proc, server = _start_seaweedfs(base / "weed", "bench-access", f"secret-{uuid.uuid4().hex}")
     try:
-        bucket = server.make_bucket("bench")
-        # SeaweedFS allocates the bucket's volumes on its first write: not in either measured run
-        server.client().put_object(bucket, "warm-up", io.BytesIO(bytes(MiB)), MiB)
-        env = {
-            "C2D_STORAGE_KIND": "s3",
-            "C2D_STORAGE_S3_ENDPOINT": server.endpoint,
-            "C2D_STORAGE_S3_ACCESS_KEY": server.access_key,
-            "C2D_STORAGE_S3_SECRET_KEY": server.secret_key,
-            "C2D_STORAGE_S3_BUCKET": bucket,
-            "C2D_STORAGE_S3_REGION": "us-east-1",
-        }
-        os.environ.update(env)  # the stack of part 2 (provider and pods) uses the same bucket
-        publishing = None if args.download_only else bench_publishing(base / "files", env, total, repeat)
-        download = asyncio.run(bench_download(env, total, repeat))
-        ceiling_mib_s, ceiling_cost = asyncio.run(bench_grpc_ceiling(total, repeat))
-        sparse = bench_sparse(base / "sparse", env, sparse_gib) if sparse_gib and not args.download_only else None
+        with run_seaweedfs(base / "weed", "bench-access") as server:
+            bucket = server.make_bucket("bench")
+            # SeaweedFS allocates the bucket's volumes on its first write: not in either measured run
+            server.client().put_object(bucket, "warm-up", io.BytesIO(bytes(MiB)), MiB)
+            env = {
+                "C2D_STORAGE_KIND": "s3",
+                "C2D_STORAGE_S3_ENDPOINT": server.endpoint,
+                "C2D_STORAGE_S3_ACCESS_KEY": server.access_key,
+                "C2D_STORAGE_S3_SECRET_KEY": server.secret_key,
+                "C2D_STORAGE_S3_BUCKET": bucket,
+                "C2D_STORAGE_S3_REGION": "us-east-1",
+            }
+            os.environ.update(env)  # the stack of part 2 (provider and pods) uses the same bucket
+            publishing = None if args.download_only else bench_publishing(base / "files", env, total, repeat)
+            download = asyncio.run(bench_download(env, total, repeat))
+            ceiling_mib_s, ceiling_cost = asyncio.run(bench_grpc_ceiling(total, repeat))
+            sparse = bench_sparse(base / "sparse", env, sparse_gib) if sparse_gib and not args.download_only else None
     finally:
-        _stop(proc)
         shutil.rmtree(base, ignore_errors=True)
 
     def mib_s(size, s):

@@ -222,11 +222,10 @@ def bench_http(work: Path, files: dict[str, str], total: int, repeat: int) -> di
 def bench_s3(work: Path, files: dict[str, str], total: int, repeat: int) -> dict[str, float]:
     from plumbing.storage import StorageConfig
     from plumbing.storage.s3 import make_client
-    from tests.support.servers import _start_seaweedfs, _stop
+    from testkit.servers import run_seaweedfs
 
     access, secret = "bench-access", f"bench-{uuid.uuid4().hex}"
-    proc, weed = _start_seaweedfs(work / "weed", access, secret)
-    try:
+    with run_seaweedfs(work / "weed", access, secret) as weed:
         config = StorageConfig(
             kind="s3", s3_endpoint=weed.endpoint, s3_access_key=access, s3_secret_key=secret, s3_region="us-east-1"
         )
@@ -251,8 +250,6 @@ def bench_s3(work: Path, files: dict[str, str], total: int, repeat: int) -> dict
                 run_child({"sources": sources, "root": str(root), "disk": 2 * total, "storage": storage}, work)
             )
             drop(root)
-    finally:
-        _stop(proc)
     return summary(minio_runs, stage_runs)
 
 

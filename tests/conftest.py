@@ -1,9 +1,6 @@
 import os
-import sys
 
-import pytest
-
-pytest_plugins = ["tests.support.servers", "tests.support.stacks"]
+pytest_plugins = ["testkit.fixtures"]
 
 # The servers a test starts as processes serve their metrics on free ports: the
 # defaults (9551-9553) are `c2d up`'s, and test runs share this machine.
@@ -18,18 +15,3 @@ def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("CI") == "true" and skipped:
         print(f"\nCI: {len(skipped)} test(s) skipped; every test must run in CI")
         session.exitstatus = 1
-    session.config.stash[EXIT_STATUS] = int(session.exitstatus)
-
-
-EXIT_STATUS = pytest.StashKey[int]()
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_unconfigure(config):
-    """Leaves as soon as the run is reported. gRPC's asyncio poller thread can
-    block the garbage collection pytest and the interpreter run at exit (seen
-    now and then: every test passed, the summary printed, the process hung)."""
-    if EXIT_STATUS in config.stash:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(config.stash[EXIT_STATUS])

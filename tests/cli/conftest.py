@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from c2d_sdk import Client, Unreachable
-from tests.support.servers import free_ports
+from testkit.servers import free_ports
 
 BIN = Path(sys.executable).parent
 C2D = BIN / "c2d"

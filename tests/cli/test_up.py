@@ -6,8 +6,8 @@ from __future__ import annotations
 import socket
 import subprocess
 
+from testkit.servers import free_ports
 from tests.cli.conftest import C2D, user_environment
-from tests.support.servers import free_ports
 
 
 def run_up(env: dict[str, str], cwd, *args: str) -> subprocess.CompletedProcess:

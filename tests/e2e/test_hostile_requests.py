@@ -43,7 +43,7 @@ from plumbing import auth
 from plumbing.grpc_errors import bad_request_fields, error_code
 from services.provider.domain import identity
 from services.provider.domain.identity import signed_fields
-from tests.support.servers import free_ports
+from testkit.servers import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 MILLION = 1_000_000

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from plumbing import settings
-from tests.pod_publish.jobs import job_bench
+from testkit.jobs import job_bench
 
 ALGORITHM = """
 import os

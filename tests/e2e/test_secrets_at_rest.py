@@ -30,10 +30,10 @@ from cli.stack import start_stack
 from plumbing import settings
 from plumbing.statuses import Status
 from services.operator_engine import server as engine_server
-from tests.pod_publish.jobs import CONSUMER_KEY, JOB_WAIT_S, OTHER_KEY, PUBLISHER_KEY, Bench, environment_ready
-from tests.support.raw_rows import public_tables, tables_holding
-from tests.support.servers import free_ports
-from tests.support.stacks import settings_for
+from testkit.jobs import CONSUMER_KEY, JOB_WAIT_S, OTHER_KEY, PUBLISHER_KEY, Bench, environment_ready
+from testkit.raw_rows import public_tables, tables_holding
+from testkit.servers import free_ports
+from testkit.stacks import settings_for
 
 DATASET = b"city,temp\nOslo,4.5\n"
 COPY_INPUT = """\

@@ -20,6 +20,7 @@ from plumbing.statuses import EndReason
 from services.operator_engine.settings import EngineSettings
 from services.operator_service.settings import OperatorSettings
 from services.provider.settings import ProviderSettings
+from testkit.servers import alive, free_ports
 from tests.operator_engine.engine_harness import (
     EngineClient,
     gate,
@@ -30,7 +31,6 @@ from tests.operator_engine.engine_harness import (
     wait_until,
     workflow,
 )
-from tests.support.servers import alive, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ from c2d.provider.v1 import provider_pb2
 from cli import demo
 from cli.client import Client
 from plumbing.grpc_errors import error_code
-from tests.support.stacks import running_stack
+from testkit.stacks import running_stack
 
 
 async def _wait_for_environment(address: str) -> None:

@@ -20,6 +20,7 @@ from services.operator_engine.backends.kubernetes.objects import JOB_ID_ANNOTATI
 from services.operator_engine.backends.kubernetes.wiring import USER_AGENT
 from testkit import kube
 from testkit.kube import count, manifests
+from testkit.stacks import running_stack
 from tests.kube.engine_cluster import (
     NAMESPACE,
     cluster,
@@ -32,7 +33,6 @@ from tests.kube.engine_cluster import (
 from tests.kube.helpers import compute_job, owner_reference, pod
 from tests.kube.test_manifests import ENGINE_CALLS
 from tests.operator_engine.engine_harness import gate, release, wait_until, workflow
-from tests.support.stacks import running_stack
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -16,7 +16,7 @@ import pytest
 from c2d.provider.v1 import provider_pb2
 from plumbing import logs
 from plumbing.statuses import Status
-from tests.provider.market import open_market
+from testkit.market import open_market
 
 
 @pytest.fixture

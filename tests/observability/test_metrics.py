@@ -17,8 +17,8 @@ from c2d.provider.v1 import provider_pb2
 from cli import demo
 from plumbing.statuses import Status
 from services.operator_service import metrics as operator_metrics
+from testkit.market import open_market, refused
 from tests.observability.scraping import rpcs, scrape, value
-from tests.provider.market import open_market, refused
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "c2d-dashboard.json"
 PROVIDER = "c2d.provider.v1.ProviderService"

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from tests.support.servers import free_ports
+from testkit.servers import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = {"c2d-provider", "c2d-operator-service", "c2d-operator-engine", "c2d-pod_config", "c2d-pod_publish"}

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from plumbing.statuses import EndReason, Status
+from testkit.servers import free_ports
 from tests.operator_engine.engine_harness import (
     EngineProcess,
     StallingServer,
@@ -30,7 +31,6 @@ from tests.operator_engine.test_engine_restart import (
     nothing_running,
 )
 from tests.operator_engine.test_engine_stop import stalled_dataset
-from tests.support.servers import free_ports
 
 GRACE_S = 3.0
 

@@ -11,8 +11,8 @@ import signal
 import pytest
 
 from services.operator_engine.backends.local.pod_launcher import ForkServerLauncher, SubprocessLauncher, programs
+from testkit.servers import alive
 from tests.operator_engine.engine_harness import WAIT_S, StallingServer, wait_until
-from tests.support.servers import alive
 
 
 def pod_env(agent: str, tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]

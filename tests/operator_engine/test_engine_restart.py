@@ -14,6 +14,8 @@ import uuid
 import sqlalchemy
 
 from plumbing.statuses import EndReason, Status, can_transition, is_terminal
+from testkit.raw_rows import tables_holding
+from testkit.servers import free_ports
 from tests.operator_engine.engine_harness import (
     WAIT_S,
     EngineClient,
@@ -28,8 +30,6 @@ from tests.operator_engine.engine_harness import (
 )
 from tests.operator_engine.test_engine_adversarial import no_cgroup_left
 from tests.operator_engine.test_engine_stop import stalled_dataset
-from tests.support.raw_rows import tables_holding
-from tests.support.servers import free_ports
 
 COPY_INPUT = """\
 import json, os, shutil

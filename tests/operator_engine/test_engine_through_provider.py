@@ -15,8 +15,8 @@ from c2d.provider.v1 import provider_pb2
 from cli.client import Client, load_or_create_key
 from cli.demo import _service, serve_files
 from plumbing import settings
+from testkit.stacks import running_stack
 from tests.operator_engine.engine_harness import WAIT_S
-from tests.support.stacks import running_stack
 
 NETWORK_PROBE = """\
 import json, os, socket

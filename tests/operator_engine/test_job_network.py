@@ -34,9 +34,9 @@ from plumbing.statuses import EndReason, Status
 from services.operator_engine.backends.local import network
 from services.operator_engine.backends.local.backend import LocalBackend
 from services.operator_engine.backends.local.sandbox import SandboxLimits, SandboxRun, detect_capabilities
+from testkit.stacks import settings_for
 from tests.operator_engine.engine_harness import EngineClient, workflow
 from tests.operator_engine.helpers import Job, engines_that_die, make_job, processes_of, py
-from tests.support.stacks import settings_for
 
 POSTGRES_PORT = 5432
 TEST_HOSTS = {

@@ -13,7 +13,7 @@ from google.protobuf import timestamp_pb2
 
 from c2d.operator.v1 import operator_pb2
 from plumbing.grpc_errors import bad_request_fields, error_code, reason_of
-from tests.operator_service.helpers import (
+from testkit.control_plane import (
     NOOP_PATH,
     Operator,
     control_plane,

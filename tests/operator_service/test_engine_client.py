@@ -12,7 +12,7 @@ from plumbing import auth, errors
 from services.operator_engine import server as engine_server
 from services.operator_service.clients.engines import EngineClient
 from services.operator_service.domain.ports import JobToSubmit
-from tests.operator_service.helpers import ENVIRONMENT, NOOP_PATH, engine_settings, eventually, query, workflow
+from testkit.control_plane import ENVIRONMENT, NOOP_PATH, engine_settings, eventually, query, workflow
 
 
 def _job(job_id: str, raw_algorithm: str = "print('hello')") -> JobToSubmit:

@@ -20,9 +20,9 @@ from services.operator_service.persistence import jobs as store
 from services.operator_service.persistence import migrations
 from services.operator_service.persistence.models import Base, Engine, Job
 from services.operator_service.persistence.store import Store
-from tests.operator_service.helpers import Operator, control_plane, eventually, query, wait_finished
+from testkit.control_plane import Operator, control_plane, eventually, query, wait_finished
+from testkit.stacks import settings_for
 from tests.storage.conftest import s3_config
-from tests.support.stacks import settings_for
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 HOUR = 3600

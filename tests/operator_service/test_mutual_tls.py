@@ -12,7 +12,7 @@ import pytest
 
 from c2d.operator.v1 import operator_pb2, operator_pb2_grpc
 from plumbing import auth
-from tests.operator_service.helpers import control_plane, wait_finished
+from testkit.control_plane import control_plane, wait_finished
 
 
 def issue(directory: Path, name: str, ca: str | None = None) -> tuple[Path, Path]:

@@ -16,7 +16,7 @@ from plumbing.grpc_errors import error_code
 from plumbing.server import RunningServer
 from services.operator_engine import server as engine_server
 from services.operator_service import server as operator_server
-from tests.operator_service.helpers import (
+from testkit.control_plane import (
     NOOP_PATH,
     Operator,
     OperatorProcess,

@@ -10,7 +10,6 @@ from sqlalchemy.exc import OperationalError
 
 from plumbing import database
 from plumbing.database import Database
-from tests.support.stacks import postgres_url  # noqa: F401 - fixture
 
 
 def backend_pid(db: Database) -> int:
@@ -25,7 +24,7 @@ def terminate(url: str, pid: int) -> None:
     admin.close()
 
 
-def test_an_idle_connection_closed_by_the_server_is_replaced(postgres_url, monkeypatch):  # noqa: F811
+def test_an_idle_connection_closed_by_the_server_is_replaced(postgres_url, monkeypatch):
     db = Database(postgres_url, MetaData(), threads=1)
     try:
         first = backend_pid(db)
@@ -37,7 +36,7 @@ def test_an_idle_connection_closed_by_the_server_is_replaced(postgres_url, monke
         db.close()
 
 
-def test_a_recently_used_connection_is_not_pinged_and_a_lost_one_is_dropped(postgres_url, monkeypatch):  # noqa: F811
+def test_a_recently_used_connection_is_not_pinged_and_a_lost_one_is_dropped(postgres_url, monkeypatch):
     db = Database(postgres_url, MetaData(), threads=1)
     try:
         first = backend_pid(db)

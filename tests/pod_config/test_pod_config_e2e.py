@@ -22,7 +22,7 @@ from cli import demo
 from cli.client import Client, load_or_create_key
 from plumbing import assets
 from services.operator_service.api.convert import ORDERS_RELEASED
-from tests.support.stacks import running_stack
+from testkit.stacks import running_stack
 
 DEADLINE_S = 120  # a loaded 2-core machine: generous
 

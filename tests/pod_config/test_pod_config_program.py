@@ -18,9 +18,9 @@ from cli import demo
 from plumbing import auth
 from plumbing.storage import StorageConfig, open_store
 from services.operator_engine import server as engine_server
+from testkit.servers import SeaweedFS
+from testkit.stacks import settings_for
 from tests.pod_config.helpers import ALGO_DID, DATASET_DID, ddo
-from tests.support.servers import SeaweedFS
-from tests.support.stacks import settings_for
 
 DEADLINE_S = 120
 TERMINAL = {31, 32, 42, 70}

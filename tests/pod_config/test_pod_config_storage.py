@@ -21,6 +21,7 @@ from services.pod_config.domain.staging import (
     FileSource,
     StagingRequest,
 )
+from testkit.servers import SeaweedFS, free_ports
 from tests.pod_config.helpers import (
     ALGO_DID,
     DATASET_DID,
@@ -31,7 +32,6 @@ from tests.pod_config.helpers import (
     tree,
 )
 from tests.storage.conftest import s3_config
-from tests.support.servers import SeaweedFS, free_ports
 
 MiB = 1 << 20
 # The engine's results bucket (C2D_STORAGE_S3_BUCKET): staging never reads from it.

@@ -14,7 +14,7 @@ from multiformats import CID
 from plumbing.statuses import Status
 from plumbing.storage import StorageError, verify_cid
 from plumbing.storage.unixfs import CIDV1_RAW_LEAVES
-from tests.pod_publish.jobs import bucket_keys, job_bench, publish_log, s3_env
+from testkit.jobs import bucket_keys, job_bench, publish_log, s3_env
 
 NESTED = r"""
 import os

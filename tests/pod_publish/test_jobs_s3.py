@@ -12,7 +12,7 @@ import re
 from c2d.provider.v1 import provider_pb2
 from plumbing.statuses import Status
 from services.provider.domain import sealing
-from tests.pod_publish.jobs import bucket_keys, final_publish_log, job_bench, publish_log, s3_env
+from testkit.jobs import bucket_keys, final_publish_log, job_bench, publish_log, s3_env
 
 NESTED = r"""
 import json, os

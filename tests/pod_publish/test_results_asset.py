@@ -15,7 +15,7 @@ from c2d.provider.v1 import asset_pb2, provider_pb2
 from plumbing.grpc_errors import error_code, reason_of
 from plumbing.statuses import Status
 from services.provider.domain import ddos, results_grants, sealing
-from tests.pod_publish.jobs import download_asset_file, job_bench, provider_keys, request_key, s3_env
+from testkit.jobs import download_asset_file, job_bench, provider_keys, request_key, s3_env
 
 ALGORITHM = r"""
 import os

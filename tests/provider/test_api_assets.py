@@ -9,7 +9,7 @@ import grpc
 
 from c2d.provider.v1 import asset_pb2
 from services.provider.domain import errors as codes
-from tests.provider.market import SECRET_PATH, Market, assert_refusal, refused
+from testkit.market import SECRET_PATH, Market, assert_refusal, refused
 
 
 async def _list(market: Market, **fields) -> list[asset_pb2.AssetSummary]:  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import ledger_pb2, provider_pb2
 from plumbing.grpc_errors import error_code, reason_of
 from services.provider.domain import errors as codes
-from tests.provider.market import (
+from testkit.market import (
     SECRET_PATH,
     Market,
     assert_refusal,
@@ -263,7 +263,7 @@ async def test_dataset_urls_never_appear_in_responses_or_logs(data_dir, caplog):
 
         # A dataset whose file is gone: the failure must not name where it was.
         missing = await market.publish_dataset(trusted=[market.trust(algorithm)])
-        from tests.provider import market as market_module
+        from testkit import market as market_module
 
         market_module._Files.files.pop(SECRET_PATH)
         try:

@@ -13,8 +13,8 @@ from c2d.common.v1 import common_pb2
 from plumbing.grpc_errors import bad_request_fields
 from services.pod_config.clients.fetching import RawFetcher
 from services.pod_config.domain.staging import AssetToStage, FileSource, StagingRequest, stage
+from testkit.market import Market, assert_refusal
 from tests.pod_config.helpers import DATASET_DID, ddo, limits, new_log
-from tests.provider.market import Market, assert_refusal
 
 CONTENT = "city,temperature\nOslo,4.5\n"
 DIGEST = hashlib.sha256(CONTENT.encode()).hexdigest()

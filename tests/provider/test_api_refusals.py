@@ -1,5 +1,8 @@
 """Every refusal of the provider, through real gRPC on a running stack: the
-status, the stable code in the status details and a message a person can act on."""
+status, the stable code in the status details and a message a person can act on.
+
+The tests share one stack (each publishes and buys what it uses); the two that
+change the stack itself (another backend, a stopped engine) open their own."""
 
 from __future__ import annotations
 
@@ -8,12 +11,13 @@ import json
 import time
 
 import grpc
+import pytest
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2, ledger_pb2, provider_pb2
 from plumbing.grpc_errors import bad_request_fields, error_code, reason_of
 from services.provider.domain import errors as codes
-from tests.provider.market import (
+from testkit.market import (
     CONTAINER,
     WAIT_S,
     Market,
@@ -27,6 +31,13 @@ RAW = provider_pb2.RawAlgorithm(
 )
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest.fixture
+def market(module_market: Market) -> Market:
+    return module_market
 
 
 async def test_a_job_starts_when_every_check_passes(market: Market):
@@ -348,23 +359,24 @@ async def test_an_unknown_environment_is_environment_unknown(market: Market):
     assert_refusal(error, grpc.StatusCode.NOT_FOUND, codes.ENVIRONMENT_UNKNOWN, "'gpu-h100'", market.environment_id)
 
 
-async def test_an_environment_whose_engine_stopped_is_environment_unavailable(market: Market):
-    dataset, dataset_order, algorithm, algorithm_order = await market.ready_job()
-    await market.stack.engine.stop(0)
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        environments = (
-            await market.consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
-        ).environments
-        if not any(e.available for e in environments):
-            break
-        await asyncio.sleep(0.1)
-    error = await refused(market.consumer.start(market.spec(dataset, dataset_order, algorithm, algorithm_order)))
-    assert_refusal(error, PRECONDITION, codes.ENVIRONMENT_UNAVAILABLE, market.environment_id, "not responding")
-    # The refusal spent nothing: the orders are still free.
-    assert (
-        await market.consumer.ledger.GetOrder(ledger_pb2.GetOrderRequest(order_id=dataset_order))
-    ).order.used_by_job_id == ""
+async def test_an_environment_whose_engine_stopped_is_environment_unavailable(data_dir):
+    async with open_market() as market:
+        dataset, dataset_order, algorithm, algorithm_order = await market.ready_job()
+        await market.stack.engine.stop(0)
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            environments = (
+                await market.consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
+            ).environments
+            if not any(e.available for e in environments):
+                break
+            await asyncio.sleep(0.1)
+        error = await refused(market.consumer.start(market.spec(dataset, dataset_order, algorithm, algorithm_order)))
+        assert_refusal(error, PRECONDITION, codes.ENVIRONMENT_UNAVAILABLE, market.environment_id, "not responding")
+        # The refusal spent nothing: the orders are still free.
+        assert (
+            await market.consumer.ledger.GetOrder(ledger_pb2.GetOrderRequest(order_id=dataset_order))
+        ).order.used_by_job_id == ""
 
 
 # -- owners ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import grpc
 
 from c2d.common.v1 import common_pb2
 from plumbing.statuses import Status
-from tests.provider.market import Market, assert_refusal, open_market, refused
+from testkit.market import Market, assert_refusal, open_market, refused
 
 FAILS = """\
 print("giving up", flush=True)

@@ -18,8 +18,8 @@ from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2
 from cli import demo
 from plumbing.statuses import EndReason, Status, releases_orders
+from testkit.market import Market, open_market
 from tests.pod_config.httpserver import FileServer
-from tests.provider.market import Market, open_market
 
 RELEASED = "orders released: a new StartCompute with the same orders starts a new job"
 

@@ -34,7 +34,7 @@ from plumbing.statuses import Status
 from services.provider.domain import results_grants, sealing
 from services.provider.persistence import store
 from services.provider.persistence.models import Asset, Base
-from tests.pod_publish.jobs import (
+from testkit.jobs import (
     Bench,
     download_asset_file,
     job_bench,

@@ -36,10 +36,10 @@ from cli.main import EXIT_FAILED
 from plumbing import storage
 from plumbing.statuses import Status
 from services.provider.domain import sealing
+from testkit.jobs import CONSUMER_KEY, bucket_keys, job_bench, s3_env
+from testkit.market import assert_refusal, refused
+from testkit.servers import free_ports
 from tests.observability.scraping import rpcs, scrape
-from tests.pod_publish.jobs import CONSUMER_KEY, bucket_keys, job_bench, s3_env
-from tests.provider.market import assert_refusal, refused
-from tests.support.servers import free_ports
 
 PROVIDER = "c2d.provider.v1.ProviderService"
 SECRET = b"the owner's model weights\n" * 1000

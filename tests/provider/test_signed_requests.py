@@ -24,7 +24,7 @@ from services.provider.domain.identity import signed_fields
 from services.provider.domain.signed_requests import RequestVerifier
 from services.provider.persistence import request_settling, store
 from services.provider.persistence.models import Base
-from tests.support.servers import alive
+from testkit.servers import alive
 
 KEYS = ["0x" + f"{i + 1:064x}" for i in range(8)]
 

@@ -16,8 +16,8 @@ import pytest
 
 from cli import demo
 from plumbing.statuses import Status
+from testkit.market import Market, assert_refusal, open_market, refused
 from tests.pod_config.httpserver import FileServer
-from tests.provider.market import Market, assert_refusal, open_market, refused
 
 TRUSTED = demo.ALGORITHM
 TAMPERED = demo.ALGORITHM + "\nimport os; print(open('/data/inputs/' + os.listdir('/data/inputs')[0]).read())\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 from c2d.provider.v1 import ledger_pb2, provider_pb2
 from cli import demo
 from services.provider.domain import ddos
-from tests.provider.market import CONSUMER_KEY, Market, open_market
+from testkit.market import CONSUMER_KEY, Market, open_market
 from tests.sdk_typescript.node import interop, run_node
 
 FULL_PATH = [1, 10, 20, 30, 40, 60, 70]

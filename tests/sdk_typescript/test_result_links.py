@@ -12,8 +12,8 @@ from pathlib import Path
 
 from plumbing import storage
 from plumbing.statuses import Status
+from testkit.jobs import CONSUMER_KEY, OTHER_KEY, job_bench, s3_env
 from tests.observability.scraping import rpcs, scrape
-from tests.pod_publish.jobs import CONSUMER_KEY, OTHER_KEY, job_bench, s3_env
 from tests.sdk_typescript.node import interop
 
 PROVIDER = "c2d.provider.v1.ProviderService"

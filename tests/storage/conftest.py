@@ -1,4 +1,4 @@
-"""Store fixtures for the storage tests, on the real servers of tests/support/servers.py."""
+"""Store fixtures for the storage tests, on the real servers of testkit/servers.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from plumbing.storage import StorageConfig, open_store
 from plumbing.storage.base import ObjectStore
-from tests.support.servers import SeaweedFS
+from testkit.servers import SeaweedFS
 
 
 def s3_config(server: SeaweedFS, bucket: str, **overrides) -> StorageConfig:

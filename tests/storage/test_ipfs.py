@@ -25,8 +25,8 @@ from plumbing.storage import (
     open_store,
 )
 from plumbing.storage.unixfs import CIDV0_LEGACY, cid_of_file
+from testkit.servers import free_ports
 from tests.storage.conftest import write_random
-from tests.support.servers import free_ports
 
 
 def rpc(url: str, command: str, query: str) -> tuple[int, dict]:

@@ -17,8 +17,8 @@ from plumbing.storage import (
     download_s3,
     open_store,
 )
+from testkit.servers import SeaweedFS, free_ports
 from tests.storage.conftest import s3_config, write_random
-from tests.support.servers import SeaweedFS, free_ports
 
 PART = 5 << 20  # S3's minimum part size: the most parts for the bytes sent
 

