@@ -19,6 +19,7 @@ from plumbing.grpc_errors import bad_request_fields, error_code, reason_of
 from services.provider.domain import errors as codes
 from testkit.market import (
     CONTAINER,
+    PARAMETERS,
     WAIT_S,
     Market,
     assert_refusal,
@@ -217,19 +218,7 @@ async def test_asking_for_the_network_where_it_is_not_allowed_is_network_access_
 
 
 async def test_consumer_parameters_are_checked_against_the_algorithms_ddo(market: Market):
-    algorithm = await market.publish_algorithm(
-        parameters=[
-            {"name": "window", "type": "number", "label": "Window (h)", "required": True},
-            {
-                "name": "unit",
-                "type": "select",
-                "label": "Unit",
-                "required": False,
-                "options": [{"C": "Celsius"}, {"F": "Fahrenheit"}],
-                "default": "C",
-            },
-        ]
-    )
+    algorithm = await market.publish_algorithm(parameters=PARAMETERS)  # window: number, required
     dataset = await market.publish_dataset(trusted=[market.trust(algorithm)])
     cases = {
         "wrong type": ({"window": "24"}, "'window'"),
