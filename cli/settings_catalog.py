@@ -101,6 +101,8 @@ _POD = (
     ("C2D_AGENT_ADDRESS", "the engine's JobAgentService address"),
     ("C2D_DATA_ROOT", "the job's /data directory"),
     ("C2D_ADMIN_DIR", "where the pod writes the operator's logs"),
+    ("C2D_JOB_TOKEN_FILE", "a file holding the job's token, instead of C2D_JOB_TOKEN (Kubernetes: a Secret volume)"),
+    ("C2D_FETCH_ALGORITHM_LOG", "1: pod_publish fetches the algorithm's log from the engine first (Kubernetes)"),
 )
 
 SETTINGS_CLASSES = (

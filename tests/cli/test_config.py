@@ -70,7 +70,9 @@ def test_defaults_are_written_as_environment_values_with_a_meaning():
         assert name in settings
     for setting in settings.values():
         assert setting["meaning"] and "\n" not in setting["meaning"], setting
-        assert not setting["default"].startswith(("(", "[")), setting
+        assert not setting["default"].startswith("("), setting  # no Python tuple
+        if setting["default"].startswith(("[", "{")):  # JSON, said so: no Python list
+            assert setting["meaning"].startswith("JSON"), setting
 
 
 def test_the_human_listing_has_one_line_per_setting():
