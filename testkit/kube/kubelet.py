@@ -234,6 +234,10 @@ class Kubelet:
             worker.vanish()  # gone, or scheduled by another kubelet
         elif pod["metadata"].get("deletionTimestamp"):
             worker.request_deletion(pod)
+            if not worker.is_alive():
+                # its container ended as the delete came (graceful, as for a running pod):
+                # a real kubelet confirms the deletion of a terminated pod at once
+                worker.confirm_deletion()
 
     def _is_ours(self, pod: Mapping[str, Any]) -> bool:
         node = pod["spec"].get("nodeName")
@@ -285,6 +289,8 @@ class PodWorker(threading.Thread):
             log.exception("the test kubelet failed on pod %s/%s", self.namespace, self.name)
         finally:
             self._kill(0)
+            if self.deleting is not None and not self.gone:
+                self.confirm_deletion()  # it may have come while the pod was ending
 
     def _live(self) -> None:
         if self.deleting is not None:
@@ -471,6 +477,13 @@ class PodWorker(threading.Thread):
         log_file = self.kubelet.log_path(self.pod, self.container["name"])
         self._terminated(code, log_file, None)
         self._confirm_deletion()
+
+    def confirm_deletion(self) -> None:
+        """Confirms a deletion that came as or after the pod's container ended."""
+        try:
+            self._confirm_deletion()
+        except PodGone:
+            pass  # confirmed already
 
     def _confirm_deletion(self) -> None:
         self._call(self.kubelet.core.delete_namespaced_pod, self.name, self.namespace, grace_period_seconds=0)

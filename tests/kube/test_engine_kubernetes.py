@@ -119,7 +119,10 @@ async def test_failing_pods_end_their_jobs_with_the_right_status_and_reason(data
             deadline = await engine.ended("fail-deadline")
             assert (deadline.status, deadline.error_code) == (41, "algorithm_timed_out")
             assert deadline.end_reason == common_pb2.END_REASON_TIMED_OUT
-            await wait_until(lambda: not c.owned_by_jobs(), what="the jobs' objects removed")
+            try:
+                await wait_until(lambda: not c.owned_by_jobs(), what="the jobs' objects removed")
+            except AssertionError:
+                raise AssertionError(f"left: {c.owned_by_jobs()}") from None
 
 
 async def test_a_stop_in_each_stage_deletes_its_pod_and_ends_the_job_stopped(data_dir, postgres_url, tmp_path):
@@ -143,7 +146,10 @@ async def test_a_stop_in_each_stage_deletes_its_pod_and_ends_the_job_stopped(dat
                 assert (ended.status, ended.end_reason) == (70, common_pb2.END_REASON_STOPPED)
                 deletes = [call.name for call in c.api.calls(mark, user_agent=USER_AGENT) if call.verb == "delete"]
                 assert f"{object_name(job_id)}-{stage}" in deletes
-            await wait_until(lambda: not c.owned_by_jobs(), what="the jobs' objects removed")
+            try:
+                await wait_until(lambda: not c.owned_by_jobs(), what="the jobs' objects removed")
+            except AssertionError:
+                raise AssertionError(f"left: {c.owned_by_jobs()}") from None
 
 
 async def test_a_watch_that_gets_410_gone_lists_again_and_misses_nothing(data_dir, postgres_url, tmp_path):
@@ -173,8 +179,9 @@ async def test_the_demo_job_reaches_70_through_the_provider_on_kubernetes(data_d
             # The algorithm's log, copied from its pod, is among the results.
             assert Path(outcome["log"]).read_text() == "processed 4 rows\n"
             # kubectl get computejobs -w: the job's statuses as it went, ending with its end.
+            # (the last one is written as the job's objects are released, after the consumer saw 70)
+            await wait_until(lambda: [s["status"] for s in status_patches(c)][-1:] == [70], what="status 70 shown")
             shown = status_patches(c)
-            assert [s["status"] for s in shown][-1] == 70
             assert shown[-1] == {
                 "status": 70,
                 "statusText": "Job finished",
