@@ -33,6 +33,8 @@ from testkit.servers import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 UP_TIMEOUT_S = 120.0
+# A completed job's history on the local backend, as the operator-service records it.
+LOCAL_PATH = [1, 10, 20, 30, 40, 60, 70]
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ class LoadResult:
     seconds: float = 0.0
     warmup_jobs: int = 0
 
-    def out_of_order(self, expected: list[int]) -> list[Watched]:
+    def out_of_order(self, expected: list[int] = LOCAL_PATH) -> list[Watched]:
         """The watchers that missed a transition, saw one twice or out of order, or broke off."""
         bad = []
         for w in self.watched:
@@ -209,14 +211,14 @@ async def run_jobs(
     """Submits ``jobs`` jobs at once (each consumer its share, one after another, all
     consumers together); a WatchJob stream opens on each of the first ``watchers`` as it starts."""
     per_client = [jobs // len(consumers) + (1 if i < jobs % len(consumers) else 0) for i in range(len(consumers))]
-    await asyncio.gather(*(c.buy(spec, n) for c, n in zip(consumers, per_client)))
+    await asyncio.gather(*(c.buy(spec, n) for c, n in zip(consumers, per_client, strict=True)))
     watch_tasks: list[asyncio.Task[Watched]] = []
     job_ids: list[str] = []
 
     async def submit(consumer: Consumer) -> None:
-        specs, consumer.specs = consumer.specs, []
-        for spec in specs:
-            response = await consumer.client.start(spec)
+        bought, consumer.specs = consumer.specs, []
+        for own in bought:
+            response = await consumer.client.start(own)
             job_ids.append(response.job_id)
             if len(watch_tasks) < watchers:
                 watch_tasks.append(asyncio.create_task(_watch(consumer.client, response.job_id)))
