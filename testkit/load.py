@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,9 +28,9 @@ from c2d.provider.v1 import provider_pb2
 from c2d_sdk import AsyncClient, ComputeRequest
 from cli import demo
 from plumbing.statuses import Status, is_terminal
-from testkit.servers import free_ports
+from testkit.servers import free_ports, stop_process
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 UP_TIMEOUT_S = 120.0
 # A completed job's history on the local backend, as the operator-service records it.
 LOCAL_PATH = [1, 10, 20, 30, 40, 60, 70]
@@ -101,13 +100,7 @@ def up_processes(data_dir: Path, database_url: str, max_jobs: int) -> Iterator[U
         pids = {m[1]: int(m[3]) for m in re.finditer(r"^\s+(\S+)\s+(\S+)\s+\(pid (\d+)\)", said, re.M)}
         yield UpStack(process, f"127.0.0.1:{provider}", pids, log)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, grace=60.0)  # SIGTERM, as Ctrl-C: the engine's grace, then its siblings
 
 
 @dataclass
