@@ -115,6 +115,8 @@ def load_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
         rows.append(f"{name:<18}{rss}{before.fds:>12}{after.fds:>11}")
     for job_id, why in list(result.failed.items())[:5]:
         rows.append(f"  NOT COMPLETED {job_id}: {why[:150]}")
+    rows.append(f"servers' ERROR log lines: {len(result.server_errors)}")
+    rows += [f"  {line[:300]}" for line in result.server_errors[:3]]
     for watched in bad[:5]:
         rows.append(f"  OUT OF ORDER {watched.job_id}: {[s for _, s in watched.updates]} {watched.error}")
     return rows, {
@@ -127,6 +129,7 @@ def load_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
         "rss_growth_mib": round(result.rss_growth_mib(), 1),
         "fd_growth": result.fd_growth(),
         "load_warmup_jobs": warmup,
+        "load_server_errors": len(result.server_errors),
         "seconds": round(result.seconds, 1),
     }
 

@@ -122,6 +122,7 @@ class LoadResult:
     after: dict[str, Usage] = field(default_factory=dict)
     seconds: float = 0.0
     warmup_jobs: int = 0
+    server_errors: list[str] = field(default_factory=list)  # the servers' ERROR lines (their log goes with the run)
 
     def out_of_order(self, expected: list[int] = LOCAL_PATH) -> list[Watched]:
         """The watchers that missed a transition, saw one twice or out of order, or broke off."""
@@ -276,4 +277,7 @@ async def run_load(
                 result.after = await _settled(stack)
             finally:
                 await asyncio.gather(*(c.client.close() for c in consumers))
+                result.server_errors = [
+                    line[:2000] for line in stack.log.read_text(errors="replace").splitlines() if '"ERROR"' in line
+                ]
     return result
