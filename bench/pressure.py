@@ -48,10 +48,10 @@ sys.path.insert(0, str(ROOT))
 
 from hypothesis import settings
 
+from testkit.load import LOCAL_PATH, run_load
+from testkit.stacks import fresh_postgres_database
 from tests.fuzz.harness import all_rpcs, fuzz, profile, running_stack
 from tests.fuzz.regressions import REGRESSIONS
-from tests.support.load import LOCAL_PATH, run_load
-from tests.support.stacks import fresh_postgres_database
 
 Section = Callable[[argparse.Namespace], tuple[list[str], dict[str, Any]]]
 

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2
 from c2d_sdk import AsyncClient, ComputeRequest
@@ -166,8 +168,8 @@ async def _watch(client: AsyncClient, job_id: str) -> Watched:
     try:
         async for update in client.compute.WatchJob(request):
             watched.updates.append((update.job.sequence, update.job.status))
-    except Exception as exc:  # a broken stream is a finding, reported with the watcher
-        watched.error = f"{type(exc).__name__}: {exc}"[:300]
+    except grpc.aio.AioRpcError as exc:  # a broken stream is a finding, reported with the watcher
+        watched.error = f"{exc.code().name}: {exc.details()}"[:300]
     return watched
 
 

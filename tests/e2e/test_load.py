@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.load import LOCAL_PATH, run_load
+from testkit.load import LOCAL_PATH, run_load
 
 RSS_GROWTH_LIMIT_MIB = 64.0  # loose: the allocator keeps what it grew to; a leak per job would pass it
 
