@@ -1,4 +1,4 @@
-"""Pressure benchmark: `.venv/bin/python bench/pressure.py [--profile ci|long] [--examples N] [--rpc NAME]`.
+"""Pressure benchmark: `.venv/bin/python bench/pressure.py [--only fuzz,load] [--quick] [--profile ci|long] ...`.
 
 Proof under pressure (issue 19), one section per kind of pressure; each
 section returns its table rows and its keys of the final JSON line, so a
@@ -12,13 +12,27 @@ section is added by writing one function and listing it in SECTIONS.
    failed (INTERNAL/UNKNOWN/UNAVAILABLE, a hang, a server down, internals
    in a message).
 
+2. load: `c2d up --processes` (one process per server, local backend, a
+   fresh PostgreSQL database); 50 consumers, each with its own key and
+   channel, submit 2000 of the demo's jobs at once (each with its own two
+   orders, signed), with a WatchJob stream open on 100 of them from their
+   start. Checks that every job completes and that every watcher sees every
+   transition of its job (1 10 20 30 40 60 70) in order; reads each
+   server's RSS (VmRSS) and open fds (/proc/PID/fd) before and after, both
+   once the fd counts held still. "Before" is taken after a warm-up batch
+   (100 jobs; --quick: 20), so the allocator's and the connection pools'
+   growth on the first jobs does not count. --quick: 200 jobs, 20 clients,
+   20 watchers (tests/e2e/test_load.py runs that size in CI).
+
 Prints a table and, as its last line, one JSON object. Not a test: figures
-to report (target: fuzz_failures == 0).
+to report (targets: fuzz_failures == 0; all load jobs completed, no
+transition out of order, fd_growth == 0, rss_growth_mib small).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -34,6 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 from hypothesis import settings
 
+from testkit.load import LOCAL_PATH, run_load
+from testkit.stacks import fresh_postgres_database
 from tests.fuzz.harness import all_rpcs, fuzz, profile, running_stack
 from tests.fuzz.regressions import REGRESSIONS
 
@@ -79,7 +95,46 @@ def fuzz_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     }
 
 
-SECTIONS: dict[str, Section] = {"fuzz": fuzz_section}
+def load_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    jobs, clients, watchers, warmup = (200, 20, 20, 20) if args.quick else (2000, 50, 100, 100)
+    with tempfile.TemporaryDirectory() as data, fresh_postgres_database("c2d_bench") as url:
+        result = asyncio.run(
+            run_load(Path(data) / "c2d", url, jobs, clients, watchers, warmup, say=lambda s: print(s, file=sys.stderr))
+        )
+    bad = result.out_of_order()
+    rows = [
+        f"{jobs} jobs from {clients} clients at once, {watchers} WatchJob streams; local backend, "
+        f"PostgreSQL, one process per server; after a warm-up of {warmup} jobs",
+        f"completed {result.completed} of {result.submitted} in {result.seconds:.0f} s "
+        f"({result.completed / result.seconds:.1f} jobs/s); watchers out of order: {len(bad)} of {len(result.watched)}",
+        f"{'server':<18}{'RSS before':>12}{'RSS after':>12}{'fds before':>12}{'fds after':>11}",
+    ]
+    for name, before in result.before.items():
+        after = result.after[name]
+        rss = f"{before.rss_kib / 1024:>8.1f} MiB{after.rss_kib / 1024:>8.1f} MiB"
+        rows.append(f"{name:<18}{rss}{before.fds:>12}{after.fds:>11}")
+    for job_id, why in list(result.failed.items())[:5]:
+        rows.append(f"  NOT COMPLETED {job_id}: {why[:150]}")
+    rows.append(f"servers' ERROR log lines: {len(result.server_errors)}")
+    rows += [f"  {line[:300]}" for line in result.server_errors[:3]]
+    for watched in bad[:5]:
+        rows.append(f"  OUT OF ORDER {watched.job_id}: {[s for _, s in watched.updates]} {watched.error}")
+    return rows, {
+        "load_jobs_submitted": result.submitted,
+        "load_jobs_completed": result.completed,
+        "load_clients": clients,
+        "watchers": len(result.watched),
+        "transitions_out_of_order": len(bad),
+        "transitions_expected": LOCAL_PATH,
+        "rss_growth_mib": round(result.rss_growth_mib(), 1),
+        "fd_growth": result.fd_growth(),
+        "load_warmup_jobs": warmup,
+        "load_server_errors": len(result.server_errors),
+        "seconds": round(result.seconds, 1),
+    }
+
+
+SECTIONS: dict[str, Section] = {"fuzz": fuzz_section, "load": load_section}
 
 
 def main() -> None:
@@ -88,6 +143,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=0, help="examples per RPC (default: the profile's)")
     parser.add_argument("--rpc", default="", help="only the RPCs whose Service/Method name contains this")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
+    parser.add_argument("--only", dest="sections", help="the same as --sections")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (load: 200 jobs, 20 clients, 20 watchers)")
     args = parser.parse_args()
     result: dict[str, Any] = {}
     for name in args.sections.split(","):

@@ -102,6 +102,21 @@ async def test_watch_resumes_after_a_sequence_with_exactly_the_later_changes(dat
         assert sorted((u.job_id, u.status) for u in current) == sorted([(first.job_id, 70), (second.job_id, 70)])
 
 
+async def test_a_live_watcher_sees_every_change_even_when_the_engine_reports_them_in_one_batch(data_dir, postgres_url):
+    # Many fast jobs: the engine's changes arrive, and are applied, several per batch,
+    # and the broker carries each job once per batch, as it stands after it.
+    async with control_plane(postgres_url) as plane:
+        jobs = await asyncio.gather(*(plane.operator.create() for _ in range(40)))
+        seen = await asyncio.gather(*(plane.operator.watch([job.job_id]) for job in jobs))
+
+        for job, updates in zip(jobs, seen, strict=True):
+            statuses = [u.status for u in updates]
+            first = NOOP_PATH.index(statuses[0])  # the stream starts with the job as it stands
+            assert statuses == NOOP_PATH[first:], f"job {job.job_id} was seen as {statuses}"
+            sequences = [u.sequence for u in updates]
+            assert sequences == sorted(set(sequences))
+
+
 async def test_list_jobs_pages_newest_first_and_filters(data_dir, postgres_url):
     async with control_plane(postgres_url) as plane:
         mine = [await plane.operator.create(create_request(owner="0xmine")) for _ in range(7)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from services.operator_service.domain.engine_links import EngineLink
 from services.operator_service.domain.ports import JobRecord
 from services.operator_service.domain.watching import Broker
 from services.operator_service.persistence import jobs as store
-from services.operator_service.persistence.models import Job
+from services.operator_service.persistence.models import Job, JobEvent
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -46,6 +47,17 @@ def _time(request: operator_pb2.ListJobsRequest, name: Literal["created_after", 
         return getattr(request, name).ToDatetime(tzinfo=UTC)
     except ValueError:
         raise errors.InvalidArgument(f"{name} is not a valid timestamp", "time_range_invalid", field=name) from None
+
+
+def _as_of(job: Job, event: JobEvent) -> common_pb2.Job:
+    """The job as one of its history's events left it (its other fields as they stand now)."""
+    snapshot = convert.job(job)
+    snapshot.status = common_pb2.JobStatus.ValueType(event.status)
+    snapshot.sequence = event.sequence
+    snapshot.status_text = TEXT[Status(event.status)]
+    snapshot.end_reason = common_pb2.EndReason.ValueType(event.end_reason)
+    snapshot.error_code, snapshot.error_message = event.error_code, event.error_message
+    return snapshot
 
 
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
@@ -200,13 +212,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                 # Resume: replay the history after the client's sequence.
                 events = await self._db.run(lambda s: store.read_events(s, job_ids, request.after_sequence))
                 for event in events:
-                    snapshot = convert.job(current[event.job_id])
-                    snapshot.status = common_pb2.JobStatus.ValueType(event.status)
-                    snapshot.sequence = event.sequence
-                    snapshot.status_text = TEXT[Status(event.status)]
-                    snapshot.end_reason = common_pb2.EndReason.ValueType(event.end_reason)
-                    snapshot.error_code, snapshot.error_message = event.error_code, event.error_message
-                    yield operator_pb2.WatchJobsResponse(job=snapshot)
+                    yield operator_pb2.WatchJobsResponse(job=_as_of(current[event.job_id], event))
                     sent[event.job_id] = event.sequence
                     if is_terminal(event.status):
                         ended.add(event.job_id)  # it ended after the first read
@@ -227,6 +233,14 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
                     continue
                 if job.sequence <= sent[job.job_id]:
                     continue
+                # The engine's changes are applied in batches and the broker carries a
+                # job as it stands after one: the changes it skipped come from history.
+                missed = await self._db.run(
+                    functools.partial(store.read_events, job_ids=[job.job_id], after_sequence=sent[job.job_id])
+                )
+                for event in missed:
+                    if event.sequence < job.sequence:
+                        yield operator_pb2.WatchJobsResponse(job=_as_of(job, event))
                 sent[job.job_id] = job.sequence
                 yield operator_pb2.WatchJobsResponse(job=convert.job(job))
                 if is_terminal(job.status):
