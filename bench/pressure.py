@@ -6,7 +6,7 @@ section is added by writing one function and listing it in SECTIONS.
 
 1. fuzz: every RPC of every service (enumerated from the generated
    descriptors) gets hypothesis-generated hostile requests over real gRPC,
-   on the embedded stack with a fresh PostgreSQL database (tests/fuzz: the
+   on the embedded stack with a fresh PostgreSQL database (testkit/fuzz: the
    same harness, regression examples and failure rules as CI). Reports the
    RPCs fuzzed, the cases sent, the status codes answered and the RPCs that
    failed (INTERNAL/UNKNOWN/UNAVAILABLE, a hang, a server down, internals
@@ -48,10 +48,10 @@ sys.path.insert(0, str(ROOT))
 
 from hypothesis import settings
 
+from testkit.fuzz.harness import all_rpcs, fuzz, profile, running_stack
+from testkit.fuzz.regressions import REGRESSIONS
 from testkit.load import LOCAL_PATH, run_load
 from testkit.stacks import fresh_postgres_database
-from tests.fuzz.harness import all_rpcs, fuzz, profile, running_stack
-from tests.fuzz.regressions import REGRESSIONS
 
 Section = Callable[[argparse.Namespace], tuple[list[str], dict[str, Any]]]
 

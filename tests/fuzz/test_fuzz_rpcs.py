@@ -1,5 +1,5 @@
 """Every RPC of every service, fuzzed over real gRPC against a running stack
-(tests/fuzz/harness.py says what fails a call). C2D_FUZZ_PROFILE=ci (the
+(testkit/fuzz/harness.py says what fails a call). C2D_FUZZ_PROFILE=ci (the
 default: a few examples per RPC) or long; failures shrink, and replay from
 .hypothesis/ on the next run. Each bug the fuzzer found is pinned below as an
 @example of the RPC it was found on."""
@@ -15,8 +15,8 @@ from google.protobuf import message_factory
 
 from c2d.provider.v1 import asset_pb2, provider_pb2
 from plumbing.grpc_errors import bad_request_fields, error_code
-from tests.fuzz.harness import JOB_AGENT, Case, FuzzStack, all_rpcs, fuzz, running_stack
-from tests.fuzz.regressions import REGRESSIONS
+from testkit.fuzz.harness import JOB_AGENT, Case, FuzzStack, all_rpcs, fuzz, running_stack
+from testkit.fuzz.regressions import REGRESSIONS
 
 RPCS = all_rpcs()
 

@@ -53,8 +53,8 @@ from services.operator_engine.backends.noop import NoopBackend
 from services.operator_engine.domain.jobs import JobSpec, StageExit
 from services.operator_engine.domain.stages import Stage
 from testkit import market as market_module
+from testkit.fuzz.values import Known, invalid_utf8_patch, messages
 from testkit.stacks import fresh_postgres_database
-from tests.fuzz.values import Known, invalid_utf8_patch, messages
 
 ROOT = Path(__file__).resolve().parents[2]
 DATABASE = DirectoryBasedExampleDatabase(str(ROOT / ".hypothesis" / "examples"))

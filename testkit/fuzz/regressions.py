@@ -13,7 +13,7 @@ from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2
 from c2d.operator.v1 import operator_pb2
 from c2d.provider.v1 import asset_pb2, ledger_pb2, provider_pb2
-from tests.fuzz.harness import Case
+from testkit.fuzz.harness import Case
 
 NUL_PAGE_TOKEN = base64.urlsafe_b64encode(json.dumps(["2026-01-01T00:00:00+00:00", "a\x00b"]).encode()).decode()
 REGRESSIONS: dict[str, list[Case]] = {

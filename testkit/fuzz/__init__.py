@@ -1,0 +1,1 @@
+"""The RPC fuzzer (hypothesis) shared by tests/fuzz and bench/pressure.py."""
