@@ -69,7 +69,33 @@ class UpStack:
 
 @contextlib.contextmanager
 def up_processes(data_dir: Path, database_url: str, max_jobs: int) -> Iterator[UpStack]:
-    """The stack, one process per server, local backend; stopped with SIGTERM (as Ctrl-C) at the end."""
+    """The stack, one process per server, local backend; stopped with SIGTERM (as Ctrl-C) at the end.
+    Free ports are only free when picked (other test processes pick too): a start that
+    finds one taken is tried again on others."""
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            process, provider, log = _start_up(data_dir, database_url, max_jobs)
+            break
+        except PortTaken:
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
+    try:
+        said = log.read_text(errors="replace")
+        pids = {m[1]: int(m[3]) for m in re.finditer(r"^\s+(\S+)\s+(\S+)\s+\(pid (\d+)\)", said, re.M)}
+        yield UpStack(process, f"127.0.0.1:{provider}", pids, log)
+    finally:
+        stop_process(process, grace=60.0)  # SIGTERM, as Ctrl-C: the engine's grace, then its siblings
+
+
+PORT_ATTEMPTS = 3
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+def _start_up(data_dir: Path, database_url: str, max_jobs: int) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """`c2d up --processes` started and serving: the process, the provider's port, its log."""
     provider, operator, engine = free_ports(3)
     env = {
         **os.environ,
@@ -84,6 +110,10 @@ def up_processes(data_dir: Path, database_url: str, max_jobs: int) -> Iterator[U
         "C2D_ENGINE_MAX_JOBS": str(max_jobs),
         "C2D_LOG_LEVEL": "WARNING",
         "XDG_CONFIG_HOME": str(data_dir / "config"),
+        # no /metrics ports: their defaults are fixed, and other stacks may run beside this one
+        "C2D_PROVIDER_METRICS_ADDRESS": "",
+        "C2D_OPERATOR_METRICS_ADDRESS": "",
+        "C2D_ENGINE_METRICS_ADDRESS": "",
     }
     env.pop("C2D_SERVICE_TOKEN", None)  # the servers share the data dir's token
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -93,16 +123,15 @@ def up_processes(data_dir: Path, database_url: str, max_jobs: int) -> Iterator[U
         process = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "up", "--processes"], cwd=REPO, env=env, stdout=out, stderr=out
         )
-    try:
-        deadline = time.monotonic() + UP_TIMEOUT_S
-        while "stops them" not in (said := log.read_text(errors="replace")):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"c2d up --processes did not come up:\n{said[-4000:]}")
-            time.sleep(0.1)
-        pids = {m[1]: int(m[3]) for m in re.finditer(r"^\s+(\S+)\s+(\S+)\s+\(pid (\d+)\)", said, re.M)}
-        yield UpStack(process, f"127.0.0.1:{provider}", pids, log)
-    finally:
-        stop_process(process, grace=60.0)  # SIGTERM, as Ctrl-C: the engine's grace, then its siblings
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    while "stops them" not in (said := log.read_text(errors="replace")):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process, grace=10.0)
+            if "the port is in use" in said:
+                raise PortTaken(said[-4000:])
+            raise RuntimeError(f"c2d up --processes did not come up:\n{said[-4000:]}")
+        time.sleep(0.1)
+    return process, provider, log
 
 
 @dataclass
