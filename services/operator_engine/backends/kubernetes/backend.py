@@ -108,6 +108,9 @@ class KubernetesBackend:
         self._desired: dict[str, dict[str, Any]] = {}  # job id -> the status to write next
         self._writers: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # The resourceVersion of each pod this engine created and waits for (None while
+        # its create is in flight): a pod list older than that cannot show it, not even gone.
+        self._created: dict[str, str | None] = {}
         self._reclaimed: set[str] = set()
         self._logs_wanted: dict[str, LogCopy] = {}  # algorithm pod -> where its log goes
         self._detached = False
@@ -222,12 +225,14 @@ class KubernetesBackend:
             self._pods[name] = pod
         self._settle(name, type_, pod)
 
-    def _on_list(self, pods: list[Pod]) -> None:
+    def _on_list(self, pods: list[Pod], version: str) -> None:
         self._pods = {pod["metadata"]["name"]: pod for pod in pods}
         for name in [n for n in self._gone_waiters if n not in self._pods]:
             self._freed(name)
         for name in list(self._waiters):
             pod = self._pods.get(name)
+            if pod is None and not _listed_before(self._created.get(name, _ABSENT), version):
+                continue  # created as or after the list was taken: the watch from it tells
             if pod is None:  # gone while no watch ran
                 self._settle(name, "DELETED", {"metadata": {"name": name}})
             else:
@@ -426,9 +431,13 @@ class KubernetesBackend:
         engine's own timeout deletes it."""
         waiter: asyncio.Future[StageExit] = asyncio.get_running_loop().create_future()
         self._waiters[name] = waiter
+        self._created[name] = None  # being created: no list can say it is gone
         try:
             try:
-                await self._call(self.core.create_namespaced_pod, self.config.namespace, body, _preload_content=False)
+                created = await self._call(
+                    self.core.create_namespaced_pod, self.config.namespace, body, _preload_content=False
+                )
+                self._created[name] = str(raw(created)["metadata"]["resourceVersion"])
             except ApiException as exc:
                 if exc.status != 409:
                     raise
@@ -445,6 +454,7 @@ class KubernetesBackend:
             raise
         finally:
             self._waiters.pop(name, None)
+            self._created.pop(name, None)
 
     async def _gone(self, name: str) -> None:
         """Until the watch saw the pod go (its name is then free again)."""
@@ -562,6 +572,22 @@ def _refused(exc: ApiException, what: str) -> Exception:
             "ClusterRoleBinding of deploy/base/engine-rbac.yaml for the engine's ServiceAccount"
         )
     return exc
+
+
+def _listed_before(created: object, version: str) -> bool:
+    """Whether a pod list at `version` came after the pod's creation (a pod this engine
+    did not create, e.g. one found at a restart: `created` absent, so yes)."""
+    if created is _ABSENT:
+        return True
+    if created is None:
+        return False
+    try:
+        return int(str(created)) <= int(version)
+    except ValueError:  # not numbers on this server: trust the list
+        return True
+
+
+_ABSENT = object()
 
 
 def _fresh_workspace(job: JobSpec) -> None:

@@ -40,7 +40,7 @@ class PodWatch:
         timeout_s: int,
         loop: asyncio.AbstractEventLoop,
         on_event: Callable[[str, Pod], None],
-        on_list: Callable[[list[Pod]], None],
+        on_list: Callable[[list[Pod], str], None],  # the pods, and the list's resourceVersion
     ) -> None:
         self.core, self.namespace, self.selector, self.timeout_s = core, namespace, selector, timeout_s
         self._loop, self._on_event, self._on_list = loop, on_event, on_list
@@ -70,9 +70,10 @@ class PodWatch:
             )
         )
         self.lists += 1
-        self._post(self._on_list, listed["items"])
+        version = str(listed["metadata"]["resourceVersion"])
+        self._post(self._on_list, listed["items"], version)
         self._loop.call_soon_threadsafe(self.listed.set)
-        return str(listed["metadata"]["resourceVersion"])
+        return version
 
     def _run(self) -> None:
         version: str | None = None
