@@ -46,7 +46,7 @@ class LocalStore:
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> StoredObject:
         dest = self._path(key)
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._mkdirs(dest.parent)
         except OSError as e:
             raise StorageError(f"cannot create the directory for key {key!r}: {e.strerror}") from e
         digest = hashlib.sha256()
@@ -71,6 +71,18 @@ class LocalStore:
             raise StorageError(f"cannot store {path} as key {key!r}: {e.strerror or e}") from e
         return StoredObject(location=PREFIX + key, size=size, sha256=digest.hexdigest())
 
+    def _mkdirs(self, directory: Path) -> None:
+        """Like mkdir -p, with the directories it makes searchable by the unprivileged reader
+        whatever the umask (its files are 0644 for the same reason)."""
+        if directory == self.root or directory.is_dir():
+            return
+        self._mkdirs(directory.parent)
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            return
+        os.chmod(directory, 0o755)
+
     def read(self, location: str, offset: int = 0, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         key = check_key(self._key_of(location))
         if offset < 0:
@@ -85,11 +97,14 @@ class LocalStore:
 
     def _open(self, key: str, location: str) -> BinaryIO:
         # Results are served as what pod_publish stored: a regular file reached through no
-        # link, whatever was planted under the root since (plumbing.job_files).
+        # link, whatever was planted under the root since, opened as an unprivileged user
+        # (plumbing.job_files): what put_file stored is readable to anyone, nothing root-only is.
         try:
-            return job_files.open_file(self.root, key)
+            return job_files.open_file(self.root, key, unprivileged=True)
         except FileNotFoundError as e:
             raise ObjectNotFound(f"no object at {location}") from e
+        except PermissionError as e:
+            raise StorageError(f"cannot read {location}: not stored readable to the unprivileged reader") from e
         except OSError as e:
             raise StorageError(f"cannot read {location}: {e.strerror}") from e
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_pb2_grpc
-from plumbing import auth, logs, metrics, settings
+from plumbing import auth, job_files, logs, metrics, settings
 from plumbing.database import Database, sqlite_url
 from plumbing.server import (
     Registration,
@@ -106,6 +106,7 @@ async def start(config: EngineSettings) -> RunningServer:
         backend.agent = orchestrator
     engine_metrics.watch(orchestrator)
     engine = EngineServicer(orchestrator, events, config.engine_id, config.heartbeat_s)
+    log.info("algorithm logs: %s", job_files.describe_reader())  # raises here if the reader cannot drop root
     agent = JobAgentServicer(orchestrator, engine.environments, count_staged_bytes=engine_metrics.staged_bytes.inc)
     # Pods call JobAgentService on this port too: under mutual TLS they
     # present the engine's certificate (they inherit C2D_TLS_*).

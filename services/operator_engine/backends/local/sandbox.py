@@ -108,6 +108,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from plumbing import job_files
+
 from . import cgroups, network
 from .cgroups import CgroupError, JobCgroup
 from .network import JobNetwork, NetworkUnavailable
@@ -662,8 +664,9 @@ class SandboxRun:
 
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_fd = os.open(
-                self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+                self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
             )
+            job_files.share_with_reader(self._log_fd)  # StreamJobLogs reads it unprivileged
             proc = await asyncio.create_subprocess_exec(
                 *launcher,
                 *command,
