@@ -53,9 +53,17 @@ async def stream_result_file(
             f"offset {offset} is beyond the file's {entry.size} bytes", "offset_invalid", field="offset"
         )
     first = True
-    async with contextlib.aclosing(result_files.stream_chunks(store, location, offset)) as chunks:
-        async for data, chunk_offset in chunks:
-            yield response(file=entry if first else None, data=data, offset=chunk_offset)
-            first = False
+    try:
+        async with contextlib.aclosing(result_files.stream_chunks(store, location, offset)) as chunks:
+            async for data, chunk_offset in chunks:
+                yield response(file=entry if first else None, data=data, offset=chunk_offset)
+                first = False
+    except storage.StorageError as exc:  # a status that says what happened, never INTERNAL
+        where = f"result file {entry.index} ({entry.path!r})"
+        if exc.transient:
+            raise errors.Unavailable(f"{where}: the results storage did not answer: {exc}", "storage_unavailable") from None
+        if isinstance(exc, storage.ObjectNotFound):
+            raise errors.FailedPrecondition(f"{where} is no longer in the results storage", "result_missing") from None
+        raise errors.FailedPrecondition(f"{where} cannot be served: {exc}", "result_unreadable") from None
     if first:  # an empty file (or offset at its end) still answers with its entry
         yield response(file=entry, offset=offset)
