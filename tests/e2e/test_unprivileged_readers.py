@@ -178,9 +178,7 @@ async def test_stream_job_logs_never_returns_a_root_only_file(data_dir, links_fo
         assert b"".join([c async for c in bench.consumer.logs(job.job_id)]) == SECRET
 
 
-async def test_get_compute_result_from_local_storage_never_returns_a_root_only_file(
-    data_dir, links_followed
-) -> None:
+async def test_get_compute_result_from_local_storage_never_returns_a_root_only_file(data_dir, links_followed) -> None:
     async with job_bench() as bench:
         job = await bench.run(ALGORITHM)
         assert job.status == 70, job.error_message

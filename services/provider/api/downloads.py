@@ -61,7 +61,9 @@ async def stream_result_file(
     except storage.StorageError as exc:  # a status that says what happened, never INTERNAL
         where = f"result file {entry.index} ({entry.path!r})"
         if exc.transient:
-            raise errors.Unavailable(f"{where}: the results storage did not answer: {exc}", "storage_unavailable") from None
+            raise errors.Unavailable(
+                f"{where}: the results storage did not answer: {exc}", "storage_unavailable"
+            ) from None
         if isinstance(exc, storage.ObjectNotFound):
             raise errors.FailedPrecondition(f"{where} is no longer in the results storage", "result_missing") from None
         raise errors.FailedPrecondition(f"{where} cannot be served: {exc}", "result_unreadable") from None
