@@ -75,7 +75,9 @@ Limits
       past the cap the rest is drained and dropped, after one marker line.
       That file (``spec.log_path``) is outside the workspace: the algorithm
       has no path to it, so it cannot swap it for a link to a host file that
-      the log's readers would then serve.
+      the log's readers would then serve; and those readers open it as
+      job_files' unprivileged reader (group 65534: the file is 0640), so
+      even then they could serve nothing root-only.
     * ``wall_timeout_s``: the whole tree is killed; ``timed_out``.
 
 Exit status: bwrap reports an algorithm killed by signal N as exit code
