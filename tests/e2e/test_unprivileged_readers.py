@@ -113,6 +113,40 @@ def test_the_reader_thread_drops_only_its_own_privileges() -> None:
     assert job_files.describe_reader().startswith(f"job files are opened on reader threads as uid {reader_id}")
 
 
+def test_a_process_that_is_not_root_opens_as_itself(tree: Path) -> None:
+    (tree / "mine").write_bytes(b"its own file")
+    os.chown(tree / "mine", 1000, 1000)
+    (tree / "mine").chmod(0o600)
+    _root_only(tree / "secret")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: uid 1000 for good, then what the reader does
+        try:
+            os.close(read)
+            root_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)  # pytest's tmp_path is root's alone
+            os.setgroups([])
+            os.setresgid(1000, 1000, 1000)
+            os.setresuid(1000, 1000, 1000)
+            line = job_files.describe_reader()
+            with job_files.open_file(root_fd, "mine", unprivileged=True) as f:
+                line += "|" + f.read().decode()
+            try:
+                job_files.open_file(root_fd, "secret", unprivileged=True)
+            except PermissionError:
+                line += "|refused"
+            line += f"|{threading.active_count()} thread"
+            os.write(write, line.encode())
+        except BaseException as exc:
+            os.write(write, repr(exc).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        answer = f.read().decode()
+    os.waitpid(pid, 0)
+    assert answer == "job files are opened as this process's own uid 1000 (not root)|its own file|refused|1 thread"
+
+
 def test_with_links_followed_the_reader_still_cannot_read_a_root_only_target(
     tree: Path, links_followed: Callable[[], None]
 ) -> None:
