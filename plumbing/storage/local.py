@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,12 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        # reads run as an unprivileged user from a descriptor of the root (job_files), which
+        # must be able to look names up in it: search permission, not listing
+        mode = self.root.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            with contextlib.suppress(OSError):  # not ours to change: then reads say why they fail
+                self.root.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
 
     def _path(self, key: str) -> Path:
         path = self.root / check_key(key)

@@ -21,6 +21,7 @@ import pytest
 
 from c2d_sdk.errors import Refused
 from plumbing import job_files, settings
+from plumbing.storage import LocalStore, StorageError
 from testkit.jobs import job_bench
 
 SECRET = b"root-only: the engine's service token"
@@ -242,3 +243,18 @@ async def test_get_compute_result_from_local_storage_never_returns_a_root_only_f
         links_followed()  # control: a root reader serves the secret
         _, data = await bench.consumer.result(job.job_id, index)
         assert data == SECRET
+
+
+def test_local_storage_under_a_private_root_serves_what_it_stored_and_nothing_root_only(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    root.mkdir(mode=0o700)
+    store = LocalStore(root)
+    assert root.stat().st_mode & 0o777 == 0o701  # names can be looked up, not listed
+    source = tmp_path / "result.json"
+    source.write_bytes(b'{"answer": 42}')
+    stored = store.put_file("job/outputs/result.json", source)
+    assert b"".join(store.read(stored.location)) == b'{"answer": 42}'
+
+    _root_only(root / "job" / "outputs" / "token")
+    with pytest.raises(StorageError, match="unprivileged reader"):
+        store.read("local:job/outputs/token")
