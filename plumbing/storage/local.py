@@ -23,13 +23,18 @@ from plumbing.storage.base import (
 
 PREFIX = "local:"
 _COPY_BLOCK = 1 << 20
+_DESCRIPTORS = Path("/proc/self/fd")
 
 
 class LocalStore:
     kind = "local"
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root).resolve()
+        root = Path(root)
+        # A pod reaches its results through an open directory (/proc/self/fd/N) whose path's
+        # parents are closed to it: that root is kept as it is, never resolved to that path.
+        self.root = root if root.parent == _DESCRIPTORS else root.resolve()
+        self._real_root = self.root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         # reads run as an unprivileged user from a descriptor of the root (job_files), which
         # must be able to look names up in it: search permission, not listing
@@ -42,7 +47,7 @@ class LocalStore:
         path = self.root / check_key(key)
         # defence in depth: a symlink planted under root must not lead outside it
         resolved = path.resolve()
-        if resolved != self.root and self.root not in resolved.parents:
+        if resolved != self._real_root and self._real_root not in resolved.parents:
             raise StorageError(f"invalid object key {key!r}: resolves outside the storage root")
         return path
 

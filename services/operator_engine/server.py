@@ -59,6 +59,12 @@ async def start(config: EngineSettings) -> RunningServer:
     await events.start()
     workspaces = os.path.abspath(config.workspaces_dir or str(data / "workspaces"))  # noqa: ASYNC240 - no I/O
     os.makedirs(workspaces, exist_ok=True)
+    if config.backend == "local":
+        # Its pods run as the jobs' uids: none may enter the data directory (service token,
+        # databases, keys) or another job's workspace. Each gets its own as a descriptor.
+        for private in (data, Path(workspaces)):
+            if private.is_dir():
+                private.chmod(0o700)
 
     backend: NoopBackend | LocalBackend | KubernetesBackend
     pod_env = {k: v for k, v in os.environ.items() if k.startswith(POD_ENV_PREFIXES)}
