@@ -170,11 +170,13 @@ def describe_reader() -> str:
     )
 
 
-def share_with_reader(fd: int) -> None:
+def share_with_reader(fd: int, owner: int = -1) -> None:
     """Makes a file c2d writes for unprivileged readers (algorithm.log) readable to them and to
-    no other uid: group READER_ID, mode 0640, when this process is root (else its own, 0640)."""
+    no other uid: group READER_ID, mode 0640, when this process is root (else its own, 0640).
+    `owner` (a root process only): the one uid that also reads it, e.g. the job's own uid, which
+    the job's pod_publish runs as."""
     if os.geteuid() == 0:
-        os.fchown(fd, -1, READER_ID)
+        os.fchown(fd, owner, READER_ID)
     os.fchmod(fd, 0o640)
 
 

@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from c2d.engine.v1 import job_agent_pb2_grpc
-from plumbing import settings
+from plumbing import job_files, settings
 from services.operator_engine import server
 from services.operator_engine.backends.local import pod_launcher, sandbox
 from services.operator_engine.backends.local.pod_launcher import ForkServerLauncher, PodAccess, SubprocessLauncher
@@ -172,11 +172,12 @@ async def test_a_pod_reads_nothing_of_the_engine_or_of_other_jobs(
                 assert found["environ"] != "READ"  # a pod's /proc is closed even to itself (not dumpable)
                 assert found["service_token_in_memory"] is False, stage
             # what the pod's uid was lent is taken back as the pod ends (after it reported):
-            # its results are root's again
+            # its results are root's again, open to the unprivileged reader that serves them
             if storage == "local":
                 mine = data / "results" / second.job_id
                 await wait_until(lambda: mine.stat().st_uid == 0, what="the results directory was taken back")
-                assert mine.stat().st_mode & 0o777 == 0o700
+                assert mine.stat().st_mode & 0o777 == 0o750  # the rest: the results' reader
+                assert mine.stat().st_gid == job_files.READER_ID
             assert not list(admin.glob("*.token"))
     finally:
         targets.unlink()

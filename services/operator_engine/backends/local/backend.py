@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from plumbing import errors, settings, storage
+from plumbing import errors, job_files, settings, storage
 from services.operator_engine.backends.local import cgroups, runtimes, sandbox
 from services.operator_engine.backends.local.monitor import Monitored, MonitorFailed, MonitorLauncher
 from services.operator_engine.backends.local.pod_launcher import Launcher, PodAccess, SubprocessLauncher
@@ -235,15 +235,18 @@ def _grant(job: JobSpec, uid: int, results_root: Path | None) -> None:
     os.chmod(results_root, 0o711)  # other jobs' directories are not listed
     mine = results_root / job.job_id
     mine.mkdir(mode=0o700, exist_ok=True)
-    os.chown(mine, uid, uid, follow_symlinks=False)
-    os.chmod(mine, 0o700, follow_symlinks=False)
+    # the unprivileged reader (job_files) serves what it publishes, from the moment it is reported
+    os.chown(mine, uid, job_files.READER_ID, follow_symlinks=False)
+    os.chmod(mine, 0o750, follow_symlinks=False)
 
 
 def _take_back(mine: Path) -> None:
-    """After the stage: the job's results directory is root's again (0700), so its uid (or
-    one that collides with it) reaches nothing under it."""
+    """After the stage: the job's results directory is root's again, open only to the
+    unprivileged reader that serves results (job_files), so the job's uid (or one that collides
+    with it) reaches nothing under it."""
     try:
-        os.chown(mine, 0, 0, follow_symlinks=False)
+        os.chown(mine, 0, job_files.READER_ID, follow_symlinks=False)
+        os.chmod(mine, 0o750, follow_symlinks=False)
     except FileNotFoundError:
         pass
 

@@ -668,7 +668,10 @@ class SandboxRun:
             self._log_fd = os.open(
                 self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
             )
-            job_files.share_with_reader(self._log_fd)  # StreamJobLogs reads it unprivileged
+            # StreamJobLogs reads it unprivileged, and the job's pod_publish (its uid) publishes it
+            job_files.share_with_reader(
+                self._log_fd, host_uid(spec.job_id) if spec.use_sandbox and _drops_privileges() else -1
+            )
             proc = await asyncio.create_subprocess_exec(
                 *launcher,
                 *command,
