@@ -1,6 +1,6 @@
-"""Issue 13, item 2: reading another consumer's results through an asset.
+"""Results access: reading another consumer's results.
 
-Job ids were public (ListAssets, unsigned, named results assets "Results of
+The attack (issue 13, item 2): job ids were public (ListAssets, unsigned, named results assets "Results of
 compute job <id>"), and sealing a file list needs only the provider's public
 key. So an attacker (a second, real account) sealed a results location of
 the victim's job, published it as their own asset and downloaded it: the
@@ -13,6 +13,12 @@ around those checks (DownloadAssetFile must refuse it anyway), and a
 dataset that makes the attacker's own job stage the victim's results. An
 attack that worked returns the victim's bytes, and the test fails showing
 them.
+
+The guarantee: results reach only their job's owner (and its viewers).
+A results location is a capability only the provider issues, signed for
+the job, its owner and the asset; a results-asset grant is good for one
+job, one owner, while that job publishes; a job's results are served only
+from that job's own place in the results storage.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import time
 from typing import Any
 
 import grpc
+import pytest
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2, provider_pb2
@@ -311,3 +318,69 @@ async def test_a_stranger_learns_nothing_about_a_job_from_assets(data_dir):
             (stranger, PERMISSION_DENIED, "not_owner"),
         ):
             assert_refused(await attempt_download(reader, did, index), status, reason)
+
+
+# -- results-asset grants ----------------------------------------------------------------
+
+
+async def test_register_results_asset_refuses_forged_and_foreign_grants(data_dir):
+    async with job_bench() as bench:
+        job_id, order_id = await bench.start("import time; time.sleep(60)\n", publish_results_as_asset=True)
+        keys = provider_keys()
+        register = bench.other.assets.RegisterResultsAsset
+        manifest = common_pb2.ResultsManifest(
+            files=[common_pb2.ResultFile(index=0, path="x", size=1, location="local:elsewhere/x")]
+        )
+
+        cases = {
+            "not a grant": ("garbage", grpc.StatusCode.UNAUTHENTICATED, "grant_invalid"),
+            "signed by another key": (
+                results_grants.mint_grant(
+                    sealing.ProviderKeys.generate(), bench.consumer.address, request_key(order_id)
+                ),
+                grpc.StatusCode.UNAUTHENTICATED,
+                "grant_invalid",
+            ),
+            "another job's request": (
+                results_grants.mint_grant(keys, bench.consumer.address, request_key("0xother")),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "grant_wrong_job",
+            ),
+            "another owner": (
+                results_grants.mint_grant(keys, bench.other.address, request_key(order_id)),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "grant_wrong_job",
+            ),
+            "expired": (
+                results_grants.mint_grant(keys, bench.consumer.address, request_key(order_id), now=0),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "grant_expired",
+            ),
+            # the real grant, but locations outside the job's own results
+            "foreign location": (
+                results_grants.mint_grant(keys, bench.consumer.address, request_key(order_id)),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "location_foreign",
+            ),
+        }
+        for name, (grant, code, reason) in cases.items():
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await register(asset_pb2.RegisterResultsAssetRequest(job_id=job_id, grant=grant, results=manifest))
+            assert (refused.value.code(), error_code(refused.value)) == (code, reason_of(reason)), name
+            assert refused.value.details(), name
+        tampered = grant[:-4] + ("0000" if not grant.endswith("0000") else "1111")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await register(asset_pb2.RegisterResultsAssetRequest(job_id=job_id, grant=tampered, results=manifest))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        listed = await bench.consumer.assets.ListAssets(asset_pb2.ListAssetsRequest(owner=bench.consumer.address))
+        assert listed.assets == []
+
+        # an ordinary dataset's files are never streamed, not even to its publisher
+        dataset = await bench.dataset()
+        with pytest.raises(grpc.aio.AioRpcError) as not_results:
+            await download_asset_file(bench.publisher, dataset, 0, service_id="compute")
+        assert not_results.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_code(not_results.value) == "NOT_RESULTS_ASSET"
+        await bench.consumer.compute.StopCompute(
+            bench.consumer.signed("StopCompute", provider_pb2.StopComputeRequest(job_id=job_id))
+        )
