@@ -15,6 +15,7 @@ from typing import TypeVar
 from c2d.common.v1 import common_pb2
 from plumbing import errors, storage
 from plumbing.statuses import is_terminal
+from services.provider.domain.file_locations import ResultsStorage
 from services.provider.persistence import result_files
 
 Response = TypeVar("Response")  # GetComputeResultResponse, DownloadAssetFileResponse
@@ -29,12 +30,18 @@ def recorded_results(job: common_pb2.Job) -> Sequence[common_pb2.ResultFile]:
     return job.results.files
 
 
-def result_entry(job: common_pb2.Job, index: int) -> common_pb2.ResultFile:
-    """The job's result file `index`, or NOT_FOUND."""
+def result_entry(job: common_pb2.Job, index: int, results: ResultsStorage) -> common_pb2.ResultFile:
+    """The job's result file `index`, or NOT_FOUND; PERMISSION_DENIED if its
+    record names a location outside that job's own results (`ResultsStorage.holds`)."""
     files = {f.index: f for f in recorded_results(job)}
     entry = files.get(index)
     if entry is None:
         raise errors.NotFound(f"job {job.job_id} has no result file {index} (it has {len(files)})", "result_not_found")
+    if not results.holds(entry.location, job.job_id):
+        raise errors.PermissionDenied(
+            f"result file {index} of job {job.job_id} is recorded outside that job's results: it is not served",
+            "results_location_foreign",
+        )
     return entry
 
 
