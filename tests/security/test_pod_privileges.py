@@ -1,7 +1,7 @@
 """The pod stages run as an unprivileged uid, for good (issue 13): a mistake in what
 pod_config or pod_publish parses reads nothing secret.
 
-Attacked as an attacker would: code in a pod's place (tests/e2e/pod_probe.py stands in
+Attacked as an attacker would: code in a pod's place (tests/security/pod_probe.py stands in
 for a parsing bug a hostile dataset or DDO exploits) reports what it is and tries the
 service token, the engine's database, the provider's keys, another job's workspace and
 another job's results, by path, from its working directory and through its results
@@ -27,7 +27,7 @@ from services.operator_engine import server
 from services.operator_engine.backends.local import pod_launcher, sandbox
 from services.operator_engine.backends.local.pod_launcher import ForkServerLauncher, PodAccess, SubprocessLauncher
 from testkit.jobs import job_bench, s3_env
-from tests.e2e import pod_probe
+from tests.security import pod_probe
 from tests.operator_engine.engine_harness import WAIT_S, wait_until
 
 ALGORITHM = 'open(__import__("os").environ["OUTPUTS"] + "/result.txt", "w").write("secret of job A")'
@@ -127,7 +127,7 @@ async def test_a_pod_reads_nothing_of_the_engine_or_of_other_jobs(
     monkeypatch.setenv(pod_probe.TARGETS, str(targets))
     monkeypatch.setattr(server, "POD_ENV_PREFIXES", (*server.POD_ENV_PREFIXES, "C2D_PROBE_"))
     probes = {
-        name: metadata.EntryPoint(name, f"tests.e2e.pod_probe:{function}", pod_launcher.POD_PROGRAMS)
+        name: metadata.EntryPoint(name, f"tests.security.pod_probe:{function}", pod_launcher.POD_PROGRAMS)
         for name, function in (("pod_config", "configure"), ("pod_publish", "publish"))
     }
     monkeypatch.setattr(pod_launcher, "programs", lambda: probes)
