@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.local_jobs import Engine
 
+FORK = "fork-of-"
 EVENTS = ("sched:sched_stat_runtime", "sched:sched_process_fork", "sched:sched_process_exec")
+TRACED = [arg for event in EVENTS for arg in ("-e", event)]
 _LINE = re.compile(r"^\s*(?P<comm>.*?)\s+(?P<tid>\d+)\s+(?P<time>[\d.]+):\s+sched:(?P<event>\w+):\s+(?P<trace>.*)$")
 _FIELD = re.compile(r"(\w+)=(\S+)")
 
@@ -58,11 +60,12 @@ def parse(script: str, root: int, window: tuple[float, float]) -> tuple[dict[int
         if m is None:
             continue
         fields = dict(_FIELD.findall(m["trace"]))
-        event, tid = m["event"], int(m["tid"])
+        event = m["event"]
         if event == "sched_process_fork":
             parent, child = int(fields["pid"]), int(fields["child_pid"])
-            if parent in tasks:
-                tasks[child] = Task(child, parent, tasks[parent].image)
+            if parent in tasks:  # a thread, or a process until its first exec: its parent's program
+                image = tasks[parent].image
+                tasks[child] = Task(child, parent, image if image.startswith(FORK) else FORK + image)
         elif event == "sched_process_exec":
             task = tasks.get(int(fields["pid"]))
             if task is not None:
@@ -120,27 +123,31 @@ def classify(tasks: dict[int, Task], root: int) -> collections.Counter[str]:
 
 
 def _part(task: Task, image: str, top: int, monitor: bool) -> str:
+    forked = image.startswith(FORK)  # a thread, a forked child, or a child before its exec
+    base = image.removeprefix(FORK)
     if not monitor:
-        if task.tid == top or (task.parent == top and not task.images):
-            return "pods: launcher (fork server)" if task.tid != top or not task.images[1:] else "pods"
+        if task.tid == top:
+            return "pods: launcher (fork server)"
         return "pods: forked pods (pod_config, pod_publish)"
-    if task.tid == top or (not task.images and image.startswith("python")):
-        return "monitor: python process"
-    if image in ("bwrap",):
-        return "sandbox: bwrap"
-    if image.startswith("python"):
+    if base == "python":  # the venv's interpreter: the monitor fork server and its monitors
+        if forked and task.images:
+            return "monitor: its children until their exec"
+        return "monitor: python (fork server, monitors)"
+    if base.startswith("python"):
         return "algorithm (python3 algo.py)"
-    if image == "sh" and not task.images:
+    if base == "bwrap":
+        return "sandbox: bwrap"
+    if base == "sh" and forked and not task.images:
         return "sandbox: watcher shells (forks)"
-    if image in ("setpriv", "sh", "unshare", "mount", "python"):  # python: the monitor's image before exec
+    if base in ("setpriv", "sh", "unshare", "mount"):
         return "sandbox: gate + drop stage (setpriv, sh, unshare, mount)"
-    return f"monitor tree: {image}"
+    return f"monitor tree: {base}"
 
 
 async def run(jobs: int, max_jobs: int, py_spy: bool, root: Path) -> dict[str, object]:
     data = root / "perf.data"
     perf = subprocess.Popen(
-        ["perf", "record", "-q", "-k", "CLOCK_MONOTONIC", "-o", str(data), *sum((["-e", e] for e in EVENTS), []), "-a"],
+        ["perf", "record", "-q", "-k", "CLOCK_MONOTONIC", "-o", str(data), "-a", *TRACED],
         stdout=subprocess.DEVNULL,
     )
     spy = None
@@ -251,7 +258,8 @@ def main() -> None:
     for part, ms in result["cpu_ms_per_job"].items():  # type: ignore[attr-defined]
         print(f"  {part:58s} {ms:7.1f} ms CPU per job")
     print(f"  {'total (this process tree)':58s} {result['total_ms_per_job']:7.1f}")
-    print(f"  {'kernel threads, machine-wide (not only ours)':58s} {result['kernel_threads_ms_per_job_machine_wide']:7.1f}")
+    kernel = result["kernel_threads_ms_per_job_machine_wide"]
+    print(f"  {'kernel threads, machine-wide (not only ours)':58s} {kernel:7.1f}")
     for part, pct in result.get("engine_by_module_pct", {}).items():  # type: ignore[attr-defined]
         print(f"  engine samples: {part:44s} {pct:5.1f} %")
     print(json.dumps(result))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import os
 import select
@@ -340,7 +341,22 @@ def _serve() -> None:
     os.dup2(log, 2)
     for fd in (devnull, log):
         os.close(fd)
+    if sys.version_info < (3, 12):  # 3.11's default watcher starts a thread per child process
+        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
     asyncio.run(_monitor(state))
+
+
+def _warm() -> None:
+    """What every monitor would otherwise load or compute for itself, once here."""
+    import concurrent.futures.thread  # noqa: F401 - asyncio's default executor, imported on first use
+
+    from services.operator_engine.backends.local import cgroups
+
+    cgroups.cgroup_name("c2d")  # its pattern compiled
+    cgroups.detect()
+    # Objects made so far are never collected: the collector would write to every one of
+    # them in every monitor, copying the fork server's memory page by page.
+    gc.freeze()
 
 
 def _zygote() -> None:
@@ -349,6 +365,7 @@ def _zygote() -> None:
     monitor in a session of its own and replies with its pid. It never starts a thread or
     an event loop, so each monitor starts clean. Exits at EOF (the engine is gone)."""
     sandbox.probe()
+    _warm()
     requests = socket.socket(fileno=os.dup(0))
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
