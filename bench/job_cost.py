@@ -50,9 +50,48 @@ class Task:
     cpu: collections.Counter[str] = field(default_factory=collections.Counter)  # image -> ns in the window
 
 
-def parse(script: str, root: int, window: tuple[float, float]) -> tuple[dict[int, Task], collections.Counter[str]]:
-    """Tasks under `root` with their CPU per program in the window; kernel threads' CPU by name."""
+def snapshot(root: int) -> dict[int, Task]:
+    """The tasks under `root` now, from /proc: those started before perf (it may start late
+    on a loaded machine) are known by their place, not by the forks it saw."""
+    parents, argv0 = {}, {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                parents[int(entry.name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv0[int(entry.name)] = os.path.basename(f.read().split(b"\0")[0].decode(errors="replace"))
+        except (OSError, IndexError, ValueError):
+            continue
     tasks: dict[int, Task] = {root: Task(root, None, "engine")}
+    added = True
+    while added:
+        added = False
+        for pid, parent in parents.items():
+            if pid in tasks or parent not in tasks:
+                continue
+            same = argv0[pid] == argv0.get(parent) or tasks[parent].image.removeprefix(FORK) == argv0[pid]
+            base = tasks[parent].image.removeprefix(FORK) if same else argv0[pid]
+            tasks[pid] = Task(pid, parent, FORK + base if same else base, [] if same else [base])
+            added = True
+    for pid in list(tasks):
+        try:
+            threads = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+        except OSError:
+            continue
+        for tid in threads:
+            image = tasks[pid].image
+            tasks[tid] = Task(tid, pid, image if image.startswith(FORK) else FORK + image)
+    return tasks
+
+
+def parse(
+    script: str, known: dict[int, Task], window: tuple[float, float]
+) -> tuple[dict[int, Task], collections.Counter[str]]:
+    """Tasks under the root (`known`, and all they forked) with their CPU per program in the
+    window; kernel threads' CPU by name."""
+    tasks = dict(known)
     kernel: collections.Counter[str] = collections.Counter()
     start, end = window
     for line in script.splitlines():
@@ -173,6 +212,7 @@ async def run(jobs: int, max_jobs: int, py_spy: bool, root: Path) -> dict[str, o
                 stderr=subprocess.DEVNULL,
             )
             await asyncio.sleep(1.0)
+        known = snapshot(os.getpid())
         started = time.monotonic()
         await asyncio.gather(*(engine.run_job() for _ in range(jobs)))
         ended = time.monotonic()
@@ -190,7 +230,7 @@ async def run(jobs: int, max_jobs: int, py_spy: bool, root: Path) -> dict[str, o
         text=True,
         check=True,
     ).stdout
-    tasks, kernel = parse(script, os.getpid(), window)
+    tasks, kernel = parse(script, known, window)
     parts = classify(tasks, os.getpid())
     result: dict[str, object] = {
         "jobs": jobs,
