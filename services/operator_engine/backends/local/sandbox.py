@@ -364,8 +364,13 @@ def host_uid(job_id: str) -> int:
     return SANDBOX_HOST_IDS[zlib.crc32(job_id.encode()) % len(SANDBOX_HOST_IDS)]
 
 
+@functools.cache  # a PATH walk per run and tool was a few ms of every start
+def _which(name: str) -> str | None:
+    return shutil.which(name, path=_LAUNCH_PATH)
+
+
 def _util(name: str) -> str:
-    path = shutil.which(name, path=_LAUNCH_PATH)
+    path = _which(name)
     if path is None:
         raise SandboxUnavailable(f"{name} not found (Debian package util-linux): needed to run as an unprivileged uid")
     return path
@@ -388,8 +393,13 @@ def _drops_privileges() -> bool:
 
 def _resolve_bwrap(bwrap: str | None) -> str | None:
     if bwrap is None:
-        return shutil.which("bwrap")
+        return _which_bwrap()
     return bwrap if os.path.isfile(bwrap) and os.access(bwrap, os.X_OK) else None
+
+
+@functools.cache
+def _which_bwrap() -> str | None:
+    return shutil.which("bwrap")
 
 
 def _system_binds() -> list[str]:
@@ -645,7 +655,7 @@ class SandboxRun:
                 unset_pwd = [] if keep_pwd else ["/usr/bin/env", "-u", "PWD", "--"]
                 command = [*unset_pwd, *(_to_host(a, workspace) for a in spec.argv)]
                 launch_env, cwd = env, str(workspace)
-            setpriv = shutil.which("setpriv", path=_LAUNCH_PATH)
+            setpriv = _which("setpriv")
             procs_files = [str(f) for f in cg.procs_files()] if cg else []
             join_files = [str(f) for f in cg.join_files()] if cg else []
             launcher = [
