@@ -27,8 +27,8 @@ from services.operator_engine import server
 from services.operator_engine.backends.local import pod_launcher, sandbox
 from services.operator_engine.backends.local.pod_launcher import ForkServerLauncher, PodAccess, SubprocessLauncher
 from testkit.jobs import job_bench, s3_env
-from tests.security import pod_probe
 from tests.operator_engine.engine_harness import WAIT_S, wait_until
+from tests.security import pod_probe
 
 ALGORITHM = 'open(__import__("os").environ["OUTPUTS"] + "/result.txt", "w").write("secret of job A")'
 DROPPED_CAPS = "0000000000000000"
