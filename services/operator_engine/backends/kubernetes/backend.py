@@ -116,6 +116,7 @@ class KubernetesBackend:
         self._created: dict[str, str | None] = {}
         self._reclaimed: set[str] = set()
         self._logs_wanted: dict[str, LogCopy] = {}  # algorithm pod -> where its log goes
+        self._drains: dict[str, asyncio.Future[None]] = {}  # job id -> its log copy's end, until publish
         self._detached = False
         # API calls get threads of their own: the loop's default pool is small (cores + 4),
         # and a log follower holds a thread as long as its algorithm runs (it gets its own).
@@ -148,7 +149,9 @@ class KubernetesBackend:
             raise ClusterUnfit(f"could not list pods in namespace {self.config.namespace!r}") from None
 
     async def close(self) -> None:
-        await asyncio.gather(*self._writers.values(), *self._background, return_exceptions=True)
+        for drain in self._drains.values():
+            drain.cancel()  # a publish stage resumed by the next engine fetches what the pod's log has
+        await asyncio.gather(*self._writers.values(), *self._background, *self._drains.values(), return_exceptions=True)
         if self.watch is not None:
             self.watch.stop()
         self._api_threads.shutdown(wait=False)
@@ -419,6 +422,8 @@ class KubernetesBackend:
     # -- stages -----------------------------------------------------------------------------------
 
     async def run_pod(self, stage: Stage, job: JobSpec) -> StageExit:
+        if (drain := self._drains.pop(job.job_id, None)) is not None:
+            await drain  # the algorithm's log complete before pod_publish fetches it
         job_objects = JobObjects(self.config, job)
         owner = await self._owner_of(job)
         timeout_s = stage.timeout_for(job)
@@ -443,7 +448,9 @@ class KubernetesBackend:
             exit_ = await self._run(name, job_objects.algorithm_pod(owner, capacity), job.algorithm_timeout_s)
         finally:
             copy = self._logs_wanted.pop(name)
-        await copy.finish()
+        # The copy's last bytes are awaited by the publish stage, which reads it (run_pod), not
+        # here: the job moves on as soon as its pod ended (the follower thread may lag on a busy host).
+        self._drains[job.job_id] = asyncio.ensure_future(copy.finish())
         return dataclasses.replace(exit_, duration_s=time.monotonic() - started)
 
     async def _run(self, name: str, body: dict[str, Any], timeout_s: float) -> StageExit:
@@ -576,6 +583,8 @@ class KubernetesBackend:
         task.add_done_callback(self._background.discard)
 
     async def _cleanup(self, job_id: str) -> None:
+        if (drain := self._drains.pop(job_id, None)) is not None:  # a job stopped before publishing
+            await drain
         if (writer := self._writers.get(job_id)) is not None:
             await asyncio.gather(writer, return_exceptions=True)
         await self._write_status(job_id)  # the last status, for those watching the ComputeJob
