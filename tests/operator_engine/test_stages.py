@@ -65,7 +65,9 @@ def timed_out(status: Status, code: str, message: str) -> JobEnd:
         (
             CONFIGURE,
             ended(StageExit(None, not_started=True, detail="configure pod cannot be scheduled: 0/1 nodes")),
-            failed(Status.DATA_PROVISIONING_FAILED, "configure_crashed", "configure pod cannot be scheduled: 0/1 nodes"),
+            failed(
+                Status.DATA_PROVISIONING_FAILED, "configure_crashed", "configure pod cannot be scheduled: 0/1 nodes"
+            ),
         ),
         (
             ALGORITHM,
