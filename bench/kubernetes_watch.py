@@ -1,10 +1,8 @@
-"""Kubernetes backend benchmark: `.venv/bin/python bench/kubernetes_watch.py [--jobs N] [--rate R] [--in-process]`.
+"""Kubernetes backend benchmark: `.venv/bin/python bench/kubernetes_watch.py [--jobs N] [--rate R]`.
 
 One run on the emulated cluster (testkit/kube: the API server over HTTP and
-the test kubelet) in a process of its own, as a cluster is (`--in-process`:
-in this one, where its threads take turns with the engine's for the GIL),
-with the engine on the kubernetes backend and the operator-service in this
-process, on a fresh PostgreSQL database:
+the test kubelet), with the engine on the kubernetes backend and the
+operator-service in this process, on a fresh PostgreSQL database:
 
 - jobs are created through the operator-service at a steady rate, so that the
   pods' status changes (every kubelet patch of a job's three pods) come at
@@ -31,19 +29,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import json
-import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -95,10 +87,7 @@ class EndClock:
         kubelet.PodWorker._patch = self._original  # type: ignore[method-assign]
 
 
-def cluster(conn: Connection, root: Path) -> None:
-    """The emulated cluster, driven over `conn`: sends its kubeconfig once up, then answers
-    "mark" (count the engine's API calls from now), "results" (those calls as (verb,
-    resource), and when each algorithm pod ended) and "stop"."""
+async def run(jobs: int, rate: float) -> dict[str, float]:
     # The job id is only known in the pod's environment: grpcurl's JSON gets it through the shell.
     containers.IMAGE_ENTRYPOINTS["bench-config"] = trivial_pod(
         "ReportProgress", '{"job_id": "\'"$C2D_JOB_ID"\'", "status": 30}'
@@ -106,62 +95,18 @@ def cluster(conn: Connection, root: Path) -> None:
     containers.IMAGE_ENTRYPOINTS["bench-publish"] = trivial_pod(
         "ReportResults", '{"job_id": "\'"$C2D_JOB_ID"\'", "results": {"storage": "none"}}'
     )
+    root = Path(tempfile.mkdtemp(prefix="c2d-bench-k8s-"))
+    os.environ.setdefault("C2D_DATA_DIR", str(root / "data"))
     with (
+        fresh_postgres_database("c2d_bench") as url,
         kube.ApiServer() as api,
         kube.Kubelet(api, root / "node", cpu="64", memory="256Gi") as node,
+        AppliedClock() as applied,
         EndClock() as ended,
     ):
         api.apply(manifests.load(manifests.DEPLOY_BASE / "engine-rbac.yaml"))
         token = api.token_for("c2d", "c2d-operator-engine")
         node.plan(kube.Exit(0), labels={"c2d.dev/stage": "algorithm"})
-        conn.send(str(api.write_kubeconfig(root / "kubeconfig", token)))
-        mark = 0
-        while (command := conn.recv()) != "stop":
-            if command == "mark":
-                mark = api.mark()
-                conn.send(None)
-            elif command == "results":
-                calls = [(call.verb, call.resource) for call in api.calls(mark, user_agent=USER_AGENT)]
-                conn.send((calls, dict(ended.ended)))
-
-
-class Cluster:
-    """The commands of `cluster`, from the event loop (each waits for its answer in a thread)."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    async def ask(self, command: str) -> Any:
-        self.conn.send(command)
-        return await asyncio.to_thread(self.conn.recv)
-
-
-@contextlib.contextmanager
-def cluster_running(root: Path, in_process: bool) -> Iterator[Connection]:
-    """`cluster` in a process of its own (spawned: no copy of this one's threads), or in a thread here."""
-    here, there = multiprocessing.Pipe()
-    if in_process:
-        runner: Any = threading.Thread(target=cluster, args=(there, root), daemon=True)
-    else:
-        runner = multiprocessing.get_context("spawn").Process(target=cluster, args=(there, root), daemon=True)
-    runner.start()
-    try:
-        yield here
-    finally:
-        here.send("stop")
-        runner.join(30)
-
-
-async def run(jobs: int, rate: float, in_process: bool = False) -> dict[str, float]:
-    root = Path(tempfile.mkdtemp(prefix="c2d-bench-k8s-"))
-    os.environ.setdefault("C2D_DATA_DIR", str(root / "data"))
-    with (
-        fresh_postgres_database("c2d_bench") as url,
-        cluster_running(root, in_process) as conn,
-        AppliedClock() as applied,
-    ):
-        api = Cluster(conn)
-        kubeconfig = await asyncio.to_thread(conn.recv)
         settings = EngineSettings(
             address="127.0.0.1:0",
             metrics_address="",
@@ -170,7 +115,7 @@ async def run(jobs: int, rate: float, in_process: bool = False) -> dict[str, flo
             heartbeat_s=0.2,
             max_jobs=1000,
             backend="kubernetes",
-            k8s_kubeconfig=kubeconfig,
+            k8s_kubeconfig=str(api.write_kubeconfig(root / "kubeconfig", token)),
             k8s_storage_class="standard",
             k8s_pod_config_image="bench-config:dev",
             k8s_pod_publish_image="bench-publish:dev",
@@ -180,7 +125,7 @@ async def run(jobs: int, rate: float, in_process: bool = False) -> dict[str, flo
         operator = Operator(operator_running.port)
         try:
             await wait_available(operator)
-            await api.ask("mark")
+            mark = api.mark()
             interval = POD_CHANGES_PER_JOB / rate
             started = time.monotonic()
             first = time.time()
@@ -190,7 +135,7 @@ async def run(jobs: int, rate: float, in_process: bool = False) -> dict[str, flo
             await wait_count(url, "SELECT count(*) FROM jobs WHERE status = 70", jobs, timeout=900)
             elapsed = time.time() - first
             await asyncio.sleep(1.0)  # the last jobs' clean-up
-            calls, ended = await api.ask("results")
+            calls = api.calls(mark, user_agent=USER_AGENT)
             emitted = await asyncio.to_thread(
                 query,
                 url,
@@ -203,10 +148,10 @@ async def run(jobs: int, rate: float, in_process: bool = False) -> dict[str, flo
     shutil.rmtree(root, ignore_errors=True)
     to_applied, to_emitted = [], []
     for job_id, sequence, emitted_at in emitted:
-        if job_id in ended:
-            to_applied.append((applied.applied_at(job_id, sequence) - ended[job_id]) * 1000)
-            to_emitted.append((float(emitted_at) - ended[job_id]) * 1000)
-    by_kind = collections.Counter(tuple(call) for call in calls)
+        if job_id in ended.ended:
+            to_applied.append((applied.applied_at(job_id, sequence) - ended.ended[job_id]) * 1000)
+            to_emitted.append((float(emitted_at) - ended.ended[job_id]) * 1000)
+    by_kind = collections.Counter((call.verb, call.resource) for call in calls)
     counted = sum(n for (verb, _), n in by_kind.items() if verb in ("create", "delete", "list", "watch"))
     return {
         "jobs": jobs,
@@ -229,10 +174,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=60)
     parser.add_argument("--rate", type=float, default=50.0, help="pod status changes per second")
-    parser.add_argument("--in-process", action="store_true", help="the emulated cluster in this process")
     args = parser.parse_args()
     os.environ.setdefault("C2D_SERVICE_TOKEN", auth.service_token())
-    figures = asyncio.run(run(args.jobs, args.rate, args.in_process))
+    figures = asyncio.run(run(args.jobs, args.rate))
     targets = {
         "pod_to_applied_p99_ms": "<= 100",
         "api_calls_per_job": "<= 12",
