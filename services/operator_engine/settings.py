@@ -64,3 +64,8 @@ class EngineSettings:
         "cluster-internal and metadata ranges no job pod may reach (comma-separated CIDRs)",
     )
     k8s_watch_timeout_s: int = setting(300, "seconds before the engine's pod watch is renewed (timeoutSeconds)")
+    k8s_unschedulable_grace_s: float = setting(
+        60.0,
+        "a job pod no node can take (too much CPU/memory asked, a node selector nothing matches) fails its "
+        "job after this many seconds, not at the stage's timeout; the grace lets a cluster autoscaler add a node",
+    )

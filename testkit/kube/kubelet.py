@@ -11,8 +11,10 @@ its capacity), then watches every pod through the API (list, then watch from
 the list's resourceVersion, again from the last one it saw, re-listing on
 410) and, for each pod not bound to another node:
 
-1. schedules it: Unschedulable (condition PodScheduled False) while a claim
-   it mounts does not exist, or it asks for more GPUs than the node has;
+1. schedules it: Unschedulable (condition PodScheduled False, with the
+   scheduler's message) while a claim it mounts does not exist, it asks for
+   more CPU, memory or GPUs than the node has (``cpu``, ``memory``,
+   ``gpus``), or its nodeSelector does not match the node's ``labels``;
    else binds it (``pods/binding``) and marks its claims Bound;
 2. starts it: Pending with startTime, the container waiting
    ContainerCreating; then the container as a local process (containers.py)
@@ -51,6 +53,7 @@ import kubernetes.client
 import urllib3
 from kubernetes import watch
 from kubernetes.client.rest import ApiException
+from kubernetes.utils import parse_quantity
 
 from testkit.kube import containers, scenarios
 from testkit.kube.logs import ContainerLog
@@ -84,11 +87,13 @@ class Kubelet:
         gpus: int = 0,
         cpu: str = "2",
         memory: str = "4Gi",
+        labels: Mapping[str, str] | None = None,
     ):
         self.api, self.root, self.node_name, self.gpus = api, root, node_name, gpus
-        self._capacity = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "100Gi"}
+        self.labels = {"kubernetes.io/hostname": node_name, **(labels or {})}
+        self.capacity = {"cpu": cpu, "memory": memory, "pods": "110", "ephemeral-storage": "100Gi"}
         if gpus:
-            self._capacity[GPU] = str(gpus)
+            self.capacity[GPU] = str(gpus)
         self.core = kubernetes.client.CoreV1Api(api.api_client(user_agent=USER_AGENT))
         self._plans: list[Plan] = []
         self._workers: dict[str, PodWorker] = {}
@@ -104,6 +109,11 @@ class Kubelet:
         """Plays ``scenario`` on the pods matching ``name`` (a glob) and ``labels``; earlier plans win."""
         with self._lock:
             self._plans.append(Plan(scenario, name, dict(labels or {})))
+
+    def forget_plans(self) -> None:
+        """Pods from now on run as they are (Run()), as a fixed problem lets them."""
+        with self._lock:
+            self._plans.clear()
 
     def scenario_for(self, pod: Mapping[str, Any]) -> Scenario:
         with self._lock:
@@ -149,8 +159,8 @@ class Kubelet:
 
     def _register_node(self) -> None:
         status = {
-            "capacity": self._capacity,
-            "allocatable": self._capacity,
+            "capacity": self.capacity,
+            "allocatable": self.capacity,
             "conditions": [
                 {
                     "type": "Ready",
@@ -169,7 +179,7 @@ class Kubelet:
         node = {
             "apiVersion": "v1",
             "kind": "Node",
-            "metadata": {"name": self.node_name, "labels": {"kubernetes.io/hostname": self.node_name}},
+            "metadata": {"name": self.node_name, "labels": self.labels},
             "status": status,
         }
         try:
@@ -298,6 +308,8 @@ class PodWorker(threading.Thread):
         scenario = self.kubelet.scenario_for(self.pod)
         if not self.pod["spec"].get("nodeName") and not self._schedule(scenario):
             return
+        if isinstance(scenario, scenarios.Unschedulable):
+            scenario = scenarios.Run()  # its node came: it runs as any other
         self.started_at = now()
         self._status(phase="Pending", container=self._container_status({"waiting": {"reason": "ContainerCreating"}}))
         local: containers.LocalContainer | None = None
@@ -340,8 +352,9 @@ class PodWorker(threading.Thread):
 
     def _schedule(self, scenario: Scenario) -> bool:
         reported = None
+        since = time.monotonic()
         while True:
-            problem = self._unschedulable(scenario)
+            problem = self._unschedulable(scenario, time.monotonic() - since)
             if problem is None:
                 break
             if problem != reported:
@@ -374,9 +387,12 @@ class PodWorker(threading.Thread):
                 self._bind_claim(volume["persistentVolumeClaim"]["claimName"])
         return True
 
-    def _unschedulable(self, scenario: Scenario) -> str | None:
-        if isinstance(scenario, scenarios.Unschedulable):
+    def _unschedulable(self, scenario: Scenario, waited_s: float) -> str | None:
+        if isinstance(scenario, scenarios.Unschedulable) and (scenario.for_s is None or waited_s < scenario.for_s):
             return scenario.message
+        selector = self.pod["spec"].get("nodeSelector") or {}
+        if any(self.kubelet.labels.get(key) != value for key, value in selector.items()):
+            return "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
         for volume in self.pod["spec"].get("volumes") or []:
             claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
             if claim and self._read("persistentvolumeclaims", self.namespace, claim) is None:
@@ -390,6 +406,13 @@ class PodWorker(threading.Thread):
         )
         if wanted > self.kubelet.gpus:
             return f"0/1 nodes are available: 1 Insufficient {GPU}."
+        for resource in ("cpu", "memory"):
+            asked = sum(
+                parse_quantity(((c.get("resources") or {}).get("requests") or {}).get(resource, 0))
+                for c in self.pod["spec"].get("containers") or []
+            )
+            if asked > parse_quantity(self.kubelet.capacity[resource]):
+                return f"0/1 nodes are available: 1 Insufficient {resource}."
         return None
 
     def _bind_claim(self, claim: str) -> None:

@@ -26,10 +26,13 @@ Each scenario ends the way a real node would end it, field for field:
 ``Deleted(after_s)``
     Runs for ``after_s``, then someone deletes the pod (a graceful delete:
     the kubelet stops the container, exit 143, and confirms).
-``Unschedulable(message)``
-    Never scheduled: Pending, condition PodScheduled False (reason
-    Unschedulable). The kubelet does this by itself for a pod whose claim
-    does not exist or that asks for more GPUs than the node has.
+``Unschedulable(message, for_s)``
+    Not scheduled: Pending, condition PodScheduled False (reason
+    Unschedulable), for ever or (``for_s``) until a node turns up after
+    that long, as a cluster autoscaler adds one; then it runs. The kubelet
+    does this by itself for a pod whose claim does not exist, that asks for
+    more CPU, memory or GPUs than the node has, or whose nodeSelector the
+    node's labels do not match, with the scheduler's messages.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ class Deleted:
 @dataclass(frozen=True)
 class Unschedulable:
     message: str = "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+    for_s: float | None = None  # None: for ever
 
 
 Scenario = Run | Exit | OOMKilled | Waiting | Hang | NodeLost | Deleted | Unschedulable

@@ -42,6 +42,18 @@ class Cluster:
         finally:
             client.close()
 
+    def pod_scheduled(self, name: str) -> str:
+        """The message of the pod's PodScheduled condition while it is False ("" otherwise)."""
+        client = self.api.api_client()
+        try:
+            pods = kubernetes.client.CoreV1Api(client).list_namespaced_pod(
+                NAMESPACE, field_selector=f"metadata.name={name}"
+            )
+            conditions = (pods.items[0].status.conditions or []) if pods.items and pods.items[0].status else []
+            return next((c.message or "" for c in conditions if c.type == "PodScheduled" and c.status == "False"), "")
+        finally:
+            client.close()
+
     def owned_by_jobs(self) -> list[str]:
         """What any job still owns in the namespace (kind/name), as the administrator sees it."""
         client = self.api.api_client()
@@ -72,13 +84,13 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def cluster(root: Path, *, gpus: int = 0, rbac: bool = True, **server: Any) -> Iterator[Cluster]:
+def cluster(root: Path, *, gpus: int = 0, cpu: str = "2", rbac: bool = True, **server: Any) -> Iterator[Cluster]:
     with kube.ApiServer(**server) as api:
         if rbac:
             api.apply(manifests.load(RBAC))
         token = api.token_for(NAMESPACE, ENGINE_SA)
         kubeconfig = api.write_kubeconfig(root / "kubeconfig", token)
-        with kube.Kubelet(api, root / "node", gpus=gpus) as kubelet:
+        with kube.Kubelet(api, root / "node", gpus=gpus, cpu=cpu) as kubelet:
             yield Cluster(api, kubelet, kubeconfig)
 
 

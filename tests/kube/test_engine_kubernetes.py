@@ -4,6 +4,7 @@ outcomes, stops and cleanup, against the emulated API server and test kubelet.""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -83,10 +84,10 @@ async def test_failing_pods_end_their_jobs_with_the_right_status_and_reason(data
     cases = {
         "pull": (
             "algorithm",
-            kube.IMAGE_PULL_BACKOFF,
+            kube.IMAGE_PULL_BACKOFF,  # its messages do not name the image: the engine does
             41,
             "algorithm_failed",
-            "ErrImagePull",
+            "algorithm pod cannot get its image (python): ErrImagePull",
         ),  # fails at the first pull error
         "oom": ("algorithm", kube.OOMKilled(after_s=0.2), 41, "algorithm_failed", "OOMKilled: exit code 137"),
         "exit": ("algorithm", kube.Exit(3, after_s=0.2), 41, "algorithm_failed", "algorithm failed: exit code 3"),
@@ -98,7 +99,7 @@ async def test_failing_pods_end_their_jobs_with_the_right_status_and_reason(data
             kube.Waiting("InvalidImageName", "invalid reference format"),
             41,
             "algorithm_failed",
-            "InvalidImageName",
+            "algorithm pod cannot get its image (python): InvalidImageName",
         ),
     }
     with cluster(tmp_path) as c:
@@ -123,6 +124,65 @@ async def test_failing_pods_end_their_jobs_with_the_right_status_and_reason(data
                 await wait_until(lambda: not c.owned_by_jobs(), what="the jobs' objects removed")
             except AssertionError:
                 raise AssertionError(f"left: {c.owned_by_jobs()}") from None
+
+
+async def test_a_pod_no_node_can_take_fails_its_job_after_the_grace_unless_a_node_comes(
+    data_dir, postgres_url, tmp_path
+):
+    # The node has 1 CPU, the algorithm pods ask for 2; the pod programs' 500m fit.
+    with cluster(tmp_path, cpu="1") as c:
+        grace_s = 5.0  # long enough for the second node to come up on a loaded machine
+        async with k8s_engine(
+            c, postgres_url, tmp_path / "ws", cpu_cores=2, k8s_unschedulable_grace_s=grace_s
+        ) as engine:
+            mark = c.api.mark()
+            await engine.submit(workflow("print('hi')", max_duration_s=60), job_id="big")
+            ended = await engine.ended("big")
+            assert (ended.status, ended.error_code, ended.end_reason) == (
+                41,
+                "algorithm_failed",
+                common_pb2.END_REASON_FAILED,
+            )
+            assert ended.error_message == (
+                "algorithm pod cannot be scheduled: 0/1 nodes are available: 1 Insufficient cpu."
+            ), ended
+            changes = await engine.history("big")
+            waited_s = changes[-1].time.ToDatetime() - next(ch for ch in changes if ch.status == 40).time.ToDatetime()
+            assert grace_s <= waited_s.total_seconds() < 60  # the grace, not the algorithm's 60 s
+            # Its pod was deleted as the stage ended (it must not start once the job moved on).
+            deletes = [call.name for call in c.api.calls(mark, user_agent=USER_AGENT) if call.verb == "delete"]
+            assert f"{object_name('big')}-algorithm" in deletes
+            await wait_until(lambda: not c.owned_by_jobs(), what="the job's objects removed")
+
+            # A node joins (as an autoscaler adds one) within the grace: the job runs.
+            await engine.submit(workflow("print('on the new node')"), job_id="scaled")
+            await wait_until(
+                lambda: "Insufficient cpu" in c.pod_scheduled(f"{object_name('scaled')}-algorithm"),
+                what="the algorithm pod unschedulable",
+            )
+            # (its root is the first node's: the job's volume, on network storage, follows the pod)
+            with kube.Kubelet(c.api, tmp_path / "node", node_name="added-node", cpu="4"):
+                ended = await engine.ended("scaled")
+                assert ended.status == 70, ended
+                assert "on the new node" in engine.algorithm_log("scaled").read_text()
+                await wait_until(lambda: not c.owned_by_jobs(), what="the job's objects removed")
+
+
+async def test_a_node_selector_no_node_matches_fails_the_configure_stage_fast(data_dir, postgres_url, tmp_path):
+    with cluster(tmp_path) as c:
+        settings = {"k8s_node_selector": '{"c2d.dev/pool": "jobs"}', "k8s_unschedulable_grace_s": 0.5}
+        async with k8s_engine(c, postgres_url, tmp_path / "ws", configure_timeout_s=60, **settings) as engine:
+            ended = await engine.ended(await engine.submit(workflow("print('hi')")))
+            assert (ended.status, ended.error_code, ended.end_reason) == (
+                31,
+                "configure_crashed",
+                common_pb2.END_REASON_FAILED,
+            )
+            assert ended.error_message == (
+                "configure pod cannot be scheduled: 0/1 nodes are available: "
+                "1 node(s) didn't match Pod's node affinity/selector."
+            )
+            await wait_until(lambda: not c.owned_by_jobs(), what="the job's objects removed")
 
 
 async def test_a_stop_in_each_stage_deletes_its_pod_and_ends_the_job_stopped(data_dir, postgres_url, tmp_path):
@@ -277,6 +337,65 @@ async def test_a_restarted_engine_follows_surviving_pods_fails_lost_ones_and_del
             calls = c.api.calls(user_agent=USER_AGENT)
             namespaced = {(call.group, call.resource, call.verb) for call in calls if call.namespace}
             assert namespaced | {("c2d.dev", "computejobs/finalizers", "update")} == ENGINE_CALLS
+
+
+def leave_objects(c, bodies: list[dict], job_id: str, as_job: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """Creates a job's ComputeJob and what it owns again (`bodies`, as the engine created
+    them for `job_id`), for `as_job`: what an engine that died mid-way leaves; kind/name."""
+    text = json.dumps(bodies).replace(object_name(job_id), object_name(as_job)).replace(job_id, as_job)
+    owner_body, *owned = json.loads(text)
+    schemas = manifests.custom_schemas()
+    manifests.validate(owner_body, schemas)
+    (owner,) = c.api.apply([owner_body])
+    for body in owned:
+        body["metadata"]["ownerReferences"] = [owner_reference(owner)]
+        manifests.validate(body, schemas)
+    c.api.apply(owned)
+    return [f"{body['kind']}/{body['metadata']['name']}" for body in [owner_body, *owned]]
+
+
+async def test_a_restarted_engine_deletes_computejobs_of_jobs_it_does_not_hold_and_resumes_its_own(
+    data_dir, postgres_url, tmp_path
+):
+    with cluster(tmp_path) as c:
+        core = kubernetes.client.CoreV1Api(c.api.api_client())
+        plan_for(c, "resumed", "configure", kube.Hang())
+        async with k8s_engine(c, postgres_url, tmp_path / "ws") as engine:
+            assert (await engine.ended(await engine.submit(workflow("print(1)"), job_id="left-done"))).status == 70
+            await engine.submit(workflow("print('resumed')"), job_id="resumed")
+            await engine.reached("resumed", 20)
+            configure_pod = f"{object_name('resumed')}-configure"
+            await wait_until(lambda: c.pod_phase(configure_pod) == "Running", what="the configure pod running")
+        made = [
+            body
+            for body in created_objects(c)
+            if body["metadata"].get("annotations", {}).get(JOB_ID_ANNOTATION) == "left-done" and body["kind"] != "Pod"
+        ]
+        assert sorted(body["kind"] for body in made) == [
+            "ComputeJob",
+            "NetworkPolicy",
+            "PersistentVolumeClaim",
+            "Secret",
+        ]
+        assert made[0]["kind"] == "ComputeJob"  # created first: the others name it as their owner
+        # The engine is gone. Engines that died mid-way left: the ComputeJob (with its claim,
+        # Secret and policy) of a job that ended (died after deleting its pods) and of a job
+        # no engine holds (died before its first pod); a running job's ComputeJob without pods.
+        left = leave_objects(c, made, "left-done", "left-done") + leave_objects(c, made, "left-done", "left-ghost")
+        core.delete_namespaced_pod(configure_pod, NAMESPACE, grace_period_seconds=0)
+        await wait_until(lambda: c.pod_phase(configure_pod) == "", what="the configure pod deleted")
+        assert set(left) <= set(c.owned_by_jobs())
+        c.kubelet.forget_plans()
+
+        async with k8s_engine(c, postgres_url, tmp_path / "ws") as engine:
+            try:
+                await wait_until(lambda: not set(left) & set(c.owned_by_jobs()), what="the orphans deleted")
+            except AssertionError:
+                raise AssertionError(f"left: {c.owned_by_jobs()}") from None
+            resumed = await engine.ended("resumed")
+            assert resumed.status == 70, resumed
+            assert "resumed" in engine.algorithm_log("resumed").read_text()
+            await wait_until(lambda: not c.owned_by_jobs(), what="every job's objects removed")
 
 
 async def test_stream_job_logs_follows_the_algorithm_pod_while_it_runs(data_dir, postgres_url, tmp_path):

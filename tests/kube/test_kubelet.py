@@ -233,20 +233,21 @@ def test_a_pod_deleted_by_someone_mid_run(core, kubelet):
     assert terminated(seen[-1][1])["exitCode"] == 143
 
 
+def unschedulable(message: str):
+    def check(_: str, p: dict) -> bool:
+        conditions = (p.get("status") or {}).get("conditions") or []
+        return any(
+            c["type"] == "PodScheduled" and c["status"] == "False" and message in c["message"] for c in conditions
+        )
+
+    return check
+
+
 def test_unschedulable_pods_wait_for_what_they_lack(api, core, kubelet, tmp_path):
     gpu = {"resources": {"limits": {"nvidia.com/gpu": "1"}}}
     core.create_namespaced_pod(NS, pod("gpu", ["true"], container=gpu))
     volumes = [{"name": "later", "persistentVolumeClaim": {"claimName": "later"}}]
     core.create_namespaced_pod(NS, pod("claim", ["true"], volumes=volumes))
-
-    def unschedulable(message: str):
-        def check(_: str, p: dict) -> bool:
-            conditions = (p.get("status") or {}).get("conditions") or []
-            return any(
-                c["type"] == "PodScheduled" and c["status"] == "False" and message in c["message"] for c in conditions
-            )
-
-        return check
 
     wait_for_pod(core, "gpu", unschedulable("Insufficient nvidia.com/gpu"))
     wait_for_pod(core, "claim", unschedulable('persistentvolumeclaim "later" not found'))
@@ -263,6 +264,33 @@ def test_unschedulable_pods_wait_for_what_they_lack(api, core, kubelet, tmp_path
         "testkit-node": None,
         "gpu-node": "1",
     }
+
+
+def test_pods_asking_more_than_the_node_has_or_for_another_node_are_not_scheduled(api, core, tmp_path):
+    with kube.Kubelet(api, tmp_path / "node", cpu="2", memory="4Gi", labels={"c2d.dev/pool": "jobs"}) as node:
+        node.plan(kube.Unschedulable("0/1 nodes are available: waiting for a node", for_s=0.5), name="scaled")
+        asks = {
+            "cpu": ({"cpu": "2500m"}, {}, "1 Insufficient cpu."),
+            "memory": ({"memory": "5Gi"}, {}, "1 Insufficient memory."),
+            "elsewhere": ({}, {"c2d.dev/pool": "gpu"}, "1 node(s) didn't match Pod's node affinity/selector."),
+        }
+        for name, (requests, selector, _) in asks.items():
+            spec = {"container": {"resources": {"requests": requests}}, "nodeSelector": selector}
+            core.create_namespaced_pod(NS, pod(name, ["true"], **spec))
+        fits = {"resources": {"requests": {"cpu": "2", "memory": "4Gi"}}}
+        core.create_namespaced_pod(NS, pod("fits", ["true"], container=fits, nodeSelector={"c2d.dev/pool": "jobs"}))
+        core.create_namespaced_pod(NS, pod("scaled", ["true"]))
+
+        for name, (_, _, message) in asks.items():
+            seen = wait_for_pod(core, name, unschedulable("0/1 nodes are available: " + message))
+            assert phase(seen[-1][1]) == "Pending" and not seen[-1][1]["spec"].get("nodeName")
+        assert phase(wait_for_pod(core, "fits", finished)[-1][1]) == "Succeeded"
+        # Unschedulable for a while, then a node (an autoscaler's) takes it.
+        seen = wait_for_pod(core, "scaled", finished)
+        assert any(unschedulable("waiting for a node")(*event) for event in seen)
+        assert phase(seen[-1][1]) == "Succeeded"
+        for name in asks:
+            core.delete_namespaced_pod(name, NS)
 
 
 def test_the_kubelet_recovers_from_410_on_its_watch(api, core, kubelet):

@@ -100,6 +100,7 @@ def test_the_crd_mirrors_the_job_state_in_its_status_and_printer_columns():
 ENGINE_CALLS = {
     ("c2d.dev", "computejobs", "create"),
     ("c2d.dev", "computejobs", "get"),
+    ("c2d.dev", "computejobs", "list"),
     ("c2d.dev", "computejobs", "delete"),
     ("c2d.dev", "computejobs/status", "patch"),
     ("c2d.dev", "computejobs/finalizers", "update"),

@@ -61,6 +61,19 @@ def timed_out(status: Status, code: str, message: str) -> JobEnd:
                 "pod_config ended without reporting success (exit code None) the pod launcher process exited",
             ),
         ),
+        # a stage whose pod never started: the backend's reason is the whole message
+        (
+            CONFIGURE,
+            ended(StageExit(None, not_started=True, detail="configure pod cannot be scheduled: 0/1 nodes")),
+            failed(
+                Status.DATA_PROVISIONING_FAILED, "configure_crashed", "configure pod cannot be scheduled: 0/1 nodes"
+            ),
+        ),
+        (
+            ALGORITHM,
+            ended(StageExit(0, not_started=True, detail="algorithm pod cannot get its image (x): ErrImagePull")),
+            failed(Status.ALGORITHM_FAILED, "algorithm_failed", "algorithm pod cannot get its image (x): ErrImagePull"),
+        ),
         # the algorithm: its exit says how it went
         (ALGORITHM, ended(StageExit(0, detail="exit code 0")), None),
         (

@@ -50,11 +50,14 @@ class StageExit:
     stopped: bool = False
     disk_quota_exceeded: bool = False
     duration_s: float = 0.0
+    # Its program never started (no node could take its pod, its image cannot be
+    # pulled): `detail` alone says why, for the one who can change that.
+    not_started: bool = False
 
     @property
     def succeeded(self) -> bool:
         return self.exit_code == 0 and not (
-            self.oom_killed or self.timed_out or self.stopped or self.disk_quota_exceeded
+            self.oom_killed or self.timed_out or self.stopped or self.disk_quota_exceeded or self.not_started
         )
 
     def to_json(self) -> dict[str, object]:

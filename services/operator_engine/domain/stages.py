@@ -156,6 +156,8 @@ def verdict(stage: Stage, end: StageEnd) -> JobEnd | None:
         return _failed(Status.DISK_QUOTA_EXCEEDED, EndReason.FAILED, DISK_QUOTA, disk_bytes=end.disk_bytes)
     if exit_.timed_out:
         return _failed(stage.failure, EndReason.TIMED_OUT, stage.timed_out, **facts)
+    if exit_.not_started:  # no exit code to speak of: the reason is the backend's whole message
+        return JobEnd(stage.failure, EndReason.FAILED, stage.crashed.code, exit_.detail)
     if stage.is_algorithm and exit_.succeeded:
         return None
     return _failed(stage.failure, EndReason.FAILED, stage.crashed, **facts)

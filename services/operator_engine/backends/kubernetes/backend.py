@@ -90,6 +90,7 @@ class KubernetesBackend:
         *,
         disk_bytes: int,
         watch_timeout_s: int = 300,
+        unschedulable_grace_s: float = 60.0,
     ) -> None:
         self.config = config
         self.core = kubernetes.client.CoreV1Api(api_client)
@@ -99,6 +100,8 @@ class KubernetesBackend:
         self._api_client = api_client
         self.disk_bytes = disk_bytes
         self.watch_timeout_s = watch_timeout_s
+        self.unschedulable_grace_s = unschedulable_grace_s
+        self._unplaced: dict[str, asyncio.TimerHandle] = {}  # awaited pods no node takes: their grace
         self.watch: PodWatch | None = None
         self._pods: dict[str, Pod] = {}  # the latest state of every pod the watch sees, by name
         self._waiters: dict[str, asyncio.Future[StageExit]] = {}
@@ -113,6 +116,7 @@ class KubernetesBackend:
         self._created: dict[str, str | None] = {}
         self._reclaimed: set[str] = set()
         self._logs_wanted: dict[str, LogCopy] = {}  # algorithm pod -> where its log goes
+        self._drains: dict[str, asyncio.Future[None]] = {}  # job id -> its log copy's end, until publish
         self._detached = False
         # API calls get threads of their own: the loop's default pool is small (cores + 4),
         # and a log follower holds a thread as long as its algorithm runs (it gets its own).
@@ -145,7 +149,9 @@ class KubernetesBackend:
             raise ClusterUnfit(f"could not list pods in namespace {self.config.namespace!r}") from None
 
     async def close(self) -> None:
-        await asyncio.gather(*self._writers.values(), *self._background, return_exceptions=True)
+        for drain in self._drains.values():
+            drain.cancel()  # a publish stage resumed by the next engine fetches what the pod's log has
+        await asyncio.gather(*self._writers.values(), *self._background, *self._drains.values(), return_exceptions=True)
         if self.watch is not None:
             self.watch.stop()
         self._api_threads.shutdown(wait=False)
@@ -253,6 +259,19 @@ class KubernetesBackend:
         exit_ = outcomes.stage_exit(type_, pod)
         if exit_ is not None:
             waiter.set_result(exit_)
+        elif type_ != "DELETED" and outcomes.unschedulable(pod) is not None:
+            if name not in self._unplaced:
+                grace = self.unschedulable_grace_s
+                self._unplaced[name] = asyncio.get_running_loop().call_later(grace, self._unplaceable, name)
+        elif (timer := self._unplaced.pop(name, None)) is not None:
+            timer.cancel()  # a node took it after all (one an autoscaler added)
+
+    def _unplaceable(self, name: str) -> None:
+        """The grace of an unschedulable pod is over: its stage ends (the scheduler's reason)."""
+        self._unplaced.pop(name, None)
+        waiter, pod = self._waiters.get(name), self._pods.get(name, {})
+        if waiter is not None and not waiter.done() and (why := outcomes.unschedulable(pod)) is not None:
+            waiter.set_result(outcomes.not_scheduled(pod, why))
 
     # -- submit-time checks --------------------------------------------------------------------------
 
@@ -285,22 +304,33 @@ class KubernetesBackend:
         self._detached = True
 
     async def sweep_orphans(self, is_active: Callable[[str], bool]) -> list[str]:
-        """At start-up, after recovery: deletes (with everything it owns) the ComputeJob of
-        every pod whose job this engine does not hold; the job ids swept."""
-        orphans = sorted(
-            {
-                job_id
-                for pod in self._pods.values()
-                if not is_active(job_id := pod["metadata"].get("annotations", {}).get(objects.JOB_ID_ANNOTATION, ""))
-            }
+        """At start-up, after recovery: deletes what this engine's jobs left that no job it
+        holds (queued or running) owns: each such ComputeJob, with the claim, Secret, policy
+        and pods it owns, also one left without pods (the engine died before its first pod,
+        or between deleting the pods and it), and pods without a ComputeJob. The job ids swept."""
+        listed = raw(
+            await self._call(
+                self.custom.list_namespaced_custom_object,
+                objects.GROUP,
+                objects.VERSION,
+                self.config.namespace,
+                objects.PLURAL,
+                label_selector=self.config.selector,
+                _preload_content=False,
+            )
         )
+        owners = {_job_id(item): item["metadata"]["name"] for item in listed["items"]}
+        pods = {name: _job_id(pod) for name, pod in self._pods.items()}
+        orphans = sorted(job_id for job_id in {*owners, *pods.values()} if not is_active(job_id))
         for job_id in orphans:
-            log.warning("job %s: its pods outlived the job (not in this engine's log); deleting them", job_id)
-            if job_id:
-                await self._delete_owner(objects.object_name(job_id))
-        for name, pod in list(self._pods.items()):
-            if pod["metadata"].get("annotations", {}).get(objects.JOB_ID_ANNOTATION, "") in orphans:
-                await self._delete_pod(name)  # a pod without an owner is not collected
+            log.warning(
+                "job %s: its Kubernetes objects outlived the job (not in this engine's log); deleting them", job_id
+            )
+            if owner := owners.get(job_id) or (job_id and objects.object_name(job_id)):
+                await self._delete_owner(owner)
+        for name, job_id in pods.items():
+            if job_id in orphans:
+                await self._delete_pod(name)  # a pod whose owner is gone already is not collected
         return orphans
 
     async def prepare(self, job: JobSpec) -> None:
@@ -392,6 +422,8 @@ class KubernetesBackend:
     # -- stages -----------------------------------------------------------------------------------
 
     async def run_pod(self, stage: Stage, job: JobSpec) -> StageExit:
+        if (drain := self._drains.pop(job.job_id, None)) is not None:
+            await drain  # the algorithm's log complete before pod_publish fetches it
         job_objects = JobObjects(self.config, job)
         owner = await self._owner_of(job)
         timeout_s = stage.timeout_for(job)
@@ -416,15 +448,10 @@ class KubernetesBackend:
             exit_ = await self._run(name, job_objects.algorithm_pod(owner, capacity), job.algorithm_timeout_s)
         finally:
             copy = self._logs_wanted.pop(name)
-        await copy.finish()
-        return StageExit(
-            exit_.exit_code,
-            timed_out=exit_.timed_out,
-            detail=exit_.detail,
-            signal=exit_.signal,
-            oom_killed=exit_.oom_killed,
-            duration_s=time.monotonic() - started,
-        )
+        # The copy's last bytes are awaited by the publish stage, which reads it (run_pod), not
+        # here: the job moves on as soon as its pod ended (the follower thread may lag on a busy host).
+        self._drains[job.job_id] = asyncio.ensure_future(copy.finish())
+        return dataclasses.replace(exit_, duration_s=time.monotonic() - started)
 
     async def _run(self, name: str, body: dict[str, Any], timeout_s: float) -> StageExit:
         """Creates the pod and waits for the watch to say how it ended; a stop or the
@@ -444,7 +471,10 @@ class KubernetesBackend:
                 log.info("pod %s exists already (a stage resumed after a restart): following it", name)
             if (pod := self._pods.get(name)) is not None:
                 self._settle(name, "MODIFIED", pod)
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout_s + DEADLINE_GRACE_S)
+            exit_ = await asyncio.wait_for(asyncio.shield(waiter), timeout_s + DEADLINE_GRACE_S)
+            if exit_.not_started:  # deleted, so that it cannot start later, once the job has moved on
+                await self._delete_pod(name)
+            return exit_
         except TimeoutError:
             await self._delete_pod(name)
             return StageExit(None, timed_out=True, detail=f"the pod did not end within {timeout_s:g} s")
@@ -455,6 +485,8 @@ class KubernetesBackend:
         finally:
             self._waiters.pop(name, None)
             self._created.pop(name, None)
+            if (timer := self._unplaced.pop(name, None)) is not None:
+                timer.cancel()
 
     async def _gone(self, name: str) -> None:
         """Until the watch saw the pod go (its name is then free again)."""
@@ -552,6 +584,8 @@ class KubernetesBackend:
         task.add_done_callback(self._background.discard)
 
     async def _cleanup(self, job_id: str) -> None:
+        if (drain := self._drains.pop(job_id, None)) is not None:  # a job stopped before publishing
+            await drain
         if (writer := self._writers.get(job_id)) is not None:
             await asyncio.gather(writer, return_exceptions=True)
         await self._write_status(job_id)  # the last status, for those watching the ComputeJob
@@ -573,6 +607,11 @@ def _refused(exc: ApiException, what: str) -> Exception:
             "ClusterRoleBinding of deploy/base/engine-rbac.yaml for the engine's ServiceAccount"
         )
     return exc
+
+
+def _job_id(obj: dict[str, Any]) -> str:
+    """The job an object of a job belongs to (every one carries its id)."""
+    return str(obj["metadata"].get("annotations", {}).get(objects.JOB_ID_ANNOTATION, ""))
 
 
 def _listed_before(created: object, version: str) -> bool:

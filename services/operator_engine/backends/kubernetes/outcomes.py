@@ -3,8 +3,10 @@
 Pure: a pod as the API gives it (a dict) in, the stage's exit out, or None
 while the pod may still get somewhere. A container that cannot start
 (ImagePullBackOff, ErrImagePull, InvalidImageName,
-CreateContainerConfigError) ends the stage at once with its reason instead
-of leaving it Pending until its deadline.
+CreateContainerConfigError) ends the stage at once with its reason and image
+instead of leaving it Pending until its deadline; a pod the scheduler cannot
+place is told by `unschedulable` (the backend gives it a grace first: an
+autoscaler may add a node).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from services.operator_engine.backends.kubernetes.objects import FAIL_FAST_REASONS
+from services.operator_engine.backends.kubernetes.objects import FAIL_FAST_REASONS, STAGE_LABEL
 from services.operator_engine.domain.jobs import StageExit
 
 MAX_MESSAGE = 300  # of a kubelet's message in a job's error (they quote image names, not data)
@@ -63,9 +65,40 @@ def stage_exit(event: str, pod: Mapping[str, Any], deleting: bool = False) -> St
     if event == "DELETED":
         return StageExit(None, detail="its pod was deleted before it ended")
     waiting = state.get("waiting") or {}
-    if waiting.get("reason") in FAIL_FAST_REASONS:
-        return StageExit(None, detail=_short(f"{waiting['reason']}: {waiting.get('message', '')}"))
+    if (reason := waiting.get("reason")) in FAIL_FAST_REASONS:
+        why = "cannot get its image" if reason != "CreateContainerConfigError" else "cannot create its container"
+        detail = f"{_stage(pod)} pod {why} ({_image(pod)}): {reason}: {waiting.get('message', '')}"
+        return StageExit(None, detail=_short(detail), not_started=True)
     return None
+
+
+def unschedulable(pod: Mapping[str, Any]) -> str | None:
+    """The scheduler's reason while it cannot place the pod (PodScheduled False, Unschedulable)."""
+    if (pod.get("spec") or {}).get("nodeName"):
+        return None
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if (condition.get("type"), condition.get("status"), condition.get("reason")) == (
+            "PodScheduled",
+            "False",
+            "Unschedulable",
+        ):
+            return str(condition.get("message") or "no node fits it")
+    return None
+
+
+def not_scheduled(pod: Mapping[str, Any], why: str) -> StageExit:
+    """The stage's exit when the pod stayed unschedulable past the grace."""
+    return StageExit(None, detail=_short(f"{_stage(pod)} pod cannot be scheduled: {why}"), not_started=True)
+
+
+def _stage(pod: Mapping[str, Any]) -> str:
+    return str(((pod.get("metadata") or {}).get("labels") or {}).get(STAGE_LABEL, "the"))
+
+
+def _image(pod: Mapping[str, Any]) -> str:
+    """The image as the pod asks for it (a kubelet's message does not always name it)."""
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    return str(containers[0].get("image", "?"))
 
 
 def termination_message(pod: Mapping[str, Any]) -> str:

@@ -79,6 +79,7 @@ def make_backend(config: EngineSettings, pod_environment: Mapping[str, str]) -> 
         api_client(config.k8s_kubeconfig),
         disk_bytes=config.disk_bytes,
         watch_timeout_s=config.k8s_watch_timeout_s,
+        unschedulable_grace_s=config.k8s_unschedulable_grace_s,
     )
 
 
