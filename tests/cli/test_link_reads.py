@@ -31,7 +31,7 @@ def storage(serve: Serve) -> Iterator[str]:
     """A URL answered by ``serve`` on a real socket."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             serve(self)
 
         def log_message(self, *args: object) -> None:
