@@ -89,7 +89,8 @@ def child_publish(root: str, job_id: str) -> None:
     from services.pod_publish.domain import publishing
 
     with tempfile.TemporaryDirectory() as scratch:
-        collected = publishing.collect(Path(root), pack=False, scratch=Path(scratch))
+        # no algorithm.log: the engine's log directory is empty here
+        collected = publishing.collect(Path(root), pack=False, scratch=Path(scratch), log_dir=Path(scratch))
         config = storage.StorageConfig.from_env()
         config = dataclasses.replace(
             config, part_size=publishing.part_size_for(config.part_size, collected.largest_file)
