@@ -19,8 +19,11 @@
    bytes and keep none. --download-only runs only
    this part (and the bare gRPC stream from memory). Each path's cost is
    also given as the machine's busy CPU-seconds per GiB (every process,
-   SeaweedFS included): the direct read alone keeps nearly every core busy,
-   so cores / cost bounds what the provider path can reach.
+   SeaweedFS included, and whatever else runs on a shared machine): the
+   direct read alone keeps nearly every core busy, so cores / cost bounds
+   what the provider path can reach. And as the CPU-seconds per GiB of the
+   consumer's process and of SeaweedFS alone, which another load does not
+   change: what each path itself costs.
 3. With --sparse-gib G (6 in the full run, 0 with --quick): one sparse file of
    G GiB through pod_publish's S3 multipart, in a child process: time, RSS,
    part count.
@@ -37,6 +40,7 @@ import asyncio
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -53,6 +57,17 @@ from bench.cpu import machine_busy_s
 
 MiB = 1 << 20
 FILES = 4
+
+
+def _own_cpu_s() -> float:
+    """CPU-seconds this process spent, all its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def _peak_rss_mib() -> float:
@@ -74,7 +89,8 @@ def child_publish(root: str, job_id: str) -> None:
     from services.pod_publish.domain import publishing
 
     with tempfile.TemporaryDirectory() as scratch:
-        collected = publishing.collect(Path(root), pack=False, scratch=Path(scratch))
+        # no algorithm.log: the engine's log directory is empty here
+        collected = publishing.collect(Path(root), pack=False, scratch=Path(scratch), log_dir=Path(scratch))
         config = storage.StorageConfig.from_env()
         config = dataclasses.replace(
             config, part_size=publishing.part_size_for(config.part_size, collected.largest_file)
@@ -190,7 +206,7 @@ def child_download(how: str, target: str, what: str) -> None:
             region="us-east-1",
         )
         bucket, key = what.split("/", 1)
-        started, busy, got = time.monotonic(), machine_busy_s(), 0
+        started, busy, own, got = time.monotonic(), machine_busy_s(), _own_cpu_s(), 0
         digest = hashlib.sha256() if how == "direct-sha256" else None
         response = client.get_object(bucket, key)
         for block in response.stream(MiB):
@@ -226,12 +242,21 @@ def child_download(how: str, target: str, what: str) -> None:
                     count += len(data)
                 return count
 
-        started, busy = time.monotonic(), machine_busy_s()
+        started, busy, own = time.monotonic(), machine_busy_s(), _own_cpu_s()
         got = asyncio.run(download())
-    print(json.dumps({"seconds": time.monotonic() - started, "bytes": got, "machine_busy_s": machine_busy_s() - busy}))
+    print(
+        json.dumps(
+            {
+                "seconds": time.monotonic() - started,
+                "bytes": got,
+                "machine_busy_s": machine_busy_s() - busy,
+                "own_cpu_s": _own_cpu_s() - own,
+            }
+        )
+    )
 
 
-async def bench_download(env: dict[str, str], total: int, repeat: int) -> dict:
+async def bench_download(env: dict[str, str], total: int, repeat: int, storage_pid: int) -> dict:
     from plumbing.statuses import Status
     from testkit.jobs import job_bench
 
@@ -241,8 +266,9 @@ async def bench_download(env: dict[str, str], total: int, repeat: int) -> dict:
             raise RuntimeError(f"the job failed: {job.error_message}")
         entry = next(f for f in job.results.files if f.path == "big.bin")
 
-        async def child(how: str, target: str, what: str) -> tuple[float, float]:
-            """(seconds, CPU-seconds the whole machine was busy meanwhile)."""
+        async def child(how: str, target: str, what: str) -> tuple[float, float, float, float]:
+            """(seconds, CPU-seconds the whole machine was busy meanwhile, the consumer's own, SeaweedFS's)."""
+            storage_cpu = _process_cpu_s(storage_pid)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 __file__,
@@ -259,9 +285,10 @@ async def bench_download(env: dict[str, str], total: int, repeat: int) -> dict:
                 raise RuntimeError(f"download child failed:\n{err.decode()[-3000:]}")
             result = json.loads(out.decode().strip().splitlines()[-1])
             assert result["bytes"] == entry.size, (result, entry.size)
-            return result["seconds"], result["machine_busy_s"]
+            storage_cpu = _process_cpu_s(storage_pid) - storage_cpu
+            return result["seconds"], result["machine_busy_s"], result["own_cpu_s"], storage_cpu
 
-        runs: dict[str, list[tuple[float, float]]] = {}
+        runs: dict[str, list[tuple[float, float, float, float]]] = {}
         job_file, s3_object = f"{job.job_id}/{entry.index}", entry.location.removeprefix("s3://")
         for _ in range(repeat):  # interleaved, so a busy moment hits every path
             for how, target, what in (
@@ -274,9 +301,10 @@ async def bench_download(env: dict[str, str], total: int, repeat: int) -> dict:
                 runs.setdefault(how, []).append(await child(how, target, what))
     best = {how: min(results) for how, results in runs.items()}
     figures: dict = {"bytes": entry.size}
-    for how, (seconds, cpu) in best.items():
+    for how, (seconds, cpu, own, storage_cpu) in best.items():
         name = how.replace("-", "_")
         figures[f"{name}_s"], figures[f"{name}_cpu_s"] = seconds, cpu
+        figures[f"{name}_own_cpu_s"], figures[f"{name}_storage_cpu_s"] = own, storage_cpu
     return figures
 
 
@@ -418,7 +446,7 @@ def main() -> None:
             }
             os.environ.update(env)  # the stack of part 2 (provider and pods) uses the same bucket
             publishing = None if args.download_only else bench_publishing(base / "files", env, total, repeat)
-            download = asyncio.run(bench_download(env, total, repeat))
+            download = asyncio.run(bench_download(env, total, repeat, server.pid))
             ceiling_mib_s, ceiling_cost = asyncio.run(bench_grpc_ceiling(total, repeat))
             sparse = bench_sparse(base / "sparse", env, sparse_gib) if sparse_gib and not args.download_only else None
     finally:
@@ -500,6 +528,23 @@ def main() -> None:
         f"{direct_cost:.2f} s straight from S3;"
     )
     print(f"  with all {cores} cores busy the provider path could reach at most {bound:.2f}x direct")
+    # What each path itself costs, whatever else the machine runs: the consumer's
+    # process (all its threads) and SeaweedFS's, per GiB.
+    own = {how: download[f"{how}_own_cpu_s"] / gib for how in ("link", "link_unchecked", "direct", "direct_sha256")}
+    served = {how: download[f"{how}_storage_cpu_s"] / gib for how in ("link", "direct")}
+    print(
+        f"  the consumer's own CPU per GiB: {own['link']:.2f} s through the link (sha256 on its own thread), "
+        f"{own['link_unchecked']:.2f} s unchecked, {own['direct']:.2f} s straight from S3, "
+        f"{own['direct_sha256']:.2f} s straight + sha256;"
+    )
+    print(
+        f"  SeaweedFS's CPU per GiB: {served['link']:.2f} s serving the link, {served['direct']:.2f} s the direct read;"
+        f" load average {os.getloadavg()[0]:.1f} on {cores} cores"
+    )
+    # On a machine whose cores are all taken (by others too), a path's speed follows its CPU
+    # cost; with a core to spare, the link's sha256 thread runs beside the socket reads.
+    saturated = (own["direct"] + served["direct"]) / (own["link"] + served["link"])
+    print(f"  so with no core to spare the checked link can reach about {saturated:.2f}x direct")
     figures.update(
         {
             "provider_cpu_s_per_gib": round(provider_cost, 2),
@@ -510,6 +555,14 @@ def main() -> None:
             "link_unchecked_over_direct": round(unchecked_over_direct, 3),
             "link_over_direct_sha256": round(checked_over_checked, 3),
             "link_cpu_s_per_gib": round(link_cost, 2),
+            "link_own_cpu_s_per_gib": round(own["link"], 2),
+            "link_unchecked_own_cpu_s_per_gib": round(own["link_unchecked"], 2),
+            "direct_own_cpu_s_per_gib": round(own["direct"], 2),
+            "direct_sha256_own_cpu_s_per_gib": round(own["direct_sha256"], 2),
+            "link_storage_cpu_s_per_gib": round(served["link"], 2),
+            "direct_storage_cpu_s_per_gib": round(served["direct"], 2),
+            "link_saturated_bound_over_direct": round(saturated, 3),
+            "load_average": round(os.getloadavg()[0], 1),
             "link_mib_s": round(mib_s(download["bytes"], download["link_s"]), 1),
             "download_mib_s": round(mib_s(download["bytes"], download["provider_s"]), 1),
             "direct_mib_s": round(mib_s(download["bytes"], download["direct_s"]), 1),

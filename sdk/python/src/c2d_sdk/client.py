@@ -443,25 +443,28 @@ class AsyncClient:
         is asked for. Ends with an IntegrityError, before the last chunk is taken as complete, unless
         the bytes are exactly the size and sha256 of ``entry`` (from ``signed_manifest``)."""
         url = await self._link_url(job_id, entry.index) if direct else ""
-        chunks: AsyncIterator[memoryview] | None = None
+        link: links.LinkBytes | None = None
         if url:
             try:
-                chunks = await links.open_link(url, entry.size, entry.path)
+                link = await links.open_link(url, entry.size, entry.path)  # hashed on its own thread
             except errors.Unreachable:
                 url = ""  # e.g. a storage endpoint only the cluster reaches: the provider still can
-        if chunks is None:
-            chunks = (data async for _, _, data in self.result_chunks(job_id, entry.index))
+        chunks: AsyncIterator[memoryview] = (
+            aiter(link) if link is not None else (data async for _, _, data in self.result_chunks(job_id, entry.index))
+        )
         route = "read through its link" if url else "streamed through the provider"
-        digest, count = hashlib.sha256(), 0
+        digest, count = hashlib.sha256(), 0  # the provider's stream: hashed here
         async for data in chunks:
             count += len(data)
             if count > entry.size:
                 raise errors.IntegrityError(f"{entry.path}: more than the {entry.size} bytes the provider signed")
-            digest.update(data)
+            if link is None:
+                digest.update(data)
             yield data
-        if count != entry.size or digest.hexdigest() != entry.sha256:
+        actual = link.sha256() if link is not None else digest.hexdigest()
+        if count != entry.size or actual != entry.sha256:
             raise errors.IntegrityError(
-                f"{entry.path} ({route}): its sha256 {digest.hexdigest()} is not the signed {entry.sha256} "
+                f"{entry.path} ({route}): its sha256 {actual} is not the signed {entry.sha256} "
                 f"({count} bytes, {entry.size} signed): the stored file was altered; nothing saved"
             )
 
