@@ -15,8 +15,8 @@ from urllib.parse import quote
 import pytest
 
 from plumbing import fetching
-from services.pod_config.clients.fetching import address_refusal, default_fetchers, vet_host
-from services.pod_config.domain.staging import FetchError, FileSource, StagingRequest, stage
+from plumbing.fetching import FetchError, FileSource, address_refusal, default_fetchers, vet_host
+from services.pod_config.domain.staging import StagingRequest, stage
 from tests.pod_config.helpers import (
     ALGO_DID,
     DATASET_DID,
