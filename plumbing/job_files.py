@@ -19,6 +19,20 @@ its results goes through here:
 
 The root itself is the caller's (a path c2d made, e.g. the job's workspace);
 everything below it is the job's.
+
+`open_file(..., unprivileged=True)` (the engine's log reader, the provider's
+results) also opens below the root as an unprivileged user, so that a mistake
+here, or a file the job had a hand in, still reads nothing root-only (the
+service token, the engine's database, /etc/shadow). In a root process the
+open runs on a reader thread whose filesystem uid and gid are READER_ID with
+no supplementary groups: the kernel checks file access against a thread's
+fsuid/fsgid and groups, and setting the fsuid from 0 clears that thread's
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER, while the process's
+other threads stay root (glibc broadcasts setuid/setgroups to every thread,
+not setfsuid, so setgroups is the raw syscall). The root directory is opened
+by the calling thread (its parents may be root's alone). A process that is
+not root opens as itself. Files c2d writes for such readers
+(algorithm.log) are made readable to them by `share_with_reader`.
 """
 
 from __future__ import annotations
@@ -27,18 +41,23 @@ import ctypes
 import errno
 import os
 import stat
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 __all__ = [
     "MAX_DEPTH",
     "MAX_ENTRIES",
+    "READER_ID",
     "NotAllowed",
     "Walked",
+    "describe_reader",
     "fd_path",
     "open_file",
+    "share_with_reader",
     "walk_files",
 ]
 
@@ -49,6 +68,13 @@ _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437, "riscv64": 437, "ppc64le": 437, "
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
+# The unprivileged reader's uid and gid: the kernel's overflow id ("nobody"/"nogroup"), which
+# owns nothing and which no job's uid is (a root engine's jobs run as SANDBOX_HOST_IDS).
+READER_ID = 65534
+READER_THREADS = 4  # opens at once (a thread hop each; the reads themselves are the caller's)
+_SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159, "riscv64": 159, "ppc64le": 81, "s390x": 206}.get(os.uname().machine)
+# capabilities(7): cleared from a thread's effective set when its fsuid leaves 0
+_FS_CAPS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3, "CAP_FSETID": 4}
 
 
 class NotAllowed(OSError):
@@ -60,7 +86,98 @@ class _OpenHow(ctypes.Structure):
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
 _openat2_works: bool | None = None if _SYS_OPENAT2 is not None else False
+
+
+def _thread_ids() -> dict[str, list[str]]:
+    """This thread's Uid, Gid, Groups and CapEff lines, as the kernel sees them."""
+    with open(f"/proc/self/task/{threading.get_native_id()}/status") as f:
+        fields = (line.split(":", 1) for line in f)
+        return {k: v.split() for k, v in fields if k in ("Uid", "Gid", "Groups", "CapEff")}
+
+
+def _become_reader(uid: int, gid: int) -> None:
+    """This thread only: no supplementary groups, fsgid `gid`, fsuid `uid`, checked with the kernel."""
+    if _SYS_SETGROUPS is None or _libc.syscall(_SYS_SETGROUPS, 0, None) != 0:
+        err = ctypes.get_errno() if _SYS_SETGROUPS is not None else errno.ENOSYS
+        raise PermissionError(err, f"the job-file reader cannot drop its groups: {os.strerror(err)}")
+    _libc.setfsgid(gid)
+    _libc.setfsuid(uid)
+    ids = _thread_ids()
+    caps = int(ids["CapEff"][0], 16)
+    kept = [name for name, bit in _FS_CAPS.items() if caps & (1 << bit)]
+    # setfsuid answers the previous id even when it refuses (uid not mapped in this namespace)
+    if ids["Uid"][3] != str(uid) or ids["Gid"][3] != str(gid) or ids["Groups"] or kept:
+        raise PermissionError(
+            errno.EPERM,
+            f"the job-file reader thread did not become uid {uid}/gid {gid} without groups "
+            f"(kernel: fsuid {ids['Uid'][3]}, fsgid {ids['Gid'][3]}, groups {ids['Groups']}, still {kept}); "
+            f"is {uid} mapped in this user namespace?",
+        )
+
+
+class _Reader:
+    """Threads that open as READER_ID (_as_reader): made at the first open, remade in a forked child."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._pool = None
+
+    def run(self, fn: Callable[..., T], *args: object) -> T:
+        if os.geteuid() != 0:  # already unprivileged: no hop
+            return fn(*args)
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(READER_THREADS, "c2d-job-reader")
+            pool = self._pool
+        return pool.submit(_as_reader, fn, *args).result()
+
+
+_reader_thread = threading.local()
+
+
+def _as_reader(fn: Callable[..., T], *args: object) -> T:
+    """`fn(*args)` on a reader thread, which drops its privileges at its first call (an error
+    then is this call's, with the reason, and the next call tries again)."""
+    if not getattr(_reader_thread, "dropped", False):
+        _become_reader(READER_ID, READER_ID)
+        _reader_thread.dropped = True
+    # setfsuid(-1) changes nothing and answers the fsuid: a last check that nothing (a glibc
+    # setuid broadcast, say) gave this thread root's files back
+    elif _libc.setfsuid(-1) != READER_ID:
+        raise PermissionError(errno.EPERM, "the job-file reader thread is no longer unprivileged")
+    return fn(*args)
+
+
+_READER = _Reader()
+
+
+def describe_reader() -> str:
+    """Whom files are opened as with `unprivileged=True` (a line for the startup log); in a root
+    process this makes the reader threads, and raises if they cannot drop privileges."""
+    if os.geteuid() != 0:
+        return f"job files are opened as this process's own uid {os.geteuid()} (not root)"
+    ids = _READER.run(_thread_ids)
+    return (
+        f"job files are opened on reader threads as uid {ids['Uid'][3]}, gid {ids['Gid'][3]}, "
+        "no groups, no file capabilities (the process is root)"
+    )
+
+
+def share_with_reader(fd: int, owner: int = -1) -> None:
+    """Makes a file c2d writes for unprivileged readers (algorithm.log) readable to them and to
+    no other uid: group READER_ID, mode 0640, when this process is root (else its own, 0640).
+    `owner` (a root process only): the one uid that also reads it, e.g. the job's own uid, which
+    the job's pod_publish runs as."""
+    if os.geteuid() == 0:
+        os.fchown(fd, owner, READER_ID)
+    os.fchmod(fd, 0o640)
 
 
 def _openat2(dir_fd: int, relpath: str, flags: int) -> int | None:
@@ -127,14 +244,32 @@ def _open_fd(root: Path | int, relpath: str, flags: int) -> int:
             os.close(root_fd)
 
 
-def open_file(root: Path | int, relpath: str, *, max_bytes: int | None = None, single_link: bool = False) -> BinaryIO:
+def open_file(
+    root: Path | int,
+    relpath: str,
+    *,
+    max_bytes: int | None = None,
+    single_link: bool = False,
+    unprivileged: bool = False,
+) -> BinaryIO:
     """`root/relpath` opened for reading, never through a link, checked to be a regular file.
 
     `root` is a directory path or descriptor. `single_link`: refuse a file with
-    other hard links (a job's results must not alias another file). Raises
-    FileNotFoundError, NotAllowed (link, not a regular file, too large) or OSError.
+    other hard links (a job's results must not alias another file).
+    `unprivileged`: open below `root` as READER_ID (module doc), so the file must
+    be readable to it. Raises FileNotFoundError, NotAllowed (link, not a regular
+    file, too large), PermissionError or OSError.
     """
-    fd = _open_fd(root, relpath, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
+    if not unprivileged:
+        fd = _open_fd(root, relpath, flags)
+    else:
+        root_fd = root if isinstance(root, int) else os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = _READER.run(_open_fd, root_fd, relpath, flags)
+        finally:
+            if not isinstance(root, int):
+                os.close(root_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from testkit import grpc_servers
+from testkit.market import Market, open_market
 from testkit.servers import KuboRPC, SeaweedFS, run_kubo_rpc, run_seaweedfs
 from testkit.stacks import EmptiedDatabases
 
@@ -91,3 +93,20 @@ def postgres_url(postgres_databases: EmptiedDatabases) -> Iterator[str]:
     """An empty PostgreSQL database of its own (one an earlier test of this process emptied)."""
     with postgres_databases.database() as url:
         yield url
+
+
+@pytest.fixture
+async def market(data_dir) -> AsyncIterator[Market]:
+    """The whole stack on SQLite with the engine's noop backend (no processes)."""
+    async with open_market() as opened:
+        yield opened
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_market(tmp_path_factory) -> AsyncIterator[Market]:
+    """One market for a whole module, for tests that each publish assets of
+    their own and mostly send requests the provider refuses (the module's tests
+    run on the module's event loop: pytest.mark.asyncio(loop_scope="module"))."""
+    with c2d_data_dir(tmp_path_factory.mktemp("c2d")):
+        async with open_market() as opened:
+            yield opened

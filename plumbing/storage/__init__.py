@@ -17,7 +17,9 @@ from plumbing.storage.base import (
 )
 from plumbing.storage.ipfs import IpfsStore, download_ipfs, parse_cid, verify_cid
 from plumbing.storage.links import Link, ResultLinks
+from plumbing.storage.local import PREFIX as LOCAL_PREFIX
 from plumbing.storage.local import LocalStore
+from plumbing.storage.s3 import PREFIX as S3_PREFIX
 from plumbing.storage.s3 import S3Store, download_s3, parse_s3_location
 
 KINDS = ("local", "s3", "ipfs")
@@ -33,6 +35,26 @@ def open_store(config: StorageConfig) -> ObjectStore:
     if config.kind == "ipfs":
         return IpfsStore(config)
     raise StorageError(f"unknown storage kind {config.kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def held_by_job(location: str, job_id: str, bucket: str = "") -> bool:
+    """Whether a local: or s3:// location (in `bucket`) lies under "<job id>/",
+    where pod_publish writes every result of that job. A job's record names
+    its results, but whoever holds the job's pod token wrote it: serve or
+    delete nothing else for that job. IPFS has no prefix: never held."""
+    try:
+        if location.startswith(LOCAL_PREFIX):
+            key = location[len(LOCAL_PREFIX) :]
+        elif location.startswith(S3_PREFIX):
+            in_bucket, key = parse_s3_location(location)
+            if not bucket or in_bucket != bucket:
+                return False
+        else:
+            return False
+        check_key(key)  # no ".." out of the job's prefix
+    except StorageError:
+        return False
+    return key.startswith(f"{job_id}/")
 
 
 def kind_of(location: str) -> str:
@@ -58,6 +80,7 @@ __all__ = [
     "check_key",
     "download_ipfs",
     "download_s3",
+    "held_by_job",
     "kind_of",
     "open_store",
     "parse_cid",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,20 +23,31 @@ from plumbing.storage.base import (
 
 PREFIX = "local:"
 _COPY_BLOCK = 1 << 20
+_DESCRIPTORS = Path("/proc/self/fd")
 
 
 class LocalStore:
     kind = "local"
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root).resolve()
+        root = Path(root)
+        # A pod reaches its results through an open directory (/proc/self/fd/N) whose path's
+        # parents are closed to it: that root is kept as it is, never resolved to that path.
+        self.root = root if root.parent == _DESCRIPTORS else root.resolve()
+        self._real_root = self.root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        # reads run as an unprivileged user from a descriptor of the root (job_files), which
+        # must be able to look names up in it: search permission, not listing
+        mode = self.root.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            with contextlib.suppress(OSError):  # not ours to change: then reads say why they fail
+                self.root.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
 
     def _path(self, key: str) -> Path:
         path = self.root / check_key(key)
         # defence in depth: a symlink planted under root must not lead outside it
         resolved = path.resolve()
-        if resolved != self.root and self.root not in resolved.parents:
+        if resolved != self._real_root and self._real_root not in resolved.parents:
             raise StorageError(f"invalid object key {key!r}: resolves outside the storage root")
         return path
 
@@ -46,7 +59,7 @@ class LocalStore:
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> StoredObject:
         dest = self._path(key)
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._mkdirs(dest.parent)
         except OSError as e:
             raise StorageError(f"cannot create the directory for key {key!r}: {e.strerror}") from e
         digest = hashlib.sha256()
@@ -71,6 +84,18 @@ class LocalStore:
             raise StorageError(f"cannot store {path} as key {key!r}: {e.strerror or e}") from e
         return StoredObject(location=PREFIX + key, size=size, sha256=digest.hexdigest())
 
+    def _mkdirs(self, directory: Path) -> None:
+        """Like mkdir -p, with the directories it makes searchable by the unprivileged reader
+        whatever the umask (its files are 0644 for the same reason)."""
+        if directory == self.root or directory.is_dir():
+            return
+        self._mkdirs(directory.parent)
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            return
+        os.chmod(directory, 0o755)
+
     def read(self, location: str, offset: int = 0, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         key = check_key(self._key_of(location))
         if offset < 0:
@@ -85,11 +110,14 @@ class LocalStore:
 
     def _open(self, key: str, location: str) -> BinaryIO:
         # Results are served as what pod_publish stored: a regular file reached through no
-        # link, whatever was planted under the root since (plumbing.job_files).
+        # link, whatever was planted under the root since, opened as an unprivileged user
+        # (plumbing.job_files): what put_file stored is readable to anyone, nothing root-only is.
         try:
-            return job_files.open_file(self.root, key)
+            return job_files.open_file(self.root, key, unprivileged=True)
         except FileNotFoundError as e:
             raise ObjectNotFound(f"no object at {location}") from e
+        except PermissionError as e:
+            raise StorageError(f"cannot read {location}: not stored readable to the unprivileged reader") from e
         except OSError as e:
             raise StorageError(f"cannot read {location}: {e.strerror}") from e
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_pb2_grpc
-from plumbing import auth, logs, metrics, settings
+from plumbing import auth, job_files, logs, metrics, settings
 from plumbing.database import Database, sqlite_url
 from plumbing.server import (
     Registration,
@@ -59,6 +59,12 @@ async def start(config: EngineSettings) -> RunningServer:
     await events.start()
     workspaces = os.path.abspath(config.workspaces_dir or str(data / "workspaces"))  # noqa: ASYNC240 - no I/O
     os.makedirs(workspaces, exist_ok=True)
+    if config.backend == "local":
+        # Its pods run as the jobs' uids: none may enter the data directory (service token,
+        # databases, keys) or another job's workspace. Each gets its own as a descriptor.
+        for private in (data, Path(workspaces)):
+            if private.is_dir():
+                private.chmod(0o700)
 
     backend: NoopBackend | LocalBackend | KubernetesBackend
     pod_env = {k: v for k, v in os.environ.items() if k.startswith(POD_ENV_PREFIXES)}
@@ -106,6 +112,7 @@ async def start(config: EngineSettings) -> RunningServer:
         backend.agent = orchestrator
     engine_metrics.watch(orchestrator)
     engine = EngineServicer(orchestrator, events, config.engine_id, config.heartbeat_s)
+    log.info("algorithm logs: %s", job_files.describe_reader())  # raises here if the reader cannot drop root
     agent = JobAgentServicer(orchestrator, engine.environments, count_staged_bytes=engine_metrics.staged_bytes.inc)
     # Pods call JobAgentService on this port too: under mutual TLS they
     # present the engine's certificate (they inherit C2D_TLS_*).

@@ -4,12 +4,13 @@ client, the results storage, and the servicers that use them."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 from types import ModuleType
 
 from c2d.provider.v1 import asset_pb2, asset_pb2_grpc, ledger_pb2, ledger_pb2_grpc, provider_pb2, provider_pb2_grpc
-from plumbing import auth, fetching, logs, metrics, settings, storage
+from plumbing import auth, fetching, job_files, logs, metrics, settings, storage
 from plumbing.database import Database, sqlite_url
 from plumbing.ethereum import Account
 from plumbing.server import (
@@ -33,6 +34,8 @@ from services.provider.persistence import request_settling
 from services.provider.persistence.catalog import AssetCatalog
 from services.provider.persistence.models import Base
 from services.provider.settings import ProviderSettings
+
+log = logging.getLogger("c2d.provider")
 
 
 def _name(module: ModuleType, service: str) -> str:
@@ -74,6 +77,8 @@ async def start(config: ProviderSettings) -> RunningServer:
     catalog = AssetCatalog(db)
     results_config = storage.configured()
     results = storage.open_store(results_config)
+    if results_config.kind == "local":  # raises here if the reader cannot drop root
+        log.info("results in local storage: %s", job_files.describe_reader())
     # what no publisher's file may name (domain/file_locations.py)
     results_storage = ResultsStorage(results_config.kind, results_config.s3_bucket)
     # a trusted algorithm's files, fetched as pod_config fetches them (the same C2D_STAGING_* settings)

@@ -97,16 +97,6 @@ async def test_every_server_is_healthy_and_reflects_its_services(data_dir):
                     break
 
 
-async def test_internal_services_refuse_calls_without_the_service_token(data_dir):
-    from c2d.operator.v1 import operator_pb2, operator_pb2_grpc
-
-    async for stack in running_stack():
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{stack.operator.port}") as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await operator_pb2_grpc.OperatorServiceStub(channel).GetJob(operator_pb2.GetJobRequest(job_id="x"))
-            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-
-
 async def test_bad_input_gets_a_precise_status(data_dir):
     async for stack in running_stack():
         await _wait_for_environment(stack.provider_address)

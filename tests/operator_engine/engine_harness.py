@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ import grpc
 from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
 from plumbing import auth
-from plumbing.statuses import is_terminal
+from plumbing.statuses import EndReason, Status, is_terminal
 from services.operator_engine import server
 from services.operator_engine.settings import EngineSettings
 from testkit.servers import free_ports
@@ -333,3 +334,13 @@ def kill_runs_in(workspaces: Path) -> None:
     for pid in processes_mentioning(workspaces):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def report_of(engine, job_id: str) -> dict:  # type: ignore[no-untyped-def]
+    """What the job's algorithm report()ed (tests/operator_engine/helpers.py's `py`)."""
+    return json.loads((engine.data(job_id) / "outputs" / "report.json").read_text())
+
+
+def assert_completed(change) -> None:  # type: ignore[no-untyped-def]
+    assert change.status == Status.FINISHED, change
+    assert change.end_reason == EndReason.COMPLETED, change

@@ -7,11 +7,12 @@ import json
 import os
 import sys
 import textwrap
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.operator_engine.backends.local.sandbox import SandboxLimits, SandboxSpec
+from services.operator_engine.backends.local.sandbox import SandboxLimits, SandboxRun, SandboxSpec
 
 PYTHON = "/usr/bin/python3"
 ALGO = "/data/transformations/algorithm"
@@ -142,3 +143,17 @@ def py(body: str) -> str:
 
 def sh(body: str) -> str:
     return textwrap.dedent(body).lstrip()
+
+
+async def run_to_end(job: Job, **kwargs):  # type: ignore[no-untyped-def]
+    """Runs `job`'s algorithm in the sandbox: the run and its outcome."""
+    run = await SandboxRun.start(job.spec(**kwargs))
+    return run, await run.wait()
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)

@@ -3,19 +3,27 @@ it), for tests of the orchestrator itself, with no server around it."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
+
 from c2d.common.v1 import common_pb2
+from c2d.engine.v1 import job_agent_pb2_grpc
 from plumbing.database import Database, sqlite_url
+from plumbing.server import Registration, start_server
+from services.operator_engine.api.servicers import JobAgentServicer
 from services.operator_engine.backends.noop import NoopBackend
 from services.operator_engine.domain import stages
-from services.operator_engine.domain.jobs import EnvironmentSpec
+from services.operator_engine.domain.jobs import EnvironmentSpec, JobSpec, StageExit
 from services.operator_engine.domain.orchestrator import Orchestrator
 from services.operator_engine.persistence.event_log import EventLog
 from services.operator_engine.persistence.jobs import JobTable
 from services.operator_engine.persistence.models import Base
+from services.operator_engine.server import JOB_AGENT_SERVICE
+from tests.operator_engine.engine_harness import WAIT_S
 
 ENVIRONMENT = EnvironmentSpec(
     id="local-cpu",
@@ -77,3 +85,41 @@ async def orchestrator_on(
         await orchestrator.close()
         await events.close()
         db.close()
+
+
+class HeldPods(NoopBackend):
+    """Pods that start, report nothing and never exit: the test reports for them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: dict[str, asyncio.Future[JobSpec]] = {}
+        self.tokens: dict[str, str] = {}  # job id -> the token its pods were handed
+
+    def _started(self, stage: str) -> asyncio.Future[JobSpec]:
+        return self.started.setdefault(stage, asyncio.get_running_loop().create_future())
+
+    async def run_pod(self, stage, job):  # type: ignore[no-untyped-def]
+        self.tokens[job.job_id] = job.token  # the backend is handed the job's token, as a pod is
+        future = self._started(stage.name)
+        if not future.done():  # the stage's first job
+            future.set_result(job)
+        await asyncio.Event().wait()
+        return StageExit(0)
+
+    async def reached(self, stage: str) -> JobSpec:
+        return await asyncio.wait_for(self._started(stage), WAIT_S)
+
+
+@contextlib.asynccontextmanager
+async def job_agent_on(orchestrator: Orchestrator) -> AsyncIterator[job_agent_pb2_grpc.JobAgentServiceStub]:
+    """The engine's JobAgentService in front of `orchestrator`, over a real channel."""
+    servicer = JobAgentServicer(orchestrator, lambda: [common_pb2.Environment(id="local-cpu")])
+    running = await start_server(
+        "127.0.0.1:0",
+        [Registration(JOB_AGENT_SERVICE, job_agent_pb2_grpc.add_JobAgentServiceServicer_to_server, servicer)],
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield job_agent_pb2_grpc.JobAgentServiceStub(channel)
+    finally:
+        await running.stop(0)

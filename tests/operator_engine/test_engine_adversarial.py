@@ -1,145 +1,20 @@
 """Adversarial algorithms submitted as jobs to a real engine (local backend: real
 pod_config / pod_publish processes, the algorithm in real bubblewrap with real
-cgroups), each ending with the right status and reason in the engine's stream."""
+cgroups), each ending with the right status and reason in the engine's stream: the
+limits (processes, memory, time, disk). Attempts to leave the sandbox are in
+tests/security/test_sandbox_escapes.py."""
 
 from __future__ import annotations
 
-import json
-import socket
-
 from plumbing.statuses import EndReason, Status
 from services.operator_engine.backends.local import cgroups
-from tests.operator_engine.engine_harness import DATASET_DIR, engine_running, workflow
+from tests.operator_engine.engine_harness import assert_completed, engine_running, report_of, workflow
 from tests.operator_engine.helpers import py
-
-
-def report_of(engine, job_id: str) -> dict:  # type: ignore[no-untyped-def]
-    return json.loads((engine.data(job_id) / "outputs" / "report.json").read_text())
-
-
-def assert_completed(change) -> None:  # type: ignore[no-untyped-def]
-    assert change.status == Status.FINISHED, change
-    assert change.end_reason == EndReason.COMPLETED, change
 
 
 def no_cgroup_left(job_id: str) -> bool:
     name = cgroups.cgroup_name(job_id)
     return not any((place.parent / name).exists() for place in cgroups.detect().controllers.values())
-
-
-NETWORK = """
-    import socket
-    try:
-        socket.create_connection(("127.0.0.1", {port}), timeout=3).close()
-        report(connect="connected")
-    except OSError as e:
-        report(connect=type(e).__name__)
-    try:
-        socket.getaddrinfo("example.com", 443)
-        report(dns="resolved")
-    except OSError as e:
-        report(dns=type(e).__name__)
-    report(interfaces=sorted(name for _, name in socket.if_nameindex()))
-"""
-
-
-async def test_without_network_loopback_and_dns_fail_and_allow_network_gives_a_network_of_its_own(
-    data_dir, postgres_url, tmp_path
-):
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        code = py(NETWORK.format(port=listener.getsockname()[1]))
-        async with engine_running(postgres_url, tmp_path / "ws") as engine:
-            closed = await engine.submit(workflow(code))
-            opened = await engine.submit(workflow(code, allow_network=True))
-            assert_completed(await engine.ended(closed))
-            assert_completed(await engine.ended(opened))
-            assert report_of(engine, closed) == {
-                "connect": "ConnectionRefusedError",
-                "dns": "gaierror",
-                "interfaces": ["lo"],
-            }
-            # a network of its own (test_job_network.py): an interface out, and the host's
-            # loopback listener is not on it
-            assert report_of(engine, opened)["interfaces"] == ["lo", "tap0"]
-            assert report_of(engine, opened)["connect"] == "ConnectionRefusedError"
-            environment = await engine.environment()
-            assert "no network unless allowed" in environment.description
-
-
-SNOOP = """
-    import os
-    def attempt(name, fn):
-        try:
-            fn()
-            report(**{name: "succeeded"})
-        except OSError as e:
-            report(**{name: type(e).__name__})
-    attempt("shadow", lambda: open("/etc/shadow").read())
-    attempt("other_job_host_path", lambda: open("%(other)s/inputs/%(did)s/0").read())
-    attempt("other_job_listing", lambda: os.listdir("%(workspaces)s"))
-    attempt("engine_database", lambda: os.listdir("%(data_dir)s"))
-    report(data_entries=sorted(os.listdir("/data")), own_input=open("/data/inputs/%(did)s/0").read())
-"""
-
-
-async def test_another_jobs_workspace_and_etc_shadow_cannot_be_read(data_dir, postgres_url, tmp_path):
-    workspaces = tmp_path / "ws"
-    async with engine_running(postgres_url, workspaces) as engine:
-        victim = await engine.submit(workflow(py("report(ok=1)")))
-        assert_completed(await engine.ended(victim))
-        code = py(
-            SNOOP % {"other": engine.data(victim), "did": DATASET_DIR, "workspaces": workspaces, "data_dir": data_dir}
-        )
-        snoop = await engine.submit(workflow(code))
-        assert_completed(await engine.ended(snoop))
-        r = report_of(engine, snoop)
-        assert r["shadow"] == "FileNotFoundError"  # not even there: /etc holds only the loader's files
-        assert r["other_job_host_path"] == "FileNotFoundError"
-        assert r["other_job_listing"] == "FileNotFoundError"
-        assert r["engine_database"] == "FileNotFoundError"
-        assert r["data_entries"] == ["ddos", "inputs", "logs", "outputs", "transformations"]
-        assert r["own_input"] == "the dataset\n"
-
-
-SCRIBBLE = """
-    def attempt(name, path):
-        try:
-            with open(path, "w") as f:
-                f.write("pwned")
-            report(**{name: "succeeded"})
-        except OSError as e:
-            report(**{name: type(e).__name__})
-    attempt("inputs", "/data/inputs/%(did)s/0")
-    attempt("new_input", "/data/inputs/new")
-    attempt("transformations", "/data/transformations/algorithm")
-    attempt("ddos", "/data/ddos/x")
-    attempt("data_root", "/data/x")
-    attempt("usr", "/usr/x")
-    attempt("etc", "/etc/x")
-    attempt("root", "/x")
-    attempt("host_workspace", "%(own)s/inputs/new")
-    attempt("tmp", "/tmp/x")
-    attempt("outputs", "/data/outputs/x")
-"""
-
-
-async def test_writes_outside_outputs_fail_and_leave_the_host_untouched(data_dir, postgres_url, tmp_path):
-    async with engine_running(postgres_url, tmp_path / "ws") as engine:
-        job_id = "scribbler-1"
-        own = engine.data(job_id)
-        assert_completed(
-            await engine.ended(await engine.submit(workflow(py(SCRIBBLE % {"did": DATASET_DIR, "own": own})), job_id))
-        )
-        r = report_of(engine, job_id)
-        for place in ("inputs", "new_input", "transformations", "ddos", "data_root", "usr", "etc", "root"):
-            assert r[place] in ("OSError", "PermissionError"), (place, r[place])  # EROFS
-        assert r["host_workspace"] == "FileNotFoundError"
-        assert r["tmp"] == r["outputs"] == "succeeded"  # a private /tmp and the outputs are writable
-        assert (own / "inputs" / DATASET_DIR / "0").read_text() == "the dataset\n"
-        assert not (own / "inputs" / "new").exists()
-        assert (own / "outputs" / "x").read_text() == "pwned"
 
 
 FORK_BOMB = """

@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
+from c2d.engine.v1 import engine_pb2
 from plumbing.grpc_errors import bad_request_fields, error_code
 from tests.operator_engine.engine_harness import engine_running, workflow
 
@@ -104,13 +104,6 @@ async def test_the_same_job_id_twice(data_dir, postgres_url, tmp_path):
         assert end.status == 70
         history = await engine.history(job_id)
         assert len([c for c in history if c.status == 10]) == 1  # it ran once
-
-
-async def test_calls_without_the_service_token_are_refused(data_dir, postgres_url, tmp_path):
-    async with engine_running(postgres_url, tmp_path / "ws") as engine:
-        stub = engine_pb2_grpc.EngineServiceStub(engine.channel)
-        anonymous = await refused(stub.SubmitJob(engine_pb2.SubmitJobRequest(job_id="x", environment_id="local-cpu")))
-        assert anonymous.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_without_bubblewrap_algorithms_are_refused_unless_configured_unsandboxed(

@@ -10,42 +10,17 @@ import grpc
 import pytest
 
 from c2d.common.v1 import common_pb2
-from c2d.engine.v1 import job_agent_pb2, job_agent_pb2_grpc
+from c2d.engine.v1 import job_agent_pb2
 from plumbing import auth
 from plumbing.grpc_errors import bad_request_fields, error_code
-from plumbing.server import Registration, start_server
 from plumbing.statuses import Status
-from services.operator_engine.api.servicers import JobAgentServicer
-from services.operator_engine.backends.noop import NoopBackend
-from services.operator_engine.domain.jobs import JobSpec, StageExit
-from services.operator_engine.server import JOB_AGENT_SERVICE
-from tests.operator_engine.engine_harness import WAIT_S
-from tests.operator_engine.orchestrator_harness import orchestrator_on, spec
+from tests.operator_engine.orchestrator_harness import HeldPods, job_agent_on, orchestrator_on, spec
 
 WORKFLOW = common_pb2.Workflow(
     datasets=[common_pb2.WorkflowAsset(did="did:op:x")],
     raw_algorithm="print(1)",
     container=common_pb2.AlgorithmContainer(entrypoint="python3 $ALGO", image="python"),
 )
-
-
-class HeldPods(NoopBackend):
-    """Pods that start, report nothing and never exit: the test reports for them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.started: dict[str, asyncio.Future[JobSpec]] = {}
-
-    def _started(self, stage: str) -> asyncio.Future[JobSpec]:
-        return self.started.setdefault(stage, asyncio.get_running_loop().create_future())
-
-    async def run_pod(self, stage, job):  # type: ignore[no-untyped-def]
-        self._started(stage.name).set_result(job)  # the backend is handed the job's token, as a pod is
-        await asyncio.Event().wait()
-        return StageExit(0)
-
-    async def reached(self, stage: str) -> JobSpec:
-        return await asyncio.wait_for(self._started(stage), WAIT_S)
 
 
 async def refused(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
@@ -55,71 +30,59 @@ async def refused(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
 
 
 async def test_the_job_agent_refuses_a_pods_mistakes_and_takes_its_reports(tmp_path):
-    async with orchestrator_on(tmp_path, HeldPods) as (orchestrator, _, pods):
-        agent_servicer = JobAgentServicer(orchestrator, lambda: [common_pb2.Environment(id="local-cpu")])
-        running = await start_server(
-            "127.0.0.1:0",
-            [Registration(JOB_AGENT_SERVICE, job_agent_pb2_grpc.add_JobAgentServiceServicer_to_server, agent_servicer)],
+    async with orchestrator_on(tmp_path, HeldPods) as (orchestrator, _, pods), job_agent_on(orchestrator) as agent:
+        assert await orchestrator.submit(spec("held"), WORKFLOW.SerializeToString())
+        token = (await pods.reached("configure")).token
+
+        def progress(status: int, job_id: str = "held", token: str = token):  # type: ignore[no-untyped-def]
+            request = job_agent_pb2.ReportProgressRequest(job_id=job_id, status=status)  # type: ignore[arg-type]
+            return agent.ReportProgress(request, metadata=auth.bearer(token))
+
+        def results(job_id: str = "held"):  # type: ignore[no-untyped-def]
+            manifest = common_pb2.ResultsManifest(storage="local")
+            request = job_agent_pb2.ReportResultsRequest(job_id=job_id, results=manifest)
+            return agent.ReportResults(request, metadata=auth.bearer(token))
+
+        anonymous = await refused(agent.GetWorkflow(job_agent_pb2.GetWorkflowRequest(job_id="held")))
+        assert anonymous.code() == grpc.StatusCode.UNAUTHENTICATED
+        stranger = await refused(progress(Status.PROVISIONING_SUCCESS, token="not-its-token"))
+        assert (stranger.code(), error_code(stranger)) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "JOB_TOKEN_INVALID",
         )
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-                agent = job_agent_pb2_grpc.JobAgentServiceStub(channel)
-                assert await orchestrator.submit(spec("held"), WORKFLOW.SerializeToString())
-                token = (await pods.reached("configure")).token
+        for call, code, reason, fields in [
+            (progress(30, job_id="../held"), grpc.StatusCode.INVALID_ARGUMENT, "JOB_ID_INVALID", ["job_id"]),
+            (progress(99), grpc.StatusCode.INVALID_ARGUMENT, "STATUS_INVALID", ["status"]),
+            (
+                progress(Status.RUNNING_ALGORITHM),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "REPORT_OUT_OF_STAGE",
+                [],
+            ),
+            (
+                progress(Status.RESULTS_UPLOAD_FAILED),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "REPORT_OUT_OF_STAGE",
+                [],
+            ),
+            (results(), grpc.StatusCode.FAILED_PRECONDITION, "REPORT_OUT_OF_STAGE", []),
+        ]:
+            error = await refused(call)
+            assert (error.code(), error_code(error), bad_request_fields(error)) == (code, reason, fields)
+        assert "results can only be reported during the publish stage, not configure" in error.details()
 
-                def progress(status: int, job_id: str = "held", token: str = token):  # type: ignore[no-untyped-def]
-                    request = job_agent_pb2.ReportProgressRequest(job_id=job_id, status=status)  # type: ignore[arg-type]
-                    return agent.ReportProgress(request, metadata=auth.bearer(token))
-
-                def results(job_id: str = "held"):  # type: ignore[no-untyped-def]
-                    manifest = common_pb2.ResultsManifest(storage="local")
-                    request = job_agent_pb2.ReportResultsRequest(job_id=job_id, results=manifest)
-                    return agent.ReportResults(request, metadata=auth.bearer(token))
-
-                anonymous = await refused(agent.GetWorkflow(job_agent_pb2.GetWorkflowRequest(job_id="held")))
-                assert anonymous.code() == grpc.StatusCode.UNAUTHENTICATED
-                stranger = await refused(progress(Status.PROVISIONING_SUCCESS, token="not-its-token"))
-                assert (stranger.code(), error_code(stranger)) == (
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    "JOB_TOKEN_INVALID",
-                )
-                for call, code, reason, fields in [
-                    (progress(30, job_id="../held"), grpc.StatusCode.INVALID_ARGUMENT, "JOB_ID_INVALID", ["job_id"]),
-                    (progress(99), grpc.StatusCode.INVALID_ARGUMENT, "STATUS_INVALID", ["status"]),
-                    (
-                        progress(Status.RUNNING_ALGORITHM),
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        "REPORT_OUT_OF_STAGE",
-                        [],
-                    ),
-                    (
-                        progress(Status.RESULTS_UPLOAD_FAILED),
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        "REPORT_OUT_OF_STAGE",
-                        [],
-                    ),
-                    (results(), grpc.StatusCode.FAILED_PRECONDITION, "REPORT_OUT_OF_STAGE", []),
-                ]:
-                    error = await refused(call)
-                    assert (error.code(), error_code(error), bad_request_fields(error)) == (code, reason, fields)
-                assert "results can only be reported during the publish stage, not configure" in error.details()
-
-                # None of that moved the job; its own reports do.
-                assert await orchestrator.status_of("held") == Status.CONFIGURING_VOLUMES
-                workflow = await agent.GetWorkflow(
-                    job_agent_pb2.GetWorkflowRequest(job_id="held"), metadata=auth.bearer(token)
-                )
-                assert workflow.workflow == WORKFLOW and workflow.environment.id == "local-cpu"
-                await progress(Status.CONFIGURING_VOLUMES)  # the engine's own announcement, repeated: harmless
-                await progress(Status.PROVISIONING_SUCCESS)
-                assert (await pods.reached("publish")).token == token
-                await results()
-                for _ in range(500):
-                    if await orchestrator.status_of("held") == Status.FINISHED:
-                        break
-                    await asyncio.sleep(0.01)
-                assert await orchestrator.status_of("held") == Status.FINISHED
-                ended = await refused(progress(Status.RESULTS_UPLOAD_FAILED))  # its token ended with it
-                assert ended.code() == grpc.StatusCode.PERMISSION_DENIED
-        finally:
-            await running.stop(0)
+        # None of that moved the job; its own reports do.
+        assert await orchestrator.status_of("held") == Status.CONFIGURING_VOLUMES
+        workflow = await agent.GetWorkflow(job_agent_pb2.GetWorkflowRequest(job_id="held"), metadata=auth.bearer(token))
+        assert workflow.workflow == WORKFLOW and workflow.environment.id == "local-cpu"
+        await progress(Status.CONFIGURING_VOLUMES)  # the engine's own announcement, repeated: harmless
+        await progress(Status.PROVISIONING_SUCCESS)
+        assert (await pods.reached("publish")).token == token
+        await results()
+        for _ in range(500):
+            if await orchestrator.status_of("held") == Status.FINISHED:
+                break
+            await asyncio.sleep(0.01)
+        assert await orchestrator.status_of("held") == Status.FINISHED
+        ended = await refused(progress(Status.RESULTS_UPLOAD_FAILED))  # its token ended with it
+        assert ended.code() == grpc.StatusCode.PERMISSION_DENIED

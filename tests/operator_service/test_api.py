@@ -15,7 +15,6 @@ from c2d.operator.v1 import operator_pb2
 from plumbing.grpc_errors import bad_request_fields, error_code, reason_of
 from testkit.control_plane import (
     NOOP_PATH,
-    Operator,
     control_plane,
     create_request,
     query,
@@ -306,27 +305,3 @@ async def test_deleting_a_job_keeps_an_audit_row_and_hides_it(data_dir, postgres
         )
         assert deleted_at is not None and expired_at is not None
         assert query(postgres_url, "SELECT deleted FROM engine_jobs WHERE job_id = :j", j=job.job_id) == [(True,)]
-
-
-@pytest.mark.parametrize("token", [None, "wrong-token"])
-async def test_calls_without_the_service_credential_are_unauthenticated(data_dir, token):
-    async with control_plane("") as plane:
-        intruder = Operator(plane.operator.port, token="")
-        if token:
-            intruder.metadata = (("authorization", f"Bearer {token}"),)
-        else:
-            intruder.metadata = ()
-        try:
-            for call in (
-                intruder.create(),
-                intruder.get(UNKNOWN),
-                intruder.environments(),
-                intruder.watch([UNKNOWN]),
-            ):
-                with pytest.raises(grpc.aio.AioRpcError) as raised:
-                    await call
-                assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
-                assert "C2D_SERVICE_TOKEN" in raised.value.details()
-        finally:
-            await intruder.close()
-        assert query(f"sqlite:///{data_dir}/operator.db", "SELECT count(*) FROM jobs") == [(0,)]

@@ -182,6 +182,23 @@ async def test_results_the_service_cannot_reach_stay_and_are_retried(db, tmp_pat
         )
 
 
+async def test_a_record_naming_another_jobs_results_removes_none_of_them(db, tmp_path):
+    """A job's record names its results, but its pod wrote it: deleting the job
+    (or expiring its results) removes only what lies under its own prefix."""
+    local = LocalStore(tmp_path / "results")
+    victim = _finished_job(db, "cpu", NOW - timedelta(days=1), None)
+    victims = _publish(local, tmp_path, victim)
+    attacker = _finished_job(db, "cpu", NOW - timedelta(days=1), victims)
+    remover = ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results"))
+
+    await remover.remove(_job(db, attacker))
+
+    assert [local.size(f["location"]) for f in victims["files"]] == [
+        len(f"{victim} out.txt"),
+        len(f"{victim} algorithm.log"),
+    ]
+
+
 async def test_delete_job_removes_its_stored_results(data_dir, postgres_url, tmp_path):
     async with control_plane(postgres_url) as plane:
         job = await plane.operator.create()

@@ -90,3 +90,17 @@ def tree(root: Path) -> set[str]:
 
 def part_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.endswith(".part")]
+
+
+def one(src: FileSource) -> StagingRequest:
+    """Staging one dataset with file `src`, and a raw algorithm."""
+    return StagingRequest(datasets=(asset(DATASET_DID, src),), algorithm=None, raw_algorithm="print('hi')")
+
+
+def staged(root: Path) -> bytes:
+    """What staging left as the dataset's file 0."""
+    return (root / "inputs" / did_dir(DATASET_DID) / "0").read_bytes()
+
+
+# how a refusal of the dataset's file 0 starts
+PREFIX = f"data provisioning failed: dataset {DATASET_DID} file 0: "

@@ -12,8 +12,10 @@ import hashlib
 import ssl
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import pytest
 from aiohttp import web
 
 
@@ -213,3 +215,11 @@ class FileServer:
 
     async def headers(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=b"ok")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FileServer]:
+    """A FileServer for one test (conftest.py files of the test folders import it)."""
+    srv = await FileServer().start()
+    yield srv
+    await srv.stop()

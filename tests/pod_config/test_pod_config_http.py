@@ -1,11 +1,11 @@
-"""HttpFetcher through stage(): redirects, timeouts, retries, resume, headers,
-the SSRF guard and log redaction, all against real servers on 127.0.0.1."""
+"""HttpFetcher through stage(): redirects, timeouts, retries, resume, headers
+and log redaction, all against real servers on 127.0.0.1. The SSRF guard:
+tests/security/test_ssrf.py."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import socket
 import ssl
 import subprocess
@@ -14,28 +14,23 @@ from urllib.parse import quote
 
 import pytest
 
-from plumbing import fetching
-from plumbing.fetching import FetchError, FileSource, address_refusal, default_fetchers, vet_host
+from plumbing.fetching import default_fetchers
 from services.pod_config.domain.staging import StagingRequest, stage
 from tests.pod_config.helpers import (
     ALGO_DID,
     DATASET_DID,
+    PREFIX,
     asset,
     did_dir,
     limits,
     new_log,
+    one,
     part_files,
     run,
+    staged,
     url,
 )
 from tests.pod_config.httpserver import FileServer
-
-
-@pytest.fixture
-async def server():
-    srv = await FileServer().start()
-    yield srv
-    await srv.stop()
 
 
 @pytest.fixture
@@ -45,19 +40,8 @@ async def other_server():
     await srv.stop()
 
 
-def one(src: FileSource) -> StagingRequest:
-    return StagingRequest(datasets=(asset(DATASET_DID, src),), algorithm=None, raw_algorithm="print('hi')")
-
-
-def staged(root: Path) -> bytes:
-    return (root / "inputs" / did_dir(DATASET_DID) / "0").read_bytes()
-
-
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-PREFIX = f"data provisioning failed: dataset {DATASET_DID} file 0: "
 
 
 # --------------------------------------------------------------------------- redirects
@@ -338,159 +322,6 @@ async def test_header_injection_is_refused(server: FileServer, tmp_path: Path) -
     assert (outcome.status, outcome.error_code) == (31, "invalid_source")
     assert outcome.reason == PREFIX + "the file's HTTP headers are not valid"
     assert server.counts["/file/f"] == 0
-
-
-# --------------------------------------------------------------------------- SSRF guard
-
-
-async def test_loopback_is_refused_unless_allowlisted(server: FileServer, tmp_path: Path) -> None:
-    server.add("f", b"internal")
-
-    outcome, _ = await run(one(url(server.url("/file/f"))), tmp_path, limits(allow_hosts=()))
-
-    assert (outcome.status, outcome.error_code) == (31, "ssrf_refused")
-    assert outcome.reason == PREFIX + "the file's address is on a refused network (loopback)"
-    assert server.seen == []
-
-
-async def test_localhost_is_refused(server: FileServer, tmp_path: Path) -> None:
-    server.add("f", b"internal")
-
-    outcome, _ = await run(one(url(f"http://localhost:{server.port}/file/f")), tmp_path, limits(allow_hosts=()))
-
-    assert (outcome.status, outcome.error_code) == (31, "ssrf_refused")
-    assert outcome.reason == PREFIX + "the file's address is on a refused network (loopback)"
-    assert server.seen == []
-
-
-async def test_cloud_metadata_address_is_refused_without_connecting(tmp_path: Path) -> None:
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-
-    outcome, _ = await run(
-        one(url("http://169.254.169.254/latest/meta-data/iam/security-credentials/")),
-        tmp_path,
-        limits(connect_timeout_s=30, max_retries=3, backoff_base_s=5),
-    )
-
-    # Connecting (or retrying) would take seconds; a refusal before any socket is instant.
-    assert loop.time() - started < 1
-    assert (outcome.status, outcome.error_code) == (31, "ssrf_refused")
-    assert outcome.reason == PREFIX + "the file's address is on a refused network (link-local)"
-
-
-async def test_redirect_from_allowlisted_host_to_other_address_is_refused(server: FileServer, tmp_path: Path) -> None:
-    server.add("f", b"internal")
-    # "localhost" is allowlisted by name; the redirect names 127.0.0.1, which is not.
-    start = f"http://localhost:{server.port}/redirect-to?location=" + quote(server.url("/file/f"))
-
-    outcome, _ = await run(one(url(start)), tmp_path, limits(allow_hosts=("localhost",)))
-
-    assert (outcome.status, outcome.error_code) == (31, "ssrf_refused")
-    assert outcome.reason == PREFIX + "the file's address is on a refused network (loopback)"
-    assert server.counts["/redirect-to"] == 1
-    assert server.counts["/file/f"] == 0
-
-
-async def test_redirect_to_metadata_address_is_refused(server: FileServer, tmp_path: Path) -> None:
-    location = quote("http://169.254.169.254/latest/meta-data/")
-
-    outcome, _ = await run(one(url(server.url(f"/redirect-to?location={location}"))), tmp_path)
-
-    assert (outcome.status, outcome.error_code) == (31, "ssrf_refused")
-    assert outcome.reason == PREFIX + "the file's address is on a refused network (link-local)"
-
-
-async def test_allowlisted_hostname_and_cidr_connect_through_the_pinned_resolver(
-    server: FileServer, tmp_path: Path
-) -> None:
-    server.add("f", b"allowed")
-
-    by_name, _ = await run(
-        one(url(f"http://localhost:{server.port}/file/f")), tmp_path / "name", limits(allow_hosts=("LOCALHOST",))
-    )
-    by_cidr, _ = await run(one(url(server.url("/file/f"))), tmp_path / "cidr", limits(allow_hosts=("127.0.0.0/8",)))
-
-    assert (by_name.status, by_name.reason) == (30, "")
-    assert (by_cidr.status, by_cidr.reason) == (30, "")
-    assert server.counts["/file/f"] == 2
-
-
-async def test_the_connection_goes_to_the_vetted_address_without_resolving_again(
-    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The vetting resolves "rebound.invalid" to the server; the system resolver
-    # never could (.invalid never resolves), so resolving again would fail.
-    server.add("f", b"pinned")
-    vetted: list[str] = []
-
-    async def vet_to_the_server(host: str, port: int, lim: object) -> list[tuple[socket.AddressFamily, str]]:
-        vetted.append(host)
-        return [(socket.AF_INET, "127.0.0.1")]
-
-    monkeypatch.setattr(fetching, "vet_host", vet_to_the_server)
-
-    outcome, _ = await run(one(url(f"http://rebound.invalid:{server.port}/file/f")), tmp_path)
-
-    assert (outcome.status, outcome.reason) == (30, "")
-    assert staged(tmp_path) == b"pinned"
-    assert vetted == ["rebound.invalid"]
-    assert server.seen[0].headers["Host"] == f"rebound.invalid:{server.port}"
-
-
-async def test_vet_host_answers_the_resolved_addresses_once_each() -> None:
-    pins = await vet_host("localhost", 80, limits(allow_hosts=("localhost",)))
-    assert pins and set(pins) <= {(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")}
-    assert len(pins) == len(set(pins))
-
-
-@pytest.mark.parametrize(
-    ("address", "why"),
-    [
-        ("127.0.0.1", "loopback"),
-        ("::1", "loopback"),
-        ("::ffff:127.0.0.1", "loopback"),
-        ("10.1.2.3", "private"),
-        ("172.16.0.1", "private"),
-        ("192.168.1.1", "private"),
-        ("fc00::1", "private"),
-        ("169.254.169.254", "link-local"),
-        ("fe80::1", "link-local"),
-        ("::ffff:169.254.169.254", "link-local"),
-        ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of 169.254.169.254
-        ("2002:a9fe:a9fe::1", "link-local"),  # 6to4 of 169.254.169.254
-        ("0.0.0.0", "unspecified"),
-        ("::", "unspecified"),
-        ("224.0.0.1", "multicast"),
-        ("ff02::1", "multicast"),
-        ("100.100.100.200", "non-public"),  # shared address space (a cloud metadata service lives there)
-        ("8.8.8.8", None),
-        ("2001:4860:4860::8888", None),
-    ],
-)
-def test_address_classification(address: str, why: str | None) -> None:
-    assert address_refusal(address, limits(allow_hosts=())) == why
-
-
-def test_blocked_cidrs_and_allowlist_precedence() -> None:
-    blocked = limits(allow_hosts=(), blocked_cidrs=("8.8.8.0/24", "2001:db8:1::/48"))
-    assert address_refusal("8.8.8.8", blocked) == "blocked"
-    assert address_refusal("8.8.4.4", blocked) is None
-    assert address_refusal(ipaddress.ip_address("::ffff:8.8.8.8"), blocked) == "blocked"
-    allowed = limits(allow_hosts=("10.0.0.0/8", "files.internal"))
-    assert address_refusal("10.9.9.9", allowed) is None
-    assert address_refusal("192.168.0.1", allowed) == "private"
-    assert address_refusal("192.168.0.1", allowed, host="FILES.internal.") is None
-
-
-async def test_vet_host_refuses_blocked_literal_without_traffic() -> None:
-    # An IP literal is vetted without DNS and nothing is connected here.
-    with pytest.raises(FetchError) as err:
-        await vet_host("8.8.8.8", 80, limits(allow_hosts=(), blocked_cidrs=("8.8.8.0/24",)))
-    assert (err.value.code, err.value.message) == (
-        "ssrf_refused",
-        "the file's address is on a refused network (blocked)",
-    )
 
 
 # --------------------------------------------------------------------------- log redaction

@@ -31,13 +31,6 @@ from tests.pod_config.helpers import (
 from tests.pod_config.httpserver import FileServer
 
 
-@pytest.fixture
-async def server():
-    srv = await FileServer().start()
-    yield srv
-    await srv.stop()
-
-
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -1,5 +1,6 @@
 """The provider's streaming of a stored result (GetComputeResult's reader):
-offsets, bounded read-ahead, errors and early close, on a real local store."""
+offsets, bounded read-ahead, errors and early close, on a real local store.
+A link planted in the store: tests/security/test_job_file_links.py."""
 
 from __future__ import annotations
 
@@ -137,27 +138,3 @@ def test_servers_make_glibc_serve_big_buffers_from_the_reusable_heap(how, mmappe
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     assert (int(out.stdout) >= 4 << 20) is mmapped
-
-
-def test_a_link_planted_in_local_storage_is_never_served(tmp_path):
-    """A stored result replaced by a link (to a host file, or a directory link on the way)
-    is refused, not followed, by the reader GetComputeResult uses."""
-    secret = tmp_path / "service-token"
-    secret.write_text("SECRET")
-    store = LocalStore(tmp_path / "store")
-    (tmp_path / "r.txt").write_text("result")
-    location = store.put_file("job/outputs/r.txt", tmp_path / "r.txt").location
-    stored = tmp_path / "store" / "job" / "outputs" / "r.txt"
-    stored.unlink()
-    stored.symlink_to(secret)
-    with pytest.raises(StorageError, match="symbolic link"):
-        store.read(location)
-    with pytest.raises(StorageError, match="symbolic link"):
-        store.size(location)
-    stored.unlink()
-    (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "elsewhere" / "r.txt").write_text("SECRET")
-    (tmp_path / "store" / "job" / "outputs").rmdir()
-    (tmp_path / "store" / "job" / "outputs").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(StorageError, match="symbolic link"):
-        store.read(location)

@@ -119,3 +119,26 @@ def test_only_this_providers_key_issues_results_locations() -> None:
 def test_a_publishers_file_list_is_not_a_results_asset() -> None:
     files = [{"type": "url", "url": "https://data.example/weather.csv"}]
     assert not file_locations.check_asset_files(KEYS, files, owner=OWNER, did=DID, results=S3_RESULTS, field="files")
+
+
+@pytest.mark.parametrize(
+    ("storage", "location", "held"),
+    [
+        (ResultsStorage("local"), "local:job-1/outputs/x", True),
+        (ResultsStorage("local"), "local:job-2/outputs/x", False),  # another job's
+        (ResultsStorage("local"), "local:job-1/../job-2/outputs/x", False),
+        (ResultsStorage("local"), "local:job-1", False),
+        (ResultsStorage("local"), "s3://results/job-1/outputs/x", False),
+        (ResultsStorage("s3", "results"), "s3://results/job-1/logs/algorithm.log", True),
+        (ResultsStorage("s3", "results"), "s3://results/job-10/outputs/x", False),
+        (ResultsStorage("s3", "results"), "s3://other/job-1/outputs/x", False),  # another bucket
+        (ResultsStorage("s3", "results"), "s3://results/job-1//x", False),
+        (ResultsStorage("s3", "results"), "local:job-1/outputs/x", False),
+        (ResultsStorage("ipfs"), "ipfs://bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy", True),
+        (ResultsStorage("ipfs"), "local:job-1/outputs/x", False),
+    ],
+)
+def test_a_jobs_results_are_held_only_under_its_own_prefix_of_this_storage(
+    storage: ResultsStorage, location: str, held: bool
+) -> None:
+    assert storage.holds(location, "job-1") is held

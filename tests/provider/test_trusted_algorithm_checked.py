@@ -7,9 +7,7 @@ gives its orders back."""
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -78,39 +76,6 @@ async def test_an_unreachable_algorithm_is_refused_with_the_cause_and_without_it
     error = await refused(market.consumer.initialize(market.spec(dataset, "", algorithm)))
     assert_refusal(error, grpc.StatusCode.FAILED_PRECONDITION, "algorithm_files_unreachable", algorithm, "HTTP 404")
     assert "/status/" not in error.details() and "127.0.0.1" not in error.details()
-
-
-@pytest.fixture
-def private_listener() -> Iterator[tuple[str, list[bytes]]]:
-    """A server on a loopback address the SSRF guard refuses (only 127.0.0.1 is allowed in tests)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.2", 0))
-    listener.listen(4)
-    accepted: list[bytes] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                connection, _ = listener.accept()
-            except OSError:
-                return
-            accepted.append(connection.recv(1024))
-            connection.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield f"http://127.0.0.2:{listener.getsockname()[1]}/latest/meta-data/", accepted
-    listener.close()
-
-
-async def test_the_provider_never_fetches_an_algorithm_from_a_refused_network(
-    data_dir, market: Market, private_listener: tuple[str, list[bytes]]
-):
-    url, accepted = private_listener
-    dataset, algorithm = await trusted_pair(market, url)
-    error = await refused(market.consumer.initialize(market.spec(dataset, "", algorithm)))
-    assert_refusal(error, grpc.StatusCode.FAILED_PRECONDITION, "algorithm_files_unreachable", "ssrf_refused")
-    assert "127.0.0.2" not in error.details()
-    assert accepted == []
 
 
 async def test_an_algorithm_swapped_after_initialize_fails_at_staging_and_gives_the_orders_back(

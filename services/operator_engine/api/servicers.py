@@ -183,13 +183,19 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
 
 def _read_from(workspace: Path, offset: int) -> bytes:
     try:
-        with job_files.open_file(workspace, ALGORITHM_LOG) as f:
+        # as an unprivileged user: whatever a mistake here opens, it is nothing root-only
+        with job_files.open_file(workspace, ALGORITHM_LOG, unprivileged=True) as f:
             f.seek(offset)
             return f.read(LOG_CHUNK)
     except FileNotFoundError:
         return b""
     except job_files.NotAllowed as exc:
         raise errors.FailedPrecondition(f"the job's log cannot be served: {exc.strerror}", "log_unreadable") from None
+    except PermissionError as exc:  # not the file the engine wrote, which its reader may read
+        raise errors.FailedPrecondition(
+            f"the job's log cannot be served: the unprivileged log reader may not open it ({exc.strerror})",
+            "log_unreadable",
+        ) from None
 
 
 _AgentRequest = (

@@ -33,12 +33,15 @@ class ResultsRemover:
             self._store = storage.open_store(self._config)
         return self._store
 
-    def remove_files(self, results: dict[str, Any]) -> int:
-        """Blocking: deletes each file of the manifest (missing ones count as deleted)."""
+    def remove_files(self, job_id: str, results: dict[str, Any]) -> int:
+        """Blocking: deletes each file of the job's manifest (missing ones count
+        as deleted); never one outside the job's own prefix, whatever its
+        record says (storage.held_by_job)."""
         locations = [f["location"] for f in results.get("files", []) if f.get("location")]
         if not locations:
             return 0
         target = self._opened()
+        removed = 0
         for location in locations:
             kind = storage.kind_of(location)
             if kind != target.kind:
@@ -46,15 +49,19 @@ class ResultsRemover:
                     f"{location} is in {kind} storage but this service is configured for {target.kind} "
                     "(C2D_STORAGE_KIND); it cannot remove it"
                 )
+            if kind != "ipfs" and not storage.held_by_job(location, job_id, self._config.s3_bucket):
+                log.warning("job %s: its results name %s, not one of its own: left in place", job_id, location)
+                continue
             target.delete(location)
-        return len(locations)
+            removed += 1
+        return removed
 
     async def remove(self, job: JobRecord) -> None:
         """DeleteJob's removal: storage failures become UNAVAILABLE (the delete may be retried)."""
         if not job.results or job.results.get("expired"):
             return
         try:
-            await asyncio.to_thread(self.remove_files, job.results)
+            await asyncio.to_thread(self.remove_files, job.job_id, job.results)
         except storage.StorageError as exc:
             raise errors.Unavailable(
                 f"the results of job {job.job_id} could not be removed from storage ({exc.message}); "
@@ -121,7 +128,7 @@ class ExpirySweeper:
             for job in due:
                 try:
                     if job.results and not job.results.get("expired"):
-                        await asyncio.to_thread(self._remover.remove_files, job.results)
+                        await asyncio.to_thread(self._remover.remove_files, job.job_id, job.results)
                 except storage.StorageError as exc:
                     failed += 1
                     log.warning(

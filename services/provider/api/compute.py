@@ -400,7 +400,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         context: StreamContext[provider_pb2.GetComputeResultRequest, provider_pb2.GetComputeResultResponse],
     ) -> AsyncIterator[provider_pb2.GetComputeResultResponse]:
         job = await self._owned_job("GetComputeResult", request)
-        entry = result_entry(job, request.index)
+        entry = result_entry(job, request.index, self._results_storage)
         download = stream_result_file(
             self._results, entry.location, entry, request.offset, provider_pb2.GetComputeResultResponse
         )
@@ -414,7 +414,7 @@ class ComputeServicer(provider_pb2_grpc.ProviderServiceServicer):
         context: UnaryContext[provider_pb2.GetComputeResultLinkRequest, provider_pb2.GetComputeResultLinkResponse],
     ) -> provider_pb2.GetComputeResultLinkResponse:
         job = await self._owned_job("GetComputeResultLink", request)
-        entry = result_entry(job, request.index)
+        entry = result_entry(job, request.index, self._results_storage)
         try:
             link = self._links.link(entry.location)
         except storage.StorageError as exc:

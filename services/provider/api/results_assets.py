@@ -123,7 +123,7 @@ class ResultsAssetServicer(AssetServicer):
                     "location_invalid",
                     field=f"{field}.location",
                 )
-            if not self._inside_job(location, job_id):
+            if not self._results_storage.holds(location, job_id):
                 raise errors.PermissionDenied(
                     f"{where}: {location} is not one of job {job_id}'s results", "location_foreign"
                 )
@@ -154,16 +154,6 @@ class ResultsAssetServicer(AssetServicer):
                 }
             )
         return files
-
-    def _inside_job(self, location: str, job_id: str) -> bool:
-        # pod_publish writes every result under "<job id>/"; IPFS has no prefixes
-        if location.startswith("local:"):
-            return location[len("local:") :].startswith(f"{job_id}/")
-        if location.startswith("s3://"):
-            bucket, key = storage.parse_s3_location(location)
-            return self._results_storage.holds_bucket(bucket) and key.startswith(f"{job_id}/")
-        # content-addressed: DownloadAssetFile serves a CID only if the job's record lists it
-        return location.startswith("ipfs://")
 
     # -- downloading ------------------------------------------------------------------
 
@@ -203,7 +193,7 @@ class ResultsAssetServicer(AssetServicer):
                 f"the job behind {asset.did} was deleted, and its results with it", "results_expired"
             )
         recorded = next((f for f in recorded_results(job) if f.location == location.url), None)
-        if recorded is None:
+        if recorded is None or not self._results_storage.holds(location.url, job.job_id):
             raise errors.PermissionDenied(
                 f"file {request.index} of {request.did} is not one of its job's results", "results_location_foreign"
             )

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from plumbing import errors
+from plumbing import errors, storage
 from plumbing.assets import FILE_SOURCE_TYPES
 
 from . import identity, sealing
@@ -46,6 +46,16 @@ class ResultsStorage:
 
     def holds_bucket(self, bucket: str) -> bool:
         return self.kind == "s3" and bool(self.bucket) and bucket == self.bucket
+
+    def holds(self, location: str, job_id: str) -> bool:
+        """Whether `location` may be one of job `job_id`'s results here: in this
+        storage, under the job's own prefix (storage.held_by_job). IPFS is
+        content-addressed, with no prefix to check."""
+        if self.kind == "ipfs":
+            return location.startswith("ipfs://")
+        if self.kind == "s3":
+            return location.startswith("s3://") and storage.held_by_job(location, job_id, self.bucket)
+        return location.startswith(LOCAL_PREFIX) and storage.held_by_job(location, job_id)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any, TypeVar, cast
 import kubernetes.client
 from kubernetes.client.rest import ApiException
 
-from plumbing import errors
+from plumbing import errors, job_files
 from plumbing.statuses import EndReason, Status, is_terminal
 from services.operator_engine.backends.kubernetes import objects, outcomes
 from services.operator_engine.backends.kubernetes.objects import ClusterConfig, JobObjects
@@ -496,6 +496,7 @@ class KubernetesBackend:
         copy.response = response
         written = 0
         with copy.path.open("wb") as f:
+            job_files.share_with_reader(f.fileno())  # StreamJobLogs reads it unprivileged
             for chunk in response.stream(64 * 1024):
                 f.write(chunk[: copy.limit - written])
                 f.flush()

@@ -1,8 +1,9 @@
 """The local backend: each stage a process on this machine.
 
-pod_config and pod_publish run as ordinary processes (they are our own code)
-with the job's workspace, forked from a pre-imported helper by default
-(`pod_launcher.py`); the algorithm (a stranger's code) runs in the bubblewrap
+pod_config and pod_publish run as ordinary processes (our own code, but
+parsing untrusted data: on a root engine as the job's unprivileged uid, with
+the job's workspace and nothing else of the engine's), forked from a
+pre-imported helper by default (`pod_launcher.py`); the algorithm (a stranger's code) runs in the bubblewrap
 sandbox of `sandbox.py` with the environment's limits. Each process gets its
 own session so a stop or timeout kills its whole tree. The algorithm DDO's
 container image maps to an interpreter of this host, seen read-only inside
@@ -19,10 +20,10 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from plumbing import errors
+from plumbing import errors, job_files, settings, storage
 from services.operator_engine.backends.local import cgroups, runtimes, sandbox
 from services.operator_engine.backends.local.monitor import Monitored, MonitorFailed, MonitorLauncher
-from services.operator_engine.backends.local.pod_launcher import Launcher, SubprocessLauncher
+from services.operator_engine.backends.local.pod_launcher import Launcher, PodAccess, SubprocessLauncher
 from services.operator_engine.domain.jobs import ALGORITHM_LOG, Capacity, JobSpec, StageExit
 from services.operator_engine.domain.stages import Stage
 
@@ -47,6 +48,15 @@ class LocalBackend:
         self.sandboxed = use_sandbox
         self._capabilities = capabilities or sandbox.detect_capabilities()
         self._launcher = launcher or SubprocessLauncher()
+        # A root engine runs the pods (our code, parsing untrusted data) as the job's own uid,
+        # as it does the algorithm, which leaves the outputs pod_publish reads owned by it.
+        self._pods_drop = use_sandbox and sandbox._drops_privileges()
+        config = storage.StorageConfig.from_env(self._pod_environment)
+        self._results_root = (
+            (config.local_root or Path(self._pod_environment.get("C2D_DATA_DIR") or settings.data_dir()) / "results")
+            if config.kind == "local"
+            else None
+        )
         self._releasing: set[asyncio.Task[None]] = set()  # finished runs' cgroup removal
         self._detached = False  # the engine is stopping: algorithms go on under their monitors
         self._monitors = MonitorLauncher()
@@ -59,7 +69,12 @@ class LocalBackend:
     def describe(self) -> str:
         if not self.sandboxed:
             return "local processes WITHOUT a sandbox (explicitly configured; never for untrusted code)"
-        return "local bubblewrap sandbox; " + self._capabilities.describe()
+        pods = (
+            "pods as the job's own uid"
+            if self._pods_drop
+            else f"pods as the engine's uid {os.geteuid()} (not root: nothing to drop)"
+        )
+        return f"local bubblewrap sandbox; {self._capabilities.describe()}; {pods}"
 
     def validate(self, entrypoint: str, image: str, allow_network: bool, tag: str = "", checksum: str = "") -> None:
         if self.sandboxed and not self._capabilities.bwrap:
@@ -116,21 +131,31 @@ class LocalBackend:
             "C2D_JOB_ID": job.job_id,
             "C2D_JOB_TOKEN": job.token,
             "C2D_AGENT_ADDRESS": self.agent_address,
-            "C2D_DATA_ROOT": str(job.data_root),
-            "C2D_ADMIN_DIR": str(job.admin_dir),
+            # relative to the pod's working directory, the workspace (PodAccess)
+            "C2D_DATA_ROOT": str(job.data_root.relative_to(job.workspace)),
+            "C2D_ADMIN_DIR": str(job.admin_dir.relative_to(job.workspace)),
             "TRACEPARENT": job.trace_parent,  # the pod joins the job's trace (plumbing/pods.py)
         }
-        # The admin log of the stage (configure.log, publish.log): the operator's, not a result.
-        process = await self._launcher.start(stage.program, env, job.admin_dir / f"{stage.name}.log")
+        uid = sandbox.host_uid(job.job_id) if self._pods_drop else None
+        results = self._results_root if stage.reports_results and uid is not None else None
+        if uid is not None:
+            _grant(job, uid, results)
+        access = PodAccess(uid, job.workspace, results)
         try:
-            ended = await asyncio.wait_for(process.wait(), stage.timeout_for(job))
-        except TimeoutError:
-            await process.kill()
-            return StageExit(None, timed_out=True)
-        except asyncio.CancelledError:
-            await process.kill()
-            raise
-        return StageExit(ended.returncode, detail=ended.detail)
+            # The admin log of the stage (configure.log, publish.log): the operator's, not a result.
+            process = await self._launcher.start(stage.program, env, job.admin_dir / f"{stage.name}.log", access)
+            try:
+                ended = await asyncio.wait_for(process.wait(), stage.timeout_for(job))
+            except TimeoutError:
+                await process.kill()
+                return StageExit(None, timed_out=True)
+            except asyncio.CancelledError:
+                await process.kill()
+                raise
+            return StageExit(ended.returncode, detail=ended.detail)
+        finally:
+            if results is not None:
+                _take_back(results / job.job_id)
 
     async def run_algorithm(self, job: JobSpec, capacity: Capacity) -> StageExit:
         argv = runtimes.resolve_command({"entrypoint": job.entrypoint, "image": job.image})
@@ -197,6 +222,33 @@ class LocalBackend:
 
 def _monitor_state(job: JobSpec) -> Path:
     return job.admin_dir / "monitor"
+
+
+def _grant(job: JobSpec, uid: int, results_root: Path | None) -> None:
+    """What a pod running as the job's `uid` writes: the job's data/ (the engine's
+    workspace, admin/ and algorithm.log stay root's, readable), and with `results_root`
+    the job's own directory in local results storage, in a root that lists nothing."""
+    os.chown(job.data_root, uid, uid, follow_symlinks=False)
+    if results_root is None:
+        return
+    results_root.mkdir(parents=True, exist_ok=True)
+    os.chmod(results_root, 0o711)  # other jobs' directories are not listed
+    mine = results_root / job.job_id
+    mine.mkdir(mode=0o700, exist_ok=True)
+    # the unprivileged reader (job_files) serves what it publishes, from the moment it is reported
+    os.chown(mine, uid, job_files.READER_ID, follow_symlinks=False)
+    os.chmod(mine, 0o750, follow_symlinks=False)
+
+
+def _take_back(mine: Path) -> None:
+    """After the stage: the job's results directory is root's again, open only to the
+    unprivileged reader that serves results (job_files), so the job's uid (or one that collides
+    with it) reaches nothing under it."""
+    try:
+        os.chown(mine, 0, job_files.READER_ID, follow_symlinks=False)
+        os.chmod(mine, 0o750, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
 
 
 def _fresh_workspace(job: JobSpec) -> None:

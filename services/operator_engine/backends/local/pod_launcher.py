@@ -21,9 +21,22 @@ os._exit as soon as its program returns: no interpreter or event-loop
 teardown on the clock either. The helper hands it the job
 (environment, log path) through the pipe and forks the next one after replying.
 
+A pod runs as an unprivileged uid (a root engine's: the job's own, as its
+algorithm; PodAccess), for good, before it reads anything of its job: no
+groups, gid and uid (saved ids too) all that uid, no capability, an empty
+bounding set and no_new_privs in every thread. What it needs it gets before
+that drop: its log and token files opened, its workspace as its working
+directory (the job's paths are relative to it, so the data directory above
+stays closed to it), local results storage as an open directory. The helper
+is started with none of the engine's environment, and the job's token goes
+to the pod through a root-only file, never through the helper: every pod it
+forks inherits its memory. Imports a pod may make on first use are made
+before the drop (the interpreter's files need not be readable by the pod).
+
 The engine talks to the helper over its stdin/stdout, one JSON object a line:
 
-    engine -> helper  {"op": "run", "id": N, "program": "pod_config", "env": {...}, "log": PATH}
+    engine -> helper  {"op": "run", "id": N, "program": "pod_config", "env": {...}, "log": PATH,
+                       "token": PATH, "access": {"uid": UID, "workspace": PATH, "results_root": PATH}}
                       {"op": "kill", "id": N}
     helper -> engine  {"id": N, "pid": PID}        the child runs
                       {"id": N, "exit": RC}        it ended (RC < 0: killed by signal -RC)
@@ -56,7 +69,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc.aio
 
@@ -65,16 +78,22 @@ from plumbing import auth, pods, processes
 log = logging.getLogger("c2d.engine")
 
 POD_PROGRAMS = "c2d.pods"  # the entry-point group the pod programs are declared in
+# Modules a pod may import on first use, loaded before it drops its privileges.
+_PRELOADED = (
+    "_strptime",
+    "traceback",
+    "concurrent.futures.thread",
+    "encodings.idna",
+    "encodings.ascii",
+    "encodings.latin_1",
+    "encodings.utf_8_sig",
+)
 
 
 @functools.cache
 def programs() -> dict[str, metadata.EntryPoint]:
     """The installed pod programs by name (pod_config, pod_publish)."""
     return {entry.name: entry for entry in metadata.entry_points(group=POD_PROGRAMS)}
-
-
-def load(name: str) -> pods.Program:
-    return programs()[name].load()
 
 
 def _check_known(program: str) -> None:
@@ -95,8 +114,56 @@ class PodProcess(Protocol):
         """Kills the pod's whole process group and waits for it to be reaped."""
 
 
+@dataclass(frozen=True)
+class PodAccess:
+    """What a pod reaches, handed to it (as descriptors) before it drops its privileges.
+
+    The job's workspace is its working directory, so the job's paths are relative to
+    it and none of its parents (often closed to the pod: the data directory holds the
+    service token and the engine's database) need to let the pod through. Local results
+    storage is an open directory, C2D_STORAGE_LOCAL_ROOT=/proc/self/fd/N."""
+
+    uid: int | None = None  # the pod's uid and gid; None: it keeps the engine's (not root)
+    workspace: Path | None = None
+    results_root: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "workspace": str(self.workspace) if self.workspace else None,
+            "results_root": str(self.results_root) if self.results_root else None,
+        }
+
+
+NO_ACCESS = PodAccess()
+
+
+def _enter(access: Mapping[str, Any]) -> None:
+    """In the pod, before it reads any of its job (and after no_new_privileges): what
+    `access` gives, then the drop to its uid."""
+    if access.get("workspace"):
+        fd = os.open(access["workspace"], os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fchdir(fd)
+        finally:
+            os.close(fd)
+    if access.get("results_root"):
+        fd = os.open(access["results_root"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.environ["C2D_STORAGE_LOCAL_ROOT"] = f"/proc/self/fd/{fd}"
+    if access.get("uid") is not None:
+        processes.become(access["uid"])
+
+
+# The helper's own environment: nothing of the engine's (a service token, a database
+# URL) may be in its memory, which every pod it forks inherits.
+_HELPER_ENV = ("PATH", "PYTHONPATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+TOKEN_VARIABLE = "C2D_JOB_TOKEN"
+
+
 class Launcher(Protocol):
-    async def start(self, program: str, env: Mapping[str, str], log_path: Path) -> PodProcess: ...
+    async def start(
+        self, program: str, env: Mapping[str, str], log_path: Path, access: PodAccess = NO_ACCESS
+    ) -> PodProcess: ...
 
     async def close(self) -> None: ...
 
@@ -121,7 +188,9 @@ class _Subprocess:
 
 
 class SubprocessLauncher:
-    async def start(self, program: str, env: Mapping[str, str], log_path: Path) -> PodProcess:
+    async def start(
+        self, program: str, env: Mapping[str, str], log_path: Path, access: PodAccess = NO_ACCESS
+    ) -> PodProcess:
         _check_known(program)
         with open(log_path, "ab") as out:  # noqa: ASYNC230 - opening a local file does not block
             process = await asyncio.create_subprocess_exec(
@@ -130,6 +199,7 @@ class SubprocessLauncher:
                 __name__,
                 program,
                 programs()[program].value,
+                json.dumps(access.to_json()),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,
@@ -146,11 +216,17 @@ class SubprocessLauncher:
 
 
 class _Forked:
-    def __init__(self, launcher: ForkServerLauncher, run_id: int, pid: int, ended: asyncio.Future[PodExit]) -> None:
-        self._launcher, self._id, self.pid, self._ended = launcher, run_id, pid, ended
+    def __init__(
+        self, launcher: ForkServerLauncher, run_id: int, pid: int, ended: asyncio.Future[PodExit], token: Path | None
+    ) -> None:
+        self._launcher, self._id, self.pid, self._ended, self._token = launcher, run_id, pid, ended, token
 
     async def wait(self) -> PodExit:
-        return await asyncio.shield(self._ended)
+        try:
+            return await asyncio.shield(self._ended)
+        finally:
+            if self._ended.done() and self._token is not None:
+                self._token.unlink(missing_ok=True)  # the pod took it, unless it died first
 
     async def kill(self) -> None:
         if not self._ended.done():
@@ -170,9 +246,15 @@ class ForkServerLauncher:
         self._next_id = 0
         self._lock = asyncio.Lock()
 
-    async def start(self, program: str, env: Mapping[str, str], log_path: Path) -> PodProcess:
+    async def start(
+        self, program: str, env: Mapping[str, str], log_path: Path, access: PodAccess = NO_ACCESS
+    ) -> PodProcess:
         _check_known(program)
         await self._ensure_helper(env)
+        env = dict(env)
+        # The job's token bypasses the helper, whose memory the next pods inherit: a file
+        # only root reads, which the pod takes (and removes) before it drops its privileges.
+        token = _write_token(log_path, env.pop(TOKEN_VARIABLE)) if TOKEN_VARIABLE in env else None
         self._next_id += 1
         run_id = self._next_id
         loop = asyncio.get_running_loop()
@@ -180,14 +262,26 @@ class ForkServerLauncher:
         self._starting[run_id], self._ended[run_id] = started, ended
         assert self._helper is not None
         self._helper_of[run_id] = self._helper
-        self._send({"op": "run", "id": run_id, "program": program, "env": dict(env), "log": str(log_path)})
+        self._send(
+            {
+                "op": "run",
+                "id": run_id,
+                "program": program,
+                "env": env,
+                "log": str(log_path),
+                "token": str(token) if token else None,
+                "access": access.to_json(),
+            }
+        )
         try:
             pid = await asyncio.shield(started)
-        except asyncio.CancelledError:
+        except BaseException:
             # The child may be forked already: it must not outlive the stage.
             self._send({"op": "kill", "id": run_id})
+            if token is not None:
+                token.unlink(missing_ok=True)
             raise
-        return _Forked(self, run_id, pid, ended)
+        return _Forked(self, run_id, pid, ended, token)
 
     async def close(self) -> None:
         helper = self._helper
@@ -210,15 +304,17 @@ class ForkServerLauncher:
                 return
             # Where the pods' agent is, so each idle child connects to it ahead.
             agent = {name: pod_env[name] for name in ("C2D_AGENT_ADDRESS", *auth.TLS_VARIABLES) if name in pod_env}
+            own = {name: os.environ[name] for name in _HELPER_ENV if name in os.environ}
             self._helper = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 __name__,
+                *(f"{name}={entry.value}" for name, entry in programs().items()),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=None,
                 start_new_session=True,
-                env={**os.environ, **agent},
+                env={**own, **agent},
             )
             self._reader = asyncio.create_task(self._read_forever(self._helper), name="pod-launcher-reader")
 
@@ -266,6 +362,24 @@ class ForkServerLauncher:
                     ended.set_result(PodExit(None, "the pod launcher process exited"))
 
 
+def _write_token(log_path: Path, token: str) -> Path:
+    path = log_path.with_name(log_path.name + ".token")
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return path
+
+
+def _take_token(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with os.fdopen(fd, "rb") as f:
+            return f.read(pods.MAX_TOKEN_BYTES).decode()
+    finally:
+        os.unlink(path)
+
+
 def make_launcher(kind: str) -> Launcher:
     if kind == "forkserver":
         return ForkServerLauncher()
@@ -277,12 +391,13 @@ def make_launcher(kind: str) -> Launcher:
 # -- the fork server, helper side -------------------------------------------------------
 
 
-def _child(name: str, requests: int, helper_pid: int, program: pods.Program) -> None:
+def _child(name: str, module: str, requests: int, helper_pid: int, program: pods.Program) -> None:
     """In a child forked ahead: get ready, wait for a job on `requests`, become the pod; never return."""
     code = 1
     try:
         os.setsid()
         processes.die_with(helper_pid)
+        processes.no_new_privileges()  # before gRPC starts its threads, which inherit it
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -309,7 +424,11 @@ def _child(name: str, requests: int, helper_pid: int, program: pods.Program) -> 
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         os.environ.clear()
         os.environ.update(job["env"])
-        sys.argv = [programs()[name].module]  # as running the program's module would see it
+        if job.get("token"):
+            os.environ[TOKEN_VARIABLE] = _take_token(job["token"])
+        _enter(job.get("access") or {})
+        processes.die_with(helper_pid)  # again: the drop cleared it
+        sys.argv = [module]  # as running the program's module would see it
         pods.configure_logging(name)
         usable = (
             ahead is not None
@@ -346,15 +465,19 @@ def _connect_ahead() -> grpc.aio.Channel | None:
         return None
 
 
-def serve() -> None:
-    """The helper's loop: fork pods on request, report their pids and exits."""
+def serve(entries: Mapping[str, str]) -> None:
+    """The helper's loop: fork pods on request, report their pids and exits. `entries`:
+    the programs (name -> module:function), as the engine resolved them."""
     processes.die_with(os.getppid())
     helper_pid = os.getpid()
-    # Imported once here, so each child starts with them loaded (_strptime: datetime
-    # imports it on first use, which pod_publish's manifest makes).
-    importlib.import_module("_strptime")
+    # Imported once here, so each child starts with them loaded: a pod may no longer be
+    # able to read the interpreter's files once it has dropped its privileges
+    # (_strptime: datetime imports it on first use, which pod_publish's manifest makes).
+    for module in _PRELOADED:
+        importlib.import_module(module)
 
-    mains = {name: load(name) for name in programs()}
+    mains: dict[str, pods.Program] = {name: pkgutil.resolve_name(entry) for name, entry in entries.items()}
+    modules = {name: entry.partition(":")[0] for name, entry in entries.items()}
     protocol_out = os.dup(1)
     os.dup2(2, 1)  # a stray print must not corrupt the protocol
     sys.stdout = sys.stderr
@@ -378,7 +501,7 @@ def serve() -> None:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(program, requests, helper_pid, mains[program])
+            _child(program, modules[program], requests, helper_pid, mains[program])
         os.close(requests)
         children[pid] = None
         ready[program] = (pid, request_w)
@@ -425,8 +548,8 @@ def serve() -> None:
             finally:
                 os.close(request_w)  # EOF: the whole request is there
 
-    def run(run_id: int, program: str, env: dict, log_path: str) -> None:
-        pid = hand_over(program, json.dumps({"env": env, "log": log_path}).encode())
+    def run(run_id: int, program: str, job: dict) -> None:
+        pid = hand_over(program, json.dumps(job).encode())
         children[pid] = run_id
         by_id[run_id] = pid
         reply({"id": run_id, "pid": pid})
@@ -468,11 +591,22 @@ def serve() -> None:
             if request["program"] not in mains:
                 reply({"id": run_id, "error": f"unknown program {request['program']!r}"})
                 continue
-            run(run_id, request["program"], request["env"], request["log"])
+            del request["op"], request["id"]
+            run(run_id, request.pop("program"), request)
+
+
+def _run_one(name: str, entry: str, access: str) -> None:
+    """One pod in this interpreter (SubprocessLauncher): loaded, then entered, then run."""
+    program = pkgutil.resolve_name(entry)
+    for module in _PRELOADED:
+        importlib.import_module(module)
+    processes.no_new_privileges()
+    _enter(json.loads(access))  # noqa: TID251 - the engine's own launcher protocol
+    pods.main(name, program)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:  # one pod in this interpreter (SubprocessLauncher): its name and entry point
-        pods.main(sys.argv[1], pkgutil.resolve_name(sys.argv[2]))
+    if len(sys.argv) == 4 and "=" not in sys.argv[1]:
+        _run_one(*sys.argv[1:])
     else:
-        serve()
+        serve(dict(arg.split("=", 1) for arg in sys.argv[1:]))

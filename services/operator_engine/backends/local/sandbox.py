@@ -75,7 +75,9 @@ Limits
       past the cap the rest is drained and dropped, after one marker line.
       That file (``spec.log_path``) is outside the workspace: the algorithm
       has no path to it, so it cannot swap it for a link to a host file that
-      the log's readers would then serve.
+      the log's readers would then serve; and those readers open it as
+      job_files' unprivileged reader (group 65534: the file is 0640), so
+      even then they could serve nothing root-only.
     * ``wall_timeout_s``: the whole tree is killed; ``timed_out``.
 
 Exit status: bwrap reports an algorithm killed by signal N as exit code
@@ -107,6 +109,8 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from plumbing import job_files
 
 from . import cgroups, network
 from .cgroups import CgroupError, JobCgroup
@@ -360,8 +364,13 @@ def host_uid(job_id: str) -> int:
     return SANDBOX_HOST_IDS[zlib.crc32(job_id.encode()) % len(SANDBOX_HOST_IDS)]
 
 
+@functools.cache  # a PATH walk per run and tool was a few ms of every start
+def _which(name: str) -> str | None:
+    return shutil.which(name, path=_LAUNCH_PATH)
+
+
 def _util(name: str) -> str:
-    path = shutil.which(name, path=_LAUNCH_PATH)
+    path = _which(name)
     if path is None:
         raise SandboxUnavailable(f"{name} not found (Debian package util-linux): needed to run as an unprivileged uid")
     return path
@@ -384,8 +393,13 @@ def _drops_privileges() -> bool:
 
 def _resolve_bwrap(bwrap: str | None) -> str | None:
     if bwrap is None:
-        return shutil.which("bwrap")
+        return _which_bwrap()
     return bwrap if os.path.isfile(bwrap) and os.access(bwrap, os.X_OK) else None
+
+
+@functools.cache
+def _which_bwrap() -> str | None:
+    return shutil.which("bwrap")
 
 
 def _system_binds() -> list[str]:
@@ -641,7 +655,7 @@ class SandboxRun:
                 unset_pwd = [] if keep_pwd else ["/usr/bin/env", "-u", "PWD", "--"]
                 command = [*unset_pwd, *(_to_host(a, workspace) for a in spec.argv)]
                 launch_env, cwd = env, str(workspace)
-            setpriv = shutil.which("setpriv", path=_LAUNCH_PATH)
+            setpriv = _which("setpriv")
             procs_files = [str(f) for f in cg.procs_files()] if cg else []
             join_files = [str(f) for f in cg.join_files()] if cg else []
             launcher = [
@@ -662,7 +676,11 @@ class SandboxRun:
 
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_fd = os.open(
-                self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+                self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640
+            )
+            # StreamJobLogs reads it unprivileged, and the job's pod_publish (its uid) publishes it
+            job_files.share_with_reader(
+                self._log_fd, host_uid(spec.job_id) if spec.use_sandbox and _drops_privileges() else -1
             )
             proc = await asyncio.create_subprocess_exec(
                 *launcher,

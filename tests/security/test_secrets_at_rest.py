@@ -1,7 +1,13 @@
-"""Publishers' secrets are at rest only while needed (issue 13, item 5).
+"""Secrets at rest: publishers' secrets left in the databases for anyone who reads them later.
 
-A real job through the provider, on PostgreSQL, whose dataset is a URL with a
-secret path and query, fetched with a secret bearer header, and whose results
+The attack (issue 13, item 5): the workflow holds the decrypted file
+locations, their request headers and the results-asset grant; it was stored
+as Job.workflow in the operator-service's database and EngineJob.workflow in
+the engine's and never cleared (DeleteJob keeps the row), so a database
+dump, a backup or a later SQL bug handed them out.
+
+The guarantee: they are at rest only while needed. A real job through the
+provider, on PostgreSQL, whose dataset is a URL with a secret path and query, fetched with a secret bearer header, and whose results
 become an asset (so its workflow carries the provider's grant). The engine is
 restarted while the job stages. Once the job has ended, no column of any
 table of the database the three services share holds the URL, the header's

@@ -1,6 +1,15 @@
-"""Hostile requests against a real `c2d up` (the embedded default: provider,
-operator-service and engine in one process, local backend) over real gRPC,
-as issue 13 describes them: every JSON-in-string field, correctly signed,
+"""Hostile input: one request that crashes, or confuses, a server.
+
+The attack (issue 13, items 3 and 6): JSON nested 200,000 deep in
+PublishAsset.ddo_json, ListJobs.page_token or
+InitializeCompute.algorithm_parameters_json killed the whole `c2d up` with
+SIGSEGV; offsets, sequences and nonces of 2^63 and more were answered
+UNAVAILABLE or INTERNAL; bytes that are not UTF-8 UNKNOWN.
+
+The guarantee: each is INVALID_ARGUMENT with a message a person can act on,
+and the servers stay up. First the attacks against a real `c2d up` (the
+embedded default: provider, operator-service and engine in one process,
+local backend) over real gRPC, as issue 13 describes them: every JSON-in-string field, correctly signed,
 nested a million deep; offsets, sequences and nonces past 64 bits; bytes that
 are not UTF-8, to every method of every service. Each is answered
 INVALID_ARGUMENT with a message naming what is wrong, and the process is
@@ -11,7 +20,8 @@ Before the fix the deep JSON killed the whole process with SIGSEGV (py_ecc
 had raised the recursion limit past the C stack), the numbers were answered
 INTERNAL (FAILED_PRECONDITION for the engine's sequences) and the bytes UNKNOWN. A test whose attack kills the
 process says so with its exit code; the next test starts a new one on the
-same data."""
+same data. Then the parser and range check every service reads such input
+through, and the recursion limit every process keeps."""
 
 from __future__ import annotations
 
@@ -39,7 +49,7 @@ from c2d.operator.v1 import operator_pb2, operator_pb2_grpc
 from c2d.provider.v1 import asset_pb2, auth_pb2, ledger_pb2, provider_pb2, provider_pb2_grpc
 from cli import demo
 from cli.client import Client, load_or_create_key
-from plumbing import auth
+from plumbing import auth, errors, untrusted
 from plumbing.grpc_errors import bad_request_fields, error_code
 from services.provider.domain import identity
 from services.provider.domain.identity import signed_fields
@@ -405,3 +415,146 @@ async def test_bytes_that_are_not_utf8_are_invalid_argument_naming_the_method(ta
     assert error_code(error) == "REQUEST_UNDECODABLE", error.details()
     assert path in error.details() and "UTF-8" in error.details(), error.details()
     await assert_serving(target)
+
+
+# -- the bounded parser and range check (plumbing.untrusted) ----------------------------
+# The bounded JSON parser and the 64-bit range check every service reads
+# hostile input through: within the limits it is json.loads; past any limit it
+# refuses with INVALID_ARGUMENT naming the field and the limit, before the
+# recursive decoder sees the text, in time linear in the text.
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def refusal(text: str | bytes, **limits: int) -> errors.InvalidArgument:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        untrusted.parse_json(text, "spec.algorithm_parameters_json", **limits)
+    assert caught.value.field == "spec.algorithm_parameters_json"
+    assert caught.value.message.startswith("spec.algorithm_parameters_json ")
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": [1, 2.5, true, null, {"b": "c"}], "d": ""}',
+        '"a string with [[[ {{{ , and an escaped \\" quote ]]]"',
+        '["\\\\", "\\"[", "]\\"", "\\u005b"]',
+        "[]",
+        "  {}  ",
+        "42",
+    ],
+)
+def test_within_the_limits_it_decodes_as_json_loads_does(text: str):
+    assert untrusted.parse_json(text, "field") == json.loads(text)
+    assert untrusted.parse_json(text.encode(), "field") == json.loads(text)
+
+
+def test_depth_is_refused_past_the_limit_naming_the_field_and_the_limit():
+    assert untrusted.parse_json(nested(64), "f") == json.loads(nested(64))
+    error = refusal(nested(65))
+    assert error.code == "json_too_deep"
+    assert "65 levels deep" in error.message and "at most 64 levels" in error.message
+    objects = '{"a":' * 65 + "1" + "}" * 65
+    assert refusal(objects).code == "json_too_deep"
+    assert refusal(nested(10), max_depth=9).code == "json_too_deep"
+
+
+def test_brackets_inside_strings_are_not_nesting():
+    text = json.dumps(["[" * 10_000, "{" * 10_000, '\\"[[[', "]]]"])
+    assert untrusted.parse_json(text, "f") == json.loads(text)
+
+
+# Linear time on the million-character texts below is well under a second; quadratic
+# would take hours. The bound tolerates a loaded machine (load average 25 took 2.8 s).
+LINEAR_S = 20.0
+
+
+def test_a_million_levels_are_refused_quickly_without_recursing():
+    started = time.monotonic()
+    error = refusal(nested(1_000_000))
+    assert error.code == "json_too_deep" and "1000000 levels deep" in error.message
+    assert refusal("[" * 1_000_000).code == "json_too_deep"  # never closed: still refused, not decoded
+    assert time.monotonic() - started < LINEAR_S
+
+
+def test_length_is_refused_past_the_limit():
+    error = refusal('"' + "x" * 100 + '"', max_length=101)
+    assert error.code == "json_too_long"
+    assert "102 characters long" in error.message and "at most 101" in error.message
+    assert "bytes long" in refusal(b"[1, 2, 3]", max_length=8).message
+    assert untrusted.parse_json('"' + "x" * 99 + '"', "f", max_length=101) == "x" * 99
+
+
+def test_keys_and_items_are_refused_past_the_limit():
+    assert untrusted.parse_json(json.dumps(list(range(10))), "f", max_items=11) == list(range(10))
+    error = refusal(json.dumps(list(range(100))), max_items=50)
+    assert error.code == "json_too_many_items" and "at most 50" in error.message
+    many_keys = json.dumps({f"k{i}": i for i in range(100)})
+    assert refusal(many_keys, max_items=50).code == "json_too_many_items"
+    assert refusal(json.dumps([[]] * 100), max_items=50).code == "json_too_many_items"
+    # the default: a document of 150,000 zeros is short, shallow, and refused
+    assert refusal("[0" + ",0" * 150_000 + "]").code == "json_too_many_items"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"' + '\\"' * 500_000,  # a string that never ends, full of escaped quotes
+        '"' * 1_000_001,  # a million quotes
+        "[" + '"\\' * 300_000,
+    ],
+)
+def test_pathological_strings_take_linear_time(text: str):
+    started = time.monotonic()
+    with pytest.raises(ValueError):
+        untrusted.parse_json(text, "f")
+    assert time.monotonic() - started < LINEAR_S
+
+
+@pytest.mark.parametrize("text", ["{", "[1,]", "nope", '"unterminated', "", b"\xff\xfe"])
+def test_text_that_is_not_json_raises_value_error_for_the_caller_to_answer(text: str | bytes):
+    with pytest.raises(ValueError):
+        untrusted.parse_json(text, "f")
+
+
+def test_int64_passes_what_fits_and_refuses_what_does_not_naming_the_field():
+    assert untrusted.int64(0, "offset") == 0
+    assert untrusted.int64(2**63 - 1, "offset") == 2**63 - 1
+    for value in (2**63, 2**64 - 1):
+        with pytest.raises(errors.InvalidArgument) as caught:
+            untrusted.int64(value, "offset")
+        assert caught.value.field == "offset" and caught.value.code == "number_out_of_range"
+        assert f"offset {value} is too large" in caught.value.message
+        assert "at most 9223372036854775807" in caught.value.message
+
+
+# -- the recursion limit ------------------------------------------------------------------
+# py_ecc (imported through eth-account) raises the recursion limit to 100,000
+# at import, past what the C stack holds: a deep value then killed the process
+# with SIGSEGV. Every c2d process imports eth-account through plumbing.ethereum,
+# which puts the limit back.
+
+# Every c2d module that signs or verifies (request_settling: the signature worker), and the programs that import them.
+PROBE = """
+import json, sys
+default = sys.getrecursionlimit()
+import services.provider.server, services.provider.persistence.request_settling, cli.client, cli.main, cli.demo
+assert "py_ecc" in sys.modules, "the probe must import eth-account to mean anything"
+print(default, sys.getrecursionlimit(), flush=True)
+try:
+    json.loads("[" * 1_000_000)
+except RecursionError:
+    print("RecursionError", flush=True)
+"""
+
+
+def test_importing_the_provider_and_the_cli_leaves_the_recursion_limit_at_its_default():
+    probe = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, (probe.returncode, probe.stdout, probe.stderr[-2000:])
+    limits, outcome = probe.stdout.splitlines()
+    default, after = limits.split()
+    assert after == default, f"the recursion limit went from {default} to {after}"
+    assert outcome == "RecursionError"  # a deep value is an error in that process, not a crash

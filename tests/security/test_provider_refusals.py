@@ -1,5 +1,16 @@
-"""Every refusal of the provider, through real gRPC on a running stack: the
-status, the stable code in the status details and a message a person can act on.
+"""The provider's refusals: a consumer or publisher asks for what they may not have.
+
+The attack: a request the provider must refuse: an asset, service,
+algorithm or environment that is not what it claims, a consumer the
+dataset's policy denies, an algorithm the dataset does not trust or whose
+container or files changed, raw code or the network where the dataset
+allows neither, parameters outside the algorithm's DDO, someone else's or a
+spent, expired or unpaid order, a replayed, tampered or misdirected
+signature, and another account's asset, datatoken or job.
+
+The guarantee: every refusal of the provider, through real gRPC on a running
+stack: the status, the stable code in the status details and a message a
+person can act on; and nothing started, paid or changed.
 
 The tests share one stack (each publishes and buys what it uses); the two that
 change the stack itself (another backend, a stopped engine) open their own."""

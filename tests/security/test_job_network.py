@@ -1,5 +1,12 @@
-"""A network-allowed job gets a network of its own (issue 13, item 4; DESIGN.md "Who may
-see what"): it reaches the public internet and nothing of ours. Real bubblewrap, real
+"""Network-allowed job egress: a job whose dataset allows the network attacks ours.
+
+The attack (issue 13, item 4): when the dataset allows network access, the
+algorithm connects to the provider, operator-service and engine ports, to
+PostgreSQL on 5432, to any loopback service, to private ranges and to the
+metadata address 169.254.169.254, or reads and changes its own rules.
+
+The guarantee (DESIGN.md "Who may see what"): a network-allowed job gets a
+network of its own: it reaches the public internet and nothing of ours. Real bubblewrap, real
 namespaces, real slirp4netns and nftables, the real stack's ports and PostgreSQL.
 
 No internet here: the public server, and the private and metadata ones, are test hosts
@@ -10,7 +17,6 @@ report, against a target the test first reaches itself from the host.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import ipaddress
@@ -36,7 +42,7 @@ from services.operator_engine.backends.local.backend import LocalBackend
 from services.operator_engine.backends.local.sandbox import SandboxLimits, SandboxRun, detect_capabilities
 from testkit.stacks import settings_for
 from tests.operator_engine.engine_harness import EngineClient, workflow
-from tests.operator_engine.helpers import Job, engines_that_die, make_job, processes_of, py
+from tests.operator_engine.helpers import Job, engines_that_die, make_job, processes_of, py, run_to_end, wait_for
 
 POSTGRES_PORT = 5432
 TEST_HOSTS = {
@@ -204,11 +210,6 @@ def listening_on_ipv6_loopback(port: int) -> Iterator[None]:
 
 def refused(outcome: str) -> bool:
     return outcome in REFUSED_ERRNOS
-
-
-async def run_to_end(job: Job, **kwargs):  # type: ignore[no-untyped-def]
-    run = await SandboxRun.start(job.spec(**kwargs))
-    return run, await run.wait()
 
 
 # --- refusals through the real stack ---------------------------------------------------
@@ -429,14 +430,6 @@ def namespace_holders(netns: str) -> list[int]:
             if netns in links:
                 holders.append(int(pid))
     return holders
-
-
-async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def report_so_far(job: Job) -> dict:

@@ -1,6 +1,6 @@
-"""Issue 13, item 2: reading another consumer's results through an asset.
+"""Results access: reading another consumer's results.
 
-Job ids were public (ListAssets, unsigned, named results assets "Results of
+The attack (issue 13, item 2): job ids were public (ListAssets, unsigned, named results assets "Results of
 compute job <id>"), and sealing a file list needs only the provider's public
 key. So an attacker (a second, real account) sealed a results location of
 the victim's job, published it as their own asset and downloaded it: the
@@ -13,15 +13,26 @@ around those checks (DownloadAssetFile must refuse it anyway), and a
 dataset that makes the attacker's own job stage the victim's results. An
 attack that worked returns the victim's bytes, and the test fails showing
 them.
+
+The guarantee: results reach only their job's owner (and its viewers).
+A results location is a capability only the provider issues, signed for
+the job, its owner and the asset; a results-asset grant is good for one
+job, one owner, while that job publishes; a job's results are served only
+from that job's own place in the results storage.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import time
+import urllib.request
 from typing import Any
 
 import grpc
+import pytest
+import sqlalchemy
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import asset_pb2, provider_pb2
@@ -36,6 +47,7 @@ from services.provider.persistence import store
 from services.provider.persistence.models import Asset, Base
 from testkit.jobs import (
     Bench,
+    bucket_keys,
     download_asset_file,
     job_bench,
     provider_keys,
@@ -311,3 +323,160 @@ async def test_a_stranger_learns_nothing_about_a_job_from_assets(data_dir):
             (stranger, PERMISSION_DENIED, "not_owner"),
         ):
             assert_refused(await attempt_download(reader, did, index), status, reason)
+
+
+# -- results-asset grants ----------------------------------------------------------------
+
+
+async def test_register_results_asset_refuses_forged_and_foreign_grants(data_dir):
+    async with job_bench() as bench:
+        job_id, order_id = await bench.start("import time; time.sleep(60)\n", publish_results_as_asset=True)
+        keys = provider_keys()
+        register = bench.other.assets.RegisterResultsAsset
+        manifest = common_pb2.ResultsManifest(
+            files=[common_pb2.ResultFile(index=0, path="x", size=1, location="local:elsewhere/x")]
+        )
+
+        cases = {
+            "not a grant": ("garbage", grpc.StatusCode.UNAUTHENTICATED, "grant_invalid"),
+            "signed by another key": (
+                results_grants.mint_grant(
+                    sealing.ProviderKeys.generate(), bench.consumer.address, request_key(order_id)
+                ),
+                grpc.StatusCode.UNAUTHENTICATED,
+                "grant_invalid",
+            ),
+            "another job's request": (
+                results_grants.mint_grant(keys, bench.consumer.address, request_key("0xother")),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "grant_wrong_job",
+            ),
+            "another owner": (
+                results_grants.mint_grant(keys, bench.other.address, request_key(order_id)),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "grant_wrong_job",
+            ),
+            "expired": (
+                results_grants.mint_grant(keys, bench.consumer.address, request_key(order_id), now=0),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "grant_expired",
+            ),
+            # the real grant, but locations outside the job's own results
+            "foreign location": (
+                results_grants.mint_grant(keys, bench.consumer.address, request_key(order_id)),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "location_foreign",
+            ),
+        }
+        for name, (grant, code, reason) in cases.items():
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await register(asset_pb2.RegisterResultsAssetRequest(job_id=job_id, grant=grant, results=manifest))
+            assert (refused.value.code(), error_code(refused.value)) == (code, reason_of(reason)), name
+            assert refused.value.details(), name
+        tampered = grant[:-4] + ("0000" if not grant.endswith("0000") else "1111")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await register(asset_pb2.RegisterResultsAssetRequest(job_id=job_id, grant=tampered, results=manifest))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        listed = await bench.consumer.assets.ListAssets(asset_pb2.ListAssetsRequest(owner=bench.consumer.address))
+        assert listed.assets == []
+
+        # an ordinary dataset's files are never streamed, not even to its publisher
+        dataset = await bench.dataset()
+        with pytest.raises(grpc.aio.AioRpcError) as not_results:
+            await download_asset_file(bench.publisher, dataset, 0, service_id="compute")
+        assert not_results.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_code(not_results.value) == "NOT_RESULTS_ASSET"
+        await bench.consumer.compute.StopCompute(
+            bench.consumer.signed("StopCompute", provider_pb2.StopComputeRequest(job_id=job_id))
+        )
+
+
+# -- a job's record naming someone else's results ------------------------------------
+
+
+def forge_record(database_url: str, job_id: str, locations: list[str]) -> None:
+    """Rewrites the job's results in the operator-service's table to list
+    `locations` as its files 0, 1, ..., as a ReportResults with the job's own
+    pod token would have recorded them (pod_publish holds that token; so
+    would whoever took it from a pod)."""
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            results = conn.execute(sqlalchemy.text("SELECT results FROM jobs WHERE job_id = :j"), {"j": job_id}).one()[
+                0
+            ]
+            results["files"] = [
+                {"index": i, "path": f"file-{i}", "location": location, "size": str(len(SECRET))}
+                for i, location in enumerate(locations)
+            ]
+            conn.execute(
+                sqlalchemy.text("UPDATE jobs SET results = CAST(:r AS json) WHERE job_id = :j"),
+                {"r": json.dumps(results), "j": job_id},
+            )
+    finally:
+        engine.dispose()
+
+
+async def steal_through_own_record(attacker: Client, job_id: str, index: int, links: bool) -> dict[str, Outcome]:
+    """What GetComputeResult streamed, and what the GetComputeResultLink's URL
+    read (`links`: storage that has links), for the attacker's own job's file
+    `index`; or the refusals."""
+    outcomes: dict[str, Outcome] = {}
+    try:
+        outcomes["GetComputeResult"] = (await attacker.result(job_id, index))[1]
+    except grpc.aio.AioRpcError as refusal:
+        outcomes["GetComputeResult"] = refusal
+    if not links:
+        return outcomes
+    try:
+        link = await attacker.result_link(job_id, index)
+    except grpc.aio.AioRpcError as refusal:
+        outcomes["GetComputeResultLink"] = refusal
+    else:
+        with urllib.request.urlopen(link.url, timeout=30) as response:
+            outcomes["GetComputeResultLink"] = response.read()
+    return outcomes
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+async def test_a_record_naming_another_jobs_results_serves_and_deletes_nothing(
+    data_dir, postgres_url, monkeypatch, request, kind
+):
+    """GetComputeResult streams, GetComputeResultLink signs a URL for, and
+    DeleteCompute removes what the job's record lists. The attacker's own
+    job's record is made to name the victim's result.json (same storage,
+    another job's prefix; then a `..` out of its own), and on S3 an object of
+    another bucket the provider's credentials reach: the provider serves and
+    links, and the operator-service deletes, only what lies under that job's
+    own prefix in its results storage (as DownloadAssetFile and
+    RegisterResultsAsset already checked)."""
+    if kind == "s3":
+        seaweedfs = request.getfixturevalue("seaweedfs")
+        elsewhere = seaweedfs.make_bucket("elsewhere")  # e.g. another service's bucket, same credentials
+        seaweedfs.client().put_object(elsewhere, "secret.json", io.BytesIO(SECRET), len(SECRET))
+        s3_env(monkeypatch, seaweedfs, seaweedfs.make_bucket("results"))
+    async with job_bench(postgres_url) as bench:
+        victim_job, victims = await victim_result(bench)
+        attacker = bench.other
+        job_id, _ = await bench.start("print('mine')\n", consumer=attacker)
+        own = await bench.finished(job_id, attacker)
+        assert own.status == Status.FINISHED, own.error_message
+        prefix = "local:" if kind == "local" else victims.location.rsplit(victim_job.job_id, 1)[0]
+        forged = [victims.location, f"{prefix}{job_id}/../{victim_job.job_id}/outputs/result.json"]
+        if kind == "s3":
+            forged.append(f"s3://{elsewhere}/secret.json")
+        for location in forged:
+            await asyncio.to_thread(forge_record, postgres_url, job_id, [location])
+            outcomes = await steal_through_own_record(attacker, job_id, 0, links=kind == "s3")
+            read = {rpc: outcome for rpc, outcome in outcomes.items() if isinstance(outcome, bytes)}
+            assert not read, f"{location}: the attack read {read}"
+            for outcome in outcomes.values():
+                assert_refused(outcome, PERMISSION_DENIED, "results_location_foreign")
+
+        # deleting the attacker's job deletes none of what its record names
+        # (the `..` one aside: the store refuses that key itself)
+        await asyncio.to_thread(forge_record, postgres_url, job_id, [forged[0], *forged[2:]])
+        await attacker.delete(job_id)
+        assert (await bench.consumer.result(victim_job.job_id, victims.index))[1] == SECRET
+        if kind == "s3":
+            assert bucket_keys(seaweedfs, elsewhere) == {"secret.json"}
