@@ -53,8 +53,9 @@ from services.operator_engine.settings import EngineSettings
 from services.operator_service.settings import OperatorSettings
 from services.provider.settings import ProviderSettings
 from testkit.market import wait_for_environment
-from testkit.servers import free_ports
+from testkit.servers import free_ports, stop_process
 from testkit.stacks import fresh_postgres_database, settings_for
+from testkit.up import running_up
 
 CLIENTS = 64
 ECHO = "/bench.Echo/Echo"
@@ -130,12 +131,7 @@ def server_process(command: list[str], env: dict[str, str] | os._Environ[str]) -
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, grace=30.0)
 
 
 def stack_environment(provider: ProviderSettings, operator: OperatorSettings, engine: EngineSettings) -> dict[str, str]:
@@ -166,14 +162,8 @@ async def stack_at(
         provider = dataclasses.replace(provider, address=f"127.0.0.1:{ports[0]}")
         operator = dataclasses.replace(operator, address=f"127.0.0.1:{ports[1]}")
         engine = dataclasses.replace(engine, address=f"127.0.0.1:{ports[2]}")
-    env = stack_environment(provider, operator, engine)
-    command = [sys.executable, "-m", "cli.main", "up", *(["--processes"] if per_server else [])]
-    with server_process(command, env) as process:
-        assert process.stdout is not None
-        while not (line := process.stdout.readline()).strip().startswith("provider"):
-            if not line:
-                raise RuntimeError("c2d up exited before it was up")
-        yield line.split()[1]
+    with running_up(stack_environment(provider, operator, engine), processes=per_server) as up:
+        yield up.addresses["provider"]
 
 
 def figures(seconds: float, latencies: list[float]) -> dict[str, float]:

@@ -67,18 +67,17 @@ asyncio.run(main())
 
 def child(spec_path: str) -> None:
     """Runs one staging as pod_config would and prints its duration."""
+    from plumbing import fetching
     from plumbing.storage import StorageConfig
-    from services.pod_config import program
-    from services.pod_config.clients import fetching
     from services.pod_config.domain import staging
 
     spec = json.loads(Path(spec_path).read_text())
-    sources = tuple(staging.FileSource(**s) for s in spec["sources"])
+    sources = tuple(fetching.FileSource(**s) for s in spec["sources"])
     request = staging.StagingRequest(
         datasets=(staging.AssetToStage(DID, sources, "{}"),), algorithm=None, raw_algorithm="print(1)\n"
     )
-    defaults = program.StagingSettings()
-    limits = staging.StagingLimits(
+    defaults = fetching.StagingSettings()
+    limits = fetching.StagingLimits(
         max_file_bytes=spec["disk"],
         max_total_bytes=spec["disk"],
         parallelism=defaults.parallelism,

@@ -13,7 +13,7 @@ import pytest_asyncio
 from testkit import grpc_servers
 from testkit.market import Market, open_market
 from testkit.servers import KuboRPC, SeaweedFS, run_kubo_rpc, run_seaweedfs
-from testkit.stacks import fresh_postgres_database
+from testkit.stacks import EmptiedDatabases
 
 grpc_servers.track()
 
@@ -79,9 +79,19 @@ def data_dir(tmp_path: Path) -> Iterator[str]:
         yield path
 
 
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[EmptiedDatabases]:
+    databases = EmptiedDatabases()
+    try:
+        yield databases
+    finally:
+        databases.close()
+
+
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
-    with fresh_postgres_database() as url:
+def postgres_url(postgres_databases: EmptiedDatabases) -> Iterator[str]:
+    """An empty PostgreSQL database of its own (one an earlier test of this process emptied)."""
+    with postgres_databases.database() as url:
         yield url
 
 

@@ -20,7 +20,8 @@ from plumbing.statuses import EndReason
 from services.operator_engine.settings import EngineSettings
 from services.operator_service.settings import OperatorSettings
 from services.provider.settings import ProviderSettings
-from testkit.servers import alive, free_ports
+from testkit.servers import alive, free_ports, stop_process
+from testkit.up import start_up, up_environment
 from tests.operator_engine.engine_harness import (
     EngineClient,
     gate,
@@ -40,58 +41,25 @@ def server_pids(up: subprocess.Popen) -> list[int]:
         return [int(pid) for pid in f.read().split()]
 
 
-def start_up(env: dict[str, str]) -> subprocess.Popen[str]:
-    """`c2d up --processes`, once it says it is up."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "up", "--processes"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    while not any("stops them" in line for line in lines):
-        line = process.stdout.readline()  # type: ignore[union-attr]
-        if not line:
-            process.wait()
-            raise AssertionError("c2d up --processes ended before it was up:\n" + "".join(lines))
-        lines.append(line)
-    return process
-
-
 @pytest.fixture
 def up(tmp_path):  # type: ignore[no-untyped-def]
-    provider, operator, engine = free_ports(3)
-    env = {
-        **os.environ,
-        "C2D_DATA_DIR": str(tmp_path / "data"),
-        "C2D_STAGING_ALLOW_HOSTS": "127.0.0.1",
-        "C2D_PROVIDER_ADDRESS": f"127.0.0.1:{provider}",
-        "C2D_OPERATOR_ADDRESS": f"127.0.0.1:{operator}",
-        "C2D_ENGINE_ADDRESS": f"127.0.0.1:{engine}",
-        "C2D_LOG_LEVEL": "WARNING",
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),  # the demo's account, not the user's
-        "C2D_ENGINE_MAX_JOBS": "1",  # a second job waits in the queue
-    }
-    env.pop("C2D_SERVICE_TOKEN", None)  # the servers share the data dir's token
-    processes = [start_up(env)]
+    env = up_environment(
+        tmp_path / "data",
+        XDG_CONFIG_HOME=str(tmp_path / "config"),  # the demo's account, not the user's
+        C2D_ENGINE_MAX_JOBS="1",  # a second job waits in the queue
+    )
+    ups = [start_up(env)]
     try:
-        yield processes, env
+        yield ups, env
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        for each in ups:
+            stop_process(each.process, grace=30.0)
         kill_runs_in(tmp_path / "data" / "workspaces")
 
 
 def test_a_job_runs_through_one_process_per_server_and_a_signal_stops_them_all(up):
-    (process,), env = up
+    (stack,), env = up
+    process = stack.process
     servers = server_pids(process)
     assert len(servers) == 3
     demo = subprocess.run(
@@ -106,7 +74,8 @@ def test_a_job_runs_through_one_process_per_server_and_a_signal_stops_them_all(u
 
 
 async def test_a_crashed_provider_and_operator_service_are_restarted_and_a_running_job_goes_on(up, monkeypatch):
-    (process,), env = up
+    (stack,), env = up
+    process = stack.process
     engine_pid, operator_pid, provider_pid = server_pids(process)
     monkeypatch.setenv("C2D_DATA_DIR", env["C2D_DATA_DIR"])  # the stack's service token
     engine = EngineClient(env["C2D_ENGINE_ADDRESS"], Path(env["C2D_DATA_DIR"]) / "workspaces")
@@ -143,7 +112,7 @@ async def test_a_crashed_provider_and_operator_service_are_restarted_and_a_runni
     assert "status 70" in demo.stdout and "result correct" in demo.stdout
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 60) == 0
-    said = process.stdout.read()  # type: ignore[union-attr]
+    said = stack.said()
     assert "the operator-service exited (code -9); starting it again" in said
     assert "the provider exited (code -9); starting it again" in said
 
@@ -167,7 +136,8 @@ async def answering(engine: EngineClient) -> None:
 
 
 async def test_a_killed_engine_is_restarted_and_its_algorithm_and_queue_go_on(up, monkeypatch):
-    (process,), env = up
+    (stack,), env = up
+    process = stack.process
     engine_pid = server_pids(process)[0]
     engine = engine_client(env, monkeypatch)
     try:
@@ -188,21 +158,21 @@ async def test_a_killed_engine_is_restarted_and_its_algorithm_and_queue_go_on(up
 
 
 async def test_a_stopped_stack_keeps_its_jobs_and_the_next_one_finishes_them(up, monkeypatch):
-    processes, env = up
+    ups, env = up
     engine = engine_client(env, monkeypatch)
     try:
         running = await engine.submit(workflow("print('started', flush=True)\n" + gate()))
         queued = await engine.submit(workflow("print('queued job ran')\n"))
         await wait_for_file_text(engine.algorithm_log(running), "started")
         started = time.monotonic()
-        processes[0].send_signal(signal.SIGTERM)  # as Ctrl-C does
-        assert await asyncio.to_thread(processes[0].wait, 60) == 0
+        ups[0].process.send_signal(signal.SIGTERM)  # as Ctrl-C does
+        assert await asyncio.to_thread(ups[0].process.wait, 60) == 0
         assert time.monotonic() - started < 20.0  # the engine's grace (10 s) bounds it
         assert processes_mentioning(engine.data(running))  # the algorithm goes on meanwhile
         assert not (engine.data(queued) / "logs").exists()  # and the queued job never started
         await engine.close()
 
-        processes.append(await asyncio.to_thread(start_up, env))
+        ups.append(await asyncio.to_thread(start_up, env))
         engine = engine_client(env, monkeypatch)
         release(engine.data(running))
         for job_id in (running, queued):

@@ -5,7 +5,6 @@ with spans from the provider, the operator-service, the engine and both pods."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -16,7 +15,8 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from testkit.servers import free_ports
+from testkit.servers import stop_process
+from testkit.up import start_up, up_environment
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = {"c2d-provider", "c2d-operator-service", "c2d-operator-engine", "c2d-pod_config", "c2d-pod_publish"}
@@ -52,34 +52,15 @@ async def collector():
 
 async def test_a_job_is_one_trace_across_the_servers_and_pods(collector, tmp_path):
     receiver, port = collector
-    provider, operator, engine = free_ports(3)
-    env = {
-        **os.environ,
-        "C2D_DATA_DIR": str(tmp_path / "data"),
-        "C2D_STAGING_ALLOW_HOSTS": "127.0.0.1",  # the demo serves its files on loopback
-        "C2D_PROVIDER_ADDRESS": f"127.0.0.1:{provider}",
-        "C2D_OPERATOR_ADDRESS": f"127.0.0.1:{operator}",
-        "C2D_ENGINE_ADDRESS": f"127.0.0.1:{engine}",
-        "C2D_LOG_LEVEL": "WARNING",
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",  # ms: spans leave soon after they end
-    }
-    env.pop("C2D_SERVICE_TOKEN", None)
-    up = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "up", "--processes"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    env = up_environment(
+        tmp_path / "data",  # the demo serves its files on loopback, which it allows
+        OTEL_TRACES_EXPORTER="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+        OTEL_BSP_SCHEDULE_DELAY="100",  # ms: spans leave soon after they end
     )
+    # (in a thread: this loop serves the collector meanwhile)
+    up = await asyncio.to_thread(start_up, env)
     try:
-        lines: list[str] = []
-        while not any("stops them" in line for line in lines):
-            line = await asyncio.to_thread(up.stdout.readline)  # type: ignore[union-attr]
-            assert line, "c2d up --processes ended before it was up:\n" + "".join(lines)
-            lines.append(line)
         demo = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "cli.main", "demo"],
@@ -108,5 +89,4 @@ async def test_a_job_is_one_trace_across_the_servers_and_pods(collector, tmp_pat
         assert "c2d.provider.v1.ProviderService/StartCompute" in names
         assert {"stage configure", "stage algorithm", "stage publish"} <= names
     finally:
-        up.terminate()
-        up.wait(60)
+        stop_process(up.process, grace=60.0)

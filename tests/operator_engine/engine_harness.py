@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from plumbing import auth
 from plumbing.statuses import EndReason, Status, is_terminal
 from services.operator_engine import server
 from services.operator_engine.settings import EngineSettings
+from testkit.servers import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET_DID = "did:op:" + "ab" * 32
@@ -302,6 +303,17 @@ class EngineProcess:
             except subprocess.TimeoutExpired:
                 self.kill9()
         kill_runs_in(self.workspaces)
+
+
+@contextlib.contextmanager
+def engine_process(database_url: str, tmp_path: Path, **env: str) -> Iterator[EngineProcess]:
+    """An engine process (not started yet) on a free port, its workspaces under
+    tmp_path; terminated afterwards, with whatever it left running."""
+    proc = EngineProcess(free_ports(1)[0], database_url, tmp_path / "ws", **env)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
 
 
 def processes_mentioning(path: Path) -> list[int]:

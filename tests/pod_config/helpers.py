@@ -7,15 +7,8 @@ import logging
 import uuid
 from pathlib import Path
 
-from services.pod_config.clients.fetching import default_fetchers
-from services.pod_config.domain.staging import (
-    AssetToStage,
-    FileSource,
-    StagingLimits,
-    StagingOutcome,
-    StagingRequest,
-    stage,
-)
+from plumbing.fetching import FileSource, StagingLimits, default_fetchers
+from services.pod_config.domain.staging import AssetToStage, StagingOutcome, StagingRequest, stage
 
 DATASET_DID = "did:op:" + "a" * 64
 DATASET2_DID = "did:op:" + "c" * 64

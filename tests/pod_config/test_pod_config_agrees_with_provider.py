@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from plumbing.assets import files_checksum
-from services.pod_config.clients.fetching import RawFetcher
-from services.pod_config.domain.staging import AssetToStage, FileSource, StagingOutcome, StagingRequest, stage
+from plumbing.fetching import FileSource, RawFetcher
+from services.pod_config.domain.staging import AssetToStage, StagingOutcome, StagingRequest, stage
 from services.provider.domain.ddos import validate_ddo
 from services.provider.domain.errors import Refusal
 from tests.pod_config.helpers import DATASET_DID, ddo, limits, new_log

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
-from services.pod_config.clients.fetching import default_fetchers
+from plumbing.fetching import default_fetchers
 from services.pod_config.domain.staging import StagingRequest, stage
 from tests.pod_config.helpers import (
     ALGO_DID,

@@ -12,15 +12,8 @@ from pathlib import Path
 import pytest
 
 from plumbing.assets import files_checksum
-from services.pod_config.clients.fetching import default_fetchers
-from services.pod_config.domain.staging import (
-    ByteBudget,
-    FetchError,
-    FileSource,
-    StagingLimits,
-    StagingRequest,
-    stage,
-)
+from plumbing.fetching import ByteBudget, FetchError, FileSource, StagingLimits, default_fetchers
+from services.pod_config.domain.staging import StagingRequest, stage
 from tests.pod_config.helpers import (
     ALGO_DID,
     DATASET2_DID,

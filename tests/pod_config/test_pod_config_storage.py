@@ -12,15 +12,10 @@ from pathlib import Path
 import pytest
 
 from plumbing.assets import files_checksum
+from plumbing.fetching import ByteBudget, FetchError, FileSource, StorageFetcher, default_fetchers
 from plumbing.storage import StorageConfig, open_store
 from plumbing.storage.unixfs import cid_of_stream
-from services.pod_config.clients.fetching import StorageFetcher, default_fetchers
-from services.pod_config.domain.staging import (
-    ByteBudget,
-    FetchError,
-    FileSource,
-    StagingRequest,
-)
+from services.pod_config.domain.staging import StagingRequest
 from testkit.servers import SeaweedFS, free_ports
 from tests.pod_config.helpers import (
     ALGO_DID,

@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 
 from c2d.common.v1 import common_pb2
+from plumbing.fetching import FileSource, RawFetcher
 from plumbing.grpc_errors import bad_request_fields
-from services.pod_config.clients.fetching import RawFetcher
-from services.pod_config.domain.staging import AssetToStage, FileSource, StagingRequest, stage
+from services.pod_config.domain.staging import AssetToStage, StagingRequest, stage
 from testkit.market import Market, assert_refusal
 from tests.pod_config.helpers import DATASET_DID, ddo, limits, new_log
 

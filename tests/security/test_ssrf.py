@@ -31,8 +31,7 @@ import pytest
 
 from cli import demo
 from plumbing import fetching
-from services.pod_config.clients.fetching import address_refusal, vet_host
-from services.pod_config.domain.staging import FetchError
+from plumbing.fetching import FetchError, address_refusal, vet_host
 from testkit.market import Market, assert_refusal, refused
 from tests.pod_config.helpers import PREFIX, limits, one, run, staged, url
 from tests.pod_config.httpserver import FileServer

@@ -49,28 +49,12 @@ from plumbing.fetching import (
     Fetcher,
     FetchError,
     FileContext,
-    FileMeter,
     FileSource,
     StagingLimits,
-    current_file_context,
 )
 from plumbing.statuses import Status
 
-__all__ = [
-    "AssetToStage",
-    "ByteBudget",
-    "FetchError",
-    "Fetcher",
-    "FileContext",
-    "FileMeter",
-    "FileSource",
-    "StagedFile",
-    "StagingLimits",
-    "StagingOutcome",
-    "StagingRequest",
-    "current_file_context",
-    "stage",
-]
+__all__ = ["AssetToStage", "StagedFile", "StagingOutcome", "StagingRequest", "stage"]
 
 
 # --------------------------------------------------------------------------- inputs
