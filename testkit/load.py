@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from plumbing.statuses import Status, is_terminal
 from testkit.servers import free_ports, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
-UP_TIMEOUT_S = 120.0
+UP_TIMEOUT_S = 300.0  # each server imports for seconds on a loaded machine, and they start in turn
 # A completed job's history on the local backend, as the operator-service records it.
 LOCAL_PATH = [1, 10, 20, 30, 40, 60, 70]
 
@@ -68,13 +68,16 @@ class UpStack:
 
 
 @contextlib.contextmanager
-def up_processes(data_dir: Path, database_url: str, max_jobs: int) -> Iterator[UpStack]:
+def up_processes(
+    data_dir: Path, database_url: str, max_jobs: int, wrap: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Iterator[UpStack]:
     """The stack, one process per server, local backend; stopped with SIGTERM (as Ctrl-C) at the end.
     Free ports are only free when picked (other test processes pick too): a start that
-    finds one taken is tried again on others."""
+    finds one taken is tried again on others. ``wrap``: a command that execs the one it is
+    given after it (e.g. into a mount namespace); ``env``: more of the servers' settings."""
     for attempt in range(PORT_ATTEMPTS):
         try:
-            process, provider, log = _start_up(data_dir, database_url, max_jobs)
+            process, provider, log = _start_up(data_dir, database_url, max_jobs, wrap, env or {})
             break
         except PortTaken:
             if attempt == PORT_ATTEMPTS - 1:
@@ -94,7 +97,9 @@ class PortTaken(RuntimeError):
     pass
 
 
-def _start_up(data_dir: Path, database_url: str, max_jobs: int) -> tuple[subprocess.Popen[bytes], int, Path]:
+def _start_up(
+    data_dir: Path, database_url: str, max_jobs: int, wrap: Sequence[str], more: Mapping[str, str]
+) -> tuple[subprocess.Popen[bytes], int, Path]:
     """`c2d up --processes` started and serving: the process, the provider's port, its log."""
     provider, operator, engine = free_ports(3)
     env = {
@@ -114,6 +119,7 @@ def _start_up(data_dir: Path, database_url: str, max_jobs: int) -> tuple[subproc
         "C2D_PROVIDER_METRICS_ADDRESS": "",
         "C2D_OPERATOR_METRICS_ADDRESS": "",
         "C2D_ENGINE_METRICS_ADDRESS": "",
+        **more,
     }
     env.pop("C2D_SERVICE_TOKEN", None)  # the servers share the data dir's token
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +127,7 @@ def _start_up(data_dir: Path, database_url: str, max_jobs: int) -> tuple[subproc
     # A file, not a pipe: nobody reads a pipe during the load, and a full one would block the servers.
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "up", "--processes"], cwd=REPO, env=env, stdout=out, stderr=out
+            [*wrap, sys.executable, "-m", "cli.main", "up", "--processes"], cwd=REPO, env=env, stdout=out, stderr=out
         )
     deadline = time.monotonic() + UP_TIMEOUT_S
     while "stops them" not in (said := log.read_text(errors="replace")):
