@@ -41,16 +41,16 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 
+from c2d.provider.v1 import provider_pb2
 from c2d_sdk import AsyncClient, ComputeRequest
 from c2d_sdk.errors import Refused, Unreachable
-from c2d.provider.v1 import provider_pb2
 from cli import demo
 from plumbing.statuses import Status, can_transition, is_terminal, releases_orders
 from testkit.load import UpStack, up_processes
@@ -188,15 +188,18 @@ def check_history(
         if row.engine_sequence:
             applied[row.engine_sequence].append(row)
     for engine_sequence, rows in sorted(applied.items()):
-        if rows[0].job_id not in wanted:
+        first = rows[0]
+        if first.job_id not in wanted:
             continue
         if len(rows) > 1:
             found.append(
-                f"engine change {engine_sequence} (job {rows[0].job_id}, status {rows[0].status}) applied {len(rows)} times"
+                f"engine change {engine_sequence} (job {first.job_id}, status {first.status}) applied {len(rows)} times"
             )
         event = logged.get(engine_sequence)
         if event is None:
-            found.append(f"job {rows[0].job_id}: history row for engine change {engine_sequence}, which the engine never logged")
+            found.append(
+                f"job {rows[0].job_id}: history row for engine change {engine_sequence}, which the engine never logged"
+            )
         elif (event.job_id, event.status) != (rows[0].job_id, rows[0].status):
             found.append(
                 f"engine change {engine_sequence} is job {event.job_id} status {event.status}; "
@@ -292,7 +295,9 @@ def check_results(reads: Iterable[ResultRead], finished_without_results: Iterabl
         if read.owner_error:
             found.append(f"{where}: its owner could not read it ({read.owner_error})")
         elif read.sha256_read != read.sha256_expected:
-            found.append(f"{where}: its owner read {read.sha256_read[:12]}, the manifest says {read.sha256_expected[:12]}")
+            found.append(
+                f"{where}: its owner read {read.sha256_read[:12]}, the manifest says {read.sha256_expected[:12]}"
+            )
         if read.stranger_code not in ("PERMISSION_DENIED", "NOT_FOUND"):
             found.append(f"{where}: a stranger got {read.stranger_code or 'the file'}")
     return found
@@ -337,6 +342,13 @@ class PrivatePostgres:
         initdb = [_pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]
         subprocess.run(self._as_owner(initdb), check=True, capture_output=True)
         self.port = free_ports(1)[0]
+        self._ctl("start")
+
+    def crash(self) -> None:
+        """Down, as a crash leaves it (until `serve`)."""
+        self._ctl("-m", "immediate", "stop")
+
+    def serve(self) -> None:
         self._ctl("start")
 
     def restart(self) -> None:
@@ -449,7 +461,7 @@ async def fault_stack(base: Path, max_jobs: int = 2) -> AsyncIterator[FaultStack
     data_dir = base / "c2d"
     results = data_dir / "results"
     results.mkdir(parents=True, exist_ok=True)
-    mount = f"mount -t tmpfs -o size={RESULTS_TMPFS_BYTES},mode=0755 c2d-faults-results {results} && exec \"$@\""
+    mount = f'mount -t tmpfs -o size={RESULTS_TMPFS_BYTES},mode=0755 c2d-faults-results {results} && exec "$@"'
     wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh"]
     with private_postgres() as postgres:
         url = postgres.create_database("c2d")

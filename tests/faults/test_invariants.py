@@ -69,7 +69,9 @@ def test_changes_applied_out_of_order_are_reported():
         ServiceEvent(3, "j1", history[3].status, history[3].engine_sequence),
         ServiceEvent(4, "j1", history[2].status, history[2].engine_sequence),
     )
-    assert check_history(log, history, len(log), ["j1"]) == ["job j1: engine changes applied out of order: [1, 3, 2, 4, 5, 6]"]
+    assert check_history(log, history, len(log), ["j1"]) == [
+        "job j1: engine changes applied out of order: [1, 3, 2, 4, 5, 6]"
+    ]
 
 
 def test_an_engine_that_logs_a_status_twice_is_reported():
@@ -109,7 +111,11 @@ def test_sound_orders_have_no_violation():
 
 
 def test_an_order_consumed_without_a_job_is_reported():
-    orders = [*orders_of("j1", "r1"), OrderRow("o9", "did:op:data", "r9", None), OrderRow("o8", "did:op:algo", "r8", "gone")]
+    orders = [
+        *orders_of("j1", "r1"),
+        OrderRow("o9", "did:op:data", "r9", None),
+        OrderRow("o8", "did:op:algo", "r8", "gone"),
+    ]
     assert check_orders(orders, [JobRow("j1", "r1", ASSETS, False)]) == [
         "order o9 claimed (request r9) with no job",
         "order o8 consumed by job gone, which does not exist",
