@@ -523,8 +523,8 @@ def stage_processes(workspace: Path, stage: str) -> list[int]:
     return found
 
 
-def _connections(pid: int, remote_port: int) -> list[tuple[int, int]]:
-    """(local port, remote port) of the process's TCP connections to 127.0.0.1:remote_port."""
+def _connections(pid: int, remote_port: int) -> list[tuple[str, int]]:
+    """(address family, local port) of the process's TCP connections to port `remote_port` on 127.0.0.1."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
         with contextlib.suppress(OSError):
@@ -532,24 +532,25 @@ def _connections(pid: int, remote_port: int) -> list[tuple[int, int]]:
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
     found = []
-    for table in ("tcp", "tcp6"):
+    for table, family in (("tcp", "-4"), ("tcp6", "-6")):
         for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
             fields = line.split()
             local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
             if inode in inodes and state == "01" and int(remote.rsplit(":", 1)[1], 16) == remote_port:
-                found.append((int(local.rsplit(":", 1)[1], 16), remote_port))
+                found.append((family, int(local.rsplit(":", 1)[1], 16)))
     return found
 
 
 def cut_connections(pid: int, remote_port: int) -> int:
     """Resets the process's TCP connections to remote_port (the kernel sends both
-    ends an RST); only these four-tuples, never another process's sockets."""
+    ends an RST): only these four-tuples, never another process's sockets."""
     cut = 0
-    for local, remote in _connections(pid, remote_port):
-        assert local > 0 and remote > 0
-        filters = ["src", f"127.0.0.1:{local}", "dst", f"127.0.0.1:{remote}"]
-        for family in ("-4", "-6"):
-            subprocess.run(["ss", "-K", "-t", "-n", family, *filters], check=True, capture_output=True)
+    for family, local in _connections(pid, remote_port):
+        if not (0 < local < 65536 and 0 < remote_port < 65536):
+            raise ValueError(f"not a connection: {local} -> {remote_port}")  # an empty filter would match all
+        host = "127.0.0.1" if family == "-4" else "[::ffff:127.0.0.1]"
+        filters = ["src", f"{host}:{local}", "dst", f"{host}:{remote_port}"]
+        subprocess.run(["ss", "-K", "-t", "-n", family, *filters], check=True, capture_output=True)
         cut += 1
     return cut
 
