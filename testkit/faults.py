@@ -559,16 +559,17 @@ def fill(directory: Path) -> int:
     """Fills the file system of `directory` to its last byte; returns the bytes written."""
     written = 0
     block = b"\0" * (1 << 20)
-    with open(directory / ".fault-filler", "wb") as out:
+    fd = os.open(directory / ".fault-filler", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
         for size in (1 << 20, 1 << 12, 1):
             try:
                 while True:
-                    out.write(block[:size])
-                    out.flush()
-                    written += size
+                    written += os.write(fd, block[:size])
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise
+    finally:
+        os.close(fd)
     return written
 
 
