@@ -53,7 +53,7 @@ from c2d_sdk import AsyncClient, ComputeRequest
 from c2d_sdk.errors import Refused, Unreachable
 from cli import demo
 from plumbing.statuses import Status, can_transition, is_terminal, releases_orders
-from testkit.load import UpStack, up_processes
+from testkit.load import UpStack, publish_demo, up_processes
 from testkit.servers import free_ports
 
 # -- what a trial does ------------------------------------------------------------------
@@ -469,19 +469,8 @@ async def fault_stack(base: Path, max_jobs: int = 2) -> AsyncIterator[FaultStack
             stack = FaultStack(up, postgres, url, data_dir, results)
             files = base / "files"
             files.mkdir(exist_ok=True)
-            (files / "mean.py").write_text(ALGORITHM)
-            (files / "weather.csv").write_text(demo.CSV)
             async with AsyncClient(up.provider_address, "0x" + "41" * 32) as publisher:
-                for _ in range(600):  # the operator learns the environments from the engine's first heartbeat
-                    if any(e.available for e in await publisher.environments()):
-                        break
-                    await asyncio.sleep(0.2)
-                described = demo.descriptions()
-                algorithm = await publisher.publish_asset(described["algorithm"], files)
-                described["dataset"]["compute"]["trusted_algorithms"] = [
-                    {"did": algorithm.did, "files_checksum": algorithm.files_checksum}
-                ]
-                dataset = await publisher.publish_asset(described["dataset"], files)
+                dataset, algorithm = await publish_demo(publisher, files, ALGORITHM)
                 stack.publisher = publisher
                 stack.datatokens = (dataset.datatoken, algorithm.datatoken)
                 stack.spec = await publisher.compute_spec(

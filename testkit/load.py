@@ -27,7 +27,7 @@ import grpc
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2
-from c2d_sdk import AsyncClient, ComputeRequest
+from c2d_sdk import AsyncClient, ComputeRequest, PublishedAsset
 from cli import demo
 from plumbing.statuses import Status, is_terminal
 from testkit.servers import free_ports, stop_process
@@ -258,6 +258,25 @@ async def run_jobs(
     return job_ids, list(await asyncio.gather(*watch_tasks))
 
 
+async def publish_demo(
+    publisher: AsyncClient, files: Path, algorithm_source: str = demo.ALGORITHM
+) -> tuple[PublishedAsset, PublishedAsset]:
+    """The demo's dataset and its trusted algorithm (``algorithm_source``), published once the
+    engine's environment is available; their files are written to ``files``."""
+    (files / "mean.py").write_text(algorithm_source)
+    (files / "weather.csv").write_text(demo.CSV)
+    for _ in range(600):  # the operator learns the environments from the engine's first heartbeat
+        if any(e.available for e in await publisher.environments()):
+            break
+        await asyncio.sleep(0.2)
+    described = demo.descriptions()
+    algorithm = await publisher.publish_asset(described["algorithm"], files)
+    described["dataset"]["compute"]["trusted_algorithms"] = [
+        {"did": algorithm.did, "files_checksum": algorithm.files_checksum}
+    ]
+    return await publisher.publish_asset(described["dataset"], files), algorithm
+
+
 async def run_load(
     data_dir: Path,
     database_url: str,
@@ -274,20 +293,8 @@ async def run_load(
     wait until every job ended and the servers settled, the second sample."""
     result = LoadResult(warmup_jobs=warmup)
     with up_processes(data_dir, database_url, max_jobs) as stack, tempfile.TemporaryDirectory() as files:
-        base = Path(files)
-        (base / "mean.py").write_text(demo.ALGORITHM)
-        (base / "weather.csv").write_text(demo.CSV)
         async with AsyncClient(stack.provider_address, "0x" + "41" * 32) as publisher:
-            for _ in range(300):  # the operator learns the environments from the engine's first heartbeat
-                if any(e.available for e in await publisher.environments()):
-                    break
-                await asyncio.sleep(0.2)
-            described = demo.descriptions()
-            algorithm = await publisher.publish_asset(described["algorithm"], base)
-            described["dataset"]["compute"]["trusted_algorithms"] = [
-                {"did": algorithm.did, "files_checksum": algorithm.files_checksum}
-            ]
-            dataset = await publisher.publish_asset(described["dataset"], base)
+            dataset, algorithm = await publish_demo(publisher, Path(files))
             consumers = [Consumer(stack.provider_address, i) for i in range(clients)]
             try:
                 for consumer in consumers:
