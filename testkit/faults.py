@@ -496,19 +496,20 @@ def _kill_runs(workspaces: Path) -> None:
 
 def stage_processes(workspace: Path, stage: str) -> list[int]:
     """The processes of a job's stage: a pod writes its admin log on its stdout; the
-    algorithm is the sandbox whose command line names the job's workspace."""
-    found = []
-    log = str(workspace / "admin" / f"{stage}.log")
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    algorithm's is the sandbox its monitor (whose pid its state directory keeps) runs."""
+    admin = workspace / "admin"
+    if stage == "algorithm":
         try:
-            if stage == "algorithm":
-                line = _cmdline(int(pid))
-                if line and line[0].endswith("bwrap") and any(str(workspace) in part for part in line):
-                    found.append(int(pid))
-            elif os.readlink(f"/proc/{pid}/fd/1") == log:
+            monitor = int((admin / "monitor" / "pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        return _children(monitor)
+    found = []
+    log = str(admin / f"{stage}.log")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/1") == log:
                 found.append(int(pid))
-        except OSError:
-            pass
     return found
 
 
