@@ -20,6 +20,7 @@ Then, once the jobs settled, the invariants (each a pure function over rows
 or observations, so a test can feed it a violating history):
 
 - `check_progress`: every job is terminal, or still progressing;
+  `check_endings`: one that failed says why (an error code and a message);
 - `check_history`: the engine's event log against the operator-service's
   history: nothing lost, nothing applied twice, nothing out of order;
 - `check_orders`: no order consumed without a job, no job without its orders;
@@ -52,7 +53,7 @@ from c2d.provider.v1 import provider_pb2
 from c2d_sdk import AsyncClient, ComputeRequest
 from c2d_sdk.errors import Refused, Unreachable
 from cli import demo
-from plumbing.statuses import Status, can_transition, is_terminal, releases_orders
+from plumbing.statuses import EndReason, Status, can_transition, is_terminal, releases_orders
 from testkit.load import UpStack, publish_demo, up_processes
 from testkit.servers import free_ports
 
@@ -146,6 +147,28 @@ def check_progress(jobs: Iterable[JobState], stuck_after_s: float) -> list[str]:
         f"job {job.job_id} stuck in status {job.status}: no change for {job.idle_s:.0f} s"
         for job in jobs
         if not is_terminal(job.status) and job.idle_s >= stuck_after_s
+    ]
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a job ended, for check_endings."""
+
+    job_id: str
+    status: int
+    end_reason: int
+    error_code: str
+    error_message: str
+
+
+def check_endings(jobs: Iterable[Ending]) -> list[str]:
+    """A job that did not complete says why: an error code and a message a consumer can read."""
+    return [
+        f"job {job.job_id} ended in {job.status} (end reason {job.end_reason}) without a reason"
+        for job in jobs
+        if is_terminal(job.status)
+        and (job.status != Status.FINISHED or job.end_reason != EndReason.COMPLETED)
+        and not (job.error_code and job.error_message)
     ]
 
 
@@ -774,6 +797,13 @@ async def check_trial(
     """All four invariants for the trial's jobs, from the databases and the public RPCs."""
     job_ids = result.job_ids
     found = check_progress(_job_states(stack, job_ids), STUCK_AFTER_S)
+    found += check_endings(
+        Ending(job_id, int(status), int(end_reason), code, message)
+        for job_id, status, end_reason, code, message in stack.sql(
+            "SELECT job_id, status, end_reason, error_code, error_message FROM jobs WHERE job_id = ANY(%s)",
+            [list(job_ids)],
+        )
+    )
     if len(_job_states(stack, job_ids)) != len(job_ids):
         found.append("a job the provider started is not in the operator-service's table")
     engine_log = [

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from testkit.faults import (
     FAULTS,
+    Ending,
     EngineEvent,
     JobRow,
     JobState,
     OrderRow,
     ResultRead,
     ServiceEvent,
+    check_endings,
     check_history,
     check_orders,
     check_progress,
@@ -96,6 +98,16 @@ def test_a_gap_in_the_engine_log_and_a_phantom_row_are_reported():
 def test_stuck_jobs_are_reported_and_progressing_ones_not():
     jobs = [JobState("done", 70, 500.0), JobState("moving", 40, 3.0), JobState("stuck", 20, 200.0)]
     assert check_progress(jobs, stuck_after_s=120.0) == ["job stuck stuck in status 20: no change for 200 s"]
+
+
+def test_a_failed_job_without_a_reason_is_reported():
+    jobs = [
+        Ending("done", 70, 1, "", ""),
+        Ending("full", 62, 4, "results_upload_failed", "no space left on the results storage"),
+        Ending("mute", 62, 4, "", ""),
+        Ending("running", 40, 0, "", ""),
+    ]
+    assert check_endings(jobs) == ["job mute ended in 62 (end reason 4) without a reason"]
 
 
 ASSETS = frozenset({"did:op:data", "did:op:algo"})
