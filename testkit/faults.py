@@ -72,7 +72,8 @@ SERVER_OF = {"kill_engine": "operator-engine", "kill_operator": "operator-servic
 # The stage a job's process runs in each status (kill_pod's targets).
 STAGE_AT = {20: "configure", 40: "algorithm", 60: "publish"}
 # The trial's algorithm: the demo's, a little slower, so a fault can find a job mid-run.
-ALGORITHM = "import time\ntime.sleep(1.0)\n" + demo.ALGORITHM
+RUNNING = "c2d-faults: the algorithm runs"
+ALGORITHM = f"import time\nprint({RUNNING!r}, flush=True)\ntime.sleep(1.0)\n" + demo.ALGORITHM
 
 
 @dataclass(frozen=True)
@@ -522,7 +523,10 @@ def stage_processes(workspace: Path, stage: str) -> list[int]:
     algorithm's is the sandbox its monitor (whose pid its state directory keeps) runs."""
     admin = workspace / "admin"
     if stage == "algorithm":
+        # Once the algorithm said it runs: before, the monitor's child may be its bwrap probe.
         try:
+            if RUNNING not in (admin / "algorithm.log").read_text(errors="replace"):
+                return []
             monitor = int((admin / "monitor" / "pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return []
