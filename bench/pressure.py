@@ -1,4 +1,4 @@
-"""Pressure benchmark: `.venv/bin/python bench/pressure.py [--only fuzz,load] [--quick] [--profile ci|long] ...`.
+"""Pressure benchmark: `.venv/bin/python bench/pressure.py [--only fuzz,load,faults] [--quick] [--profile ci|long] ...`.
 
 Proof under pressure (issue 19), one section per kind of pressure; each
 section returns its table rows and its keys of the final JSON line, so a
@@ -24,6 +24,16 @@ section is added by writing one function and listing it in SECTIONS.
    growth on the first jobs does not count. --quick: 200 jobs, 20 clients,
    20 watchers (tests/e2e/test_load.py runs that size in CI).
 
+3. faults: trials of testkit/faults.py on one `c2d up --processes` stack
+   (a private PostgreSQL, the results storage on a small tmpfs of its own):
+   each seed draws a fault (kill -9 of the engine, the operator-service, the
+   provider or a job's pod; a PostgreSQL crash-restart; the state stream
+   cut; the results storage full), its moment and 3-5 jobs; then the
+   invariants (every job terminal or progressing; the engine's log against
+   the service's history; orders against jobs; results readable by their
+   owner only). --trials N (default 20; --quick 7) from --seed S (default
+   0); a violation prints the seed's replay command.
+
 Prints a table and, as its last line, one JSON object. Not a test: figures
 to report (targets: fuzz_failures == 0; all load jobs completed, no
 transition out of order, fd_growth == 0, rss_growth_mib small).
@@ -48,6 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from hypothesis import settings
 
+from testkit.faults import TrialResult, fault_stack, replay_command, run_trial, tally
 from testkit.fuzz.harness import all_rpcs, fuzz, profile, running_stack
 from testkit.fuzz.regressions import REGRESSIONS
 from testkit.load import LOCAL_PATH, run_load
@@ -134,7 +145,48 @@ def load_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     }
 
 
-SECTIONS: dict[str, Section] = {"fuzz": fuzz_section, "load": load_section}
+def faults_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    trials = args.trials or (7 if args.quick else 20)
+    seeds = range(args.seed, args.seed + trials)
+
+    async def run() -> tuple[list[TrialResult], float]:
+        with tempfile.TemporaryDirectory() as base:
+            started = time.perf_counter()
+            async with fault_stack(Path(base)) as stack:
+                print(f"stack up in {time.perf_counter() - started:.0f} s; {trials} trials ...", file=sys.stderr)
+                started = time.perf_counter()
+                done = []
+                for seed in seeds:
+                    done.append(await run_trial(stack, seed))
+                    print(done[-1].report(), file=sys.stderr)
+                return done, time.perf_counter() - started
+
+    results, elapsed = asyncio.run(run())
+    rows = [f"{'seed':>5}  {'fault':<17}{'moment':<34}{'jobs':>5}  {'ended (status x jobs)':<26}{'violations':>10}"]
+    for r in results:
+        ended = Counter(status for status, _ in r.statuses.values())
+        text = " ".join(f"{status}x{n}" for status, n in sorted(ended.items()))
+        fault = r.plan.fault if r.injected else f"({r.plan.fault})"
+        rows.append(
+            f"{r.plan.seed:>5}  {fault:<17}{r.plan.moment.describe()[:33]:<34}{len(r.job_ids):>5}  {text:<26}"
+            f"{len(r.violations):>10}"
+        )
+        rows += [f"       VIOLATION {v[:200]}" for v in r.violations]
+        if r.violations:
+            rows.append(f"       replay: {replay_command(r.plan.seed)}")
+    figures = tally(results)
+    rows.append(
+        f"{figures['trials']} trials, {figures['jobs']} jobs in {elapsed:.0f} s; faults injected "
+        f"{figures['faults_injected']} ({', '.join(f'{k} {n}' for k, n in figures['faults_by_kind'].items())}); "
+        f"invariant violations {figures['invariant_violations']} ((fault): its moment never came)"
+    )
+    return rows, {
+        **{f"faults_{k}" if k in ("trials", "jobs") else k: v for k, v in figures.items()},
+        "faults_seconds": round(elapsed, 1),
+    }
+
+
+SECTIONS: dict[str, Section] = {"fuzz": fuzz_section, "load": load_section, "faults": faults_section}
 
 
 def main() -> None:
@@ -144,7 +196,11 @@ def main() -> None:
     parser.add_argument("--rpc", default="", help="only the RPCs whose Service/Method name contains this")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--only", dest="sections", help="the same as --sections")
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (load: 200 jobs, 20 clients, 20 watchers)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sizes (load: 200 jobs, 20 clients, 20 watchers; faults: 7 trials)"
+    )
+    parser.add_argument("--trials", type=int, default=0, help="fault trials (default 20; --quick 7)")
+    parser.add_argument("--seed", type=int, default=0, help="the first fault trial's seed")
     args = parser.parse_args()
     result: dict[str, Any] = {}
     for name in args.sections.split(","):
