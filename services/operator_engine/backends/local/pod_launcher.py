@@ -305,6 +305,9 @@ class ForkServerLauncher:
             # Where the pods' agent is, so each idle child connects to it ahead.
             agent = {name: pod_env[name] for name in ("C2D_AGENT_ADDRESS", *auth.TLS_VARIABLES) if name in pod_env}
             own = {name: os.environ[name] for name in _HELPER_ENV if name in os.environ}
+            # the pods' tracing settings too: an idle child's channel decides, once per process
+            # (plumbing.tracing), whether tracing is on, before its job's environment arrives
+            own |= {name: value for name, value in pod_env.items() if name.startswith("OTEL_")}
             self._helper = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -426,10 +429,12 @@ def _child(name: str, module: str, requests: int, helper_pid: int, program: pods
         os.environ.update(job["env"])
         if job.get("token"):
             os.environ[TOKEN_VARIABLE] = _take_token(job["token"])
+        sys.argv = [module]  # as running the program's module would see it
+        # Before the drop: logging and tracing import what the interpreter's own library
+        # holds (which an unprivileged uid may not read); the engine set the variables they read.
+        pods.configure_logging(name)
         _enter(job.get("access") or {})
         processes.die_with(helper_pid)  # again: the drop cleared it
-        sys.argv = [module]  # as running the program's module would see it
-        pods.configure_logging(name)
         usable = (
             ahead is not None
             and pods.channel_key() == ahead_key

@@ -393,13 +393,13 @@ def _drops_privileges() -> bool:
 
 def _resolve_bwrap(bwrap: str | None) -> str | None:
     if bwrap is None:
-        return _which_bwrap()
+        return _which_bwrap(os.environ.get("PATH"))
     return bwrap if os.path.isfile(bwrap) and os.access(bwrap, os.X_OK) else None
 
 
-@functools.cache
-def _which_bwrap() -> str | None:
-    return shutil.which("bwrap")
+@functools.cache  # per PATH: an engine started with another PATH looks again
+def _which_bwrap(path: str | None) -> str | None:
+    return shutil.which("bwrap", path=path)
 
 
 def _system_binds() -> list[str]:
