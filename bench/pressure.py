@@ -21,8 +21,11 @@ section is added by writing one function and listing it in SECTIONS.
    server's RSS (VmRSS) and open fds (/proc/PID/fd) before and after, both
    once the fd counts held still. "Before" is taken after a warm-up batch
    (100 jobs; --quick: 20), so the allocator's and the connection pools'
-   growth on the first jobs does not count. --quick: 200 jobs, 20 clients,
-   20 watchers (tests/e2e/test_load.py runs that size in CI).
+   growth on the first jobs does not count.
+
+--quick is a smoke run (tests/bench runs it in CI): 3 examples per RPC
+(tests/fuzz runs the ci profile's 12) and 60 jobs from 10 clients, 10
+watchers, after the same warm-up of 20 (tests/e2e/test_load.py runs 200).
 
 Prints a table and, as its last line, one JSON object. Not a test: figures
 to report (targets: fuzz_failures == 0; all load jobs completed, no
@@ -53,12 +56,14 @@ from testkit.fuzz.regressions import REGRESSIONS
 from testkit.load import LOCAL_PATH, run_load
 from testkit.stacks import fresh_postgres_database
 
+QUICK_EXAMPLES = 3  # per RPC, besides the regression examples: that each RPC is reached, not a search
 Section = Callable[[argparse.Namespace], tuple[list[str], dict[str, Any]]]
 
 
 def fuzz_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     os.environ["C2D_FUZZ_PROFILE"] = args.profile
-    chosen = settings(profile(), max_examples=args.examples) if args.examples else profile()
+    examples = args.examples or (QUICK_EXAMPLES if args.quick else 0)
+    chosen = settings(profile(), max_examples=examples) if examples else profile()
     rpcs = [rpc for rpc in all_rpcs() if not args.rpc or args.rpc in rpc.name]
     failed: dict[str, str] = {}
     started = time.perf_counter()
@@ -96,7 +101,7 @@ def fuzz_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
 
 
 def load_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
-    jobs, clients, watchers, warmup = (200, 20, 20, 20) if args.quick else (2000, 50, 100, 100)
+    jobs, clients, watchers, warmup = (60, 10, 10, 20) if args.quick else (2000, 50, 100, 100)
     with tempfile.TemporaryDirectory() as data, fresh_postgres_database("c2d_bench") as url:
         result = asyncio.run(
             run_load(Path(data) / "c2d", url, jobs, clients, watchers, warmup, say=lambda s: print(s, file=sys.stderr))
@@ -140,11 +145,13 @@ SECTIONS: dict[str, Section] = {"fuzz": fuzz_section, "load": load_section}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="ci", choices=["ci", "long"], help="the hypothesis profile (tests/fuzz)")
-    parser.add_argument("--examples", type=int, default=0, help="examples per RPC (default: the profile's)")
+    parser.add_argument("--examples", type=int, default=0, help="examples per RPC (default: the profile's; 3 with --quick)")
     parser.add_argument("--rpc", default="", help="only the RPCs whose Service/Method name contains this")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--only", dest="sections", help="the same as --sections")
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (load: 200 jobs, 20 clients, 20 watchers)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run (fuzz: 3 examples per RPC; load: 60 jobs, 10 clients)"
+    )
     args = parser.parse_args()
     result: dict[str, Any] = {}
     for name in args.sections.split(","):

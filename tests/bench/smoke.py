@@ -109,8 +109,8 @@ CHECKS: dict[str, dict[str, Check]] = {
         "fuzz_cases": positive,
         "fuzz_failures": zero,
         "fuzz_failed_rpcs": equals([]),
-        "load_jobs_submitted": positive,
-        "load_jobs_completed": positive,
+        "load_jobs_submitted": equals(60),
+        "load_jobs_completed": equals(60),  # every job submitted
         "transitions_out_of_order": zero,
         "rss_growth_mib": number,
         "fd_growth": zero,
