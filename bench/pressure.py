@@ -1,4 +1,4 @@
-"""Pressure benchmark: `.venv/bin/python bench/pressure.py [--only fuzz,load] [--quick] [--profile ci|long] ...`.
+"""Pressure benchmark: `.venv/bin/python bench/pressure.py [--only fuzz,load,faults] [--quick] [--profile ci|long] ...`.
 
 Proof under pressure (issue 19), one section per kind of pressure; each
 section returns its table rows and its keys of the final JSON line, so a
@@ -23,9 +23,20 @@ section is added by writing one function and listing it in SECTIONS.
    (100 jobs; --quick: 20), so the allocator's and the connection pools'
    growth on the first jobs does not count.
 
+3. faults: trials of testkit/faults.py on one `c2d up --processes` stack
+   (a private PostgreSQL, the results storage on a small tmpfs of its own):
+   each seed draws a fault (kill -9 of the engine, the operator-service, the
+   provider or a job's pod; a PostgreSQL crash-restart; the state stream
+   cut; the results storage full), its moment and 3-5 jobs; then the
+   invariants (every job terminal or progressing; the engine's log against
+   the service's history; orders against jobs; results readable by their
+   owner only). --trials N (default 20) from --seed S (default 0); a
+   violation prints the seed's replay command.
+
 --quick is a smoke run (tests/bench runs it in CI): 3 examples per RPC
-(tests/fuzz runs the ci profile's 12) and 60 jobs from 10 clients, 10
-watchers, after the same warm-up of 20 (tests/e2e/test_load.py runs 200).
+(tests/fuzz runs the ci profile's 12), 60 jobs from 10 clients, 10
+watchers, after the same warm-up of 20 (tests/e2e/test_load.py runs 200),
+and 2 fault trials (tests/e2e/test_faults.py runs seeds 0-19).
 
 Prints a table and, as its last line, one JSON object. Not a test: figures
 to report (targets: fuzz_failures == 0; all load jobs completed, no
@@ -51,12 +62,15 @@ sys.path.insert(0, str(ROOT))
 
 from hypothesis import settings
 
+from testkit.faults import TrialResult, fault_stack, replay_command, run_trial, tally
 from testkit.fuzz.harness import all_rpcs, fuzz, profile, running_stack
 from testkit.fuzz.regressions import REGRESSIONS
 from testkit.load import LOCAL_PATH, run_load
 from testkit.stacks import fresh_postgres_database
 
-QUICK_EXAMPLES = 3  # per RPC, besides the regression examples: that each RPC is reached, not a search
+# --quick: CI runs the full-sized sections as tests (tests/fuzz, tests/e2e); this checks the script itself.
+QUICK_EXAMPLES = 3  # per RPC, besides the regression examples
+QUICK_TRIALS = 2
 Section = Callable[[argparse.Namespace], tuple[list[str], dict[str, Any]]]
 
 
@@ -139,19 +153,66 @@ def load_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     }
 
 
-SECTIONS: dict[str, Section] = {"fuzz": fuzz_section, "load": load_section}
+def faults_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    trials = args.trials or (QUICK_TRIALS if args.quick else 20)
+    seeds = range(args.seed, args.seed + trials)
+
+    async def run() -> tuple[list[TrialResult], float]:
+        with tempfile.TemporaryDirectory() as base:
+            started = time.perf_counter()
+            async with fault_stack(Path(base)) as stack:
+                print(f"stack up in {time.perf_counter() - started:.0f} s; {trials} trials ...", file=sys.stderr)
+                started = time.perf_counter()
+                done = []
+                for seed in seeds:
+                    done.append(await run_trial(stack, seed))
+                    print(done[-1].report(), file=sys.stderr)
+                return done, time.perf_counter() - started
+
+    results, elapsed = asyncio.run(run())
+    rows = [f"{'seed':>5}  {'fault':<17}{'moment':<34}{'jobs':>5}  {'ended (status x jobs)':<26}{'violations':>10}"]
+    for r in results:
+        ended = Counter(status for status, _ in r.statuses.values())
+        text = " ".join(f"{status}x{n}" for status, n in sorted(ended.items()))
+        fault = r.plan.fault if r.injected else f"({r.plan.fault})"
+        rows.append(
+            f"{r.plan.seed:>5}  {fault:<17}{r.plan.moment.describe()[:33]:<34}{len(r.job_ids):>5}  {text:<26}"
+            f"{len(r.violations):>10}"
+        )
+        rows += [f"       VIOLATION {v[:200]}" for v in r.violations]
+        if r.violations:
+            rows.append(f"       replay: {replay_command(r.plan.seed)}")
+    figures = tally(results)
+    rows.append(
+        f"{figures['trials']} trials, {figures['jobs']} jobs in {elapsed:.0f} s; faults injected "
+        f"{figures['faults_injected']} ({', '.join(f'{k} {n}' for k, n in figures['faults_by_kind'].items())}); "
+        f"invariant violations {figures['invariant_violations']} ((fault): its moment never came)"
+    )
+    return rows, {
+        **{f"faults_{k}" if k in ("trials", "jobs") else k: v for k, v in figures.items()},
+        "faults_seconds": round(elapsed, 1),
+    }
+
+
+SECTIONS: dict[str, Section] = {"fuzz": fuzz_section, "load": load_section, "faults": faults_section}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="ci", choices=["ci", "long"], help="the hypothesis profile (tests/fuzz)")
-    parser.add_argument("--examples", type=int, default=0, help="examples per RPC (default: the profile's; 3 with --quick)")
+    parser.add_argument(
+        "--examples", type=int, default=0, help="examples per RPC (default: the profile's; 3 with --quick)"
+    )
     parser.add_argument("--rpc", default="", help="only the RPCs whose Service/Method name contains this")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--only", dest="sections", help="the same as --sections")
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run (fuzz: 3 examples per RPC; load: 60 jobs, 10 clients)"
+        "--quick",
+        action="store_true",
+        help="a smoke run (fuzz: 3 examples per RPC; load: 60 jobs, 10 clients; faults: 2 trials)",
     )
+    parser.add_argument("--trials", type=int, default=0, help="fault trials (default 20; --quick 2)")
+    parser.add_argument("--seed", type=int, default=0, help="the first fault trial's seed")
     args = parser.parse_args()
     result: dict[str, Any] = {}
     for name in args.sections.split(","):

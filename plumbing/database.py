@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 from sqlalchemy import Column, MetaData, Table, create_engine, event, inspect, literal
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
@@ -106,6 +106,14 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
 # restarted server has closed it). A ping on every checkout (pool_pre_ping)
 # cost a round trip per transaction: 5% of a busy service's CPU.
 IDLE_PING_S = 5.0
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """True if the error says the database went away (restarting, unreachable) rather
+    than refused the work: the same work can succeed once it is back."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError)
 
 
 def _checked_in(_dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:

@@ -29,7 +29,7 @@ from google.protobuf import any_pb2, descriptor_pool, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from plumbing import errors
+from plumbing import database, errors
 
 log = logging.getLogger("c2d.rpc")
 
@@ -246,7 +246,20 @@ def status_of(exc: BaseException, domain: str) -> status_pb2.Status | None:
     return status_pb2.Status(code=status_code.value[0], message=message, details=packed)
 
 
+def _outage(exc: BaseException) -> BaseException:
+    """A database that went away is an outage, worth a retry, not a bug of ours."""
+    if not database.lost_connection(exc):
+        return exc
+    log.warning("the database is unreachable: %s", type(exc).__name__)
+    return errors.Unavailable(
+        "this service's database is unreachable (restarting, or cut off); retry in a moment",
+        "database_unavailable",
+        retry_after_s=2.0,
+    )
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, domain: str) -> None:
+    exc = _outage(exc)
     status = status_of(exc, domain)
     if status is None:
         log.exception("internal error in %s", getattr(context, "_rpc_name", "rpc"), exc_info=exc)

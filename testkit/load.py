@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,13 +27,13 @@ import grpc
 
 from c2d.common.v1 import common_pb2
 from c2d.provider.v1 import provider_pb2
-from c2d_sdk import AsyncClient, ComputeRequest
+from c2d_sdk import AsyncClient, ComputeRequest, PublishedAsset
 from cli import demo
 from plumbing.statuses import Status, is_terminal
 from testkit.servers import free_ports, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
-UP_TIMEOUT_S = 120.0
+UP_TIMEOUT_S = 300.0  # each server imports for seconds on a loaded machine, and they start in turn
 # A completed job's history on the local backend, as the operator-service records it.
 LOCAL_PATH = [1, 10, 20, 30, 40, 60, 70]
 
@@ -68,13 +68,16 @@ class UpStack:
 
 
 @contextlib.contextmanager
-def up_processes(data_dir: Path, database_url: str, max_jobs: int) -> Iterator[UpStack]:
+def up_processes(
+    data_dir: Path, database_url: str, max_jobs: int, wrap: Sequence[str] = (), env: Mapping[str, str] | None = None
+) -> Iterator[UpStack]:
     """The stack, one process per server, local backend; stopped with SIGTERM (as Ctrl-C) at the end.
     Free ports are only free when picked (other test processes pick too): a start that
-    finds one taken is tried again on others."""
+    finds one taken is tried again on others. ``wrap``: a command that execs the one it is
+    given after it (e.g. into a mount namespace); ``env``: more of the servers' settings."""
     for attempt in range(PORT_ATTEMPTS):
         try:
-            process, provider, log = _start_up(data_dir, database_url, max_jobs)
+            process, provider, log = _start_up(data_dir, database_url, max_jobs, wrap, env or {})
             break
         except PortTaken:
             if attempt == PORT_ATTEMPTS - 1:
@@ -94,7 +97,9 @@ class PortTaken(RuntimeError):
     pass
 
 
-def _start_up(data_dir: Path, database_url: str, max_jobs: int) -> tuple[subprocess.Popen[bytes], int, Path]:
+def _start_up(
+    data_dir: Path, database_url: str, max_jobs: int, wrap: Sequence[str], more: Mapping[str, str]
+) -> tuple[subprocess.Popen[bytes], int, Path]:
     """`c2d up --processes` started and serving: the process, the provider's port, its log."""
     provider, operator, engine = free_ports(3)
     env = {
@@ -114,6 +119,7 @@ def _start_up(data_dir: Path, database_url: str, max_jobs: int) -> tuple[subproc
         "C2D_PROVIDER_METRICS_ADDRESS": "",
         "C2D_OPERATOR_METRICS_ADDRESS": "",
         "C2D_ENGINE_METRICS_ADDRESS": "",
+        **more,
     }
     env.pop("C2D_SERVICE_TOKEN", None)  # the servers share the data dir's token
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +127,7 @@ def _start_up(data_dir: Path, database_url: str, max_jobs: int) -> tuple[subproc
     # A file, not a pipe: nobody reads a pipe during the load, and a full one would block the servers.
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "up", "--processes"], cwd=REPO, env=env, stdout=out, stderr=out
+            [*wrap, sys.executable, "-m", "cli.main", "up", "--processes"], cwd=REPO, env=env, stdout=out, stderr=out
         )
     deadline = time.monotonic() + UP_TIMEOUT_S
     while "stops them" not in (said := log.read_text(errors="replace")):
@@ -252,6 +258,25 @@ async def run_jobs(
     return job_ids, list(await asyncio.gather(*watch_tasks))
 
 
+async def publish_demo(
+    publisher: AsyncClient, files: Path, algorithm_source: str = demo.ALGORITHM
+) -> tuple[PublishedAsset, PublishedAsset]:
+    """The demo's dataset and its trusted algorithm (``algorithm_source``), published once the
+    engine's environment is available; their files are written to ``files``."""
+    (files / "mean.py").write_text(algorithm_source)
+    (files / "weather.csv").write_text(demo.CSV)
+    for _ in range(600):  # the operator learns the environments from the engine's first heartbeat
+        if any(e.available for e in await publisher.environments()):
+            break
+        await asyncio.sleep(0.2)
+    described = demo.descriptions()
+    algorithm = await publisher.publish_asset(described["algorithm"], files)
+    described["dataset"]["compute"]["trusted_algorithms"] = [
+        {"did": algorithm.did, "files_checksum": algorithm.files_checksum}
+    ]
+    return await publisher.publish_asset(described["dataset"], files), algorithm
+
+
 async def run_load(
     data_dir: Path,
     database_url: str,
@@ -268,20 +293,8 @@ async def run_load(
     wait until every job ended and the servers settled, the second sample."""
     result = LoadResult(warmup_jobs=warmup)
     with up_processes(data_dir, database_url, max_jobs) as stack, tempfile.TemporaryDirectory() as files:
-        base = Path(files)
-        (base / "mean.py").write_text(demo.ALGORITHM)
-        (base / "weather.csv").write_text(demo.CSV)
         async with AsyncClient(stack.provider_address, "0x" + "41" * 32) as publisher:
-            for _ in range(300):  # the operator learns the environments from the engine's first heartbeat
-                if any(e.available for e in await publisher.environments()):
-                    break
-                await asyncio.sleep(0.2)
-            described = demo.descriptions()
-            algorithm = await publisher.publish_asset(described["algorithm"], base)
-            described["dataset"]["compute"]["trusted_algorithms"] = [
-                {"did": algorithm.did, "files_checksum": algorithm.files_checksum}
-            ]
-            dataset = await publisher.publish_asset(described["dataset"], base)
+            dataset, algorithm = await publish_demo(publisher, Path(files))
             consumers = [Consumer(stack.provider_address, i) for i in range(clients)]
             try:
                 for consumer in consumers:

@@ -115,6 +115,9 @@ CHECKS: dict[str, dict[str, Check]] = {
         "rss_growth_mib": number,
         "fd_growth": zero,
         "load_server_errors": zero,
+        "faults_trials": equals(2),
+        "faults_injected": number,  # a pod's stage may end before its fault finds it
+        "invariant_violations": zero,
     },
     "provider_api": {
         "getjob_rps": positive,

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc
 from plumbing import errors
-from plumbing.grpc_errors import error_code
+from plumbing.grpc_errors import error_code, retry_delay_s
 from plumbing.server import Registration, start_server
 
 ENGINE_SERVICE = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
@@ -51,5 +52,29 @@ async def test_domain_errors_map_to_statuses_and_bugs_to_internal():
             assert received == [b"first"]
             assert mid_stream.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert error_code(mid_stream.value) == "LOG_GONE"
+    finally:
+        await running.stop(0)
+
+
+class DatabaseGone(engine_pb2_grpc.EngineServiceServicer):
+    async def StopJob(self, request, context):  # type: ignore[override]
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+
+
+async def test_a_database_that_went_away_is_unavailable_not_internal():
+    # Found by the fault trials (issue 19): during a PostgreSQL restart, GetJobDetails answered INTERNAL.
+    running = await start_server(
+        "127.0.0.1:0",
+        [Registration(ENGINE_SERVICE, engine_pb2_grpc.add_EngineServiceServicer_to_server, DatabaseGone())],
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = engine_pb2_grpc.EngineServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as outage:
+                await stub.StopJob(engine_pb2.StopJobRequest(job_id="j"))
+            assert outage.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert error_code(outage.value) == "DATABASE_UNAVAILABLE"
+            assert retry_delay_s(outage.value) == 2.0
+            assert "server closed" not in outage.value.details()
     finally:
         await running.stop(0)

@@ -13,18 +13,22 @@ import asyncio
 import collections
 import dataclasses
 import itertools
+import logging
 from collections.abc import Sequence
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from plumbing.database import Database, GroupCommit
+from plumbing.database import Database, GroupCommit, lost_connection
 from plumbing.statuses import TERMINAL
 from services.operator_engine.domain.changes import StateChange, now
 from services.operator_engine.persistence.models import EngineEvent, EngineJob
 
+log = logging.getLogger("c2d.engine")
 # Recent changes kept in memory: a follower that keeps up never reads the store.
 TAIL = 20_000
+# The pause between attempts at an append while the database is away, doubling from the first to the last.
+APPEND_RETRY_S = (0.1, 2.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +65,22 @@ class EventLog:
         transaction, so recovery never sees a status and a stage that disagree;
         so is `workflow` (what the job keeps of it, once a stage that read
         secrets is over), so no secret outlives the change that ends its use.
+
+        A database that went away (a restart, a network cut) is waited for: the
+        job cannot move on before its change is durable, and giving up would
+        leave it in memory where no one resumes it (nothing was committed, so
+        the retry takes the same sequence).
         """
-        return (await self._appends.submit(_Append(change, stage, workflow))).sequence
+        pause = APPEND_RETRY_S[0]
+        while True:
+            try:
+                return (await self._appends.submit(_Append(change, stage, workflow))).sequence
+            except Exception as exc:
+                if not lost_connection(exc):
+                    raise
+                log.warning("the event log's database is unreachable (%s); retrying in %g s", type(exc).__name__, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, APPEND_RETRY_S[1])
 
     def _write(self, session: Session, batch: Sequence[_Append]) -> list[StateChange]:
         # Runs in the database thread, one batch at a time: _latest cannot move meanwhile.
