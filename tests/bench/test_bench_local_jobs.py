@@ -6,11 +6,7 @@ import pytest
 
 from tests.bench import smoke
 
-SCRIPTS = (
-    "local_jobs",
-    "job_cost",
-    "sandbox_overhead",
-)
+SCRIPTS = ("local_jobs", "job_cost", "sandbox_overhead")
 
 
 @pytest.mark.timeout(smoke.TIMEOUT_S + 60)

@@ -1,4 +1,4 @@
-"""bench/ smoke run: fuzzing every RPC and a load of jobs (bench/pressure.py)."""
+"""bench/ smoke run: fuzzing every RPC, a load of jobs and fault trials (bench/pressure.py)."""
 
 from __future__ import annotations
 

@@ -6,11 +6,7 @@ import pytest
 
 from tests.bench import smoke
 
-SCRIPTS = (
-    "publishing",
-    "staging",
-    "job_file_reader",
-)
+SCRIPTS = ("publishing", "staging", "job_file_reader")
 
 
 @pytest.mark.timeout(smoke.TIMEOUT_S + 60)

@@ -1,4 +1,4 @@
-"""bench/ smoke run: the kubernetes backend on the emulated cluster."""
+"""bench/ smoke runs: the provider's API, and the kubernetes backend on the emulated cluster."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from tests.bench import smoke
 
-SCRIPTS = ("kubernetes_watch",)
+SCRIPTS = ("provider_api", "kubernetes_watch")
 
 
 @pytest.mark.timeout(smoke.TIMEOUT_S + 60)
