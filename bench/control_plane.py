@@ -391,7 +391,7 @@ async def main() -> None:
         port, jobs, interval = args.load
         await steady_load(int(port), int(jobs), float(interval))
         return
-    jobs, seconds, rows, samples = (200, 2.0, 20_000, 50) if args.quick else (2000, 5.0, 1_000_000, 500)
+    jobs, seconds, rows, samples = (200, 1.0, 20_000, 50) if args.quick else (2000, 5.0, 1_000_000, 500)
     concurrency = 64
 
     with tempfile.TemporaryDirectory() as data:

@@ -1,4 +1,4 @@
-"""Where a local job's CPU goes: `.venv/bin/python bench/job_cost.py [--jobs N] [--py-spy]`.
+"""Where a local job's CPU goes: `.venv/bin/python bench/job_cost.py [--quick] [--jobs N] [--py-spy]`.
 
 Runs N trivial jobs (bench/local_jobs.py's) submitted at once on the embedded
 engine while `perf record` (root) traces every task's run time
@@ -286,10 +286,12 @@ def modules(path: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--jobs", type=int, help="default 200; 10 with --quick")
     parser.add_argument("--max-jobs", type=int, default=8)
     parser.add_argument("--py-spy", action="store_true", help="also sample the engine's process")
+    parser.add_argument("--quick", action="store_true", help="10 jobs, for a smoke test")
     args = parser.parse_args()
+    args.jobs = args.jobs or (10 if args.quick else 200)
     with tempfile.TemporaryDirectory(prefix="c2d-jobcost-") as tmp:
         os.environ["C2D_DATA_DIR"] = str(Path(tmp, "data"))
         os.environ.setdefault("C2D_LOG_LEVEL", "WARNING")

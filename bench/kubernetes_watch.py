@@ -1,4 +1,4 @@
-"""Kubernetes backend benchmark: `.venv/bin/python bench/kubernetes_watch.py [--jobs N] [--rate R]`.
+"""Kubernetes backend benchmark: `.venv/bin/python bench/kubernetes_watch.py [--quick] [--jobs N] [--rate R]`.
 
 One run on the emulated cluster (testkit/kube: the API server over HTTP and
 the test kubelet), with the engine on the kubernetes backend and the
@@ -172,11 +172,13 @@ async def run(jobs: int, rate: float) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=60)
+    parser.add_argument("--jobs", type=int, help="default 60; 10 with --quick")
     parser.add_argument("--rate", type=float, default=50.0, help="pod status changes per second")
+    parser.add_argument("--quick", action="store_true", help="10 jobs, for a smoke test")
     args = parser.parse_args()
     os.environ.setdefault("C2D_SERVICE_TOKEN", auth.service_token())
-    figures = asyncio.run(run(args.jobs, args.rate))
+    jobs = args.jobs or (10 if args.quick else 60)
+    figures = asyncio.run(run(jobs, args.rate))
     targets = {
         "pod_to_applied_p99_ms": "<= 100",
         "api_calls_per_job": "<= 12",

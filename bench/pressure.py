@@ -21,8 +21,7 @@ section is added by writing one function and listing it in SECTIONS.
    server's RSS (VmRSS) and open fds (/proc/PID/fd) before and after, both
    once the fd counts held still. "Before" is taken after a warm-up batch
    (100 jobs; --quick: 20), so the allocator's and the connection pools'
-   growth on the first jobs does not count. --quick: 200 jobs, 20 clients,
-   20 watchers (tests/e2e/test_load.py runs that size in CI).
+   growth on the first jobs does not count.
 
 3. faults: trials of testkit/faults.py on one `c2d up --processes` stack
    (a private PostgreSQL, the results storage on a small tmpfs of its own):
@@ -31,8 +30,13 @@ section is added by writing one function and listing it in SECTIONS.
    cut; the results storage full), its moment and 3-5 jobs; then the
    invariants (every job terminal or progressing; the engine's log against
    the service's history; orders against jobs; results readable by their
-   owner only). --trials N (default 20; --quick 7) from --seed S (default
-   0); a violation prints the seed's replay command.
+   owner only). --trials N (default 20) from --seed S (default 0); a
+   violation prints the seed's replay command.
+
+--quick is a smoke run (tests/bench runs it in CI): 3 examples per RPC
+(tests/fuzz runs the ci profile's 12), 60 jobs from 10 clients, 10
+watchers, after the same warm-up of 20 (tests/e2e/test_load.py runs 200),
+and 2 fault trials (tests/e2e/test_faults.py runs seeds 0-19).
 
 Prints a table and, as its last line, one JSON object. Not a test: figures
 to report (targets: fuzz_failures == 0; all load jobs completed, no
@@ -64,12 +68,16 @@ from testkit.fuzz.regressions import REGRESSIONS
 from testkit.load import LOCAL_PATH, run_load
 from testkit.stacks import fresh_postgres_database
 
+# --quick: CI runs the full-sized sections as tests (tests/fuzz, tests/e2e); this checks the script itself.
+QUICK_EXAMPLES = 3  # per RPC, besides the regression examples
+QUICK_TRIALS = 2
 Section = Callable[[argparse.Namespace], tuple[list[str], dict[str, Any]]]
 
 
 def fuzz_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
     os.environ["C2D_FUZZ_PROFILE"] = args.profile
-    chosen = settings(profile(), max_examples=args.examples) if args.examples else profile()
+    examples = args.examples or (QUICK_EXAMPLES if args.quick else 0)
+    chosen = settings(profile(), max_examples=examples) if examples else profile()
     rpcs = [rpc for rpc in all_rpcs() if not args.rpc or args.rpc in rpc.name]
     failed: dict[str, str] = {}
     started = time.perf_counter()
@@ -107,7 +115,7 @@ def fuzz_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
 
 
 def load_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
-    jobs, clients, watchers, warmup = (200, 20, 20, 20) if args.quick else (2000, 50, 100, 100)
+    jobs, clients, watchers, warmup = (60, 10, 10, 20) if args.quick else (2000, 50, 100, 100)
     with tempfile.TemporaryDirectory() as data, fresh_postgres_database("c2d_bench") as url:
         result = asyncio.run(
             run_load(Path(data) / "c2d", url, jobs, clients, watchers, warmup, say=lambda s: print(s, file=sys.stderr))
@@ -146,7 +154,7 @@ def load_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
 
 
 def faults_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
-    trials = args.trials or (7 if args.quick else 20)
+    trials = args.trials or (QUICK_TRIALS if args.quick else 20)
     seeds = range(args.seed, args.seed + trials)
 
     async def run() -> tuple[list[TrialResult], float]:
@@ -192,14 +200,18 @@ SECTIONS: dict[str, Section] = {"fuzz": fuzz_section, "load": load_section, "fau
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="ci", choices=["ci", "long"], help="the hypothesis profile (tests/fuzz)")
-    parser.add_argument("--examples", type=int, default=0, help="examples per RPC (default: the profile's)")
+    parser.add_argument(
+        "--examples", type=int, default=0, help="examples per RPC (default: the profile's; 3 with --quick)"
+    )
     parser.add_argument("--rpc", default="", help="only the RPCs whose Service/Method name contains this")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--only", dest="sections", help="the same as --sections")
     parser.add_argument(
-        "--quick", action="store_true", help="smaller sizes (load: 200 jobs, 20 clients, 20 watchers; faults: 7 trials)"
+        "--quick",
+        action="store_true",
+        help="a smoke run (fuzz: 3 examples per RPC; load: 60 jobs, 10 clients; faults: 2 trials)",
     )
-    parser.add_argument("--trials", type=int, default=0, help="fault trials (default 20; --quick 7)")
+    parser.add_argument("--trials", type=int, default=0, help="fault trials (default 20; --quick 2)")
     parser.add_argument("--seed", type=int, default=0, help="the first fault trial's seed")
     args = parser.parse_args()
     result: dict[str, Any] = {}

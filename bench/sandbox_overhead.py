@@ -1,4 +1,4 @@
-"""Sandbox start overhead: `.venv/bin/python bench/sandbox_overhead.py`.
+"""Sandbox start overhead: `.venv/bin/python bench/sandbox_overhead.py [--quick]`.
 
 For /bin/true, the time from the call that starts it to its exit (true runs
 for well under a millisecond, so this is start-to-first-instruction plus
@@ -10,6 +10,7 @@ machine.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
@@ -22,8 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.operator_engine.backends.local import sandbox
 from services.operator_engine.backends.local.sandbox import SandboxLimits, SandboxRun, SandboxSpec, detect_capabilities
-
-N = 30
 
 
 async def bare() -> float:
@@ -48,7 +47,7 @@ async def through_sandbox(
     return run._started + outcome.duration_s - t0, done - t0
 
 
-async def main() -> None:
+async def main(n: int) -> None:
     detect_capabilities()  # probe bwrap and cgroups once, as an engine does at startup
     plain = SandboxLimits(wall_timeout_s=10)
     limited = SandboxLimits(
@@ -62,7 +61,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp) / "data"  # algorithm.log goes to admin/ beside it
         ws.mkdir()
-        rows = {"bare asyncio subprocess": [await bare() for _ in range(N)]}
+        rows = {"bare asyncio subprocess": [await bare() for _ in range(n)]}
         for label, sandboxed, limits, allow_network in [
             ("SandboxRun, no sandbox, no limits", False, plain, False),
             ("SandboxRun, bwrap, no limits", True, plain, False),
@@ -70,7 +69,7 @@ async def main() -> None:
             # a network of its own: namespace + nft rules, slirp4netns ready, nsenter
             ("SandboxRun, bwrap, limits + own network", True, limited, True),
         ]:
-            pairs = [await through_sandbox(ws, sandboxed, limits, allow_network) for _ in range(N)]
+            pairs = [await through_sandbox(ws, sandboxed, limits, allow_network) for _ in range(n)]
             rows[label] = [p[0] for p in pairs]
             rows[label + " (incl. cleanup)"] = [p[1] for p in pairs]
         if sandbox._drops_privileges():
@@ -79,7 +78,7 @@ async def main() -> None:
             drops = sandbox._drops_privileges
             sandbox._drops_privileges = lambda: False  # type: ignore[assignment]
             try:
-                pairs = [await through_sandbox(ws, True, limited, False) for _ in range(N)]
+                pairs = [await through_sandbox(ws, True, limited, False) for _ in range(n)]
             finally:
                 sandbox._drops_privileges = drops  # type: ignore[assignment]
             rows["  baseline: same, as root (no uid drop, bind mounts)"] = [p[0] for p in pairs]
@@ -91,4 +90,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5 runs each instead of 30, for a smoke test")
+    asyncio.run(main(5 if parser.parse_args().quick else 30))
