@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import quote, urlencode, urlsplit
 
 from multiformats import CID
+from multiformats.multibase import raw as multibase_raw
 
 from plumbing.storage.base import (
     ChunkStream,
@@ -151,6 +152,12 @@ def parse_cid(value: str) -> CID:
         return CID.decode(text)
     except (ValueError, KeyError) as e:
         raise StorageError(f"{value!r} is not a valid CID") from e
+
+
+# multiformats registers an encoding on its first use, racily: two threads encoding the
+# first CIDs at once (pod_publish uploads in parallel) failed with "already exists".
+for _encoding in ("base32", "base58btc"):
+    multibase_raw.get(_encoding)
 
 
 def cid_location(cid: CID) -> str:

@@ -6,6 +6,8 @@ import hashlib
 import http.client
 import json
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -179,3 +181,19 @@ def test_a_node_answering_a_wrong_cid_is_refused(tampering_api: str, tmp_path: P
         with pytest.raises(StorageError, match="hash to .*refusing it") as exc:
             store.put_file(f"jobs/j/{name}", tmp_path / name)
         assert name in str(exc.value)
+
+
+def test_cid_encodings_are_registered_before_parallel_uploads_use_them() -> None:
+    """multiformats registers an encoding on its first use, and two threads doing that at once
+    fail ("Raw encoding with name 'base32' already exists": pod_publish uploads in parallel).
+    Importing the store registers them, in a fresh interpreter as a pod would start."""
+    probe = (
+        "from multiformats.multibase import raw\n"
+        "before = {'base32', 'base58btc'} & set(raw._raw_encodings)\n"
+        "import plumbing.storage.ipfs\n"
+        "print(sorted(before), sorted({'base32', 'base58btc'} & set(raw._raw_encodings)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    before, after = out.split("] [")
+    assert "base32" not in before  # multiformats alone leaves it to the first use
+    assert after == "'base32', 'base58btc']\n"
