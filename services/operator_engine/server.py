@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from c2d.engine.v1 import engine_pb2, engine_pb2_grpc, job_agent_pb2, job_agent_pb2_grpc
 from plumbing import auth, job_files, logs, metrics, settings
@@ -20,8 +21,7 @@ from plumbing.server import (
     start_server,
 )
 from services.operator_engine.api.servicers import EngineServicer, JobAgentServicer
-from services.operator_engine.backends.kubernetes.backend import ClusterUnfit, KubernetesBackend
-from services.operator_engine.backends.kubernetes.wiring import MirroredEventLog, make_backend
+from services.operator_engine.backends.kubernetes.objects import ClusterUnfit
 from services.operator_engine.backends.local.backend import LocalBackend
 from services.operator_engine.backends.local.pod_launcher import make_launcher
 from services.operator_engine.backends.noop import NoopBackend
@@ -34,6 +34,9 @@ from services.operator_engine.persistence.event_log import EventLog
 from services.operator_engine.persistence.jobs import JobTable
 from services.operator_engine.persistence.models import Base
 from services.operator_engine.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from services.operator_engine.backends.kubernetes.backend import KubernetesBackend
 
 log = logging.getLogger("c2d.engine")
 ENGINE_SERVICE = engine_pb2.DESCRIPTOR.services_by_name["EngineService"].full_name
@@ -67,13 +70,18 @@ async def start(config: EngineSettings) -> RunningServer:
                 private.chmod(0o700)
 
     backend: NoopBackend | LocalBackend | KubernetesBackend
+    cluster: KubernetesBackend | None = None  # the backend, when it is the kubernetes one
     pod_env = {k: v for k, v in os.environ.items() if k.startswith(POD_ENV_PREFIXES)}
     event_log: EventLogPort = events
     if config.backend == "noop":
         backend = NoopBackend()
     elif config.backend == "kubernetes":
-        backend = make_backend(config, pod_env)
-        event_log = MirroredEventLog(events, backend)
+        # Imported only here: the kubernetes client costs seconds of start-up (12 s under load),
+        # which the local and noop backends need not pay.
+        from services.operator_engine.backends.kubernetes.wiring import MirroredEventLog, make_backend
+
+        backend = cluster = make_backend(config, pod_env)
+        event_log = MirroredEventLog(events, cluster)
     elif config.backend == "local":
         pod_env.setdefault("C2D_DATA_DIR", str(data))
         backend = LocalBackend(
@@ -131,20 +139,20 @@ async def start(config: EngineSettings) -> RunningServer:
     if isinstance(backend, LocalBackend) and not config.agent_address:
         # Port 0 (tests) is only known now; pods reach the engine on the same host.
         backend.agent_address = f"{config.address.rsplit(':', 1)[0]}:{running.port}"
-    if isinstance(backend, KubernetesBackend):
+    if cluster is not None:
         try:  # the cluster is checked, and the pod watch started, before any job resumes
-            await backend.start(config.agent_address or f"{config.address.rsplit(':', 1)[0]}:{running.port}")
+            await cluster.start(config.agent_address or f"{config.address.rsplit(':', 1)[0]}:{running.port}")
         except BaseException:
             await running.stop(0)
             raise
     orchestrator.environment = _described(environment, orchestrator.backend.describe())
     await orchestrator.start()
-    if isinstance(backend, KubernetesBackend):
-        await backend.sweep_orphans(orchestrator.is_active)
+    if cluster is not None:
+        await cluster.sweep_orphans(orchestrator.is_active)
 
     async def shutdown() -> None:
-        if isinstance(backend, KubernetesBackend):
-            backend.detach()
+        if cluster is not None:
+            cluster.detach()
         await orchestrator.close()
         await backend.close()
         await events.close()

@@ -6,8 +6,8 @@ blamed on the data."""
 
 from __future__ import annotations
 
+import re
 import signal
-import time
 from pathlib import Path
 
 from plumbing.statuses import EndReason, Status
@@ -35,19 +35,25 @@ from tests.operator_engine.test_engine_restart import (
 from tests.operator_engine.test_engine_stop import stalled_dataset
 
 GRACE_S = 3.0
+# The engine logs how long its stop took (at INFO, whatever the run's level).
+STOPPING = {"C2D_ENGINE_STOP_GRACE_S": str(GRACE_S), "C2D_LOG_LEVEL": "INFO"}
+EXITING = re.compile(r"operator-engine exiting ([0-9.]+) s after the signal")
 
 
 async def sigterm(proc: EngineProcess, log: Path) -> None:
     """Sends SIGTERM and checks the engine exits cleanly within its grace period (this
-    loop keeps serving the test's servers meanwhile)."""
+    loop keeps serving the test's servers meanwhile). The time is the engine's own,
+    from its signal handler to its exit hook: what this test process waits for its turn
+    on a loaded machine is not the engine's."""
     process = proc.process
     assert process is not None
-    started = time.monotonic()
+    said_before = len(EXITING.findall(log.read_text()))
     process.send_signal(signal.SIGTERM)
     await wait_until(lambda: process.poll() is not None, 60, "the engine exited after SIGTERM")
-    took = time.monotonic() - started
     assert process.returncode == 0, log.read_text()
-    assert took < GRACE_S + 2.0, took
+    said = EXITING.findall(log.read_text())
+    assert len(said) == said_before + 1, log.read_text()
+    assert float(said[-1]) < GRACE_S, said[-1]
 
 
 async def sigterm_while_stalled(
@@ -62,9 +68,7 @@ async def sigterm_while_stalled(
 async def test_sigterm_during_configure_keeps_the_queue_queued_and_resumes_both(data_dir, postgres_url, tmp_path):
     log = tmp_path / "engine.log"
     async with StallingServer() as stall:
-        with engine_process(
-            postgres_url, tmp_path, C2D_ENGINE_MAX_JOBS="1", C2D_ENGINE_STOP_GRACE_S=str(GRACE_S)
-        ) as proc:
+        with engine_process(postgres_url, tmp_path, C2D_ENGINE_MAX_JOBS="1", **STOPPING) as proc:
             engine = await proc.start(log)
             configuring = await engine.submit(workflow(COPY_INPUT, dataset=stalled_dataset(stall)))
             queued = await engine.submit(workflow("print('queued job ran')\n"))
@@ -86,7 +90,7 @@ async def test_sigterm_during_configure_keeps_the_queue_queued_and_resumes_both(
 async def test_sigterm_during_publish_reruns_publish(data_dir, postgres_url, tmp_path):
     log = tmp_path / "engine.log"
     async with StallingServer() as stall:
-        with engine_process(postgres_url, tmp_path, C2D_ENGINE_STOP_GRACE_S=str(GRACE_S)) as proc:
+        with engine_process(postgres_url, tmp_path, **STOPPING) as proc:
             engine = await proc.start(log, C2D_STORAGE_KIND="ipfs", C2D_STORAGE_IPFS_API=stall.url)
             job_id = await engine.submit(workflow("open('/data/outputs/result.txt', 'w').write('42')\n"))
             before = await stalled_in(engine, stall, Status.PUBLISHING_RESULTS, "pod_publish")
@@ -100,7 +104,7 @@ async def test_sigterm_during_algorithm_leaves_it_running_and_the_restarted_engi
     data_dir, postgres_url, tmp_path
 ):
     log = tmp_path / "engine.log"
-    with engine_process(postgres_url, tmp_path, C2D_ENGINE_STOP_GRACE_S=str(GRACE_S)) as proc:
+    with engine_process(postgres_url, tmp_path, **STOPPING) as proc:
         engine = await proc.start(log)
         code = "print('started', flush=True)\n" + gate() + "print('released', flush=True)\n"
         job_id = await engine.submit(workflow(code))

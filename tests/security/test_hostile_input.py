@@ -53,7 +53,7 @@ from plumbing import auth, errors, untrusted
 from plumbing.grpc_errors import bad_request_fields, error_code
 from services.provider.domain import identity
 from services.provider.domain.identity import signed_fields
-from testkit.servers import free_ports
+from testkit.up import SERVER_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 MILLION = 1_000_000
@@ -63,19 +63,21 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class Up:
-    """`c2d up` in a child process on fixed free ports, its output in a file."""
+    """`c2d up` in a child process, its output in a file. Its servers listen on
+    ports the kernel picks when they bind (port 0), read from what it prints:
+    ports picked beforehand could be taken, meanwhile, by a test running beside
+    this one."""
 
     def __init__(self, data: Path) -> None:
-        provider, operator, engine = free_ports(3)
-        self.ports = {"provider": provider, "operator-service": operator, "operator-engine": engine}
+        self.ports: dict[str, int] = {}
         self.log = data.parent / "c2d-up.log"
         self.env = {
             **os.environ,
             "C2D_DATA_DIR": str(data),
             "C2D_STAGING_ALLOW_HOSTS": "127.0.0.1",
-            "C2D_PROVIDER_ADDRESS": f"127.0.0.1:{provider}",
-            "C2D_OPERATOR_ADDRESS": f"127.0.0.1:{operator}",
-            "C2D_ENGINE_ADDRESS": f"127.0.0.1:{engine}",
+            "C2D_PROVIDER_ADDRESS": "127.0.0.1:0",
+            "C2D_OPERATOR_ADDRESS": "127.0.0.1:0",
+            "C2D_ENGINE_ADDRESS": "127.0.0.1:0",
             "C2D_LOG_LEVEL": "WARNING",
         }
         self.env.pop("C2D_SERVICE_TOKEN", None)
@@ -83,15 +85,20 @@ class Up:
         self.start()
 
     def start(self) -> None:
+        """Starts it and waits (on no clock: imports take long on a loaded machine) until it says
+        it is up, or fails if it exits first."""
         with open(self.log, "a") as out:
             before = out.tell()  # a restart appends to the same log
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "cli.main", "up"], cwd=REPO, env=self.env, stdout=out, stderr=out
             )
-        deadline = time.monotonic() + 120
-        while "Ctrl-C stops it." not in self.log.read_text()[before:]:
-            assert self.running() and time.monotonic() < deadline, "c2d up did not start:\n" + self.tail()
+        while "Ctrl-C stops it." not in (said := self.log.read_text()[before:]):
+            assert self.running(), "c2d up did not start:\n" + self.tail()
             time.sleep(0.1)
+        # "  provider          127.0.0.1:PORT" and so on, one line per server
+        words = [line.split() for line in said.splitlines()]
+        self.ports = {w[0]: int(w[1].rsplit(":", 1)[1]) for w in words if len(w) == 2 and w[0] in SERVER_NAMES}
+        assert self.ports.keys() == set(SERVER_NAMES), said
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

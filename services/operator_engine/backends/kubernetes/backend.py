@@ -34,7 +34,7 @@ from kubernetes.client.rest import ApiException
 from plumbing import errors, job_files
 from plumbing.statuses import EndReason, Status, is_terminal
 from services.operator_engine.backends.kubernetes import objects, outcomes
-from services.operator_engine.backends.kubernetes.objects import ClusterConfig, JobObjects
+from services.operator_engine.backends.kubernetes.objects import ClusterConfig, ClusterUnfit, JobObjects
 from services.operator_engine.backends.kubernetes.watch import Pod, PodWatch, raw
 from services.operator_engine.domain.changes import StateChange
 from services.operator_engine.domain.jobs import ALGORITHM_LOG, Capacity, JobSpec, StageExit
@@ -73,10 +73,6 @@ class LogCopy:
                 self.response.close()
         except Exception:
             log.exception("copying the algorithm's log failed")
-
-
-class ClusterUnfit(RuntimeError):
-    """The cluster cannot run this engine's jobs as configured; the message says what to change."""
 
 
 class KubernetesBackend:

@@ -123,6 +123,11 @@ def quantity_cpu(cores: float) -> str:
     return f"{max(1, math.ceil(cores * 1000))}m"
 
 
+class ClusterUnfit(RuntimeError):
+    """The cluster cannot run this engine's jobs as configured; the message says what to change.
+    (Here, not in backend.py: the engine catches it without importing the kubernetes client.)"""
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """How the backend places job objects on the cluster (C2D_ENGINE_K8S_* settings)."""
