@@ -89,9 +89,12 @@ def _start_time(pid: int) -> str | None:
     """The process's start time (clock ticks since boot): with the pid, names it for good."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
         return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None  # a zombie has ended, whoever is yet to reap it (a killed monitor's parent may be gone)
+    return fields[19]
 
 
 def _write_atomically(path: Path, text: str) -> None:
