@@ -301,6 +301,11 @@ async def test_a_restarted_engine_follows_surviving_pods_fails_lost_ones_and_del
                 await engine.submit(workflow(gate() + "print('after the restart')\n"), job_id=job_id)
             for job_id in ("survive", "vanish"):
                 await engine.reached(job_id, 40)
+                # 40 is reported before the pod is created: leaving now could stop its creation.
+                algorithm_pod = f"{object_name(job_id)}-algorithm"
+                await wait_until(
+                    lambda name=algorithm_pod: c.pod_phase(name) == "Running", what=f"{algorithm_pod} running"
+                )
         # The engine is gone; its algorithm pods run on. Meanwhile one of them is deleted,
         # and a pod of a job no engine knows appears.
         assert c.pod_phase(f"{object_name('survive')}-algorithm") == "Running"
