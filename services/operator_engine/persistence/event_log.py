@@ -13,6 +13,7 @@ import asyncio
 import collections
 import dataclasses
 import itertools
+import json
 import logging
 from collections.abc import Sequence
 
@@ -45,6 +46,14 @@ class EventLog:
         self._tail: collections.deque[StateChange] = collections.deque(maxlen=TAIL)
         self._appends: GroupCommit[_Append, StateChange] = GroupCommit(db, self._write, committed=self._committed)
         self._appended = asyncio.Condition()
+        # A write whose commit was not confirmed (the connection went away, maybe
+        # after PostgreSQL committed and before its reply came) may have landed:
+        # the next write reads what did land and adopts it (_write).
+        self._uncertain = False
+        # Adopted changes whose appenders have not come back yet: their retry gets this
+        # sequence (one cancelled for good leaves its entry: a batch at most per lost reply).
+        self._unclaimed: dict[tuple[str, str], int] = {}
+        self._outcome: tuple[list[StateChange], dict[tuple[str, str], int]] = ([], {})
 
     @property
     def latest(self) -> int:
@@ -68,8 +77,9 @@ class EventLog:
 
         A database that went away (a restart, a network cut) is waited for: the
         job cannot move on before its change is durable, and giving up would
-        leave it in memory where no one resumes it (nothing was committed, so
-        the retry takes the same sequence).
+        leave it in memory where no one resumes it. If only the reply to the
+        commit was lost, the change did land: the retry gets the sequence it
+        landed with, not a second one (_write).
         """
         pause = APPEND_RETRY_S[0]
         while True:
@@ -83,19 +93,36 @@ class EventLog:
             pause = min(pause * 2, APPEND_RETRY_S[1])
 
     def _write(self, session: Session, batch: Sequence[_Append]) -> list[StateChange]:
-        # Runs in the database thread, one batch at a time: _latest cannot move meanwhile.
-        first = self._latest + 1
-        sequenced = [
-            dataclasses.replace(append, change=dataclasses.replace(append.change, sequence=first + i))
-            for i, append in enumerate(batch)
-        ]
-        _write_batch(session, sequenced)
-        return [append.change for append in sequenced]
+        # Runs in the database thread, one batch at a time: the state cannot move meanwhile
+        # (_committed, on the loop, moves it between batches, once the commit is confirmed).
+        latest, landed, unclaimed = self._latest, [], dict(self._unclaimed)
+        if self._uncertain:
+            # Retrying what landed would meet a duplicate key (same sequences) or double the
+            # change (later ones): what landed is taken as written, and goes into the tail.
+            landed = _events_after(session, latest)
+            unclaimed.update((_identity(change), change.sequence) for change in landed)
+            latest = landed[-1].sequence if landed else latest
+        self._uncertain = True  # until _committed says otherwise
+        results, written = [], []
+        for append in batch:
+            claimed = unclaimed.pop(_identity(append.change), None) if unclaimed else None
+            change = dataclasses.replace(append.change, sequence=claimed or latest + 1)
+            if claimed is None:
+                latest += 1
+                written.append(dataclasses.replace(append, change=change))
+            results.append(change)
+        if written:
+            _write_batch(session, written)
+        self._outcome = (landed + [append.change for append in written], unclaimed)
+        return results
 
-    def _committed(self, changes: Sequence[StateChange]) -> None:
-        self._tail.extend(changes)
-        self._latest = changes[-1].sequence
-        asyncio.get_running_loop().create_task(self._notify())
+    def _committed(self, _changes: Sequence[StateChange]) -> None:
+        logged, self._unclaimed = self._outcome
+        self._uncertain = False
+        if logged:
+            self._tail.extend(logged)
+            self._latest = logged[-1].sequence
+            asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
         async with self._appended:
@@ -107,13 +134,7 @@ class EventLog:
             start = sequence + 1 - tail[0].sequence
             return list(itertools.islice(tail, start, start + limit))
 
-        def read(session: Session) -> list[StateChange]:
-            rows = session.scalars(
-                select(EngineEvent).where(EngineEvent.sequence > sequence).order_by(EngineEvent.sequence).limit(limit)
-            )
-            return [StateChange.from_json(row.change, row.sequence) for row in rows]
-
-        return await self._db.run(read)
+        return await self._db.run(lambda s: _events_after(s, sequence, limit))
 
     async def wait_beyond(self, sequence: int, timeout: float) -> bool:
         """Waits until an event after `sequence` exists, or the timeout."""
@@ -126,6 +147,18 @@ class EventLog:
             except TimeoutError:
                 return False
         return True
+
+
+def _events_after(session: Session, sequence: int, limit: int | None = None) -> list[StateChange]:
+    rows = session.scalars(
+        select(EngineEvent).where(EngineEvent.sequence > sequence).order_by(EngineEvent.sequence).limit(limit)
+    )
+    return [StateChange.from_json(row.change, row.sequence) for row in rows]
+
+
+def _identity(change: StateChange) -> tuple[str, str]:
+    """A change as stored (its sequence aside): a retry of a landed change has the same."""
+    return change.job_id, json.dumps(change.to_json(), sort_keys=True)
 
 
 def _write_batch(session: Session, batch: list[_Append]) -> None:
