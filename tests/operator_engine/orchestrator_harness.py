@@ -1,5 +1,6 @@
-"""An Orchestrator on a SQLite store with the no-op backend (or a variant of
-it), for tests of the orchestrator itself, with no server around it."""
+"""An Orchestrator on a SQLite store (or the database named) with the no-op
+backend (or a variant of it), for tests of the orchestrator itself, with no
+server around it."""
 
 from __future__ import annotations
 
@@ -60,10 +61,10 @@ def spec(job_id: str) -> dict[str, object]:
 
 @contextlib.asynccontextmanager
 async def orchestrator_on(
-    tmp_path: Path, backend: Callable[[], NoopBackend] = NoopBackend
+    tmp_path: Path, backend: Callable[[], NoopBackend] = NoopBackend, database_url: str = ""
 ) -> AsyncIterator[tuple[Orchestrator, Database, NoopBackend]]:
     """The no-op backend's pods report to the orchestrator as real pods do."""
-    db = Database(sqlite_url(tmp_path / "engine.db"), Base.metadata)
+    db = Database(database_url or sqlite_url(tmp_path / "engine.db"), Base.metadata)
     db.create_schema()
     events = EventLog(db)
     await events.start()

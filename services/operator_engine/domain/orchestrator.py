@@ -181,13 +181,23 @@ class Orchestrator:
         return await asyncio.shield(self._accept(_spec_to_json(spec_fields), workflow))
 
     async def _accept(self, spec: dict[str, Any], workflow: bytes) -> bool:
+        job_id = spec["job_id"]
         created = await self.jobs.insert(spec, workflow)
-        if created:
-            job_id = spec["job_id"]
-            run_spec = _spec_from_json(spec, secrets.token_urlsafe(24), self.workspaces / job_id)
-            self._runs[job_id] = Run(spec=run_spec, workflow=workflow)
-            self._queue.append(job_id)
-            self._fill()
+        if not created:
+            if job_id in self._runs:
+                return False
+            # Stored, yet never queued: the submission that stored it lost the reply
+            # to its COMMIT (it failed, UNAVAILABLE) and this is its retry. Queued
+            # now, or it would wait in the store for the engine's next restart.
+            stored = [job for job in await self.jobs.unfinished(job_id) if job.status == Status.WARMING_UP]
+            if not stored or job_id in self._runs:
+                return False
+            log.info("job %s: stored by a submission that never heard so; queued now", job_id)
+            spec, workflow = stored[0].spec, stored[0].workflow
+        run_spec = _spec_from_json(spec, secrets.token_urlsafe(24), self.workspaces / job_id)
+        self._runs[job_id] = Run(spec=run_spec, workflow=workflow)
+        self._queue.append(job_id)
+        self._fill()
         return created
 
     async def stop(self, job_id: str) -> Status:

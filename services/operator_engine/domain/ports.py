@@ -37,8 +37,8 @@ class JobStore(Protocol):
         """Stores a new job; False when it is already stored with the same workflow
         (a resubmission). Another workflow under the same id is refused (AlreadyExists)."""
 
-    async def unfinished(self) -> Sequence[StoredJob]:
-        """Jobs not done and not deleted, oldest first."""
+    async def unfinished(self, job_id: str | None = None) -> Sequence[StoredJob]:
+        """Jobs not done and not deleted, oldest first (only `job_id`, if given)."""
 
     async def status_of(self, job_id: str) -> int | None:
         """The job's last recorded status; None if it is not known here."""

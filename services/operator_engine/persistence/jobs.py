@@ -29,15 +29,14 @@ class JobTable:
     async def insert(self, spec: dict[str, Any], workflow: bytes) -> bool:
         return await self._inserts.submit((spec, workflow))
 
-    async def unfinished(self) -> list[StoredJob]:
+    async def unfinished(self, job_id: str | None = None) -> list[StoredJob]:
+        query = select(EngineJob).where(EngineJob.stage != "done", EngineJob.deleted.is_(False))
+        if job_id is not None:
+            query = query.where(EngineJob.job_id == job_id)
         return await self._db.run(
             lambda s: [
                 StoredJob(r.job_id, r.workflow, r.spec, r.status, r.stage, r.stop_requested)
-                for r in s.scalars(
-                    select(EngineJob)
-                    .where(EngineJob.stage != "done", EngineJob.deleted.is_(False))
-                    .order_by(EngineJob.created_at)
-                )
+                for r in s.scalars(query.order_by(EngineJob.created_at))
             ]
         )
 
