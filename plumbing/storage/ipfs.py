@@ -160,6 +160,24 @@ for _encoding in ("base32", "base58btc"):
     multibase_raw.get(_encoding)
 
 
+# A longer key is no CID this service made (sha2-256): not worth an index entry.
+PIN_KEY_MAX = 128
+
+
+def pin_key(location: str) -> str | None:
+    """The key two manifests naming the same IPFS content share: the CID's
+    multihash, hex, whatever version, base or codec the location writes it in
+    (a record may name another job's content in another form). None for a
+    location that is not an ipfs:// CID, or whose key is implausibly long."""
+    if not location.startswith(PREFIX):
+        return None
+    try:
+        key = bytes(parse_cid(location).digest).hex()
+    except StorageError:
+        return None
+    return key if len(key) <= PIN_KEY_MAX else None
+
+
 def cid_location(cid: CID) -> str:
     return PREFIX + cid.set(version=1).encode("base32")
 

@@ -110,7 +110,7 @@ def _exists(target: storage.ObjectStore, location: str) -> bool:
 async def test_the_sweeper_removes_only_results_past_their_environments_expiry(db, tmp_path):
     local = LocalStore(tmp_path / "results")
     sweeper = ExpirySweeper(
-        Store(db), ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60
+        Store(db), ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results"), Store(db)), 60
     )
     due = _finished_job(db, "cpu", NOW - timedelta(seconds=HOUR + 1), None)
     db.transaction(lambda s: setattr(s.get(Job, due), "results", _publish(local, tmp_path, due)))
@@ -156,7 +156,7 @@ async def test_the_sweeper_removes_results_from_real_s3(postgres_url, seaweedfs,
         db.transaction(lambda s: setattr(s.get(Job, job_id), "results", results))
         assert all(_exists(bucket, f["location"]) for f in results["files"])
 
-        assert await ExpirySweeper(Store(db), ResultsRemover(config), 60).sweep_once(NOW) == 1
+        assert await ExpirySweeper(Store(db), ResultsRemover(config, Store(db)), 60).sweep_once(NOW) == 1
 
         assert not any(_exists(bucket, f["location"]) for f in results["files"])
         assert _job(db, job_id).results["expired"] is True
@@ -169,7 +169,7 @@ async def test_results_the_service_cannot_reach_stay_and_are_retried(db, tmp_pat
     elsewhere = _finished_job(db, "cpu", NOW - timedelta(days=1), {"files": [{"location": "s3://bucket/x/out.txt"}]})
     here = _finished_job(db, "cpu", NOW - timedelta(days=1), _publish(local, tmp_path, "here"))
     sweeper = ExpirySweeper(
-        Store(db), ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60
+        Store(db), ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results"), Store(db)), 60
     )
 
     assert await sweeper.sweep_once(NOW) == 1
@@ -177,7 +177,7 @@ async def test_results_the_service_cannot_reach_stay_and_are_retried(db, tmp_pat
     assert _job(db, here).results["expired"] is True
     assert _job(db, elsewhere).results_expired_at is None and "expired" not in _job(db, elsewhere).results
     with pytest.raises(errors.Unavailable, match="configured for local"):
-        await ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")).remove(
+        await ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results"), Store(db)).remove(
             _job(db, elsewhere)
         )
 
@@ -189,7 +189,7 @@ async def test_a_record_naming_another_jobs_results_removes_none_of_them(db, tmp
     victim = _finished_job(db, "cpu", NOW - timedelta(days=1), None)
     victims = _publish(local, tmp_path, victim)
     attacker = _finished_job(db, "cpu", NOW - timedelta(days=1), victims)
-    remover = ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results"))
+    remover = ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results"), Store(db))
 
     await remover.remove(_job(db, attacker))
 
