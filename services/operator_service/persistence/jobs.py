@@ -492,7 +492,7 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
         )
     pins = [{"pin_key": key, "job_id": job_id} for job_id, results in recorded.items() for key in _pin_keys(results)]
     if pins:  # a job's earlier claims stay: kept too long, a pin is only kept, never lost
-        session.execute(_dialect_insert(session)(ResultPin).on_conflict_do_nothing(), pins)
+        session.connection().execute(_dialect_insert(session)(ResultPin).on_conflict_do_nothing(), pins)
     session.execute(
         update(Engine)
         .where(Engine.engine_id == engine_id)

@@ -90,7 +90,7 @@ class ResultPin(Base):
     __tablename__ = "result_pins"
     __table_args__ = (Index("ix_result_pins_job", "job_id"),)
 
-    pin_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    pin_key: Mapped[str] = mapped_column(String(160), primary_key=True)
     job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 

@@ -32,7 +32,7 @@ jobs = sa.table(
 def upgrade() -> None:
     pins = op.create_table(
         "result_pins",
-        sa.Column("pin_key", sa.String(128), primary_key=True),
+        sa.Column("pin_key", sa.String(160), primary_key=True),
         sa.Column("job_id", sa.String(64), primary_key=True),
     )
     op.create_index("ix_result_pins_job", "result_pins", ["job_id"])
