@@ -11,7 +11,9 @@ same CID, which the node holds under one pin. The job's claims end first
 (`ResultsStore.release_results`) and only the CIDs no other live job names
 are unpinned. A failed unpin leaves the job live but its claims ended: a
 retry unpins the same CIDs, and meanwhile its results are protected no more
-(it is being removed).
+(it is being removed). Not covered: a job's pod adds its results (a no-op pin
+when the CID is pinned already) before its record reaches this service, so a
+removal in between can still unpin what that job is about to record.
 """
 
 from __future__ import annotations
