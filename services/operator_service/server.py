@@ -60,7 +60,7 @@ async def start(config: OperatorSettings) -> RunningServer:
         )
         for engine_id, address in parse_engines(config.engines).items()
     }
-    remover = ResultsRemover(storage.configured())
+    remover = ResultsRemover(storage.configured(), store)
     sweeper = ExpirySweeper(store, remover, config.sweep_interval_s)
     servicer = OperatorServicer(db, links, broker, remove_results=remover.remove)
     server_metrics = metrics.Metrics("operator-service")

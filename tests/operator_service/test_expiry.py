@@ -1,26 +1,35 @@
-"""Removal of stored results: the storage-expiry sweeper (local storage and a
-real SeaweedFS S3) and DeleteJob, which share one remover."""
+"""Removal of stored results: the storage-expiry sweeper (local storage, a
+real SeaweedFS S3 and a real IPFS node) and DeleteJob, which share one remover."""
 
 from __future__ import annotations
 
 import dataclasses
+import random
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session
 
 from c2d.operator.v1 import operator_pb2
 from cli.stack import start_stack
 from plumbing import errors, storage
 from plumbing.database import Database
-from plumbing.storage import LocalStore, ObjectNotFound, open_store
+from plumbing.statuses import EndReason, Status
+from plumbing.storage import IpfsStore, LocalStore, ObjectNotFound, open_store, parse_cid
+from plumbing.storage.ipfs import KuboError
+from services.operator_service.api.servicer import OperatorServicer
 from services.operator_service.domain.expiry import ExpirySweeper, ResultsRemover
+from services.operator_service.domain.ports import IncomingChange
+from services.operator_service.domain.watching import Broker
 from services.operator_service.persistence import jobs as store
 from services.operator_service.persistence import migrations
 from services.operator_service.persistence.models import Base, Engine, Job
 from services.operator_service.persistence.store import Store
 from testkit.control_plane import Operator, control_plane, eventually, query, wait_finished
+from testkit.jobs import job_bench
 from testkit.stacks import settings_for
 from tests.storage.conftest import s3_config
 
@@ -66,9 +75,9 @@ def _publish(
     return {"files": files, "storage": target.kind}
 
 
-def _finished_job(db: Database, environment_id: str, finished_at: datetime, results: dict | None) -> str:
+def _new_job(environment_id: str, finished_at: datetime) -> Job:
     job_id = str(uuid.uuid4())
-    row = Job(
+    return Job(
         job_id=job_id,
         request_id=job_id,
         owner="0xowner",
@@ -82,6 +91,11 @@ def _finished_job(db: Database, environment_id: str, finished_at: datetime, resu
         viewers=[],
         dispatched=True,
     )
+
+
+def _finished_job(db: Database, environment_id: str, finished_at: datetime, results: dict | None) -> str:
+    row = _new_job(environment_id, finished_at)
+    job_id = row.job_id
 
     def finish(session) -> None:  # type: ignore[no-untyped-def]
         job, _ = store.create_jobs(session, [row])[0]
@@ -110,7 +124,7 @@ def _exists(target: storage.ObjectStore, location: str) -> bool:
 async def test_the_sweeper_removes_only_results_past_their_environments_expiry(db, tmp_path):
     local = LocalStore(tmp_path / "results")
     sweeper = ExpirySweeper(
-        Store(db), ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60
+        Store(db), ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results"), Store(db)), 60
     )
     due = _finished_job(db, "cpu", NOW - timedelta(seconds=HOUR + 1), None)
     db.transaction(lambda s: setattr(s.get(Job, due), "results", _publish(local, tmp_path, due)))
@@ -156,7 +170,7 @@ async def test_the_sweeper_removes_results_from_real_s3(postgres_url, seaweedfs,
         db.transaction(lambda s: setattr(s.get(Job, job_id), "results", results))
         assert all(_exists(bucket, f["location"]) for f in results["files"])
 
-        assert await ExpirySweeper(Store(db), ResultsRemover(config), 60).sweep_once(NOW) == 1
+        assert await ExpirySweeper(Store(db), ResultsRemover(config, Store(db)), 60).sweep_once(NOW) == 1
 
         assert not any(_exists(bucket, f["location"]) for f in results["files"])
         assert _job(db, job_id).results["expired"] is True
@@ -169,7 +183,7 @@ async def test_results_the_service_cannot_reach_stay_and_are_retried(db, tmp_pat
     elsewhere = _finished_job(db, "cpu", NOW - timedelta(days=1), {"files": [{"location": "s3://bucket/x/out.txt"}]})
     here = _finished_job(db, "cpu", NOW - timedelta(days=1), _publish(local, tmp_path, "here"))
     sweeper = ExpirySweeper(
-        Store(db), ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")), 60
+        Store(db), ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results"), Store(db)), 60
     )
 
     assert await sweeper.sweep_once(NOW) == 1
@@ -177,7 +191,7 @@ async def test_results_the_service_cannot_reach_stay_and_are_retried(db, tmp_pat
     assert _job(db, here).results["expired"] is True
     assert _job(db, elsewhere).results_expired_at is None and "expired" not in _job(db, elsewhere).results
     with pytest.raises(errors.Unavailable, match="configured for local"):
-        await ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results")).remove(
+        await ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results"), Store(db)).remove(
             _job(db, elsewhere)
         )
 
@@ -189,7 +203,7 @@ async def test_a_record_naming_another_jobs_results_removes_none_of_them(db, tmp
     victim = _finished_job(db, "cpu", NOW - timedelta(days=1), None)
     victims = _publish(local, tmp_path, victim)
     attacker = _finished_job(db, "cpu", NOW - timedelta(days=1), victims)
-    remover = ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results"))
+    remover = ResultsRemover(storage.StorageConfig(kind="local", local_root=tmp_path / "results"), Store(db))
 
     await remover.remove(_job(db, attacker))
 
@@ -197,6 +211,169 @@ async def test_a_record_naming_another_jobs_results_removes_none_of_them(db, tmp
         len(f"{victim} out.txt"),
         len(f"{victim} algorithm.log"),
     ]
+
+
+# -- IPFS: results of two jobs can be the same pinned object -------------------------------
+
+
+def _recorded_job(db: Database, finished_at: datetime, results: dict, environment_id: str = "cpu") -> str:
+    """A job whose results are recorded as its engine reports them (apply_changes)."""
+    row = _new_job(environment_id, finished_at)
+    db.transaction(lambda s: store.create_jobs(s, [row]))
+
+    def report(session) -> None:  # type: ignore[no-untyped-def]
+        sequence = session.get(Engine, "local").last_applied_sequence + 1
+        change = IncomingChange(
+            sequence, row.job_id, int(Status.FINISHED), int(EndReason.COMPLETED), "", "", finished_at, results, None, ""
+        )
+        store.apply_changes(session, "local", [change])
+
+    db.transaction(report)
+    return row.job_id
+
+
+def _ipfs_results(target: IpfsStore, tmp_path: Path, contents: dict[str, bytes]) -> dict:
+    files = []
+    for index, (name, data) in enumerate(contents.items()):
+        source = tmp_path / f"{uuid.uuid4()}-{name}"
+        source.write_bytes(data)
+        stored = target.put_file(f"job/{name}", source)
+        files.append({"index": index, "path": name, "location": stored.location, "size": str(stored.size)})
+    return {"files": files, "storage": "ipfs"}
+
+
+def _same_result() -> dict[str, bytes]:
+    """What the same algorithm on the same data writes twice (fresh per test: the node is the session's)."""
+    mean = random.randrange(1 << 30)
+    return {"result.json": b'{"mean": %d}\n' % mean, "algorithm.log": b"mean %d\n" % mean}
+
+
+def _pinned(target: IpfsStore, location: str) -> bool:
+    try:
+        target.client.json("pin/ls", {"arg": str(parse_cid(location)), "type": "recursive"})
+        return True
+    except KuboError as e:
+        assert "not pinned" in e.message, e.message
+        return False
+
+
+def _read(target: IpfsStore, location: str) -> bytes:
+    return b"".join(target.read(location))
+
+
+async def test_the_sweeper_keeps_a_cid_another_live_jobs_results_name(db, ipfs_rpc, tmp_path):
+    config = storage.StorageConfig(kind="ipfs", ipfs_api=ipfs_rpc)
+    ipfs = IpfsStore(config)
+    contents = _same_result()
+    due = _recorded_job(db, NOW - timedelta(seconds=HOUR + 1), _ipfs_results(ipfs, tmp_path, contents))
+    recent = _recorded_job(db, NOW - timedelta(minutes=10), _ipfs_results(ipfs, tmp_path, contents))
+    locations = [f["location"] for f in _job(db, recent).results["files"]]
+    assert [f["location"] for f in _job(db, due).results["files"]] == locations  # one CID per file for both
+    sweeper = ExpirySweeper(Store(db), ResultsRemover(config, Store(db)), 60)
+
+    assert await sweeper.sweep_once(NOW) == 1
+
+    assert _job(db, due).results["expired"] is True
+    assert all(_pinned(ipfs, location) for location in locations)
+    assert [_read(ipfs, location) for location in locations] == list(contents.values())
+    # Once the last job naming them expires, the CIDs are unpinned.
+    assert await sweeper.sweep_once(NOW + timedelta(seconds=HOUR)) == 1
+    assert _job(db, recent).results["expired"] is True
+    assert not any(_pinned(ipfs, location) for location in locations)
+
+
+async def test_a_forged_record_naming_another_live_jobs_cid_leaves_it_pinned(db, ipfs_rpc, tmp_path):
+    """The attacker's record names the victim's CIDs (once as recorded, once as
+    the CIDv0 of the same content) beside a file of its own; DeleteJob of the
+    attacker's job unpins only that file."""
+    config = storage.StorageConfig(kind="ipfs", ipfs_api=ipfs_rpc)
+    ipfs = IpfsStore(config)
+    contents = _same_result()
+    victim = _recorded_job(db, NOW - timedelta(minutes=5), _ipfs_results(ipfs, tmp_path, contents))
+    victims = [f["location"] for f in _job(db, victim).results["files"]]
+    forged = _ipfs_results(ipfs, tmp_path, {"own.txt": random.randbytes(32)})
+    own = forged["files"][0]["location"]
+    as_v0 = "ipfs://" + str(parse_cid(victims[1]).set(version=0, base="base58btc"))
+    forged["files"] += [
+        {"index": 1, "path": "result.json", "location": victims[0], "size": "1"},
+        {"index": 2, "path": "algorithm.log", "location": as_v0, "size": "1"},
+    ]
+    attacker = _recorded_job(db, NOW - timedelta(minutes=5), forged)
+    servicer = OperatorServicer(db, {}, Broker(), remove_results=ResultsRemover(config, Store(db)).remove)
+    try:
+        await servicer.DeleteJob(operator_pb2.DeleteJobRequest(job_id=attacker), None)  # type: ignore[arg-type]
+    finally:
+        await servicer.close()
+
+    assert _job(db, attacker).deleted_at is not None
+    assert not _pinned(ipfs, own)
+    assert all(_pinned(ipfs, location) for location in victims)
+    assert [_read(ipfs, location) for location in victims] == list(contents.values())
+
+
+async def test_two_jobs_released_at_once_unpin_their_shared_cid_exactly_once(postgres_url):
+    """Two replicas remove the results of the two jobs naming one CID at the
+    same moment: the second waits for the first, and of the two exactly one
+    finds the CID no longer named (without the rows' locks both kept it)."""
+    db = Database(postgres_url, Base.metadata)
+    migrations.upgrade(db.engine)
+    db.transaction(lambda s: s.add(Engine(engine_id="local", address="a:1", last_applied_sequence=0, environments=[])))
+    location = "ipfs://bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+    first, second = (_recorded_job(db, NOW, {"files": [{"location": location}]}) for _ in range(2))
+    answers: dict[str, list[str]] = {}
+
+    def release_second() -> None:
+        answers[second] = db.transaction(lambda s: store.release_results(s, second, [location]))
+
+    async def second_waits_or_is_done() -> bool:
+        waiting = "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%result_pins%'"
+        return second in answers or bool(query(postgres_url, waiting))
+
+    other = threading.Thread(target=release_second)
+    try:
+        with Session(db.engine) as session, session.begin():
+            answers[first] = store.release_results(session, first, [location])
+            other.start()
+            await eventually(second_waits_or_is_done, "the second release to wait or finish")
+        other.join(60)
+        assert answers == {first: [], second: [location]}
+    finally:
+        db.close()
+
+
+async def test_delete_job_keeps_the_results_of_a_job_with_the_same_result_on_ipfs(
+    data_dir, postgres_url, ipfs_rpc, monkeypatch
+):
+    """The same algorithm on the same data, twice, on a real stack with IPFS
+    storage: both results hold the same CIDs. Deleting one job leaves the
+    other's results pinned and readable; deleting the other unpins them."""
+    monkeypatch.setenv("C2D_STORAGE_KIND", "ipfs")
+    monkeypatch.setenv("C2D_STORAGE_IPFS_API", ipfs_rpc)
+    ipfs = IpfsStore(storage.StorageConfig(kind="ipfs", ipfs_api=ipfs_rpc))
+    mean = random.randrange(1 << 30)
+    code = (
+        "import json, os\n"
+        f"json.dump({{'mean': {mean}}}, open(os.environ['OUTPUTS'] + '/result.json', 'w'))\n"
+        f"print('mean', {mean})\n"
+    )
+    async with job_bench(postgres_url) as bench:
+        jobs = [await bench.run(code), await bench.run(code)]
+        assert all(job.status == Status.FINISHED for job in jobs), [job.error_message for job in jobs]
+        first, second = ([f.location for f in job.results.files] for job in jobs)
+        assert first == second
+        expected = {"result.json": b'{"mean": %d}' % mean, "algorithm.log": b"mean %d\n" % mean}
+        files = jobs[1].results.files
+        assert {f.path: (await bench.consumer.result(jobs[1].job_id, f.index))[1] for f in files} == expected
+
+        await bench.consumer.delete(jobs[0].job_id)
+
+        assert all(_pinned(ipfs, location) for location in second)
+        assert {f.path: _read(ipfs, f.location) for f in files} == expected
+        assert {f.path: (await bench.consumer.result(jobs[1].job_id, f.index))[1] for f in files} == expected
+
+        await bench.consumer.delete(jobs[1].job_id)
+
+        assert not any(_pinned(ipfs, location) for location in second)
 
 
 async def test_delete_job_removes_its_stored_results(data_dir, postgres_url, tmp_path):

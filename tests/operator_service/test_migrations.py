@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -11,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.orm import Session
 
 from c2d.common.v1 import common_pb2
+from plumbing import storage
 from services.operator_service.persistence import jobs as store
 from services.operator_service.persistence import migrations
 from services.operator_service.persistence.models import Base
@@ -161,6 +163,38 @@ def test_the_secrets_of_jobs_stored_before_leave_them_unless_still_waiting_for_t
             assert secret not in bytes(raw), (name, secret)
         assert [d.did for d in kept.datasets] == ["did:op:1"] and kept.raw_algorithm == "print(1)"
         assert kept.datasets[0].files[0].type == "url"
+
+
+def test_the_ipfs_content_of_live_results_stored_before_is_claimed_by_its_jobs(database):
+    """Revision 0006 fills result_pins from the stored manifests: a job stored
+    before it still keeps its CIDs from being unpinned by another job's removal."""
+    migrations.upgrade(database, "0005")
+    v1 = "ipfs://bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+    v0 = "ipfs://QmWfVY9y3xjsixTgbd9AorQxH7VtMpzfx2HaWtsoUYecaX"
+    rows = {
+        "live": {"results": json.dumps({"files": [{"location": v1}, {"location": v0}, {"location": "local:live/x"}]})},
+        "expired": {"results": json.dumps({"files": [{"location": v1}]}), "results_expired_at": JOB["finished_at"]},
+        "deleted": {"results": json.dumps({"files": [{"location": v1}]}), "deleted_at": JOB["finished_at"]},
+        "no-results": {"results": None},
+    }
+    with database.begin() as connection:
+        for name, fields in rows.items():
+            job = {**JOB, "job_id": name, "request_id": name, **fields}
+            columns = ", ".join(job)
+            values = ", ".join(f":{column}" for column in job)
+            connection.execute(sqlalchemy.text(f"INSERT INTO jobs ({columns}) VALUES ({values})"), job)
+
+    migrations.upgrade(database)
+
+    keys = {storage.pin_key(v1), storage.pin_key(v0)}
+    assert None not in keys
+    with Session(database) as session, session.begin():
+        assert set(session.execute(sqlalchemy.text("SELECT pin_key, job_id FROM result_pins")).all()) == {
+            (key, "live") for key in keys
+        }
+        # Another job naming the same content finds it still claimed by the old one.
+        assert store.release_results(session, "another", [v1, v0]) == []
+        assert store.release_results(session, "live", [v1, v0]) == [v1, v0]
 
 
 def test_a_skeleton_database_without_version_table_is_adopted(database):

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from plumbing.storage import StorageConfig, open_store
+from plumbing.storage import IpfsStore, StorageConfig, open_store, parse_cid
 from services.pod_publish.domain import publishing
 from tests.pod_publish.helpers import local_results, outputs_tree, stored_files
 
@@ -37,6 +37,26 @@ def test_a_failed_file_fails_the_publication_and_removes_what_was_uploaded(tmp_p
     with pytest.raises(publishing.PublishFailed, match=r"results upload failed: d\\bad.txt: invalid object key"):
         publishing.publish(store, "job-1", collected)
     assert [p for p in (tmp_path / "results").rglob("*") if p.is_file()] == []
+
+
+def test_a_failed_publication_on_ipfs_unpins_nothing_another_job_may_hold(tmp_path, ipfs_rpc):
+    """Another job's live result is on IPFS; an algorithm writes the same bytes
+    and then a file no upload takes. The failed publication must not unpin the
+    CID the two share (one pin holds it for both)."""
+    store = open_store(StorageConfig(kind="ipfs", ipfs_api=ipfs_rpc))
+    content = os.urandom(1 << 12)
+    (tmp_path / "victim.bin").write_bytes(content)
+    victims = store.put_file("victim-job/outputs/result.bin", tmp_path / "victim.bin").location
+    out = tmp_path / "data" / "outputs"
+    out.mkdir(parents=True)
+    (out / "a.bin").write_bytes(content)  # uploaded first (one worker, in order), then the failure
+    (out / "d\\bad.txt").write_text("x")
+    collected = publishing.collect(tmp_path / "data", pack=False, scratch=tmp_path, log_dir=tmp_path / "admin")
+    with pytest.raises(publishing.PublishFailed, match=r"results upload failed: d\\bad.txt: invalid object key"):
+        publishing.publish(store, "job-1", collected, workers=1)
+    assert isinstance(store, IpfsStore)
+    assert store.client.json("pin/ls", {"arg": str(parse_cid(victims)), "type": "recursive"})["Keys"]
+    assert b"".join(store.read(victims)) == content
 
 
 def test_publish_returns_the_manifest_in_source_order(tmp_path):

@@ -25,6 +25,7 @@ from plumbing.storage import (
     StorageError,
     download_ipfs,
     open_store,
+    pin_key,
 )
 from plumbing.storage.unixfs import CIDV0_LEGACY, cid_of_file
 from testkit.servers import free_ports
@@ -197,3 +198,34 @@ def test_cid_encodings_are_registered_before_parallel_uploads_use_them() -> None
     before, after = out.split("] [")
     assert "base32" not in before  # multiformats alone leaves it to the first use
     assert after == "'base32', 'base58btc']\n"
+
+
+def test_pin_key_is_the_multihash_whatever_form_the_cid_is_written_in() -> None:
+    """Two manifests naming the same content share a key, in any version, base or
+    codec (a forged record may write another job's CID differently); the fast
+    path for CIDv1 base32 agrees with multiformats on every CID it takes."""
+    for index in range(50):
+        for codec in ("raw", "dag-pb"):
+            for hashfun in ("sha2-256", "sha2-512", "blake2b-256"):
+                cid = CID("base32", 1, codec, multihash.digest(f"content {index}".encode(), hashfun))
+                forms = [cid, cid.set(base="base58btc"), cid.set(base="base32upper")]
+                if codec == "dag-pb" and hashfun == "sha2-256":
+                    forms.append(cid.set(version=0, base="base58btc"))
+                keys = {pin_key(f"ipfs://{form}") for form in forms}
+                assert keys == {bytes(cid.digest).hex()}, forms
+                raw = cid.set(codec="raw" if codec == "dag-pb" else "dag-pb")
+                assert pin_key(f"ipfs://{raw}") == bytes(cid.digest).hex()  # same blocks, another codec
+    other = CID("base32", 1, "raw", multihash.digest(b"other content", "sha2-256"))
+    assert pin_key(f"ipfs://{other}") != pin_key(
+        f"ipfs://{CID('base32', 1, 'raw', multihash.digest(b'x', 'sha2-256'))}"
+    )
+    for not_a_cid in (
+        "s3://bucket/job/x",
+        "local:job/x",
+        "ipfs://",
+        "ipfs://b",
+        "ipfs://bafy",
+        "ipfs://Qm",
+        "ipfs://b!!",
+    ):
+        assert pin_key(not_a_cid) is None, not_a_cid

@@ -5,6 +5,15 @@ Both delete every location of the job's results manifest from the configured
 storage and mark the manifest expired. The sweeper runs in every replica;
 deletes are idempotent and the mark is taken under the job's row lock, so
 two replicas sweeping the same job do no harm.
+
+IPFS results are content-addressed: two jobs with an identical file name the
+same CID, which the node holds under one pin. The job's claims end first
+(`ResultsStore.release_results`) and only the CIDs no other live job names
+are unpinned. A failed unpin leaves the job live but its claims ended: a
+retry unpins the same CIDs, and meanwhile its results are protected no more
+(it is being removed). Not covered: a job's pod adds its results (a no-op pin
+when the CID is pinned already) before its record reaches this service, so a
+removal in between can still unpin what that job is about to record.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from plumbing import errors, storage
-from services.operator_service.domain.ports import ExpiryStore, JobRecord
+from services.operator_service.domain.ports import ExpiryStore, JobRecord, ResultsStore
 
 log = logging.getLogger("c2d.operator")
 SWEEP_BATCH = 200
@@ -24,8 +33,9 @@ SWEEP_BATCH = 200
 class ResultsRemover:
     """Deletes the files of results manifests from one storage configuration."""
 
-    def __init__(self, config: storage.StorageConfig) -> None:
+    def __init__(self, config: storage.StorageConfig, jobs: ResultsStore) -> None:
         self._config = config
+        self._jobs = jobs
         self._store: storage.ObjectStore | None = None
 
     def _opened(self) -> storage.ObjectStore:
@@ -33,15 +43,16 @@ class ResultsRemover:
             self._store = storage.open_store(self._config)
         return self._store
 
-    def remove_files(self, job_id: str, results: dict[str, Any]) -> int:
-        """Blocking: deletes each file of the job's manifest (missing ones count
-        as deleted); never one outside the job's own prefix, whatever its
-        record says (storage.held_by_job)."""
+    async def remove_files(self, job_id: str, results: dict[str, Any]) -> int:
+        """Deletes each file of the job's manifest (missing ones count as
+        deleted); never one outside the job's own prefix, whatever its record
+        says (storage.held_by_job), nor an IPFS CID another live job's results
+        name (a forged record may name one). Returns how many it deleted."""
         locations = [f["location"] for f in results.get("files", []) if f.get("location")]
         if not locations:
             return 0
-        target = self._opened()
-        removed = 0
+        target = await asyncio.to_thread(self._opened)
+        owned = []
         for location in locations:
             kind = storage.kind_of(location)
             if kind != target.kind:
@@ -52,22 +63,31 @@ class ResultsRemover:
             if kind != "ipfs" and not storage.held_by_job(location, job_id, self._config.s3_bucket):
                 log.warning("job %s: its results name %s, not one of its own: left in place", job_id, location)
                 continue
-            target.delete(location)
-            removed += 1
-        return removed
+            owned.append(location)
+        unshared = await self._jobs.release_results(job_id, owned)
+        for location in owned:
+            if location not in unshared:
+                log.info("job %s: %s is named by another job's results too: kept", job_id, location)
+        await asyncio.to_thread(_delete_all, target, unshared)
+        return len(unshared)
 
     async def remove(self, job: JobRecord) -> None:
         """DeleteJob's removal: storage failures become UNAVAILABLE (the delete may be retried)."""
         if not job.results or job.results.get("expired"):
             return
         try:
-            await asyncio.to_thread(self.remove_files, job.job_id, job.results)
+            await self.remove_files(job.job_id, job.results)
         except storage.StorageError as exc:
             raise errors.Unavailable(
                 f"the results of job {job.job_id} could not be removed from storage ({exc.message}); "
                 "the job was not deleted, try again",
                 "results_removal_failed",
             ) from None
+
+
+def _delete_all(target: storage.ObjectStore, locations: list[str]) -> None:
+    for location in locations:
+        target.delete(location)
 
 
 def expiry_seconds(environment: dict[str, Any]) -> int:
@@ -128,7 +148,7 @@ class ExpirySweeper:
             for job in due:
                 try:
                     if job.results and not job.results.get("expired"):
-                        await asyncio.to_thread(self._remover.remove_files, job.job_id, job.results)
+                        await self._remover.remove_files(job.job_id, job.results)
                 except storage.StorageError as exc:
                     failed += 1
                     log.warning(

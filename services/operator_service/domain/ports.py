@@ -185,3 +185,13 @@ class ExpiryStore(Protocol):
     async def mark_results_expired(self, job_id: str, at: datetime) -> bool:
         """Records that the job's results are gone; False if another replica did first."""
         ...
+
+
+class ResultsStore(Protocol):
+    """What the removal of a job's stored results reads and writes."""
+
+    async def release_results(self, job_id: str, locations: Sequence[str]) -> list[str]:
+        """Ends the job's claims on the content its results name; returns the
+        `locations` no other job's live results name, which may be deleted.
+        Content-addressed results (IPFS) of two jobs can be the same object."""
+        ...

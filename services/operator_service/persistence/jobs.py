@@ -19,10 +19,10 @@ from sqlalchemy import ColumnElement, bindparam, delete, func, insert, inspect, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from plumbing import errors, untrusted, workflows
+from plumbing import errors, storage, untrusted, workflows
 from plumbing.statuses import EndReason, Status, can_transition, end_reason_for, is_terminal
 from services.operator_service.domain.ports import IncomingChange, JobToSubmit, Refusal, SequenceGap, Settlement
-from services.operator_service.persistence.models import Engine, Job, JobEvent, JobViewer
+from services.operator_service.persistence.models import Engine, Job, JobEvent, JobViewer, ResultPin
 
 log = logging.getLogger("c2d.operator")
 
@@ -215,7 +215,35 @@ def mark_results_expired(session: Session, job_id: str, at: datetime) -> bool:
     job.results_expired_at = at
     if job.results:
         job.results = {**job.results, "expired": True}  # a new dict: JSON columns track assignment
+    session.execute(delete(ResultPin).where(ResultPin.job_id == job_id))  # expired results name nothing
     return True
+
+
+def _pin_keys(results: dict[str, Any] | None) -> set[str]:
+    files = (results or {}).get("files") or []
+    return {key for entry in files if (key := storage.pin_key(str(entry.get("location") or "")))}
+
+
+def release_results(session: Session, job_id: str, locations: Sequence[str]) -> list[str]:
+    """Ends the job's claims on the IPFS content its results name; returns
+    the `locations` no other job's live results name, which may be deleted
+    (one outside IPFS always may: it lies under its own job's prefix)."""
+    keys = {location: storage.pin_key(location) for location in locations}
+    shared = {key for key in keys.values() if key}
+    if shared:
+        # Every claim on this content is locked, in one order for all: of two
+        # jobs released at once, the second waits for the first to commit,
+        # then finds its claim gone and may unpin; the first found the
+        # second's claim and kept the pin. Never both keep, never both drop.
+        session.execute(
+            select(ResultPin.pin_key)
+            .where(ResultPin.pin_key.in_(shared))
+            .order_by(ResultPin.pin_key, ResultPin.job_id)
+            .with_for_update()
+        )
+    session.execute(delete(ResultPin).where(ResultPin.job_id == job_id))
+    named = set(session.scalars(select(ResultPin.pin_key).where(ResultPin.pin_key.in_(shared)))) if shared else set()
+    return [location for location, key in keys.items() if key not in named]
 
 
 # -- dispatch -------------------------------------------------------------------
@@ -380,7 +408,8 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
 
     A batch costs five statements whatever its size (lock the engine, lock
     its jobs, insert their history, update the jobs, advance the engine), all
-    Core: the ORM's unit of work was most of the time of an apply."""
+    Core: the ORM's unit of work was most of the time of an apply. One that
+    records results on IPFS adds one: the content they name (ResultPin)."""
     last = session.execute(
         select(Engine.last_applied_sequence).where(Engine.engine_id == engine_id).with_for_update()
     ).scalar()
@@ -406,6 +435,7 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
     for row in jobs.values():
         session.expunge(row)
     applied: list[tuple[Job, dict[str, Any]]] = []
+    recorded: dict[str, dict[str, Any]] = {}  # the results each job's changes set, the latest
     for change in fresh:
         job = jobs.get(change.job_id)
         if job is None:
@@ -423,6 +453,7 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
             continue
         if change.results is not None:
             job.results = change.results
+            recorded[job.job_id] = change.results
         if change.outcome is not None:
             job.outcome = change.outcome
         if change.results_did:
@@ -459,6 +490,9 @@ def apply_changes(session: Session, engine_id: str, changes: Sequence[IncomingCh
                 for job in touched.values()
             ],
         )
+    pins = [{"pin_key": key, "job_id": job_id} for job_id, results in recorded.items() for key in _pin_keys(results)]
+    if pins:  # a job's earlier claims stay: kept too long, a pin is only kept, never lost
+        session.connection().execute(_dialect_insert(session)(ResultPin).on_conflict_do_nothing(), pins)
     session.execute(
         update(Engine)
         .where(Engine.engine_id == engine_id)

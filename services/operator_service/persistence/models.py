@@ -80,6 +80,20 @@ class JobViewer(Base):
     job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
+class ResultPin(Base):
+    """The IPFS content the live results of each job name (jobs.results, by
+    `storage.pin_key`): content-addressed results of two jobs can be the same
+    one pin, removed only once no live job names it. A row lives from the
+    change that records the results until they are removed (DeleteJob,
+    expiry)."""
+
+    __tablename__ = "result_pins"
+    __table_args__ = (Index("ix_result_pins_job", "job_id"),)
+
+    pin_key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
 class JobEvent(Base):
     """The status history: one row per applied transition."""
 

@@ -1,6 +1,6 @@
-"""The domain's store ports (`ports.LinkStore`, `ports.ExpiryStore`) on one
-Database: each call is one transaction of the `jobs` functions, run in the
-database's threads."""
+"""The domain's store ports (`ports.LinkStore`, `ports.ExpiryStore`,
+`ports.ResultsStore`) on one Database: each call is one transaction of the
+`jobs` functions, run in the database's threads."""
 
 from __future__ import annotations
 
@@ -62,3 +62,8 @@ class Store:
 
     async def mark_results_expired(self, job_id: str, at: datetime) -> bool:
         return await self.db.run(lambda s: jobs.mark_results_expired(s, job_id, at))
+
+    # -- ports.ResultsStore -----------------------------------------------------------
+
+    async def release_results(self, job_id: str, locations: Sequence[str]) -> list[str]:
+        return await self.db.run(lambda s: jobs.release_results(s, job_id, locations))

@@ -175,7 +175,17 @@ def publish(
 
 
 def remove(store: ObjectStore, locations: list[str]) -> None:
-    """Deletes what a failed publication had uploaded (best effort, logged)."""
+    """Deletes what a failed publication had uploaded (best effort, logged).
+
+    Not on IPFS: a CID is its content's, and another job's live results can
+    be the same content under the same single pin, which this pod cannot
+    see. What it added stays pinned (within the job's disk quota) rather than
+    let an algorithm that fails its own publication unpin another job's
+    results."""
+    if store.kind == "ipfs":
+        if locations:
+            log.info("left %d partial results pinned: other jobs' results may hold the same CIDs", len(locations))
+        return
     for location in locations:
         try:
             store.delete(location)

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 # stack and the tests do), and each migrates its own tables.
 VERSION_TABLE = "operator_alembic_version"
 INITIAL = "0001"
-HEAD = "0005"
+HEAD = "0006"
 # Any constant both replicas agree on: "c2d-op" as an integer.
 ADVISORY_LOCK = 0x6332642D6F70
 
