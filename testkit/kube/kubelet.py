@@ -97,6 +97,7 @@ class Kubelet:
         self.core = kubernetes.client.CoreV1Api(api.api_client(user_agent=USER_AGENT))
         self._plans: list[Plan] = []
         self._workers: dict[str, PodWorker] = {}
+        self._every_worker: list[PodWorker] = []  # also those whose pod is gone: they may still be ending
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._listed = threading.Event()
@@ -145,7 +146,7 @@ class Kubelet:
         if self._thread is not None:
             self._thread.join(30)
         with self._lock:
-            workers = list(self._workers.values())
+            workers = list(self._every_worker)
         for worker in workers:
             worker.vanish()
         for worker in workers:
@@ -234,6 +235,7 @@ class Kubelet:
                 self._workers.pop(uid, None)
             elif worker is None and self._is_ours(pod):
                 worker = self._workers[uid] = PodWorker(self, pod)
+                self._every_worker.append(worker)
                 if pod["metadata"].get("deletionTimestamp"):
                     worker.request_deletion(pod)  # bound here before this kubelet started: let it go
                 worker.start()
@@ -265,6 +267,7 @@ class PodWorker(threading.Thread):
         self.container = (pod["spec"].get("containers") or [{}])[0]
         self.wake = threading.Event()
         self.deleting: dict[str, Any] | None = None  # the pod as its deletion was requested
+        self.deletion_confirmed = False
         self.gone = False
         self.process: subprocess.Popen[bytes] | None = None
         self.exited = threading.Event()  # the process ended (not yet reaped: its group id stays ours)
@@ -299,7 +302,7 @@ class PodWorker(threading.Thread):
             log.exception("the test kubelet failed on pod %s/%s", self.namespace, self.name)
         finally:
             self._kill(0)
-            if self.deleting is not None and not self.gone:
+            if self.deleting is not None and not self.gone and not self.deletion_confirmed:
                 self.confirm_deletion()  # it may have come while the pod was ending
 
     def _live(self) -> None:
@@ -510,6 +513,7 @@ class PodWorker(threading.Thread):
 
     def _confirm_deletion(self) -> None:
         self._call(self.kubelet.core.delete_namespaced_pod, self.name, self.namespace, grace_period_seconds=0)
+        self.deletion_confirmed = True
 
     # -- processes ---------------------------------------------------------------------------
 

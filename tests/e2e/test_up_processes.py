@@ -10,11 +10,9 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from asyncio.subprocess import PIPE
 from pathlib import Path
 
-import grpc
 import pytest
 
 from cli.stack import Child, _keep_running, _serving, process_environments
@@ -23,7 +21,7 @@ from services.operator_engine.settings import EngineSettings
 from services.operator_service.settings import OperatorSettings
 from services.provider.settings import ProviderSettings
 from testkit.servers import alive, free_ports, stop_process
-from testkit.up import start_up, up_environment
+from testkit.up import Up, start_up, up_environment
 from tests.operator_engine.engine_harness import (
     EngineClient,
     gate,
@@ -95,6 +93,7 @@ async def test_a_crashed_provider_and_operator_service_are_restarted_and_a_runni
             what="both restarted",
         )
         assert server_pids(process)[0] == engine_pid
+        await serving_again(stack, "operator-service", "provider")  # for the demo below
         release(engine.data(job_id))
         history = await engine.history(job_id)
         assert [c.status for c in history] == [10, 20, 30, 40, 60, 70]
@@ -112,6 +111,7 @@ async def test_a_crashed_provider_and_operator_service_are_restarted_and_a_runni
         timeout=120,
     )
     assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "using the provider already running" in demo.stdout  # not a stack of its own
     assert "status 70" in demo.stdout and "result correct" in demo.stdout
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 60) == 0
@@ -126,16 +126,14 @@ def engine_client(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Engin
     return EngineClient(env["C2D_ENGINE_ADDRESS"], Path(env["C2D_DATA_DIR"]) / "workspaces")
 
 
-async def answering(engine: EngineClient) -> None:
-    """Waits until the (restarted) engine answers."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            await engine.environment()
-            return
-        except grpc.aio.AioRpcError:
-            assert time.monotonic() < deadline, "the engine did not come back"
-            await asyncio.sleep(0.1)
+async def serving_again(stack: Up, *names: str) -> None:
+    """Until `c2d up` says each restarted server serves again (its health check answered):
+    a new process is not yet a server, and one still importing on a loaded machine can
+    take over a minute to be one."""
+    await wait_until(
+        lambda: all(f"c2d: the {name} is back" in stack.said() for name in names),
+        what=f"{', '.join(names)} serving again",
+    )
 
 
 async def test_a_killed_engine_is_restarted_and_its_algorithm_and_queue_go_on(up, monkeypatch):
@@ -152,7 +150,7 @@ async def test_a_killed_engine_is_restarted_and_its_algorithm_and_queue_go_on(up
             lambda: engine_pid not in server_pids(process) and len(server_pids(process)) == 3,
             what="the engine restarted",
         )
-        await answering(engine)
+        await serving_again(stack, "operator-engine")
         release(engine.data(running))
         for job_id in (running, queued):
             assert [c.status for c in await engine.history(job_id)] == [10, 20, 30, 40, 60, 70]

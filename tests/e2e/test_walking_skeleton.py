@@ -3,7 +3,6 @@ on PostgreSQL; plus the servers' health, reflection and bad-input answers."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from pathlib import Path
@@ -19,25 +18,12 @@ from c2d.provider.v1 import provider_pb2
 from cli import demo
 from cli.client import Client
 from plumbing.grpc_errors import error_code
-from testkit.stacks import running_stack
-
-
-async def _wait_for_environment(address: str) -> None:
-    from c2d.provider.v1 import provider_pb2_grpc
-
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = provider_pb2_grpc.ProviderServiceStub(channel)
-        for _ in range(100):
-            envs = (await stub.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())).environments
-            if any(e.available for e in envs):
-                return
-            await asyncio.sleep(0.05)
-    raise AssertionError("the engine's environment never became available")
+from testkit.stacks import running_stack, wait_for_environment
 
 
 async def _run_demo_job(database_url: str, tmp_path) -> dict:
     async for stack in running_stack(database_url):
-        await _wait_for_environment(stack.provider_address)
+        await wait_for_environment(stack.provider_address)
         return await demo.run_demo(stack.provider_address, tmp_path / "out", say=lambda *_: None)
     raise AssertionError("unreachable")
 
@@ -99,7 +85,7 @@ async def test_every_server_is_healthy_and_reflects_its_services(data_dir):
 
 async def test_bad_input_gets_a_precise_status(data_dir):
     async for stack in running_stack():
-        await _wait_for_environment(stack.provider_address)
+        await wait_for_environment(stack.provider_address)
         async with grpc.aio.insecure_channel(stack.provider_address) as channel:
             consumer = Client(channel, "0x" + "42" * 32)
             envs = (
@@ -162,7 +148,7 @@ async def test_signed_results_verify_with_the_providers_key(data_dir, tmp_path):
     from services.provider.domain import sealing
 
     async for stack in running_stack():
-        await _wait_for_environment(stack.provider_address)
+        await wait_for_environment(stack.provider_address)
         outcome = await demo.run_demo(stack.provider_address, tmp_path / "out", say=lambda *_: None)
         assert outcome["ok"]
         async with grpc.aio.insecure_channel(stack.provider_address) as channel:

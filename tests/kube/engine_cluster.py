@@ -5,17 +5,14 @@ engine in this process configured through a kubeconfig."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import kubernetes.client
 
-from c2d.provider.v1 import provider_pb2, provider_pb2_grpc
 from services.operator_engine.backends.kubernetes.objects import JOB_LABEL
 from testkit import kube
 from testkit.kube import manifests
@@ -92,18 +89,6 @@ def cluster(root: Path, *, gpus: int = 0, cpu: str = "2", rbac: bool = True, **s
         kubeconfig = api.write_kubeconfig(root / "kubeconfig", token)
         with kube.Kubelet(api, root / "node", gpus=gpus, cpu=cpu) as kubelet:
             yield Cluster(api, kubelet, kubeconfig)
-
-
-async def wait_for_environment(address: str) -> None:
-    """Until the provider lists the engine's environment (with the engine's first heartbeat)."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = provider_pb2_grpc.ProviderServiceStub(channel)
-        for _ in range(200):
-            envs = (await stub.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())).environments
-            if any(e.available for e in envs):
-                return
-            await asyncio.sleep(0.05)
-    raise AssertionError("the engine's environment never became available")
 
 
 def engine_settings(c: Cluster, **settings: Any) -> dict[str, Any]:

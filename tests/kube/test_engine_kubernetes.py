@@ -21,7 +21,7 @@ from services.operator_engine.backends.kubernetes.objects import JOB_ID_ANNOTATI
 from services.operator_engine.backends.kubernetes.wiring import USER_AGENT
 from testkit import kube
 from testkit.kube import count, manifests
-from testkit.stacks import running_stack
+from testkit.stacks import running_stack, wait_for_environment
 from tests.kube.engine_cluster import (
     NAMESPACE,
     cluster,
@@ -29,7 +29,6 @@ from tests.kube.engine_cluster import (
     engine_settings,
     k8s_engine,
     status_patches,
-    wait_for_environment,
 )
 from tests.kube.helpers import compute_job, owner_reference, pod
 from tests.kube.test_manifests import ENGINE_CALLS

@@ -3,7 +3,6 @@ engine (local backend, real sandbox) on PostgreSQL; what the consumer sees."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -15,7 +14,7 @@ from c2d.provider.v1 import provider_pb2
 from cli.client import Client, load_or_create_key
 from cli.demo import _service, serve_files
 from plumbing import settings
-from testkit.stacks import running_stack
+from testkit.stacks import running_stack, wait_for_environment
 from tests.operator_engine.engine_harness import WAIT_S
 
 NETWORK_PROBE = """\
@@ -86,13 +85,7 @@ async def test_exit_code_and_no_network_reach_the_consumer(data_dir, postgres_ur
                 )
                 token = await publisher.create_datatoken(dataset_did, "compute")
                 await publisher.mint(token, consumer.address, 2)
-                for _ in range(100):  # the engine's environment shows up with its first heartbeat
-                    envs = (
-                        await consumer.compute.ListComputeEnvironments(provider_pb2.ListComputeEnvironmentsRequest())
-                    ).environments
-                    if any(e.available for e in envs):
-                        break
-                    await asyncio.sleep(0.05)
+                await wait_for_environment(stack.provider_address)
 
                 failed = await run_raw(consumer, dataset_did, "import sys\nsys.exit(3)\n")
                 assert failed.status == 41

@@ -15,9 +15,10 @@ from services.operator_engine.persistence.event_log import EventLog
 from services.operator_engine.persistence.models import Base
 from testkit.faults import private_postgres
 from testkit.raw_rows import tables_holding
+from tests.operator_engine.engine_harness import wait_until
 
 
-async def test_an_append_while_postgresql_is_down_lands_once_it_is_back():
+async def test_an_append_while_postgresql_is_down_lands_once_it_is_back(caplog):
     with private_postgres() as server:
         url = server.create_database("engine")
         db = Database(url, Base.metadata)
@@ -28,7 +29,8 @@ async def test_an_append_while_postgresql_is_down_lands_once_it_is_back():
             assert await events.append(StateChange(job_id="before", status=10)) == 1
             await asyncio.to_thread(server.crash)
             pending = asyncio.create_task(events.append(StateChange(job_id="during", status=10)))
-            await asyncio.sleep(1.0)  # it has tried, and failed, by now
+            # it has tried, and failed (not: a second has passed, which says nothing on a loaded host)
+            await wait_until(lambda: "database is unreachable" in caplog.text, what="a failed append")
             assert not pending.done()
             await asyncio.to_thread(server.serve)
             assert await asyncio.wait_for(pending, 60) == 2
