@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from c2d.common.v1 import common_pb2
 from c2d.engine.v1 import job_agent_pb2_grpc
 from plumbing.database import Database, sqlite_url
 from plumbing.server import Registration, start_server
+from plumbing.statuses import Status
 from services.operator_engine.api.servicers import JobAgentServicer
 from services.operator_engine.backends.noop import NoopBackend
 from services.operator_engine.domain import stages
@@ -124,3 +126,12 @@ async def job_agent_on(orchestrator: Orchestrator) -> AsyncIterator[job_agent_pb
             yield job_agent_pb2_grpc.JobAgentServiceStub(channel)
     finally:
         await running.stop(0)
+
+
+async def reached(orchestrator: Orchestrator, job_id: str, status: Status) -> None:
+    """Until the job's recorded status is `status` (bounded by WAIT_S: the machine is shared)."""
+    deadline = time.monotonic() + WAIT_S
+    while (now := await orchestrator.status_of(job_id)) != status:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} is in status {now}, not {status}, after {WAIT_S:g} s")
+        await asyncio.sleep(0.01)

@@ -4,8 +4,6 @@ its reports (the stage table's) move the job on to 70."""
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 
@@ -14,7 +12,7 @@ from c2d.engine.v1 import job_agent_pb2
 from plumbing import auth
 from plumbing.grpc_errors import bad_request_fields, error_code
 from plumbing.statuses import Status
-from tests.operator_engine.orchestrator_harness import HeldPods, job_agent_on, orchestrator_on, spec
+from tests.operator_engine.orchestrator_harness import HeldPods, job_agent_on, orchestrator_on, reached, spec
 
 WORKFLOW = common_pb2.Workflow(
     datasets=[common_pb2.WorkflowAsset(did="did:op:x")],
@@ -79,10 +77,6 @@ async def test_the_job_agent_refuses_a_pods_mistakes_and_takes_its_reports(tmp_p
         await progress(Status.PROVISIONING_SUCCESS)
         assert (await pods.reached("publish")).token == token
         await results()
-        for _ in range(500):
-            if await orchestrator.status_of("held") == Status.FINISHED:
-                break
-            await asyncio.sleep(0.01)
-        assert await orchestrator.status_of("held") == Status.FINISHED
+        await reached(orchestrator, "held", Status.FINISHED)
         ended = await refused(progress(Status.RESULTS_UPLOAD_FAILED))  # its token ended with it
         assert ended.code() == grpc.StatusCode.PERMISSION_DENIED

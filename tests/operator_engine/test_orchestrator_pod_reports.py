@@ -9,7 +9,7 @@ import asyncio
 from plumbing.statuses import Status
 from services.operator_engine.backends.noop import NoopBackend
 from services.operator_engine.domain.jobs import StageExit
-from tests.operator_engine.orchestrator_harness import WORKFLOW, orchestrator_on, spec
+from tests.operator_engine.orchestrator_harness import WORKFLOW, orchestrator_on, reached, spec
 
 
 class LingeringPods(NoopBackend):
@@ -40,11 +40,7 @@ class LingeringPods(NoopBackend):
 async def test_a_job_moves_on_when_its_pods_report_and_ending_pods_stop_with_the_engine(tmp_path):
     async with orchestrator_on(tmp_path, LingeringPods) as (orchestrator, _, backend):
         assert await orchestrator.submit(spec("quick"), WORKFLOW)
-        for _ in range(500):
-            if await orchestrator.status_of("quick") == Status.FINISHED:
-                break
-            await asyncio.sleep(0.01)
-        assert await orchestrator.status_of("quick") == Status.FINISHED
+        await reached(orchestrator, "quick", Status.FINISHED)
         # Finished with both pods still ending: nothing waited for their exits.
         assert backend.still_ending == {"configure", "publish"}
     assert sorted(backend.cancelled) == ["configure", "publish"]

@@ -14,6 +14,7 @@ from plumbing.database import lost_connection
 from plumbing.statuses import Status
 from services.operator_engine.persistence.models import EngineJob
 from testkit.pg_proxy import commit_reply_cutter
+from tests.operator_engine.engine_harness import wait_until
 from tests.operator_engine.orchestrator_harness import WORKFLOW, orchestrator_on, spec
 
 
@@ -22,12 +23,10 @@ async def test_a_cancelled_submission_still_runs_its_stored_job(tmp_path):
         caller = asyncio.create_task(orchestrator.submit(spec("given-up"), WORKFLOW))
         await asyncio.sleep(0)  # the insert is queued
         caller.cancel()
-        for _ in range(200):
-            status = db.transaction(lambda s: s.scalar(select(EngineJob.status).where(EngineJob.job_id == "given-up")))
-            if status == Status.FINISHED:
-                break
-            await asyncio.sleep(0.02)
-        assert status == Status.FINISHED
+        stored = lambda: db.transaction(  # noqa: E731
+            lambda s: s.scalar(select(EngineJob.status).where(EngineJob.job_id == "given-up"))
+        )
+        await wait_until(lambda: stored() == Status.FINISHED, what="the stored job to finish")
         assert await orchestrator.submit(spec("given-up"), WORKFLOW) is False  # and it is known, once
 
 

@@ -17,7 +17,6 @@ only, while it runs.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import uuid
 from pathlib import Path
@@ -34,7 +33,7 @@ from plumbing.grpc_errors import error_code
 from testkit.control_plane import Operator, control_plane, query, wait_finished
 from testkit.market import refused
 from testkit.stacks import running_stack
-from tests.operator_engine.engine_harness import engine_running
+from tests.operator_engine.engine_harness import engine_running, wait_until
 from tests.operator_engine.orchestrator_harness import HeldPods, job_agent_on, orchestrator_on, spec
 
 UNKNOWN = str(uuid.uuid4())
@@ -203,10 +202,7 @@ async def test_a_pods_token_opens_its_own_job_only_and_the_service_token_opens_n
         for job_id in ("a", "b"):
             assert await orchestrator.submit(spec(job_id), workflow)
         await pods.reached("configure")
-        for _ in range(500):  # both jobs' pods hold their tokens
-            if {"a", "b"} <= set(pods.tokens):
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: {"a", "b"} <= set(pods.tokens), what="both jobs' pods holding their tokens")
         own, other = pods.tokens["a"], pods.tokens["b"]
         assert own != other
 
