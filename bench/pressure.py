@@ -28,10 +28,9 @@ section is added by writing one function and listing it in SECTIONS.
    each seed draws a fault (kill -9 of the engine, the operator-service, the
    provider or a job's pod; a PostgreSQL crash-restart; the state stream
    cut; the results storage full; the replies to 1-3 COMMITs lost), its
-   moment and 3-5 jobs; then the
-   invariants (every job terminal or progressing; the engine's log against
-   the service's history; orders against jobs; results readable by their
-   owner only). --trials N (default 20) from --seed S (default 0); a
+   moment and 3-5 jobs; then the invariants (every job terminal or
+   progressing; the engine's log against the service's history; orders
+   against jobs; results readable by their owner only). --trials N (default 20) from --seed S (default 0); a
    violation prints the seed's replay command.
 
 --quick is a smoke run (tests/bench runs it in CI): 3 examples per RPC
