@@ -170,13 +170,13 @@ def faults_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]
                 return done, time.perf_counter() - started
 
     results, elapsed = asyncio.run(run())
-    rows = [f"{'seed':>5}  {'fault':<17}{'moment':<34}{'jobs':>5}  {'ended (status x jobs)':<26}{'violations':>10}"]
+    rows = [f"{'seed':>5}  {'fault':<20}{'moment':<34}{'jobs':>5}  {'ended (status x jobs)':<26}{'violations':>10}"]
     for r in results:
         ended = Counter(status for status, _ in r.statuses.values())
         text = " ".join(f"{status}x{n}" for status, n in sorted(ended.items()))
         fault = r.plan.fault if r.injected else f"({r.plan.fault})"
         rows.append(
-            f"{r.plan.seed:>5}  {fault:<17}{r.plan.moment.describe()[:33]:<34}{len(r.job_ids):>5}  {text:<26}"
+            f"{r.plan.seed:>5}  {fault:<20}{r.plan.moment.describe()[:33]:<34}{len(r.job_ids):>5}  {text:<26}"
             f"{len(r.violations):>10}"
         )
         rows += [f"       VIOLATION {v[:200]}" for v in r.violations]
