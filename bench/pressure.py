@@ -27,10 +27,10 @@ section is added by writing one function and listing it in SECTIONS.
    (a private PostgreSQL, the results storage on a small tmpfs of its own):
    each seed draws a fault (kill -9 of the engine, the operator-service, the
    provider or a job's pod; a PostgreSQL crash-restart; the state stream
-   cut; the results storage full), its moment and 3-5 jobs; then the
-   invariants (every job terminal or progressing; the engine's log against
-   the service's history; orders against jobs; results readable by their
-   owner only). --trials N (default 20) from --seed S (default 0); a
+   cut; the results storage full; the replies to 1-3 COMMITs lost), its
+   moment and 3-5 jobs; then the invariants (every job terminal or
+   progressing; the engine's log against the service's history; orders
+   against jobs; results readable by their owner only). --trials N (default 20) from --seed S (default 0); a
    violation prints the seed's replay command.
 
 --quick is a smoke run (tests/bench runs it in CI): 3 examples per RPC
@@ -170,13 +170,13 @@ def faults_section(args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]
                 return done, time.perf_counter() - started
 
     results, elapsed = asyncio.run(run())
-    rows = [f"{'seed':>5}  {'fault':<17}{'moment':<34}{'jobs':>5}  {'ended (status x jobs)':<26}{'violations':>10}"]
+    rows = [f"{'seed':>5}  {'fault':<20}{'moment':<34}{'jobs':>5}  {'ended (status x jobs)':<26}{'violations':>10}"]
     for r in results:
         ended = Counter(status for status, _ in r.statuses.values())
         text = " ".join(f"{status}x{n}" for status, n in sorted(ended.items()))
         fault = r.plan.fault if r.injected else f"({r.plan.fault})"
         rows.append(
-            f"{r.plan.seed:>5}  {fault:<17}{r.plan.moment.describe()[:33]:<34}{len(r.job_ids):>5}  {text:<26}"
+            f"{r.plan.seed:>5}  {fault:<20}{r.plan.moment.describe()[:33]:<34}{len(r.job_ids):>5}  {text:<26}"
             f"{len(r.violations):>10}"
         )
         rows += [f"       VIOLATION {v[:200]}" for v in r.violations]

@@ -14,7 +14,11 @@ moment it strikes and the number of jobs, so a failing trial replays with
 - the state stream cut: the operator-service's TCP connections to the engine
   reset by the kernel (`ss -K` on their exact four-tuples);
 - the results storage full: the local results directory is a small tmpfs in
-  a mount namespace of the stack's own, filled to the last byte.
+  a mount namespace of the stack's own, filled to the last byte;
+- a commit's reply lost: the stack reaches PostgreSQL through a proxy
+  (testkit.pg_proxy) which, armed, lets the next 1-3 COMMITs (of any server)
+  land and closes their connections before the reply, so the server cannot
+  tell whether its transaction committed.
 
 Then, once the jobs settled, the invariants (each a pure function over rows
 or observations, so a test can feed it a violating history):
@@ -55,6 +59,7 @@ from c2d_sdk.errors import Refused, Unreachable
 from cli import demo
 from plumbing.statuses import EndReason, Status, can_transition, is_terminal, releases_orders
 from testkit.load import UpStack, publish_demo, up_processes
+from testkit.pg_proxy import CommitReplyCutter, commit_reply_cutter
 from testkit.servers import free_ports
 
 # -- what a trial does ------------------------------------------------------------------
@@ -67,6 +72,7 @@ FAULTS = (
     "restart_postgres",
     "cut_stream",
     "fill_storage",
+    "lose_commit_reply",
 )
 SERVER_OF = {"kill_engine": "operator-engine", "kill_operator": "operator-service", "kill_provider": "provider"}
 # The stage a job's process runs in each status (kill_pod's targets).
@@ -101,13 +107,15 @@ class Plan:
     fault: str
     moment: Moment
     jobs: int
+    commits: int = 0  # lose_commit_reply: how many COMMITs lose their replies
 
     def describe(self) -> str:
-        return f"seed {self.seed}: {self.fault} {self.moment.describe()}, {self.jobs} jobs"
+        fault = f"{self.fault} ({self.commits} commits)" if self.commits else self.fault
+        return f"seed {self.seed}: {fault} {self.moment.describe()}, {self.jobs} jobs"
 
 
 def plan(seed: int) -> Plan:
-    """The trial of a seed. Every run of seven consecutive seeds covers each fault
+    """The trial of a seed. Every run of len(FAULTS) consecutive seeds covers each fault
     once (in an order the seeds shuffle); the rest is drawn from random.Random(seed)."""
     order = list(FAULTS)
     random.Random(seed // len(FAULTS)).shuffle(order)
@@ -123,7 +131,7 @@ def plan(seed: int) -> Plan:
         moment = Moment(kind, job=rng.randrange(jobs), status=rng.choice((10, 20, 30, 40, 60)))
     else:
         moment = Moment(kind, delay_s=round(rng.uniform(0.0, 3.0), 2))
-    return Plan(seed, fault, moment, jobs)
+    return Plan(seed, fault, moment, jobs, rng.randint(1, 3) if fault == "lose_commit_reply" else 0)
 
 
 def replay_command(seed: int) -> str:
@@ -433,11 +441,12 @@ def _children(pid: int) -> list[int]:
 
 @dataclass
 class FaultStack:
-    """`c2d up --processes` on a private PostgreSQL, its results on a small tmpfs of its own."""
+    """`c2d up --processes` on a private PostgreSQL (through `proxy`), its results on a small tmpfs of its own."""
 
     up: UpStack
     postgres: PrivatePostgres
-    database_url: str
+    proxy: CommitReplyCutter
+    database_url: str  # the harness's own, straight to the server (the proxy cuts only the stack's commits)
     data_dir: Path
     results_dir: Path  # as the stack sees it (inside its mount namespace)
     publisher: AsyncClient | None = None
@@ -487,10 +496,14 @@ async def fault_stack(base: Path, max_jobs: int = 2) -> AsyncIterator[FaultStack
     results.mkdir(parents=True, exist_ok=True)
     mount = f'mount -t tmpfs -o size={RESULTS_TMPFS_BYTES},mode=0755 c2d-faults-results {results} && exec "$@"'
     wrap = ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, "sh"]
+    env = {"C2D_STORAGE_LOCAL_ROOT": str(results)}
     with private_postgres() as postgres:
         url = postgres.create_database("c2d")
-        with up_processes(data_dir, url, max_jobs, wrap=wrap, env={"C2D_STORAGE_LOCAL_ROOT": str(results)}) as up:
-            stack = FaultStack(up, postgres, url, data_dir, results)
+        with (
+            commit_reply_cutter(url) as proxy,
+            up_processes(data_dir, proxy.url(url), max_jobs, wrap=wrap, env=env) as up,
+        ):
+            stack = FaultStack(up, postgres, proxy, url, data_dir, results)
             files = base / "files"
             files.mkdir(exist_ok=True)
             async with AsyncClient(up.provider_address, "0x" + "41" * 32) as publisher:
@@ -692,7 +705,28 @@ async def _inject(stack: FaultStack, plan_: Plan, submitted: list[str]) -> str:
     if fault == "fill_storage":
         written = await asyncio.to_thread(fill, stack.results_seen_from_here)
         return f"results storage filled ({written >> 10} KiB more; none left)"
+    if fault == "lose_commit_reply":
+        return await _lose_commit_replies(stack.proxy, plan_.commits)
     raise ValueError(f"unknown fault {fault!r}")
+
+
+CUT_WAIT_S = 30.0
+
+
+async def _lose_commit_replies(proxy: CommitReplyCutter, commits: int) -> str:
+    """Arms the proxy for the next `commits` COMMITs and waits (a while) for them to come."""
+    before = len(proxy.cut_after)
+    proxy.arm(commits)
+    for _ in range(int(CUT_WAIT_S / 0.05)):
+        if len(proxy.cut_after) >= before + commits:
+            break
+        await asyncio.sleep(0.05)
+    proxy.disarm()
+    cut = proxy.cut_after[before:]
+    if not cut:
+        return ""
+    after = "; ".join(repr(query[:60]) for query in cut)
+    return f"the replies to {len(cut)} of {commits} COMMIT(s) lost (each after {after})"
 
 
 async def _recovered(stack: FaultStack, plan_: Plan, backs: int, result: TrialResult, deadline: float) -> None:

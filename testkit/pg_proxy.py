@@ -37,6 +37,7 @@ class CommitReplyCutter:
         self._open: set[socket.socket] = set()
         self.commits = 0  # COMMITs relayed, cut or not
         self.cut = 0  # COMMITs whose reply the client never got
+        self.cut_after: list[str] = []  # the statement before each cut COMMIT (whose it was)
         self.cut_happened = threading.Event()
         threading.Thread(target=self._accept, name="pg-proxy", daemon=True).start()
 
@@ -44,6 +45,12 @@ class CommitReplyCutter:
         """The next `times` COMMITs (of any connection) lose their replies."""
         with self._lock:
             self._armed += times
+
+    def disarm(self) -> int:
+        """No more cuts; returns how many armed ones never came."""
+        with self._lock:
+            left, self._armed = self._armed, 0
+        return left
 
     def url(self, database_url: str) -> str:
         """The database URL, through the proxy."""
@@ -66,21 +73,30 @@ class CommitReplyCutter:
             threading.Thread(target=self._serve, args=(client,), name="pg-proxy-conn", daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
-        server = socket.create_connection(self._upstream)
+        try:
+            server = socket.create_connection(self._upstream)
+        except OSError:  # the server is down (restarting): the client sees its connection refused
+            _shut(client)
+            return
         with self._lock:
             self._open.update((client, server))
         cutting = threading.Event()
+        last = b""
         try:
             if not self._start_up(client, server):
                 return
             threading.Thread(target=self._replies, args=(server, client, cutting), daemon=True).start()
             for kind, message in _messages(client):
-                if kind == b"Q" and message[5:].rstrip(b"\0").strip().upper() == b"COMMIT":
+                query = message[5:].rstrip(b"\0").strip() if kind == b"Q" else b""
+                if query.upper() == b"COMMIT":
                     with self._lock:
                         self.commits += 1
                         if self._armed:
                             self._armed -= 1
+                            self.cut_after.append(last[:120].decode(errors="replace"))
                             cutting.set()  # before the server can answer
+                elif query:
+                    last = query
                 server.sendall(message)
         except OSError:
             pass

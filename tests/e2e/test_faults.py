@@ -1,10 +1,10 @@
 """Fault injection (issue 19): each trial runs 3-5 real jobs through `c2d up
 --processes` on a private PostgreSQL and strikes once (kill -9 of a server or
 of a job's pod, a PostgreSQL crash-restart, the state stream cut, the results
-storage full) at a moment its seed draws; then every invariant holds
-(testkit/faults.py). CI runs seeds 0-19 on one stack; C2D_FAULT_TRIALS=N
-(and C2D_FAULT_SEED=S, the first) runs others. A failing trial prints its
-replay command."""
+storage full, the replies to 1-3 COMMITs lost) at a moment its seed draws;
+then every invariant holds (testkit/faults.py). CI runs seeds 0-19 on one
+stack; C2D_FAULT_TRIALS=N (and C2D_FAULT_SEED=S, the first) runs others. A
+failing trial prints its replay command."""
 
 from __future__ import annotations
 

@@ -163,7 +163,10 @@ def test_results_a_stranger_reads_or_the_owner_cannot_are_reported():
     ]
 
 
-def test_a_seed_replays_the_same_trial_and_seven_seeds_cover_every_fault():
+def test_a_seed_replays_the_same_trial_and_consecutive_seeds_cover_every_fault():
     assert plan(12) == plan(12)
-    for start in (0, 7, 14):
-        assert {plan(seed).fault for seed in range(start, start + 7)} == set(FAULTS)
+    for start in range(0, 3 * len(FAULTS), len(FAULTS)):
+        assert {plan(seed).fault for seed in range(start, start + len(FAULTS))} == set(FAULTS)
+    # a lost commit reply is drawn for 1-3 COMMITs; no other fault counts any
+    assert {plan(seed).commits for seed in range(80) if plan(seed).fault == "lose_commit_reply"} == {1, 2, 3}
+    assert {plan(seed).commits for seed in range(80) if plan(seed).fault != "lose_commit_reply"} == {0}
