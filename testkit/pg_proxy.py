@@ -34,6 +34,7 @@ class CommitReplyCutter:
         self.port = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._armed = 0
+        self._after = b""
         self._open: set[socket.socket] = set()
         self.commits = 0  # COMMITs relayed, cut or not
         self.cut = 0  # COMMITs whose reply the client never got
@@ -41,10 +42,12 @@ class CommitReplyCutter:
         self.cut_happened = threading.Event()
         threading.Thread(target=self._accept, name="pg-proxy", daemon=True).start()
 
-    def arm(self, times: int = 1) -> None:
-        """The next `times` COMMITs (of any connection) lose their replies."""
+    def arm(self, times: int = 1, after: bytes = b"") -> None:
+        """The next `times` COMMITs (of any connection) lose their replies; with `after`,
+        only those of a transaction whose last statement contains it and changed a row."""
         with self._lock:
             self._armed += times
+            self._after = after
 
     def disarm(self) -> int:
         """No more cuts; returns how many armed ones never came."""
@@ -82,16 +85,18 @@ class CommitReplyCutter:
             self._open.update((client, server))
         cutting = threading.Event()
         last = b""
+        outcome = [b""]  # the server's CommandComplete tag for the last statement, e.g. b"UPDATE 1"
         try:
             if not self._start_up(client, server):
                 return
-            threading.Thread(target=self._replies, args=(server, client, cutting), daemon=True).start()
+            threading.Thread(target=self._replies, args=(server, client, cutting, outcome), daemon=True).start()
             for kind, message in _messages(client):
                 query = message[5:].rstrip(b"\0").strip() if kind == b"Q" else b""
                 if query.upper() == b"COMMIT":
                     with self._lock:
                         self.commits += 1
-                        if self._armed:
+                        # (the client sends its COMMIT only once it has the statement's outcome)
+                        if self._armed and (not self._after or (self._after in last and changed(outcome[0]))):
                             self._armed -= 1
                             self.cut_after.append(last[:120].decode(errors="replace"))
                             cutting.set()  # before the server can answer
@@ -120,9 +125,13 @@ class CommitReplyCutter:
             server.sendall(head + rest)
             return True
 
-    def _replies(self, server: socket.socket, client: socket.socket, cutting: threading.Event) -> None:
+    def _replies(
+        self, server: socket.socket, client: socket.socket, cutting: threading.Event, outcome: list[bytes]
+    ) -> None:
         try:
             for kind, message in _messages(server):
+                if kind == b"C":
+                    outcome[0] = message[5:].rstrip(b"\0")
                 if not cutting.is_set():
                     client.sendall(message)
                 elif kind == b"Z":  # ReadyForQuery: the COMMIT is done, and its reply swallowed
@@ -139,6 +148,12 @@ class CommitReplyCutter:
             for sock in sockets:
                 _shut(sock)
                 self._open.discard(sock)
+
+
+def changed(tag: bytes) -> bool:
+    """Whether a CommandComplete tag says rows changed ("UPDATE 2" yes, "UPDATE 0" no)."""
+    count = tag.rsplit(b" ", 1)[-1]
+    return count.isdigit() and int(count) > 0
 
 
 def _read(sock: socket.socket, size: int) -> bytes | None:

@@ -27,6 +27,7 @@ from testkit.control_plane import (
     wait_available,
     wait_finished,
 )
+from testkit.pg_proxy import commit_reply_cutter
 
 CHANGES_PER_JOB = len(NOOP_PATH) - 1  # the engine emits every status after 1
 
@@ -462,3 +463,25 @@ async def test_the_service_stops_promptly_while_following_its_engine(data_dir, t
             await asyncio.wait_for(operator.stop(1), 15)
     finally:
         await engine.stop(1)
+
+
+async def test_a_claim_whose_commit_reply_was_lost_is_handed_back_not_left_to_go_stale(data_dir, postgres_url):
+    # PostgreSQL commits a round's claim of a job, but the service never hears so. The job must not
+    # wait for the claim to go stale (here 20 minutes): the round hands it back and a later one runs it.
+    engine = await engine_server.start(engine_settings(postgres_url))
+    with commit_reply_cutter(postgres_url) as cutter:
+        service = await operator_server.start(
+            operator_settings(cutter.url(postgres_url), engine.port, dispatch_timeout_s=600)
+        )
+        operator = Operator(service.port)
+        try:
+            await wait_available(operator)
+            cutter.arm(after=b"SET dispatch_claim='")  # a claim that took a job (not a release: NULL)
+            job = await operator.create()
+            await wait_finished(operator, [job.job_id], timeout=120)
+        finally:
+            await operator.close()
+            await service.stop(1)
+            await engine.stop(1)
+        assert cutter.cut == 1 and "SET dispatch_claim=" in cutter.cut_after[0]
+    assert _histories(postgres_url)[job.job_id] == NOOP_PATH

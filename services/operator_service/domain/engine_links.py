@@ -218,7 +218,13 @@ class EngineLink:
         them; returns how many it claimed."""
         claim = uuid.uuid4().hex
         now = datetime.now(UTC)
-        jobs = await self._store.claim_waiting(self.engine_id, claim, now, now - self.claim_stale_after, BATCH)
+        try:
+            jobs = await self._store.claim_waiting(self.engine_id, claim, now, now - self.claim_stale_after, BATCH)
+        except BaseException:
+            # The claim may have committed with its reply lost: handed back at once, or its
+            # jobs would wait for it to go stale (twice the dispatch timeout).
+            await asyncio.shield(self._release(claim))
+            raise
         if not jobs:
             return 0
         job_ids = [job.job_id for job in jobs]
@@ -245,7 +251,7 @@ class EngineLink:
             await self._withdraw(job_id)
         return len(jobs)
 
-    async def _release(self, claim: str, job_ids: list[str]) -> None:
+    async def _release(self, claim: str, job_ids: list[str] | None = None) -> None:
         try:
             await self._store.release_claim(claim, job_ids)
         except Exception:

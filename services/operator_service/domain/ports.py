@@ -161,8 +161,8 @@ class LinkStore(Protocol):
         here meanwhile) withdrawn. Jobs another claim took over are left alone."""
         ...
 
-    async def release_claim(self, claim: str, job_ids: Sequence[str]) -> None:
-        """Makes the jobs still held by `claim` claimable again at once."""
+    async def release_claim(self, claim: str, job_ids: Sequence[str] | None = None) -> None:
+        """Makes the jobs still held by `claim` (of `job_ids`, if given) claimable again at once."""
         ...
 
     async def expire_waiting(

@@ -343,10 +343,13 @@ def _forget_secrets(session: Session, job_ids: Sequence[str]) -> None:
     )
 
 
-def release_claim(session: Session, claim: str, job_ids: Sequence[str]) -> None:
+def release_claim(session: Session, claim: str, job_ids: Sequence[str] | None = None) -> None:
+    held = [Job.dispatch_claim == claim, Job.dispatched.is_(False)]
+    if job_ids is not None:
+        held.append(Job.job_id.in_(job_ids))
     session.execute(
         update(Job)
-        .where(Job.job_id.in_(job_ids), Job.dispatch_claim == claim, Job.dispatched.is_(False))
+        .where(*held)
         .values(dispatch_claim=None, dispatch_claimed_at=None)
         .execution_options(synchronize_session=False)
     )

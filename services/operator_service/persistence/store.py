@@ -40,7 +40,7 @@ class Store:
     async def finish_dispatch(self, claim: str, job_ids: Sequence[str], refusals: Sequence[Refusal]) -> Settlement:
         return await self.db.run(lambda s: jobs.finish_dispatch(s, claim, job_ids, refusals))
 
-    async def release_claim(self, claim: str, job_ids: Sequence[str]) -> None:
+    async def release_claim(self, claim: str, job_ids: Sequence[str] | None = None) -> None:
         await self.db.run(lambda s: jobs.release_claim(s, claim, job_ids))
 
     async def expire_waiting(
