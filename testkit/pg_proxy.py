@@ -81,6 +81,8 @@ class CommitReplyCutter:
         except OSError:  # the server is down (restarting): the client sees its connection refused
             _shut(client)
             return
+        for sock in (client, server):  # a message a write: Nagle would hold each for the peer's delayed ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             self._open.update((client, server))
         cutting = threading.Event()
